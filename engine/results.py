@@ -1,0 +1,54 @@
+"""What a transcription produces: plain dataclasses shared by every engine module and the UI."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class Word:
+    word: str  # the word with its leading space, as whisper emits it
+    start: float  # seconds from the start of the recording
+    end: float
+    probability: float
+
+
+@dataclass
+class Segment:
+    id: int
+    start: float  # seconds from the start of the recording (absolute, not window-relative)
+    end: float
+    text: str
+    tokens: List[int] = field(default_factory=list)  # text tokens, no timestamp/special tokens
+    temperature: float = 0.0  # temperature of the decode this segment came from
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: Optional[List[Word]] = None  # only with word timestamps
+
+
+@dataclass
+class TranscriptionResult:
+    segments: List[Segment]
+    language: str  # language code used for decoding (given or detected)
+    duration: float  # seconds of audio in the recording
+    task: str = "transcribe"
+    model: str = ""  # model name or checkpoint path that produced it
+    windows: int = 0  # windows decoded (silent windows skipped are not counted)
+    tokens_decoded: int = 0  # tokens sampled over all windows, timestamps included
+    processing_s: float = 0.0  # wall time from start of work to result
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments).strip()
+
+    def to_dict(self) -> dict:
+        """The shape openai-whisper's `transcribe()` returns; whisper's writers take it."""
+        return {
+            "text": self.text,
+            "segments": [asdict(s) for s in self.segments],
+            "language": self.language,
+            "duration": self.duration,
+            "task": self.task,
+            "model": self.model,
+        }
