@@ -1,0 +1,141 @@
+"""Transcripts as txt, srt, vtt, tsv and json, written by openai-whisper's own writers.
+
+The writers (`whisper.utils.get_writer`) are the ones the `whisper` command line uses, so
+a file from this app is byte for byte what `whisper audio.mp3 --output_format srt` would
+write for the same result: subtitle timing, line splitting and escaping are whisper's, not
+a second implementation to keep in step.
+"""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Dict, Iterable, Optional, TextIO
+
+from whisper.utils import get_writer
+
+from engine.results import TranscriptionResult
+
+FORMATS = ("txt", "srt", "vtt", "tsv", "json")
+SUBTITLE_FORMATS = ("srt", "vtt")  # the only writers that read the word-level options
+DEFAULT_BASENAME = "transcript"
+MAX_BASENAME_CHARS = 120  # leaves room for the extension within the usual 255-byte file name limit
+
+
+def render(
+    result: TranscriptionResult,
+    fmt: str,
+    *,
+    max_line_width: Optional[int] = None,
+    max_line_count: Optional[int] = None,
+    highlight_words: bool = False,
+    max_words_per_line: Optional[int] = None,
+) -> str:
+    """The transcript as text in one of FORMATS.
+
+    The four keyword options are whisper's subtitle options (`--max_line_width` and so on):
+    they shape srt and vtt only, and only when every segment carries word timings
+    (`Segment.words`); otherwise cues follow the segments, as whisper does. `max_line_count`
+    takes effect only together with `max_line_width`.
+    """
+    fmt = _check_format(fmt)
+    buffer = io.StringIO()
+    _write(result, fmt, buffer, _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line))
+    return buffer.getvalue()
+
+
+def write_files(
+    result: TranscriptionResult,
+    out_dir,
+    basename: str,
+    formats: Iterable[str] = FORMATS,
+    *,
+    max_line_width: Optional[int] = None,
+    max_line_count: Optional[int] = None,
+    highlight_words: bool = False,
+    max_words_per_line: Optional[int] = None,
+) -> Dict[str, Path]:
+    """Write one file per format into `out_dir` (created if missing); returns {fmt: path}.
+
+    `basename` may come from a client (an upload's file name), so it is reduced to a plain
+    file name that cannot leave `out_dir` (see `safe_basename`); pass it without the audio
+    extension ("talk", not "talk.mp3"), or the files are named "talk.mp3.srt". Every format
+    is checked before anything is written, so a bad one leaves no partial set behind.
+    """
+    formats = [_check_format(fmt) for fmt in formats]
+    options = _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line)
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = safe_basename(basename)
+
+    paths: Dict[str, Path] = {}
+    for fmt in dict.fromkeys(formats):  # each format once, in the order asked
+        path = directory / f"{stem}.{fmt}"
+        # Belt and braces: safe_basename already rules this out.
+        if path.resolve().parent != directory.resolve():
+            raise ValueError(f"refusing to write outside {directory}: {path}")
+        # newline="" keeps whisper's "\n" line ends on every platform, as its own CLI files have.
+        with open(path, "w", encoding="utf-8", newline="") as file:
+            _write(result, fmt, file, options)
+        paths[fmt] = path
+    return paths
+
+
+def safe_basename(name: str) -> str:
+    """A client-supplied name reduced to a harmless file name stem.
+
+    Directories are dropped (both "/" and "\\" separators, so "../../etc/passwd" and
+    "C:\\x\\y" give "passwd" and "y"); anything but letters, digits, ".", "-" and "_"
+    becomes "_"; leading dots go (no hidden files, no ".."); the length is capped.
+    Nothing usable left gives DEFAULT_BASENAME.
+    """
+    name = re.split(r"[\\/]", str(name))[-1]
+    name = re.sub(r"[^\w.\-]+", "_", name)  # \w keeps letters of every script: "Besprechung_März"
+    name = name.lstrip(".")[:MAX_BASENAME_CHARS].strip("_ ")
+    return name or DEFAULT_BASENAME
+
+
+def _check_format(fmt: str) -> str:
+    normalised = str(fmt).strip().lower().lstrip(".")
+    if normalised not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return normalised
+
+
+def _writer_options(
+    max_line_width: Optional[int],
+    max_line_count: Optional[int],
+    highlight_words: bool,
+    max_words_per_line: Optional[int],
+) -> dict:
+    # The `options` dict whisper's writers read, keyed as its command-line flags are.
+    return {
+        "max_line_width": max_line_width,
+        "max_line_count": max_line_count,
+        "highlight_words": highlight_words,
+        "max_words_per_line": max_words_per_line,
+    }
+
+
+def _write(result: TranscriptionResult, fmt: str, file: TextIO, options: dict) -> None:
+    result_dict = result.to_dict()
+    if fmt in SUBTITLE_FORMATS:
+        result_dict = _for_subtitles(result_dict)
+    # get_writer only uses the directory when a writer is called with an audio path; we
+    # hand it the open file instead, so the directory never matters.
+    get_writer(fmt, ".").write_result(result_dict, file=file, options=options)
+
+
+def _for_subtitles(result_dict: dict) -> dict:
+    """The result as whisper's subtitle writers expect it.
+
+    They switch to word-level cues when the first segment has a "words" key and then read
+    `segment["words"]` of every segment, so a `None` (no word timestamps) or a segment
+    without words further on would crash them. Word timings are used only when every
+    segment has them; otherwise the key is removed and cues follow the segments.
+    """
+    segments = result_dict["segments"]
+    if all(segment.get("words") for segment in segments):
+        return result_dict
+    stripped = [{key: value for key, value in segment.items() if key != "words"} for segment in segments]
+    return {**result_dict, "segments": stripped}
