@@ -1,0 +1,24 @@
+"""The transcription engine: everything that touches torch, whisper, audio and the GPU.
+
+    from engine import Engine, load_settings
+    engine = Engine(load_settings("config.yaml"))       # loads and warms the model
+    job = engine.submit("meeting.mp3")                  # queued at once; QueueFull when full
+    job.status, job.queue_position, job.progress        # live while it runs
+    result = job.result()                               # TranscriptionResult
+    engine.release()                                    # GPU memory back, safely
+"""
+from . import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
+from .audio import (AudioError, AudioTooLong, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
+                    TruncatedAudio, check_ffmpeg, load_audio)
+from .cuda import DeviceError
+from .engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
+from .formats import FORMATS, render, write_files
+from .gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
+from .languages import language_choices, normalise_language
+from .models import ModelLoadError, ReleaseReport
+from .results import Segment, TranscriptionResult, Word
+from .settings import Settings, SettingsError, load_settings
+from .transcriber import WindowTooLarge
+from .worker import JobCancelled, JobHandle, JobStatus, QueueFull, TranscriptionWorker, WorkerShutDown
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,102 @@
+"""CUDA set-up that must happen before anything touches the GPU; imported first by `engine`.
+
+`PYTORCH_CUDA_ALLOC_CONF` is read once, when the caching allocator initialises, so it is set
+here at import time: `max_split_size_mb:128` stops large blocks being split into fragments
+that a long-running server cannot reuse for the next batch. A value the user exported wins.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+DEFAULT_ALLOC_CONF = "max_split_size_mb:128"
+ALLOC_CONF_VAR = "PYTORCH_CUDA_ALLOC_CONF"
+USER_SET_ALLOC_CONF = ALLOC_CONF_VAR in os.environ  # remembered so the config never overrides the user
+os.environ.setdefault(ALLOC_CONF_VAR, DEFAULT_ALLOC_CONF)
+
+import torch  # noqa: E402  (must come after the environment variable)
+
+# TF32 runs fp32 matmuls and convolutions (mel front end, any fp32 fallback) on tensor cores.
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(RuntimeError):
+    """The configured device cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: torch.device  # where the model lives
+    precision: str  # fp16 | fp32 | int8, after falling back where the device cannot do the asked one
+    description: str  # one line for the log and the page, e.g. "cuda:0 (NVIDIA H200), fp16"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
+
+
+def apply_alloc_conf(conf: str | None) -> None:
+    """Use the config's allocator setting, unless the user exported one or CUDA already started."""
+    if USER_SET_ALLOC_CONF or conf is None or os.environ.get(ALLOC_CONF_VAR) == conf:
+        return
+    if torch.cuda.is_initialized():
+        log.warning("cuda_alloc_conf=%s ignored: CUDA was initialised before the engine was created", conf)
+        return
+    os.environ[ALLOC_CONF_VAR] = conf
+
+
+def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
+    """Pick `cuda:N` or the CPU and the precision that device can run.
+
+    `device: auto` without a GPU falls back to CPU in fp32 (fp16 matmuls are slow or missing
+    there) and says so once in the log. int8 is CPU-only (PyTorch's dynamic quantisation).
+    """
+    has_gpu = torch.cuda.is_available()
+    if device == "cuda" and not has_gpu:
+        raise DeviceError("device: cuda was asked for but no CUDA GPU is visible; use device: auto or cpu")
+    if device == "cpu" or (device == "auto" and not has_gpu):
+        if precision == "fp16":
+            if device == "cpu":
+                raise DeviceError("precision: fp16 needs a GPU; with device: cpu use fp32 or int8")
+            log.warning("No NVIDIA GPU detected: running on CPU in fp32 instead of fp16 (slower)")
+            precision = "fp32"
+        plan = DevicePlan(torch.device("cpu"), precision, f"cpu, {precision}")
+        log.info("Whisper runs on %s", plan.description)
+        return plan
+
+    count = torch.cuda.device_count()
+    if device_index >= count:
+        raise DeviceError(
+            f"device_index: {device_index} but only {count} GPU(s) are visible (0..{count - 1}); "
+            "check CUDA_VISIBLE_DEVICES"
+        )
+    if precision == "int8":
+        raise DeviceError(
+            "precision: int8 runs on the CPU only (PyTorch dynamic quantisation); on a GPU use fp16, "
+            "which is faster there and already halves memory"
+        )
+    cuda = torch.device("cuda", device_index)
+    plan = DevicePlan(cuda, precision, f"{cuda} ({torch.cuda.get_device_name(cuda)}), {precision}")
+    log.info("Whisper runs on %s", plan.description)
+    return plan
+
+
+def reserved_mb(device: torch.device | None = None) -> float:
+    """CUDA memory this process's caching allocator holds (0 on CPU)."""
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+        return 0.0
+    return torch.cuda.memory_reserved(device) / 2**20
+
+
+def allocated_mb(device: torch.device | None = None) -> float:
+    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
+        return 0.0
+    return torch.cuda.memory_allocated(device) / 2**20

@@ -1,0 +1,266 @@
+"""Engine: the one object a front end talks to.
+
+It owns the device plan, the model cache, the worker queue and the GPU monitor, and turns
+"this file, these options" into a job whose result is a `TranscriptionResult`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import whisper
+
+from .audio import SAMPLE_RATE, AudioTooLong, load_audio, probe
+from .chunking import plan_windows, stitch_segments
+from .cuda import DevicePlan, apply_alloc_conf, plan_device
+from .gpu_monitor import GpuMonitor
+from .languages import normalise_language
+from .models import ModelCache, ModelInfo, ReleaseReport, load_model
+from .results import TranscriptionResult
+from .settings import Settings
+from .transcriber import MODEL_LOCK, BatchTranscriber, DecodeOptions, Decoder
+from .worker import JobHandle, TranscriptionWorker
+
+log = logging.getLogger(__name__)
+
+AudioInput = Union[str, os.PathLike, np.ndarray]
+TASKS = ("transcribe", "translate")
+
+
+class InvalidRequest(ValueError):
+    """A request option is wrong (unknown language, model not allowed, ...)."""
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    audio: AudioInput  # path to anything ffmpeg reads, or float32 16 kHz mono samples
+    model: str  # one of settings.allowed_models
+    options: DecodeOptions
+    name: str = ""  # file name to show and to name downloads after
+
+
+@dataclass(frozen=True)
+class ModelState:
+    state: str  # "not loaded" | "loading" | "ready" | "failed" | "released"
+    model: str  # the default model
+    error: str = ""  # why loading failed, and what to do
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    model: ModelState
+    device: str  # e.g. "cuda:0 (NVIDIA H200), fp16" or "cpu, fp32"
+    loaded: List[ModelInfo]
+    busy_workers: int
+    workers: int
+    queue_length: int
+    queue_size: int
+
+
+@dataclass
+class _Listeners:
+    """Callbacks for metrics and logs: (event, payload)."""
+    callbacks: List[Callable[[str, object], None]] = field(default_factory=list)
+
+    def emit(self, event: str, payload: object) -> None:
+        for callback in list(self.callbacks):
+            try:
+                callback(event, payload)
+            except Exception:  # an observer must never break a job
+                log.exception("listener failed on %s", event)
+
+
+class Engine:
+    """Resident whisper model(s) behind a bounded `TranscriptionWorker`.
+
+    `Engine(settings)` loads and warms the default model before returning; with
+    `background=True` it returns at once and `status().model` tells how loading goes.
+    """
+
+    def __init__(self, settings: Settings, *, load: bool = True, background: bool = False,
+                 decoder: Decoder = whisper.decode):
+        apply_alloc_conf(settings.cuda_alloc_conf)
+        self.settings = settings
+        self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
+        self.monitor = GpuMonitor(settings.gpu_memory_threshold_mb)
+        self.listeners = _Listeners()
+        self._decoder = decoder
+        self._state = ModelState("not loaded", settings.model)
+        self.models = ModelCache(self._load_model, settings.model_cache_size, self.plan.device,
+                                 on_load=lambda name: self.listeners.emit("model_loaded", name),
+                                 on_release=self._on_release)
+        self.worker = TranscriptionWorker(self._run, settings.workers, settings.queue_size)
+        self._closed = threading.Event()
+        if settings.idle_release_s > 0:
+            threading.Thread(target=self._release_when_idle, name="idle-release", daemon=True).start()
+        if load:
+            if background:
+                threading.Thread(target=self.load, name="model-load", daemon=True).start()
+            else:
+                self.load()
+
+    # -- models ----------------------------------------------------------------------------
+    def load(self, name: Optional[str] = None) -> None:
+        """Load (and warm up) a model now; the default one unless named. Errors are kept in
+        `status().model` for the default model and re-raised."""
+        name = name or self.settings.model
+        is_default = name == self.settings.model
+        if is_default:
+            self._state = ModelState("loading", name)
+        try:
+            with self.models.lease(name):
+                pass
+        except Exception as exc:
+            if is_default:
+                self._state = ModelState("failed", name, str(exc))
+            raise
+        if is_default:
+            self._state = ModelState("ready", name)
+
+    def _load_model(self, name: str):
+        model = load_model(name, self.plan, self.settings.download_root)
+        if self.settings.warm_up:
+            self._warm_up(model)
+        return model
+
+    def _warm_up(self, model) -> None:
+        """One tiny decode, so kernels are compiled and buffers allocated before a user waits."""
+        mel = whisper.log_mel_spectrogram(torch.zeros(whisper.audio.N_SAMPLES), n_mels=model.dims.n_mels,
+                                          device=self.plan.device).to(torch.float16 if self.plan.fp16 else torch.float32)
+        options = whisper.DecodingOptions(language="en", sample_len=2, fp16=self.plan.fp16)
+        with MODEL_LOCK, torch.inference_mode():
+            whisper.decode(model, mel[None], options)
+
+    def _on_release(self, name: str) -> None:
+        if name == self.settings.model and self._state.state == "ready":
+            self._state = ModelState("released", name)
+        self.listeners.emit("model_released", name)
+
+    def release(self, wait: bool = False, timeout: Optional[float] = None) -> ReleaseReport:
+        """Free the GPU memory held by models. A model in use by a job is freed when that job
+        finishes (or, with `wait`, before this returns); the next request loads it again."""
+        report = self.models.release(wait=wait, timeout=timeout)
+        log.info(report.message)
+        return report
+
+    def _release_when_idle(self) -> None:
+        idle_s = self.settings.idle_release_s
+        while not self._closed.wait(min(5.0, idle_s / 4)):
+            if self.worker.busy == 0 and self.worker.queue_length == 0:
+                self.models.release_idle(idle_s, self.settings.idle_action)
+
+    # -- jobs --------------------------------------------------------------------------------
+    def submit(self, audio: AudioInput, *, language: Optional[str] = None, task: Optional[str] = None,
+               model: Optional[str] = None, initial_prompt: Optional[str] = None, word_timestamps: bool = False,
+               temperature: Union[None, float, Sequence[float]] = None, max_new_tokens: Optional[int] = None,
+               name: str = "", job_id: Optional[str] = None) -> JobHandle:
+        """Queue a recording; returns at once with a handle (raises QueueFull when full).
+
+        Options left as None take the config's values. A file that is not audio, empty or too
+        long raises the matching AudioError here, before it takes a place in the queue.
+        """
+        request = self.make_request(audio, language=language, task=task, model=model,
+                                    initial_prompt=initial_prompt, word_timestamps=word_timestamps,
+                                    temperature=temperature, max_new_tokens=max_new_tokens, name=name)
+        handle = self.worker.submit(request, job_id)
+        handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
+        return handle
+
+    def transcribe(self, audio: AudioInput, **options) -> TranscriptionResult:
+        """Submit and wait."""
+        return self.submit(audio, **options).result()
+
+    def make_request(self, audio: AudioInput, *, language=None, task=None, model=None, initial_prompt=None,
+                     word_timestamps=False, temperature=None, max_new_tokens=None, name="") -> TranscriptionRequest:
+        """Validate options and the file's header; raises InvalidRequest or an AudioError."""
+        s = self.settings
+        try:
+            language = normalise_language(language) if language is not None else s.language
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        task = task or s.task
+        if task not in TASKS:
+            raise InvalidRequest(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
+        model = model or s.model
+        if model not in s.allowed_models:
+            raise InvalidRequest(f"model: {model!r} is not offered here; choose one of {', '.join(s.allowed_models)}")
+        if temperature is None:
+            temperatures = tuple(s.temperatures)
+        elif isinstance(temperature, (int, float)):
+            temperatures = (float(temperature),)
+        else:
+            temperatures = tuple(float(t) for t in temperature)
+        if not temperatures or any(not 0 <= t <= 2 for t in temperatures):
+            raise InvalidRequest("temperature: must be between 0 and 2")
+        if max_new_tokens is not None and not 1 <= max_new_tokens <= 448:
+            raise InvalidRequest("max_new_tokens: must be between 1 and 448")
+        if not isinstance(audio, np.ndarray):
+            path = Path(audio)
+            if not path.is_file():
+                raise FileNotFoundError(f"No such audio file: {path.name}")
+            info = probe(path)
+            if info.duration_s is not None and info.duration_s > s.max_audio_duration_s:
+                raise AudioTooLong(
+                    f"The recording is {info.duration_s / 60:.1f} minutes long; this server accepts at most "
+                    f"{s.max_audio_duration_s / 60:.0f} minutes. Split it and send the parts.")
+            name = name or path.name
+        options = DecodeOptions(
+            task=task, language=language, initial_prompt=initial_prompt or s.initial_prompt,
+            temperatures=temperatures, max_new_tokens=max_new_tokens or s.max_new_tokens,
+            compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
+            no_speech_threshold=s.no_speech_threshold, batch_size=s.batch_size,
+            word_timestamps=word_timestamps, silence_threshold_db=s.silence_threshold_db,
+        )
+        return TranscriptionRequest(audio, model, options, name)
+
+    def _run(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
+        started = time.perf_counter()
+        s = self.settings
+        if isinstance(request.audio, np.ndarray):
+            audio = np.asarray(request.audio, dtype=np.float32)
+        else:
+            audio = load_audio(request.audio, max_duration_s=s.max_audio_duration_s)
+        duration = len(audio) / SAMPLE_RATE
+        windows = plan_windows(audio, SAMPLE_RATE, s.chunk_length_s, s.chunk_overlap_s, s.chunk_search_s)
+        handle.set_progress(0, len(windows))
+        handle.checkpoint()
+        with self.models.lease(request.model) as model:
+            if request.model == s.model:
+                self._state = ModelState("ready", request.model)
+            transcriber = BatchTranscriber(model, fp16=self.plan.fp16, decoder=self._decoder)
+            with torch.inference_mode():
+                decoded = transcriber.transcribe(audio, windows, request.options,
+                                                 on_progress=handle.set_progress, checkpoint=handle.checkpoint)
+        segments = stitch_segments(windows, decoded.segments, duration)
+        result = TranscriptionResult(
+            segments=segments, language=decoded.language, duration=duration, task=request.options.task,
+            model=request.model, windows=decoded.windows_decoded, tokens_decoded=decoded.tokens_decoded,
+            processing_s=time.perf_counter() - started,
+        )
+        log.info("Job %s: %.1f s of audio in %.1f s (%d windows, %d segments)", handle.id, duration,
+                 result.processing_s, result.windows, len(segments))
+        return result
+
+    # -- state -------------------------------------------------------------------------------
+    def status(self) -> EngineStatus:
+        return EngineStatus(self._state, self.plan.description, self.models.loaded(), self.worker.busy,
+                            self.worker.workers, self.worker.queue_length, self.worker.queue_size)
+
+    def close(self, drain: bool = True, timeout: Optional[float] = None) -> None:
+        """Stop taking jobs, finish (drain) or fail the accepted ones, free the models."""
+        self._closed.set()
+        self.worker.shutdown(drain=drain, timeout=timeout)
+        self.models.release(wait=True, timeout=timeout)
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

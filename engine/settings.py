@@ -1,0 +1,157 @@
+"""The configuration file as one typed, validated object.
+
+Every key lives in `config.yaml` (documented there); environment variables named
+`WHISPER_APP_<KEY>` (e.g. `WHISPER_APP_MODEL=/models/large-v3.pt`) and command-line flags
+override the file. Anything wrong fails at start-up with one line that names the key and
+what it accepts, never with a traceback later.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, List, Literal, Mapping, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "WHISPER_APP_"
+
+
+class SettingsError(ValueError):
+    """A bad configuration; the message is one line that names the key."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- model and device -------------------------------------------------------------
+    model: str = "large-v3"  # whisper model name (downloaded to the whisper cache) or path to a checkpoint file
+    models: List[str] = Field(default_factory=list)  # further models users may pick; `model` is always allowed
+    download_root: Optional[str] = None  # where named models are downloaded; None = whisper's cache (~/.cache/whisper)
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto = cuda when an NVIDIA GPU is visible, else cpu
+    device_index: int = Field(0, ge=0)  # which GPU (cuda:N), counted after CUDA_VISIBLE_DEVICES
+    precision: Literal["fp16", "fp32", "int8"] = "fp16"  # resident weights; fp16 halves GPU memory
+    cuda_alloc_conf: Optional[str] = "max_split_size_mb:128"  # PYTORCH_CUDA_ALLOC_CONF unless the environment sets it
+    model_cache_size: int = Field(2, ge=1)  # models kept resident at once (LRU); each large-v3 costs ~3.1 GB in fp16
+    warm_up: bool = True  # run a tiny decode after loading so the first request is not slow
+    idle_release_s: float = Field(0, ge=0)  # free model memory after this many idle seconds; 0 = never
+    idle_action: Literal["release", "offload"] = "release"  # release = drop weights; offload = move them to host RAM
+
+    # --- work queue ---------------------------------------------------------------------
+    workers: int = Field(2, ge=1)  # jobs processed at once; model calls are serialised, audio decoding overlaps
+    queue_size: int = Field(16, ge=1)  # jobs waiting beyond those running; more are refused with "queue full"
+
+    # --- decoding ------------------------------------------------------------------------
+    batch_size: int = Field(8, ge=1)  # 30 s windows decoded together; more = faster, more GPU memory
+    chunk_length_s: float = Field(30.0, gt=0, le=30)  # window length; whisper reads at most 30 s at once
+    chunk_overlap_s: float = Field(2.0, ge=0)  # audio shared by neighbouring windows, so no word is cut at a seam
+    chunk_search_s: float = Field(5.0, ge=0)  # how far before a window's end to look for silence to cut in
+    max_new_tokens: int = Field(224, ge=1, le=448)  # cap on tokens decoded per window (whisper's default: 224)
+    language: Optional[str] = None  # language code or name; null = detect from the first window with speech
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate = speech in any language to English text
+    initial_prompt: Optional[str] = None  # text given to every window as context (names, spelling, style)
+    temperatures: List[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # fallback ladder
+    compression_ratio_threshold: Optional[float] = 2.4  # re-decode a window hotter when its text is this repetitive
+    logprob_threshold: Optional[float] = -1.0  # ... or when its average token log-probability is below this
+    no_speech_threshold: Optional[float] = 0.6  # treat a window as silent above this no-speech probability
+    silence_threshold_db: float = -50.0  # windows whose loudest 20 ms is below this dBFS are skipped as silence
+
+    # --- limits and monitoring ----------------------------------------------------------
+    gpu_memory_threshold_mb: Optional[float] = Field(None, gt=0)  # warn when a GPU uses more than this; null = never
+    max_audio_duration_s: float = Field(6 * 3600, gt=0)  # longer recordings are refused before decoding
+    max_upload_mb: float = Field(1024, gt=0)  # larger uploads are refused (HTTP 413)
+
+    # --- web page and HTTP --------------------------------------------------------------
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve the local network
+    port: int = Field(7860, ge=1, le=65535)
+    share: bool = False  # ask Gradio for a public *.gradio.live link
+    auth: Optional[str] = None  # "user:password" protects the page; env WHISPER_APP_AUTH also works
+    api_key: Optional[str] = None  # required as "Authorization: Bearer KEY" on /v1 routes when set
+    protect_metrics: bool = False  # also require the API key on /metrics and /healthz
+    data_dir: str = "data"  # jobs database and uploaded audio for durable jobs
+    job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Settings":
+        if self.device == "cpu" and self.precision == "fp16":
+            raise ValueError("precision: fp16 needs a GPU; with device: cpu use precision: fp32 or int8")
+        if self.chunk_overlap_s >= self.chunk_length_s:
+            raise ValueError(
+                f"chunk_overlap_s: must be smaller than chunk_length_s ({self.chunk_length_s}), got {self.chunk_overlap_s}"
+            )
+        if not self.temperatures or any(t < 0 for t in self.temperatures):
+            raise ValueError("temperatures: must be a non-empty list of numbers >= 0, e.g. [0.0, 0.2, 0.4]")
+        if self.auth is not None and ":" not in self.auth:
+            raise ValueError('auth: must look like "user:password"')
+        if self.language is not None:
+            from .languages import normalise_language
+
+            normalise_language(self.language)  # raises ValueError naming the accepted values
+        return self
+
+    @property
+    def allowed_models(self) -> List[str]:
+        """The default model first, then the others the config lets users pick."""
+        return list(dict.fromkeys([self.model, *self.models]))
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line naming the key and what it accepts."""
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(key, Settings.model_fields, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{source}: unknown key '{key}'{hint}; allowed keys: {', '.join(Settings.model_fields)}"
+    message = first["msg"]
+    if kind == "value_error":  # our own checks already start with the key's name
+        return f"{source}: {message.removeprefix('Value error, ')}"
+    if kind == "literal_error":
+        field = Settings.model_fields[key].annotation
+        allowed = getattr(field, "__args__", ())
+        message = "must be one of " + ", ".join(str(a) for a in allowed)
+    return f"{source}: {key}: {message} (got {first.get('input')!r})"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict:
+    """WHISPER_APP_<KEY>=value, the value parsed as YAML so numbers and lists keep their types."""
+    overrides = {}
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX):
+            key = name[len(ENV_PREFIX):].lower()
+            value = yaml.safe_load(raw) if raw.strip() else None
+            # A model path or an auth string must stay text even if it looks like a number.
+            overrides[key] = raw if key in ("model", "auth", "api_key", "initial_prompt") else value
+    return overrides
+
+
+def load_settings(
+    path: Union[str, os.PathLike, None] = "config.yaml",
+    overrides: Optional[Mapping[str, Any]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> Settings:
+    """Read the YAML file (None = defaults only), then environment variables, then `overrides`.
+
+    Overrides whose value is None are ignored, so unset command-line flags can be passed as is.
+    """
+    source = str(path) if path is not None else "settings"
+    values: dict = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise SettingsError(f"{source}: configuration file not found")
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"{source}: must be a mapping of key: value lines")
+        values.update(loaded or {})
+    values.update(_env_overrides(os.environ if environ is None else environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, source)) from None

@@ -1,0 +1,235 @@
+"""TranscriptionWorker: a bounded queue of jobs served by a fixed number of threads.
+
+Bounded so a shared server degrades by refusing new work at once (`QueueFull`) instead of
+piling up recordings until memory runs out. Every accepted job ends in exactly one of
+done / failed / cancelled, and its handle says which, shutdown included.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from enum import Enum
+from typing import Any, Callable, Deque, List, Optional
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The queue holds `queue_size` waiting jobs already; try again later."""
+
+
+class JobCancelled(RuntimeError):
+    """The job was cancelled before it finished."""
+
+
+class WorkerShutDown(RuntimeError):
+    """The worker is shutting down and no longer takes or starts jobs."""
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobHandle:
+    """What `submit` returns: live status, queue position, progress, result, cancel."""
+
+    def __init__(self, worker: "TranscriptionWorker", request: Any, job_id: str):
+        self.id = job_id
+        self.request = request
+        self.submitted_at = time.time()
+        self.started_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+        self.status = JobStatus.QUEUED
+        self.windows_done = 0
+        self.windows_total = 0
+        self._worker = worker
+        self._future: Future = Future()
+        self._cancel_requested = threading.Event()
+
+    # -- live state ----------------------------------------------------------------------
+    @property
+    def progress(self) -> float:
+        """0..1; windows decoded over windows planned (1.0 once done)."""
+        if self.status is JobStatus.DONE:
+            return 1.0
+        return self.windows_done / self.windows_total if self.windows_total else 0.0
+
+    @property
+    def queue_position(self) -> int:
+        """1 = next to start; 0 once running or finished."""
+        return self._worker.position(self)
+
+    @property
+    def queue_wait_s(self) -> Optional[float]:
+        return None if self.started_at is None else self.started_at - self.submitted_at
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """Block for the result; raises the job's exception, JobCancelled, or TimeoutError."""
+        try:
+            return self._future.result(timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"job {self.id} not finished after {timeout} s") from None
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        try:
+            return self._future.exception(timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"job {self.id} not finished after {timeout} s") from None
+
+    def add_done_callback(self, fn: Callable[["JobHandle"], None]) -> None:
+        self._future.add_done_callback(lambda _: fn(self))
+
+    def cancel(self) -> bool:
+        """Cancel a queued job at once, or a running one at its next batch boundary.
+        False when it had already finished."""
+        if self.done():
+            return False
+        self._cancel_requested.set()
+        self._worker._remove_queued(self)
+        return True
+
+    # -- used by the job while it runs ------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Raise JobCancelled if cancel() was called; the job calls this between batches."""
+        if self._cancel_requested.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled")
+
+    def set_progress(self, done: int, total: int) -> None:
+        self.windows_done, self.windows_total = done, total
+
+    def _finish(self, status: JobStatus, result: Any = None, error: Optional[BaseException] = None) -> None:
+        self.status = status
+        self.finished_at = time.time()
+        if error is None:
+            self._future.set_result(result)
+        else:
+            self._future.set_exception(error)
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id} {self.status.value} {self.progress:.0%}>"
+
+
+class TranscriptionWorker:
+    """`workers` threads take jobs from a queue of at most `queue_size` waiting jobs.
+
+    More workers let more jobs overlap (audio decoding, windows planning, stitching run in
+    parallel; model calls take turns), at the cost of the host memory of each recording
+    being decoded at once.
+    """
+
+    def __init__(self, run: Callable[[Any, JobHandle], Any], workers: int = 2, queue_size: int = 16,
+                 name: str = "transcription"):
+        if workers < 1 or queue_size < 1:
+            raise ValueError("workers and queue_size must be at least 1")
+        self._run = run
+        self.workers = workers
+        self.queue_size = queue_size
+        self._queue: Deque[JobHandle] = deque()
+        self._running: List[JobHandle] = []
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stopping = False
+        self._ids = itertools.count(1)
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    # -- submitting ------------------------------------------------------------------------
+    def submit(self, request: Any, job_id: Optional[str] = None) -> JobHandle:
+        """Queue a job; raises QueueFull at once when `queue_size` jobs are waiting."""
+        with self._cond:
+            if not self._accepting:
+                raise WorkerShutDown("the server is shutting down and takes no new jobs")
+            if len(self._queue) >= self.queue_size:
+                raise QueueFull(
+                    f"the queue is full ({self.queue_size} jobs waiting, {len(self._running)} running); "
+                    "try again in a minute"
+                )
+            handle = JobHandle(self, request, job_id or uuid.uuid4().hex[:12])
+            self._queue.append(handle)
+            self._cond.notify()
+        return handle
+
+    def position(self, handle: JobHandle) -> int:
+        with self._cond:
+            try:
+                return self._queue.index(handle) + 1
+            except ValueError:
+                return 0
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    def jobs(self) -> List[JobHandle]:
+        """Running jobs first, then waiting ones in queue order."""
+        with self._cond:
+            return [*self._running, *self._queue]
+
+    def _remove_queued(self, handle: JobHandle) -> None:
+        with self._cond:
+            if handle in self._queue:
+                self._queue.remove(handle)
+                handle._finish(JobStatus.CANCELLED, error=JobCancelled(f"job {handle.id} was cancelled"))
+
+    # -- serving -----------------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # stopping and nothing left to do
+                handle = self._queue.popleft()
+                handle.status = JobStatus.RUNNING
+                handle.started_at = time.time()
+                self._running.append(handle)
+            try:
+                handle.checkpoint()
+                result = self._run(handle.request, handle)
+            except JobCancelled as exc:
+                handle._finish(JobStatus.CANCELLED, error=exc)
+            except BaseException as exc:  # a failing job must never take the thread down
+                log.warning("Job %s failed: %s: %s", handle.id, type(exc).__name__, exc)
+                handle._finish(JobStatus.FAILED, error=exc)
+            else:
+                handle._finish(JobStatus.DONE, result)
+            finally:
+                with self._cond:
+                    self._running.remove(handle)
+                    self._cond.notify_all()
+
+    def shutdown(self, drain: bool = True, timeout: Optional[float] = None) -> None:
+        """Stop taking jobs. drain=True finishes every accepted job first; drain=False fails
+        the waiting ones with WorkerShutDown and cancels the running ones at their next batch."""
+        with self._cond:
+            self._accepting = False
+            if not drain:
+                while self._queue:
+                    self._queue.popleft()._finish(
+                        JobStatus.FAILED, error=WorkerShutDown("the server shut down before this job started"))
+                for handle in self._running:
+                    handle._cancel_requested.set()
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
