@@ -1,0 +1,52 @@
+"""Shared fixtures: small random whisper checkpoints, the real recordings, fast settings."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # import `engine`, `ui`, `app` from the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # import `checkpoints`
+
+from checkpoints import write_checkpoint  # noqa: E402
+
+SHARED_AUDIO = ROOT.parent / "shared" / "audio"
+JFK = SHARED_AUDIO / "jfk" / "jfk.flac"
+LONG_11_MIN = SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"
+
+
+def shared_audio(path: Path) -> Path:
+    """A recording from ../shared/audio, or skip: a user's fresh clone does not have it."""
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (real recordings live in ../shared/audio beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(checkpoint_dir) -> Path:
+    """Lively micro model (64 wide, 80 mels): tokens and timestamps depend on the audio."""
+    return write_checkpoint(checkpoint_dir / "micro.pt", "micro")
+
+
+@pytest.fixture(scope="session")
+def v3micro_checkpoint(checkpoint_dir) -> Path:
+    """large-v3's vocabulary (51866) and 128 mel bins at micro width."""
+    return write_checkpoint(checkpoint_dir / "v3micro.pt", "v3micro")
+
+
+def fast_settings(model: Path | str, **overrides):
+    """CPU fp32, greedy only, guards off, a small token cap: fast and deterministic."""
+    from engine import load_settings
+
+    values = dict(model=str(model), device="cpu", precision="fp32", temperatures=[0.0], max_new_tokens=24,
+                  compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None,
+                  warm_up=False)
+    values.update(overrides)
+    return load_settings(None, values, environ={})
