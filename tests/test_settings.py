@@ -1,0 +1,85 @@
+"""config.yaml as a typed object: names, comments, one-line errors, overrides."""
+import logging
+import re
+
+import pytest
+
+from conftest import ROOT
+from engine import Settings, SettingsError, load_settings
+from engine.cuda import plan_device
+
+REQUIRED_KEYS = ["model", "device", "device_index", "precision", "workers", "queue_size", "batch_size",
+                 "chunk_length_s", "chunk_overlap_s", "max_new_tokens", "language", "task",
+                 "gpu_memory_threshold_mb", "idle_release_s", "model_cache_size"]
+
+
+def test_config_file_has_every_required_key_commented():
+    text = (ROOT / "config.yaml").read_text()
+    settings = load_settings(ROOT / "config.yaml", environ={})
+    assert settings.workers == 2 and settings.chunk_length_s == 30 and settings.model_cache_size == 2
+    keys = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+):", line)
+        if match:
+            keys[match.group(1)] = line
+    assert set(REQUIRED_KEYS) <= set(keys)
+    assert set(keys) == set(Settings.model_fields), "config.yaml and Settings list the same keys"
+    uncommented = [k for k, line in keys.items() if "#" not in line]
+    assert not uncommented, f"keys without a comment: {uncommented}"
+
+
+@pytest.mark.parametrize("values, names", [
+    ({"wokers": 2}, ["wokers", "workers"]),
+    ({"workers": -1}, ["workers"]),
+    ({"workers": "two"}, ["workers"]),
+    ({"precision": "fp8"}, ["precision", "fp16", "fp32"]),
+    ({"device": "tpu"}, ["device", "auto", "cuda", "cpu"]),
+    ({"device": "cpu", "precision": "fp16"}, ["precision", "fp32"]),
+    ({"task": "summarise"}, ["task", "transcribe", "translate"]),
+    ({"language": "klingon"}, ["language"]),
+    ({"chunk_overlap_s": 31}, ["chunk_overlap_s"]),
+    ({"chunk_length_s": 45}, ["chunk_length_s"]),
+    ({"queue_size": 0}, ["queue_size"]),
+])
+def test_bad_value_fails_with_one_line_naming_the_key(tmp_path, values, names):
+    config = tmp_path / "config.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+    with pytest.raises(SettingsError) as error:
+        load_settings(config, environ={})
+    message = str(error.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_missing_file_and_broken_yaml_are_clear(tmp_path):
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(SettingsError, match="YAML"):
+        load_settings(broken, environ={})
+
+
+def test_environment_and_flags_override_the_file(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("workers: 3\nmodel: small\n")
+    settings = load_settings(config, environ={"WHISPER_APP_WORKERS": "4", "WHISPER_APP_MODEL": "/m/1.pt"})
+    assert settings.workers == 4 and settings.model == "/m/1.pt"
+    settings = load_settings(config, overrides={"workers": 5, "port": None}, environ={"WHISPER_APP_WORKERS": "4"})
+    assert settings.workers == 5 and settings.port == 7860  # an unset flag (None) does not override
+    with pytest.raises(SettingsError, match="workers"):
+        load_settings(config, environ={"WHISPER_APP_WORKERS": "-2"})
+
+
+def test_language_names_are_normalised():
+    assert load_settings(None, {"language": "English"}, environ={}).language == "English"
+    from engine import normalise_language
+    assert normalise_language("English") == "en" and normalise_language("auto") is None
+
+
+def test_auto_device_without_gpu_falls_back_to_fp32_and_says_so(caplog):
+    caplog.set_level(logging.INFO)
+    plan = plan_device("auto", 0, "fp16")
+    assert str(plan.device) == "cpu" and plan.precision == "fp32"
+    assert any("No NVIDIA GPU" in r.getMessage() for r in caplog.records)
