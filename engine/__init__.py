@@ -9,7 +9,7 @@
 """
 from . import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
 from .audio import (AudioError, AudioTooLong, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
-                    TruncatedAudio, check_ffmpeg, load_audio)
+                    TruncatedAudio, check_audio, check_ffmpeg, load_audio)
 from .cuda import DeviceError
 from .engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
 from .formats import FORMATS, render, write_files

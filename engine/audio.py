@@ -190,6 +190,23 @@ def probe(path: PathLike) -> AudioInfo:
     )
 
 
+def check_audio(path: PathLike, max_duration_s: Optional[float] = None) -> AudioInfo:
+    """Everything that can be told from the headers: the file exists, is not empty, has a
+    sound track, and (when it declares its length) is not longer than max_duration_s.
+    Cheap, so a server can refuse a bad upload before it takes a place in the queue."""
+    if max_duration_s is not None and not max_duration_s > 0:
+        raise ValueError(f"max_duration_s must be positive or None, got {max_duration_s!r}")
+    info = probe(path)  # also checks that the file exists, is not empty and ffmpeg is there
+    if not info.has_audio:
+        if info.has_video:
+            raise NotAudio(f"'{_name(path)}' is a video without a sound track, so there is nothing to "
+                           "transcribe. Upload a file that has sound.")
+        raise NotAudio(f"'{_name(path)}' has no sound track, so there is nothing to transcribe. {_SUPPORTED_HINT}")
+    if max_duration_s is not None and info.duration_s is not None and info.duration_s > max_duration_s:
+        raise _too_long(os.fspath(path), info.duration_s, max_duration_s, at_least=False)
+    return info
+
+
 def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.ndarray:
     """Decode the first audio track of `path` to float32 mono at SAMPLE_RATE, values in [-1, 1].
 
@@ -200,18 +217,8 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.nda
 
     Raises the AudioError subclasses described in this module's docstring.
     """
-    if max_duration_s is not None and not max_duration_s > 0:
-        raise ValueError(f"max_duration_s must be positive or None, got {max_duration_s!r}")
     path = os.fspath(path)
-    info = probe(path)  # also checks that the file exists, is not empty and ffmpeg is there
-    if not info.has_audio:
-        if info.has_video:
-            raise NotAudio(f"'{_name(path)}' is a video without a sound track, so there is nothing to "
-                           "transcribe. Upload a file that has sound.")
-        raise NotAudio(f"'{_name(path)}' has no sound track, so there is nothing to transcribe. {_SUPPORTED_HINT}")
-    if max_duration_s is not None and info.duration_s is not None and info.duration_s > max_duration_s:
-        raise _too_long(path, info.duration_s, max_duration_s, at_least=False)
-
+    info = check_audio(path, max_duration_s)
     # One second past the limit is enough to prove a file too long when it did not say.
     decode_limit_s = None if max_duration_s is None else max_duration_s + 1
     pcm, returncode, stderr = _decode_pcm16(path, decode_limit_s)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import whisper
 
-from .audio import SAMPLE_RATE, AudioTooLong, load_audio, probe
+from .audio import SAMPLE_RATE, check_audio, load_audio
 from .chunking import plan_windows, stitch_segments
 from .cuda import DevicePlan, apply_alloc_conf, plan_device
 from .gpu_monitor import GpuMonitor
@@ -205,11 +205,7 @@ class Engine:
             path = Path(audio)
             if not path.is_file():
                 raise FileNotFoundError(f"No such audio file: {path.name}")
-            info = probe(path)
-            if info.duration_s is not None and info.duration_s > s.max_audio_duration_s:
-                raise AudioTooLong(
-                    f"The recording is {info.duration_s / 60:.1f} minutes long; this server accepts at most "
-                    f"{s.max_audio_duration_s / 60:.0f} minutes. Split it and send the parts.")
+            check_audio(path, s.max_audio_duration_s)
             name = name or path.name
         options = DecodeOptions(
             task=task, language=language, initial_prompt=initial_prompt or s.initial_prompt,
