@@ -1,0 +1,192 @@
+"""JobStore: every accepted job as a row in an embedded SQLite database under `data_dir`.
+
+SQLite because it ships with Python, needs no server, and its commit is durable: once
+`add` returns, the row is on disk and survives `kill -9` (WAL journal, synchronous=FULL,
+so a power cut cannot lose it either). One connection guarded by a lock serves every
+thread; job rows are few and small, so contention does not matter.
+
+Results are stored as JSON of the whole `TranscriptionResult` (segments, words, timings),
+so any format can be rendered again later without the audio.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .results import Segment, TranscriptionResult, Word
+
+DB_NAME = "jobs.sqlite3"
+UNFINISHED = ("queued", "running")  # rows a restart must queue again
+FINISHED = ("done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    status      TEXT NOT NULL,
+    name        TEXT NOT NULL DEFAULT '',
+    owner       TEXT,
+    source      TEXT NOT NULL DEFAULT 'api',
+    options     TEXT NOT NULL DEFAULT '{}',
+    audio       TEXT,
+    result      TEXT,
+    error       TEXT,
+    error_type  TEXT,
+    started_at  REAL,
+    finished_at REAL,
+    attempts    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs(owner, created_at);
+"""
+
+
+@dataclass
+class JobRecord:
+    """One stored job, as the database holds it."""
+
+    id: str  # 12 hex characters, also the engine's job id
+    created_at: float  # unix time the job was accepted
+    status: str  # "queued" | "running" | "done" | "failed" | "cancelled"
+    name: str = ""  # the client's file name, for display and download names only, never a path
+    owner: Optional[str] = None  # who may list it on the page (browser id or login); None = API
+    source: str = "api"  # "api" | "jobs" | "page": which front end submitted it
+    options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments for Engine.submit
+    audio: Optional[str] = None  # file name inside data_dir/audio (server-chosen); None once deleted
+    result: Optional[Dict[str, Any]] = None  # `result_to_dict(TranscriptionResult)` once done
+    error: Optional[str] = None  # the failure's message, written for people
+    error_type: Optional[str] = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
+    started_at: Optional[float] = None  # unix time a worker started it (last attempt)
+    finished_at: Optional[float] = None  # unix time it reached done/failed/cancelled
+    attempts: int = 0  # times it was handed to the engine (1 + restarts that re-queued it)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def transcription(self) -> Optional[TranscriptionResult]:
+        return None if self.result is None else result_from_dict(self.result)
+
+
+def result_to_dict(result: TranscriptionResult) -> Dict[str, Any]:
+    """Every field of the result (asdict), numpy floats made plain so JSON takes them."""
+    return json.loads(json.dumps(asdict(result), default=float))
+
+
+def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
+    segments = []
+    for raw in data.get("segments", []):
+        raw = dict(raw)
+        words = raw.pop("words", None)
+        segments.append(Segment(**raw, words=None if words is None else [Word(**w) for w in words]))
+    fields = {k: v for k, v in data.items() if k != "segments"}
+    return TranscriptionResult(segments=segments, **fields)
+
+
+class JobStore:
+    """The jobs table in `data_dir/jobs.sqlite3`; safe to use from any thread."""
+
+    def __init__(self, data_dir: Path | str):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / DB_NAME
+        self._lock = threading.Lock()
+        # isolation_level=None: autocommit, each statement is its own durable transaction.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            self._db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
+            self._db.executescript(_SCHEMA)
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, record: JobRecord) -> None:
+        """Insert the row; durable on disk when this returns."""
+        row = self._to_row(record)
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._lock:
+            self._db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(row.values()))
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        """Set some columns of one row (names as in JobRecord)."""
+        unknown = set(changes) - set(JobRecord.__dataclass_fields__) - {"id"}
+        if unknown:
+            raise ValueError(f"unknown job columns: {', '.join(sorted(unknown))}")
+        if not changes:
+            return
+        values = {k: _encode(k, v) for k, v in changes.items()}
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+
+    def finish(self, job_id: str, status: str, *, result: Optional[TranscriptionResult] = None,
+               error: Optional[str] = None, error_type: Optional[str] = None,
+               started_at: Optional[float] = None, finished_at: Optional[float] = None) -> None:
+        """Record the outcome. The row forgets its recording in the same write (a finished job
+        keeps none; the caller deletes the file after), so no reader sees one without the other."""
+        if status not in FINISHED:
+            raise ValueError(f"not a final status: {status!r}")
+        self.update(job_id, status=status, result=None if result is None else result_to_dict(result),
+                    error=error, error_type=error_type, started_at=started_at,
+                    finished_at=finished_at or time.time(), audio=None)
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> Optional[JobRecord]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._from_row(row)
+
+    def unfinished(self) -> List[JobRecord]:
+        """Queued and running rows, oldest first: the order a restart queues them again."""
+        return self._select(f"status IN ({','.join('?' * len(UNFINISHED))}) ORDER BY created_at, rowid", UNFINISHED)
+
+    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False) -> List[JobRecord]:
+        """Newest first; one owner's jobs (None = jobs without an owner) or everyone's."""
+        if any_owner:
+            return self._select("1 ORDER BY created_at DESC LIMIT ?", (limit,))
+        return self._select("owner IS ? ORDER BY created_at DESC LIMIT ?", (owner, limit))
+
+    def finished_before(self, cutoff: float) -> List[JobRecord]:
+        return self._select(f"status IN ({','.join('?' * len(FINISHED))}) AND finished_at < ?", (*FINISHED, cutoff))
+
+    def audio_in_use(self) -> set:
+        """File names under data_dir/audio that an unfinished job still needs."""
+        return {r.audio for r in self.unfinished() if r.audio}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- rows <-> records ----------------------------------------------------------------------
+    def _select(self, where: str, params: tuple) -> List[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE {where}", params).fetchall()
+        return [self._from_row(row) for row in rows]
+
+    @staticmethod
+    def _to_row(record: JobRecord) -> Dict[str, Any]:
+        return {k: _encode(k, v) for k, v in asdict(record).items()}
+
+    @staticmethod
+    def _from_row(row: sqlite3.Row) -> JobRecord:
+        data = dict(row)
+        data["options"] = json.loads(data["options"] or "{}")
+        data["result"] = None if data["result"] is None else json.loads(data["result"])
+        return JobRecord(**data)
+
+
+_JSON_COLUMNS = ("options", "result")  # stored as JSON text
+
+
+def _encode(column: str, value: Any) -> Any:
+    return json.dumps(value) if column in _JSON_COLUMNS and value is not None else value

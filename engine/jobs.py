@@ -1,0 +1,360 @@
+"""JobManager: durable jobs. Stored before they are queued, queued again after a crash.
+
+    jobs = JobManager(engine).start()      # purges expired jobs, re-queues unfinished ones
+    handle = jobs.submit("talk.mp3", name="talk.mp3", language="en")   # an engine JobHandle
+    jobs.get(handle.id)                    # JobInfo: stored row + live status/progress
+    jobs.close()
+
+`submit` copies (or moves) the recording to `data_dir/audio/<id><ext>` and commits the
+job's row to SQLite before it hands the job to the engine, so once it returns, a `kill -9`
+loses nothing: at the next start `recover()` queues every unfinished row again, oldest
+first. If the queue is full then, the rest wait in a pending list and are fed in as room
+appears, never dropped. Work is therefore at-least-once: a job killed halfway runs again
+from the start.
+
+The client's file name is kept only as a display name; on disk the recording is named by
+the job id and an extension from a fixed whitelist, so no client text ever becomes a path.
+
+Audio retention: a job's recording is deleted as soon as the job is finished (done, failed
+or cancelled). The stored result renders every format again, so the audio has no further
+use, and recordings are the bulky (hours = hundreds of MB) and most private part; keeping
+them for `job_retention_days` would multiply disk use for nothing. Rows (results) are
+deleted after `job_retention_days`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Deque, Dict, List, Optional, Set, Union
+
+from .audio import AudioError
+from .engine import Engine, InvalidRequest
+from .job_store import JobRecord, JobStore
+from .results import TranscriptionResult
+from .worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
+
+log = logging.getLogger(__name__)
+
+# Extensions a stored recording may keep (ffmpeg does not need one, but it is a hint for
+# formats without a clear header, and a name a person can recognise). Anything else: none.
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".mp3", ".m4a", ".mp4", ".flac", ".ogg", ".oga", ".opus", ".webm", ".mpeg", ".mpga",
+    ".aac", ".wma", ".mkv", ".mov", ".avi", ".aif", ".aiff", ".amr", ".3gp", ".caf",
+})
+# Keyword options a job may carry: stored as JSON and passed to Engine.submit unchanged.
+SUBMIT_OPTIONS = ("language", "task", "model", "initial_prompt", "word_timestamps", "temperature",
+                  "max_new_tokens")
+FEED_INTERVAL_S = 0.5  # how often waiting recovered jobs try for room in the queue
+PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
+ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted
+RECENT_DURATIONS = 20  # finished jobs the Retry-After estimate averages over
+
+Audio = Union[str, os.PathLike, bytes]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as a front end shows it: the stored row merged with the live engine handle."""
+
+    record: JobRecord  # the stored row (options, name, result, error, timestamps)
+    status: str  # live: "queued" | "running" | "done" | "failed" | "cancelled"
+    queue_position: int  # 1 = next to start; 0 once running or finished
+    progress: float  # 0..1, windows decoded over windows planned
+    windows_done: int  # windows decoded so far (0 when not running)
+    windows_total: int  # windows planned (0 until the audio is read)
+    started_at: Optional[float] = None  # unix time a worker started it (live, or as stored)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
+
+    def result(self) -> Optional[TranscriptionResult]:
+        return self.record.transcription()
+
+
+def stored_extension(name: str) -> str:
+    """The extension a stored recording gets: the name's own if whitelisted, else none."""
+    suffix = Path(str(name).replace("\\", "/")).suffix.lower()
+    return suffix if suffix in AUDIO_EXTENSIONS else ""
+
+
+def _in_client_terms(error: BaseException, record: JobRecord) -> BaseException:
+    """The error with the stored file's name (<id>.flac) replaced by the client's name, in place.
+
+    Engine messages name the file they read; the client knows its recording by its own name."""
+    if record.audio and record.name and error.args and isinstance(error.args[0], str):
+        error.args = (error.args[0].replace(record.audio, record.name), *error.args[1:])
+    return error
+
+
+class JobManager:
+    """Durable jobs on top of an `Engine`; see the module docstring.
+
+    `store` defaults to a `JobStore` in `engine.settings.data_dir`. Call `start()` once
+    (purge, recover, background feeding), and `close()` before `engine.close()` so jobs the
+    engine stops on shutdown stay queued for the next start instead of being marked failed.
+    """
+
+    def __init__(self, engine: Engine, store: Optional[JobStore] = None, *,
+                 retention_days: Optional[float] = None):
+        self.engine = engine
+        self.store = store or JobStore(engine.settings.data_dir)
+        self.audio_dir = self.store.data_dir / "audio"  # stored recordings of unfinished jobs
+        self.upload_dir = self.store.data_dir / "uploads"  # uploads being received (same disk: moving is a rename)
+        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self.retention_s = (retention_days or engine.settings.job_retention_days) * 86400
+        self._live: Dict[str, JobHandle] = {}  # jobs the engine holds now
+        self._pending: Deque[str] = deque()  # recovered jobs waiting for room in the queue
+        self._user_cancelled: Set[str] = set()  # cancel() was asked (vs. stopped by shutdown)
+        self._durations: Deque[float] = deque(maxlen=RECENT_DURATIONS)
+        self._lock = threading.RLock()
+        self._feed_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> "JobManager":
+        """Delete expired jobs, queue the unfinished ones again, start background feeding."""
+        self.purge_expired()
+        recovered = self.recover()
+        if recovered:
+            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.path)
+        self._thread = threading.Thread(target=self._maintain, name="job-maintenance", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop feeding and purging and close the database. Jobs still in the engine that
+        finish later are not recorded, so they stay unfinished and run again at restart."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self.store.close()
+
+    # -- submitting ------------------------------------------------------------------------------
+    def submit(self, audio: Audio, *, name: str = "", owner: Optional[str] = None, source: str = "page",
+               move: bool = False, **options) -> JobHandle:
+        """Store the recording and the job, then queue it; returns the engine's JobHandle.
+
+        `audio` is a path (copied, or renamed when `move` and it lies on the same disk) or
+        the file's bytes. Raises what `Engine.submit` raises (QueueFull, InvalidRequest,
+        an AudioError, FileNotFoundError); then nothing of the job is kept.
+        """
+        unknown = set(options) - set(SUBMIT_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        if not isinstance(audio, bytes) and not Path(audio).is_file():
+            raise FileNotFoundError(f"No such audio file: {Path(audio).name}")
+        # Only the last component of a client's name is kept, and only to show it.
+        name = re.split(r"[\\/]", name or ("" if isinstance(audio, bytes) else Path(audio).name))[-1]
+        job_id = uuid.uuid4().hex[:12]
+        stored = self.audio_dir / f"{job_id}{stored_extension(name)}"
+        self._store_audio(audio, stored, move)
+        record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
+                           source=source, options=dict(options), audio=stored.name, attempts=1)
+        try:
+            self.store.add(record)
+            return self._hand_to_engine(record)
+        except BaseException as exc:
+            self.store.delete(job_id)
+            stored.unlink(missing_ok=True)
+            raise _in_client_terms(exc, record)
+
+    def new_upload_path(self, name: str = "") -> Path:
+        """A fresh path under data_dir/uploads for receiving an upload, so that `submit(...,
+        move=True)` is a rename. Only the extension of `name` is used (whitelisted)."""
+        return self.upload_dir / f"{uuid.uuid4().hex}{stored_extension(name)}"
+
+    @staticmethod
+    def _store_audio(audio: Audio, destination: Path, move: bool) -> None:
+        if isinstance(audio, bytes):
+            destination.write_bytes(audio)
+        elif move:
+            shutil.move(os.fspath(audio), destination)  # a rename on the same file system
+        else:
+            shutil.copyfile(audio, destination)
+
+    def _hand_to_engine(self, record: JobRecord) -> JobHandle:
+        audio = self.audio_dir / (record.audio or "")
+        handle = self.engine.submit(str(audio), name=record.name, job_id=record.id, **record.options)
+        with self._lock:
+            self._live[record.id] = handle
+        handle.add_done_callback(self._on_finished)  # runs at once if it already finished
+        return handle
+
+    def _on_finished(self, handle: JobHandle) -> None:
+        with self._lock:
+            self._live.pop(handle.id, None)
+            asked = handle.id in self._user_cancelled
+            self._user_cancelled.discard(handle.id)
+        error = None if handle.status is JobStatus.DONE else handle.exception()
+        stopped_by_shutdown = isinstance(error, WorkerShutDown) or (
+            handle.status is JobStatus.CANCELLED and not asked and self._closing.is_set())
+        if stopped_by_shutdown:
+            return  # the row stays unfinished: the next start runs it again
+        result = handle.result() if handle.status is JobStatus.DONE else None
+        try:
+            with self._lock:
+                record = self.store.get(handle.id)
+                if error is not None and record is not None:
+                    _in_client_terms(error, record)  # the same object the handle raises to its waiters
+                self.store.finish(handle.id, handle.status.value, result=result,
+                                  error=None if error is None else str(error),
+                                  error_type=None if error is None else type(error).__name__,
+                                  started_at=handle.started_at, finished_at=handle.finished_at)
+        except Exception as exc:  # the database is closed (shutting down): run it again at restart
+            log.warning("Job %s finished but could not be recorded (%s); it will run again", handle.id, exc)
+            return
+        if record is not None and record.audio:
+            (self.audio_dir / record.audio).unlink(missing_ok=True)
+        if handle.status is JobStatus.DONE and handle.started_at and handle.finished_at:
+            self._durations.append(handle.finished_at - handle.started_at)
+
+    # -- recovery ----------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Queue every unfinished stored job again (oldest first); returns how many.
+
+        Those that do not fit in the engine's queue wait here and are fed in as room appears.
+        """
+        with self._lock:
+            known = set(self._live) | set(self._pending)
+            records = [r for r in self.store.unfinished() if r.id not in known]
+            self._pending.extend(r.id for r in records)
+        self._feed()
+        return len(records)
+
+    def _feed(self) -> None:
+        """Hand pending recovered jobs to the engine until its queue is full."""
+        with self._feed_lock:
+            while True:
+                with self._lock:
+                    if not self._pending or self._closing.is_set():
+                        return
+                    job_id = self._pending[0]
+                record = self.store.get(job_id)
+                if record is None or record.finished:
+                    with self._lock:
+                        self._pending.popleft()
+                    continue
+                record.attempts += 1
+                try:
+                    self._hand_to_engine(record)
+                except (QueueFull, WorkerShutDown):
+                    return  # try again on the next tick
+                except (AudioError, InvalidRequest, FileNotFoundError, ValueError) as exc:
+                    # The recording vanished or the config changed (model no longer offered).
+                    self._finish_without_engine(record, "failed", _in_client_terms(exc, record))
+                else:
+                    self.store.update(job_id, attempts=record.attempts)
+                with self._lock:
+                    if self._pending and self._pending[0] == job_id:
+                        self._pending.popleft()
+
+    def _maintain(self) -> None:
+        last_purge = time.monotonic()
+        while not self._closing.wait(FEED_INTERVAL_S):
+            try:
+                self._feed()
+                if time.monotonic() - last_purge > PURGE_INTERVAL_S:
+                    last_purge = time.monotonic()
+                    self.purge_expired()
+            except Exception:  # keep the thread alive; the next tick tries again
+                log.exception("Job maintenance failed")
+
+    # -- reading ------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Optional[JobInfo]:
+        """The job's stored row merged with its live state; None for an unknown id."""
+        record = self.store.get(job_id)
+        return None if record is None else self._info(record)
+
+    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False) -> List[JobInfo]:
+        """Newest first: one owner's jobs, or everyone's with `any_owner`."""
+        return [self._info(r) for r in self.store.recent(owner, limit, any_owner)]
+
+    @property
+    def pending_count(self) -> int:
+        """Recovered jobs still waiting for room in the engine's queue."""
+        return len(self._pending)
+
+    def _info(self, record: JobRecord) -> JobInfo:
+        with self._lock:
+            handle = self._live.get(record.id)
+            pending_index = self._pending.index(record.id) if record.id in self._pending else None
+        if handle is not None and not record.finished:
+            if handle.done():  # finished a moment ago; its row is being written
+                return JobInfo(record, JobStatus.RUNNING.value, 0, 1.0, handle.windows_done, handle.windows_total,
+                               handle.started_at)
+            return JobInfo(record, handle.status.value, handle.queue_position, handle.progress,
+                           handle.windows_done, handle.windows_total, handle.started_at)
+        if pending_index is not None:
+            position = self.engine.status().queue_length + pending_index + 1
+            return JobInfo(record, "queued", position, 0.0, 0, 0)
+        progress = 1.0 if record.status == "done" else 0.0
+        return JobInfo(record, record.status, 0, progress, 0, 0, record.started_at)
+
+    # -- cancelling --------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> Optional[JobInfo]:
+        """Cancel an unfinished job (a running one stops at its next batch of windows).
+        Returns the job afterwards (unchanged if it had finished); None for an unknown id."""
+        record = self.store.get(job_id)
+        if record is None or record.finished:
+            return None if record is None else self._info(record)
+        with self._lock:
+            handle = self._live.get(job_id)
+            if handle is not None:
+                self._user_cancelled.add(job_id)
+            elif job_id in self._pending:
+                self._pending.remove(job_id)
+        if handle is not None:
+            handle.cancel()
+        else:
+            self._finish_without_engine(record, "cancelled", JobCancelled(f"job {job_id} was cancelled"))
+        return self.get(job_id)
+
+    def _finish_without_engine(self, record: JobRecord, status: str, error: BaseException) -> None:
+        self.store.finish(record.id, status, error=str(error), error_type=type(error).__name__)
+        if record.audio:
+            (self.audio_dir / record.audio).unlink(missing_ok=True)
+
+    # -- housekeeping -------------------------------------------------------------------------------
+    def purge_expired(self, now: Optional[float] = None) -> int:
+        """Delete jobs finished more than `retention_s` ago, and stray files; returns jobs deleted."""
+        now = time.time() if now is None else now
+        expired = self.store.finished_before(now - self.retention_s)
+        for record in expired:
+            if record.audio:
+                (self.audio_dir / record.audio).unlink(missing_ok=True)
+            self.store.delete(record.id)
+        in_use = self.store.audio_in_use()
+        for folder in (self.audio_dir, self.upload_dir):
+            for path in folder.iterdir():
+                try:
+                    if path.name not in in_use and path.stat().st_mtime < now - ORPHAN_AGE_S:
+                        path.unlink()
+                except OSError:
+                    pass
+        if expired:
+            log.info("Deleted %d job(s) older than %.0f days", len(expired), self.retention_s / 86400)
+        return len(expired)
+
+    def retry_after_s(self) -> int:
+        """Seconds a refused client should wait: about when the next running job ends."""
+        if not self._durations:
+            return 5
+        average = sum(self._durations) / len(self._durations)
+        return int(min(60, max(1, math.ceil(average / max(1, self.engine.settings.workers)))))

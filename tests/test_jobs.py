@@ -1,0 +1,220 @@
+"""JobManager on a real Engine (micro checkpoint): stored before queued, recovered after a stop,
+pending when the queue is full, cancellable, purged after retention; client names never paths."""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+import whisper
+
+from conftest import JFK, fast_settings, shared_audio
+from engine import Engine, NotAudio, QueueFull
+from engine.job_store import JobRecord, JobStore
+from engine.jobs import ORPHAN_AGE_S, JobManager, stored_extension
+
+FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
+GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as long as they need
+GATE.set()
+
+
+def gated_decode(model, mel, options):
+    if not GATE.wait(30):
+        raise TimeoutError("test gate never opened")
+    return whisper.decode(model, mel, options)
+
+
+def make_engine(checkpoint, **overrides) -> Engine:
+    values = dict(workers=1, queue_size=2, batch_size=1, language="en")
+    values.update(overrides)
+    return Engine(fast_settings(checkpoint, **values), decoder=gated_decode)
+
+
+@pytest.fixture(scope="module")
+def engine(micro_checkpoint):
+    engine = make_engine(micro_checkpoint)
+    yield engine
+    GATE.set()
+    engine.close(drain=False, timeout=10)
+
+
+@pytest.fixture
+def jobs(engine, tmp_path):
+    manager = JobManager(engine, JobStore(tmp_path / "data")).start()
+    yield manager
+    GATE.set()
+    manager.close()
+
+
+@pytest.fixture
+def jfk():
+    return shared_audio(JFK)
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_finished(jobs: JobManager, job_id: str, timeout=60.0):
+    wait_until(lambda: jobs.store.get(job_id).finished, timeout, f"job {job_id} to finish")
+    return jobs.get(job_id)
+
+
+def test_job_is_stored_before_it_runs_and_result_after(jobs, jfk):
+    GATE.clear()
+    handle = jobs.submit(jfk, name="jfk.flac", language="en", word_timestamps=True)
+    record = jobs.store.get(handle.id)  # committed before submit returned, while nothing has run
+    assert record.status == "queued" and record.options == {"language": "en", "word_timestamps": True}
+    assert (jobs.audio_dir / record.audio).is_file() and record.audio == f"{handle.id}.flac"
+    assert jfk.is_file()  # copied, the caller's file is untouched
+    GATE.set()
+    result = handle.result(timeout=60)
+    info = wait_finished(jobs, handle.id)
+    assert info.status == "done" and info.progress == 1.0 and info.result() == result
+    assert info.record.started_at and info.record.finished_at >= info.record.started_at
+    # Audio is deleted once the job is finished; the stored result renders every format.
+    assert info.record.audio is None
+    wait_until(lambda: not any(jobs.audio_dir.iterdir()), what="the recording to be deleted")
+    assert all(segment.words for segment in info.result().segments)
+
+
+def test_client_names_never_become_paths(jobs, jfk):
+    data = jfk.read_bytes()
+    for name, extension in [("../../etc/passwd.FLAC", ".flac"), ("C:\\Users\\x\\talk.mp3", ".mp3"),
+                            ("evil.sh", ""), ("..", ""), ("", "")]:
+        handle = jobs.submit(data, name=name)
+        record = jobs.store.get(handle.id)
+        assert record.audio == f"{handle.id}{extension}"
+        assert "/" not in record.name and "\\" not in record.name
+        handle.result(timeout=60)
+    assert stored_extension("x.webm") == ".webm" and stored_extension("x.webm.exe") == ""
+    # Nothing was written anywhere but the database and the audio folder, emptied at the end.
+    wait_until(lambda: not any(jobs.audio_dir.iterdir()), what="recordings to be deleted")
+    written = {str(p.relative_to(jobs.store.data_dir)) for p in jobs.store.data_dir.rglob("*")}
+    assert written <= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "audio", "uploads"}
+
+
+def test_refused_jobs_leave_nothing_behind(jobs, jfk, engine):
+    with pytest.raises(NotAudio, match="notes.wav"):  # the client's name, not the stored one
+        jobs.submit(b"this is not audio" * 100, name="notes.wav")
+    with pytest.raises(FileNotFoundError):
+        jobs.submit(jfk.parent / "missing.flac")
+    GATE.clear()
+    held = [jobs.submit(jfk)]  # running (one worker)
+    wait_until(lambda: held[0].status.value == "running", what="first job to start")
+    held += [jobs.submit(jfk), jobs.submit(jfk)]  # the queue (2) is full now
+    with pytest.raises(QueueFull):
+        jobs.submit(jfk)
+    assert len(jobs.store.recent(any_owner=True)) == 3
+    assert len(list(jobs.audio_dir.iterdir())) == 3
+    GATE.set()
+    for handle in held:
+        handle.result(timeout=60)
+
+
+def test_cancel_queued_and_running_jobs(jobs, jfk):
+    five_min = shared_audio(FIVE_MIN)
+    GATE.clear()
+    running = jobs.submit(five_min)  # many windows: cancellation lands between batches
+    wait_until(lambda: running.status.value == "running", what="job to start")
+    queued = jobs.submit(jfk)
+    assert jobs.get(queued.id).queue_position == 1
+    assert jobs.cancel(queued.id).status == "cancelled"
+    assert jobs.store.get(queued.id).audio is None
+    jobs.cancel(running.id)
+    GATE.set()
+    info = wait_finished(jobs, running.id)
+    assert info.status == "cancelled" and info.record.error_type == "JobCancelled"
+    assert jobs.cancel(running.id).status == "cancelled"  # cancelling again changes nothing
+    assert jobs.cancel("0" * 12) is None
+
+
+def test_unfinished_jobs_run_again_after_a_stop(micro_checkpoint, tmp_path, jfk):
+    data_dir = tmp_path / "data"
+    first_engine = make_engine(micro_checkpoint)
+    first = JobManager(first_engine, JobStore(data_dir)).start()
+    GATE.clear()
+    running = first.submit(jfk, name="a.flac")
+    wait_until(lambda: running.status.value == "running", what="job to start")
+    waiting = first.submit(jfk, name="b.flac")
+    # Stop the way a shutdown does: the manager first, then the engine cancels what it holds.
+    first.close()
+    first_engine.close(drain=False, timeout=10)
+    GATE.set()
+    store = JobStore(data_dir)
+    assert {r.id for r in store.unfinished()} == {running.id, waiting.id}  # not marked failed
+
+    second_engine = make_engine(micro_checkpoint)
+    second = JobManager(second_engine, store).start()
+    try:
+        for job_id in (running.id, waiting.id):
+            info = wait_finished(second, job_id)
+            assert info.status == "done" and info.result().segments is not None
+            assert info.record.attempts == 2
+        wait_until(lambda: not any(second.audio_dir.iterdir()), what="recordings to be deleted")
+    finally:
+        second.close()
+        second_engine.close()
+
+
+def test_recovery_waits_for_room_instead_of_dropping(micro_checkpoint, tmp_path, jfk):
+    store = JobStore(tmp_path / "data")
+    audio_dir = store.data_dir / "audio"
+    audio_dir.mkdir()
+    ids = [f"{i:012x}" for i in range(6)]
+    for i, job_id in enumerate(ids):  # what a killed process leaves: rows and their recordings
+        shutil.copyfile(jfk, audio_dir / f"{job_id}.flac")
+        store.add(JobRecord(job_id, time.time() + i, "queued", name=f"{i}.flac", audio=f"{job_id}.flac",
+                            options={"language": "en"}, attempts=1))
+    store.add(JobRecord("f" * 12, time.time() + 9, "queued", name="gone.flac", audio="ffffffffffff.flac"))
+    engine = make_engine(micro_checkpoint, queue_size=1)
+    GATE.clear()
+    jobs = JobManager(engine, store).start()
+    try:
+        assert jobs.pending_count >= 4  # one running, one queued, the rest wait here
+        last = jobs.get(ids[-1])
+        assert last.status == "queued" and last.queue_position > 1
+        GATE.set()
+        for job_id in ids:
+            assert wait_finished(jobs, job_id).status == "done"
+        gone = wait_finished(jobs, "f" * 12)  # its recording vanished: failed, with the reason
+        assert gone.status == "failed" and "gone.flac" in gone.record.error
+        assert jobs.pending_count == 0
+    finally:
+        GATE.set()
+        jobs.close()
+        engine.close()
+
+
+def test_purge_removes_expired_jobs_and_stray_files(jobs, jfk):
+    handle = jobs.submit(jfk)
+    handle.result(timeout=60)
+    wait_finished(jobs, handle.id)
+    GATE.clear()
+    kept = jobs.submit(jfk)  # unfinished: never purged, its recording stays
+    stray = jobs.audio_dir / "0123456789ab.wav"
+    stray.write_bytes(b"left by a crash")
+    old = time.time() - 2 * ORPHAN_AGE_S
+    os.utime(stray, (old, old))
+    os.utime(jobs.audio_dir / jobs.store.get(kept.id).audio, (old, old))
+
+    assert jobs.purge_expired() == 0  # finished just now: within retention
+    assert not stray.exists() and (jobs.audio_dir / jobs.store.get(kept.id).audio).exists()
+    assert jobs.purge_expired(now=time.time() + jobs.retention_s + 1) == 1
+    assert jobs.get(handle.id) is None and jobs.get(kept.id) is not None
+    GATE.set()
+    kept.result(timeout=60)
+
+
+def test_retry_after_follows_recent_job_durations(jobs, jfk):
+    assert 1 <= jobs.retry_after_s() <= 60
+    jobs.submit(jfk).result(timeout=60)
+    wait_until(lambda: jobs._durations, what="duration to be recorded")
+    assert 1 <= jobs.retry_after_s() <= 60

@@ -1,0 +1,91 @@
+"""JobStore: rows survive a reopen (what a restart sees), results round-trip, queries."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from engine import Segment, TranscriptionResult, Word
+from engine.job_store import JobRecord, JobStore, result_from_dict, result_to_dict
+
+
+def _result() -> TranscriptionResult:
+    words = [Word(" hello", 0.0, 0.4, 0.9), Word(" world", 0.4, 0.9, 0.8)]
+    return TranscriptionResult(
+        segments=[Segment(0, 0.0, 0.9, " hello world", [1, 2], 0.0, -0.3, 1.1, 0.01, words),
+                  Segment(1, 1.0, 2.0, " again", [3], 0.2, -0.5, 1.0, 0.02)],
+        language="en", duration=2.0, model="micro", windows=1, tokens_decoded=7, processing_s=0.5)
+
+
+def test_result_round_trips_through_json():
+    result = _result()
+    assert result_from_dict(result_to_dict(result)) == result
+
+
+def test_rows_survive_reopening(tmp_path):
+    store = JobStore(tmp_path)
+    store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options={"language": "en"}, audio="x.mp3"))
+    store.close()  # what a crash leaves: the committed row, nothing in memory
+
+    reopened = JobStore(tmp_path)
+    record = reopened.get("a" * 12)
+    assert record.status == "queued" and record.options == {"language": "en"} and record.audio == "x.mp3"
+    assert [r.id for r in reopened.unfinished()] == ["a" * 12]
+    # WAL mode: readers never wait for a writer.
+    assert reopened._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_finish_stores_result_and_error(tmp_path):
+    store = JobStore(tmp_path)
+    store.add(JobRecord("b" * 12, 1.0, "queued"))
+    store.add(JobRecord("c" * 12, 2.0, "queued"))
+    store.finish("b" * 12, "done", result=_result(), started_at=5.0, finished_at=6.0)
+    store.finish("c" * 12, "failed", error="not audio", error_type="NotAudio")
+    done, failed = store.get("b" * 12), store.get("c" * 12)
+    assert done.finished and done.transcription() == _result() and done.finished_at == 6.0
+    assert failed.error == "not audio" and failed.error_type == "NotAudio" and failed.transcription() is None
+    assert store.unfinished() == []
+    with pytest.raises(ValueError):
+        store.finish("b" * 12, "running")
+
+
+def test_recent_and_finished_before(tmp_path):
+    store = JobStore(tmp_path)
+    for i, owner in enumerate(["me", "me", "you", None]):
+        store.add(JobRecord(f"{i:012d}", float(i), "queued", owner=owner))
+    store.finish(f"{0:012d}", "done", finished_at=10.0)
+    store.finish(f"{1:012d}", "cancelled", finished_at=100.0)
+    assert [r.id for r in store.recent("me")] == [f"{1:012d}", f"{0:012d}"]  # newest first
+    assert [r.id for r in store.recent(None)] == [f"{3:012d}"]
+    assert len(store.recent(limit=2, any_owner=True)) == 2
+    assert [r.id for r in store.finished_before(50.0)] == [f"{0:012d}"]  # unfinished never expire
+    store.delete(f"{0:012d}")
+    assert store.get(f"{0:012d}") is None
+
+
+def test_update_rejects_unknown_columns(tmp_path):
+    store = JobStore(tmp_path)
+    store.add(JobRecord("d" * 12, 1.0, "queued", audio="d.wav"))
+    store.update("d" * 12, audio=None, attempts=3)
+    assert store.get("d" * 12).audio is None and store.get("d" * 12).attempts == 3
+    with pytest.raises(ValueError, match="unknown"):
+        store.update("d" * 12, **{"audio = NULL; DROP TABLE jobs; --": 1})
+
+
+def test_threads_share_one_store(tmp_path):
+    store = JobStore(tmp_path)
+
+    def add(n):
+        for i in range(25):
+            store.add(JobRecord(f"{n:02d}{i:010d}", time.time(), "queued"))
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.unfinished()) == 100
+    # Another connection (another process after a restart) sees every committed row.
+    assert sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 100
