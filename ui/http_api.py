@@ -1,5 +1,339 @@
-"""HTTP routes on Gradio's own FastAPI app (placeholder until the HTTP API lands)."""
+"""HTTP routes on Gradio's own FastAPI app (one server, one port).
+
+    POST /v1/audio/transcriptions, /v1/audio/translations   OpenAI-compatible, answer when done
+    GET  /v1/models                                          the models the config allows
+    POST /v1/jobs            same fields; answers at once (202) with a durable job
+    GET  /v1/jobs            recent jobs, newest first
+    GET  /v1/jobs/{id}       status, queue position, progress, and the result once done
+    GET  /v1/jobs/{id}/result?format=txt|srt|vtt|tsv|json
+    DELETE /v1/jobs/{id}     cancel
+    GET  /healthz, /metrics  model state; Prometheus text
+
+Every request goes through the `JobManager`, the synchronous ones too: the upload and the
+job are on disk before the job is queued, so an accepted request is never lost (a client
+cut off by a restart finds its result under GET /v1/jobs; the id is also in the X-Job-Id
+header), and every front end shares one set of limits, one history and one metric set.
+
+Limits are checked before work is spent: the API key first, then the upload size (from
+Content-Length before reading anything, and while the body streams in, so a lying or
+chunked upload stops at the limit too), then the audio's declared length (ffprobe, before
+decoding), then room in the queue. Errors come back in OpenAI's shape (ui/openai_compat.py).
+The routes use a route class that turns every error into that shape itself, instead of
+app-wide exception handlers, which Starlette freezes when the server starts and Gradio's
+app has already started by the time these routes are added.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, Dict, List, Optional
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from engine import FORMATS, Engine, JobHandle, QueueFull, Settings, render
+from engine.formats import safe_basename
+from engine.jobs import JobManager
+from ui.metrics import Metrics
+from ui.openai_compat import (OPENAI_DEFAULT_MODEL, UNEXPECTED, ApiError, TranscriptionForm, api_error, content_disposition,
+                              job_body, kind_of, parse_form, split_fields, transcription_response)
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the text fields around the file
+MAX_FORM_FIELDS = 32  # a transcription form has 8; more is not a real client
+JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # what JobManager issues; anything else is not found, never a lookup
+LOADING_RETRY_AFTER_S = 10  # a model loads in seconds to a minute
+RESULT_FORMATS = {**{f: f for f in FORMATS}, "text": "txt"}  # ?format= of the result download
+RESULT_MEDIA_TYPES = {"txt": "text/plain", "srt": "text/plain", "vtt": "text/vtt", "tsv": "text/tab-separated-values",
+                      "json": "application/json"}
 
 
-def add_routes(app, engine, settings) -> None:
-    """Register /v1, /healthz and /metrics on `app` (a FastAPI instance)."""
+class OpenAIRoute(APIRoute):
+    """Answers ApiError, FastAPI's validation errors and HTTPException in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return exc.response()
+            except RequestValidationError as exc:
+                first = exc.errors()[0] if exc.errors() else {}
+                param = str(first.get("loc", ["", ""])[-1]) or None
+                return ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value",
+                                param=param).response()
+            except HTTPException as exc:
+                return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
+
+        return handle
+
+
+@dataclass
+class Upload:
+    """An audio upload received into data_dir/uploads, with the form's text fields."""
+
+    fields: Dict[str, List[str]]  # text fields by name (a name may repeat: timestamp_granularities[])
+    path: Path  # where the file's bytes are, named by the server; moved into the job's storage
+    name: str  # the client's file name, for display and download names only
+
+
+def add_routes(app: FastAPI, engine: Engine, settings: Settings, jobs: Optional[JobManager] = None,
+               metrics: Optional[Metrics] = None) -> APIRouter:
+    """Register /v1, /healthz and /metrics on `app` (Gradio's FastAPI app).
+
+    `jobs` is the app's JobManager (started); without one, a JobManager on
+    settings.data_dir is created and started here. Returns the router.
+    """
+    if jobs is None:
+        jobs = JobManager(engine).start()
+    metrics = metrics or Metrics(engine, jobs)
+    router = build_router(engine, settings, jobs, metrics)
+    app.include_router(router)
+    app.state.jobs = jobs
+    app.state.metrics = metrics
+    return router
+
+
+def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: Metrics) -> APIRouter:
+    require_key = Depends(_key_check(settings.api_key))
+    v1 = APIRouter(prefix="/v1", route_class=OpenAIRoute, dependencies=[require_key])
+    open_routes = APIRouter(route_class=OpenAIRoute,
+                            dependencies=[require_key] if settings.protect_metrics else [])
+
+    # -- OpenAI-compatible ------------------------------------------------------------------
+    @v1.post("/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        return await _transcribe_now(request, "transcribe")
+
+    @v1.post("/audio/translations")
+    async def translations(request: Request) -> Response:
+        return await _transcribe_now(request, "translate")
+
+    async def _transcribe_now(request: Request, task: str) -> Response:
+        upload = await _receive(request, jobs, settings.max_upload_mb)
+        try:
+            form = parse_form(upload.fields)
+            options = _options(form, task, settings, engine, wait_for_model=False)
+            handle = await _submit(jobs, upload, source="api", options=options)
+        finally:
+            upload.path.unlink(missing_ok=True)  # gone already once the job took it
+        try:
+            result = await _wait(handle)
+        except Exception as exc:
+            raise api_error(exc) from None
+        return transcription_response(result, form, headers={"X-Job-Id": handle.id})
+
+    @v1.get("/models")
+    async def models() -> Dict:
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "openai-whisper",
+             "default": name == settings.model} for name in settings.allowed_models]}
+
+    # -- durable jobs -------------------------------------------------------------------------
+    @v1.post("/jobs", status_code=202)
+    async def create_job(request: Request) -> Response:
+        upload = await _receive(request, jobs, settings.max_upload_mb)
+        try:
+            form = parse_form(upload.fields)
+            options = _options(form, form.task or "transcribe", settings, engine, wait_for_model=True)
+            handle = await _submit(jobs, upload, source="jobs", options=options)
+        finally:
+            upload.path.unlink(missing_ok=True)
+        info = jobs.get(handle.id)
+        return JSONResponse(job_body(info), status_code=202, headers={"Location": f"/v1/jobs/{handle.id}"})
+
+    @v1.get("/jobs")
+    async def list_jobs(limit: int = 20) -> Dict:
+        limit = max(1, min(limit, 200))
+        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(limit=limit, any_owner=True))
+        return {"object": "list", "data": [job_body(info, with_result=False) for info in infos]}
+
+    @v1.get("/jobs/{job_id}")
+    async def get_job(job_id: str) -> Dict:
+        return job_body(await _job(jobs, job_id))
+
+    @v1.get("/jobs/{job_id}/result")
+    async def job_result(job_id: str, format: str = "txt") -> Response:
+        fmt = RESULT_FORMATS.get(format.lower().lstrip("."))
+        if fmt is None:
+            raise ApiError(400, f"format: choose one of {', '.join(FORMATS)}, got {format!r}", code="invalid_value",
+                           param="format")
+        info = await _job(jobs, job_id)
+        if info.status != "done":
+            code = {"failed": "job_failed", "cancelled": "job_cancelled"}.get(info.status, "job_not_finished")
+            detail = f": {info.record.error}" if info.record.error else ""
+            raise ApiError(409, f"Job {job_id} is {info.status}{detail}; there is no result to download.", code=code)
+        result = info.result()
+        stem = safe_basename(Path(info.record.name).stem or job_id)
+        return PlainTextResponse(render(result, fmt), media_type=RESULT_MEDIA_TYPES[fmt],
+                                 headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
+
+    @v1.delete("/jobs/{job_id}")
+    async def cancel_job(job_id: str) -> Dict:
+        info = await _job(jobs, job_id)
+        if info.finished:
+            raise ApiError(409, f"Job {job_id} is already {info.status}; there is nothing to cancel.",
+                           code="job_finished")
+        info = await anyio.to_thread.run_sync(jobs.cancel, job_id)
+        return job_body(info)
+
+    @v1.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown(path: str) -> Response:
+        raise ApiError(404, f"There is no route /v1/{path} on this server.", code="unknown_url")
+
+    # -- health and metrics ---------------------------------------------------------------------
+    @open_routes.get("/healthz")
+    async def healthz() -> Dict:
+        status = engine.status()
+        return {"status": "ok", "model": {"name": status.model.model, "state": status.model.state,
+                                          "error": status.model.error or None},
+                "device": status.device, "workers": status.workers, "busy_workers": status.busy_workers,
+                "queue_length": status.queue_length, "queue_size": status.queue_size}
+
+    @open_routes.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        body, content_type = await anyio.to_thread.run_sync(metrics.render)  # GPU readings may shell out
+        return Response(body, media_type=content_type)
+
+    router = APIRouter()
+    router.include_router(v1)
+    router.include_router(open_routes)
+    return router
+
+
+# --- pieces of the routes ----------------------------------------------------------------------
+
+def _key_check(api_key: Optional[str]) -> Callable:
+    """A dependency requiring "Authorization: Bearer <api_key>"; passes everything when no key is set."""
+    expected = (api_key or "").encode()
+
+    async def check(request: Request) -> None:
+        if not expected:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise ApiError(401, "Missing or wrong API key: send it as \"Authorization: Bearer <key>\".",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int, max_upload_mb: float) -> AsyncIterator[bytes]:
+    """The request body, stopped with 413 as soon as it passes `limit` bytes."""
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(max_upload_mb)
+        yield chunk
+
+
+def _too_large(max_upload_mb: float) -> ApiError:
+    return ApiError(413, f"The file is larger than this server accepts ({max_upload_mb:g} MB). "
+                         "Compress it (e.g. to mp3 or opus) or split it.", code="file_too_large", param="file")
+
+
+async def _receive(request: Request, jobs: JobManager, max_upload_mb: float) -> Upload:
+    """Read the multipart form, the file into data_dir/uploads, enforcing max_upload_mb."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "Send the audio as multipart/form-data with a 'file' field.", code="invalid_request",
+                       param="file")
+    limit = int(max_upload_mb * MIB)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
+        raise _too_large(max_upload_mb)  # refused before reading a byte of it
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit + FORM_OVERHEAD_BYTES, max_upload_mb),
+                             max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(400, f"The form could not be read: {exc}", code="invalid_request") from None
+    upload = form.get("file")
+    try:
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "The request has no 'file' field with the audio.", code="invalid_request",
+                           param="file")
+        if upload.size is not None and upload.size > limit:
+            raise _too_large(max_upload_mb)
+        path = jobs.new_upload_path(upload.filename or "")
+        await anyio.to_thread.run_sync(_copy, upload, path)
+        return Upload(split_fields(form.multi_items()), path, upload.filename or "")
+    finally:
+        await form.close()
+
+
+def _copy(upload: UploadFile, path: Path) -> None:
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(upload.file, out, 1024 * 1024)
+
+
+def _options(form: TranscriptionForm, task: str, settings: Settings, engine: Engine, wait_for_model: bool) -> Dict:
+    """Engine options from the form; 400 for a model not offered, 503 when the model is not ready.
+
+    A durable job may wait in the queue while the model loads (`wait_for_model`); a request
+    that holds its connection open gets 503 and Retry-After instead."""
+    model = form.model if form.model not in (None, OPENAI_DEFAULT_MODEL) else settings.model
+    if model not in settings.allowed_models:
+        raise ApiError(400, f"model: {model!r} is not offered here; choose one of "
+                            f"{', '.join(settings.allowed_models)} (or {OPENAI_DEFAULT_MODEL} for the default)",
+                       code="model_not_found", param="model")
+    state = engine.status().model
+    if model == state.model and state.state == "failed":
+        raise ApiError(503, f"The model {model!r} failed to load: {state.error}", type="server_error",
+                       code="model_failed")
+    if model == state.model and state.state == "loading" and not wait_for_model:
+        raise ApiError(503, "The model is still loading; try again shortly.", type="server_error",
+                       code="model_loading", headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
+    return form.submit_options(task, settings.model)
+
+
+async def _submit(jobs: JobManager, upload: Upload, source: str, options: Dict) -> JobHandle:
+    """Store and queue the job (in a thread: ffprobe, file move, database commit)."""
+    try:
+        return await anyio.to_thread.run_sync(
+            lambda: jobs.submit(upload.path, name=upload.name, source=source, move=True, **options))
+    except QueueFull as exc:
+        raise api_error(exc, headers={"Retry-After": str(jobs.retry_after_s())}) from None
+    except Exception as exc:
+        if kind_of(exc) is UNEXPECTED:
+            log.exception("Submitting an upload failed")
+        raise api_error(exc) from None
+
+
+async def _wait(handle: JobHandle):
+    """The job's result, awaited without holding a thread: the done-callback wakes the loop."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def wake(_: JobHandle) -> None:
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:  # the loop is gone (server stopped); nobody is waiting any more
+            pass
+
+    handle.add_done_callback(wake)
+    await done.wait()
+    return handle.result()
+
+
+async def _job(jobs: JobManager, job_id: str):
+    info = await anyio.to_thread.run_sync(jobs.get, job_id) if JOB_ID.match(job_id) else None
+    if info is None:
+        raise ApiError(404, f"No job with id {job_id!r} (finished jobs are kept for a limited time).",
+                       code="job_not_found", param="job_id")
+    return info

@@ -1,0 +1,274 @@
+"""OpenAI's audio API, as shapes: the request's form fields, the responses, the errors.
+
+Kept apart from the routes (ui/http_api.py) so the mapping can be read and tested on its
+own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcriptions`
+(the official `openai` Python package parses what these functions build):
+
+- json          {"text", "usage"}
+- verbose_json  {"task", "language" (full name, "english"), "duration", "text",
+                 "segments": [{id, seek, start, end, text, tokens, temperature, avg_logprob,
+                 compression_ratio, no_speech_prob}], "words": [{word, start, end}], "usage"}
+- text          the transcript as one paragraph, as OpenAI sends it
+- srt, vtt      subtitles, written by openai-whisper's own writers (engine.formats)
+- errors        {"error": {"message", "type", "param", "code"}} with an honest status code
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from engine import TranscriptionResult, render
+from engine.languages import LANGUAGES  # whisper's code -> name table
+from engine.job_store import JobRecord
+from engine.jobs import JobInfo
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send; served by the configured default model
+MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}  # OpenAI's own choices
+SEEK_FRAMES_PER_S = 100  # whisper's "seek" counts mel frames (10 ms)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape; raise it anywhere in a route."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 code: Optional[str] = None, param: Optional[str] = None,
+                 headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status = status  # HTTP status code
+        self.message = message  # a sentence for the person reading the client's error
+        self.type = type  # OpenAI's error "type": invalid_request_error | requests | server_error
+        self.code = code  # short machine-readable reason, e.g. "file_too_large"
+        self.param = param  # the request field at fault, if one is
+        self.headers = headers or {}  # e.g. Retry-After
+
+    def body(self) -> Dict[str, Any]:
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(message: str, type: str, code: Optional[str], param: Optional[str] = None) -> Dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int  # HTTP status code
+    code: str  # OpenAI-style error code
+    type: str = "invalid_request_error"  # OpenAI's error type
+
+
+# Engine exceptions by class name (a stored job keeps only the name), most specific first.
+ERROR_KINDS: Dict[str, ErrorKind] = {
+    "FfmpegMissing": ErrorKind(500, "ffmpeg_missing", "server_error"),
+    "NotAudio": ErrorKind(400, "invalid_file_format"),
+    "EmptyAudio": ErrorKind(400, "empty_file"),
+    "TruncatedAudio": ErrorKind(400, "truncated_file"),
+    "AudioTooLong": ErrorKind(400, "audio_too_long"),
+    "AudioFileNotFound": ErrorKind(400, "file_not_found"),
+    "AudioError": ErrorKind(400, "invalid_file"),
+    "InvalidRequest": ErrorKind(400, "invalid_value"),
+    "FileNotFoundError": ErrorKind(400, "file_not_found"),
+    "QueueFull": ErrorKind(429, "rate_limit_exceeded", "requests"),
+    "ModelLoadError": ErrorKind(503, "model_not_available", "server_error"),
+    "WorkerShutDown": ErrorKind(503, "shutting_down", "server_error"),
+    "WindowTooLarge": ErrorKind(503, "out_of_memory", "server_error"),
+    "JobCancelled": ErrorKind(409, "cancelled"),
+}
+UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
+
+
+def kind_of(error: BaseException) -> ErrorKind:
+    for cls in type(error).__mro__:
+        if cls.__name__ in ERROR_KINDS:
+            return ERROR_KINDS[cls.__name__]
+    return UNEXPECTED
+
+
+def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None) -> ApiError:
+    """The ApiError for an exception from the engine or the job manager."""
+    kind = kind_of(error)
+    message = str(error) or type(error).__name__
+    param = None
+    if kind.code == "invalid_value":  # InvalidRequest messages start with the option's name
+        param = {"initial_prompt": "prompt"}.get(message.split(":", 1)[0], message.split(":", 1)[0])
+    elif kind.status == 400:
+        param = "file"
+    if kind is UNEXPECTED:
+        message = f"Transcription failed: {type(error).__name__}: {message}"
+    return ApiError(kind.status, message, type=kind.type, code=kind.code, param=param, headers=headers)
+
+
+# --- the request's form -------------------------------------------------------------------------
+
+class TranscriptionForm(BaseModel):
+    """The multipart fields of /v1/audio/transcriptions, /translations and /v1/jobs, besides `file`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: Optional[str] = None  # a model id from /v1/models; "whisper-1" or empty = the default model
+    language: Optional[str] = None  # ISO-639-1 code (or a name) of the speech; empty = detect
+    prompt: Optional[str] = None  # context text for every window: names, spelling, style
+    response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
+    # 0 or absent = the server's fallback ladder (greedy, hotter only where a guard fails), as
+    # OpenAI documents; above 0 = sample at exactly this temperature
+    temperature: Optional[float] = Field(None, ge=0, le=1)
+    timestamp_granularities: List[Literal["segment", "word"]] = Field(default_factory=list)
+    task: Optional[Literal["transcribe", "translate"]] = None  # /v1/jobs only; the audio routes imply it
+    stream: bool = False  # streaming is not offered; true is refused
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value, info):
+        # HTML forms and curl -F send "" for a field left empty.
+        if value == "" and info.field_name not in ("timestamp_granularities", "stream"):
+            return None
+        return value
+
+    @property
+    def words(self) -> bool:
+        return "word" in self.timestamp_granularities
+
+    def submit_options(self, task: str, default_model: str) -> Dict[str, Any]:
+        """Keyword arguments for Engine.submit / JobManager.submit."""
+        # The model is always stored with the job: it says which model produced the result.
+        model = self.model if self.model not in (None, OPENAI_DEFAULT_MODEL) else default_model
+        options: Dict[str, Any] = {"task": task, "model": model}
+        if self.language is not None:
+            options["language"] = self.language
+        if self.prompt is not None:
+            options["initial_prompt"] = self.prompt
+        if self.temperature:
+            options["temperature"] = self.temperature
+        if self.words:
+            options["word_timestamps"] = True
+        return options
+
+
+def parse_form(fields: Dict[str, List[str]]) -> TranscriptionForm:
+    """Validate the text fields; ApiError 400 naming the field when one is wrong."""
+    values: Dict[str, Any] = {k: v[-1] for k, v in fields.items() if v}
+    values.pop("timestamp_granularities[]", None)
+    granularities = fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])
+    values["timestamp_granularities"] = [g for g in granularities if g]
+    try:
+        form = TranscriptionForm(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = str(first["loc"][0]) if first["loc"] else None
+        raise ApiError(400, f"{param}: {first['msg']} (got {first.get('input')!r})", code="invalid_value",
+                       param=param) from None
+    if form.stream:
+        raise ApiError(400, "stream: streaming is not supported by this server; send stream=false",
+                       code="unsupported_value", param="stream")
+    if form.words and form.response_format != "verbose_json":
+        raise ApiError(400, "timestamp_granularities: word timestamps need response_format=verbose_json",
+                       code="invalid_value", param="timestamp_granularities")
+    return form
+
+
+# --- responses ------------------------------------------------------------------------------------
+
+def language_name(code: str) -> str:
+    """'en' -> 'english', as OpenAI's verbose_json reports it."""
+    return LANGUAGES.get(code, code or "")
+
+
+def usage(result: TranscriptionResult) -> Dict[str, Any]:
+    return {"type": "duration", "seconds": math.ceil(result.duration)}
+
+
+def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool = False) -> Dict[str, Any]:
+    body: Dict[str, Any] = {
+        "task": result.task,
+        "language": language_name(result.language),
+        "duration": float(result.duration),
+        "text": result.text,
+    }
+    if segments:
+        body["segments"] = [{
+            "id": s.id,
+            "seek": int(round(s.start * SEEK_FRAMES_PER_S)),  # frame of the segment's start
+            "start": float(s.start),
+            "end": float(s.end),
+            "text": s.text,
+            "tokens": list(s.tokens),
+            "temperature": float(s.temperature),
+            "avg_logprob": float(s.avg_logprob),
+            "compression_ratio": float(s.compression_ratio),
+            "no_speech_prob": float(s.no_speech_prob),
+        } for s in result.segments]
+    if words:
+        body["words"] = [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)}
+                         for s in result.segments for w in (s.words or [])]
+    body["usage"] = usage(result)
+    return body
+
+
+def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
+                           headers: Optional[Dict[str, str]] = None) -> Response:
+    fmt = form.response_format
+    if fmt == "json":
+        return JSONResponse({"text": result.text, "usage": usage(result)}, headers=headers)
+    if fmt == "verbose_json":
+        segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
+        return JSONResponse(verbose_json(result, segments, form.words), headers=headers)
+    text = result.text + "\n" if fmt == "text" else render(result, fmt)
+    return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
+
+
+def job_body(info: JobInfo, with_result: bool = True) -> Dict[str, Any]:
+    """A job as GET /v1/jobs/{id} answers it."""
+    record: JobRecord = info.record
+    options = record.options
+    body: Dict[str, Any] = {
+        "id": record.id,
+        "object": "transcription.job",
+        "status": info.status,
+        "name": record.name,
+        "created_at": record.created_at,
+        "started_at": info.started_at,
+        "finished_at": record.finished_at if info.finished else None,
+        "model": options.get("model"),
+        "task": options.get("task", "transcribe"),
+        "language": options.get("language"),
+        "queue_position": info.queue_position,
+        "progress": round(info.progress, 4),
+        "windows_done": info.windows_done,
+        "windows_total": info.windows_total,
+        "attempts": record.attempts,
+        "error": None,
+        "result": None,
+    }
+    if info.status in ("failed", "cancelled"):
+        kind = ERROR_KINDS.get(record.error_type or "", UNEXPECTED)
+        body["error"] = error_body(record.error or info.status, kind.type, kind.code)["error"]
+    if with_result and info.status == "done":
+        result = info.result()
+        if result is not None:
+            body["result"] = verbose_json(result, True, bool(options.get("word_timestamps")))
+    return body
+
+
+def content_disposition(filename: str) -> str:
+    """attachment; filename=... that is safe for any name (RFC 6266 filename* for non-ASCII)."""
+    from urllib.parse import quote
+
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(filename)}'
+
+
+def split_fields(items: List[Tuple[str, Any]]) -> Dict[str, List[str]]:
+    """Form items -> {name: [values]} for the text fields only."""
+    fields: Dict[str, List[str]] = {}
+    for key, value in items:
+        if isinstance(value, str):
+            fields.setdefault(key, []).append(value)
+    return fields
