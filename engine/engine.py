@@ -102,7 +102,7 @@ class Engine:
             threading.Thread(target=self._release_when_idle, name="idle-release", daemon=True).start()
         if load:
             if background:
-                threading.Thread(target=self.load, name="model-load", daemon=True).start()
+                threading.Thread(target=self._load_quietly, name="model-load", daemon=True).start()
             else:
                 self.load()
 
@@ -123,6 +123,13 @@ class Engine:
             raise
         if is_default:
             self._state = ModelState("ready", name)
+
+    def _load_quietly(self) -> None:
+        """Background loading: the failure is kept in status() for the page, logged in one line."""
+        try:
+            self.load()
+        except Exception as exc:
+            log.error("Could not load %s: %s", self.settings.model, exc)
 
     def _load_model(self, name: str):
         model = load_model(name, self.plan, self.settings.download_root)
