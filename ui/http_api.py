@@ -148,7 +148,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     async def create_job(request: Request) -> Response:
         upload = await _receive(request, jobs, settings.max_upload_mb)
         try:
-            form = parse_form(upload.fields)
+            form = parse_form(upload.fields, job=True)
             options = _options(form, form.task or "transcribe", settings, engine, wait_for_model=True)
             handle = await _submit(jobs, upload, source="jobs", options=options)
         finally:

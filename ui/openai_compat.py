@@ -152,8 +152,11 @@ class TranscriptionForm(BaseModel):
         return options
 
 
-def parse_form(fields: Dict[str, List[str]]) -> TranscriptionForm:
-    """Validate the text fields; ApiError 400 naming the field when one is wrong."""
+def parse_form(fields: Dict[str, List[str]], job: bool = False) -> TranscriptionForm:
+    """Validate the text fields; ApiError 400 naming the field when one is wrong.
+
+    `job`: for /v1/jobs, where response_format does not apply (the result is fetched later
+    in any format), so word timestamps do not depend on it."""
     values: Dict[str, Any] = {k: v[-1] for k, v in fields.items() if v}
     values.pop("timestamp_granularities[]", None)
     granularities = fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])
@@ -168,7 +171,7 @@ def parse_form(fields: Dict[str, List[str]]) -> TranscriptionForm:
     if form.stream:
         raise ApiError(400, "stream: streaming is not supported by this server; send stream=false",
                        code="unsupported_value", param="stream")
-    if form.words and form.response_format != "verbose_json":
+    if form.words and form.response_format != "verbose_json" and not job:
         raise ApiError(400, "timestamp_granularities: word timestamps need response_format=verbose_json",
                        code="invalid_value", param="timestamp_granularities")
     return form

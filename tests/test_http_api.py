@@ -1,0 +1,285 @@
+"""The HTTP API on the real app (app.serve: Gradio's server, one port), with the official
+`openai` client and plain HTTP: every format, translations, models, the job API, errors in
+OpenAI's shape with honest codes, limits, the API key, /healthz and /metrics."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import whisper
+
+from conftest import JFK, fast_settings, shared_audio
+from engine import Engine
+
+KEY = "test-key-123"
+FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
+GATE = threading.Event()  # decoding waits on it: tests hold jobs running or queued as they need
+GATE.set()
+
+
+def gated_decode(model, mel, options):
+    if not GATE.wait(30):
+        raise TimeoutError("test gate never opened")
+    return whisper.decode(model, mel, options)
+
+
+@pytest.fixture(scope="module")
+def server(micro_checkpoint, tmp_path_factory):
+    from app import serve
+
+    settings = fast_settings(micro_checkpoint, workers=1, queue_size=3, api_key=KEY, max_upload_mb=3,
+                             max_audio_duration_s=60, data_dir=str(tmp_path_factory.mktemp("http") / "data"))
+    server = serve(settings, engine=Engine(settings, decoder=gated_decode), port=0)
+    yield server
+    GATE.set()
+    server.app.state.jobs.close()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url.rstrip("/"), headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def jfk():
+    return shared_audio(JFK)
+
+
+@pytest.fixture(autouse=True)
+def gate_open():
+    GATE.set()
+    yield
+    GATE.set()
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str, param=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+
+
+def wait_job(http: httpx.Client, job_id: str, statuses=("done", "failed", "cancelled"), timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not {statuses} after {timeout} s: {job}")
+
+
+# --- OpenAI-compatible routes, through the official client ----------------------------------------
+
+def test_every_response_format_with_the_openai_client(client, jfk):
+    def create(fmt, **extra):
+        with open(jfk, "rb") as file:
+            return client.audio.transcriptions.create(model="whisper-1", file=file, response_format=fmt, **extra)
+
+    assert isinstance(create("json").text, str)
+    text = create("text")
+    assert isinstance(text, str) and text.endswith("\n")
+    srt = create("srt")
+    assert srt.startswith("1\n00:00:") and " --> " in srt
+    vtt = create("vtt")
+    assert vtt.startswith("WEBVTT")
+    verbose = create("verbose_json", language="en")
+    assert verbose.language == "english" and verbose.duration == pytest.approx(11.0, abs=0.1)
+    assert verbose.segments and verbose.words is None
+    for i, segment in enumerate(verbose.segments):
+        assert segment.id == i and 0 <= segment.start <= segment.end <= verbose.duration + 0.01
+        assert segment.tokens and segment.temperature == 0.0
+    assert verbose.text == "".join(s.text for s in verbose.segments).strip()
+
+
+def test_word_timestamps(client, jfk):
+    with open(jfk, "rb") as file:
+        verbose = client.audio.transcriptions.create(model="whisper-1", file=file, response_format="verbose_json",
+                                                     timestamp_granularities=["word", "segment"])
+    assert verbose.words and verbose.segments
+    assert all(0 <= w.start <= w.end <= verbose.duration + 0.01 and w.word == w.word.strip() for w in verbose.words)
+    with open(jfk, "rb") as file:
+        only_words = client.audio.transcriptions.create(model="whisper-1", file=file, response_format="verbose_json",
+                                                        timestamp_granularities=["word"])
+    assert only_words.words and only_words.segments is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the client marks whisper-1 translations deprecated
+def test_translations(client, jfk):
+    with open(jfk, "rb") as file:
+        verbose = client.audio.translations.create(model="whisper-1", file=file, response_format="verbose_json")
+    assert verbose.segments is not None and verbose.duration == pytest.approx(11.0, abs=0.1)
+    with open(jfk, "rb") as file:
+        assert client.audio.translations.create(model="whisper-1", file=file, response_format="srt").startswith("1\n")
+
+
+def test_models(client, server, http, jfk):
+    assert [m.id for m in client.models.list()] == server.engine.settings.allowed_models
+    with open(jfk, "rb") as file:  # the configured model by its own name works too
+        assert client.audio.transcriptions.create(model=server.engine.settings.model, file=file).text is not None
+    with open(jfk, "rb") as file:
+        response = http.post("/v1/audio/transcriptions", files={"file": file}, data={"model": "gpt-9"})
+    assert_openai_error(response, 400, "model_not_found", "model")
+
+
+# --- errors and limits -------------------------------------------------------------------------------
+
+def test_api_key_is_required_on_v1(server, jfk):
+    with httpx.Client(base_url=server.url.rstrip("/")) as anonymous:
+        for method, path in [("GET", "/v1/models"), ("POST", "/v1/audio/transcriptions"), ("GET", "/v1/jobs"),
+                             ("DELETE", "/v1/jobs/0123456789ab"), ("GET", "/v1/anything")]:
+            response = anonymous.request(method, path)
+            assert_openai_error(response, 401, "invalid_api_key")
+            assert response.headers["www-authenticate"] == "Bearer"
+        wrong = anonymous.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert_openai_error(wrong, 401, "invalid_api_key")
+        assert anonymous.get("/healthz").status_code == 200  # protect_metrics is off
+        assert anonymous.get("/metrics").status_code == 200
+    bad = openai.OpenAI(base_url=server.url + "v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError), open(jfk, "rb") as file:
+        bad.audio.transcriptions.create(model="whisper-1", file=file)
+
+
+def test_not_audio_and_bad_parameters_are_400(client, http, jfk):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=("notes.mp3", b"plain text, not sound" * 50))
+    assert caught.value.code == "invalid_file_format" and "notes.mp3" in caught.value.message
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.audio.transcriptions.create(model="whisper-1", file=("empty.wav", b""))
+    with open(jfk, "rb") as file:
+        data = file.read()
+    for fields, param in [({"response_format": "docx"}, "response_format"), ({"temperature": "7"}, "temperature"),
+                          ({"language": "klingon"}, "language")]:
+        response = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)}, data=fields)
+        assert_openai_error(response, 400, "invalid_value", param)
+    assert_openai_error(http.post("/v1/audio/transcriptions", data={"model": "whisper-1"}), 400, "invalid_request")
+    assert_openai_error(http.post("/v1/audio/transcriptions", json={"file": "x"}), 400, "invalid_request")
+
+
+def test_too_long_audio_is_refused_before_decoding(http):
+    five_min = shared_audio(FIVE_MIN)  # 300 s, above max_audio_duration_s=60, under max_upload_mb=3
+    started = time.monotonic()
+    with open(five_min, "rb") as file:
+        response = http.post("/v1/audio/transcriptions", files={"file": file})
+    assert_openai_error(response, 400, "audio_too_long", "file")
+    assert time.monotonic() - started < 10
+
+
+def test_uploads_over_the_limit_are_413(http):
+    too_big = b"\0" * (4 * 1024 * 1024)  # max_upload_mb=3
+    response = http.post("/v1/audio/transcriptions", files={"file": ("big.wav", too_big)})
+    assert_openai_error(response, 413, "file_too_large", "file")
+
+    boundary = "limit-test-boundary"
+
+    def streamed():  # chunked, no Content-Length: the limit must hold while reading
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+               "Content-Type: audio/wav\r\n\r\n").encode()
+        for _ in range(64):
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    try:
+        response = http.post("/v1/jobs", content=streamed(),
+                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert_openai_error(response, 413, "file_too_large")
+    except httpx.TransportError:
+        pass  # the server may close the connection at the limit before the client finished sending
+    assert "big.wav" not in [job["name"] for job in http.get("/v1/jobs").json()["data"]]
+
+
+def test_queue_full_is_429_with_retry_after_and_health_stays_up(client, http, server, jfk):
+    with open(jfk, "rb") as file:
+        data = file.read()
+    GATE.clear()  # one job runs and holds the worker; three fill the queue
+    ids = [http.post("/v1/jobs", files={"file": ("jfk.flac", data)}).json()["id"] for _ in range(4)]
+    waiter = {}
+    sync = threading.Thread(target=lambda: waiter.update(r=http.post("/v1/audio/transcriptions",
+                                                                     files={"file": ("jfk.flac", data)})))
+    sync.start()  # a fifth request while the queue is full
+    sync.join(30)
+    assert_openai_error(waiter["r"], 429, "rate_limit_exceeded")
+    assert 1 <= int(waiter["r"].headers["retry-after"]) <= 60
+    with pytest.raises(openai.RateLimitError):
+        client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", data))
+    health = http.get("/healthz", timeout=5).json()  # the event loop is free while jobs wait
+    assert health["status"] == "ok" and health["queue_length"] == 3 and health["busy_workers"] == 1
+    assert http.get(f"/v1/jobs/{ids[-1]}").json()["queue_position"] == 3
+    GATE.set()
+    for job_id in ids:
+        assert wait_job(http, job_id)["status"] == "done"
+
+
+# --- durable jobs -------------------------------------------------------------------------------------
+
+def test_job_lifecycle(http, jfk):
+    with open(jfk, "rb") as file:
+        response = http.post("/v1/jobs", files={"file": ("JFK speech.flac", file)},
+                             data={"language": "en", "timestamp_granularities[]": "word"})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["object"] == "transcription.job" and job["status"] in ("queued", "running", "done")
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    done = wait_job(http, job["id"])
+    assert done["status"] == "done" and done["progress"] == 1.0 and done["error"] is None
+    assert done["result"]["language"] == "english" and done["result"]["words"]
+    for fmt, start in [("srt", "1\n"), ("vtt", "WEBVTT"), ("txt", ""), ("json", "{"), ("tsv", "start\t")]:
+        result = http.get(f"/v1/jobs/{job['id']}/result", params={"format": fmt})
+        assert result.status_code == 200 and result.text.startswith(start)
+        assert f'filename="JFK_speech.{fmt}"' in result.headers["content-disposition"]
+    assert_openai_error(http.get(f"/v1/jobs/{job['id']}/result", params={"format": "exe"}), 400, "invalid_value")
+    assert job["id"] in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
+    assert_openai_error(http.delete(f"/v1/jobs/{job['id']}"), 409, "job_finished")
+    for missing in ["0123456789ab", "ABCDEF012345", "x" * 200]:
+        assert_openai_error(http.get(f"/v1/jobs/{missing}"), 404, "job_not_found")
+    traversal = http.get("/v1/jobs/..%2F..%2Fetc%2Fpasswd/result")  # matches no route: 404, never a file
+    assert traversal.status_code == 404 and "root:" not in traversal.text
+    assert_openai_error(http.get("/v1/no-such-route"), 404, "unknown_url")
+
+
+def test_cancel_a_queued_job(http, jfk):
+    with open(jfk, "rb") as file:
+        data = file.read()
+    GATE.clear()
+    running = http.post("/v1/jobs", files={"file": ("a.flac", data)}).json()
+    queued = http.post("/v1/jobs", files={"file": ("b.flac", data)}).json()
+    assert wait_job(http, queued["id"], statuses=("queued",))["queue_position"] == 1
+    cancelled = http.delete(f"/v1/jobs/{queued['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert_openai_error(http.get(f"/v1/jobs/{queued['id']}/result"), 409, "job_cancelled")
+    assert_openai_error(http.get(f"/v1/jobs/{running['id']}/result"), 409, "job_not_finished")
+    GATE.set()
+    assert wait_job(http, running["id"])["status"] == "done"
+
+
+def test_sync_requests_are_durable_jobs_too(http, jfk):
+    with open(jfk, "rb") as file:
+        response = http.post("/v1/audio/transcriptions", files={"file": file})
+    job = http.get(f"/v1/jobs/{response.headers['x-job-id']}").json()
+    assert job["status"] == "done" and job["result"]["text"] == response.json()["text"]
+
+
+def test_healthz_and_metrics(server):
+    with httpx.Client(base_url=server.url.rstrip("/")) as anonymous:
+        health = anonymous.get("/healthz")
+        assert health.status_code == 200 and health.json()["model"]["state"] == "ready"
+        metrics = anonymous.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ["whisper_jobs_total{outcome=\"done\"}", "whisper_queue_length", "whisper_workers_busy",
+                 "whisper_job_duration_seconds_bucket", "whisper_queue_wait_seconds_bucket",
+                 "whisper_audio_seconds_total", "whisper_realtime_factor_bucket", "whisper_model_state",
+                 "process_resident_memory_bytes"]:
+        assert name in metrics.text

@@ -1,0 +1,115 @@
+"""The routes while the model loads or after it failed (503), and the API key on /metrics and
+/healthz: a bare FastAPI app with ui.http_api's routes, in process (no server, no port)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from conftest import JFK, fast_settings, shared_audio
+from engine import Engine, load_settings
+from ui import http_api
+
+
+def app_for(engine: Engine) -> tuple:
+    app = FastAPI()
+    http_api.add_routes(app, engine, engine.settings)
+    return app, TestClient(app)
+
+
+def wait_state(engine: Engine, state: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.status().model.state != state:
+        assert time.monotonic() < deadline, f"model never {state}: {engine.status().model}"
+        time.sleep(0.02)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the engine's load thread
+def test_failed_model_is_503_and_health_says_why(tmp_path):
+    settings = fast_settings(tmp_path / "no-such-model.pt", data_dir=str(tmp_path / "data"))
+    engine = Engine(settings, background=True)
+    app, client = app_for(engine)
+    try:
+        wait_state(engine, "failed")
+        with open(shared_audio(JFK), "rb") as file:
+            data = file.read()
+        for route in ("/v1/audio/transcriptions", "/v1/jobs"):
+            response = client.post(route, files={"file": ("jfk.flac", data)})
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "model_failed"
+            assert "does not exist" in response.json()["error"]["message"]
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json()["model"]["state"] == "failed"
+        assert "does not exist" in health.json()["model"]["error"]
+    finally:
+        app.state.jobs.close()
+        engine.close()
+
+
+class SlowLoadingEngine(Engine):
+    """Loads only once `loaded` is set, so the test sees the "loading" state for as long as it needs."""
+
+    loaded = threading.Event()
+
+    def _load_model(self, name):
+        self.loaded.wait(30)
+        return super()._load_model(name)
+
+
+def test_loading_model_is_503_for_requests_while_jobs_wait(micro_checkpoint, tmp_path):
+    SlowLoadingEngine.loaded.clear()
+    settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
+    engine = SlowLoadingEngine(settings, background=True)
+    app, client = app_for(engine)
+    try:
+        wait_state(engine, "loading")
+        with open(shared_audio(JFK), "rb") as file:
+            data = file.read()
+        response = client.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "model_loading"
+        assert int(response.headers["retry-after"]) > 0
+        job = client.post("/v1/jobs", files={"file": ("jfk.flac", data)})  # a durable job may wait
+        assert job.status_code == 202
+        SlowLoadingEngine.loaded.set()
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job.json()['id']}").json()["status"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get("/healthz").json()["model"]["state"] == "ready"
+    finally:
+        SlowLoadingEngine.loaded.set()
+        app.state.jobs.close()
+        engine.close()
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_metrics_and_health_protected_by_config(micro_checkpoint, tmp_path, protect):
+    settings = fast_settings(micro_checkpoint, api_key="k", protect_metrics=protect, data_dir=str(tmp_path / "data"))
+    engine = Engine(settings, load=False)
+    app, client = app_for(engine)
+    try:
+        for path in ("/metrics", "/healthz"):
+            assert client.get(path).status_code == (401 if protect else 200)
+            assert client.get(path, headers={"Authorization": "Bearer k"}).status_code == 200
+        assert client.get("/v1/models").status_code == 401  # /v1 always needs the key when one is set
+    finally:
+        app.state.jobs.close()
+        engine.close()
+
+
+def test_api_key_from_the_environment(micro_checkpoint, tmp_path):
+    settings = load_settings(None, {"model": str(micro_checkpoint), "device": "cpu", "precision": "fp32",
+                                    "data_dir": str(tmp_path / "data")},
+                             environ={"WHISPER_APP_API_KEY": "from-env"})
+    engine = Engine(settings, load=False)
+    app, client = app_for(engine)
+    try:
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+        assert client.get("/v1/models", headers={"Authorization": "Basic from-env"}).status_code == 401
+    finally:
+        app.state.jobs.close()
+        engine.close()
