@@ -1,0 +1,169 @@
+"""The page's "Recent jobs": every recording sent from the page is a durable job, listed here
+for its owner, so a reload, a closed tab or a server restart loses nothing, and a result can
+be downloaded again.
+
+    recent = RecentJobs(jobs)                       # jobs: the app's JobManager
+    build_page(engine, submit=recent.submit, ...)   # page recordings become owned, durable jobs
+    with gr.Blocks() as demo: ... recent.render()   # the list and the download, inside the page
+
+Who is the owner: the login name when the page has Gradio `auth`; otherwise a random id the
+browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its own jobs and
+nobody else's. The id is encrypted with a secret kept in data_dir, so it stays readable
+across restarts. Jobs sent through the HTTP API have no owner and are not listed here.
+"""
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import gradio as gr
+from gradio.context import LocalContext
+
+from engine import JobHandle, write_files
+from engine.jobs import JobInfo, JobManager
+
+STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
+SECRET_FILE = "browser_state_secret"  # in data_dir: encrypts the owner id in the browser
+DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "json")
+HEADERS = ["Submitted", "File", "Status", "Audio", "Job id"]
+MAX_SESSIONS = 10_000  # page loads remembered (session -> owner) for attributing new jobs
+LIMIT = 20  # jobs listed
+
+
+def _owner_from(request: Optional[gr.Request], browser_id: str) -> Optional[str]:
+    username = getattr(request, "username", None) if request is not None else None
+    if username:
+        return f"user:{username}"
+    return f"browser:{browser_id}" if browser_id else None
+
+
+def _status_text(info: JobInfo) -> str:
+    if info.status == "queued":
+        return f"queued (#{info.queue_position})" if info.queue_position else "queued"
+    if info.status == "running":
+        return f"running {info.progress:.0%}"
+    if info.status == "failed":
+        return f"failed: {info.record.error or ''}"[:120]
+    return info.status
+
+
+def _audio_text(info: JobInfo) -> str:
+    result = info.result() if info.status == "done" else None
+    if result is None:
+        return ""
+    minutes, seconds = divmod(int(round(result.duration)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+class RecentJobs:
+    """The recent-jobs list of the page; see the module docstring."""
+
+    def __init__(self, jobs: JobManager, limit: int = LIMIT):
+        self.jobs = jobs
+        self.limit = limit
+        self.secret = self._secret(jobs.store.data_dir)
+        self._sessions: "OrderedDict[str, str]" = OrderedDict()  # Gradio session hash -> owner
+        self._lock = threading.Lock()
+        self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-"))
+
+    @staticmethod
+    def _secret(data_dir: Path) -> str:
+        path = data_dir / SECRET_FILE
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    # -- submitting -------------------------------------------------------------------------
+    def submit(self, audio, **options) -> JobHandle:
+        """JobManager.submit for the page: the job belongs to whoever sent it (see module doc)."""
+        request = LocalContext.request.get(None)
+        owner = _owner_from(request, "")
+        if owner is None and request is not None:
+            with self._lock:
+                owner = self._sessions.get(getattr(request, "session_hash", None) or "")
+        return self.jobs.submit(audio, owner=owner, source="page", **options)
+
+    def _remember(self, request: Optional[gr.Request], owner: Optional[str]) -> None:
+        session = getattr(request, "session_hash", None) if request is not None else None
+        if not session or not owner:
+            return
+        with self._lock:
+            self._sessions[session] = owner
+            self._sessions.move_to_end(session)
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+
+    # -- the list ---------------------------------------------------------------------------
+    def rows(self, owner: Optional[str]) -> Tuple[List[List[str]], List[Tuple[str, str]]]:
+        """Table rows and the download choices (finished jobs) for `owner`."""
+        if owner is None:
+            return [], []
+        infos = self.jobs.recent(owner, self.limit)
+        rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)), i.record.name or "(recording)",
+                 _status_text(i), _audio_text(i), i.id] for i in infos]
+        choices = [(f"{i.record.name or i.id} · {time.strftime('%H:%M', time.localtime(i.record.created_at))}", i.id)
+                   for i in infos if i.status == "done"]
+        return rows, choices
+
+    def files(self, job_id: Optional[str], owner: Optional[str]) -> List[str]:
+        """The result files of one of `owner`'s finished jobs; [] for anyone else's."""
+        info = self.jobs.get(job_id) if job_id else None
+        if info is None or owner is None or info.record.owner != owner or info.status != "done":
+            return []
+        folder = self.files_root / info.id  # the id is ours (hex), never client text
+        shutil.rmtree(folder, ignore_errors=True)
+        stem = Path(info.record.name).stem or info.id
+        return [str(p) for p in write_files(info.result(), folder, stem, DOWNLOAD_FORMATS).values()]
+
+    # -- the page -----------------------------------------------------------------------------
+    def render(self) -> None:
+        """Add the list to the gr.Blocks being built (call inside its `with` block)."""
+        browser_id = gr.BrowserState("", storage_key=STORAGE_KEY, secret=self.secret)
+        with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
+            gr.Markdown(f"Your last {self.limit} recordings, kept for "
+                        f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files again.")
+            table = gr.Dataframe(headers=HEADERS, datatype="str", interactive=False, wrap=True,
+                                 elem_id="recent-jobs-table")
+            with gr.Row():
+                choice = gr.Dropdown(label="Finished job", choices=[], value=None, elem_id="recent-job-choice")
+                refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
+            files = gr.File(label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files")
+
+        quick = dict(queue=False, show_progress="hidden", api_visibility="private")
+        self._refresh_io = dict(fn=self._on_refresh, inputs=[browser_id], outputs=[table, choice], **quick)
+        demo = gr.context.Context.root_block  # the Blocks being built
+        demo.load(self._on_load, inputs=[browser_id], outputs=[browser_id, table, choice], **quick)
+        refresh.click(**self._refresh_io)
+        choice.change(self._on_choice, inputs=[choice, browser_id], outputs=[files], api_visibility="private")
+
+    def refresh_after(self, event):
+        """Refresh the list when `event` (e.g. the Transcribe click) has finished."""
+        return event.then(**self._refresh_io)
+
+    # Event functions: Gradio passes the request (login name, session) by the annotation.
+    def _on_load(self, stored_id: str, request: gr.Request):
+        stored_id = stored_id or uuid.uuid4().hex  # first visit: this browser's id from now on
+        owner = _owner_from(request, stored_id)
+        self._remember(request, owner)
+        rows, choices = self.rows(owner)
+        return stored_id, rows, gr.Dropdown(choices=choices, value=None)
+
+    def _on_refresh(self, stored_id: str, request: gr.Request):
+        owner = _owner_from(request, stored_id)
+        self._remember(request, owner)
+        rows, choices = self.rows(owner)
+        return rows, gr.Dropdown(choices=choices)
+
+    def _on_choice(self, job_id: Optional[str], stored_id: str, request: gr.Request):
+        return self.files(job_id, _owner_from(request, stored_id))
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.files_root, ignore_errors=True)
