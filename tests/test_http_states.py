@@ -113,3 +113,20 @@ def test_api_key_from_the_environment(micro_checkpoint, tmp_path):
     finally:
         app.state.jobs.close()
         engine.close()
+
+
+def test_the_api_lists_only_api_jobs(micro_checkpoint, tmp_path):
+    settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
+    engine = Engine(settings)
+    app, client = app_for(engine)
+    try:
+        jfk = shared_audio(JFK)
+        page_job = app.state.jobs.submit(jfk, owner="browser:someone")  # sent from the page
+        with open(jfk, "rb") as file:
+            api_job = client.post("/v1/jobs", files={"file": ("jfk.flac", file)}).json()
+        listed = [job["id"] for job in client.get("/v1/jobs").json()["data"]]
+        assert api_job["id"] in listed and page_job.id not in listed
+        page_job.result(timeout=60)
+    finally:
+        app.state.jobs.close()
+        engine.close()

@@ -3,7 +3,7 @@
     POST /v1/audio/transcriptions, /v1/audio/translations   OpenAI-compatible, answer when done
     GET  /v1/models                                          the models the config allows
     POST /v1/jobs            same fields; answers at once (202) with a durable job
-    GET  /v1/jobs            recent jobs, newest first
+    GET  /v1/jobs            recent API jobs, newest first
     GET  /v1/jobs/{id}       status, queue position, progress, and the result once done
     GET  /v1/jobs/{id}/result?format=txt|srt|vtt|tsv|json
     DELETE /v1/jobs/{id}     cancel
@@ -158,8 +158,10 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
 
     @v1.get("/jobs")
     async def list_jobs(limit: int = 20) -> Dict:
+        """Jobs sent through the API (newest first); the page's jobs belong to their browsers
+        or logins and are listed only on the page."""
         limit = max(1, min(limit, 200))
-        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(limit=limit, any_owner=True))
+        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=None, limit=limit))
         return {"object": "list", "data": [job_body(info, with_result=False) for info in infos]}
 
     @v1.get("/jobs/{job_id}")
