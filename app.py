@@ -1,0 +1,171 @@
+"""Speech to text in the browser: python app.py [--config config.yaml] [--host H] [--port P] [--share]
+
+Reads the configuration, starts the engine (the model loads in the background while the
+page is already served), launches the Gradio page with the HTTP routes on the same server
+and port, and runs until Ctrl-C.
+
+For tests and other programs, `serve(settings)` does the same without blocking:
+
+    from app import serve
+    from engine import load_settings
+    server = serve(load_settings("config.yaml", {"model": "/models/x.pt"}), port=0)  # 0 = any free port
+    server.url        # "http://127.0.0.1:54321/"
+    server.engine     # the Engine (server.engine.status().model.state: loading / ready / failed)
+    server.app        # Gradio's FastAPI app, with ui.http_api's routes on it
+    server.close()    # stop serving, cancel running jobs, free the models
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a self-hosted server
+
+import gradio as gr  # noqa: E402
+
+from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
+from ui import http_api  # noqa: E402
+from ui.page import CSS_PATH, build_page  # noqa: E402
+
+log = logging.getLogger("app")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
+SHUTDOWN_TIMEOUT_S = 10.0  # running jobs get this long to stop at their next batch on Ctrl-C
+
+
+@dataclass
+class Server:
+    """A running app: the page and the HTTP routes on one server, and the engine behind them."""
+
+    demo: gr.Blocks
+    engine: Engine
+    app: Any  # gradio.routes.App, a FastAPI subclass
+    url: str  # local URL, ending in "/"
+    share_url: Optional[str]  # public *.gradio.live link, None when not asked or not available
+
+    def close(self, drain: bool = False) -> None:
+        """Stop serving; cancel running jobs (or finish them, drain=True); free the models."""
+        self.demo.close(verbose=False)
+        self.engine.close(drain=drain, timeout=SHUTDOWN_TIMEOUT_S)
+        downloads = getattr(self.demo, "downloads", None)
+        if downloads is not None:
+            downloads.cleanup()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def parse_auth(auth: Optional[str]):
+    """"user:password" -> ("user", "password") for Gradio's launch(auth=...)."""
+    if not auth:
+        return None
+    user, _, password = auth.partition(":")
+    return user, password
+
+
+def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional[int] = None,
+          quiet: bool = True) -> Server:
+    """Start the engine (unless given one), build and launch the page, add the HTTP routes;
+    returns at once. `port` overrides settings.port; 0 picks a free port."""
+    engine = engine or Engine(settings, background=True)
+    try:
+        demo = build_page(engine)
+        # Gradio's queue in front of the engine's: as many events wait here as jobs may wait
+        # there; the GPU events set their own concurrency limit (= workers) in build_page.
+        demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
+        port = settings.port if port is None else (port or free_port(settings.host))
+        auth = parse_auth(settings.auth)
+        if settings.share and auth is None:
+            log.warning("Sharing a public link without a login: anyone with the link can use this server. "
+                        "Set auth: \"user:password\" in the config (or WHISPER_APP_AUTH).")
+        app, local_url, share_url = demo.launch(
+            server_name=settings.host, server_port=port, share=settings.share, auth=auth,
+            auth_message="Log in to use the speech-to-text server." if auth else None,
+            prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True,
+            max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
+            footer_links=["api", "settings"], theme=gr.themes.Soft())
+        if settings.share and not share_url:
+            log.warning("No public share link could be created (no internet, or the tunnel is blocked); "
+                        "serving locally at %s only.", local_url)
+        # Routes added after launch are live at once (Starlette reads the route list per
+        # request) and no Gradio route pattern covers /v1, /healthz or /metrics.
+        http_api.add_routes(app, engine, settings)
+    except BaseException:
+        engine.close(drain=False, timeout=SHUTDOWN_TIMEOUT_S)
+        raise
+    return Server(demo, engine, app, local_url, share_url)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Speech-to-text web app (openai-whisper behind a Gradio page).")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML configuration file (default: %(default)s)")
+    parser.add_argument("--host", help="address to listen on, e.g. 0.0.0.0 for the local network (config: host)")
+    parser.add_argument("--port", type=int, help="port to listen on (config: port)")
+    parser.add_argument("--share", action="store_true", default=None,
+                        help="also ask Gradio for a public link; needs internet (config: share)")
+    parser.add_argument("--model", help="model name or checkpoint path (config: model)")
+    return parser.parse_args(argv)
+
+
+def _stop_on_sigterm(signum, frame):  # docker stop / systemd: the same clean stop as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config, {"host": args.host, "port": args.port, "share": args.share,
+                                               "model": args.model})
+    except SettingsError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_ffmpeg()
+    except FfmpegMissing as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        engine = Engine(settings, background=True)
+    except DeviceError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = serve(settings, engine=engine, quiet=True)
+    except OSError as exc:  # port taken, address not available
+        print(f"Cannot serve on {settings.host}:{settings.port}: {exc}. Choose another with --port.", file=sys.stderr)
+        return 1
+    print(f"Serving on {server.url}" + (f" and {server.share_url}" if server.share_url else ""), flush=True)
+    print("The model loads in the background; the page shows when it is ready. Ctrl-C stops.", flush=True)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("Stopping: cancelling running jobs and freeing the model...", flush=True)
+    finally:
+        server.close()
+    print("Stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

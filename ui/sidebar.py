@@ -1,0 +1,122 @@
+"""The GPU panel of the sidebar: plain HTML built from the engine's monitor and status.
+
+Pure functions of a `GpuSnapshot` and an `EngineStatus`, so they are tested without a
+server; the page calls them from a `gr.Timer` every `REFRESH_S` seconds. Every value that
+can come from outside (GPU names, model paths, error messages) is escaped.
+"""
+from __future__ import annotations
+
+import html
+import os
+from typing import Iterable, Optional
+
+from engine import EngineStatus, GpuSnapshot, ReleaseReport
+
+REFRESH_S = 2.0  # sidebar refresh period; one nvidia-smi call per open page at worst
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def model_label(name: str) -> str:
+    """A model as users should see it: 'large-v3', or a checkpoint's file name, not its full path."""
+    return os.path.basename(name) if (os.sep in name or name.endswith((".pt", ".pth", ".bin"))) else name
+
+
+def _bar(fraction: float, warn: bool) -> str:
+    percent = max(0.0, min(100.0, fraction * 100.0))
+    kind = " warn" if warn else ""
+    return (f'<div class="gpu-bar{kind}" role="progressbar" aria-valuenow="{percent:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100"><div style="width:{percent:.1f}%"></div></div>')
+
+
+def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
+    """The whole GPU panel: one card per GPU (or the reason there is none), the threshold
+    warning, this process's memory, the loaded models, and the work queue."""
+    parts = ['<div class="gpu-panel" id="gpu-panel">']
+    parts.append(f'<div class="gpu-device">Whisper runs on <b>{_e(status.device)}</b></div>')
+
+    if snapshot.gpus:
+        for gpu in snapshot.gpus:
+            fraction = gpu.used_mb / gpu.total_mb if gpu.total_mb else 0.0
+            utilisation = "n/a" if gpu.utilization is None else f"{gpu.utilization:.0f} %"
+            parts.append(
+                f'<div class="gpu-card{" warn" if gpu.above_threshold else ""}" data-gpu="{gpu.index}">'
+                f'<div class="gpu-name">GPU {gpu.index} &middot; {_e(gpu.name)}</div>'
+                f'<div class="gpu-mem">{gpu.used_mb:,.0f} / {gpu.total_mb:,.0f} MB used ({fraction:.0%})</div>'
+                f'{_bar(fraction, gpu.above_threshold)}'
+                f'<div class="gpu-util">Utilisation {utilisation}</div>'
+                "</div>"
+            )
+    else:
+        parts.append(f'<div class="gpu-none">{_e(snapshot.reason)}</div>')
+
+    if snapshot.warning:
+        parts.append(f'<div class="gpu-warning" role="alert">&#9888; {_e(snapshot.warning)}</div>')
+
+    if snapshot.gpus or snapshot.process_reserved_mb:
+        parts.append(
+            '<div class="gpu-process">This process: '
+            f"{snapshot.process_allocated_mb:,.0f} MB allocated, {snapshot.process_reserved_mb:,.0f} MB reserved</div>"
+        )
+
+    parts.append('<div class="gpu-section">Loaded models</div>')
+    if status.loaded:
+        items = []
+        for info in status.loaded:
+            notes = [f"{info.weights_mb:,.0f} MB"]
+            if info.offloaded:
+                notes.append("offloaded to host memory")
+            if info.in_use:
+                notes.append(f"in use by {info.in_use} job{'s' if info.in_use != 1 else ''}")
+            items.append(f"<li>{_e(model_label(info.name))} <span>({_e(', '.join(notes))})</span></li>")
+        parts.append('<ul class="gpu-models">' + "".join(items) + "</ul>")
+    else:
+        parts.append(f'<div class="gpu-models-none">none ({_e(status.model.state)})</div>')
+
+    parts.append(
+        f'<div class="gpu-queue">Workers busy: <b>{status.busy_workers} / {status.workers}</b> &middot; '
+        f"Queue: <b>{status.queue_length} / {status.queue_size}</b></div>"
+    )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def model_state_html(status: EngineStatus) -> str:
+    """The line above the form: is the model loading, ready, failed (why, what to do), released."""
+    state = status.model
+    name = _e(model_label(state.model))
+    if state.state == "ready":
+        body = f"Model <b>{name}</b> is ready on {_e(status.device)}."
+    elif state.state in ("loading", "not loaded"):
+        body = f"Model <b>{name}</b> is loading&hellip; you can already submit; your recording waits for it."
+    elif state.state == "released":
+        body = f"Model <b>{name}</b> was released from memory; the next transcription loads it again."
+    elif state.state == "failed":
+        body = (f"Model <b>{name}</b> could not be loaded: {_e(state.error)}<br>"
+                "Fix the configuration and restart the app (python app.py).")
+    else:
+        body = f"Model <b>{name}</b>: {_e(state.state)}"
+    return f'<div class="model-state state-{_e(state.state.replace(" ", "-"))}" id="model-state">{body}</div>'
+
+
+def _total_used(snapshot: GpuSnapshot) -> Optional[float]:
+    return sum(gpu.used_mb for gpu in snapshot.gpus) if snapshot.gpus else None
+
+
+def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnapshot) -> str:
+    """What the release button did, with the memory before and after."""
+    lines = [f"**{report.message}.**"]
+    used_before, used_after = _total_used(before), _total_used(after)
+    if used_before is not None and used_after is not None:
+        lines.append(f"GPU memory used: {used_before:,.0f} MB → {used_after:,.0f} MB")
+    lines.append(f"This process reserved: {report.reserved_before_mb:,.0f} MB → {report.reserved_after_mb:,.0f} MB")
+    if not before.gpus:
+        lines.append(before.reason)
+    return "\n\n".join(lines)
+
+
+def model_choices(names: Iterable[str]):
+    """(label, value) pairs for the model drop-down."""
+    return [(model_label(name), name) for name in names]
