@@ -23,9 +23,10 @@ import signal
 import socket
 import sys
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a self-hosted server
 
@@ -54,6 +55,9 @@ class Server:
     def close(self, drain: bool = False) -> None:
         """Stop serving; cancel running jobs (or finish them, drain=True); free the models."""
         self.demo.close(verbose=False)
+        jobs = getattr(self.app.state, "jobs", None)  # the HTTP routes' JobManager, when they made one
+        if jobs is not None:
+            jobs.close()
         self.engine.close(drain=drain, timeout=SHUTDOWN_TIMEOUT_S)
         downloads = getattr(self.demo, "downloads", None)
         if downloads is not None:
@@ -82,8 +86,8 @@ def parse_auth(auth: Optional[str]):
 
 def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional[int] = None,
           quiet: bool = True) -> Server:
-    """Start the engine (unless given one), build and launch the page, add the HTTP routes;
-    returns at once. `port` overrides settings.port; 0 picks a free port."""
+    """Start the engine (unless given one), build and launch the page with the HTTP routes;
+    returns once the server answers. `port` overrides settings.port; 0 picks a free port."""
     engine = engine or Engine(settings, background=True)
     try:
         demo = build_page(engine)
@@ -95,22 +99,53 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
         if settings.share and auth is None:
             log.warning("Sharing a public link without a login: anyone with the link can use this server. "
                         "Set auth: \"user:password\" in the config (or WHISPER_APP_AUTH).")
-        app, local_url, share_url = demo.launch(
-            server_name=settings.host, server_port=port, share=settings.share, auth=auth,
-            auth_message="Log in to use the speech-to-text server." if auth else None,
-            prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True,
-            max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
-            footer_links=["api", "settings"], theme=gr.themes.Soft())
+        routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings))
+        try:
+            app, local_url, share_url = demo.launch(
+                server_name=settings.host, server_port=port, share=settings.share, auth=auth,
+                auth_message="Log in to use the speech-to-text server." if auth else None,
+                prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True,
+                max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
+                footer_links=["api", "settings"], theme=gr.themes.Soft(),
+                app_kwargs={"lifespan": routes.lifespan})
+        except Exception:
+            routes.raise_error()  # the real reason, not Gradio's "cannot find empty port"
+            raise
         if settings.share and not share_url:
             log.warning("No public share link could be created (no internet, or the tunnel is blocked); "
                         "serving locally at %s only.", local_url)
-        # Routes added after launch are live at once (Starlette reads the route list per
-        # request) and no Gradio route pattern covers /v1, /healthz or /metrics.
-        http_api.add_routes(app, engine, settings)
     except BaseException:
         engine.close(drain=False, timeout=SHUTDOWN_TIMEOUT_S)
         raise
     return Server(demo, engine, app, local_url, share_url)
+
+
+class _RoutesAtStartup:
+    """Adds the HTTP routes to Gradio's FastAPI app in its lifespan start-up, which uvicorn
+    runs before it accepts the first connection: /healthz and /v1 answer as soon as the
+    page does, never a 404 in between. (FastAPI's `lifespan`, given through launch's
+    app_kwargs, is the public hook Gradio 6 offers into the app it creates in launch().)
+
+    None of Gradio's own route patterns covers /v1, /healthz or /metrics, so these are not
+    shadowed whichever order they are matched in.
+    """
+
+    def __init__(self, add: Callable[[Any], Any]):
+        self.add = add
+        self.error: Optional[BaseException] = None
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        try:
+            self.add(app)
+        except BaseException as exc:  # uvicorn would only log it and Gradio report a port problem
+            self.error = exc
+            raise
+        yield
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -8,9 +8,10 @@ run; what waits beyond that waits in Gradio's queue, where the user sees their p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import gradio as gr
+from gradio.events import Dependency
 
 from engine import Engine, language_choices
 
@@ -22,9 +23,15 @@ CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"  # pass
 TITLE = "Speech to text"
 
 
-def build_page(engine: Engine, submit: Optional[Submit] = None) -> gr.Blocks:
-    """The page for `engine`. `submit` replaces `engine.submit` (same signature, returns a
-    JobHandle) for recordings sent from the page."""
+def build_page(engine: Engine, submit: Optional[Submit] = None,
+               extra: Optional[Callable[[Dependency], None]] = None) -> gr.Blocks:
+    """The page for `engine`.
+
+    `submit` replaces `engine.submit` (same signature, returns a JobHandle) for recordings
+    sent from the page, e.g. a durable job manager's. `extra(transcribe_event)` is called
+    inside the page, below the transcript, to add sections (a recent-jobs list refreshed
+    with `transcribe_event.then(...)`).
+    """
     settings = engine.settings
     downloads = DownloadDir()
     transcribe = make_transcribe(engine, downloads, submit, model_label)
@@ -75,12 +82,15 @@ def build_page(engine: Engine, submit: Optional[Submit] = None) -> gr.Blocks:
                 files = gr.File(label="Downloads", file_count="multiple",
                                 interactive=False, elem_id="downloads")
 
-        transcribe_button.click(
+        transcribe_event = transcribe_button.click(
             transcribe, inputs=[audio, language, task, timestamps, model], outputs=[transcript, files, details],
             api_name="transcribe", api_description="Transcribe (or translate) a recording: text, files, details.",
             **gpu_events)
         release_button.click(release, outputs=[release_report, gpu_panel, model_state],
                              api_visibility="private", **gpu_events)
+
+        if extra is not None:
+            extra(transcribe_event)
 
         # Cheap readings, never queued: they must not wait behind transcriptions or count
         # against the queue's size.
