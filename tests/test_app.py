@@ -1,0 +1,248 @@
+"""The web app: `app.serve` on a free port with a micro checkpoint, driven by `gradio_client`
+as a program would drive it (/transcribe), plus `python app.py` itself as a user starts it
+(flags, share without internet, login, a model that cannot load, Ctrl-C), and the sidebar's
+HTML from fake GPU readings."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import whisper
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from conftest import JFK, ROOT, fast_settings, shared_audio
+from engine import Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
+
+GATE = threading.Event()  # decoding waits on it, so a test can hold a job running
+GATE.set()
+
+
+def gated_decode(model, mel, options):
+    if not GATE.wait(60):
+        raise TimeoutError("test gate never opened")
+    return whisper.decode(model, mel, options)
+
+
+@pytest.fixture(scope="module")
+def server(micro_checkpoint, tmp_path_factory):
+    from app import serve
+
+    settings = fast_settings(micro_checkpoint, workers=1, queue_size=1,
+                             data_dir=str(tmp_path_factory.mktemp("app") / "data"))
+    server = serve(settings, engine=Engine(settings, decoder=gated_decode), port=0)
+    yield server
+    GATE.set()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
+    return Client(server.url, verbose=False, analytics_enabled=False,
+                  download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+@pytest.fixture(scope="module")
+def jfk():
+    return shared_audio(JFK)
+
+
+# --- the page through gradio_client ---------------------------------------------------------
+
+def test_transcribe_returns_text_and_files(client, jfk):
+    text, files, details = client.predict(handle_file(str(jfk)), api_name="/transcribe")
+    assert isinstance(text, str) and "-->" in text  # timestamps are on by default
+    assert sorted(Path(f).suffix for f in files) == [".json", ".srt", ".txt", ".vtt"]
+    assert all(Path(f).stem == "jfk" for f in files)
+    srt = next(Path(f) for f in files if f.endswith(".srt")).read_text(encoding="utf-8")
+    assert srt.startswith("1\n00:00:") and " --> " in srt
+    assert "11.0 s of audio" in details
+
+
+def test_options_by_name(client, jfk):
+    text, files, details = client.predict(handle_file(str(jfk)), language="en", task="translate",
+                                          timestamps=False, api_name="/transcribe")
+    assert "-->" not in text
+    assert "Language: **en**" in details
+    assert len(files) == 4
+
+
+def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/transcribe"]  # timer and release button stay private
+    parameters = api["named_endpoints"]["/transcribe"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == ["audio", "language", "task", "timestamps", "model"]
+    assert not parameters[0]["parameter_has_default"]
+    assert all(p["parameter_has_default"] for p in parameters[1:])
+    assert parameters[4]["parameter_default"] == server.engine.settings.model
+
+
+def test_gradio_and_engine_agree_on_concurrency(server):
+    from ui.page import GPU_CONCURRENCY_ID
+
+    settings = server.engine.settings
+    gpu_fns = [fn for fn in server.demo.fns.values() if fn.name in ("transcribe", "release")]
+    assert len(gpu_fns) == 2
+    assert all(fn.concurrency_id == GPU_CONCURRENCY_ID and fn.concurrency_limit == settings.workers
+               for fn in gpu_fns)
+    assert server.demo._queue.max_size == settings.queue_size
+    timer_fns = [fn for fn in server.demo.fns.values() if fn.name == "refresh"]
+    assert timer_fns and not any(fn.queue for fn in timer_fns)  # readings never wait behind the GPU
+
+
+def test_not_audio_is_a_readable_error_and_the_page_keeps_working(client, jfk, tmp_path):
+    fake = tmp_path / "notes.wav"
+    fake.write_text("these are meeting notes, not a recording\n" * 20)
+    with pytest.raises(AppError, match="not an audio or video file"):
+        client.predict(handle_file(str(fake)), api_name="/transcribe")
+    text, files, _ = client.predict(handle_file(str(jfk)), api_name="/transcribe")
+    assert isinstance(text, str) and len(files) == 4
+
+
+def test_full_queue_is_a_readable_error(client, server, jfk):
+    engine = server.engine
+    GATE.clear()
+    try:
+        running = engine.submit(str(jfk))  # holds the one worker
+        deadline = time.monotonic() + 30
+        while running.status.value != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiting = engine.submit(str(jfk))  # fills the queue (queue_size 1)
+        with pytest.raises(AppError, match="busy.*queue is full"):
+            client.predict(handle_file(str(jfk)), api_name="/transcribe")
+    finally:
+        GATE.set()
+    assert running.result(60).segments is not None and waiting.result(60) is not None
+
+
+def test_http_routes_answer_as_soon_as_serve_returns(server):
+    # The routes are added in the app's start-up, before the first connection: no 404 window.
+    assert httpx.get(server.url + "healthz", timeout=10).status_code != 404
+
+
+# --- python app.py ---------------------------------------------------------------------------
+
+def _app_process(args, env_extra=None, log_path=None):
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env_extra or {})}
+    env = {k: v for k, v in env.items() if not k.startswith("WHISPER_APP_") or k in (env_extra or {})}
+    log = open(log_path, "w") if log_path else subprocess.PIPE
+    return subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("modle: large-v3\n")
+    process = _app_process(["--config", str(config)])
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert output.strip().splitlines()[-1].startswith("Configuration error:")
+    assert "unknown key 'modle'" in output and "did you mean 'model'" in output
+    assert "Traceback" not in output
+
+
+def test_app_serves_shares_offline_with_login_reports_a_failed_model_and_stops_on_ctrl_c(tmp_path):
+    from app import free_port
+
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tmp_path / 'missing.pt'}\ndevice: cpu\nprecision: fp32\nshare: false\n"
+                      f"data_dir: {tmp_path / 'data'}\n")
+    log_path = tmp_path / "app.log"
+    process = _app_process(["--config", str(config), "--port", str(port), "--share"],
+                           env_extra={"WHISPER_APP_AUTH": "ada:secret"}, log_path=log_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while "Serving on" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            assert http.get("/config").status_code == 401  # the page needs the login
+            assert http.post("/login", data={"username": "ada", "password": "wrong"}).status_code == 400
+            assert http.post("/login", data={"username": "ada", "password": "secret"}).status_code == 200
+            assert http.get("/config").status_code == 200
+        deadline = time.monotonic() + 30
+        while "does not exist" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = log_path.read_text()
+        assert "does not exist" in log  # the background load failed with its reason...
+        assert "No public share link could be created" in log  # ...no internet here...
+        assert "without a login" not in log  # ...and the login is set, so no warning
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0, log_path.read_text()
+    assert "Stopped." in log_path.read_text()
+
+
+# --- the sidebar's HTML ----------------------------------------------------------------------
+
+def _status(state="ready", error="", loaded=()):
+    return EngineStatus(model=ModelState(state, "/models/large-v3.pt", error), device="cuda:0 (NVIDIA H200), fp16",
+                        loaded=list(loaded), busy_workers=1, workers=2, queue_length=3, queue_size=16)
+
+
+def _gpu(index, used, total=143771.0, above=False):
+    return GpuReading(index=index, name="NVIDIA H200 <x>", used_mb=used, total_mb=total, free_mb=total - used,
+                      utilization=37.0, source="gputil", above_threshold=above)
+
+
+def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
+    from ui.sidebar import gpu_panel_html
+
+    snapshot = GpuSnapshot(gpus=[_gpu(0, 120000.0, above=True), _gpu(1, 3200.0)], reason="",
+                           process_allocated_mb=3100.0, process_reserved_mb=3500.0, threshold_mb=100000.0)
+    html = gpu_panel_html(snapshot, _status())
+    assert "GPU 0 &middot; NVIDIA H200 &lt;x&gt;" in html and "GPU 1" in html  # names are escaped
+    assert "120,000 / 143,771 MB used" in html and "Utilisation 37 %" in html
+    assert 'class="gpu-warning"' in html and "above the 100,000 MB threshold" in html
+    assert "3,100 MB allocated, 3,500 MB reserved" in html
+    assert "Workers busy: <b>1 / 2</b>" in html and "Queue: <b>3 / 16</b>" in html
+
+
+def test_sidebar_without_gpu_says_so_instead_of_numbers():
+    from ui.sidebar import gpu_panel_html
+
+    snapshot = GpuSnapshot(gpus=[], reason="No NVIDIA GPU detected, running on CPU", process_allocated_mb=0.0,
+                           process_reserved_mb=0.0, threshold_mb=None)
+    html = gpu_panel_html(snapshot, _status())
+    assert "No NVIDIA GPU detected, running on CPU" in html
+    assert "MB used" not in html and "gpu-warning" not in html
+
+
+def test_model_state_failed_shows_the_reason_and_what_to_do():
+    from ui.sidebar import model_state_html
+
+    html = model_state_html(_status("failed", "Could not download model 'large-v3' <offline>; set model: ..."))
+    assert "large-v3.pt" in html and "/models/" not in html  # a checkpoint shows by file name
+    assert "&lt;offline&gt;" in html and "restart" in html
+    assert "is loading" in model_state_html(_status("loading"))
+
+
+def test_release_report_shows_memory_before_and_after():
+    from ui.sidebar import release_markdown
+
+    before = GpuSnapshot([_gpu(0, 9000.0)], "", 3100.0, 3500.0, None)
+    after = GpuSnapshot([_gpu(0, 5500.0)], "", 0.0, 0.0, None)
+    text = release_markdown(ReleaseReport(["large-v3"], [], 3500.0, 0.0), before, after)
+    assert "Released large-v3" in text and "9,000 MB → 5,500 MB" in text and "3,500 MB → 0 MB" in text
+
+
+def test_timestamps_format():
+    from ui.transcribe_handler import format_timestamp
+
+    assert format_timestamp(1.5) == "00:01.500"
+    assert format_timestamp(3723.25) == "1:02:03.250"

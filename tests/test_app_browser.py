@@ -1,0 +1,136 @@
+"""The page in a real browser: Debian's headless Chromium driven by Playwright's Python package
+(never `playwright install`). Uploads a recording, records one through Chromium's fake
+microphone, shows an error for a file that is not audio and then works again, reads the GPU
+sidebar, releases GPU memory, and takes the README's screenshot.
+
+The screenshot goes to tests/.artifacts/screenshot.png; with UPDATE_SCREENSHOT=1 it also
+replaces docs/screenshot.png, the one the README shows.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import JFK, ROOT, fast_settings, shared_audio
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+
+JFK_WAV = JFK.with_suffix(".wav")  # Chromium's fake microphone plays a WAV file
+TIMEOUT_MS = 90_000  # 2 slow cores: a transcription of the micro model takes seconds, a page load more
+ARTIFACTS = ROOT / "tests" / ".artifacts"
+
+
+@pytest.fixture(scope="module")
+def server(micro_checkpoint, tmp_path_factory):
+    from app import serve
+
+    settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path_factory.mktemp("browser") / "data"))
+    server = serve(settings, port=0)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    fake_microphone = JFK_WAV if JFK_WAV.is_file() else None
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    if fake_microphone:
+        args.append(f"--use-file-for-fake-audio-capture={fake_microphone}")
+    with sync_api.sync_playwright() as playwright:
+        # A persistent context is how Playwright passes Chromium a fresh --user-data-dir.
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=args,
+            viewport={"width": 1400, "height": 1000}, permissions=["microphone"])
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#gpu-panel")
+    yield page
+    page.close()
+
+
+def transcribe_and_wait(page) -> str:
+    page.click("#transcribe-button")
+    page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0")
+    page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
+    return page.input_value("#transcript textarea")
+
+
+def test_upload_transcribe_download_and_screenshot(page, server):
+    jfk = shared_audio(JFK)
+    page.set_input_files("#audio-input input[type=file]", str(jfk))
+    text = transcribe_and_wait(page)
+    assert "-->" in text
+    downloads = page.locator("#downloads").inner_text()
+    for name in ("jfk.txt", "jfk.srt", "jfk.vtt", "jfk.json"):
+        assert name.split(".")[1] in downloads
+    assert "11.0 s of audio" in page.inner_text("#details")
+
+    panel = page.inner_text("#gpu-panel")
+    if server.engine.monitor.snapshot().gpus:
+        assert "GPU 0" in panel and "MB used" in panel
+    else:
+        assert "No NVIDIA GPU detected, running on CPU" in panel
+    assert "Workers busy" in panel and "Loaded models" in panel
+    assert "is ready" in page.inner_text("#model-state")
+
+    # Let the sidebar's timer catch up with the finished job, then take the README's picture.
+    page.wait_for_function("document.querySelector('#gpu-panel').innerText.includes('Workers busy: 0 /')")
+    page.mouse.move(0, 0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "screenshot.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+
+def test_not_audio_shows_the_error_then_a_good_upload_works(page, tmp_path):
+    jfk = shared_audio(JFK)
+    fake = tmp_path / "minutes.mp3"
+    fake.write_text("minutes of the meeting, typed, not recorded\n" * 20)
+    page.set_input_files("#audio-input input[type=file]", str(fake))
+    page.click("#transcribe-button")
+    toast = page.locator(".toast-body", has_text="not an audio or video file")
+    toast.wait_for()
+    assert "minutes.mp3" in toast.inner_text()
+
+    page.locator("#audio-input button[aria-label='Clear']").click()
+    page.set_input_files("#audio-input input[type=file]", str(jfk))
+    assert "-->" in transcribe_and_wait(page)
+
+
+def test_microphone_recording_is_transcribed(page):
+    if not JFK_WAV.is_file():
+        pytest.skip(f"{JFK_WAV} is absent: Chromium's fake microphone needs a WAV file to play")
+    page.click("#audio-input button[aria-label='Record audio']")
+    page.locator("#audio-input button:visible", has_text="Record").first.click()
+    time.sleep(3)  # three seconds of JFK through the fake microphone
+    page.locator("#audio-input button:visible", has_text="Stop").first.click()
+    text = transcribe_and_wait(page)
+    assert "-->" in text
+    details = page.inner_text("#details")
+    seconds = float(details.split(" s of audio")[0].split("·")[-1])
+    assert 1.0 <= seconds <= 10.0, details  # the recording, not the whole file
+
+
+def test_release_button_reports_memory_before_and_after(page):
+    page.click("#release-button")
+    report = page.locator("#release-report", has_text="Released")
+    report.wait_for()
+    assert "reserved" in report.inner_text() and "→" in report.inner_text()
+    page.wait_for_function("document.querySelector('#model-state').innerText.includes('released')")
