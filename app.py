@@ -33,7 +33,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 import gradio as gr  # noqa: E402
 
 from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
+from engine.jobs import JobManager  # noqa: E402
 from ui import http_api  # noqa: E402
+from ui.recent_jobs import RecentJobs  # noqa: E402
 from ui.page import CSS_PATH, build_page  # noqa: E402
 
 log = logging.getLogger("app")
@@ -90,7 +92,11 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
     returns once the server answers. `port` overrides settings.port; 0 picks a free port."""
     engine = engine or Engine(settings, background=True)
     try:
-        demo = build_page(engine)
+        # Durable jobs for the page and the HTTP API alike: stored in data_dir before they are
+        # queued, queued again after a crash; the page lists each browser's (or login's) own.
+        jobs = JobManager(engine).start()
+        recent = RecentJobs(jobs)
+        demo = build_page(engine, submit=recent.submit, extra=recent.attach)
         # Gradio's queue in front of the engine's: as many events wait here as jobs may wait
         # there; the GPU events set their own concurrency limit (= workers) in build_page.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
@@ -99,7 +105,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
         if settings.share and auth is None:
             log.warning("Sharing a public link without a login: anyone with the link can use this server. "
                         "Set auth: \"user:password\" in the config (or WHISPER_APP_AUTH).")
-        routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings))
+        routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings, jobs=jobs))
         try:
             app, local_url, share_url = demo.launch(
                 server_name=settings.host, server_port=port, share=settings.share, auth=auth,

@@ -110,7 +110,6 @@ def test_the_list_survives_a_restart(engine, data_dir, recent):
 def test_renders_inside_a_page(recent):
     with gr.Blocks() as demo:
         button = gr.Button("Transcribe")
-        recent.render()
-        recent.refresh_after(button.click(lambda: None))
+        recent.attach(button.click(lambda: None))  # what build_page's `extra` hook does
     ids = {c.get("props", {}).get("elem_id") for c in demo.get_config_file()["components"]}
     assert {"recent-jobs", "recent-jobs-table", "recent-job-choice", "recent-job-files"} <= ids

@@ -19,8 +19,8 @@ Content-Length before reading anything, and while the body streams in, so a lyin
 chunked upload stops at the limit too), then the audio's declared length (ffprobe, before
 decoding), then room in the queue. Errors come back in OpenAI's shape (ui/openai_compat.py).
 The routes use a route class that turns every error into that shape itself, instead of
-app-wide exception handlers, which Starlette freezes when the server starts and Gradio's
-app has already started by the time these routes are added.
+app-wide exception handlers: those would change the answers of Gradio's own routes too,
+and Starlette freezes them when the app starts, which it may already have done.
 """
 from __future__ import annotations
 

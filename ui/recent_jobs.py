@@ -3,8 +3,9 @@ for its owner, so a reload, a closed tab or a server restart loses nothing, and 
 be downloaded again.
 
     recent = RecentJobs(jobs)                       # jobs: the app's JobManager
-    build_page(engine, submit=recent.submit, ...)   # page recordings become owned, durable jobs
-    with gr.Blocks() as demo: ... recent.render()   # the list and the download, inside the page
+    build_page(engine, submit=recent.submit, extra=recent.attach)
+    # submit: page recordings become owned, durable jobs; attach: the list and the
+    # download inside the page, refreshed after each transcription
 
 Who is the owner: the login name when the page has Gradio `auth`; otherwise a random id the
 browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its own jobs and
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -71,7 +73,8 @@ class RecentJobs:
         self.secret = self._secret(jobs.store.data_dir)
         self._sessions: "OrderedDict[str, str]" = OrderedDict()  # Gradio session hash -> owner
         self._lock = threading.Lock()
-        self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-"))
+        self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-"))  # Gradio serves the temp dir
+        self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)  # at exit at the latest
 
     @staticmethod
     def _secret(data_dir: Path) -> str:
@@ -144,6 +147,11 @@ class RecentJobs:
         refresh.click(**self._refresh_io)
         choice.change(self._on_choice, inputs=[choice, browser_id], outputs=[files], api_visibility="private")
 
+    def attach(self, transcribe_event) -> None:
+        """build_page's `extra` hook: render the list and refresh it after each transcription."""
+        self.render()
+        self.refresh_after(transcribe_event)
+
     def refresh_after(self, event):
         """Refresh the list when `event` (e.g. the Transcribe click) has finished."""
         return event.then(**self._refresh_io)
@@ -166,4 +174,4 @@ class RecentJobs:
         return self.files(job_id, _owner_from(request, stored_id))
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.files_root, ignore_errors=True)
+        self._remove_files()
