@@ -1,0 +1,80 @@
+"""The page's "Recent jobs" in a real browser (Debian's headless Chromium through Playwright's
+Python package, as tests/test_app_browser.py): a transcription appears in the list, is still
+there after a reload, its files can be downloaded again, and another browser sees none of it."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import JFK, fast_settings, shared_audio
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+TIMEOUT_MS = 90_000  # 2 slow cores: a page load and a transcription take seconds
+
+
+@pytest.fixture(scope="module")
+def server(micro_checkpoint, tmp_path_factory):
+    from app import serve
+
+    server = serve(fast_settings(micro_checkpoint, data_dir=str(tmp_path_factory.mktemp("recent") / "data")), port=0)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_api.sync_playwright() as playwright:
+        yield playwright
+
+
+def new_browser(playwright, profile):
+    """A browser with its own profile: its own localStorage, so its own owner id."""
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
+
+
+def open_recent(page, url):
+    page.goto(url)
+    page.wait_for_selector("#transcribe-button")
+    page.locator("#recent-jobs button").first.click()  # open the accordion
+    page.wait_for_selector("#recent-jobs-table")
+
+
+def test_recent_jobs_survive_a_reload_and_belong_to_their_browser(server, playwright, tmp_path):
+    jfk = shared_audio(JFK)
+    mine = new_browser(playwright, tmp_path / "mine")
+    theirs = new_browser(playwright, tmp_path / "theirs")
+    try:
+        page = mine.new_page()
+        open_recent(page, server.url)
+        page.set_input_files("#audio-input input[type=file]", str(jfk))
+        page.click("#transcribe-button")
+        page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0")
+        table = page.locator("#recent-jobs-table")
+        table.filter(has_text="jfk.flac").wait_for()  # refreshed after the transcription
+        page.wait_for_function("document.querySelector('#recent-jobs-table').innerText.includes('done')")
+
+        page.reload()  # what a closed tab or a reload does: the list comes back from the server
+        open_recent(page, server.url)
+        page.locator("#recent-jobs-table", has_text="jfk.flac").wait_for()
+        page.locator("#recent-job-choice input").click()
+        page.locator("[role=option]", has_text="jfk.flac").first.click()
+        page.wait_for_function("document.querySelectorAll('#recent-job-files a').length >= 4")
+        files = page.locator("#recent-job-files").inner_text()
+        assert all(ext in files for ext in ("txt", "srt", "vtt", "json"))
+
+        other = theirs.new_page()
+        open_recent(other, server.url)
+        other.wait_for_timeout(1000)  # the load event has filled the table by now
+        assert "jfk.flac" not in other.locator("#recent-jobs-table").inner_text()
+    finally:
+        mine.close()
+        theirs.close()
