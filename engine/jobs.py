@@ -252,18 +252,26 @@ class JobManager:
                         self._pending.popleft()
                     continue
                 record.attempts += 1
+                # Not under self._lock: the engine's worker calls _on_finished (which takes
+                # it) while holding its own lock, and submit needs that one.
                 try:
-                    self._hand_to_engine(record)
+                    handle = self._hand_to_engine(record)
                 except (QueueFull, WorkerShutDown):
                     return  # try again on the next tick
                 except (AudioError, InvalidRequest, FileNotFoundError, ValueError) as exc:
                     # The recording vanished or the config changed (model no longer offered).
                     self._finish_without_engine(record, "failed", _in_client_terms(exc, record))
+                    handle = None
                 else:
                     self.store.update(job_id, attempts=record.attempts)
                 with self._lock:
-                    if self._pending and self._pending[0] == job_id:
+                    still_pending = bool(self._pending) and self._pending[0] == job_id
+                    if still_pending:
                         self._pending.popleft()
+                    elif handle is not None:  # cancel() took it off the list while it was handed over
+                        self._user_cancelled.add(job_id)
+                if handle is not None and not still_pending:
+                    handle.cancel()
 
     def _maintain(self) -> None:
         last_purge = time.monotonic()
