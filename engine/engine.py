@@ -20,6 +20,7 @@ import whisper
 from .audio import SAMPLE_RATE, check_audio, load_audio
 from .chunking import plan_windows, stitch_segments
 from .cuda import DevicePlan, apply_alloc_conf, plan_device
+from .fast_decode import decode as fast_decode
 from .gpu_monitor import GpuMonitor
 from .languages import normalise_language
 from .models import ModelCache, ModelInfo, ReleaseReport, load_model
@@ -85,7 +86,7 @@ class Engine:
     """
 
     def __init__(self, settings: Settings, *, load: bool = True, background: bool = False,
-                 decoder: Decoder = whisper.decode):
+                 decoder: Decoder = fast_decode):
         apply_alloc_conf(settings.cuda_alloc_conf)
         self.settings = settings
         self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
@@ -237,7 +238,8 @@ class Engine:
         with self.models.lease(request.model) as model:
             if request.model == s.model:
                 self._state = ModelState("ready", request.model)
-            transcriber = BatchTranscriber(model, fp16=self.plan.fp16, decoder=self._decoder)
+            transcriber = BatchTranscriber(model, fp16=self.plan.fp16, decoder=self._decoder,
+                                           memory_threshold_mb=s.gpu_memory_threshold_mb)
             with torch.inference_mode():
                 decoded = transcriber.transcribe(audio, windows, request.options,
                                                  on_progress=handle.set_progress, checkpoint=handle.checkpoint)

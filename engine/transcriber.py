@@ -1,9 +1,14 @@
 """Batched decoding of a recording's windows.
 
 Windows are decoded `batch_size` at a time: one stack of log-mels goes through the encoder
-and `whisper.decode` runs the decoder on the whole batch, so each token step is one matmul
-for all windows instead of one per window. Stock `whisper.transcribe` decodes one window
-after another and cannot use the GPU this way.
+and the decoder runs on the whole batch, so each token step is one matmul for all windows
+instead of one per window. Stock `whisper.transcribe` decodes one window after another and
+cannot use the GPU this way. The decoder is `engine.fast_decode.decode`: whisper.decode's
+tokens for greedy batches with less work per step, whisper.decode itself for the rest.
+
+On CUDA the batch is also cut to what fits in the memory free right now (and under
+`gpu_memory_threshold_mb`; see `engine.memory`), and an out-of-memory error halves it and
+retries the same windows, so a job fails only when a single window cannot fit.
 
 What stock transcribe does per window is kept per window: the temperature fallback ladder
 (only the windows that fail the compression-ratio or log-prob guard are decoded again, still
@@ -13,6 +18,7 @@ since batched windows are decoded at the same time; the initial prompt is given 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from dataclasses import dataclass
@@ -27,6 +33,8 @@ from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from .audio import SAMPLE_RATE
 from .chunking import Window, is_silent
+from .fast_decode import decode as fast_decode
+from .memory import fit_batch_size, read_gpu_memory, window_cost_mb
 from .results import Segment, Word
 
 log = logging.getLogger(__name__)
@@ -55,7 +63,7 @@ class DecodeOptions:
     compression_ratio_threshold: Optional[float] = 2.4  # above: too repetitive, decode hotter
     logprob_threshold: Optional[float] = -1.0  # below: too unsure, decode hotter
     no_speech_threshold: Optional[float] = 0.6  # above (and unsure): the window is silence
-    batch_size: int = 8  # windows per forward pass; halves itself on CUDA out-of-memory
+    batch_size: int = 8  # windows per forward pass; on CUDA at most what free memory allows, halved on OOM
     word_timestamps: bool = False  # per-word times through cross-attention alignment (slower)
     silence_threshold_db: float = -50.0  # windows quieter than this are skipped without decoding
 
@@ -74,17 +82,19 @@ Decoder = Callable[[Whisper, torch.Tensor, DecodingOptions], List[DecodingResult
 class BatchTranscriber:
     """Decodes the windows of one recording on one model.
 
-    `decoder` is `whisper.decode`; it is a parameter so tests can put an allocation failure
-    in front of it and watch the batch shrink.
+    `decoder` has `whisper.decode`'s signature; it is a parameter so tests can put an
+    allocation failure in front of it and watch the batch shrink. `memory_threshold_mb`
+    (the config's `gpu_memory_threshold_mb`) caps what the batches may bring the GPU to.
     """
 
-    def __init__(self, model: Whisper, fp16: bool, decoder: Decoder = whisper.decode,
-                 lock: threading.Lock = MODEL_LOCK):
+    def __init__(self, model: Whisper, fp16: bool, decoder: Decoder = fast_decode,
+                 lock: threading.Lock = MODEL_LOCK, memory_threshold_mb: Optional[float] = None):
         self.model = model
         self.fp16 = fp16
         self.dtype = torch.float16 if fp16 else torch.float32
         self._decode = decoder
         self._lock = lock
+        self.memory_threshold_mb = memory_threshold_mb
 
     def transcribe(self, audio: np.ndarray, windows: Sequence[Window], options: DecodeOptions,
                    on_progress: Callable[[int, int], None] = lambda done, total: None,
@@ -99,7 +109,7 @@ class BatchTranscriber:
         language = options.language if self.model.is_multilingual else "en"
         tokenizer: Optional[Tokenizer] = None
         tokens_decoded = 0
-        batch_size = options.batch_size
+        batch_size = options.batch_size  # lowered for good only by an out-of-memory error
         position = 0
         while position < len(speech):
             checkpoint()
@@ -112,7 +122,11 @@ class BatchTranscriber:
                 if tokenizer is None:
                     tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
                                               language=language, task=options.task)
-                results, sampled, batch_size = self._decode_with_fallback(mels, options, language, batch_size)
+                # Measured under the lock: another job's batch has finished and freed its memory.
+                fitting = self._fit(batch_size, options)
+                results, sampled, fitted = self._decode_with_fallback(mels, options, language, fitting)
+                if fitted < fitting:
+                    batch_size = fitted
                 tokens_decoded += sampled
                 for window, mel, result in zip(batch, mels, results):
                     if not self._is_no_speech(result, options):
@@ -133,6 +147,17 @@ class BatchTranscriber:
             samples = whisper.pad_or_trim(torch.from_numpy(audio[window.start:window.end]))
             mels.append(whisper.log_mel_spectrogram(samples, n_mels=self.model.dims.n_mels, device=device))
         return torch.stack(mels).to(self.dtype)
+
+    def _fit(self, batch_size: int, options: DecodeOptions) -> int:
+        device = next(self.model.parameters()).device
+        return fit_batch_size(batch_size, self.model.dims, device, 2 if self.fp16 else 4, options.max_new_tokens,
+                              self.memory_threshold_mb, self._prompt_tokens(options))
+
+    def _prompt_tokens(self, options: DecodeOptions) -> int:
+        if not options.initial_prompt:
+            return 0
+        return min(len(whisper.tokenizer.get_tokenizer(self.model.is_multilingual).encode(" " + options.initial_prompt)),
+                   self.model.dims.n_text_ctx // 2)
 
     def _detect_language(self, mel: torch.Tensor) -> str:
         _, probs = self.model.detect_language(mel)
@@ -156,11 +181,11 @@ class BatchTranscriber:
             for index, result in zip(pending, decoded):
                 results[index] = result
                 sampled += len(result.tokens)
-            if inputs is mels:  # reuse the encoder output for the hotter re-decodes
-                inputs = torch.stack([r.audio_features for r in results])
             pending = [i for i in pending if self._needs_fallback(results[i], options)]
             if not pending:
                 break
+            if inputs is mels:  # reuse the encoder output for the hotter re-decodes
+                inputs = torch.stack([r.audio_features for r in results])
         return results, sampled, batch_size
 
     def _decode_fitting(self, inputs: torch.Tensor, decoding: DecodingOptions,
@@ -172,19 +197,27 @@ class BatchTranscriber:
             part = inputs[start:start + batch_size]
             try:
                 results.extend(self._decode(self.model, part, decoding))
-            except torch.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if batch_size == 1:
-                    raise WindowTooLarge(
-                        "GPU out of memory while decoding a single 30 s window: free GPU memory "
-                        "(other processes, other models) or use a smaller model"
-                    ) from None
-                batch_size = max(1, batch_size // 2)
-                log.warning("CUDA out of memory: retrying with batch_size=%d", batch_size)
+                start += len(part)
                 continue
-            start += len(part)
+            except torch.OutOfMemoryError:
+                pass
+            # Out of the except block, the traceback no longer holds the failed attempt's
+            # tensors, so emptying the cache really hands their memory back.
+            _free_cached_memory()
+            if batch_size == 1:
+                raise WindowTooLarge(self._too_large_message(decoding)) from None
+            batch_size = max(1, batch_size // 2)
+            log.warning("CUDA out of memory: retrying these windows with batch_size=%d", batch_size)
         return results, batch_size
+
+    def _too_large_message(self, decoding: DecodingOptions) -> str:
+        message = ("GPU out of memory while decoding a single 30 s window, so no batch size can work: "
+                   "free GPU memory (other processes, other models) or use a smaller model")
+        device = next(self.model.parameters()).device
+        if device.type == "cuda":
+            need = window_cost_mb(self.model.dims, 2 if self.fp16 else 4, decoding.sample_len or 224)
+            message += f" (a window needs about {need:.0f} MB; {read_gpu_memory(device).free_mb:.0f} MB are free)"
+        return message
 
     @staticmethod
     def _needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
@@ -264,3 +297,9 @@ def split_at_timestamps(tokens: Sequence[int], timestamp_begin: int, eot: int,
     if text:  # the window ran out mid-segment: it lasts to the window's end
         pieces.append((last_time if start is None else start, window_duration, text))
     return pieces
+
+
+def _free_cached_memory() -> None:
+    gc.collect()  # whisper's kv-cache hooks leave reference cycles behind a failed decode
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

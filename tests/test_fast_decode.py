@@ -1,0 +1,104 @@
+"""engine.fast_decode gives the tokens whisper.decode gives, window for window.
+
+The accuracy proxy for the fp32 greedy path: on the 11-minute recording, every window
+decoded in a batch by the fast decoder gets the tokens (and nearly the same log-prob and
+no-speech probability) that stock `whisper.decode` gives that window alone, from the same
+log-mel. Then the paths the recording does not reach: rows that end early and leave the
+batch, prompts, no timestamps, the context limit, and the hand-over to whisper.decode.
+"""
+import dataclasses
+import math
+
+import pytest
+import torch
+import whisper
+
+from checkpoints import _probe_mels, build_model
+from conftest import LONG_11_MIN, shared_audio
+from engine import fast_decode, load_audio
+from engine.chunking import plan_windows
+
+TOKENS_PER_WINDOW = 100  # about what 30 s of real speech needs
+GREEDY = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=TOKENS_PER_WINDOW, fp16=False)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return build_model("micro")
+
+
+@pytest.fixture(scope="module")
+def varied_mels():
+    """Probe tones in noise: on the lively micro model some rows end after 1 or a few tokens."""
+    mels = _probe_mels(80, 8)
+    return mels + 0.3 * torch.randn(mels.shape, generator=torch.Generator().manual_seed(3))
+
+
+def _same(a, b) -> bool:
+    return (a.tokens == b.tokens and a.text == b.text and math.isclose(a.avg_logprob, b.avg_logprob, abs_tol=1e-4)
+            and math.isclose(a.no_speech_prob, b.no_speech_prob, rel_tol=1e-3, abs_tol=1e-7))
+
+
+def test_every_window_of_the_recording_decodes_as_whisper_decode_alone(micro_checkpoint):
+    audio = load_audio(shared_audio(LONG_11_MIN))
+    model = whisper.load_model(str(micro_checkpoint), device="cpu")
+    mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[w.start:w.end])))
+                        for w in plan_windows(audio)])
+    with torch.inference_mode():
+        batched = [r for part in mels.split(16) for r in fast_decode.decode(model, part, GREEDY)]
+        alone = [whisper.decode(model, mel, GREEDY) for mel in mels]
+    same = sum(_same(a, b) for a, b in zip(alone, batched))
+    assert same / len(mels) >= 0.99, f"only {same} of {len(mels)} windows decode as they do alone"
+    assert len({tuple(r.tokens) for r in batched}) >= len(mels) // 4  # the windows really differ
+
+
+def test_rows_that_end_early_leave_the_batch_and_keep_their_tokens(micro, varied_mels, monkeypatch):
+    kept = []
+    keep = fast_decode._GreedyBatch._keep
+    monkeypatch.setattr(fast_decode._GreedyBatch, "_keep", lambda self, rows: (kept.append(len(rows)), keep(self, rows)))
+    expected = whisper.decode(micro, varied_mels, GREEDY)
+    got = fast_decode.decode(micro, varied_mels, GREEDY)
+    assert sorted(len(r.tokens) for r in expected)[0] < 10 < max(len(r.tokens) for r in expected)
+    assert kept and kept[0] < len(varied_mels)  # finished rows were dropped
+    assert all(_same(a, b) for a, b in zip(expected, got))
+
+
+@pytest.mark.parametrize("change", [
+    dict(prompt="The Secret Service should not and does not plan"),
+    dict(without_timestamps=True),
+    dict(max_initial_timestamp=None),
+    dict(suppress_blank=False),
+    dict(suppress_tokens=""),
+    dict(suppress_tokens=[220, 1000, -1]),
+    dict(task="translate", language="de"),
+    dict(prompt=list(range(1000, 1300)), sample_len=224),  # runs into the 448-token context
+], ids=lambda change: ",".join(change))
+def test_options_mean_what_they_mean_in_whisper(micro, varied_mels, change):
+    options = dataclasses.replace(GREEDY, **{"sample_len": 40, **change})
+    expected = whisper.decode(micro, varied_mels, options)
+    got = fast_decode.decode(micro, varied_mels, options)
+    assert [r.tokens for r in got] == [r.tokens for r in expected]
+    assert all(_same(a, b) for a, b in zip(expected, got))
+
+
+def test_one_mel_gives_one_result_and_features_are_accepted(micro, varied_mels):
+    single = fast_decode.decode(micro, varied_mels[0], GREEDY)
+    assert single.tokens == whisper.decode(micro, varied_mels[0], GREEDY).tokens
+    features = micro.encoder(varied_mels[:2])
+    assert [r.tokens for r in fast_decode.decode(micro, features, GREEDY)] == \
+        [r.tokens for r in whisper.decode(micro, varied_mels[:2], GREEDY)]
+
+
+def test_encoder_runs_a_few_windows_at_a_time_on_cpu_with_the_same_output(micro, varied_mels):
+    together = micro.encoder(varied_mels)
+    assert torch.allclose(fast_decode.encode(micro, varied_mels, fp16=False), together, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [dict(temperature=0.5), dict(language=None), dict(beam_size=2),
+                                    dict(prefix="Hello")], ids=lambda change: ",".join(change))
+def test_what_it_does_not_do_goes_to_whisper_decode(micro, varied_mels, change, monkeypatch):
+    calls = []
+    original = whisper.decode
+    monkeypatch.setattr(whisper, "decode", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    fast_decode.decode(micro, varied_mels[:1], dataclasses.replace(GREEDY, sample_len=8, **change))
+    assert calls == [1]
