@@ -40,7 +40,8 @@ class DevicePlan:
 
     @property
     def fp16(self) -> bool:
-        return self.precision == "fp16"
+        """Activations in half precision: fp16, and int8 on CUDA (bitsandbytes' int8 layers take fp16)."""
+        return self.precision == "fp16" or (self.precision == "int8" and self.is_cuda)
 
 
 def apply_alloc_conf(conf: str | None) -> None:
@@ -57,7 +58,8 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
     """Pick `cuda:N` or the CPU and the precision that device can run.
 
     `device: auto` without a GPU falls back to CPU in fp32 (fp16 matmuls are slow or missing
-    there) and says so once in the log. int8 is CPU-only (PyTorch's dynamic quantisation).
+    there) and says so once in the log. int8 is PyTorch's dynamic quantisation on CPU and
+    bitsandbytes on CUDA; without that library int8 on a GPU is refused here, at start-up.
     """
     has_gpu = torch.cuda.is_available()
     if device == "cuda" and not has_gpu:
@@ -79,10 +81,14 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
             "check CUDA_VISIBLE_DEVICES"
         )
     if precision == "int8":
-        raise DeviceError(
-            "precision: int8 runs on the CPU only (PyTorch dynamic quantisation); on a GPU use fp16, "
-            "which is faster there and already halves memory"
-        )
+        from .quantize import CUDA_INT8_LIBRARY, cuda_int8_available
+
+        if not cuda_int8_available():
+            raise DeviceError(
+                f"precision: int8 on a GPU needs the {CUDA_INT8_LIBRARY} library (pip install {CUDA_INT8_LIBRARY}), "
+                "which is not installed; use precision: fp16 (already half the memory of fp32), "
+                "or device: cpu for PyTorch's own int8"
+            )
     cuda = torch.device("cuda", device_index)
     plan = DevicePlan(cuda, precision, f"{cuda} ({torch.cuda.get_device_name(cuda)}), {precision}")
     log.info("Whisper runs on %s", plan.description)

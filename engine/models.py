@@ -76,9 +76,9 @@ def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None)
     if plan.precision == "fp16":
         model = model.half()
     elif plan.precision == "int8":
-        from .quantize import quantize_int8
+        from .quantize import quantize_int8, quantize_int8_cuda
 
-        model = quantize_int8(model)
+        model = quantize_int8_cuda(model) if plan.is_cuda else quantize_int8(model)
     model = model.to(plan.device)
     log.info("Loaded %s on %s in %.1f s (%.0f MB of weights)", name, plan.description,
              time.perf_counter() - started, weights_mb(model))

@@ -1,16 +1,27 @@
-"""int8 weights for CPU inference: PyTorch's dynamic quantisation of the linear layers.
+"""int8 weights: PyTorch's dynamic quantisation on CPU, bitsandbytes on CUDA.
 
-Linear layers hold most of whisper's weights; dynamic quantisation stores them as int8 and
-quantises activations on the fly: about 4x less memory for them and faster matmuls on CPUs
-with VNNI/AVX-512. The embedding matrix (also the decoder's output projection) stays fp32.
+Linear layers hold most of whisper's weights. On CPU, dynamic quantisation stores them as
+int8 and quantises activations on the fly: about 4x less memory for them and faster
+matmuls on CPUs with VNNI/AVX-512. The token embedding stays fp32 for the lookup, but the
+decoder's output projection (the same matrix, 51,865 wide, about half of every decoder
+step on CPU) gets an int8 copy, `decoder.int8_output_projection`, which
+`engine.fast_decode` uses; `whisper.decode` (sampling fallbacks) still uses the fp32 matrix.
+
+On CUDA, PyTorch has no int8 matmul for this; bitsandbytes' `Linear8bitLt` (LLM.int8)
+does, when that library is installed. The rest of the model runs in fp16 there. Without
+bitsandbytes the engine refuses `precision: int8` on a GPU at start-up (engine.cuda).
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import torch
 from torch import nn
 from whisper import model as whisper_model
+
+CUDA_INT8_LIBRARY = "bitsandbytes"
+LLM_INT8_THRESHOLD = 6.0  # bitsandbytes' default: activation outliers above this stay in fp16
 
 
 def _as_plain_linear(module: nn.Module) -> None:
@@ -25,11 +36,49 @@ def _as_plain_linear(module: nn.Module) -> None:
             _as_plain_linear(child)
 
 
+def _attach_output_projection(model: nn.Module) -> None:
+    """A Linear over the token embedding (logits = x @ E^T), so it is quantised with the rest."""
+    embedding = model.decoder.token_embedding.weight
+    projection = nn.Linear(embedding.shape[1], embedding.shape[0], bias=False)
+    projection.weight = embedding
+    model.decoder.int8_output_projection = projection
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
+    """CPU: every linear layer and the output projection as dynamically quantised int8."""
     _as_plain_linear(model)
+    _attach_output_projection(model)
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao; the API still works in 2.x.
         warnings.simplefilter("ignore", DeprecationWarning)
         from torch.ao.quantization import quantize_dynamic
 
         return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def cuda_int8_available() -> bool:
+    return importlib.util.find_spec(CUDA_INT8_LIBRARY) is not None
+
+
+def quantize_int8_cuda(model: nn.Module) -> nn.Module:
+    """GPU: fp16 model whose linear layers are bitsandbytes int8 layers. The weights are
+    quantised when the model is moved to the GPU (`model.to("cuda")`), so the GPU never
+    holds them in fp16."""
+    import bitsandbytes as bnb
+
+    model = model.half()
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                int8 = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                           has_fp16_weights=False, threshold=LLM_INT8_THRESHOLD)
+                int8.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+                if child.bias is not None:
+                    int8.bias = child.bias
+                setattr(module, name, int8)
+            else:
+                swap(child)
+
+    swap(model)
+    return model

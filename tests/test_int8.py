@@ -1,0 +1,76 @@
+"""precision: int8 — PyTorch dynamic quantisation on CPU (output projection included),
+bitsandbytes on CUDA when installed, a clear start-up error when not."""
+import pytest
+import torch
+import whisper
+
+from conftest import LONG_11_MIN, fast_settings, shared_audio
+from engine import DeviceError, Engine, fast_decode, load_audio
+from engine import quantize
+from engine.cuda import DevicePlan, plan_device
+from engine.models import load_model
+
+CPU_INT8 = DevicePlan(torch.device("cpu"), "int8", "cpu, int8")
+CPU_FP32 = DevicePlan(torch.device("cpu"), "fp32", "cpu, fp32")
+
+
+def test_linear_layers_and_the_output_projection_are_int8(micro_checkpoint):
+    model = load_model(str(micro_checkpoint), CPU_INT8)
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    projection = model.decoder.int8_output_projection
+    assert isinstance(projection, dynamic)
+    assert projection.weight().shape == model.decoder.token_embedding.weight.shape
+    assert not any(type(m) in (torch.nn.Linear, whisper.model.Linear) for m in model.modules())
+    fp32 = load_model(str(micro_checkpoint), CPU_FP32)
+    x = torch.randn(4, model.dims.n_text_state)
+    exact = x @ fp32.decoder.token_embedding.weight.T
+    assert torch.allclose(projection(x), exact, atol=0.05 * exact.abs().max().item())
+
+
+def test_the_fast_decoder_uses_the_int8_projection(micro_checkpoint):
+    model = load_model(str(micro_checkpoint), CPU_INT8)
+    calls = []
+    model.decoder.int8_output_projection.register_forward_hook(lambda *args: calls.append(1))
+    mel = whisper.log_mel_spectrogram(torch.zeros(whisper.audio.N_SAMPLES) + 0.01)
+    options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=5, fp16=False)
+    with torch.inference_mode():
+        result = fast_decode.decode(model, mel, options)
+    assert len(calls) == len(result.tokens) + (0 if len(result.tokens) == 5 else 1)
+
+
+def test_engine_transcribes_in_int8_on_cpu(micro_checkpoint):
+    audio = load_audio(shared_audio(LONG_11_MIN))[: 16000 * 60]
+    with Engine(fast_settings(micro_checkpoint, precision="int8")) as engine:
+        result = engine.transcribe(audio)
+        assert engine.status().device == "cpu, int8"
+    assert result.windows == 3 and result.tokens_decoded > 0 and result.segments
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+
+
+def test_int8_on_a_gpu_without_bitsandbytes_is_refused_at_start_up(fake_gpu, monkeypatch):
+    monkeypatch.setattr(quantize, "cuda_int8_available", lambda: False)
+    with pytest.raises(DeviceError, match="bitsandbytes") as error:
+        plan_device("cuda", 0, "int8")
+    assert "pip install bitsandbytes" in str(error.value) and "fp16" in str(error.value)
+
+
+def test_int8_on_a_gpu_with_bitsandbytes_runs_int8_weights_and_fp16_activations(fake_gpu, monkeypatch):
+    monkeypatch.setattr(quantize, "cuda_int8_available", lambda: True)
+    plan = plan_device("cuda", 0, "int8")
+    assert plan.precision == "int8" and plan.is_cuda and plan.fp16
+    assert not plan_device("cpu", 0, "int8").fp16
+
+
+def test_bitsandbytes_layers_replace_every_linear(micro_checkpoint):
+    bnb = pytest.importorskip("bitsandbytes")
+    model = quantize.quantize_int8_cuda(whisper.load_model(str(micro_checkpoint), device="cpu"))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, bnb.nn.Linear8bitLt) for m in linears)
+    assert model.decoder.token_embedding.weight.dtype == torch.float16
+    assert model.encoder.conv1.weight.dtype == torch.float16
