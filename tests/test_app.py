@@ -122,6 +122,34 @@ def test_full_queue_is_a_readable_error(client, server, jfk):
     assert running.result(60).segments is not None and waiting.result(60) is not None
 
 
+def _until(condition, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_second_request_waits_in_gradios_queue_and_sees_its_place(client, server, jfk):
+    from gradio_client.utils import Status
+
+    engine = server.engine  # workers=1: Gradio runs one /transcribe at a time
+    GATE.clear()
+    try:
+        first = client.submit(handle_file(str(jfk)), api_name="/transcribe")
+        _until(lambda: engine.status().busy_workers == 1, "the first job to run")
+        # The running job's progress bar counts windows.
+        _until(lambda: any(unit.unit == "windows" for unit in first.status().progress_data or []),
+               "progress in windows")
+        second = client.submit(handle_file(str(jfk)), api_name="/transcribe")
+        _until(lambda: second.status().code == Status.IN_QUEUE and second.status().rank is not None,
+               "the second request to be queued")
+        assert second.status().rank == 0  # first in line
+        assert engine.status().queue_length == 0  # it waits in Gradio's queue, not the engine's
+    finally:
+        GATE.set()
+    assert isinstance(first.result(timeout=60)[0], str) and isinstance(second.result(timeout=60)[0], str)
+
+
 def test_http_routes_answer_as_soon_as_serve_returns(server):
     # The routes are added in the app's start-up, before the first connection: no 404 window.
     assert httpx.get(server.url + "healthz", timeout=10).status_code != 404

@@ -64,9 +64,18 @@ def page(browser, server):
     page.close()
 
 
+def wait_for_audio(page) -> None:
+    """Until the recording is in the component (uploaded, or recorded and processed)."""
+    page.locator("#audio-input button[aria-label='Play']").wait_for()
+
+
 def transcribe_and_wait(page) -> str:
     page.click("#transcribe-button")
-    page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0")
+    # The transcript, or an error toast (failing here with its text rather than timing out).
+    page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0"
+                           " || document.querySelector('.toast-body') !== null")
+    toasts = page.locator(".toast-body").all_inner_texts()
+    assert not toasts, f"the page showed an error: {toasts}"
     page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
     return page.input_value("#transcript textarea")
 
@@ -74,6 +83,7 @@ def transcribe_and_wait(page) -> str:
 def test_upload_transcribe_download_and_screenshot(page, server):
     jfk = shared_audio(JFK)
     page.set_input_files("#audio-input input[type=file]", str(jfk))
+    wait_for_audio(page)
     text = transcribe_and_wait(page)
     assert "-->" in text
     downloads = page.locator("#downloads").inner_text()
@@ -104,6 +114,7 @@ def test_not_audio_shows_the_error_then_a_good_upload_works(page, tmp_path):
     fake = tmp_path / "minutes.mp3"
     fake.write_text("minutes of the meeting, typed, not recorded\n" * 20)
     page.set_input_files("#audio-input input[type=file]", str(fake))
+    wait_for_audio(page)
     page.click("#transcribe-button")
     toast = page.locator(".toast-body", has_text="not an audio or video file")
     toast.wait_for()
@@ -111,6 +122,9 @@ def test_not_audio_shows_the_error_then_a_good_upload_works(page, tmp_path):
 
     page.locator("#audio-input button[aria-label='Clear']").click()
     page.set_input_files("#audio-input input[type=file]", str(jfk))
+    wait_for_audio(page)
+    page.locator("[data-testid=toast-close]").first.click()  # dismiss the earlier error
+    page.locator(".toast-body").first.wait_for(state="detached")
     assert "-->" in transcribe_and_wait(page)
 
 
@@ -119,8 +133,11 @@ def test_microphone_recording_is_transcribed(page):
         pytest.skip(f"{JFK_WAV} is absent: Chromium's fake microphone needs a WAV file to play")
     page.click("#audio-input button[aria-label='Record audio']")
     page.locator("#audio-input button:visible", has_text="Record").first.click()
+    stop = page.locator("#audio-input button:visible", has_text="Stop").first
+    stop.wait_for()  # recording has started (the microphone can take a moment on a busy machine)
     time.sleep(3)  # three seconds of JFK through the fake microphone
-    page.locator("#audio-input button:visible", has_text="Stop").first.click()
+    stop.click()
+    wait_for_audio(page)
     text = transcribe_and_wait(page)
     assert "-->" in text
     details = page.inner_text("#details")
