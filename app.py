@@ -91,6 +91,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
     """Start the engine (unless given one), build and launch the page with the HTTP routes;
     returns once the server answers. `port` overrides settings.port; 0 picks a free port."""
     engine = engine or Engine(settings, background=True)
+    jobs = None
     try:
         # Durable jobs for the page and the HTTP API alike: stored in data_dir before they are
         # queued, queued again after a crash; the page lists each browser's (or login's) own.
@@ -121,6 +122,8 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
             log.warning("No public share link could be created (no internet, or the tunnel is blocked); "
                         "serving locally at %s only.", local_url)
     except BaseException:
+        if jobs is not None:
+            jobs.close()
         engine.close(drain=False, timeout=SHUTDOWN_TIMEOUT_S)
         raise
     return Server(demo, engine, app, local_url, share_url)
