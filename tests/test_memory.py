@@ -145,3 +145,45 @@ def test_the_threshold_reaches_the_transcriber(micro_checkpoint, monkeypatch):
     with Engine(fast_settings(micro_checkpoint, gpu_memory_threshold_mb=5200)) as engine:
         engine.transcribe(np.zeros(16000, dtype=np.float32) + 0.01 * np.sin(np.arange(16000, dtype=np.float32)))
     assert seen == [5200]
+
+
+# -- on a GPU, for real --------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("windows_that_fit, expect_failure", [(3.5, False), (0.3, True)], ids=["halves", "too large"])
+def test_a_real_cuda_oom_halves_the_batch_or_fails_clearly(recording, monkeypatch, windows_that_fit, expect_failure):
+    """A per-process memory cap leaves room for a few windows of a wide model; the fitter is
+    told nothing (so the batch starts too big) and CUDA's own allocator raises."""
+    from checkpoints import build_model
+
+    audio, windows = recording
+    dims = dict(DIMS["large-v3"], n_audio_layer=4, n_text_layer=4)  # large-v3 width, few layers: fast
+    DIMS["wide4"] = dims
+    try:
+        model = build_model("wide4", lively=False).half().cuda()
+    finally:
+        del DIMS["wide4"]
+    device = torch.device("cuda", torch.cuda.current_device())
+    options = DecodeOptions(language="en", temperatures=(0.0,), max_new_tokens=24, compression_ratio_threshold=None,
+                            logprob_threshold=None, no_speech_threshold=None, batch_size=8)
+    with torch.inference_mode():
+        clean = BatchTranscriber(model, fp16=True).transcribe(audio, windows, options)
+    monkeypatch.setattr(transcriber, "fit_batch_size", lambda requested, *args, **kwargs: requested)
+    torch.cuda.empty_cache()
+    cost = window_cost_mb(model.dims, 2, 24) * 2**20
+    total = torch.cuda.get_device_properties(device).total_memory
+    mels = len(windows) * model.dims.n_mels * 3000 * (4 + 2)  # computed before the decoder, outside its retry
+    cap = torch.cuda.memory_allocated(device) + mels + windows_that_fit * cost
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
+    spy = FailAbove(1000)  # never fails itself: only records the batch sizes
+    try:
+        with torch.inference_mode():
+            if expect_failure:
+                with pytest.raises(WindowTooLarge, match="single 30 s window"):
+                    BatchTranscriber(model, fp16=True, decoder=spy).transcribe(audio, windows, options)
+                return
+            recovered = BatchTranscriber(model, fp16=True, decoder=spy).transcribe(audio, windows, options)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+    assert spy.sizes[0] == 8 and min(spy.sizes) < 8
+    assert _segments(recovered) == _segments(clean)

@@ -1,0 +1,144 @@
+"""Tables and target checks from the measurements of one benchmark run."""
+from __future__ import annotations
+
+import platform
+import statistics
+from datetime import datetime, timezone
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REFERENCE = "whisper"  # (a): every ratio is against stock whisper.transcribe in the same run
+
+
+def _median(values: Sequence[float]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _mb(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:,.0f}"
+
+
+def speedups(runs: Dict[str, List[dict]], impl: str, key: str = "wall_s") -> List[float]:
+    """Per-round ratios stock / impl: rounds are interleaved, so a round's two numbers saw
+    similar machine load; their ratio is steadier than the times themselves."""
+    reference = runs.get(REFERENCE, [])
+    return [ref[key] / run[key] for ref, run in zip(reference, runs.get(impl, []))
+            if "error" not in ref and "error" not in run]
+
+
+def summary(runs: Dict[str, List[dict]], impl: str) -> dict:
+    ok = [r for r in runs.get(impl, []) if "error" not in r]
+    if not ok:
+        return {"error": (runs.get(impl) or [{"error": "not run"}])[-1].get("error", "failed")}
+    walls = [r["wall_s"] for r in ok]
+    wall = statistics.median(walls)
+    ratios = speedups(runs, impl)
+    cpu_ratios = speedups(runs, impl, "cpu_s")
+    pick = {key: _median([r.get(key) for r in ok]) for key in (
+        "peak_rss_mb", "weights_mb", "peak_allocated_mb", "peak_reserved_mb", "gpu_process_peak_mb",
+        "reserved_after_release_mb", "gpu_after_release_mb")}
+    return dict(wall=wall, wall_min=min(walls), wall_max=max(walls), rounds=len(ok), audio_s=ok[0]["audio_s"],
+                throughput=ok[0]["audio_s"] / wall, speedup=_median(ratios),
+                speedup_range=(min(ratios), max(ratios)) if ratios else None,
+                cpu_s=_median([r.get("cpu_s") for r in ok]), cpu_speedup=_median(cpu_ratios),
+                load=_median([r.get("load") for r in ok]),
+                windows=ok[0]["windows"], tokens=ok[0]["tokens"], notes=ok[0].get("notes", []), **pick)
+
+
+def table(runs: Dict[str, List[dict]], labels: Dict[str, Tuple[str, str]], cuda: bool) -> str:
+    head = ["implementation", "precision", "wall s (median; min–max)", "audio s / s", "× stock (range)",
+            "CPU s", "× stock in CPU s", "windows", "tokens", "peak host MB", "load"]
+    if cuda:
+        head += ["weights MB", "peak alloc. MB", "peak reserved MB", "process GPU peak MB (NVML)",
+                 "reserved after release MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for impl, (label, precision) in labels.items():
+        if impl not in runs:
+            continue
+        s = summary(runs, impl)
+        if "error" in s:
+            lines.append(f"| {label} | {precision} | failed: {s['error'][:120]} |" + " |" * (len(head) - 3))
+            continue
+        spread = f"{s['wall']:.1f} ({s['wall_min']:.1f}–{s['wall_max']:.1f})" if s["rounds"] > 1 else f"{s['wall']:.1f}"
+        if impl == REFERENCE:
+            ratio = "1.00"
+        elif s["speedup"] is None:
+            ratio = ""
+        else:
+            low, high = s["speedup_range"]
+            ratio = f"**{s['speedup']:.2f}**" + (f" ({low:.2f}–{high:.2f})" if high > low else "")
+        cpu_ratio = "1.00" if impl == REFERENCE else ("" if s["cpu_speedup"] is None else f"{s['cpu_speedup']:.2f}")
+        row = [label, precision, spread, f"{s['throughput']:.1f}", ratio, f"{s['cpu_s']:.0f}", cpu_ratio,
+               str(s["windows"]), f"{s['tokens']:,}", _mb(s["peak_rss_mb"]), f"{s['load']:.1f}"]
+        if cuda:
+            row += [_mb(s["weights_mb"]), _mb(s["peak_allocated_mb"]), _mb(s["peak_reserved_mb"]),
+                    _mb(s["gpu_process_peak_mb"]), _mb(s["reserved_after_release_mb"])]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _faster(runs, a: str, b: str) -> Optional[float]:
+    """How many times faster `a` ran than `b` (median of per-round wall ratios)."""
+    pairs = [rb["wall_s"] / ra["wall_s"] for ra, rb in zip(runs.get(a, []), runs.get(b, []))
+             if "error" not in ra and "error" not in rb]
+    return _median(pairs)
+
+
+def targets(all_runs: Dict[str, Dict[str, List[dict]]], cuda: bool) -> List[Tuple[str, str, bool]]:
+    """(target, measured, met) for the issue's targets that this run measured."""
+    checks: List[Tuple[str, str, bool]] = []
+
+    def add(name: str, value: Optional[float], limit: float, unit: str = "×", above: bool = True) -> None:
+        if value is None:
+            return
+        met = value >= limit if above else value <= limit
+        checks.append((name, f"{value:,.2f}{unit}" if unit == "×" else f"{value:,.0f} {unit}", met))
+
+    if not cuda:
+        runs = all_runs.get("11min", {})
+        for impl, label in (("engine", "fp32"), ("engine-int8", "int8")):
+            add(f"CPU 11 min: engine {label} ≥ 4× stock", summary(runs, impl).get("speedup"), 4.0)
+            add(f"CPU 11 min: engine {label} faster than faster-whisper batched int8 (same batch)",
+                _faster(runs, impl, "fw-batched-int8"), 1.0)
+    else:
+        runs = all_runs.get("hour", {})
+        add("GPU 1 h: engine fp16 ≥ 10× stock", summary(runs, "engine-fp16").get("speedup"), 10.0)
+        add("GPU 1 h: engine fp16 ≥ faster-whisper batched fp16 (same batch)",
+            _faster(runs, "engine-fp16", "fw-batched-fp16"), 1.0)
+        engine = summary(runs, "engine-fp16")
+        add("GPU: resident weights ≤ 3.2 GB", engine.get("weights_mb"), 3200, "MB", above=False)
+        two = summary(runs, "engine-fp16-2jobs")
+        add("GPU: two concurrent 1 h jobs, peak reserved ≤ 5.2 GB", two.get("peak_reserved_mb"), 5200, "MB", above=False)
+        add("GPU: reserved after release ≤ 300 MB", engine.get("reserved_after_release_mb"), 300, "MB", above=False)
+    return checks
+
+
+def machine(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import psutil
+
+        memory = f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM"
+    except ImportError:
+        memory = ""
+    parts = [f"{cpu}, {torch.get_num_threads()} threads", memory]
+    if device == "cuda":
+        parts.append(torch.cuda.get_device_name(0))
+    versions = []
+    for module in ("torch", "whisper", "faster_whisper", "ctranslate2"):
+        try:
+            versions.append(f"{module} {__import__(module).__version__}")
+        except Exception:
+            pass
+    return "; ".join(p for p in parts if p) + "; " + ", ".join(versions) + f"; Python {platform.python_version()}"
+
+
+def today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
