@@ -274,7 +274,7 @@ def run_faster_whisper(spec: Spec, audio: np.ndarray, compute_type: str, batched
     if spec.device == "cuda":
         m.gpu_process_peak_mb = nvml.peak_mb
         m.weights_mb = None
-        del model, counter
+        del model, counter, transcribe  # the closure holds the model too
         if batched:
             del pipeline
         _cuda_after_release(m, nvml)
