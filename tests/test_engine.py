@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
-from engine import (AudioError, AudioTooLong, EmptyAudio, Engine, FORMATS, InvalidRequest, JobStatus, NotAudio,
+from engine import (AudioTooLong, EmptyAudio, Engine, FORMATS, InvalidRequest, JobStatus, NotAudio,
                     TruncatedAudio, load_audio, write_files)
 from engine.chunking import plan_windows
 
