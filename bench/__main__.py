@@ -69,6 +69,8 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "whisper-bench")
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file whose section for this device is replaced")
     parser.add_argument("--no-docs", action="store_true", help="print only")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: publish the last results kept in the work directory")
     args = parser.parse_args(argv)
     if args.device is None:
         import torch
@@ -94,6 +96,10 @@ def run_worker(spec: dict, timeout_s: float = 3 * 3600) -> dict:
 def main(argv=None) -> int:
     args = parse(argv)
     work = args.work_dir
+    if args.report_only:
+        publish(args, {name: json.loads((work / f"results-{args.device}-{name}.json").read_text())
+                       for name in args.inputs if (work / f"results-{args.device}-{name}.json").is_file()})
+        return 0
     checkpoint = random_checkpoint(args.dims, work)
     ct2_dir = ""
     if any(impl.startswith("fw-") for impl in args.impls):
@@ -119,31 +125,40 @@ def main(argv=None) -> int:
                 shown = result.get("error") or f"{result['wall_s']:.1f} s, {result['windows']} windows, {result['tokens']} tokens"
                 print(f"[{name} round {round_index + 1}/{rounds}] {impl}: {shown} "
                       f"({time.perf_counter() - started:.0f} s with loading)", flush=True)
-    (work / f"results-{args.device}.json").write_text(json.dumps(runs, indent=1))
-    markdown = render(args, runs)
-    print("\n" + markdown)
-    if not args.no_docs:
-        write_section(args.docs, args.device, markdown)
-        print(f"\nwritten to {args.docs}")
+    for name, by_impl in runs.items():
+        (work / f"results-{args.device}-{name}.json").write_text(json.dumps(by_impl, indent=1))
+    publish(args, runs)
     return 0
 
 
-def render(args: argparse.Namespace, runs: Dict[str, Dict[str, List[dict]]]) -> str:
-    cuda = args.device == "cuda"
-    labels = {impl: (RUNNERS[impl][0], _precision(impl, cuda)) for impl in args.impls}
-    command = "python -m bench" + (" --device cuda" if cuda else "")
-    lines = [f"### {'GPU' if cuda else 'CPU'}: {args.dims} dimensions, random weights", "",
-             f"`{command}` — {today()}", "", f"Machine: {machine(args.device)}.", "",
-             f"Batch size {args.batch_size}; {args.max_new_tokens} tokens per window "
-             f"(faster-whisper: max_new_tokens={args.fw_max_new_tokens}); {args.threads} CPU threads; "
-             f"rounds: {args.repeats} on 11 min, {args.hour_repeats} on the hour.", ""]
+def publish(args: argparse.Namespace, runs: Dict[str, Dict[str, List[dict]]]) -> None:
+    """Print each input's section, and replace it in the results file (one section per
+    device and input, so `--inputs hour` leaves the 11-minute results in place)."""
     for name, by_impl in runs.items():
-        title = {"11min": "11-minute recording (677.7 s)", "hour": "One hour (the recording repeated, 3600 s)"}[name]
-        lines += [f"#### {title}", "", table(by_impl, labels, cuda), ""]
-    checks = targets(runs, cuda)
+        markdown = render(args, name, by_impl)
+        print("\n" + markdown)
+        if not args.no_docs:
+            write_section(args.docs, f"{args.device}:{name}", markdown)
+            print(f"\nwritten to {args.docs}")
+
+
+TITLES = {"11min": "the 11-minute recording (677.7 s)", "hour": "one hour (the recording repeated, 3600 s)"}
+
+
+def render(args: argparse.Namespace, name: str, by_impl: Dict[str, List[dict]]) -> str:
+    cuda = args.device == "cuda"
+    labels = {impl: (RUNNERS[impl][0], _precision(impl, cuda)) for impl in by_impl}
+    rounds = max(len(runs) for runs in by_impl.values())
+    command = "python -m bench" + (" --device cuda" if cuda else "")
+    lines = [f"### {'GPU' if cuda else 'CPU'}, {args.dims} dimensions: {TITLES[name]}", "",
+             f"`{command}` — {today()}; {rounds} round{'s' if rounds > 1 else ''}. Machine: {machine(args.device)}. "
+             f"Batch size {args.batch_size}, {args.max_new_tokens} tokens per window (faster-whisper: "
+             f"max_new_tokens={args.fw_max_new_tokens}), {args.threads} CPU threads.",
+             "", table(by_impl, labels, cuda), ""]
+    checks = targets({name: by_impl}, cuda)
     if checks:
-        lines += ["Targets:", ""] + [f"- {'met' if met else '**missed**'}: {name} — measured {value}"
-                                     for name, value, met in checks] + [""]
+        lines += ["Targets:", ""] + [f"- {'met' if met else '**missed**'}: {target} — measured {value}"
+                                     for target, value, met in checks] + [""]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ word-timing's SDPA switch) goes to `whisper.decode` unchanged.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -53,8 +54,6 @@ def supports(options: DecodingOptions) -> bool:
 def decode(model: Whisper, mel: Tensor, options: DecodingOptions = DecodingOptions(), **kwargs):
     """Drop-in for `whisper.decode`: same arguments, same results, faster for greedy batches."""
     if kwargs:
-        from dataclasses import replace
-
         options = replace(options, **kwargs)
     if not supports(options):
         return whisper.decode(model, mel, options)

@@ -115,7 +115,7 @@ def test_gpu_targets_read_memory_columns():
     assert not checks["GPU: two concurrent 1 h jobs, peak reserved ≤ 5.2 GB"]
 
 
-def test_each_device_has_its_own_section_in_the_results_file(tmp_path):
+def test_each_device_and_input_has_its_own_section_in_the_results_file(tmp_path):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\nprose stays\n")
     write_section(docs, "cpu", "cpu table 1")
