@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     work = args.work_dir
     if args.report_only:
-        publish(args, {name: json.loads((work / f"results-{args.device}-{name}.json").read_text())
-                       for name in args.inputs if (work / f"results-{args.device}-{name}.json").is_file()})
+        kept = [work / f"results-{args.device}-{name}.json" for name in args.inputs]
+        publish(args, {path.stem.rsplit("-", 1)[1]: json.loads(path.read_text()) for path in kept if path.is_file()})
         return 0
     checkpoint = random_checkpoint(args.dims, work)
     ct2_dir = ""
@@ -125,17 +125,19 @@ def main(argv=None) -> int:
                 shown = result.get("error") or f"{result['wall_s']:.1f} s, {result['windows']} windows, {result['tokens']} tokens"
                 print(f"[{name} round {round_index + 1}/{rounds}] {impl}: {shown} "
                       f"({time.perf_counter() - started:.0f} s with loading)", flush=True)
-    for name, by_impl in runs.items():
-        (work / f"results-{args.device}-{name}.json").write_text(json.dumps(by_impl, indent=1))
-    publish(args, runs)
+    measured = {name: {"measured": today(), "runs": by_impl} for name, by_impl in runs.items()}
+    for name, kept in measured.items():
+        (work / f"results-{args.device}-{name}.json").write_text(json.dumps(kept, indent=1))
+    publish(args, measured)
     return 0
 
 
-def publish(args: argparse.Namespace, runs: Dict[str, Dict[str, List[dict]]]) -> None:
+def publish(args: argparse.Namespace, measured: Dict[str, dict]) -> None:
     """Print each input's section, and replace it in the results file (one section per
-    device and input, so `--inputs hour` leaves the 11-minute results in place)."""
-    for name, by_impl in runs.items():
-        markdown = render(args, name, by_impl)
+    device and input, so `--inputs hour` leaves the 11-minute results in place).
+    `measured`: input -> {"measured": when, "runs": impl -> [measurement, ...]}."""
+    for name, kept in measured.items():
+        markdown = render(args, name, kept["runs"], kept["measured"])
         print("\n" + markdown)
         if not args.no_docs:
             write_section(args.docs, f"{args.device}:{name}", markdown)
@@ -145,13 +147,13 @@ def publish(args: argparse.Namespace, runs: Dict[str, Dict[str, List[dict]]]) ->
 TITLES = {"11min": "the 11-minute recording (677.7 s)", "hour": "one hour (the recording repeated, 3600 s)"}
 
 
-def render(args: argparse.Namespace, name: str, by_impl: Dict[str, List[dict]]) -> str:
+def render(args: argparse.Namespace, name: str, by_impl: Dict[str, List[dict]], measured: str) -> str:
     cuda = args.device == "cuda"
     labels = {impl: (RUNNERS[impl][0], _precision(impl, cuda)) for impl in by_impl}
     rounds = max(len(runs) for runs in by_impl.values())
     command = "python -m bench" + (" --device cuda" if cuda else "")
     lines = [f"### {'GPU' if cuda else 'CPU'}, {args.dims} dimensions: {TITLES[name]}", "",
-             f"`{command}` — {today()}; {rounds} round{'s' if rounds > 1 else ''}. Machine: {machine(args.device)}. "
+             f"`{command}` — measured {measured}; {rounds} round{'s' if rounds > 1 else ''}. Machine: {machine(args.device)}. "
              f"Batch size {args.batch_size}, {args.max_new_tokens} tokens per window (faster-whisper: "
              f"max_new_tokens={args.fw_max_new_tokens}), {args.threads} CPU threads.",
              "", table(by_impl, labels, cuda), ""]
