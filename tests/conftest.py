@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,20 @@ def fast_settings(model: Path | str, **overrides):
                   warm_up=False)
     values.update(overrides)
     return load_settings(None, values, environ={})
+
+
+class DecodeGate(threading.Event):
+    """A decoder (whisper.decode's signature) that first waits for this event: `clear()` holds
+    jobs running or queued, `set()` lets them go. Open at first."""
+
+    def __init__(self, timeout_s: float = 60.0):
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.set()
+
+    def __call__(self, model, mel, options):
+        import whisper
+
+        if not self.wait(self.timeout_s):
+            raise TimeoutError("test gate never opened")
+        return whisper.decode(model, mel, options)

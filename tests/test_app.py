@@ -8,27 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import whisper
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from conftest import JFK, ROOT, fast_settings, shared_audio
+from conftest import JFK, ROOT, DecodeGate, fast_settings, shared_audio
 from engine import Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
 
-GATE = threading.Event()  # decoding waits on it, so a test can hold a job running
-GATE.set()
-
-
-def gated_decode(model, mel, options):
-    if not GATE.wait(60):
-        raise TimeoutError("test gate never opened")
-    return whisper.decode(model, mel, options)
+GATE = DecodeGate(timeout_s=60)  # decoding waits on it, so a test can hold a job running
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def server(micro_checkpoint, tmp_path_factory):
 
     settings = fast_settings(micro_checkpoint, workers=1, queue_size=1,
                              data_dir=str(tmp_path_factory.mktemp("app") / "data"))
-    server = serve(settings, engine=Engine(settings, decoder=gated_decode), port=0)
+    server = serve(settings, engine=Engine(settings, decoder=GATE), port=0)
     yield server
     GATE.set()
     server.close()

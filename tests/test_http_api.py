@@ -9,21 +9,13 @@ import time
 import httpx
 import openai
 import pytest
-import whisper
 
-from conftest import JFK, fast_settings, shared_audio
+from conftest import JFK, DecodeGate, fast_settings, shared_audio
 from engine import Engine
 
 KEY = "test-key-123"
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
-GATE = threading.Event()  # decoding waits on it: tests hold jobs running or queued as they need
-GATE.set()
-
-
-def gated_decode(model, mel, options):
-    if not GATE.wait(30):
-        raise TimeoutError("test gate never opened")
-    return whisper.decode(model, mel, options)
+GATE = DecodeGate(timeout_s=30)  # decoding waits on it: tests hold jobs running or queued as they need
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +24,7 @@ def server(micro_checkpoint, tmp_path_factory):
 
     settings = fast_settings(micro_checkpoint, workers=1, queue_size=3, api_key=KEY, max_upload_mb=3,
                              max_audio_duration_s=60, data_dir=str(tmp_path_factory.mktemp("http") / "data"))
-    server = serve(settings, engine=Engine(settings, decoder=gated_decode), port=0)
+    server = serve(settings, engine=Engine(settings, decoder=GATE), port=0)
     yield server
     GATE.set()
     server.app.state.jobs.close()
