@@ -100,9 +100,3 @@ def reserved_mb(device: torch.device | None = None) -> float:
     if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
         return 0.0
     return torch.cuda.memory_reserved(device) / 2**20
-
-
-def allocated_mb(device: torch.device | None = None) -> float:
-    if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
-        return 0.0
-    return torch.cuda.memory_allocated(device) / 2**20

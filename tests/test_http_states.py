@@ -27,7 +27,6 @@ def wait_state(engine: Engine, state: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the engine's load thread
 def test_failed_model_is_503_and_health_says_why(tmp_path):
     settings = fast_settings(tmp_path / "no-such-model.pt", data_dir=str(tmp_path / "data"))
     engine = Engine(settings, background=True)
