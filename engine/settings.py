@@ -45,7 +45,7 @@ class Settings(BaseModel):
     # --- decoding ------------------------------------------------------------------------
     batch_size: int = Field(8, ge=1)  # 30 s windows decoded together; more = faster, more GPU memory
     chunk_length_s: float = Field(30.0, gt=0, le=30)  # window length; whisper reads at most 30 s at once
-    chunk_overlap_s: float = Field(2.0, ge=0)  # audio shared by neighbouring windows, so no word is cut at a seam
+    chunk_overlap_s: float = Field(2.0, ge=0)  # audio shared by neighbouring windows cut where there is no pause, so no word is lost
     chunk_search_s: float = Field(5.0, ge=0)  # how far before a window's end to look for silence to cut in
     max_new_tokens: int = Field(224, ge=1, le=448)  # cap on tokens decoded per window (whisper's default: 224)
     language: Optional[str] = None  # language code or name; null = detect from the first window with speech

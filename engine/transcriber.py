@@ -243,7 +243,8 @@ class BatchTranscriber:
 
         A window whose text runs past its last timestamp keeps that tail as a segment up to
         the window's end: stock transcribe would re-read it from the next seek, here the
-        overlapping next window and the stitcher take care of it.
+        next window (which overlaps this one unless the seam is in a pause) and the
+        stitcher take care of it.
         """
         duration = window.duration_s
         pieces = split_at_timestamps(result.tokens, tokenizer.timestamp_begin, tokenizer.eot, duration)

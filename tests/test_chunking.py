@@ -34,11 +34,18 @@ def assert_well_formed(windows, total, chunk_s=30.0, overlap_s=2.0):
         # a window keeps only what it actually heard
         assert w.start_s <= w.keep_from and w.keep_until <= w.end_s
     for a, b in zip(windows, windows[1:]):
-        assert a.end - b.start == round(overlap_s * SR)  # overlap exactly; union has no gap
         assert a.keep_until == b.keep_from  # keep ranges tile [0, duration]
         cut = a.keep_until * SR
+        if a.end == b.start:  # a seam in a pause: the windows meet at the cut
+            assert a.end == round(cut)
+            continue
+        assert a.end - b.start == round(overlap_s * SR)  # overlap exactly; union has no gap
         # the overlap is centred on the cut (to the sample)
         assert abs((a.end - cut) - (cut - b.start)) <= 1
+
+
+def seams_in_pauses(windows) -> int:
+    return sum(a.end == b.start for a, b in zip(windows, windows[1:]))
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -77,17 +84,48 @@ def test_long_recording_cuts_inside_silent_gaps():
     for w in windows[:-1]:
         cut = w.keep_until
         assert any(a + 0.1 <= cut <= b - 0.1 for a, b in gaps), f"cut at {cut:.2f}s is not inside a gap"
+    # every cut is in a pause, so no audio is decoded twice: the windows advance 28 s each
+    # (the latest gap before 30 s), 600 s in 22 windows; 2 s overlaps would need 24
+    assert seams_in_pauses(windows) == len(windows) - 1
+    assert len(windows) == 22
+
+
+def test_a_pause_above_background_noise_is_still_a_pause():
+    # Speech stand-in at -10 dBFS over a -45 dBFS hiss; the gap leaves only the hiss.
+    audio = bursts_with_gaps(50.0, [(27.0, 27.8)]) + noise(50.0, amplitude=0.0056, seed=1)
+    first = plan_windows(audio)[0]
+    assert 27.1 <= first.keep_until <= 27.7
+    assert first.end == round(first.keep_until * SR)  # no overlap needed
+
+
+def test_a_dip_that_is_not_a_pause_keeps_the_overlap():
+    # Only 10 dB quieter for a moment: a word could run through it, so the windows overlap.
+    audio = noise(50.0)
+    audio[int(27.0 * SR) : int(27.8 * SR)] *= 0.3
+    a, b = plan_windows(audio)
+    assert 27.1 <= a.keep_until <= 27.7
+    assert a.end - b.start == 2 * SR
+
+
+def test_the_latest_pause_wins_over_a_deeper_earlier_one():
+    # Digital silence at 25 s, a -50 dB pause at 28 s: both are pauses; the later one gives
+    # the longer window.
+    audio = bursts_with_gaps(50.0, [(28.0, 28.6)])
+    audio[int(25.0 * SR) : int(25.6 * SR)] = 0.0
+    first = plan_windows(audio)[0]
+    assert 28.1 <= first.keep_until <= 28.5
 
 
 def test_cut_prefers_the_latest_gap_in_the_search_range():
-    # Search range of the first window is [24, 29] s; two gaps in it, the later one wins.
+    # Search range of the first window is [25, 30] s; two gaps in it, the later one wins.
     audio = bursts_with_gaps(50.0, [(24.5, 25.3), (27.0, 27.8)])
     first = plan_windows(audio)[0]
     assert 27.1 <= first.keep_until <= 27.7
 
 
 def test_gap_outside_search_range_is_ignored():
-    # A gap at 10 s is too early to help; with no silence in [24, 29] cut at the latest point.
+    # A gap at 10 s is too early to help; with no pause in [25, 30] the windows overlap
+    # and the cut goes to the latest point that leaves room for it.
     audio = bursts_with_gaps(50.0, [(10.0, 11.0)])
     first = plan_windows(audio)[0]
     assert first.keep_until == 29.0 and first.end == 30 * SR
