@@ -6,6 +6,8 @@ matmuls on CPUs with VNNI/AVX-512. The token embedding stays fp32 for the lookup
 decoder's output projection (the same matrix, 51,865 wide, about half of every decoder
 step on CPU) gets an int8 copy, `decoder.int8_output_projection`, which
 `engine.fast_decode` uses; `whisper.decode` (sampling fallbacks) still uses the fp32 matrix.
+With the linear layers int8, the encoder's self-attention is most of the encoder; on CPUs
+that do bf16 natively it runs in bf16 (`engine.cpu_attention`).
 
 On CUDA, PyTorch has no int8 matmul for this; bitsandbytes' `Linear8bitLt` (LLM.int8)
 does, when that library is installed. The rest of the model runs in fp16 there. Without
@@ -19,6 +21,8 @@ import warnings
 import torch
 from torch import nn
 from whisper import model as whisper_model
+
+from engine.cpu_attention import use_bf16_encoder_attention
 
 CUDA_INT8_LIBRARY = "bitsandbytes"
 LLM_INT8_THRESHOLD = 6.0  # bitsandbytes' default: activation outliers above this stay in fp16
@@ -45,9 +49,11 @@ def _attach_output_projection(model: nn.Module) -> None:
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """CPU: every linear layer and the output projection as dynamically quantised int8."""
+    """CPU: every linear layer and the output projection as dynamically quantised int8, and
+    the encoder's self-attention in bf16 where the CPU does bf16 natively."""
     _as_plain_linear(model)
     _attach_output_projection(model)
+    use_bf16_encoder_attention(model)
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao; the API still works in 2.x.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -6,7 +6,8 @@ import whisper
 
 from conftest import LONG_11_MIN, fast_settings, shared_audio
 from engine import DeviceError, Engine, fast_decode, load_audio
-from engine import quantize
+from engine import cpu_attention, quantize
+from engine.chunking import plan_windows
 from engine.cuda import DevicePlan, plan_device
 from engine.models import load_model
 
@@ -44,6 +45,58 @@ def test_engine_transcribes_in_int8_on_cpu(micro_checkpoint):
         result = engine.transcribe(audio)
         assert engine.status().device == "cpu, int8"
     assert result.windows == 3 and result.tokens_decoded > 0 and result.segments
+
+
+def _teacher_forced(model, mels, tokens):
+    """Encoder output and the decoder's logits at every position of the given token rows."""
+    with torch.inference_mode():
+        features = torch.cat([model.encoder(part) for part in mels.split(8)])
+        logits = torch.cat([model.decoder(t, f) for t, f in zip(tokens.split(8), features.split(8))])
+    return features, logits
+
+
+def _relative_error(x, reference) -> float:
+    return float((x - reference).norm() / reference.norm())
+
+
+def test_int8_predicts_the_tokens_fp32_predicts(micro_checkpoint, monkeypatch):
+    """Accuracy proxy for int8 on real speech: fed fp32's own transcript of every window of
+    the 11-minute recording, the int8 model's next-token choice agrees with fp32's almost
+    everywhere; and bf16 encoder attention (where the CPU has it) adds nothing measurable to
+    the error int8 already makes."""
+    audio = load_audio(shared_audio(LONG_11_MIN))
+    mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[w.start:w.end])))
+                        for w in plan_windows(audio)])
+    fp32 = load_model(str(micro_checkpoint), CPU_FP32)
+    options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=60, fp16=False)
+    with torch.inference_mode():
+        transcripts = [r.tokens for part in mels.split(8) for r in fast_decode.decode(fp32, part, options)]
+    prompt = list(whisper.tokenizer.get_tokenizer(False, language="en").sot_sequence)
+    width = max(map(len, transcripts))
+    eot = whisper.tokenizer.get_tokenizer(False).eot
+    tokens = torch.tensor([prompt + t + [eot] * (width - len(t)) for t in transcripts])
+    reference_features, reference_logits = _teacher_forced(fp32, mels, tokens)
+
+    int8 = load_model(str(micro_checkpoint), CPU_INT8)
+    features, logits = _teacher_forced(int8, mels, tokens)
+    agreement = float((logits.argmax(-1) == reference_logits.argmax(-1)).float().mean())
+    assert agreement >= 0.98, f"int8 picks fp32's next token at only {agreement:.1%} of positions"
+
+    monkeypatch.setattr(cpu_attention, "native_bf16", lambda: False)
+    int8_fp32_attention = load_model(str(micro_checkpoint), CPU_INT8)
+    assert not any(isinstance(b.attn, cpu_attention.Bf16SelfAttention) for b in int8_fp32_attention.encoder.blocks)
+    plain_features, _ = _teacher_forced(int8_fp32_attention, mels, tokens)
+    error, plain_error = (_relative_error(f, reference_features) for f in (features, plain_features))
+    assert error <= 1.1 * plain_error, f"bf16 attention: encoder error {error:.4f} against {plain_error:.4f} without"
+
+
+@pytest.mark.skipif(not cpu_attention.native_bf16(), reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+def test_int8_encoder_attention_runs_in_bf16_where_the_cpu_has_it(micro_checkpoint):
+    model = load_model(str(micro_checkpoint), CPU_INT8)
+    assert all(isinstance(block.attn, cpu_attention.Bf16SelfAttention) for block in model.encoder.blocks)
+    assert not any(isinstance(block.attn, cpu_attention.Bf16SelfAttention) for block in model.decoder.blocks)
+    fp32 = load_model(str(micro_checkpoint), CPU_FP32)
+    assert not any(isinstance(block.attn, cpu_attention.Bf16SelfAttention) for block in fp32.encoder.blocks)
 
 
 @pytest.fixture
