@@ -60,6 +60,7 @@ def profile(checkpoint: Path, precision: str = "fp32", batch_size: int = 16, max
         (transcriber, "is_silent", "silence check"),
         (transcriber.BatchTranscriber, "_mels", "log-mel"),
         (fast_decode, "encode", "encoder"),
+        (greedy, "_cross_keys_values", "cross-attention keys, values"),
         (greedy, "_forward", "decoder blocks"),
         (greedy, "_logits", "output projection"),
         (greedy, "run", "decoding (all)"),
@@ -91,9 +92,10 @@ def profile(checkpoint: Path, precision: str = "fp32", batch_size: int = 16, max
             setattr(owner, name, original)
     decoding = TIMES.pop("decoding (all)")
     encoder = TIMES["encoder"]
-    TIMES["token selection"] = decoding - encoder - TIMES["decoder blocks"] - TIMES["output projection"]
-    order = ["audio decoding", "planning", "silence check", "log-mel", "encoder", "decoder blocks",
-             "output projection", "token selection", "segments", "stitching"]
+    TIMES["token selection"] = (decoding - encoder - TIMES["cross-attention keys, values"] - TIMES["decoder blocks"]
+                                - TIMES["output projection"])
+    order = ["audio decoding", "planning", "silence check", "log-mel", "encoder", "cross-attention keys, values",
+             "decoder blocks", "output projection", "token selection", "segments", "stitching"]
     stages = [(name, TIMES[name]) for name in order]
     stages.append(("other (batching, Python)", total - sum(t for _, t in stages)))
     return total, stages, {"windows": decoded.windows_decoded, "tokens": decoded.tokens_decoded}

@@ -166,13 +166,13 @@ def plan_windows(
 
     Window i starts at s_i (s_0 = 0). When the rest of the audio fits in one chunk it is the
     last window. Otherwise the cut c_i is the middle of the latest pause in
-    [s_i + L - search_s, s_i + L] (L = chunk; a pause is `PAUSE_DB` below the speech of the
-    window; see `_quietest_cut`). If there is one, window i ends
-    there and window i+1 starts there: nobody speaks across the seam, so nothing is decoded
-    twice. If not, the cut is chosen again in [s_i + L - O/2 - search_s, s_i + L - O/2]
-    (O = overlap); window i ends at c_i + O/2 (so it is at most L long) and window i+1 starts
-    at c_i - O/2, so the two share exactly O around the cut and each keeps the segments whose
-    midpoint lies between its two cuts.
+    [s_i + L - search_s, s_i + L] (L = chunk; a pause is `PAUSE_DB` below the window's speech
+    level; see `_quietest_cut`). If there is one, window i ends there and window i+1 starts
+    there: nobody speaks across the seam, so nothing is decoded twice. If not, the cut is the
+    quietest point of [s_i + L - O/2 - search_s, s_i + L - O/2] (O = overlap); window i ends
+    at c_i + O/2 (so it is at most L long) and window i+1 starts at c_i - O/2, so the two
+    share exactly O around the cut. Either way each window keeps the segments whose midpoint
+    lies between its two cuts.
 
     `overlap_s` is context either side of a seam without a pause: more of it lets whisper
     finish the word at a window's edge, at the cost of decoding that audio twice. `search_s`
