@@ -72,10 +72,13 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: publish the last results kept in the work directory")
     args = parser.parse_args(argv)
-    if args.device is None:
-        import torch
+    import torch
 
+    if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not args.report_only and not torch.cuda.is_available():
+        # before writing a 6 GB checkpoint and converting it for a run that cannot happen
+        parser.error("--device cuda: PyTorch sees no CUDA device here (torch.cuda.is_available() is False)")
     args.dims = args.dims or ("tiny" if args.device == "cpu" else "large-v3")
     args.inputs = args.inputs or (["11min", "hour"] if args.device == "cpu" else ["hour", "11min"])
     args.impls = args.impls or DEFAULT_IMPLS[args.device]

@@ -5,6 +5,7 @@ import wave
 
 import numpy as np
 import pytest
+import torch
 import whisper
 
 from checkpoints import _probe_mels, write_checkpoint
@@ -125,10 +126,20 @@ def test_each_device_and_input_has_its_own_section_in_the_results_file(tmp_path)
     assert "prose stays" in text and "cpu table 2" in text and "cpu table 1" not in text and "gpu table" in text
 
 
-def test_the_gpu_command_defaults_to_large_v3_fp16_on_the_hour():
+def test_the_gpu_command_defaults_to_large_v3_fp16_on_the_hour(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = parse(["--device", "cuda", "--no-docs"])
     assert args.dims == "large-v3" and args.inputs[0] == "hour" and "engine-fp16" in args.impls
     assert "engine-fp16-2jobs" in args.impls and args.fw_max_new_tokens == 197
     assert "whisper" == args.impls[0]
     cpu = parse(["--device", "cpu"])
     assert cpu.dims == "tiny" and cpu.inputs == ["11min", "hour"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")
+def test_the_gpu_command_without_a_gpu_stops_before_building_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        parse(["--device", "cuda", "--work-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
