@@ -15,15 +15,17 @@ from bench import report
 from bench.__main__ import parse, run_worker, write_section
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+@pytest.fixture(scope="module", params=["micro", "v3micro"])
+def converted(request, tmp_path_factory):
+    """Converted checkpoints: tiny-sized's layout (80 mels), and large-v3's (128 mels, 51,866
+    tokens), which the GPU benchmark converts."""
     pytest.importorskip("transformers")
     pytest.importorskip("ctranslate2")
     from bench.convert import convert
 
     work = tmp_path_factory.mktemp("convert")
-    checkpoint = write_checkpoint(work / "micro.pt", "micro")
-    return checkpoint, convert(checkpoint, work / "ct2-micro")
+    checkpoint = write_checkpoint(work / f"{request.param}.pt", request.param)
+    return checkpoint, convert(checkpoint, work / f"ct2-{request.param}")
 
 
 def test_tokenizer_json_keeps_whisper_ids_and_encoding(tmp_path):
@@ -50,8 +52,8 @@ def test_conversion_keeps_the_tensors_and_ctranslate2_decodes_like_whisper(conve
     assert all(check_tensors(checkpoint, ct2_dir).values())
     assert {p.name for p in ct2_dir.iterdir()} >= {"model.bin", "tokenizer.json", "preprocessor_config.json"}
     model = whisper.load_model(str(checkpoint))
-    tokenizer = whisper.tokenizer.get_tokenizer(True, language="en")
-    mels = _probe_mels(80, 4)
+    tokenizer = whisper.tokenizer.get_tokenizer(True, num_languages=model.num_languages, language="en")
+    mels = _probe_mels(model.dims.n_mels, 4)
     options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=20, fp16=False, without_timestamps=True)
     expected = [r.tokens for r in whisper.decode(model, mels, options)]
     ct2 = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32")
