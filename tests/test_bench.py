@@ -11,7 +11,7 @@ import whisper
 from checkpoints import _probe_mels, write_checkpoint
 from conftest import LONG_11_MIN, shared_audio
 
-from bench import report
+from bench import report, runners
 from bench.__main__ import parse, run_worker, write_section
 
 
@@ -86,6 +86,10 @@ def test_a_worker_measures_one_implementation(micro_checkpoint, tmp_path):
     stock = run_worker(dict(spec, impl="whisper"))
     assert engine["windows"] == 3 and 0 < engine["tokens"] <= 30 and engine["wall_s"] > 0
     assert stock["windows"] >= 3 and stock["tokens"] > 0 and stock["peak_rss_mb"] > 100
+    # the GPU run's two concurrent one-hour jobs, here in fp32 (fp16 needs a GPU): both count
+    two_jobs = runners.run_engine(runners.Spec(**dict(spec, impl="engine-fp16-2jobs", memory_threshold_mb=5200)),
+                                  audio, "fp32", jobs=2)
+    assert two_jobs.windows == 6 and 0 < two_jobs.tokens <= 60 and two_jobs.audio_s == 140
     assert run_worker(dict(spec, impl="engine", checkpoint=str(tmp_path / "missing.pt")))["error"].startswith("exit")
 
 
