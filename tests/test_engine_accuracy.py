@@ -8,7 +8,7 @@ import pytest
 import torch
 import whisper
 
-from conftest import LONG_11_MIN, shared_audio
+from conftest import LONG_11_MIN, shared_audio, window_mels
 from engine import load_audio
 from engine.chunking import plan_windows
 from engine.transcriber import BatchTranscriber, DecodeOptions, split_at_timestamps
@@ -31,9 +31,7 @@ def test_batched_windows_decode_like_stock_whisper_alone(micro_checkpoint, batch
     tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, language="en")
     alone_options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=TOKENS_PER_WINDOW, fp16=False)
     same = 0
-    for window, segments in zip(windows, batched.segments):
-        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[window.start:window.end])),
-                                          n_mels=model.dims.n_mels)
+    for window, segments, mel in zip(windows, batched.segments, window_mels(audio, model.dims.n_mels)):
         with torch.inference_mode():
             alone = whisper.decode(model, mel, alone_options)
         expected = [(round(s, 2), round(e, 2), t) for s, e, t in

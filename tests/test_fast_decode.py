@@ -14,9 +14,8 @@ import torch
 import whisper
 
 from checkpoints import _probe_mels, build_model
-from conftest import LONG_11_MIN, shared_audio
+from conftest import LONG_11_MIN, shared_audio, window_mels
 from engine import fast_decode, load_audio
-from engine.chunking import plan_windows
 
 TOKENS_PER_WINDOW = 100  # about what 30 s of real speech needs
 GREEDY = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=TOKENS_PER_WINDOW, fp16=False)
@@ -42,8 +41,7 @@ def _same(a, b) -> bool:
 def test_every_window_of_the_recording_decodes_as_whisper_decode_alone(micro_checkpoint):
     audio = load_audio(shared_audio(LONG_11_MIN))
     model = whisper.load_model(str(micro_checkpoint), device="cpu")
-    mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[w.start:w.end])))
-                        for w in plan_windows(audio)])
+    mels = window_mels(audio)
     with torch.inference_mode():
         batched = [r for part in mels.split(16) for r in fast_decode.decode(model, part, GREEDY)]
         alone = [whisper.decode(model, mel, GREEDY) for mel in mels]

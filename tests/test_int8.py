@@ -4,10 +4,9 @@ import pytest
 import torch
 import whisper
 
-from conftest import LONG_11_MIN, fast_settings, shared_audio
+from conftest import LONG_11_MIN, fast_settings, shared_audio, window_mels
 from engine import DeviceError, Engine, fast_decode, load_audio
 from engine import cpu_attention, quantize
-from engine.chunking import plan_windows
 from engine.cuda import DevicePlan, plan_device
 from engine.models import load_model
 
@@ -65,16 +64,14 @@ def test_int8_predicts_the_tokens_fp32_predicts(micro_checkpoint, monkeypatch):
     everywhere; and bf16 encoder attention (where the CPU has it) adds nothing measurable to
     the error int8 already makes."""
     audio = load_audio(shared_audio(LONG_11_MIN))
-    mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[w.start:w.end])))
-                        for w in plan_windows(audio)])
+    mels = window_mels(audio)
     fp32 = load_model(str(micro_checkpoint), CPU_FP32)
     options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=60, fp16=False)
     with torch.inference_mode():
         transcripts = [r.tokens for part in mels.split(8) for r in fast_decode.decode(fp32, part, options)]
-    prompt = list(whisper.tokenizer.get_tokenizer(False, language="en").sot_sequence)
+    tokenizer = whisper.tokenizer.get_tokenizer(False, language="en")
     width = max(map(len, transcripts))
-    eot = whisper.tokenizer.get_tokenizer(False).eot
-    tokens = torch.tensor([prompt + t + [eot] * (width - len(t)) for t in transcripts])
+    tokens = torch.tensor([list(tokenizer.sot_sequence) + t + [tokenizer.eot] * (width - len(t)) for t in transcripts])
     reference_features, reference_logits = _teacher_forced(fp32, mels, tokens)
 
     int8 = load_model(str(micro_checkpoint), CPU_INT8)
