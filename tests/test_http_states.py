@@ -2,6 +2,7 @@
 /healthz: a bare FastAPI app with ui.http_api's routes, in process (no server, no port)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -14,10 +15,20 @@ from engine import Engine, load_settings
 from ui import http_api
 
 
-def app_for(engine: Engine) -> tuple:
+@contextlib.contextmanager
+def serving(engine: Engine):
+    """(app, client) for the engine's HTTP routes; the job manager and the engine are closed after."""
     app = FastAPI()
     http_api.add_routes(app, engine, engine.settings)
-    return app, TestClient(app)
+    try:
+        yield app, TestClient(app)
+    finally:
+        app.state.jobs.close()
+        engine.close()
+
+
+def jfk_bytes() -> bytes:
+    return shared_audio(JFK).read_bytes()
 
 
 def wait_state(engine: Engine, state: str, timeout: float = 30.0) -> None:
@@ -30,11 +41,9 @@ def wait_state(engine: Engine, state: str, timeout: float = 30.0) -> None:
 def test_failed_model_is_503_and_health_says_why(tmp_path):
     settings = fast_settings(tmp_path / "no-such-model.pt", data_dir=str(tmp_path / "data"))
     engine = Engine(settings, background=True)
-    app, client = app_for(engine)
-    try:
+    with serving(engine) as (app, client):
         wait_state(engine, "failed")
-        with open(shared_audio(JFK), "rb") as file:
-            data = file.read()
+        data = jfk_bytes()
         for route in ("/v1/audio/transcriptions", "/v1/jobs"):
             response = client.post(route, files={"file": ("jfk.flac", data)})
             assert response.status_code == 503
@@ -43,9 +52,6 @@ def test_failed_model_is_503_and_health_says_why(tmp_path):
         health = client.get("/healthz")
         assert health.status_code == 200 and health.json()["model"]["state"] == "failed"
         assert "does not exist" in health.json()["model"]["error"]
-    finally:
-        app.state.jobs.close()
-        engine.close()
 
 
 class SlowLoadingEngine(Engine):
@@ -62,41 +68,34 @@ def test_loading_model_is_503_for_requests_while_jobs_wait(micro_checkpoint, tmp
     SlowLoadingEngine.loaded.clear()
     settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
     engine = SlowLoadingEngine(settings, background=True)
-    app, client = app_for(engine)
-    try:
-        wait_state(engine, "loading")
-        with open(shared_audio(JFK), "rb") as file:
-            data = file.read()
-        response = client.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)})
-        assert response.status_code == 503 and response.json()["error"]["code"] == "model_loading"
-        assert int(response.headers["retry-after"]) > 0
-        job = client.post("/v1/jobs", files={"file": ("jfk.flac", data)})  # a durable job may wait
-        assert job.status_code == 202
-        SlowLoadingEngine.loaded.set()
-        deadline = time.monotonic() + 60
-        while client.get(f"/v1/jobs/{job.json()['id']}").json()["status"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert client.get("/healthz").json()["model"]["state"] == "ready"
-    finally:
-        SlowLoadingEngine.loaded.set()
-        app.state.jobs.close()
-        engine.close()
+    with serving(engine) as (app, client):
+        try:
+            wait_state(engine, "loading")
+            data = jfk_bytes()
+            response = client.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)})
+            assert response.status_code == 503 and response.json()["error"]["code"] == "model_loading"
+            assert int(response.headers["retry-after"]) > 0
+            job = client.post("/v1/jobs", files={"file": ("jfk.flac", data)})  # a durable job may wait
+            assert job.status_code == 202
+            SlowLoadingEngine.loaded.set()
+            deadline = time.monotonic() + 60
+            while client.get(f"/v1/jobs/{job.json()['id']}").json()["status"] != "done":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert client.get("/healthz").json()["model"]["state"] == "ready"
+        finally:
+            SlowLoadingEngine.loaded.set()
 
 
 @pytest.mark.parametrize("protect", [True, False])
 def test_metrics_and_health_protected_by_config(micro_checkpoint, tmp_path, protect):
     settings = fast_settings(micro_checkpoint, api_key="k", protect_metrics=protect, data_dir=str(tmp_path / "data"))
     engine = Engine(settings, load=False)
-    app, client = app_for(engine)
-    try:
+    with serving(engine) as (app, client):
         for path in ("/metrics", "/healthz"):
             assert client.get(path).status_code == (401 if protect else 200)
             assert client.get(path, headers={"Authorization": "Bearer k"}).status_code == 200
         assert client.get("/v1/models").status_code == 401  # /v1 always needs the key when one is set
-    finally:
-        app.state.jobs.close()
-        engine.close()
 
 
 def test_api_key_from_the_environment(micro_checkpoint, tmp_path):
@@ -104,21 +103,16 @@ def test_api_key_from_the_environment(micro_checkpoint, tmp_path):
                                     "data_dir": str(tmp_path / "data")},
                              environ={"WHISPER_APP_API_KEY": "from-env"})
     engine = Engine(settings, load=False)
-    app, client = app_for(engine)
-    try:
+    with serving(engine) as (app, client):
         assert client.get("/v1/models").status_code == 401
         assert client.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
         assert client.get("/v1/models", headers={"Authorization": "Basic from-env"}).status_code == 401
-    finally:
-        app.state.jobs.close()
-        engine.close()
 
 
 def test_the_api_lists_only_api_jobs(micro_checkpoint, tmp_path):
     settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
     engine = Engine(settings)
-    app, client = app_for(engine)
-    try:
+    with serving(engine) as (app, client):
         jfk = shared_audio(JFK)
         page_job = app.state.jobs.submit(jfk, owner="browser:someone")  # sent from the page
         with open(jfk, "rb") as file:
@@ -126,6 +120,3 @@ def test_the_api_lists_only_api_jobs(micro_checkpoint, tmp_path):
         listed = [job["id"] for job in client.get("/v1/jobs").json()["data"]]
         assert api_job["id"] in listed and page_job.id not in listed
         page_job.result(timeout=60)
-    finally:
-        app.state.jobs.close()
-        engine.close()
