@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -17,16 +17,22 @@ import numpy as np
 import torch
 import whisper
 
+from whisper.audio import N_FRAMES
+from whisper.tokenizer import get_tokenizer
+
 from .audio import SAMPLE_RATE, check_audio, load_audio
-from .chunking import plan_windows, stitch_segments
 from .cuda import DevicePlan, apply_alloc_conf, plan_device
-from .fast_decode import decode as fast_decode
+from .decode_loop import MODEL_LOCK, DecodeLoop
+from .fast_decode import decode_rows
 from .gpu_monitor import GpuMonitor
 from .languages import normalise_language
 from .models import ModelCache, ModelInfo, ReleaseReport, load_model
+from .options import DecodeOptions
 from .results import TranscriptionResult
+from .sections import plan_sections
 from .settings import Settings
-from .transcriber import MODEL_LOCK, BatchTranscriber, DecodeOptions, Decoder
+from .stream import SectionStream
+from .transcriber import Decoder
 from .worker import JobHandle, TranscriptionWorker
 
 log = logging.getLogger(__name__)
@@ -86,17 +92,17 @@ class Engine:
     """
 
     def __init__(self, settings: Settings, *, load: bool = True, background: bool = False,
-                 decoder: Decoder = fast_decode):
+                 decoder: Decoder = decode_rows):
         apply_alloc_conf(settings.cuda_alloc_conf)
         self.settings = settings
         self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
         self.monitor = GpuMonitor(settings.gpu_memory_threshold_mb)
         self.listeners = _Listeners()
-        self._decoder = decoder
         self._state = ModelState("not loaded", settings.model)
         self.models = ModelCache(self._load_model, settings.model_cache_size, self.plan.device,
                                  on_load=lambda name: self.listeners.emit("model_loaded", name),
                                  on_release=self._on_release)
+        self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb, decoder)
         self.worker = TranscriptionWorker(self._run, settings.workers, settings.queue_size)
         self._closed = threading.Event()
         if settings.idle_release_s > 0:
@@ -217,7 +223,7 @@ class Engine:
             name = name or path.name
         options = DecodeOptions(
             task=task, language=language, initial_prompt=initial_prompt or s.initial_prompt,
-            temperatures=temperatures, max_new_tokens=max_new_tokens or s.max_new_tokens,
+            condition_on_previous_text=s.condition_on_previous_text, temperatures=temperatures, max_new_tokens=max_new_tokens or s.max_new_tokens,
             compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
             no_speech_threshold=s.no_speech_threshold, batch_size=s.batch_size,
             word_timestamps=word_timestamps, silence_threshold_db=s.silence_threshold_db,
@@ -232,26 +238,48 @@ class Engine:
         else:
             audio = load_audio(request.audio, max_duration_s=s.max_audio_duration_s)
         duration = len(audio) / SAMPLE_RATE
-        windows = plan_windows(audio, SAMPLE_RATE, s.chunk_length_s, s.chunk_overlap_s, s.chunk_search_s)
-        handle.set_progress(0, len(windows))
+        handle.set_progress(0.0, duration)
         handle.checkpoint()
+        options = request.options
         with self.models.lease(request.model) as model:
             if request.model == s.model:
                 self._state = ModelState("ready", request.model)
-            transcriber = BatchTranscriber(model, fp16=self.plan.fp16, decoder=self._decoder,
-                                           memory_threshold_mb=s.gpu_memory_threshold_mb)
-            with torch.inference_mode():
-                decoded = transcriber.transcribe(audio, windows, request.options,
-                                                 on_progress=handle.set_progress, checkpoint=handle.checkpoint)
-        segments = stitch_segments(windows, decoded.segments, duration)
+            sections = plan_sections(audio, s.batch_size)
+            language = self._language(model, audio, sections, options)
+            tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                                      language=language, task=options.task)
+            streams = [SectionStream(audio[section.start:section.end], section.start_s, options, tokenizer,
+                                     model.dims.n_mels) for section in sections]
+            self.loop.run(model, streams, options, language, cancelled=handle.cancel_requested,
+                          on_progress=handle.set_progress)
+        segments = [replace(segment, id=i) for i, segment in
+                    enumerate(segment for stream in streams for segment in stream.segments)]
         result = TranscriptionResult(
-            segments=segments, language=decoded.language, duration=duration, task=request.options.task,
-            model=request.model, windows=decoded.windows_decoded, tokens_decoded=decoded.tokens_decoded,
-            processing_s=time.perf_counter() - started,
+            segments=segments, language=language, duration=duration, task=options.task,
+            model=request.model, windows=sum(st.windows_decoded for st in streams),
+            tokens_decoded=sum(st.tokens_decoded for st in streams), processing_s=time.perf_counter() - started,
         )
-        log.info("Job %s: %.1f s of audio in %.1f s (%d windows, %d segments)", handle.id, duration,
-                 result.processing_s, result.windows, len(segments))
+        log.info("Job %s: %.1f s of audio in %.1f s (%d sections, %d windows, %d segments)", handle.id, duration,
+                 result.processing_s, len(sections), result.windows, len(segments))
         return result
+
+    def _language(self, model, audio: np.ndarray, sections, options: DecodeOptions) -> str:
+        """The request's language; English for an English-only model; else detected once,
+        as whisper.transcribe does, from the first 30 s of the recording."""
+        if options.language is not None:
+            return options.language
+        if not model.is_multilingual or not sections:
+            return "en"
+        first = sections[0]
+        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio[first.start:first.end]), model.dims.n_mels,
+                                          padding=whisper.audio.N_SAMPLES)
+        device = next(model.parameters()).device
+        mel = whisper.pad_or_trim(mel, N_FRAMES).to(device).to(torch.float16 if self.plan.fp16 else torch.float32)
+        with MODEL_LOCK, torch.inference_mode():
+            _, probs = model.detect_language(mel)
+        language = max(probs, key=probs.get)
+        log.info("Detected language: %s", language)
+        return language
 
     # -- state -------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
@@ -262,6 +290,7 @@ class Engine:
         """Stop taking jobs, finish (drain) or fail the accepted ones, free the models."""
         self._closed.set()
         self.worker.shutdown(drain=drain, timeout=timeout)
+        self.loop.close()
         self.models.release(wait=True, timeout=timeout)
 
     def __enter__(self) -> "Engine":

@@ -30,7 +30,7 @@ word-timing's SDPA switch) goes to `whisper.decode` unchanged.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,23 @@ def decode(model: Whisper, mel: Tensor, options: DecodingOptions = DecodingOptio
     return results[0] if single else results
 
 
+@torch.inference_mode()
+def decode_rows(model: Whisper, mel: Tensor, options: DecodingOptions,
+                prompts: Sequence[Optional[Sequence[int]]]) -> List[DecodingResult]:
+    """Decode a batch whose rows each have their own prompt (previous text as tokens, or
+    None): row i gives what `whisper.decode(model, mel[i], replace(options, prompt=prompts[i]))`
+    gives. This is how the streams of different sections and jobs share one batch while each
+    stays conditioned on its own previous text. Greedy rows are decoded together, rows
+    with different prompt lengths included; anything `decode` hands to whisper goes there row
+    by row (a rare fallback at a higher temperature)."""
+    if len(prompts) != len(mel):
+        raise ValueError(f"{len(mel)} rows but {len(prompts)} prompts")
+    if supports(options):
+        return _GreedyBatch(model, options, prompts).run(mel)
+    return [whisper.decode(model, row, replace(options, prompt=list(prompt) if prompt else None))
+            for row, prompt in zip(mel, prompts)]
+
+
 def encode(model: Whisper, mel: Tensor, fp16: bool) -> Tensor:
     """Encoder output for a batch of log-mels (or the features themselves when given)."""
     if fp16:
@@ -90,14 +107,23 @@ class _GreedyBatch:
     """One greedy decode of a batch; whisper's DecodingTask reads the options, so prompts,
     suppressed tokens and timestamp settings mean exactly what they mean there."""
 
-    def __init__(self, model: Whisper, options: DecodingOptions):
+    def __init__(self, model: Whisper, options: DecodingOptions,
+                 prompts: Optional[Sequence[Optional[Sequence[int]]]] = None):
         task = DecodingTask(model, options)
         self.model, self.options, self.tokenizer = model, options, task.tokenizer
-        self.initial_tokens = task.initial_tokens
-        self.sample_begin = task.sample_begin
-        self.sot_index = task.sot_index
+        # Each row's start: [previous text] start-of-transcript, language, task. Rows with
+        # prompts of different lengths start sampling at different positions.
+        if prompts is None:
+            self.initial_tokens = [task.initial_tokens]
+        else:
+            self.initial_tokens = [task.initial_tokens if not prompt else
+                                   DecodingTask(model, replace(options, prompt=list(prompt))).initial_tokens
+                                   for prompt in prompts]
+        self.sample_begins = [len(tokens) for tokens in self.initial_tokens]
+        self.sot_indices = [tokens.index(self.tokenizer.sot) for tokens in self.initial_tokens]
         # whisper stops when the context is full: the last forward pass sees n_ctx tokens
-        self.steps = min(task.sample_len, task.n_ctx + 1 - task.sample_begin)
+        self.row_steps = [min(task.sample_len, task.n_ctx + 1 - begin) for begin in self.sample_begins]
+        self.steps = max(self.row_steps)
         self.suppress: List[int] = []
         self.blank: Optional[List[int]] = None
         self.timestamps: Optional[ApplyTimestampRules] = None
@@ -157,22 +183,38 @@ class _GreedyBatch:
         return logprobs, forced
 
     # -- the decoder, with caches this class owns ---------------------------------------
-    def _forward(self, tokens: Tensor, offset: int, features_dtype: torch.dtype) -> Tensor:
+    def _forward(self, tokens: Tensor, offset: int, features_dtype: torch.dtype,
+                 positions: Optional[Tensor] = None) -> Tensor:
         """Decoder blocks on `tokens` at positions offset.. (caches filled as it goes);
-        returns the final layer-normed states, (batch, len(tokens), state)."""
+        returns the final layer-normed states, (batch, len(tokens), state).
+
+        `positions` (one per row) replaces `offset` for a single token per row when the rows
+        have prompts of different lengths: each row writes its keys and values at its own
+        position and attends only up to it."""
         decoder = self.model.decoder
         n = tokens.shape[1]
-        x = decoder.token_embedding(tokens) + decoder.positional_embedding[offset:offset + n]
+        if positions is None:
+            x = decoder.token_embedding(tokens) + decoder.positional_embedding[offset:offset + n]
+            end, mask, rows = offset + n, None, None
+        else:
+            x = decoder.token_embedding(tokens) + decoder.positional_embedding[positions][:, None]
+            end = int(positions.max()) + 1
+            rows = torch.arange(len(positions), device=positions.device)
+            mask = (torch.arange(end, device=positions.device) <= positions[:, None])[:, None, None, :]
         x = x.to(features_dtype)
-        end = offset + n
         for block, keys, values, (cross_k, cross_v) in zip(decoder.blocks, self.keys, self.values, self.cross):
             attn, heads = block.attn, block.attn.n_head
             h = block.attn_ln(x)
             q = attn.query(h)
-            keys[:, offset:end] = attn.key(h)
-            values[:, offset:end] = attn.value(h)
+            if rows is None:
+                keys[:, offset:end] = attn.key(h)
+                values[:, offset:end] = attn.value(h)
+            else:
+                keys[rows, positions] = attn.key(h)[:, 0]
+                values[rows, positions] = attn.value(h)[:, 0]
             a = F.scaled_dot_product_attention(_heads(q, heads), _heads(keys[:, :end], heads),
-                                               _heads(values[:, :end], heads), is_causal=n > 1)
+                                               _heads(values[:, :end], heads), attn_mask=mask,
+                                               is_causal=n > 1 and mask is None)
             x = x + attn.out(_merge(a))
             cross = block.cross_attn
             q = _heads(cross.query(block.cross_attn_ln(x)), heads)
@@ -211,16 +253,31 @@ class _GreedyBatch:
         model, tokenizer = self.model, self.tokenizer
         features = encode(model, mel, self.options.fp16)
         device, n_audio = features.device, features.shape[0]
+        if len(self.initial_tokens) == 1:  # one start for every row
+            self.initial_tokens *= n_audio
+            self.sample_begins *= n_audio
+            self.sot_indices *= n_audio
+            self.row_steps *= n_audio
         n_state, heads = model.dims.n_text_state, model.dims.n_text_head
-        sb, eot, length = self.sample_begin, tokenizer.eot, self.sample_begin + self.steps
+        eot = tokenizer.eot
+        length = max(begin + steps for begin, steps in zip(self.sample_begins, self.row_steps))
+        uniform = len(set(self.sample_begins)) == 1  # rows advance in lockstep at one position
         self.host = host = device.type == "cpu"  # reading a value back costs nothing there; on CUDA it stalls
         self.cross = [self._cross_keys_values(block.cross_attn, features) for block in model.decoder.blocks]
         self.cross_scale = (n_state // heads) ** -0.5  # SDPA's default scale
-        self.keys = [features.new_empty(n_audio, length, n_state) for _ in model.decoder.blocks]
-        self.values = [features.new_empty(n_audio, length, n_state) for _ in model.decoder.blocks]
+        # Rows at different positions attend over slots others have filled and they have not
+        # yet: masked out, but a masked 0 times uninitialised NaN is still NaN, so zeros.
+        cache = features.new_empty if uniform else features.new_zeros
+        self.keys = [cache(n_audio, length, n_state) for _ in model.decoder.blocks]
+        self.values = [cache(n_audio, length, n_state) for _ in model.decoder.blocks]
 
-        tokens = torch.full((n_audio, length), eot, dtype=torch.long, device=device)
-        tokens[:, :sb] = torch.tensor(self.initial_tokens, device=device)
+        # one column past the longest row: rows that are done keep writing end-of-text there
+        tokens = torch.full((n_audio, length + 1), eot, dtype=torch.long, device=device)
+        for row, initial in enumerate(self.initial_tokens):
+            tokens[row, :len(initial)] = torch.tensor(initial, device=device)
+        # where each row writes its next token; starts differ when prompts do
+        positions = torch.tensor(self.sample_begins, device=device)
+        last_step = torch.tensor(self.row_steps, device=device) - 1  # each row's final step
         sum_logprobs = torch.zeros(n_audio, device=device)
         finished = torch.zeros(n_audio, dtype=torch.bool, device=device)
         rows = torch.arange(n_audio, device=device)  # original index of each row still decoding
@@ -234,17 +291,24 @@ class _GreedyBatch:
         sync_every = 1 if host else CUDA_SYNC_EVERY
         no_speech_probs = [float("nan")] * n_audio
 
-        position = sb
         for step in range(self.steps):
             if step == 0:
-                logits = self._logits(self._forward(tokens[:, :sb], 0, features.dtype))
+                # every row's start at once (shorter ones padded after their end, which the
+                # causal mask keeps out of their view); the logits of each row's last token
+                # sample its first one, those at its start-of-transcript give no_speech_prob
+                states = self._forward(tokens[:, :max(self.sample_begins)], 0, features.dtype)
+                logits = self._logits(states[rows, positions - 1])
                 if tokenizer.no_speech is not None:
-                    probs_at_sot = logits[:, self.sot_index].float().softmax(dim=-1)
-                    no_speech_probs = probs_at_sot[:, tokenizer.no_speech].tolist()
-                logits = logits[:, -1]
-            else:
+                    at_sot = self._logits(states[rows, torch.tensor(self.sot_indices, device=device)])
+                    no_speech_probs = at_sot.float().softmax(dim=-1)[:, tokenizer.no_speech].tolist()
+            elif uniform:
+                position = int(positions[0]) if host else self.sample_begins[0] + step
                 x = self._forward(tokens[:, position - 1:position], position - 1, features.dtype)
                 logits = self._logits(x[:, -1])
+            else:
+                # rows that are done feed their end-of-text from a position still in range
+                at = (positions - 1).clamp_(max=model.dims.n_text_ctx - 1)
+                logits = self._logits(self._forward(tokens.gather(1, at[:, None]), 0, features.dtype, at)[:, -1])
             if step == 0:
                 logits.masked_fill_(first, -float("inf"))
             else:
@@ -263,13 +327,13 @@ class _GreedyBatch:
             current = logprobs.gather(1, next_tokens[:, None])[:, 0]
             sum_logprobs += current * ~finished
             next_tokens = torch.where(finished, eot, next_tokens)
-            tokens[:, position] = next_tokens
-            position += 1
+            tokens.scatter_(1, positions[:, None], next_tokens[:, None])
+            positions = (positions + 1).clamp_(max=length)
             is_ts = next_tokens >= tokenizer.timestamp_begin
             state["penultimate_ts"] = state["last_ts"] if step > 0 else torch.ones_like(finished)
             state["last_ts"] = is_ts
             state["latest_ts"] = torch.where(is_ts, next_tokens, state["latest_ts"])
-            finished |= next_tokens == eot
+            finished |= (next_tokens == eot) | (last_step <= step)
 
             if (step + 1) % sync_every == 0 or step == self.steps - 1:
                 n_finished = int(finished.sum())
@@ -277,21 +341,23 @@ class _GreedyBatch:
                     break
                 if n_finished and n_finished * COMPACT_FRACTION >= len(finished):
                     for index in finished.nonzero()[:, 0].tolist():
-                        done_tokens[int(rows[index])] = tokens[index, :position]
+                        done_tokens[int(rows[index])] = tokens[index, :int(positions[index])]
                         done_logprobs[int(rows[index])] = float(sum_logprobs[index])
                     keep = (~finished).nonzero()[:, 0]
                     self._keep(keep)
                     rows, tokens, sum_logprobs, finished = rows[keep], tokens[keep], sum_logprobs[keep], finished[keep]
+                    positions, last_step = positions[keep], last_step[keep]
                     state = {name: value[keep] for name, value in state.items()}
 
         for index, row in enumerate(rows.tolist()):
-            done_tokens[row] = tokens[index, :position]
+            done_tokens[row] = tokens[index, :int(positions[index])]
             done_logprobs[row] = float(sum_logprobs[index])
-        return [self._result(features[i], done_tokens[i], done_logprobs[i], no_speech_probs[i])
+        return [self._result(features[i], done_tokens[i], done_logprobs[i], no_speech_probs[i], self.sample_begins[i])
                 for i in range(n_audio)]
 
-    def _result(self, features: Tensor, row: Tensor, sum_logprob: float, no_speech_prob: float) -> DecodingResult:
-        sampled = row[self.sample_begin:].tolist()
+    def _result(self, features: Tensor, row: Tensor, sum_logprob: float, no_speech_prob: float,
+                sample_begin: int) -> DecodingResult:
+        sampled = row[sample_begin:].tolist()
         eot = self.tokenizer.eot
         tokens = sampled[:sampled.index(eot)] if eot in sampled else sampled
         text = self.tokenizer.decode(tokens).strip()

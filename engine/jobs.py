@@ -69,8 +69,8 @@ class JobInfo:
     status: str  # live: "queued" | "running" | "done" | "failed" | "cancelled"
     queue_position: int  # 1 = next to start; 0 once running or finished
     progress: float  # 0..1, windows decoded over windows planned
-    windows_done: int  # windows decoded so far (0 when not running)
-    windows_total: int  # windows planned (0 until the audio is read)
+    seconds_done: float  # seconds of the recording decoded so far (0 when not running)
+    seconds_total: float  # the recording's length (0 until its audio is read)
     started_at: Optional[float] = None  # unix time a worker started it (live, or as stored)
 
     @property
@@ -305,10 +305,10 @@ class JobManager:
             pending_index = self._pending.index(record.id) if record.id in self._pending else None
         if handle is not None and not record.finished:
             if handle.done():  # finished a moment ago; its row is being written
-                return JobInfo(record, JobStatus.RUNNING.value, 0, 1.0, handle.windows_done, handle.windows_total,
+                return JobInfo(record, JobStatus.RUNNING.value, 0, 1.0, handle.seconds_done, handle.seconds_total,
                                handle.started_at)
             return JobInfo(record, handle.status.value, handle.queue_position, handle.progress,
-                           handle.windows_done, handle.windows_total, handle.started_at)
+                           handle.seconds_done, handle.seconds_total, handle.started_at)
         if pending_index is not None:
             position = self.engine.status().queue_length + pending_index + 1
             return JobInfo(record, "queued", position, 0.0, 0, 0)

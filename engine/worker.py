@@ -50,8 +50,8 @@ class JobHandle:
         self.started_at: Optional[float] = None
         self.finished_at: Optional[float] = None
         self.status = JobStatus.QUEUED
-        self.windows_done = 0
-        self.windows_total = 0
+        self.seconds_done = 0.0  # of the recording, decoded or skipped as silence
+        self.seconds_total = 0.0  # the recording's length, once its audio is read
         self._worker = worker
         self._future: Future = Future()
         self._cancel_requested = threading.Event()
@@ -62,7 +62,7 @@ class JobHandle:
         """0..1; windows decoded over windows planned (1.0 once done)."""
         if self.status is JobStatus.DONE:
             return 1.0
-        return self.windows_done / self.windows_total if self.windows_total else 0.0
+        return self.seconds_done / self.seconds_total if self.seconds_total else 0.0
 
     @property
     def queue_position(self) -> int:
@@ -107,8 +107,13 @@ class JobHandle:
         if self._cancel_requested.is_set():
             raise JobCancelled(f"job {self.id} was cancelled")
 
-    def set_progress(self, done: int, total: int) -> None:
-        self.windows_done, self.windows_total = done, total
+    def cancel_requested(self) -> bool:
+        """Whether cancel() was called: the decode loop drops the job's windows at its next step."""
+        return self._cancel_requested.is_set()
+
+    def set_progress(self, done_s: float, total_s: float) -> None:
+        """Seconds of the recording decoded (or skipped as silence) so far, of `total_s`."""
+        self.seconds_done, self.seconds_total = done_s, total_s
 
     def _finish(self, status: JobStatus, result: Any = None, error: Optional[BaseException] = None) -> None:
         self.status = status

@@ -128,9 +128,9 @@ def test_a_second_request_waits_in_gradios_queue_and_sees_its_place(client, serv
     try:
         first = client.submit(handle_file(str(jfk)), api_name="/transcribe")
         _until(lambda: engine.status().busy_workers == 1, "the first job to run")
-        # The running job's progress bar counts windows.
-        _until(lambda: any(unit.unit == "windows" for unit in first.status().progress_data or []),
-               "progress in windows")
+        # The running job's progress bar counts seconds of audio.
+        _until(lambda: any(unit.unit == "s of audio" for unit in first.status().progress_data or []),
+               "progress in seconds of audio")
         second = client.submit(handle_file(str(jfk)), api_name="/transcribe")
         _until(lambda: second.status().code == Status.IN_QUEUE and second.status().rank is not None,
                "the second request to be queued")

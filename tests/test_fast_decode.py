@@ -100,3 +100,27 @@ def test_what_it_does_not_do_goes_to_whisper_decode(micro, varied_mels, change, 
     monkeypatch.setattr(whisper, "decode", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     fast_decode.decode(micro, varied_mels[:1], dataclasses.replace(GREEDY, sample_len=8, **change))
     assert calls == [1]
+
+
+def test_rows_with_their_own_prompts_decode_as_whisper_decode_alone(micro, varied_mels):
+    """The streams of different sections share a batch, each conditioned on its own previous
+    text: prompts of different lengths (none, short, long enough to be trimmed) in one batch."""
+    tokenizer = whisper.tokenizer.get_tokenizer(False)
+    prompts = [None, tokenizer.encode(" Hello there."), list(range(100, 400)), [50400, 220, 50450],
+               None, tokenizer.encode(" And so, my fellow Americans"), list(range(500, 520)), [1, 2, 3]]
+    options = dataclasses.replace(GREEDY, sample_len=40)
+    got = fast_decode.decode_rows(micro, varied_mels, options, prompts)
+    for row, (mel, prompt) in enumerate(zip(varied_mels, prompts)):
+        alone = whisper.decode(micro, mel, dataclasses.replace(options, prompt=prompt))
+        assert _same(got[row], alone), f"row {row} (prompt of {len(prompt or [])} tokens)"
+    assert len({tuple(r.tokens) for r in got}) > 4
+
+
+def test_rows_with_prompts_at_the_context_limit_stop_where_whisper_stops(micro, varied_mels):
+    """A prompt of 223 tokens leaves 222 steps; a row without one may take 224: each row stops
+    at its own limit, none writes past the context."""
+    options = dataclasses.replace(GREEDY, sample_len=224)
+    prompts = [list(range(1000, 1300)), None]
+    got = fast_decode.decode_rows(micro, varied_mels[:2], options, prompts)
+    for row, prompt in enumerate(prompts):
+        assert _same(got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))

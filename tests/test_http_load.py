@@ -184,7 +184,7 @@ def test_a_job_killed_mid_flight_finishes_after_restart(server):
     deadline = time.monotonic() + 60
     while True:  # mid-flight: started, some windows decoded, not finished
         state = httpx.get(f"{server.url}/v1/jobs/{job['id']}", timeout=10).json()
-        if state["status"] == "running" and 0 < state["windows_done"] < state["windows_total"]:
+        if state["status"] == "running" and 0 < state["seconds_done"] < state["seconds_total"]:
             break
         assert state["status"] in ("queued", "running") and time.monotonic() < deadline, state
         time.sleep(0.02)

@@ -62,11 +62,11 @@ def test_full_queue_refuses_at_once_and_cancel_frees_places(engine):
         waiting[0].result(1)
     assert [j.queue_position for j in waiting[1:]] == [1, 2]
 
-    assert wait_for(lambda: jobs[0].windows_done > 0)
+    assert wait_for(lambda: jobs[0].seconds_done > 0)
     assert jobs[0].cancel()  # a running job stops at its next batch
     with pytest.raises(JobCancelled):
         jobs[0].result(30)
-    assert jobs[0].status is JobStatus.CANCELLED and jobs[0].windows_done < jobs[0].windows_total
+    assert jobs[0].status is JobStatus.CANCELLED and jobs[0].seconds_done < jobs[0].seconds_total
     for job in [jobs[1], *waiting[1:]]:
         job.cancel()
     assert wait_for(lambda: engine.worker.busy == 0 and engine.worker.queue_length == 0)
@@ -88,7 +88,7 @@ def test_a_failing_job_fails_alone_and_the_worker_lives_on(engine, tmp_path):
 
 def test_release_while_a_job_runs_waits_for_it(engine):
     job = engine.submit(shared_audio(FIVE_MIN))
-    assert wait_for(lambda: job.windows_done > 0)
+    assert wait_for(lambda: job.seconds_done > 0)
     report = engine.release()
     assert report.deferred == [engine.settings.model]
     assert job.result(120).segments, "the running job finished on its model"
@@ -109,7 +109,7 @@ def test_idle_release(micro_checkpoint):
 def test_shutdown_finishes_or_clearly_fails_every_accepted_job(micro_checkpoint, drain):
     engine = Engine(fast_settings(micro_checkpoint, workers=1, queue_size=3, batch_size=2))
     running = engine.submit(shared_audio(FIVE_MIN))
-    assert wait_for(lambda: running.windows_done > 0)
+    assert wait_for(lambda: running.seconds_done > 0)
     waiting = [engine.submit(JFK) for _ in range(3)]
     engine.close(drain=drain, timeout=120)
     jobs = [running, *waiting]

@@ -92,8 +92,9 @@ def follow(handle: JobHandle, progress, engine: Engine) -> TranscriptionResult:
         position = handle.queue_position
         if position:
             progress(0.0, desc=f"Waiting in queue: position {position}")
-        elif handle.windows_total:
-            progress((handle.windows_done, handle.windows_total), desc="Transcribing", unit="windows")
+        elif handle.seconds_total:
+            progress((round(handle.seconds_done), round(handle.seconds_total)), desc="Transcribing",
+                     unit="s of audio")
         elif engine.status().model.state == "loading":
             progress(0.0, desc="Loading the model")
         else:

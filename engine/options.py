@@ -1,0 +1,41 @@
+"""The decoding options of one request, and whisper.transcribe's guards that read them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from whisper.decoding import DecodingResult
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    task: str = "transcribe"  # transcribe | translate (to English)
+    language: Optional[str] = None  # language code; None = detect once, on the first window with speech
+    initial_prompt: Optional[str] = None  # context text for the first window of every section
+    condition_on_previous_text: bool = True  # each window sees the previous window's text as its prompt (whisper's default)
+    temperatures: Tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # fallback ladder, first = greedy
+    max_new_tokens: int = 224  # cap on tokens sampled per window
+    compression_ratio_threshold: Optional[float] = 2.4  # above: too repetitive, decode hotter
+    logprob_threshold: Optional[float] = -1.0  # below: too unsure, decode hotter
+    no_speech_threshold: Optional[float] = 0.6  # above (and unsure): the window is silence
+    batch_size: int = 8  # windows per forward pass; on CUDA at most what free memory allows, halved on OOM
+    word_timestamps: bool = False  # per-word times through cross-attention alignment (slower)
+    silence_threshold_db: float = -50.0  # windows quieter than this are skipped without decoding
+
+
+def needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
+    """Whether to decode the window again, hotter: `whisper.transcribe`'s guards."""
+    too_repetitive = (options.compression_ratio_threshold is not None
+                      and result.compression_ratio > options.compression_ratio_threshold)
+    too_unsure = options.logprob_threshold is not None and result.avg_logprob < options.logprob_threshold
+    silent = (options.no_speech_threshold is not None and result.no_speech_prob > options.no_speech_threshold
+              and too_unsure)
+    return (too_repetitive or too_unsure) and not silent
+
+
+def is_no_speech(result: DecodingResult, options: DecodeOptions) -> bool:
+    """Whether the window is silence and gives no text: `whisper.transcribe`'s skip."""
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    confident = options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold
+    return not confident

@@ -1,0 +1,182 @@
+"""One section of a recording, decoded window after window exactly as `whisper.transcribe` does.
+
+A real Whisper model ends a 30 s window at its last *complete* segment and expects the
+caller to carry on from that segment's end: `whisper.transcribe` moves its `seek` to the
+last timestamp, so the unfinished sentence at a window's edge is heard again, whole, at the
+start of the next window. Windows decoded independently lose it (measured: 6-10 % of the
+words of long recordings with real weights). A `SectionStream` is that loop turned inside
+out: `next_window()` says what to decode next (the log-mel at `seek`, the previous text as
+the prompt), `advance(result)` takes the decoded window and moves `seek` by whisper's rules.
+It knows nothing of batches; `engine.decode_loop` advances many streams in one batch.
+
+The arithmetic is whisper's own: the section's log-mel is computed once with 30 s of
+padding (so its normalisation is the section's, as whisper's is the recording's), windows
+are slices of it, and the no-speech skip, the segment slicing, the seek rules, the prompt
+reset and the word-timestamp seek are `whisper.transcribe`'s, in the same order. A
+recording that is one section gives `whisper.transcribe`'s segments (tests/test_stream.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import torch
+import whisper
+from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from whisper.decoding import DecodingResult
+from whisper.model import Whisper
+from whisper.tokenizer import Tokenizer
+
+from .chunking import is_silent
+from .options import DecodeOptions, is_no_speech
+from .results import Segment, Word
+
+INPUT_STRIDE = 2  # mel frames per output token (N_FRAMES / n_audio_ctx)
+TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp token: 0.02
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """What a stream asks to have decoded next."""
+    mel: torch.Tensor  # (n_mels, N_FRAMES) float32 on the CPU, zero-padded past the section's end
+    prompt: List[int]  # previous text (timestamps included), whisper's `prompt` for this window
+    seek: int  # mel frame (10 ms) in the section where the window starts
+    frames: int  # frames of real audio in it (<= N_FRAMES)
+
+
+class SectionStream:
+    """The seek state of one section: audio, seek, previous text, segments so far."""
+
+    def __init__(self, audio: np.ndarray, offset_s: float, options: DecodeOptions, tokenizer: Tokenizer,
+                 n_mels: int):
+        self.audio = audio  # the section's samples (a view into the recording)
+        self.offset_s = offset_s  # where the section starts in the recording
+        self.options = options
+        self.tokenizer = tokenizer
+        self.mel = whisper.log_mel_spectrogram(torch.from_numpy(np.ascontiguousarray(audio)), n_mels,
+                                               padding=N_SAMPLES)
+        self.content_frames = self.mel.shape[-1] - N_FRAMES
+        self.seek = 0
+        self.all_tokens: List[int] = []
+        if options.initial_prompt:
+            self.all_tokens = tokenizer.encode(" " + options.initial_prompt.strip())
+        self.prompt_reset_since = 0
+        self.last_speech_timestamp = 0.0
+        self.segments: List[Segment] = []
+        self.windows_decoded = 0
+        self.tokens_decoded = 0
+
+    @property
+    def duration_s(self) -> float:
+        return self.content_frames / FRAMES_PER_SECOND
+
+    @property
+    def done_s(self) -> float:
+        """Seconds of the section behind `seek`: decoded, or skipped as silence."""
+        return min(self.seek, self.content_frames) / FRAMES_PER_SECOND
+
+    @property
+    def finished(self) -> bool:
+        return self.seek >= self.content_frames
+
+    def next_window(self) -> Optional[StreamWindow]:
+        """The window at `seek`, or None when the section is done. Windows whose audio is
+        quieter than `silence_threshold_db` are skipped here, undecoded: given silence,
+        Whisper invents text ("Thank you."), and the honest transcript of silence is empty."""
+        while not self.finished:
+            frames = min(N_FRAMES, self.content_frames - self.seek)
+            samples = self.audio[self.seek * HOP_LENGTH:(self.seek + frames) * HOP_LENGTH]
+            if is_silent(samples, self.options.silence_threshold_db):
+                self.seek += frames
+                continue
+            mel = whisper.pad_or_trim(self.mel[:, self.seek:self.seek + frames], N_FRAMES)
+            return StreamWindow(mel, self.all_tokens[self.prompt_reset_since:], self.seek, frames)
+        return None
+
+    def advance(self, window: StreamWindow, result: DecodingResult, model: Optional[Whisper] = None) -> None:
+        """Take the decoded `window` and move `seek` as whisper.transcribe does. `model` is
+        needed only for word timestamps (an alignment pass over the window)."""
+        self.windows_decoded += 1
+        self.tokens_decoded += len(result.tokens)
+        if is_no_speech(result, self.options):
+            self.seek += window.frames  # fast-forward to the next window
+            return
+        tokenizer = self.tokenizer
+        time_offset = window.seek / FRAMES_PER_SECOND
+        tokens = torch.tensor(result.tokens)
+        current: List[dict] = []
+
+        def new_segment(start: float, end: float, segment_tokens: torch.Tensor) -> dict:
+            token_list = segment_tokens.tolist()
+            text_tokens = [t for t in token_list if t < tokenizer.eot]
+            return {"start": start, "end": end, "text": tokenizer.decode(text_tokens), "tokens": token_list,
+                    "text_tokens": text_tokens}
+
+        timestamp_tokens = tokens.ge(tokenizer.timestamp_begin)
+        single_timestamp_ending = timestamp_tokens[-2:].tolist() == [False, True]
+        consecutive = torch.where(timestamp_tokens[:-1] & timestamp_tokens[1:])[0] + 1
+        if len(consecutive) > 0:  # complete segments, each between two timestamps
+            slices = consecutive.tolist()
+            if single_timestamp_ending:
+                slices.append(len(tokens))
+            last_slice = 0
+            for current_slice in slices:
+                sliced = tokens[last_slice:current_slice]
+                start = sliced[0].item() - tokenizer.timestamp_begin
+                end = sliced[-1].item() - tokenizer.timestamp_begin
+                current.append(new_segment(time_offset + start * TIME_PRECISION,
+                                           time_offset + end * TIME_PRECISION, sliced))
+                last_slice = current_slice
+            if single_timestamp_ending:  # no speech after the last timestamp
+                self.seek += window.frames
+            else:  # the unfinished segment is heard again from the last timestamp
+                last_timestamp = tokens[last_slice - 1].item() - tokenizer.timestamp_begin
+                self.seek += last_timestamp * INPUT_STRIDE
+        else:
+            duration = window.frames / FRAMES_PER_SECOND
+            timestamps = tokens[timestamp_tokens.nonzero().flatten()]
+            if len(timestamps) > 0 and timestamps[-1].item() != tokenizer.timestamp_begin:
+                duration = (timestamps[-1].item() - tokenizer.timestamp_begin) * TIME_PRECISION
+            current.append(new_segment(time_offset, time_offset + duration, tokens))
+            self.seek += window.frames
+
+        if self.options.word_timestamps and model is not None:
+            self._add_words(current, window, model, single_timestamp_ending, time_offset)
+
+        for segment in current:  # an instantaneous segment or one without text is cleared
+            if segment["start"] == segment["end"] or not segment["text"].strip():
+                segment["text"], segment["tokens"], segment["text_tokens"], segment["words"] = "", [], [], []
+            else:
+                self.segments.append(self._segment(segment, result))
+        self.all_tokens.extend(token for segment in current for token in segment["tokens"])
+        if not self.options.condition_on_previous_text or result.temperature > 0.5:
+            # a hot decode is a poor context for the next window: start afresh
+            self.prompt_reset_since = len(self.all_tokens)
+
+    def _add_words(self, current: List[dict], window: StreamWindow, model: Whisper,
+                   single_timestamp_ending: bool, time_offset: float) -> None:
+        from whisper.timing import add_word_timestamps
+
+        add_word_timestamps(segments=current, model=model, tokenizer=self.tokenizer,
+                            mel=window.mel.to(next(model.parameters()).device).to(_dtype(model)),
+                            num_frames=window.frames, last_speech_timestamp=self.last_speech_timestamp)
+        ends = [w["end"] for s in current for w in s["words"]]
+        if not single_timestamp_ending and ends and ends[-1] > time_offset:
+            self.seek = round(ends[-1] * FRAMES_PER_SECOND)  # carry on right after the last word
+        if ends:
+            self.last_speech_timestamp = ends[-1]
+
+    def _segment(self, d: dict, result: DecodingResult) -> Segment:
+        offset = self.offset_s
+        words = None
+        if "words" in d:
+            words = [Word(w["word"], w["start"] + offset, w["end"] + offset, float(w["probability"]))
+                     for w in d["words"]]
+        return Segment(id=0, start=d["start"] + offset, end=d["end"] + offset, text=d["text"],
+                       tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
+                       compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words)
+
+
+def _dtype(model: Whisper) -> torch.dtype:
+    return next(model.parameters()).dtype if next(model.parameters()).is_floating_point() else torch.float32
