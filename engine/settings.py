@@ -26,7 +26,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- model and device -------------------------------------------------------------
-    model: str = "large-v3"  # whisper model name (downloaded to the whisper cache) or path to a checkpoint file
+    model: str = "large-v3"  # whisper model name (downloaded to the whisper cache), .pt checkpoint path or faster-whisper (CTranslate2) directory
     models: List[str] = Field(default_factory=list)  # further models users may pick; `model` is always allowed
     download_root: Optional[str] = None  # where named models are downloaded; None = whisper's cache (~/.cache/whisper)
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto = cuda when an NVIDIA GPU is visible, else cpu
@@ -43,10 +43,8 @@ class Settings(BaseModel):
     queue_size: int = Field(16, ge=1)  # jobs waiting beyond those running; more are refused with "queue full"
 
     # --- decoding ------------------------------------------------------------------------
-    batch_size: int = Field(8, ge=1)  # 30 s windows decoded together; more = faster, more GPU memory
-    chunk_length_s: float = Field(30.0, gt=0, le=30)  # window length; whisper reads at most 30 s at once
-    chunk_overlap_s: float = Field(2.0, ge=0)  # audio shared by neighbouring windows cut where there is no pause, so no word is lost
-    chunk_search_s: float = Field(5.0, ge=0)  # how far before a window's end to look for silence to cut in
+    batch_size: int = Field(8, ge=1)  # 30 s windows decoded together (a recording is cut into this many sections); more = faster, more GPU memory
+    condition_on_previous_text: bool = True  # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less consistent style
     max_new_tokens: int = Field(224, ge=1, le=448)  # cap on tokens decoded per window (whisper's default: 224)
     language: Optional[str] = None  # language code or name; null = detect from the first window with speech
     task: Literal["transcribe", "translate"] = "transcribe"  # translate = speech in any language to English text
@@ -76,10 +74,6 @@ class Settings(BaseModel):
     def _check_combinations(self) -> "Settings":
         if self.device == "cpu" and self.precision == "fp16":
             raise ValueError("precision: fp16 needs a GPU; with device: cpu use precision: fp32 or int8")
-        if self.chunk_overlap_s >= self.chunk_length_s:
-            raise ValueError(
-                f"chunk_overlap_s: must be smaller than chunk_length_s ({self.chunk_length_s}), got {self.chunk_overlap_s}"
-            )
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError("temperatures: must be a non-empty list of numbers >= 0, e.g. [0.0, 0.2, 0.4]")
         if self.auth is not None and ":" not in self.auth:
