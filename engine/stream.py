@@ -147,7 +147,7 @@ class SectionStream:
         for segment in current:  # an instantaneous segment or one without text is cleared
             if segment["start"] == segment["end"] or not segment["text"].strip():
                 segment["text"], segment["tokens"], segment["text_tokens"], segment["words"] = "", [], [], []
-            else:
+            elif segment["start"] < self.duration_s:  # text "heard" in the padding past the end is not kept
                 self.segments.append(self._segment(segment, result))
         self.all_tokens.extend(token for segment in current for token in segment["tokens"])
         if not self.options.condition_on_previous_text or result.temperature > 0.5:
@@ -173,7 +173,8 @@ class SectionStream:
         if "words" in d:
             words = [Word(w["word"], w["start"] + offset, w["end"] + offset, float(w["probability"]))
                      for w in d["words"]]
-        return Segment(id=0, start=d["start"] + offset, end=d["end"] + offset, text=d["text"],
+        end = min(d["end"], self.duration_s)  # whisper's last timestamp may lie in the padding
+        return Segment(id=0, start=d["start"] + offset, end=end + offset, text=d["text"],
                        tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
                        compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words)
 

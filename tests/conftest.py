@@ -66,7 +66,7 @@ def fast_settings(model: Path | str, **overrides):
 
 
 class DecodeGate(threading.Event):
-    """A decoder (whisper.decode's signature) that first waits for this event: `clear()` holds
+    """A decoder (engine.fast_decode.decode_rows' signature) that first waits for this event: `clear()` holds
     jobs running or queued, `set()` lets them go. Open at first."""
 
     def __init__(self, timeout_s: float = 60.0):
@@ -74,9 +74,24 @@ class DecodeGate(threading.Event):
         self.timeout_s = timeout_s
         self.set()
 
-    def __call__(self, model, mel, options):
-        import whisper
+    def __call__(self, model, mel, options, prompts):
+        from engine.fast_decode import decode_rows
 
         if not self.wait(self.timeout_s):
             raise TimeoutError("test gate never opened")
-        return whisper.decode(model, mel, options)
+        return decode_rows(model, mel, options, prompts)
+
+
+# --- real Whisper weights from installed packages (tests/real_models.py); skip when absent ---
+@pytest.fixture(scope="session")
+def tiny_en_model_dir() -> Path:
+    from real_models import tiny_en_dir
+
+    return tiny_en_dir()
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    from real_models import base_dir
+
+    return base_dir()

@@ -8,7 +8,7 @@ import pytest
 from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
 from engine import (AudioTooLong, EmptyAudio, Engine, FORMATS, InvalidRequest, JobStatus, NotAudio,
                     TruncatedAudio, load_audio, write_files)
-from engine.chunking import plan_windows
+from engine.sections import plan_sections
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
@@ -43,7 +43,7 @@ def test_jfk_end_to_end_with_every_format(engine, tmp_path):
 def test_eleven_minutes_end_to_end_covers_the_audio(engine):
     path = shared_audio(LONG_11_MIN)
     audio = load_audio(path)
-    windows = plan_windows(audio, chunk_length_s=30, overlap_s=2.0, search_s=5.0)
+    sections = plan_sections(audio, 8)
     job = engine.submit(path)
     seen = []
     while not job.done():
@@ -51,13 +51,14 @@ def test_eleven_minutes_end_to_end_covers_the_audio(engine):
         time.sleep(0.05)
     result = job.result()
     assert_well_formed(result, len(audio) / 16000)
-    assert result.windows == len(windows) >= 23
+    assert len(sections) == 8 and result.windows >= 23
     assert seen == sorted(seen) and job.progress == 1.0
-    assert job.windows_total == len(windows)
-    # Every window contributes speech inside its own share of the recording.
-    for window in windows:
-        kept = [s for s in result.segments if window.keep_from <= (s.start + s.end) / 2 < window.keep_until]
-        assert kept, f"no text kept for window {window.index} ({window.keep_from:.1f}-{window.keep_until:.1f} s)"
+    assert job.seconds_total == pytest.approx(result.duration)
+    assert len(set(seen)) > 8, "progress moves window by window, not once per section"
+    # Every section contributes text inside its own stretch of the recording.
+    for section in sections:
+        inside = [s for s in result.segments if section.start_s <= s.start < section.start_s + section.duration_s]
+        assert inside, f"no text from the section at {section.start_s:.1f} s"
     assert result.segments[0].start < 30 and result.segments[-1].end > result.duration - 30
 
 

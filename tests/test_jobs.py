@@ -8,11 +8,11 @@ import threading
 import time
 
 import pytest
-import whisper
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, NotAudio, QueueFull
 from engine.job_store import JobRecord, JobStore
+from engine.fast_decode import decode_rows
 from engine.jobs import ORPHAN_AGE_S, JobManager, stored_extension
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
@@ -20,10 +20,10 @@ GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as l
 GATE.set()
 
 
-def gated_decode(model, mel, options):
+def gated_decode(model, mel, options, prompts):
     if not GATE.wait(30):
         raise TimeoutError("test gate never opened")
-    return whisper.decode(model, mel, options)
+    return decode_rows(model, mel, options, prompts)
 
 
 def make_engine(checkpoint, **overrides) -> Engine:

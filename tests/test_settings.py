@@ -9,14 +9,14 @@ from engine import Settings, SettingsError, load_settings
 from engine.cuda import plan_device
 
 REQUIRED_KEYS = ["model", "device", "device_index", "precision", "workers", "queue_size", "batch_size",
-                 "chunk_length_s", "chunk_overlap_s", "max_new_tokens", "language", "task",
+                 "condition_on_previous_text", "max_new_tokens", "language", "task",
                  "gpu_memory_threshold_mb", "idle_release_s", "model_cache_size"]
 
 
 def test_config_file_has_every_required_key_commented():
     text = (ROOT / "config.yaml").read_text()
     settings = load_settings(ROOT / "config.yaml", environ={})
-    assert settings.workers == 2 and settings.chunk_length_s == 30 and settings.model_cache_size == 2
+    assert settings.workers == 2 and settings.condition_on_previous_text is True and settings.model_cache_size == 2
     keys = {}
     for line in text.splitlines():
         match = re.match(r"^([a-z_]+):", line)
@@ -37,8 +37,7 @@ def test_config_file_has_every_required_key_commented():
     ({"device": "cpu", "precision": "fp16"}, ["precision", "fp32"]),
     ({"task": "summarise"}, ["task", "transcribe", "translate"]),
     ({"language": "klingon"}, ["language"]),
-    ({"chunk_overlap_s": 31}, ["chunk_overlap_s"]),
-    ({"chunk_length_s": 45}, ["chunk_length_s"]),
+    ({"condition_on_previous_text": "sometimes"}, ["condition_on_previous_text"]),
     ({"queue_size": 0}, ["queue_size"]),
 ])
 def test_bad_value_fails_with_one_line_naming_the_key(tmp_path, values, names):
