@@ -21,6 +21,7 @@ import torch
 import whisper
 from whisper.model import Whisper
 
+from .ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
 from .cuda import DevicePlan, reserved_mb
 
 log = logging.getLogger(__name__)
@@ -39,25 +40,60 @@ def _offline_hint(name: str) -> str:
 
 
 def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None) -> Whisper:
-    """Load by official name (downloads once into whisper's cache) or by checkpoint path.
+    """Load by official name (downloads once into whisper's cache), by checkpoint path, or from a
+    CTranslate2 (faster-whisper) model directory.
 
     The weights are read to host memory, converted, and only then moved to the GPU, so the
     GPU never holds an fp32 copy: stock `whisper.load_model(..., device="cuda")` keeps fp32
     weights resident and casts per call, twice the memory.
     """
+    started = time.perf_counter()
+    model = _read_ct2(name) if is_ct2_model_dir(name) else _read_checkpoint(name, download_root)
+    model.eval().requires_grad_(False)
+    if plan.precision == "fp16":
+        model = model.half()
+    elif plan.precision == "int8":
+        from .quantize import quantize_int8, quantize_int8_cuda
+
+        model = quantize_int8_cuda(model) if plan.is_cuda else quantize_int8(model)
+    model = model.to(plan.device)
+    log.info("Loaded %s on %s in %.1f s (%.0f MB of weights)", name, plan.description,
+             time.perf_counter() - started, weights_mb(model))
+    return model
+
+
+def _read_ct2(directory: str) -> Whisper:
+    """A faster-whisper directory as an openai-whisper model (CPU, fp32); see `engine.ct2_weights`."""
+    try:
+        return read_ct2_model(directory)
+    except Ct2FormatError as exc:  # quantised, not Whisper, truncated: the message says which
+        raise ModelLoadError(str(exc)) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"Could not read the CTranslate2 model directory {directory!r}: {exc}") from exc
+
+
+def _read_checkpoint(name: str, download_root: Optional[str]) -> Whisper:
+    """An official model by name (downloaded once) or an openai-whisper .pt file, on the CPU."""
     looks_like_path = os.sep in name or name.endswith((".pt", ".pth", ".bin")) or os.path.exists(name)
+    if os.path.isdir(name):
+        raise ModelLoadError(
+            f"{name!r} is a directory but not a CTranslate2 (faster-whisper) model directory, which holds "
+            "model.bin and config.json. Set model: in config.yaml to such a directory, to the path of a whisper "
+            ".pt checkpoint, or to a model name such as large-v3"
+        )
     if looks_like_path and not os.path.isfile(name):
         raise ModelLoadError(
             f"Checkpoint file {name!r} does not exist. Set model: in config.yaml to the path of a whisper "
-            f".pt checkpoint, or to a model name such as large-v3 ({', '.join(whisper.available_models())})"
+            f".pt checkpoint or a CTranslate2 (faster-whisper) model directory, or to a model name such as "
+            f"large-v3 ({', '.join(whisper.available_models())})"
         )
     if not looks_like_path and name not in whisper.available_models():
         raise ModelLoadError(
-            f"Unknown model {name!r}: use one of {', '.join(whisper.available_models())} or a path to a .pt checkpoint"
+            f"Unknown model {name!r}: use one of {', '.join(whisper.available_models())}, a path to a .pt checkpoint "
+            "or a CTranslate2 (faster-whisper) model directory"
         )
-    started = time.perf_counter()
     try:
-        model = whisper.load_model(name, device="cpu", download_root=download_root)
+        return whisper.load_model(name, device="cpu", download_root=download_root)
     except (OSError, ConnectionError) as exc:  # urllib's URLError is an OSError
         if looks_like_path:
             raise ModelLoadError(f"Could not read checkpoint {name!r}: {exc}") from exc
@@ -71,18 +107,6 @@ def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None)
             f"{name!r} is not a valid whisper checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "it must be a file saved by openai-whisper with 'dims' and 'model_state_dict'"
         ) from exc
-
-    model.eval().requires_grad_(False)
-    if plan.precision == "fp16":
-        model = model.half()
-    elif plan.precision == "int8":
-        from .quantize import quantize_int8, quantize_int8_cuda
-
-        model = quantize_int8_cuda(model) if plan.is_cuda else quantize_int8(model)
-    model = model.to(plan.device)
-    log.info("Loaded %s on %s in %.1f s (%.0f MB of weights)", name, plan.description,
-             time.perf_counter() - started, weights_mb(model))
-    return model
 
 
 def weights_mb(model: torch.nn.Module) -> float:

