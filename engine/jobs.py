@@ -66,7 +66,7 @@ class JobInfo:
     """A job as a front end shows it: the stored row merged with the live engine handle."""
 
     record: JobRecord  # the stored row (options, name, result, error, timestamps)
-    status: str  # live: "queued" | "running" | "done" | "failed" | "cancelled"
+    status: str  # live: "queued" | "running" | "cancelling" | "done" | "failed" | "cancelled"
     queue_position: int  # 1 = next to start; 0 once running or finished
     progress: float  # 0..1, windows decoded over windows planned
     seconds_done: float  # seconds of the recording decoded so far (0 when not running)
@@ -307,7 +307,10 @@ class JobManager:
             if handle.done():  # finished a moment ago; its row is being written
                 return JobInfo(record, JobStatus.RUNNING.value, 0, 1.0, handle.seconds_done, handle.seconds_total,
                                handle.started_at)
-            return JobInfo(record, handle.status.value, handle.queue_position, handle.progress,
+            status = handle.status.value
+            if status == JobStatus.RUNNING.value and handle.cancel_requested():
+                status = "cancelling"  # the decode loop drops its windows at its next step
+            return JobInfo(record, status, handle.queue_position, handle.progress,
                            handle.seconds_done, handle.seconds_total, handle.started_at)
         if pending_index is not None:
             position = self.engine.status().queue_length + pending_index + 1
@@ -317,7 +320,8 @@ class JobManager:
 
     # -- cancelling --------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Optional[JobInfo]:
-        """Cancel an unfinished job (a running one stops at its next batch of windows).
+        """Cancel an unfinished job (a running one stops within one step of the decode loop and
+        reads "cancelling" until it has).
         Returns the job afterwards (unchanged if it had finished); None for an unknown id."""
         record = self.store.get(job_id)
         if record is None or record.finished:

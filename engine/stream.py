@@ -110,8 +110,8 @@ class SectionStream:
         def new_segment(start: float, end: float, segment_tokens: torch.Tensor) -> dict:
             token_list = segment_tokens.tolist()
             text_tokens = [t for t in token_list if t < tokenizer.eot]
-            return {"start": start, "end": end, "text": tokenizer.decode(text_tokens), "tokens": token_list,
-                    "text_tokens": text_tokens}
+            return {"seek": window.seek, "start": start, "end": end, "text": tokenizer.decode(text_tokens),
+                    "tokens": token_list, "text_tokens": text_tokens}
 
         timestamp_tokens = tokens.ge(tokenizer.timestamp_begin)
         single_timestamp_ending = timestamp_tokens[-2:].tolist() == [False, True]

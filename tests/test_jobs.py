@@ -20,9 +20,13 @@ GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as l
 GATE.set()
 
 
+DECODED = []  # one entry per decoder call (a step of the decode loop, or a fallback re-decode)
+
+
 def gated_decode(model, mel, options, prompts):
     if not GATE.wait(30):
         raise TimeoutError("test gate never opened")
+    DECODED.append(len(mel))
     return decode_rows(model, mel, options, prompts)
 
 
@@ -128,10 +132,12 @@ def test_cancel_queued_and_running_jobs(jobs, jfk):
     assert jobs.get(queued.id).queue_position == 1
     assert jobs.cancel(queued.id).status == "cancelled"
     assert jobs.store.get(queued.id).audio is None
-    jobs.cancel(running.id)
+    steps_before = len(DECODED)
+    assert jobs.cancel(running.id).status == "cancelling"  # held inside a step: it stops after that one
     GATE.set()
     info = wait_finished(jobs, running.id)
     assert info.status == "cancelled" and info.record.error_type == "JobCancelled"
+    assert len(DECODED) <= steps_before + 1, "the cancelled job went on decoding"
     assert jobs.cancel(running.id).status == "cancelled"  # cancelling again changes nothing
     assert jobs.cancel("0" * 12) is None
 

@@ -19,17 +19,20 @@ from engine.sections import MIN_SECTION_S, plan_sections
 GUARDS = dict(compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6)
 
 
-def whisper_segments(model, audio, condition: bool, max_new_tokens=None):
+def whisper_segments(model, audio, condition: bool, max_new_tokens=None, words=False):
     options = dict(sample_len=max_new_tokens) if max_new_tokens else {}
     result = whisper.transcribe(model, audio, temperature=0.0, fp16=False, condition_on_previous_text=condition,
-                                **GUARDS, **options)
+                                word_timestamps=words, **GUARDS, **options)
     duration = len(audio) / 16000
-    return [(round(s["start"], 2), round(min(s["end"], duration), 2), s["text"]) for s in result["segments"]
-            if s["text"].strip() and s["start"] < duration]
+    return [(round(s["start"], 2), round(min(s["end"], duration), 2), s["text"],
+             [(w["word"], round(w["start"], 2), round(w["end"], 2)) for w in s["words"]] if words else None)
+            for s in result["segments"] if s["text"].strip() and s["start"] < duration]
 
 
-def engine_segments(engine, audio):
-    return [(round(s.start, 2), round(s.end, 2), s.text) for s in engine.transcribe(audio).segments]
+def engine_segments(engine, audio, words=False):
+    return [(round(s.start, 2), round(s.end, 2), s.text,
+             [(w.word, round(w.start, 2), round(w.end, 2)) for w in s.words] if words else None)
+            for s in engine.transcribe(audio, word_timestamps=words).segments]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,16 @@ def test_real_tiny_en_one_section_is_whisper_transcribe(tiny_en_model_dir, fifty
             expected = whisper_segments(model, fifty_seconds, condition)
         got = engine_segments(engine, fifty_seconds)
     assert len(expected) >= 6 and expected[-1][1] > 45  # the whole clip, in several windows
+    assert got == expected
+
+
+def test_real_tiny_en_word_timestamps_and_their_seek_are_whisper_transcribes(tiny_en_model_dir, fifty_seconds):
+    """With word timestamps whisper moves seek to the last word's end: the same here."""
+    with Engine(fast_settings(tiny_en_model_dir, max_new_tokens=224, **GUARDS)) as engine:
+        with engine.models.lease(str(tiny_en_model_dir)) as model:
+            expected = whisper_segments(model, fifty_seconds, True, words=True)
+        got = engine_segments(engine, fifty_seconds, words=True)
+    assert sum(len(s[3]) for s in expected) > 100
     assert got == expected
 
 
