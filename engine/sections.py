@@ -7,7 +7,7 @@ together and the batch stays full to the end; in a long pause, so that no senten
 across a seam. As many sections as the batch has rows, none shorter than
 `MIN_SECTION_S`: a short recording is one section and gives exactly whisper's transcript.
 
-Pure numpy over the energy that engine.chunking computes; no torch, no model.
+Pure numpy over the energy that engine.energy computes; no torch, no model.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from typing import List
 
 import numpy as np
 
-from .chunking import (FRAME_S, SAMPLE_RATE, SMOOTHING_S, _frame_length, _frame_mean_square, _pause_level,
-                       _quietest_cut, _smoothed_db)
+from .energy import FRAME_S, SAMPLE_RATE, pause_level, quietest_cut, smoothed_level_db
 
 MIN_SECTION_S = 60.0  # at least two windows: whisper's seek needs room to carry a sentence over
 SEARCH_FRACTION = 0.25  # a cut may move this fraction of a section's length from its even target
@@ -45,9 +44,9 @@ def plan_sections(audio: np.ndarray, sections: int, sample_rate: int = SAMPLE_RA
     count = int(min(max(sections, 1), total / sample_rate // min_section_s)) if total else 0
     if count <= 1:
         return [Section(0, total, sample_rate)] if total else []
-    frame_length = _frame_length(sample_rate, FRAME_S)
-    level_db = _smoothed_db(_frame_mean_square(audio, frame_length), max(1, int(round(SMOOTHING_S / FRAME_S))))
-    pause_db = _pause_level(level_db, frame_length, 0, total)
+    frame_length = int(round(FRAME_S * sample_rate))
+    level_db = smoothed_level_db(audio, sample_rate)
+    pause_db = pause_level(level_db, frame_length, 0, total)
     quiet = level_db <= pause_db
     length = total / count
     reach = int(length * SEARCH_FRACTION)
@@ -68,7 +67,7 @@ def _longest_pause(quiet: np.ndarray, level_db: np.ndarray, frame_length: int, l
     edges = np.flatnonzero(np.diff(np.concatenate(([0], window, [0]))))
     starts, ends = edges[::2], edges[1::2]  # runs [start, end) of quiet frames
     if len(starts) == 0:
-        return _quietest_cut(level_db, frame_length, lo, hi)
+        return quietest_cut(level_db, frame_length, lo, hi)
     middles = (first + (starts + ends) / 2) * frame_length
     best = np.lexsort((np.abs(middles - target), -(ends - starts)))[0]
     return int(middles[best])

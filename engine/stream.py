@@ -28,7 +28,7 @@ from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
 
-from .chunking import is_silent
+from .energy import is_silent
 from .options import DecodeOptions, is_no_speech
 from .results import Segment, Word
 

@@ -19,15 +19,14 @@ LONG_11_MIN = SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"
 
 
 def window_mels(audio, n_mels: int = 80):
-    """Whisper's log-mel of every window `plan_windows` cuts from `audio`, stacked:
-    what the tests that compare decoders window by window feed them."""
+    """Whisper's log-mel of every 30 s window of `audio`, back to back, stacked: what the
+    tests that compare decoders window by window feed them."""
     import torch
     import whisper
 
-    from engine.chunking import plan_windows
-
-    return torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[w.start:w.end])),
-                                                    n_mels=n_mels) for w in plan_windows(audio)])
+    step = whisper.audio.N_SAMPLES
+    return torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[start:start + step])),
+                                                    n_mels=n_mels) for start in range(0, len(audio), step)])
 
 
 def shared_audio(path: Path) -> Path:
