@@ -94,6 +94,13 @@ def encode(model: Whisper, mel: Tensor, fp16: bool) -> Tensor:
     return torch.cat([model.encoder(part) for part in mel.split(CPU_ENCODER_BATCH)])
 
 
+def reads_back_cheaply(device: torch.device) -> bool:
+    """On the CPU, looking at a value (which rows are done) costs nothing; on CUDA it stalls
+    the GPU, so the CUDA path looks every few steps and keeps SDPA for cross-attention.
+    Tests turn this off on the CPU to run the CUDA path's code."""
+    return device.type == "cpu"
+
+
 def _heads(x: Tensor, n_head: int) -> Tensor:
     """(batch, ctx, state) -> (batch, head, ctx, state / head), as whisper's qkv_attention views it."""
     return x.view(*x.shape[:2], n_head, -1).permute(0, 2, 1, 3)
@@ -262,7 +269,7 @@ class _GreedyBatch:
         eot = tokenizer.eot
         length = max(begin + steps for begin, steps in zip(self.sample_begins, self.row_steps))
         uniform = len(set(self.sample_begins)) == 1  # rows advance in lockstep at one position
-        self.host = host = device.type == "cpu"  # reading a value back costs nothing there; on CUDA it stalls
+        self.host = host = reads_back_cheaply(device)
         self.cross = [self._cross_keys_values(block.cross_attn, features) for block in model.decoder.blocks]
         self.cross_scale = (n_state // heads) ** -0.5  # SDPA's default scale
         # Rows at different positions attend over slots others have filled and they have not

@@ -125,3 +125,22 @@ def test_rows_with_prompts_at_the_context_limit_stop_where_whisper_stops(micro, 
     got = fast_decode.decode_rows(micro, varied_mels[:2], options, prompts)
     for row, prompt in enumerate(prompts):
         assert _same(got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))
+
+
+@pytest.mark.parametrize("prompted", [False, True], ids=["same start", "own prompts"])
+def test_the_cuda_path_runs_on_the_cpu_with_whisper_decodes_tokens(micro, varied_mels, monkeypatch, prompted):
+    """GPUs are lent rarely: the CUDA branch (SDPA cross-attention, finished rows looked at
+    every few steps) runs here in fp32 against whisper.decode, then in fp16 tensors."""
+    monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
+    tokenizer = whisper.tokenizer.get_tokenizer(False)
+    prompts = [tokenizer.encode(" Hello there.") if prompted and i % 2 else None for i in range(len(varied_mels))]
+    options = dataclasses.replace(GREEDY, sample_len=30)
+    got = fast_decode.decode_rows(micro, varied_mels, options, prompts)
+    for row, prompt in enumerate(prompts):
+        assert _same(got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))
+    half = build_model("micro").half()
+    for module in half.modules():  # CUDA's layer norm takes fp16 weights with fp32 input; the CPU's does not
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    fp16 = fast_decode.decode_rows(half, varied_mels.half(), dataclasses.replace(options, fp16=True), prompts)
+    assert all(r.tokens and r.audio_features.dtype == torch.float16 for r in fp16)
