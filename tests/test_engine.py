@@ -53,7 +53,7 @@ def test_eleven_minutes_end_to_end_covers_the_audio(engine):
     assert_well_formed(result, len(audio) / 16000)
     assert len(sections) == 8 and result.windows >= 23
     assert seen == sorted(seen) and job.progress == 1.0
-    assert job.seconds_total == pytest.approx(result.duration)
+    assert job.seconds_total == pytest.approx(result.duration, abs=0.1)  # counted in 10 ms mel frames
     assert len(set(seen)) > 8, "progress moves window by window, not once per section"
     # Every section contributes text inside its own stretch of the recording.
     for section in sections:
