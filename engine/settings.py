@@ -48,7 +48,7 @@ class Settings(BaseModel):
     max_new_tokens: int = Field(224, ge=1, le=448)  # cap on tokens decoded per window (whisper's default: 224)
     language: Optional[str] = None  # language code or name; null = detect from the first window with speech
     task: Literal["transcribe", "translate"] = "transcribe"  # translate = speech in any language to English text
-    initial_prompt: Optional[str] = None  # text given to every window as context (names, spelling, style)
+    initial_prompt: Optional[str] = None  # context for the first window of every section (names, spelling, style)
     temperatures: List[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # fallback ladder
     compression_ratio_threshold: Optional[float] = 2.4  # re-decode a window hotter when its text is this repetitive
     logprob_threshold: Optional[float] = -1.0  # ... or when its average token log-probability is below this

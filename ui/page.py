@@ -57,7 +57,7 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
             release_report = gr.Markdown(elem_id="release-report")
 
         gr.Markdown(f"# {TITLE}\nUpload a recording or record one with your microphone, then press "
-                    "**Transcribe**. Long recordings are cut into 30 s windows and decoded in batches.")
+                    "**Transcribe**. Long recordings are cut into sections at their pauses and decoded side by side.")
         model_state = gr.HTML(elem_id="model-state-container")
 
         with gr.Row(equal_height=False):
