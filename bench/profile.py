@@ -1,26 +1,37 @@
-"""Where the engine's time goes: `python -m bench.profile [--precision fp32|int8] [--dims tiny]`.
+"""Where the engine's time goes: `python -m bench.profile [--precision fp32|int8] [--input 11min]`.
 
-Runs what `Engine._run` runs (audio decoding, window planning, batched decoding, stitching)
-on the 11-minute recording, with a timer around each stage. The stages are the engine's
-own functions, wrapped for the run, so nothing here changes what is measured:
+Runs the engine as `python -m bench` does (engine.Engine on CPU, real tiny.en weights, the
+bench's long-form settings: fallback ladder, whisper's guards, previous text; batch 16) on
+one recording, with a timer around each stage. The stages are the engine's own functions,
+wrapped for the run (the decoder through `Engine(decoder=...)`, its injection point), so
+nothing here changes what is measured:
 
-    audio decoding   engine.audio.load_audio (ffmpeg to float32 16 kHz)
-    planning         engine.chunking.plan_windows
-    silence check    engine.chunking.is_silent, per window
-    log-mel          BatchTranscriber._mels
-    encoder          engine.fast_decode.encode
-    decoder blocks   self- and cross-attention and MLP of every token step
-    output proj.     the 51,865-wide logits matmul of every token step
-    token selection  logit rules, argmax, log-probs, finished rows (the rest of the loop)
-    segments         tokens to timestamped segments
-    stitching        engine.chunking.stitch_segments
+    audio decoding        engine.audio.load_audio (ffmpeg to float32 16 kHz)
+    section planning      engine.sections.plan_sections (cuts at the longest pauses)
+    log-mel               SectionStream.__init__ (each section's log-mel, computed once)
+    window slicing        SectionStream.next_window (the window at `seek`, the silence check)
+    decoder set-up        decode_rows before its loop (each row's prompt through whisper's DecodingTask)
+    encoder               engine.fast_decode.encode
+    cross-attention k, v  computed once per batch
+    decoder blocks        self- and cross-attention and MLP of every token step
+    output projection     the 51,865-wide logits matmul of every token step
+    token selection       logit rules, argmax, log-probs, finished rows, results (the rest of the loop)
+    fallback re-decodes   rows that failed a guard, decoded again hotter (whisper.decode per row)
+    stream bookkeeping    SectionStream.advance (segments, seek, previous text)
+    other                 the decode loop and the job around it (batching, stacking, threads)
+
+Set OMP_WAIT_POLICY=PASSIVE in the environment on a machine other work keeps busy (see
+docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import functools
+import os
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -29,9 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.inputs import RECORDING_11_MIN, random_checkpoint  # noqa: E402
+from bench.inputs import recording, tiny_en_dir  # noqa: E402
+from bench.measure import DecodeCount  # noqa: E402
+from bench.runners import Spec, engine_settings  # noqa: E402
 
 TIMES: Dict[str, float] = collections.defaultdict(float)
+_LOCK = threading.Lock()  # the decode loop's thread and the job's thread both add times
+
+ORDER = ["audio decoding", "section planning", "log-mel", "window slicing", "decoder set-up", "encoder",
+         "cross-attention keys, values", "decoder blocks", "output projection", "token selection",
+         "fallback re-decodes", "stream bookkeeping"]
 
 
 def _timed(name: str, function):
@@ -41,64 +59,79 @@ def _timed(name: str, function):
         try:
             return function(*args, **kwargs)
         finally:
-            TIMES[name] += time.perf_counter() - started
+            with _LOCK:
+                TIMES[name] += time.perf_counter() - started
     return wrapper
 
 
-def profile(checkpoint: Path, precision: str = "fp32", batch_size: int = 16, max_new_tokens: int = 100,
-            audio_path: Path = RECORDING_11_MIN) -> Tuple[float, List[Tuple[str, float]], Dict[str, float]]:
+def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: int = 16,
+            threads: int = os.cpu_count() or 1) -> Tuple[float, List[Tuple[str, float]], Dict[str, int]]:
     """(total seconds, [(stage, seconds)], counts) for one engine run on CPU."""
-    from engine import audio as engine_audio, chunking, fast_decode, transcriber
-    from engine.cuda import plan_device
-    from engine.models import load_model
+    import whisper
 
-    model = load_model(str(checkpoint), plan_device("cpu", 0, precision))
+    from engine import Engine, engine as engine_module, fast_decode
+    from engine.stream import SectionStream
+
+    count = DecodeCount()
+    sections: List[int] = []
     greedy = fast_decode._GreedyBatch
+
+    def decoder(model, mel, options, prompts):
+        label = "fallback re-decodes" if options.temperature > 0 else "decoding (all)"
+        started = time.perf_counter()
+        results = fast_decode.decode_rows(model, mel, options, prompts)
+        with _LOCK:
+            TIMES[label] += time.perf_counter() - started
+        count.add(len(results), sum(len(r.tokens) for r in results), options.temperature)
+        return results
+
+    def plan_sections(audio, *args, **kwargs):
+        planned = original_plan(audio, *args, **kwargs)
+        sections.append(len(planned))
+        return planned
+
+    original_plan = engine_module.plan_sections
     patches = [
-        (engine_audio, "load_audio", "audio decoding"),
-        (chunking, "plan_windows", "planning"),
-        (transcriber, "is_silent", "silence check"),
-        (transcriber.BatchTranscriber, "_mels", "log-mel"),
+        (engine_module, "load_audio", "audio decoding"),
+        (engine_module, "plan_sections", "section planning"),
+        (SectionStream, "__init__", "log-mel"),
+        (SectionStream, "next_window", "window slicing"),
+        (SectionStream, "advance", "stream bookkeeping"),
         (fast_decode, "encode", "encoder"),
         (greedy, "_cross_keys_values", "cross-attention keys, values"),
         (greedy, "_forward", "decoder blocks"),
         (greedy, "_logits", "output projection"),
-        (greedy, "run", "decoding (all)"),
-        (transcriber.BatchTranscriber, "_segments", "segments"),
-        (chunking, "stitch_segments", "stitching"),
+        (greedy, "run", "greedy loop"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    engine_module.plan_sections = plan_sections
     for owner, name, label in patches:
         setattr(owner, name, _timed(label, getattr(owner, name)))
-    options = transcriber.DecodeOptions(language="en", temperatures=(0.0,), max_new_tokens=max_new_tokens,
-                                        compression_ratio_threshold=None, logprob_threshold=None,
-                                        no_speech_threshold=None, batch_size=batch_size)
+    torch.set_num_threads(threads)
+    spec = Spec(impl="engine", audio=str(audio_path), model=model, ct2_dir=model, device="cpu",
+                batch_size=batch_size, threads=threads)
+    engine = Engine(engine_settings(spec, precision), decoder=decoder)
     try:
-        # warm-up: one window, so one-time set-up is not counted as a stage
-        with torch.inference_mode():
-            transcriber.BatchTranscriber(model, fp16=False).transcribe(
-                engine_audio.load_audio(audio_path)[:30 * 16000], chunking.plan_windows(
-                    engine_audio.load_audio(audio_path)[:30 * 16000]), options)
+        # warm-up: 30 s, so one-time set-up is not counted as a stage
+        engine.transcribe(whisper.audio.load_audio(str(audio_path))[:30 * 16000])
         TIMES.clear()
+        sections.clear()
+        count.reset()
         started = time.perf_counter()
-        audio = engine_audio.load_audio(audio_path)
-        windows = chunking.plan_windows(audio)
-        with torch.inference_mode():
-            decoded = transcriber.BatchTranscriber(model, fp16=False).transcribe(audio, windows, options)
-        chunking.stitch_segments(windows, decoded.segments, len(audio) / 16000)
+        engine.transcribe(str(audio_path))
         total = time.perf_counter() - started
     finally:
+        engine.close()
         for owner, name, original in saved:
             setattr(owner, name, original)
-    decoding = TIMES.pop("decoding (all)")
-    encoder = TIMES["encoder"]
-    TIMES["token selection"] = (decoding - encoder - TIMES["cross-attention keys, values"] - TIMES["decoder blocks"]
-                                - TIMES["output projection"])
-    order = ["audio decoding", "planning", "silence check", "log-mel", "encoder", "cross-attention keys, values",
-             "decoder blocks", "output projection", "token selection", "segments", "stitching"]
-    stages = [(name, TIMES[name]) for name in order]
-    stages.append(("other (batching, Python)", total - sum(t for _, t in stages)))
-    return total, stages, {"windows": decoded.windows_decoded, "tokens": decoded.tokens_decoded}
+    greedy_loop = TIMES.pop("greedy loop", 0.0)
+    TIMES["decoder set-up"] = TIMES.pop("decoding (all)", 0.0) - greedy_loop
+    TIMES["token selection"] = greedy_loop - sum(TIMES[name] for name in (
+        "encoder", "cross-attention keys, values", "decoder blocks", "output projection"))
+    stages = [(name, TIMES[name]) for name in ORDER]
+    stages.append(("other (decode loop, batching, job)", total - sum(t for _, t in stages)))
+    return total, stages, {"sections": sections[0] if sections else 0, "windows": count.windows,
+                           "fallbacks": count.fallbacks, "tokens": count.tokens}
 
 
 def table(total: float, stages: List[Tuple[str, float]]) -> str:
@@ -111,15 +144,20 @@ def table(total: float, stages: List[Tuple[str, float]]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
-    parser.add_argument("--dims", default="tiny")
+    parser.add_argument("--model", default=None, help="CTranslate2 directory or .pt checkpoint (default: tiny.en)")
+    parser.add_argument("--input", default="11min", choices=["jfk", "11min", "hour"])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/whisper-bench"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "whisper-bench")
     args = parser.parse_args(argv)
-    checkpoint = random_checkpoint(args.dims, args.work_dir)
-    total, stages, counts = profile(checkpoint, args.precision, args.batch_size, args.max_new_tokens)
-    print(f"engine, {args.dims} dims, {args.precision}, batch {args.batch_size}, "
-          f"{counts['windows']} windows, {counts['tokens']} tokens, {torch.get_num_threads()} threads")
+    model = args.model or str(tiny_en_dir())
+    total, stages, counts = profile(model, recording(args.input, args.work_dir), args.precision, args.batch_size,
+                                    args.threads)
+    name = "tiny.en" if args.model is None else Path(model).name
+    print(f"engine, {name}, {args.precision}, {args.input}, batch {args.batch_size}, "
+          f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback re-decodes), "
+          f"{counts['tokens']} tokens, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(table(total, stages))
 
 

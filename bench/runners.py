@@ -1,223 +1,201 @@
 """One transcription per implementation, measured; runs inside a fresh worker process.
 
 Every implementation gets the same decoded samples (audio decoding is timed separately by
-the profile, since each library would otherwise use its own decoder), the same checkpoint,
-and equal decoding settings: greedy (temperature 0 only, so no fallback), no
-compression-ratio / log-prob / no-speech guards, no conditioning on previous text,
-timestamps on, language given, and a cap on sampled tokens per 30 s window. Model loading
-and a 30 s warm-up are not timed. Windows and tokens are counted at each library's decode
-call, so the table shows how much work each one actually did.
+the profile, since each library would otherwise use its own decoder), the same weights, and
+each its realistic long-form defaults, made as equal as the libraries allow:
+
+Real weights (`SETTINGS["real"]`): language "en", greedy decoding with whisper's
+temperature-fallback ladder (0.0, 0.2, ..., 1.0; one sample per hotter try), the
+compression-ratio (2.4), log-prob (-1.0) and no-speech (0.6) guards at whisper's defaults,
+timestamps on, whisper's token cap (224 per window; faster-whisper's own cap, a 448-token
+context, ends at the same place):
+
+- stock `whisper.transcribe` and the engine: `condition_on_previous_text=True`, whisper's
+  default (the engine conditions each section's windows on that section's previous text);
+- faster-whisper `WhisperModel`: the same, with `beam_size=1, best_of=1` (its defaults, 5
+  and 5, are beam search and best-of-5 sampling, which stock transcribe and the engine do
+  not do) and no VAD (its default);
+- faster-whisper `BatchedInferencePipeline`: its own defaults except `beam_size=1` and the
+  batch size: VAD chunks, no previous text, no timestamps, and the first temperature only
+  (the pipeline has no fallback).
+
+Random weights (`SETTINGS["random"]`, the GPU run's large-v3 dimensions): every window
+fails every guard and previous text is gibberish, so all implementations decode greedily
+at temperature 0 only, guards off, no previous text, timestamps on; every window decodes
+to the cap. Their text has no meaning, so there is no WER.
+
+Model loading and a 30 s warm-up are not timed. Windows, fallback re-decodes and tokens
+are counted at each library's decode call (bench.measure.DecodeCount).
 """
 from __future__ import annotations
 
-import gc
 import os
-import resource
-import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bench.measure import (DecodeCount, Measurement, cuda_after_release, cuda_allocated_mb, cuda_peaks, peak_rss_mb,
+                           timed)
+
 SAMPLE_RATE = 16000
 WARM_UP_S = 30
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The long-form settings stock whisper and the engine get (faster-whisper's match them)."""
+    temperatures: Tuple[float, ...]  # fallback ladder, first = greedy
+    compression_ratio_threshold: Optional[float]  # above: too repetitive, decode hotter
+    logprob_threshold: Optional[float]  # below: too unsure, decode hotter
+    no_speech_threshold: Optional[float]  # above (and unsure): the window is silence
+    condition_on_previous_text: bool  # previous text as each window's prompt
+    without_timestamps_batched: bool  # faster-whisper's batched pipeline: text tokens only
+
+
+SETTINGS = {
+    "real": Decoding((0.0, 0.2, 0.4, 0.6, 0.8, 1.0), 2.4, -1.0, 0.6, True, True),
+    "random": Decoding((0.0,), None, None, None, False, False),
+}
 
 
 @dataclass
 class Spec:
     impl: str  # a key of RUNNERS
     audio: str  # path of the recording
-    checkpoint: str  # openai-whisper .pt
-    ct2_dir: str  # the same weights converted for faster-whisper
+    model: str  # stock whisper and the engine: a CTranslate2 directory or an openai-whisper .pt
+    ct2_dir: str  # faster-whisper: the same weights as a CTranslate2 directory
     device: str  # cpu | cuda
-    batch_size: int
-    max_new_tokens: int  # tokens per 30 s window for whisper and the engine
-    fw_max_new_tokens: int  # the faster-whisper setting that yields the same number (see bench/__main__.py)
+    batch_size: int  # the engine's and faster-whisper's batched pipeline's
     threads: int  # CPU threads for torch and CTranslate2
+    weights: str = "real"  # a key of SETTINGS
+    reference: Optional[str] = None  # the reference transcript's file; None: no WER
+    max_new_tokens: int = 224  # stock and the engine; whisper's default sample_len
     memory_threshold_mb: Optional[float] = None  # the engine's gpu_memory_threshold_mb (concurrent-jobs run)
 
 
-@dataclass
-class Measurement:
-    impl: str
-    wall_s: float  # the timed transcription(s), loading and warm-up excluded
-    cpu_s: float  # CPU time (user + system, all threads) of the same span: less sensitive to other load
-    audio_s: float  # seconds of audio transcribed (twice the recording for the two-jobs run)
-    windows: int  # windows (rows of a decode call) actually decoded
-    tokens: int  # tokens actually sampled
-    peak_rss_mb: float  # peak resident host memory of the worker process (loading included)
-    weights_mb: Optional[float] = None  # CUDA: allocated right after loading = resident weights
-    peak_allocated_mb: Optional[float] = None  # CUDA, PyTorch's counters (torch implementations)
-    peak_reserved_mb: Optional[float] = None
-    gpu_process_peak_mb: Optional[float] = None  # CUDA, NVML: the whole process (context, CTranslate2 included)
-    reserved_after_release_mb: Optional[float] = None  # CUDA: reserved after the model is released
-    gpu_after_release_mb: Optional[float] = None  # CUDA, NVML, after release
-    load: Optional[float] = None  # the machine's 1-minute load average when the run ended
-    notes: List[str] = field(default_factory=list)
-
-    def to_json(self) -> Dict:
-        return asdict(self)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class NvmlPeak:
-    """This process's GPU memory as NVML sees it (what nvidia-smi shows), sampled every 20 ms."""
-
-    def __init__(self):
-        self.peak_mb: Optional[float] = None
-        self._stop = threading.Event()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # no NVML: the column stays empty
-            self._nvml = None
-
-    def now_mb(self) -> Optional[float]:
-        if self._nvml is None:
-            return None
-        try:
-            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        except Exception:
-            return None
-        used = [p.usedGpuMemory for p in processes if p.pid == os.getpid() and p.usedGpuMemory is not None]
-        return sum(used) / 2**20 if used else 0.0
-
-    def __enter__(self) -> "NvmlPeak":
-        def sample() -> None:
-            while not self._stop.wait(0.02):
-                value = self.now_mb()
-                if value is not None:
-                    self.peak_mb = max(self.peak_mb or 0.0, value)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _cuda_reset() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _cuda_peaks(m: Measurement) -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        m.peak_allocated_mb = torch.cuda.max_memory_allocated() / 2**20
-        m.peak_reserved_mb = torch.cuda.max_memory_reserved() / 2**20
-
-
-def _cuda_after_release(m: Measurement, nvml: NvmlPeak) -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        m.reserved_after_release_mb = torch.cuda.memory_reserved() / 2**20
-    m.gpu_after_release_mb = nvml.now_mb()
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(run: Callable[[], None], spec: Spec) -> tuple:
-    """(wall s, cpu s, NVML sampler or None) of run()."""
-    nvml = NvmlPeak() if spec.device == "cuda" else None
-    _cuda_reset() if spec.device == "cuda" else None
-    cpu = _cpu_s()
-    started = time.perf_counter()
-    if nvml is not None:
-        with nvml:
-            run()
-    else:
-        run()
-    return time.perf_counter() - started, _cpu_s() - cpu, nvml
-
-
 # -- (a) stock openai-whisper -----------------------------------------------------------------
+def load_whisper_model(path: str, device: str):
+    """Stock openai-whisper's model: fp32 weights on `device` (stock keeps fp32 on CUDA too
+    and computes in fp16). A CTranslate2 directory is read by the engine's reader, which
+    rebuilds the same openai-whisper module from its tensors."""
+    import whisper
+
+    from engine.ct2_weights import is_ct2_model_dir, read_ct2_model
+
+    if is_ct2_model_dir(path):
+        return read_ct2_model(path).eval().to(device)
+    return whisper.load_model(path, device=device)
+
+
 def run_whisper(spec: Spec, audio: np.ndarray) -> Measurement:
-    import torch
     import whisper
     from whisper.model import Whisper
 
-    counts = {"windows": 0, "tokens": 0}
+    count = DecodeCount()
     original = Whisper.decode
 
     def counting(self, mel, options=whisper.DecodingOptions(), **kwargs):
         results = original(self, mel, options, **kwargs)
-        for r in results if isinstance(results, list) else [results]:
-            counts["windows"] += 1
-            counts["tokens"] += len(r.tokens)
+        rows = results if isinstance(results, list) else [results]
+        count.add(len(rows), sum(len(r.tokens) for r in rows), kwargs.get("temperature", options.temperature))
         return results
 
-    Whisper.decode = counting  # transcribe calls model.decode once per window
-    model = whisper.load_model(spec.checkpoint, device=spec.device)
-    weights = torch.cuda.memory_allocated() / 2**20 if spec.device == "cuda" else None
-    options = dict(language="en", temperature=0.0, compression_ratio_threshold=None, logprob_threshold=None,
-                   no_speech_threshold=None, condition_on_previous_text=False, fp16=spec.device == "cuda",
+    Whisper.decode = counting  # transcribe calls model.decode once per window and temperature
+    cuda = spec.device == "cuda"
+    model = load_whisper_model(spec.model, spec.device)
+    weights = cuda_allocated_mb() if cuda else None
+    d = SETTINGS[spec.weights]
+    options = dict(language="en", temperature=d.temperatures, compression_ratio_threshold=d.compression_ratio_threshold,
+                   logprob_threshold=d.logprob_threshold, no_speech_threshold=d.no_speech_threshold,
+                   condition_on_previous_text=d.condition_on_previous_text, fp16=cuda,
                    sample_len=spec.max_new_tokens, verbose=None)
     whisper.transcribe(model, audio[:WARM_UP_S * SAMPLE_RATE], **options)
-    counts.update(windows=0, tokens=0)
-    wall, cpu, nvml = _timed(lambda: whisper.transcribe(model, audio, **options), spec)
-    m = Measurement(spec.impl, wall, cpu, len(audio) / SAMPLE_RATE, counts["windows"], counts["tokens"], 0.0, weights)
-    if spec.device == "cuda":
-        _cuda_peaks(m)
+    count.reset()
+    result = {}
+    wall, cpu, nvml = timed(lambda: result.update(whisper.transcribe(model, audio, **options)), cuda)
+    m = Measurement(spec.impl, wall, cpu, len(audio) / SAMPLE_RATE, count.windows, count.fallbacks, count.tokens,
+                    0.0, text=result["text"].strip(), weights_mb=weights)
+    if cuda:
+        cuda_peaks(m)
         m.gpu_process_peak_mb = nvml.peak_mb
         del model
-        _cuda_after_release(m, nvml)
-    m.notes.append("condition_on_previous_text=False; seeks to the last timestamp as stock does")
+        cuda_after_release(m, nvml)
     return m
 
 
 # -- (b) this project's engine -----------------------------------------------------------------
-def _engine_settings(spec: Spec, precision: str, workers: int = 1):
+def engine_settings(spec: Spec, precision: str, workers: int = 1):
     from engine import load_settings
 
+    d = SETTINGS[spec.weights]
     return load_settings(None, dict(
-        model=spec.checkpoint, device=spec.device, precision=precision, batch_size=spec.batch_size,
-        max_new_tokens=spec.max_new_tokens, temperatures=[0.0], compression_ratio_threshold=None,
-        logprob_threshold=None, no_speech_threshold=None, language="en", workers=workers, warm_up=True,
-        gpu_memory_threshold_mb=spec.memory_threshold_mb, max_audio_duration_s=4 * 3600,
+        model=spec.model, device=spec.device, precision=precision, batch_size=spec.batch_size,
+        max_new_tokens=spec.max_new_tokens, temperatures=list(d.temperatures),
+        compression_ratio_threshold=d.compression_ratio_threshold, logprob_threshold=d.logprob_threshold,
+        no_speech_threshold=d.no_speech_threshold, condition_on_previous_text=d.condition_on_previous_text,
+        language="en", workers=workers, warm_up=True, gpu_memory_threshold_mb=spec.memory_threshold_mb,
+        max_audio_duration_s=4 * 3600,
     ), environ={})
 
 
+def whisper_decode_rows(model, mel, options, prompts: Sequence[Optional[Sequence[int]]]) -> list:
+    """openai-whisper's own batched `whisper.decode` in the engine's decoder signature
+    (`engine.fast_decode.decode_rows`): whisper.decode takes one prompt for a whole batch,
+    so the rows are decoded in one call per distinct prompt. Without previous text (random
+    weights) every prompt is empty and a step is one batched call, as before the engine took
+    a prompt per row; with previous text most rows differ and this is row by row."""
+    import whisper
+
+    groups: dict = {}
+    for row, prompt in enumerate(prompts):
+        groups.setdefault(tuple(prompt or ()), []).append(row)
+    results: list = [None] * len(prompts)
+    for prompt, rows in groups.items():
+        decoded = whisper.decode(model, mel[rows], replace(options, prompt=list(prompt) or None))
+        for row, result in zip(rows, decoded):
+            results[row] = result
+    return results
+
+
 def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs: int = 1) -> Measurement:
-    import torch
-
+    """`jobs` > 1: that many copies of the recording submitted at once to one engine with as
+    many workers, so the decode loop batches their sections together."""
     from engine import Engine
+    from engine.fast_decode import decode_rows
 
-    settings = _engine_settings(spec, precision, workers=jobs)
-    engine = Engine(settings) if decoder is None else Engine(settings, decoder=decoder)
-    weights = torch.cuda.memory_allocated() / 2**20 if spec.device == "cuda" else None
+    count = DecodeCount()
+    inner = decoder or decode_rows
+
+    def counting(model, mel, options, prompts):
+        results = inner(model, mel, options, prompts)
+        count.add(len(results), sum(len(r.tokens) for r in results), options.temperature)
+        return results
+
+    cuda = spec.device == "cuda"
+    engine = Engine(engine_settings(spec, precision, workers=jobs), decoder=counting)
+    weights = cuda_allocated_mb() if cuda else None
     engine.transcribe(audio[:WARM_UP_S * SAMPLE_RATE])
-    results = []
+    count.reset()
+    handles = []
 
     def run() -> None:
-        handles = [engine.submit(audio) for _ in range(jobs)]  # at once: the jobs run concurrently
-        results.extend(h.result() for h in handles)
+        handles.extend(engine.submit(audio) for _ in range(jobs))  # at once: the jobs run concurrently
+        for handle in handles:
+            handle.result()
 
-    wall, cpu, nvml = _timed(run, spec)
-    m = Measurement(spec.impl, wall, cpu, jobs * len(audio) / SAMPLE_RATE, sum(r.windows for r in results),
-                    sum(r.tokens_decoded for r in results), 0.0, weights)
-    if spec.device == "cuda":
-        _cuda_peaks(m)
+    wall, cpu, nvml = timed(run, cuda)
+    results = [h.result() for h in handles]
+    m = Measurement(spec.impl, wall, cpu, jobs * len(audio) / SAMPLE_RATE, count.windows, count.fallbacks,
+                    count.tokens, 0.0, text=results[0].text, weights_mb=weights)
+    if jobs > 1:
+        m.job_wall_s = [h.finished_at - h.submitted_at for h in handles]
+        if len({r.text for r in results}) > 1:
+            m.notes.append("the concurrent jobs' transcripts differ")
+    if cuda:
+        cuda_peaks(m)
         m.gpu_process_peak_mb = nvml.peak_mb
         report = engine.release(wait=True)
         m.reserved_after_release_mb = report.reserved_after_mb
@@ -228,69 +206,69 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs
     return m
 
 
-# -- (c) faster-whisper on the converted weights ------------------------------------------------
+# -- (c) faster-whisper on the same weights ------------------------------------------------------
 class _CountingGenerate:
     """Stands in for faster-whisper's CTranslate2 model and counts what `generate` decodes."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, count: DecodeCount):
         self._inner = inner
-        self.windows = 0
-        self.tokens = 0
+        self.count = count
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
     def generate(self, *args, **kwargs):
         results = self._inner.generate(*args, **kwargs)
-        self.windows += len(results)
-        self.tokens += sum(len(r.sequences_ids[0]) for r in results)
+        self.count.add(len(results), sum(len(r.sequences_ids[0]) for r in results),
+                       kwargs.get("sampling_temperature", 0.0))
         return results
+
+
+def faster_whisper_options(weights: str, batched: bool, batch_size: int) -> dict:
+    """faster-whisper's arguments for the settings in this module's docstring."""
+    d = SETTINGS[weights]
+    options = dict(language="en", beam_size=1)
+    if batched:
+        options["batch_size"] = batch_size
+        if weights == "real":
+            return options  # its own defaults: VAD chunks, no previous text, no timestamps, first temperature
+    else:
+        options.update(best_of=1, vad_filter=False)
+    return dict(options, temperature=list(d.temperatures), compression_ratio_threshold=d.compression_ratio_threshold,
+                log_prob_threshold=d.logprob_threshold, no_speech_threshold=d.no_speech_threshold,
+                condition_on_previous_text=d.condition_on_previous_text,
+                without_timestamps=d.without_timestamps_batched if batched else False)
 
 
 def run_faster_whisper(spec: Spec, audio: np.ndarray, compute_type: str, batched: bool) -> Measurement:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     model = WhisperModel(spec.ct2_dir, device=spec.device, compute_type=compute_type, cpu_threads=spec.threads)
-    counter = _CountingGenerate(model.model)
-    model.model = counter
-    options = dict(language="en", beam_size=1, best_of=1, temperature=0.0, compression_ratio_threshold=None,
-                   log_prob_threshold=None, no_speech_threshold=None, condition_on_previous_text=False,
-                   without_timestamps=False, max_new_tokens=spec.fw_max_new_tokens)
-    if batched:
-        pipeline = BatchedInferencePipeline(model)
+    count = DecodeCount()
+    model.model = _CountingGenerate(model.model, count)
+    options = faster_whisper_options(spec.weights, batched, spec.batch_size)
+    transcriber = BatchedInferencePipeline(model) if batched else model
+    texts: List[str] = []
 
-        def transcribe(samples):
-            segments, _ = pipeline.transcribe(samples, batch_size=spec.batch_size, **options)
-            list(segments)  # segments are generated lazily
-    else:
-        def transcribe(samples):
-            segments, _ = model.transcribe(samples, vad_filter=False, **options)
-            list(segments)
+    def transcribe(samples) -> None:
+        segments, _ = transcriber.transcribe(samples, **options)
+        texts.append("".join(s.text for s in segments).strip())  # segments are generated lazily
 
     transcribe(audio[:WARM_UP_S * SAMPLE_RATE])
-    counter.windows = counter.tokens = 0
-    wall, cpu, nvml = _timed(lambda: transcribe(audio), spec)
-    m = Measurement(spec.impl, wall, cpu, len(audio) / SAMPLE_RATE, counter.windows, counter.tokens, 0.0)
-    if spec.device == "cuda":
+    count.reset()
+    cuda = spec.device == "cuda"
+    wall, cpu, nvml = timed(lambda: transcribe(audio), cuda)
+    m = Measurement(spec.impl, wall, cpu, len(audio) / SAMPLE_RATE, count.windows, count.fallbacks, count.tokens,
+                    0.0, text=texts[-1])
+    if cuda:
         m.gpu_process_peak_mb = nvml.peak_mb
-        m.weights_mb = None
-        del model, counter, transcribe  # the closure holds the model too
-        if batched:
-            del pipeline
-        _cuda_after_release(m, nvml)
-    m.notes.append(f"max_new_tokens={spec.fw_max_new_tokens}" + ("; VAD chunks (its default)" if batched else ""))
+        del model, transcriber, transcribe  # the closure holds the model too
+        cuda_after_release(m, nvml)
     return m
 
 
-def _engine_runner(precision: str, decoder: Optional[str] = None, jobs: int = 1):
-    def run(spec: Spec, audio: np.ndarray) -> Measurement:
-        chosen = None
-        if decoder == "whisper.decode":
-            import whisper
-
-            chosen = whisper.decode
-        return run_engine(spec, audio, precision, chosen, jobs)
-    return run
+def _engine_runner(precision: str, decoder=None, jobs: int = 1):
+    return lambda spec, audio: run_engine(spec, audio, precision, decoder, jobs)
 
 
 def _fw_runner(compute_type: str, batched: bool):
@@ -303,8 +281,9 @@ RUNNERS = {
     "engine": ("engine", "fp32", _engine_runner("fp32")),
     "engine-fp16": ("engine", "fp16", _engine_runner("fp16")),
     "engine-int8": ("engine", "int8", _engine_runner("int8")),
-    "engine-whisper-decode": ("engine, stock `whisper.decode`", "fp32", _engine_runner("fp32", "whisper.decode")),
-    "engine-whisper-decode-fp16": ("engine, stock `whisper.decode`", "fp16", _engine_runner("fp16", "whisper.decode")),
+    "engine-whisper-decode": ("engine, stock `whisper.decode`", "fp32", _engine_runner("fp32", whisper_decode_rows)),
+    "engine-whisper-decode-fp16": ("engine, stock `whisper.decode`", "fp16",
+                                   _engine_runner("fp16", whisper_decode_rows)),
     "engine-fp16-2jobs": ("engine, two one-hour jobs at once", "fp16", _engine_runner("fp16", jobs=2)),
     "fw-fp32": ("faster-whisper `WhisperModel`", "fp32", _fw_runner("float32", False)),
     "fw-int8": ("faster-whisper `WhisperModel`", "int8", _fw_runner("int8", False)),
@@ -312,7 +291,8 @@ RUNNERS = {
     "fw-batched-fp32": ("faster-whisper `BatchedInferencePipeline`", "fp32", _fw_runner("float32", True)),
     "fw-batched-int8": ("faster-whisper `BatchedInferencePipeline`", "int8", _fw_runner("int8", True)),
     "fw-batched-fp16": ("faster-whisper `BatchedInferencePipeline`", "fp16", _fw_runner("float16", True)),
-    "fw-batched-int8-fp16": ("faster-whisper `BatchedInferencePipeline`", "int8_float16", _fw_runner("int8_float16", True)),
+    "fw-batched-int8-fp16": ("faster-whisper `BatchedInferencePipeline`", "int8_float16",
+                             _fw_runner("int8_float16", True)),
 }
 
 
@@ -320,9 +300,15 @@ def run(spec: Spec) -> Measurement:
     import torch
     import whisper
 
+    from bench.wer import word_error_rate
+
     torch.set_num_threads(spec.threads)
     audio = whisper.audio.load_audio(spec.audio)
+    started = time.perf_counter()
     measurement = RUNNERS[spec.impl][2](spec, audio)
+    if spec.reference:
+        measurement.wer = word_error_rate(Path(spec.reference).read_text(), measurement.text)
     measurement.peak_rss_mb = peak_rss_mb()
     measurement.load = os.getloadavg()[0]
+    measurement.notes.append(f"{time.perf_counter() - started:.0f} s with loading and warm-up")
     return measurement
