@@ -31,7 +31,7 @@ from .options import DecodeOptions
 from .results import TranscriptionResult
 from .sections import plan_sections
 from .settings import Settings
-from .stream import SectionStream
+from .stream import SectionStream, log_mel_spectrogram
 from .transcriber import Decoder
 from .worker import JobHandle, TranscriptionWorker
 
@@ -271,8 +271,7 @@ class Engine:
         if not model.is_multilingual or not sections:
             return "en"
         first = sections[0]
-        mel = whisper.log_mel_spectrogram(torch.from_numpy(audio[first.start:first.end]), model.dims.n_mels,
-                                          padding=whisper.audio.N_SAMPLES)
+        mel = log_mel_spectrogram(audio[first.start:first.end], model.dims.n_mels, padding=whisper.audio.N_SAMPLES)
         device = next(model.parameters()).device
         mel = whisper.pad_or_trim(mel, N_FRAMES).to(device).to(torch.float16 if self.plan.fp16 else torch.float32)
         with MODEL_LOCK, torch.inference_mode():

@@ -23,7 +23,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 import whisper
-from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingResult
 from whisper.model import Whisper
 from whisper.tokenizer import Tokenizer
@@ -54,8 +54,7 @@ class SectionStream:
         self.offset_s = offset_s  # where the section starts in the recording
         self.options = options
         self.tokenizer = tokenizer
-        self.mel = whisper.log_mel_spectrogram(torch.from_numpy(np.ascontiguousarray(audio)), n_mels,
-                                               padding=N_SAMPLES)
+        self.mel = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
         self.content_frames = self.mel.shape[-1] - N_FRAMES
         self.seek = 0
         self.all_tokens: List[int] = []
@@ -177,6 +176,37 @@ class SectionStream:
         return Segment(id=0, start=d["start"] + offset, end=end + offset, text=d["text"],
                        tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
                        compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words)
+
+
+def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0,
+                        frames_per_piece: int = N_FRAMES) -> torch.Tensor:
+    """`whisper.log_mel_spectrogram(audio, n_mels, padding=padding)`, the same numbers, with
+    the short-time Fourier transform taken a piece at a time.
+
+    Whisper transforms the whole signal at once: for an hour that is a 1.5 GB complex
+    spectrogram, and even a few minutes' section leaves a hundred megabytes of transient
+    buffers per job that the allocator keeps. Frames only read 400 samples around their
+    centre, so the signal is padded once as torch.stft would pad it (reflected at both
+    ends) and cut into pieces of `frames_per_piece` frames; only the mel energies (80 or 128
+    numbers a frame) are kept, and the log and the normalisation by the loudest value, the
+    one step that needs the whole section, run on those at the end."""
+    samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    if padding > 0:
+        samples = torch.nn.functional.pad(samples, (0, padding))
+    half = N_FFT // 2
+    padded = torch.nn.functional.pad(samples[None, None], (half, half), mode="reflect")[0, 0]
+    frames = len(samples) // HOP_LENGTH  # whisper drops the STFT's last frame
+    window = torch.hann_window(N_FFT)
+    filters = whisper.audio.mel_filters(samples.device, n_mels)
+    mel = torch.empty(n_mels, frames)
+    for first in range(0, frames, frames_per_piece):
+        last = min(first + frames_per_piece, frames)
+        piece = padded[first * HOP_LENGTH:(last - 1) * HOP_LENGTH + N_FFT]
+        stft = torch.stft(piece, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+        mel[:, first:last] = filters @ (stft.abs() ** 2)
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return (log_spec + 4.0) / 4.0
 
 
 def _dtype(model: Whisper) -> torch.dtype:
