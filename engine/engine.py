@@ -244,7 +244,7 @@ class Engine:
         with self.models.lease(request.model) as model:
             if request.model == s.model:
                 self._state = ModelState("ready", request.model)
-            sections = plan_sections(audio, s.batch_size)
+            sections = plan_sections(audio, s.batch_size, min_section_s=s.min_section_s)
             language = self._language(model, audio, sections, options)
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task=options.task)
