@@ -17,6 +17,7 @@ windows tried again; a single window that cannot fit fails its job with `WindowT
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections import deque
@@ -70,6 +71,17 @@ class _Job:
 class _Live:
     job: _Job
     stream: SectionStream
+
+
+def return_freed_host_memory() -> None:
+    """Hand the heap memory freed by the last jobs back to the system. glibc keeps freed
+    memory in per-thread arenas; with the loop's thread, the workers and the web server all
+    allocating, a few hundred MB of it stayed resident after a burst of jobs (measured:
+    +160 MB over ten 5-minute jobs). Nothing to do where malloc_trim does not exist."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class DecodeLoop:
@@ -133,8 +145,11 @@ class DecodeLoop:
     def _serve(self) -> None:
         while True:
             with self._cond:
-                while not self._live and not self._closed:
+                if not self._live:
                     self._limit = self.batch_size  # idle: forget an earlier out-of-memory error
+                    candidates = served = []  # nothing of the last jobs stays referenced while idle
+                    return_freed_host_memory()
+                while not self._live and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
