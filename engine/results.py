@@ -25,6 +25,7 @@ class Segment:
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
     words: Optional[List[Word]] = None  # only with word timestamps
+    seek: int = 0  # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
 
 
 @dataclass

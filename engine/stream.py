@@ -173,7 +173,8 @@ class SectionStream:
             words = [Word(w["word"], w["start"] + offset, w["end"] + offset, float(w["probability"]))
                      for w in d["words"]]
         end = min(d["end"], self.duration_s)  # whisper's last timestamp may lie in the padding
-        return Segment(id=0, start=d["start"] + offset, end=end + offset, text=d["text"],
+        return Segment(id=0, seek=round(offset * FRAMES_PER_SECOND) + d["seek"], start=d["start"] + offset,
+                       end=end + offset, text=d["text"],
                        tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
                        compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words)
 

@@ -136,7 +136,10 @@ def test_microphone_recording_is_transcribed(page):
     stop = page.locator("#audio-input button:visible", has_text="Stop").first
     stop.wait_for()  # recording has started (the microphone can take a moment on a busy machine)
     time.sleep(3)  # three seconds of JFK through the fake microphone
-    stop.click()
+    # Stopping hands the recording to the server (a run/predict call): wait for it to answer,
+    # else a busy machine can press Transcribe before the component holds the recording.
+    with page.expect_response(lambda response: "/run/predict" in response.url, timeout=30_000):
+        stop.click()
     wait_for_audio(page)
     text = transcribe_and_wait(page)
     assert "-->" in text

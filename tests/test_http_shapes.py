@@ -17,7 +17,7 @@ def _result() -> TranscriptionResult:
     words = [Word(" Ask", 0.0, 0.3, 0.9), Word(" not", 0.3, 0.6, 0.8)]
     return TranscriptionResult(
         segments=[Segment(0, 0.0, 0.6, " Ask not", [1, 2], 0.0, -0.2, 1.2, 0.01, words),
-                  Segment(1, 1.5, 2.0, " what", [3], 0.2, -0.4, 1.0, 0.02, [Word(" what", 1.5, 2.0, 0.7)])],
+                  Segment(1, 1.5, 2.0, " what", [3], 0.2, -0.4, 1.0, 0.02, [Word(" what", 1.5, 2.0, 0.7)], seek=120)],
         language="en", duration=2.25, task="transcribe")
 
 
@@ -55,7 +55,7 @@ def test_responses_parse_as_openai_types():
     verbose = TranscriptionVerbose(**verbose_json(result, segments=True, words=True))
     assert verbose.language == "english" and verbose.duration == 2.25 and verbose.usage.seconds == 3
     assert [w.word for w in verbose.words] == ["Ask", "not", "what"]
-    assert verbose.segments[1].seek == 150 and verbose.segments[1].temperature == 0.2
+    assert verbose.segments[1].seek == 120 and verbose.segments[1].temperature == 0.2
     only_words = json.loads(transcription_response(result, parse_form({
         "response_format": ["verbose_json"], "timestamp_granularities[]": ["word"]})).body)
     assert "segments" not in only_words and len(only_words["words"]) == 3

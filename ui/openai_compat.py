@@ -28,7 +28,6 @@ from engine.jobs import JobInfo
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send; served by the configured default model
 MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}  # OpenAI's own choices
-SEEK_FRAMES_PER_S = 100  # whisper's "seek" counts mel frames (10 ms)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -198,7 +197,7 @@ def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool
     if segments:
         body["segments"] = [{
             "id": s.id,
-            "seek": int(round(s.start * SEEK_FRAMES_PER_S)),  # frame of the segment's start
+            "seek": s.seek,  # frame where the segment's window starts, as whisper and OpenAI give it
             "start": float(s.start),
             "end": float(s.end),
             "text": s.text,
