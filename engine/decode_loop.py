@@ -144,42 +144,51 @@ class DecodeLoop:
     # -- the loop ----------------------------------------------------------------------------
     def _serve(self) -> None:
         while True:
-            with self._cond:
-                if not self._live:
-                    self._limit = self.batch_size  # idle: forget an earlier out-of-memory error
-                    candidates = served = []  # nothing of the last jobs stays referenced while idle
-                    return_freed_host_memory()
-                while not self._live and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
+            candidates = self._wait_for_work()
+            if candidates is None:
+                return
+            self._serve_once(candidates)
+
+    def _wait_for_work(self) -> Optional[List[_Live]]:
+        """The live streams that may share the next batch (those of the longest-waiting
+        stream's kind), once there are any; None when the loop is closed."""
+        with self._cond:
+            while True:
                 for entry in list(self._live):
                     if entry.job.cancelled():
                         self._remove(entry.job)
-                if not self._live:
+                if self._live:
+                    key = self._live[0].job.batch_key
+                    return [entry for entry in self._live if entry.job.batch_key == key]
+                if self._closed:
+                    return None
+                self._limit = self.batch_size  # idle: forget an earlier out-of-memory error
+                return_freed_host_memory()
+                self._cond.wait()
+
+    def _serve_once(self, candidates: List[_Live]) -> None:
+        """One step, then the bookkeeping: served streams go to the back of the line, jobs
+        hear of their progress, finished and failed jobs leave."""
+        try:
+            served = self._step(candidates)
+        except BaseException as exc:  # the loop must outlive any step
+            log.exception("decode step failed")
+            served = candidates
+            for job in {entry.job for entry in candidates}:
+                self._fail(job, exc)
+        with self._cond:
+            for entry in served:
+                if entry in self._live:
+                    self._live.remove(entry)
+                    if not entry.stream.finished:
+                        self._live.append(entry)
+            for job in {entry.job for entry in served}:
+                if job.error is not None:
+                    self._remove(job)
                     continue
-                key = self._live[0].job.batch_key
-                candidates = [entry for entry in self._live if entry.job.batch_key == key]
-            try:
-                served = self._step(candidates)
-            except BaseException as exc:  # the loop must outlive any step
-                log.exception("decode step failed")
-                served, failed = candidates, {entry.job for entry in candidates}
-                for job in failed:
-                    self._fail(job, exc)
-            with self._cond:
-                for entry in served:  # served streams go to the back: every stream gets its turn
-                    if entry in self._live:
-                        self._live.remove(entry)
-                        if not entry.stream.finished:
-                            self._live.append(entry)
-                for job in {entry.job for entry in served}:
-                    if job.error is not None:
-                        self._remove(job)
-                        continue
-                    job.report_progress()
-                    if all(stream.finished for stream in job.streams) and not job.finished.is_set():
-                        job.finished.set()
+                job.report_progress()
+                if all(stream.finished for stream in job.streams):
+                    job.finished.set()
 
     def _step(self, candidates: List[_Live]) -> List[_Live]:
         """Decode one window of up to a batch of `candidates`; returns the entries served

@@ -16,8 +16,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import whisper
-
-from whisper.audio import N_FRAMES
+from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.tokenizer import get_tokenizer
 
 from .audio import SAMPLE_RATE, check_audio, load_audio
@@ -223,10 +222,11 @@ class Engine:
             name = name or path.name
         options = DecodeOptions(
             task=task, language=language, initial_prompt=initial_prompt or s.initial_prompt,
-            condition_on_previous_text=s.condition_on_previous_text, temperatures=temperatures, max_new_tokens=max_new_tokens or s.max_new_tokens,
+            condition_on_previous_text=s.condition_on_previous_text, temperatures=temperatures,
+            max_new_tokens=max_new_tokens or s.max_new_tokens,
             compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
-            no_speech_threshold=s.no_speech_threshold, batch_size=s.batch_size,
-            word_timestamps=word_timestamps, silence_threshold_db=s.silence_threshold_db,
+            no_speech_threshold=s.no_speech_threshold, word_timestamps=word_timestamps,
+            silence_threshold_db=s.silence_threshold_db,
         )
         return TranscriptionRequest(audio, model, options, name)
 
@@ -271,7 +271,7 @@ class Engine:
         if not model.is_multilingual or not sections:
             return "en"
         first = sections[0]
-        mel = log_mel_spectrogram(audio[first.start:first.end], model.dims.n_mels, padding=whisper.audio.N_SAMPLES)
+        mel = log_mel_spectrogram(audio[first.start:first.end], model.dims.n_mels, padding=N_SAMPLES)
         device = next(model.parameters()).device
         mel = whisper.pad_or_trim(mel, N_FRAMES).to(device).to(torch.float16 if self.plan.fp16 else torch.float32)
         with MODEL_LOCK, torch.inference_mode():

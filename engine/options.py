@@ -18,7 +18,6 @@ class DecodeOptions:
     compression_ratio_threshold: Optional[float] = 2.4  # above: too repetitive, decode hotter
     logprob_threshold: Optional[float] = -1.0  # below: too unsure, decode hotter
     no_speech_threshold: Optional[float] = 0.6  # above (and unsure): the window is silence
-    batch_size: int = 8  # windows per forward pass; on CUDA at most what free memory allows, halved on OOM
     word_timestamps: bool = False  # per-word times through cross-attention alignment (slower)
     silence_threshold_db: float = -50.0  # windows quieter than this are skipped without decoding
 
