@@ -141,7 +141,7 @@ class SectionStream:
             self.seek += window.frames
 
         if self.options.word_timestamps and model is not None:
-            self._add_words(current, window, model, single_timestamp_ending, time_offset)
+            self._add_words(current, window, model, result.audio_features, single_timestamp_ending, time_offset)
 
         for segment in current:  # an instantaneous segment or one without text is cleared
             if segment["start"] == segment["end"] or not segment["text"].strip():
@@ -153,12 +153,12 @@ class SectionStream:
             # a hot decode is a poor context for the next window: start afresh
             self.prompt_reset_since = len(self.all_tokens)
 
-    def _add_words(self, current: List[dict], window: StreamWindow, model: Whisper,
+    def _add_words(self, current: List[dict], window: StreamWindow, model: Whisper, features: torch.Tensor,
                    single_timestamp_ending: bool, time_offset: float) -> None:
         from whisper.timing import add_word_timestamps
 
         add_word_timestamps(segments=current, model=model, tokenizer=self.tokenizer,
-                            mel=window.mel.to(next(model.parameters()).device).to(_dtype(model)),
+                            mel=window.mel.to(features.device, features.dtype),  # as the decoder had it
                             num_frames=window.frames, last_speech_timestamp=self.last_speech_timestamp)
         ends = [w["end"] for s in current for w in s["words"]]
         if not single_timestamp_ending and ends and ends[-1] > time_offset:
@@ -209,6 +209,3 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0,
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0
 
-
-def _dtype(model: Whisper) -> torch.dtype:
-    return next(model.parameters()).dtype if next(model.parameters()).is_floating_point() else torch.float32

@@ -10,7 +10,6 @@ tokens `whisper.decode` gives that window alone (engine.fast_decode.decode_rows)
 from __future__ import annotations
 
 import gc
-import logging
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -22,8 +21,6 @@ from .fast_decode import decode_rows
 from .memory import read_gpu_memory, window_cost_mb
 from .options import DecodeOptions, needs_fallback
 from .stream import StreamWindow
-
-log = logging.getLogger(__name__)
 
 # (model, mels or encoder output, options, one prompt per row) -> one result per row
 Decoder = Callable[[Whisper, torch.Tensor, DecodingOptions, Sequence[Optional[Sequence[int]]]], List[DecodingResult]]
