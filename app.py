@@ -35,6 +35,7 @@ import gradio as gr  # noqa: E402
 from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
 from engine.jobs import JobManager  # noqa: E402
 from ui import http_api  # noqa: E402
+from ui.access import exposure_warnings  # noqa: E402
 from ui.recent_jobs import RecentJobs  # noqa: E402
 from ui.page import CSS_PATH, build_page  # noqa: E402
 
@@ -97,21 +98,21 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
         # queued, queued again after a crash; the page lists each browser's (or login's) own.
         jobs = JobManager(engine).start()
         recent = RecentJobs(jobs)
-        demo = build_page(engine, submit=recent.submit, extra=recent.attach)
-        # Gradio's queue in front of the engine's: as many events wait here as jobs may wait
-        # there; the GPU events set their own concurrency limit (= workers) in build_page.
+        demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
+        # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
+        # ui/page.py); every waiting one holds a handler thread, so the pool has room for all.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
+        threads = max(40, settings.workers + settings.queue_size + 16)  # 40: Gradio's default
         port = settings.port if port is None else (port or free_port(settings.host))
         auth = parse_auth(settings.auth)
-        if settings.share and auth is None:
-            log.warning("Sharing a public link without a login: anyone with the link can use this server. "
-                        "Set auth: \"user:password\" in the config (or WHISPER_APP_AUTH).")
+        for warning in exposure_warnings(settings):  # what is open to whom beyond this machine
+            log.warning(warning)
         routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings, jobs=jobs))
         try:
             app, local_url, share_url = demo.launch(
                 server_name=settings.host, server_port=port, share=settings.share, auth=auth,
                 auth_message="Log in to use the speech-to-text server." if auth else None,
-                prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True,
+                prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True, max_threads=threads,
                 max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
                 footer_links=["api", "settings"], theme=gr.themes.Soft(),
                 app_kwargs={"lifespan": routes.lifespan})

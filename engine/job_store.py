@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs(owner, created_at);
 """
+# PRAGMA user_version of the layout this code writes. 1: jobs sent through the API are owned
+# by the name of the API key that sent them ("api:<name>"); before, they had no owner.
+SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -54,7 +57,7 @@ class JobRecord:
     created_at: float  # unix time the job was accepted
     status: str  # "queued" | "running" | "done" | "failed" | "cancelled"
     name: str = ""  # the client's file name, for display and download names only, never a path
-    owner: Optional[str] = None  # who may list it on the page (browser id or login); None = API
+    owner: Optional[str] = None  # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key name>" (API)
     source: str = "api"  # "api" | "jobs" | "page": which front end submitted it
     options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments for Engine.submit
     audio: Optional[str] = None  # file name inside data_dir/audio (server-chosen); None once deleted
@@ -89,9 +92,15 @@ def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
 
 
 class JobStore:
-    """The jobs table in `data_dir/jobs.sqlite3`; safe to use from any thread."""
+    """The jobs table in `data_dir/jobs.sqlite3`; safe to use from any thread.
 
-    def __init__(self, data_dir: Path | str):
+    A database written by an older version is brought up to SCHEMA_VERSION when opened. API
+    jobs from before keys had names have no owner; they are given `legacy_api_owner` (the
+    JobManager passes the config's only key's owner, or "anonymous"'s with no key), or,
+    when that is None, stay ownerless: readable by no API key, still run and expired as usual.
+    """
+
+    def __init__(self, data_dir: Path | str, legacy_api_owner: Optional[str] = None):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_NAME
@@ -103,6 +112,17 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             self._db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
             self._db.executescript(_SCHEMA)
+            self._migrate(legacy_api_owner)
+
+    def _migrate(self, legacy_api_owner: Optional[str]) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
+            self._db.execute("BEGIN IMMEDIATE")
+            if legacy_api_owner is not None:
+                self._db.execute("UPDATE jobs SET owner = ? WHERE owner IS NULL AND source != 'page'",
+                                 (legacy_api_owner,))
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db.execute("COMMIT")
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, record: JobRecord) -> None:

@@ -57,6 +57,22 @@ FEED_INTERVAL_S = 0.5  # how often waiting recovered jobs try for room in the qu
 PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
 ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted
 RECENT_DURATIONS = 20  # finished jobs the Retry-After estimate averages over
+ANONYMOUS_CALLER = "anonymous"  # the API caller's name when no API key is configured
+
+
+def api_owner(key_name: str) -> str:
+    """The owner stored with a job sent through the API with the key called `key_name`: the
+    name, never the key. Page owners are "browser:<id>" or "user:<login>", so they never meet."""
+    return f"api:{key_name}"
+
+
+def legacy_api_owner(key_names: List[str]) -> Optional[str]:
+    """Who gets the ownerless API jobs of a database from before keys had names: the config's
+    only key (then as now, its holder saw them all), "anonymous" when the API is open, none
+    when there are several keys (their jobs cannot be told apart)."""
+    if not key_names:
+        return api_owner(ANONYMOUS_CALLER)
+    return api_owner(key_names[0]) if len(key_names) == 1 else None
 
 Audio = Union[str, os.PathLike, bytes]
 
@@ -111,7 +127,8 @@ class JobManager:
     def __init__(self, engine: Engine, store: Optional[JobStore] = None, *,
                  retention_days: Optional[float] = None):
         self.engine = engine
-        self.store = store or JobStore(engine.settings.data_dir)
+        self.store = store or JobStore(engine.settings.data_dir,
+                                       legacy_api_owner(list(engine.settings.named_api_keys)))
         self.audio_dir = self.store.data_dir / "audio"  # stored recordings of unfinished jobs
         self.upload_dir = self.store.data_dir / "uploads"  # uploads being received (same disk: moving is a rename)
         self.audio_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +191,12 @@ class JobManager:
             self.store.delete(job_id)
             stored.unlink(missing_ok=True)
             raise _in_client_terms(exc, record)
+
+    def has_room(self) -> bool:
+        """Whether the engine's queue could take one more job now (recovered jobs waiting for
+        room count as queued): checked before an upload is read, and again at submit."""
+        status = self.engine.status()
+        return status.queue_length + len(self._pending) < status.queue_size
 
     def new_upload_path(self, name: str = "") -> Path:
         """A fresh path under data_dir/uploads for receiving an upload, so that `submit(...,

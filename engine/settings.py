@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, List, Literal, Mapping, Optional, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,18 +55,29 @@ class Settings(BaseModel):
     logprob_threshold: Optional[float] = -1.0  # ... or when its average token log-probability is below this
     no_speech_threshold: Optional[float] = 0.6  # treat a window as silent above this no-speech probability
     silence_threshold_db: float = -50.0  # windows whose loudest 20 ms is below this dBFS are skipped as silence
+    vad: bool = True  # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach the model)
+    vad_threshold: float = Field(0.5, gt=0, lt=1)  # speech probability above which a 32 ms frame is speech
+    vad_min_silence_s: float = Field(2.0, ge=0.1)  # gaps without speech shorter than this are decoded anyway
+    vad_speech_pad_s: float = Field(0.4, ge=0)  # audio kept around each stretch of speech, so no word is clipped
 
     # --- limits and monitoring ----------------------------------------------------------
     gpu_memory_threshold_mb: Optional[float] = Field(None, gt=0)  # warn when a GPU uses more than this; null = never
     max_audio_duration_s: float = Field(6 * 3600, gt=0)  # longer recordings are refused before decoding
     max_upload_mb: float = Field(1024, gt=0)  # larger uploads are refused (HTTP 413)
 
+    # --- subtitles (srt, vtt; engine.subtitles) -----------------------------------------
+    subtitle_max_line_width: int = Field(42, ge=1)  # characters per line; only a single longer word exceeds it
+    subtitle_max_lines: int = Field(2, ge=1)  # lines per cue
+    subtitle_max_cue_s: float = Field(7.0, gt=0)  # longest time one cue stays on screen
+    subtitle_per_segment: bool = False  # true = whisper's plain files: one cue per segment, one line, no limits
+
     # --- web page and HTTP --------------------------------------------------------------
     host: str = "127.0.0.1"  # 0.0.0.0 to serve the local network
     port: int = Field(7860, ge=1, le=65535)
     share: bool = False  # ask Gradio for a public *.gradio.live link
     auth: Optional[str] = None  # "user:password" protects the page; env WHISPER_APP_AUTH also works
-    api_key: Optional[str] = None  # required as "Authorization: Bearer KEY" on /v1 routes when set
+    api_key: Optional[str] = None  # one key, named "default": required as "Authorization: Bearer KEY" on /v1 routes when set
+    api_keys: Dict[str, str] = Field(default_factory=dict)  # name -> key; each key sees only the jobs it created
     protect_metrics: bool = False  # also require the API key on /metrics and /healthz
     data_dir: str = "data"  # jobs database and uploaded audio for durable jobs
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
@@ -79,11 +90,23 @@ class Settings(BaseModel):
             raise ValueError("temperatures: must be a non-empty list of numbers >= 0, e.g. [0.0, 0.2, 0.4]")
         if self.auth is not None and ":" not in self.auth:
             raise ValueError('auth: must look like "user:password"')
+        keys = self.named_api_keys
+        if any(not name.strip() or not key.strip() for name, key in keys.items()):
+            raise ValueError("api_keys: every name and every key must be non-empty text")
+        if self.api_key and "default" in self.api_keys:
+            raise ValueError('api_keys: the name "default" is taken by api_key; rename that entry')
+        if len(set(keys.values())) != len(keys):
+            raise ValueError("api_keys: two names share one key; each key must be different (it says whose jobs are whose)")
         if self.language is not None:
             from .languages import normalise_language
 
             normalise_language(self.language)  # raises ValueError naming the accepted values
         return self
+
+    @property
+    def named_api_keys(self) -> Dict[str, str]:
+        """Every API key by its owner's name: `api_key` (as "default") and `api_keys`; {} = the API is open."""
+        return {**({"default": self.api_key} if self.api_key else {}), **self.api_keys}
 
     @property
     def allowed_models(self) -> List[str]:

@@ -89,3 +89,23 @@ def test_threads_share_one_store(tmp_path):
     assert len(store.unfinished()) == 100
     # Another connection (another process after a restart) sees every committed row.
     assert sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 100
+
+
+def test_a_database_from_before_named_keys_opens_and_its_api_jobs_get_the_only_key(tmp_path):
+    from engine.job_store import _SCHEMA, SCHEMA_VERSION
+
+    old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # the layout as the previous version left it
+    old.executescript(_SCHEMA)
+    old.execute("INSERT INTO jobs (id, created_at, status, owner, source) VALUES ('a00000000000', 1, 'done', NULL, 'api')")
+    old.execute("INSERT INTO jobs (id, created_at, status, owner, source) VALUES ('b00000000000', 2, 'done', NULL, 'jobs')")
+    old.execute("INSERT INTO jobs (id, created_at, status, owner, source) "
+                "VALUES ('c00000000000', 3, 'done', 'browser:x', 'page')")
+    old.commit()
+    old.close()
+    store = JobStore(tmp_path, legacy_api_owner="api:default")
+    assert [r.id for r in store.recent("api:default")] == ["b00000000000", "a00000000000"]
+    assert store.get("c00000000000").owner == "browser:x"
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.add(JobRecord("d" * 12, 4.0, "queued", source="api"))  # migrated once: later rows keep their owner
+    store.close()
+    assert JobStore(tmp_path, legacy_api_owner="api:other").get("d" * 12).owner is None

@@ -14,10 +14,14 @@ job are on disk before the job is queued, so an accepted request is never lost (
 cut off by a restart finds its result under GET /v1/jobs; the id is also in the X-Job-Id
 header), and every front end shares one set of limits, one history and one metric set.
 
-Limits are checked before work is spent: the API key first, then the upload size (from
-Content-Length before reading anything, and while the body streams in, so a lying or
-chunked upload stops at the limit too), then the audio's declared length (ffprobe, before
-decoding), then room in the queue. Errors come back in OpenAI's shape (ui/openai_compat.py).
+Limits are checked before work is spent: the API key first, then room in the queue and the
+upload size (from Content-Length), both before a byte of the upload is read; the size again
+while the body streams in (so a lying or chunked upload stops at the limit too), then the
+audio's declared length (ffprobe, before decoding), then room in the queue again at submit.
+
+Jobs belong to the API key that created them (ui/access.py): listing, reading, fetching
+and cancelling see only the caller's own; another key's job id is answered 404, as an
+unknown one is. Every refusal is counted in /metrics by reason (ui/metrics.py). Errors come back in OpenAI's shape (ui/openai_compat.py).
 The routes use a route class that turns every error into that shape itself, instead of
 app-wide exception handlers: those would change the answers of Gradio's own routes too,
 and Starlette freezes them when the app starts, which it may already have done.
@@ -25,13 +29,12 @@ and Starlette freezes them when the app starts, which it may already have done.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable, Dict, List, Optional
+from typing import AsyncIterator, Callable, Dict, List, Optional, Set
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -43,7 +46,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from engine import FORMATS, Engine, JobHandle, QueueFull, Settings, render
 from engine.formats import safe_basename
-from engine.jobs import JobManager
+from engine.jobs import JobInfo, JobManager
+from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
 from ui.openai_compat import (OPENAI_DEFAULT_MODEL, UNEXPECTED, ApiError, TranscriptionForm, api_error, content_disposition,
                               job_body, kind_of, parse_form, split_fields, transcription_response)
@@ -61,7 +65,10 @@ RESULT_MEDIA_TYPES = {"txt": "text/plain", "srt": "text/plain", "vtt": "text/vtt
 
 
 class OpenAIRoute(APIRoute):
-    """Answers ApiError, FastAPI's validation errors and HTTPException in OpenAI's error shape."""
+    """Answers ApiError, FastAPI's validation errors and HTTPException in OpenAI's error shape,
+    and tells `on_error` (the metrics' refusal counter, set by `build_router`) about each."""
+
+    on_error: Optional[Callable[[ApiError], None]] = None
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -70,14 +77,17 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except ApiError as exc:
-                return exc.response()
+                error = exc
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 param = str(first.get("loc", ["", ""])[-1]) or None
-                return ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value",
-                                param=param).response()
+                error = ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value",
+                                 param=param)
             except HTTPException as exc:
-                return ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})).response()
+                error = ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+            if self.on_error is not None:
+                self.on_error(error)
+            return error.response()
 
         return handle
 
@@ -109,9 +119,11 @@ def add_routes(app: FastAPI, engine: Engine, settings: Settings, jobs: Optional[
 
 
 def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: Metrics) -> APIRouter:
-    require_key = Depends(_key_check(settings.api_key))
-    v1 = APIRouter(prefix="/v1", route_class=OpenAIRoute, dependencies=[require_key])
-    open_routes = APIRouter(route_class=OpenAIRoute,
+    route_class = type("CountedOpenAIRoute", (OpenAIRoute,), {"on_error": staticmethod(metrics.refused)})
+    keys = KeyRing(settings.named_api_keys)
+    require_key = Depends(caller_dependency(keys, _unauthorized))
+    v1 = APIRouter(prefix="/v1", route_class=route_class, dependencies=[require_key])
+    open_routes = APIRouter(route_class=route_class,
                             dependencies=[require_key] if settings.protect_metrics else [])
 
     # -- OpenAI-compatible ------------------------------------------------------------------
@@ -128,13 +140,13 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         try:
             form = parse_form(upload.fields)
             options = _options(form, task, settings, engine, wait_for_model=False)
-            handle = await _submit(jobs, upload, source="api", options=options)
+            handle = await _submit(jobs, upload, source="api", owner=_owner(request), options=options)
         finally:
             upload.path.unlink(missing_ok=True)  # gone already once the job took it
         try:
             result = await _wait(handle)
         except Exception as exc:
-            raise api_error(exc) from None
+            raise api_error(exc, accepted=True) from None
         return transcription_response(result, form, headers={"X-Job-Id": handle.id})
 
     @v1.get("/models")
@@ -150,31 +162,32 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         try:
             form = parse_form(upload.fields, job=True)
             options = _options(form, form.task or "transcribe", settings, engine, wait_for_model=True)
-            handle = await _submit(jobs, upload, source="jobs", options=options)
+            handle = await _submit(jobs, upload, source="jobs", owner=_owner(request), options=options)
         finally:
             upload.path.unlink(missing_ok=True)
         info = jobs.get(handle.id)
         return JSONResponse(job_body(info), status_code=202, headers={"Location": f"/v1/jobs/{handle.id}"})
 
     @v1.get("/jobs")
-    async def list_jobs(limit: int = 20) -> Dict:
-        """Jobs sent through the API (newest first); the page's jobs belong to their browsers
-        or logins and are listed only on the page."""
+    async def list_jobs(request: Request, limit: int = 20) -> Dict:
+        """The caller's own jobs (newest first), sent with its key; the page's jobs belong to
+        their browsers or logins and are listed only on the page."""
         limit = max(1, min(limit, 200))
-        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=None, limit=limit))
+        owner = _owner(request)
+        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=owner, limit=limit))
         return {"object": "list", "data": [job_body(info, with_result=False) for info in infos]}
 
     @v1.get("/jobs/{job_id}")
-    async def get_job(job_id: str) -> Dict:
-        return job_body(await _job(jobs, job_id))
+    async def get_job(request: Request, job_id: str) -> Dict:
+        return job_body(await _job(jobs, job_id, _owner(request)))
 
     @v1.get("/jobs/{job_id}/result")
-    async def job_result(job_id: str, format: str = "txt") -> Response:
+    async def job_result(request: Request, job_id: str, format: str = "txt") -> Response:
         fmt = RESULT_FORMATS.get(format.lower().lstrip("."))
         if fmt is None:
             raise ApiError(400, f"format: choose one of {', '.join(FORMATS)}, got {format!r}", code="invalid_value",
                            param="format")
-        info = await _job(jobs, job_id)
+        info = await _job(jobs, job_id, _owner(request))
         if info.status != "done":
             code = {"failed": "job_failed", "cancelled": "job_cancelled"}.get(info.status, "job_not_finished")
             detail = f": {info.record.error}" if info.record.error else ""
@@ -185,16 +198,26 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
                                  headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
 
     @v1.delete("/jobs/{job_id}")
-    async def cancel_job(job_id: str) -> Dict:
-        info = await _job(jobs, job_id)
+    async def cancel_job(request: Request, job_id: str) -> Dict:
+        info = await _job(jobs, job_id, _owner(request))
         if info.finished:
             raise ApiError(409, f"Job {job_id} is already {info.status}; there is nothing to cancel.",
                            code="job_finished")
         info = await anyio.to_thread.run_sync(jobs.cancel, job_id)
         return job_body(info)
 
-    @v1.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def unknown(path: str) -> Response:
+    known_routes = [route for route in v1.routes if isinstance(route, APIRoute)]
+
+    @v1.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown(request: Request, path: str) -> Response:
+        allowed: Set[str] = set()
+        for route in known_routes:  # the path exists, for other methods: 405 and what it allows
+            if route.path_regex.match(request.url.path):
+                allowed |= route.methods
+        if allowed:
+            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}; use "
+                                f"{' or '.join(sorted(allowed))}.", code="method_not_allowed",
+                           headers={"Allow": ", ".join(sorted(allowed))})
         raise ApiError(404, f"There is no route /v1/{path} on this server.", code="unknown_url")
 
     # -- health and metrics ---------------------------------------------------------------------
@@ -219,19 +242,14 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
 
 # --- pieces of the routes ----------------------------------------------------------------------
 
-def _key_check(api_key: Optional[str]) -> Callable:
-    """A dependency requiring "Authorization: Bearer <api_key>"; passes everything when no key is set."""
-    expected = (api_key or "").encode()
+def _unauthorized() -> ApiError:
+    return ApiError(401, "Missing or wrong API key: send it as \"Authorization: Bearer <key>\".",
+                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    async def check(request: Request) -> None:
-        if not expected:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            raise ApiError(401, "Missing or wrong API key: send it as \"Authorization: Bearer <key>\".",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    return check
+def _owner(request: Request) -> str:
+    """The stored owner for the caller (its key's name, set by the key check on every /v1 route)."""
+    return api_owner(request.state.api_caller)
 
 
 async def _limited(stream: AsyncIterator[bytes], limit: int, max_upload_mb: float) -> AsyncIterator[bytes]:
@@ -258,6 +276,8 @@ async def _receive(request: Request, jobs: JobManager, max_upload_mb: float) -> 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
         raise _too_large(max_upload_mb)  # refused before reading a byte of it
+    if not jobs.has_room():  # nor read, stored and probed for a queue that cannot take it
+        raise _queue_full(jobs)
     parser = MultiPartParser(request.headers, _limited(request.stream(), limit + FORM_OVERHEAD_BYTES, max_upload_mb),
                              max_files=1, max_fields=MAX_FORM_FIELDS)
     try:
@@ -304,13 +324,20 @@ def _options(form: TranscriptionForm, task: str, settings: Settings, engine: Eng
     return form.submit_options(task, settings.model)
 
 
-async def _submit(jobs: JobManager, upload: Upload, source: str, options: Dict) -> JobHandle:
+def _queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError:
+    status = jobs.engine.status()
+    error = error or QueueFull(f"the queue is full ({status.queue_size} jobs waiting, {status.busy_workers} running); "
+                               "try again in a minute")
+    return api_error(error, headers={"Retry-After": str(jobs.retry_after_s())})
+
+
+async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: Dict) -> JobHandle:
     """Store and queue the job (in a thread: ffprobe, file move, database commit)."""
     try:
         return await anyio.to_thread.run_sync(
-            lambda: jobs.submit(upload.path, name=upload.name, source=source, move=True, **options))
+            lambda: jobs.submit(upload.path, name=upload.name, owner=owner, source=source, move=True, **options))
     except QueueFull as exc:
-        raise api_error(exc, headers={"Retry-After": str(jobs.retry_after_s())}) from None
+        raise _queue_full(jobs, exc) from None
     except Exception as exc:
         if kind_of(exc) is UNEXPECTED:
             log.exception("Submitting an upload failed")
@@ -333,9 +360,11 @@ async def _wait(handle: JobHandle):
     return handle.result()
 
 
-async def _job(jobs: JobManager, job_id: str):
+async def _job(jobs: JobManager, job_id: str, owner: str) -> JobInfo:
+    """The caller's job; another owner's is "not found" exactly as an unknown id is, so ids
+    cannot be probed for existence."""
     info = await anyio.to_thread.run_sync(jobs.get, job_id) if JOB_ID.match(job_id) else None
-    if info is None:
+    if info is None or info.record.owner != owner:
         raise ApiError(404, f"No job with id {job_id!r} (finished jobs are kept for a limited time).",
                        code="job_not_found", param="job_id")
     return info

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine import Engine, JobHandle, JobStatus
 from engine.jobs import JobManager
+from ui.openai_compat import ApiError, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float(
 # Processing time / audio time: below 0.01 on a big GPU, around 1 on a slow CPU.
 RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, float("inf"))
 MODEL_STATES = ("not loaded", "loading", "ready", "failed", "released")
+# Refusal reasons shown at 0 before the first one happens, so rate() and alerts work at once.
+COMMON_REFUSALS = ("unauthorized", "queue_full", "too_large", "not_audio", "too_long", "invalid", "unsupported")
 
 
 class _EngineCollector:
@@ -93,6 +96,13 @@ class Metrics:
         self.jobs_total = Counter(f"{PREFIX}_jobs", "Jobs finished, by outcome", ["outcome"], registry=r)
         for outcome in ("done", "failed", "cancelled"):
             self.jobs_total.labels(outcome)  # present at 0 before the first job, so rate() works
+        self.jobs_failed = Counter(f"{PREFIX}_jobs_failed", "Jobs that failed after they were accepted, by error code "
+                                   "(invalid_file_format, out_of_memory, internal_error, ...)", ["reason"], registry=r)
+        self.requests_refused = Counter(f"{PREFIX}_requests_refused", "HTTP API requests refused, by reason "
+                                        "(unauthorized, queue_full, too_large, not_audio, too_long, invalid, ...)",
+                                        ["reason"], registry=r)
+        for reason in COMMON_REFUSALS:
+            self.requests_refused.labels(reason)
         self.job_seconds = Histogram(f"{PREFIX}_job_duration_seconds", "Wall time of a job, start to finish",
                                      buckets=JOB_BUCKETS, registry=r)
         self.wait_seconds = Histogram(f"{PREFIX}_queue_wait_seconds", "Time a job waited in the queue",
@@ -115,8 +125,17 @@ class Metrics:
         elif event == "model_released":
             self.model_releases.labels(str(payload)).inc()
 
+    def refused(self, error: ApiError) -> None:
+        """An HTTP API request answered with an error (the routes call this); the failures of
+        jobs that had been accepted are counted by `jobs_failed` instead."""
+        if error.refusal:
+            self.requests_refused.labels(error.reason).inc()
+
     def _job_finished(self, handle: JobHandle) -> None:
         self.jobs_total.labels(handle.status.value).inc()
+        if handle.status is JobStatus.FAILED:
+            error = handle.exception()
+            self.jobs_failed.labels(kind_of(error).code if error is not None else "unknown").inc()
         if handle.queue_wait_s is not None:
             self.wait_seconds.observe(max(0.0, handle.queue_wait_s))
         if handle.started_at is not None and handle.finished_at is not None:

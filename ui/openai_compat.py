@@ -45,6 +45,14 @@ class ApiError(Exception):
         self.code = code  # short machine-readable reason, e.g. "file_too_large"
         self.param = param  # the request field at fault, if one is
         self.headers = headers or {}  # e.g. Retry-After
+        self.refusal = True  # a request refused; False for a job that was accepted and then failed
+
+    @property
+    def reason(self) -> str:
+        """Why it was refused, in a few fixed words: the label of /metrics' refusal counter."""
+        if self.code in REFUSAL_REASONS:
+            return REFUSAL_REASONS[self.code]
+        return STATUS_REASONS.get(self.status, "invalid" if 400 <= self.status < 500 else "server_error")
 
     def body(self) -> Dict[str, Any]:
         return error_body(self.message, self.type, self.code, self.param)
@@ -83,6 +91,18 @@ ERROR_KINDS: Dict[str, ErrorKind] = {
 }
 UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 
+# Refusal reasons for /metrics: a handful of fixed label values, never a client's text.
+REFUSAL_REASONS: Dict[str, str] = {
+    "invalid_api_key": "unauthorized", "file_too_large": "too_large", "rate_limit_exceeded": "queue_full",
+    "invalid_file_format": "not_audio", "empty_file": "not_audio", "truncated_file": "not_audio",
+    "invalid_file": "not_audio", "audio_too_long": "too_long", "model_not_found": "unknown_model",
+    "model_loading": "model_unavailable", "model_failed": "model_unavailable",
+    "model_not_available": "model_unavailable", "shutting_down": "shutting_down",
+    "unsupported_language": "unsupported", "unsupported_value": "unsupported",
+}
+STATUS_REASONS: Dict[int, str] = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
+                                  413: "too_large", 429: "queue_full", 503: "unavailable"}
+
 
 def kind_of(error: BaseException) -> ErrorKind:
     for cls in type(error).__mro__:
@@ -91,8 +111,9 @@ def kind_of(error: BaseException) -> ErrorKind:
     return UNEXPECTED
 
 
-def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None) -> ApiError:
-    """The ApiError for an exception from the engine or the job manager."""
+def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None, accepted: bool = False) -> ApiError:
+    """The ApiError for an exception from the engine or the job manager; `accepted` when the
+    job had been accepted (then it is a failed job in /metrics, not a refused request)."""
     kind = kind_of(error)
     message = str(error) or type(error).__name__
     param = None
@@ -102,7 +123,9 @@ def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None) ->
         param = "file"
     if kind is UNEXPECTED:
         message = f"Transcription failed: {type(error).__name__}: {message}"
-    return ApiError(kind.status, message, type=kind.type, code=kind.code, param=param, headers=headers)
+    mapped = ApiError(kind.status, message, type=kind.type, code=kind.code, param=param, headers=headers)
+    mapped.refusal = not accepted
+    return mapped
 
 
 # --- the request's form -------------------------------------------------------------------------
