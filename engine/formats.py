@@ -1,9 +1,13 @@
 """Transcripts as txt, srt, vtt, tsv and json, written by openai-whisper's own writers.
 
 The writers (`whisper.utils.get_writer`) are the ones the `whisper` command line uses, so
-a file from this app is byte for byte what `whisper audio.mp3 --output_format srt` would
-write for the same result: subtitle timing, line splitting and escaping are whisper's, not
-a second implementation to keep in step.
+file format, timestamps and escaping are whisper's, not a second implementation to keep in
+step. What goes into srt and vtt is laid out first (engine.subtitles): cues of at most
+`SubtitleOptions.max_lines` lines of `max_line_width` characters and `max_cue_s` seconds,
+cut at sentence ends and pauses, handed to the writers as one pseudo-segment per cue.
+`SubtitleOptions(per_segment=True)` gives whisper's plain files instead (one cue per
+segment), byte for byte what `whisper audio.mp3 --output_format srt` writes for the result;
+so do whisper's own word options (`max_line_width=...`) when a caller passes them.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Dict, Iterable, Optional, TextIO
 from whisper.utils import get_writer
 
 from engine.results import TranscriptionResult
+from engine.subtitles import SubtitleOptions, as_segments, make_cues
 
 FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 SUBTITLE_FORMATS = ("srt", "vtt")  # the only writers that read the word-level options
@@ -30,17 +35,21 @@ def render(
     max_line_count: Optional[int] = None,
     highlight_words: bool = False,
     max_words_per_line: Optional[int] = None,
+    subtitles: Optional[SubtitleOptions] = None,
 ) -> str:
     """The transcript as text in one of FORMATS.
 
-    The four keyword options are whisper's subtitle options (`--max_line_width` and so on):
-    they shape srt and vtt only, and only when every segment carries word timings
-    (`Segment.words`); otherwise cues follow the segments, as whisper does. `max_line_count`
-    takes effect only together with `max_line_width`.
+    `subtitles` lays out srt and vtt (None = SubtitleOptions(), the settings' defaults; the
+    app passes `SubtitleOptions.from_settings(settings)`). The four other keyword options
+    are whisper's own (`--max_line_width` and so on): given, they replace that layout with
+    whisper's, which reflows words only when every segment carries word timings
+    (`Segment.words`) and otherwise follows the segments; `max_line_count` takes effect
+    only together with `max_line_width`.
     """
     fmt = _check_format(fmt)
     buffer = io.StringIO()
-    _write(result, fmt, buffer, _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line))
+    _write(result, fmt, buffer, _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line),
+           subtitles or SubtitleOptions())
     return buffer.getvalue()
 
 
@@ -54,6 +63,7 @@ def write_files(
     max_line_count: Optional[int] = None,
     highlight_words: bool = False,
     max_words_per_line: Optional[int] = None,
+    subtitles: Optional[SubtitleOptions] = None,
 ) -> Dict[str, Path]:
     """Write one file per format into `out_dir` (created if missing); returns {fmt: path}.
 
@@ -61,6 +71,7 @@ def write_files(
     file name that cannot leave `out_dir` (see `safe_basename`); pass it without the audio
     extension ("talk", not "talk.mp3"), or the files are named "talk.mp3.srt". Every format
     is checked before anything is written, so a bad one leaves no partial set behind.
+    The keyword options are render()'s.
     """
     formats = [_check_format(fmt) for fmt in formats]
     options = _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line)
@@ -76,7 +87,7 @@ def write_files(
             raise ValueError(f"refusing to write outside {directory}: {path}")
         # newline="" keeps whisper's "\n" line ends on every platform, as its own CLI files have.
         with open(path, "w", encoding="utf-8", newline="") as file:
-            _write(result, fmt, file, options)
+            _write(result, fmt, file, options, subtitles or SubtitleOptions())
         paths[fmt] = path
     return paths
 
@@ -117,10 +128,17 @@ def _writer_options(
     }
 
 
-def _write(result: TranscriptionResult, fmt: str, file: TextIO, options: dict) -> None:
+def _write(result: TranscriptionResult, fmt: str, file: TextIO, options: dict, subtitles: SubtitleOptions) -> None:
     result_dict = result.to_dict()
     if fmt in SUBTITLE_FORMATS:
-        result_dict = _for_subtitles(result_dict)
+        whisper_layout = options["highlight_words"] or any(
+            options[key] is not None for key in ("max_line_width", "max_line_count", "max_words_per_line"))
+        if whisper_layout:
+            result_dict = _for_subtitles(result_dict)
+        elif subtitles.per_segment:
+            result_dict = _without_words(result_dict)
+        else:
+            result_dict = {**result_dict, "segments": as_segments(make_cues(result, subtitles))}
     # get_writer only uses the directory when a writer is called with an audio path; we
     # hand it the open file instead, so the directory never matters.
     get_writer(fmt, ".").write_result(result_dict, file=file, options=options)
@@ -134,8 +152,12 @@ def _for_subtitles(result_dict: dict) -> dict:
     without words further on would crash them. Word timings are used only when every
     segment has them; otherwise the key is removed and cues follow the segments.
     """
-    segments = result_dict["segments"]
-    if all(segment.get("words") for segment in segments):
+    if all(segment.get("words") for segment in result_dict["segments"]):
         return result_dict
-    stripped = [{key: value for key, value in segment.items() if key != "words"} for segment in segments]
+    return _without_words(result_dict)
+
+
+def _without_words(result_dict: dict) -> dict:
+    """The result with no word timings: whisper's writers then write one cue per segment."""
+    stripped = [{key: value for key, value in segment.items() if key != "words"} for segment in result_dict["segments"]]
     return {**result_dict, "segments": stripped}

@@ -1,4 +1,7 @@
-"""Output formats through whisper's writers, on hand-built results (formatting, not transcription)."""
+"""Output formats through whisper's writers, on hand-built results (formatting, not transcription).
+
+The cue layout itself (line widths, cue lengths, where cues are cut) is tested in test_subtitles.py;
+here: the files' format, and which layout srt and vtt get."""
 import json
 import re
 
@@ -6,6 +9,10 @@ import pytest
 
 from engine.formats import FORMATS, render, safe_basename, write_files
 from engine.results import Segment, TranscriptionResult, Word
+from engine.settings import Settings
+from engine.subtitles import SubtitleOptions
+
+PLAIN = SubtitleOptions(per_segment=True)  # whisper's plain files: one cue per segment
 
 
 def make_result(segments=None) -> TranscriptionResult:
@@ -29,7 +36,7 @@ def make_worded_result() -> TranscriptionResult:
 
 
 def test_srt_numbered_cues_with_comma_timestamps():
-    srt = render(make_result(), "srt")
+    srt = render(make_result(), "srt", subtitles=PLAIN)
     cues = srt.strip().split("\n\n")
     assert len(cues) == 3
     assert cues[0].splitlines() == ["1", "00:00:01,000 --> 00:00:03,500", "Hello there."]
@@ -38,7 +45,7 @@ def test_srt_numbered_cues_with_comma_timestamps():
 
 
 def test_vtt_header_and_dot_timestamps():
-    vtt = render(make_result(), "vtt")
+    vtt = render(make_result(), "vtt", subtitles=PLAIN)
     assert vtt.startswith("WEBVTT\n")
     assert "00:01.000 --> 00:03.500\nHello there." in vtt
     assert "," not in "".join(line for line in vtt.splitlines() if "-->" in line)
@@ -69,8 +76,9 @@ def test_txt_one_line_per_segment():
 
 def test_hours_render_in_srt():
     result = make_result([Segment(id=0, start=3725.5, end=3727.0, text=" Late.")])
-    assert "01:02:05,500 --> 01:02:07,000" in render(result, "srt")
-    assert "01:02:05.500 --> 01:02:07.000" in render(result, "vtt")
+    for subtitles in (PLAIN, SubtitleOptions()):
+        assert "01:02:05,500 --> 01:02:07,000" in render(result, "srt", subtitles=subtitles)
+        assert "01:02:05.500 --> 01:02:07.000" in render(result, "vtt", subtitles=subtitles)
 
 
 def test_unknown_format_names_the_choices():
@@ -84,9 +92,10 @@ def test_format_name_is_forgiving_about_case_and_dot():
     assert render(make_result(), ".SRT") == render(make_result(), "srt")
 
 
+@pytest.mark.parametrize("subtitles", [PLAIN, SubtitleOptions()], ids=["per segment", "cues"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_zero_segments_render_valid_empty_files(fmt):
-    text = render(make_result([]), fmt)
+def test_zero_segments_render_valid_empty_files(fmt, subtitles):
+    text = render(make_result([]), fmt, subtitles=subtitles)
     expected = {"txt": "", "srt": "", "vtt": "WEBVTT\n\n", "tsv": "start\tend\ttext\n"}
     if fmt == "json":
         assert json.loads(text)["segments"] == []
@@ -105,7 +114,7 @@ def test_word_options_shape_subtitles_when_words_exist():
 
 
 def test_word_options_ignored_without_words():
-    plain = render(make_result(), "srt")
+    plain = render(make_result(), "srt", subtitles=PLAIN)
     assert render(make_result(), "srt", highlight_words=True, max_words_per_line=1) == plain
 
 
@@ -122,6 +131,71 @@ def test_write_files_creates_one_file_per_format(tmp_path):
     for fmt, path in paths.items():
         assert path == tmp_path / "out" / f"meeting.{fmt}"
         assert path.read_text(encoding="utf-8") == render(make_result(), fmt)
+    narrow = SubtitleOptions(max_line_width=12)
+    paths = write_files(make_result(), tmp_path / "narrow", "meeting", ("srt",), subtitles=narrow)
+    assert paths["srt"].read_text(encoding="utf-8") == render(make_result(), "srt", subtitles=narrow)
+
+
+def long_segment_result(words: bool) -> TranscriptionResult:
+    """One 12 s segment of 100 characters in three sentences, with or without word timings."""
+    text = " The first sentence is here. Then a second one follows it closely. And the third ends it all."
+    pieces = text.split(" ")[1:]
+    timed = [Word(f" {p}", 0.5 + 0.6 * i, 0.5 + 0.6 * i + 0.5, 0.9) for i, p in enumerate(pieces)] if words else None
+    return make_result([Segment(id=0, start=0.5, end=12.5, text=text, words=timed)])
+
+
+def cues_of(srt: str):
+    """(start, end, lines) of each cue of an srt file, times in seconds."""
+    def seconds(stamp):
+        h, m, s = stamp.replace(",", ".").split(":")
+        return 3600 * int(h) + 60 * int(m) + float(s)
+
+    cues = []
+    for block in srt.strip().split("\n\n"):
+        _, times, *lines = block.splitlines()
+        start, end = times.split(" --> ")
+        cues.append((seconds(start), seconds(end), lines))
+    return cues
+
+
+@pytest.mark.parametrize("words", [True, False], ids=["word timings", "interpolated"])
+def test_subtitles_default_to_cues_within_the_limits(words):
+    result = long_segment_result(words)
+    cues = cues_of(render(result, "srt"))
+    assert len(cues) > 1
+    for start, end, lines in cues:
+        assert len(lines) <= 2 and all(len(line) <= 42 for line in lines) and 0 < end - start <= 7
+    assert " ".join(" ".join(lines) for _, _, lines in cues).split() == result.text.split()
+    assert all(lines[-1].endswith(".") for _, _, lines in cues)  # cut at sentence ends
+    plain = cues_of(render(result, "srt", subtitles=PLAIN))
+    assert plain == [(0.5, 12.5, [result.text])]  # the plain file: the segment as it is
+
+
+def test_vtt_gets_the_same_cues_as_srt():
+    result = long_segment_result(True)
+    vtt = render(result, "vtt")
+    srt = render(result, "srt")
+    assert vtt.count("-->") == srt.count("-->")
+    texts = lambda text: [line for line in text.splitlines() if line and "-->" not in line and not line.isdigit()]  # noqa: E731
+    assert texts(vtt)[1:] == texts(srt) and texts(vtt)[0] == "WEBVTT"
+
+
+def test_arrow_in_text_is_escaped_as_whisper_does():
+    result = make_result([Segment(id=0, start=0.0, end=2.0, text=" a --> b")])
+    assert "a -> b" in render(result, "srt") and "a -> b" in render(result, "srt", subtitles=PLAIN)
+
+
+def test_other_formats_ignore_subtitle_options():
+    narrow = SubtitleOptions(max_line_width=5, max_lines=1, max_cue_s=0.5)
+    for fmt in ("txt", "tsv", "json"):
+        assert render(long_segment_result(True), fmt, subtitles=narrow) == render(long_segment_result(True), fmt)
+
+
+def test_settings_defaults_are_the_subtitle_defaults():
+    assert SubtitleOptions.from_settings(Settings()) == SubtitleOptions()
+    configured = Settings(subtitle_max_line_width=30, subtitle_max_lines=1, subtitle_max_cue_s=4.5,
+                          subtitle_per_segment=True)
+    assert SubtitleOptions.from_settings(configured) == SubtitleOptions(30, 1, 4.5, True)
 
 
 def test_write_files_subset_and_bad_format_writes_nothing(tmp_path):

@@ -1,0 +1,291 @@
+"""Subtitle cues that fit a screen: short lines, few of them, a few seconds each.
+
+Whisper's segments make poor subtitles: a segment is whatever the model wrote between two
+timestamps, often 90 characters or more on one line and sometimes longer than 7 s, and it
+starts wherever the previous one stopped, often mid-sentence. Whisper's own writer options
+(`max_line_width` + `max_line_count`) reflow the words across segments into lines of a
+given width, but they have no cap on a cue's duration and cut wherever a line fills up, not
+at the end of a sentence (see `whisper.utils.SubtitlesWriter.iterate_result`).
+
+`make_cues` lays the words of a result out again:
+
+- every cue has at most `max_lines` lines of at most `max_line_width` characters and lasts
+  at most `max_cue_s` seconds; lines and cues are only ever cut between words;
+- among the layouts that respect those limits it takes the cheapest (dynamic programming
+  over the whole transcript): cues end at sentence ends (". ? ! …", "。？！") and pauses
+  (>= PAUSE_S) where they can, else at clause ends (", ; :") or whisper's segment ends, else
+  at the longest pause inside; short sentences share a cue, and a tiny orphan ("it.") left
+  by a forced cut costs more than two balanced halves;
+- lines within a cue are balanced (two lines of 30 rather than 42 and 18), preferring a
+  line break after punctuation;
+- times come from the word timings: a cue starts with its first word and ends with its
+  last, never after the next cue starts and never more than `max_cue_s` after its own start
+  (a single word whisper timed longer than that is clamped);
+- a single word longer than `max_line_width` (a URL, a long compound) gets a line of its
+  own, the one case where a line is wider than the limit: words are never cut.
+
+Without word timestamps (`Segment.words` is None, e.g. the engine's default), each
+segment's words are given times interpolated across the segment by character count: every
+limit still holds, but the times are approximate (exact with word timestamps). Languages
+written without spaces (Chinese, Japanese, Thai, Lao, Burmese, Cantonese) are split per
+character then, as whisper itself splits them for word timings.
+
+The cues go to whisper's own srt/vtt writers as pseudo-segments (`as_segments`), so file
+format, timestamps and escaping stay whisper's.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from engine.results import TranscriptionResult
+
+PAUSE_S = 1.0  # a silence this long between two words is as good a place to cut a cue as a sentence end
+MIN_CUE_S = 0.5  # a cue whose words take less is shown this long, if the next cue starts later
+NO_SPACE_LANGUAGES = ("zh", "ja", "th", "lo", "my", "yue")  # whisper's list: words are split per character
+
+_CLOSERS = "'\"”’)]}»」』】〉》"
+SENTENCE_END = re.compile(rf"[.?!…。？！][{re.escape(_CLOSERS)}]*$")
+CLAUSE_END = re.compile(rf"[,;:，、；：—–][{re.escape(_CLOSERS)}]*$")
+
+# Costs of a layout (lower is better); only their order and rough ratios matter.
+CUE_COST = 1.0  # each cue: prefer fewer, fuller cues, so short sentences share one
+CLAUSE_BREAK_COST = 2.0  # a cue ends at ", ; :"
+SEGMENT_BREAK_COST = 3.0  # ... at the end of a whisper segment without punctuation
+WORD_BREAK_COST = 6.0  # ... between two words mid-sentence (less the longer the pause there)
+SHORT_CUE_COST = 2.0  # a cue with no text at all; falls to 0 at half a line
+INNER_PAUSE_COST = 1.5  # each pause >= PAUSE_S inside a cue: more than a cue costs, so cues split there
+PUNCTUATION_LINE_BONUS = 0.25  # a line ending in punctuation may be this fraction of the width longer
+
+
+@dataclass(frozen=True)
+class SubtitleOptions:
+    """How srt and vtt files are laid out (settings `subtitle_*`)."""
+
+    max_line_width: int = 42  # characters per line; only a single longer word exceeds it, on a line of its own
+    max_lines: int = 2  # lines per cue
+    max_cue_s: float = 7.0  # longest time one cue stays on screen, in seconds
+    per_segment: bool = False  # true = whisper's plain layout: one cue per segment, one line, no limits
+
+    def __post_init__(self):
+        if not (isinstance(self.max_line_width, int) and self.max_line_width > 0):
+            raise ValueError(f"max_line_width: must be a whole number > 0, got {self.max_line_width!r}")
+        if not (isinstance(self.max_lines, int) and self.max_lines > 0):
+            raise ValueError(f"max_lines: must be a whole number > 0, got {self.max_lines!r}")
+        if not self.max_cue_s > 0:
+            raise ValueError(f"max_cue_s: must be > 0 seconds, got {self.max_cue_s!r}")
+
+    @classmethod
+    def from_settings(cls, settings) -> "SubtitleOptions":
+        """The options a `Settings` object configures (its `subtitle_*` keys)."""
+        return cls(max_line_width=settings.subtitle_max_line_width, max_lines=settings.subtitle_max_lines,
+                   max_cue_s=settings.subtitle_max_cue_s, per_segment=settings.subtitle_per_segment)
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float  # seconds from the start of the recording
+    end: float
+    lines: Tuple[str, ...]  # the text, one string per line, no surrounding spaces
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass(frozen=True)
+class _Word:
+    text: str  # as whisper writes it: with its leading space in languages that use spaces
+    start: float
+    end: float
+    segment_end: bool  # the last word of a whisper segment
+
+
+def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOptions()) -> List[Cue]:
+    """The result's words laid out as subtitle cues within `options`' limits (see the module's doc)."""
+    words = _words(result)
+    if not words:
+        return []
+    cuts = _best_cuts(words, options)
+    spans = list(zip([0, *cuts], [*cuts, len(words)]))
+    starts = [words[first].start for first, _ in spans]
+    for k in range(1, len(starts)):  # word timings can step back a little across segments
+        starts[k] = max(starts[k], starts[k - 1])
+    cues = []
+    for k, (first, stop) in enumerate(spans):
+        start = starts[k]
+        next_start = starts[k + 1] if k + 1 < len(starts) else float("inf")
+        end = max(max(w.end for w in words[first:stop]), start + MIN_CUE_S)
+        end = max(start, min(end, start + options.max_cue_s, next_start))
+        texts = [w.text for w in words[first:stop]]
+        cues.append(Cue(start, end, tuple(wrap_lines(texts, options.max_line_width, options.max_lines))))
+    return cues
+
+
+def as_segments(cues: Sequence[Cue]) -> List[dict]:
+    """Cues as the segments whisper's srt/vtt writers read: one cue each, lines joined by "\\n".
+
+    No "words" key, so the writers keep each one as it is (and turn "-->" into "->")."""
+    return [{"id": i, "start": cue.start, "end": cue.end, "text": cue.text} for i, cue in enumerate(cues)]
+
+
+def wrap_lines(texts: Sequence[str], width: int, max_lines: int) -> List[str]:
+    """Words (with their leading spaces) as the fewest lines of at most `width` characters,
+    balanced: as even as they can be, a line that ends in punctuation allowed to be a little
+    longer. A word longer than `width` gets a line of its own; more than `max_lines` lines
+    come back only when the words cannot fit in fewer (make_cues never asks for that)."""
+    if not texts:
+        return []
+    count = _greedy_line_count(texts, width)
+    if count == 1:
+        return [_line(texts)]
+    n = len(texts)
+    bonus = PUNCTUATION_LINE_BONUS * width
+
+    def score(i: int, j: int, last: bool) -> Optional[float]:  # line of texts[i:j]; None = too wide
+        length = len(_line(texts[i:j]))
+        if length > width and j - i > 1:
+            return None
+        ends_clause = SENTENCE_END.search(texts[j - 1]) or CLAUSE_END.search(texts[j - 1])
+        return length - (bonus if ends_clause and not last else 0)
+
+    # best[k][j]: (widest line score, breaks) laying texts[:j] out as k lines; minimax over the lines
+    inf = (float("inf"), ())
+    best = [[inf] * (n + 1) for _ in range(count + 1)]
+    best[0][0] = (float("-inf"), ())
+    for k in range(1, count + 1):
+        for j in range(k, n + 1):
+            for i in range(k - 1, j):
+                previous = best[k - 1][i]
+                if previous[0] == float("inf"):
+                    continue
+                line = score(i, j, last=(k == count))
+                if line is None:
+                    continue
+                candidate = (max(previous[0], line), previous[1] + (i,))
+                if candidate[0] < best[k][j][0]:
+                    best[k][j] = candidate
+    breaks = best[count][n][1][1:] + (n,) if best[count][n][0] != float("inf") else None
+    if breaks is None:  # cannot happen (greedy found `count` lines), but never lose words
+        return _greedy_lines(texts, width)
+    lines, first = [], 0
+    for stop in breaks:
+        lines.append(_line(texts[first:stop]))
+        first = stop
+    return lines
+
+
+# --- words ---------------------------------------------------------------------------------------------
+def _words(result: TranscriptionResult) -> List[_Word]:
+    """Every word of the result with its times; interpolated where a segment has no word timings."""
+    no_spaces = result.language in NO_SPACE_LANGUAGES
+    words: List[_Word] = []
+    for segment in result.segments:
+        if segment.words:
+            timed = [(w.word, w.start, w.end) for w in segment.words if w.word.strip()]
+        else:
+            timed = _interpolated(segment.text, segment.start, segment.end, no_spaces)
+        for k, (text, start, end) in enumerate(timed):
+            words.append(_Word(text, float(start), float(max(end, start)), segment_end=k == len(timed) - 1))
+    return words
+
+
+def _interpolated(text: str, start: float, end: float, no_spaces: bool) -> List[Tuple[str, float, float]]:
+    """The segment's words, its time shared out by character count (approximate, not measured)."""
+    pieces = _split_no_spaces(text) if no_spaces else re.findall(r"\s*\S+", text)
+    total = sum(len(p.strip()) for p in pieces)
+    if not total:
+        return []
+    duration, done, timed = max(0.0, end - start), 0, []
+    for piece in pieces:
+        piece = " " + piece.strip() if piece[0].isspace() else piece  # a tab or newline in the text is a space on screen
+        begin = start + duration * done / total
+        done += len(piece.strip())
+        timed.append((piece, begin, start + duration * done / total))
+    return timed
+
+
+def _split_no_spaces(text: str) -> List[str]:
+    """Characters, each with the spaces before it; punctuation stays with the character before it."""
+    pieces: List[str] = []
+    for piece in re.findall(r"\s*\S", text):
+        if pieces and unicodedata.category(piece[-1]).startswith("P") and not piece[0].isspace():
+            pieces[-1] += piece
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+# --- cues ----------------------------------------------------------------------------------------------
+def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> List[int]:
+    """Indices where cues start (the first, 0, left out): the cheapest layout within the limits."""
+    n = len(words)
+    half_line = options.max_line_width / 2
+    gaps = [max(0.0, words[i + 1].start - words[i].end) for i in range(n - 1)] + [0.0]
+    long_before = [0]  # long_before[i]: pauses >= PAUSE_S after words[:i]
+    for gap in gaps:
+        long_before.append(long_before[-1] + (gap >= PAUSE_S))
+    cut_cost = [_cut_cost(words[i], gaps[i]) for i in range(n - 1)] + [0.0]
+
+    best = [0.0] + [float("inf")] * n  # best[i]: cheapest layout of words[:i]
+    back = [0] * (n + 1)
+    for first in range(n):
+        if best[first] == float("inf"):
+            continue
+        line_len, lines, latest_end, chars = 0, 1, words[first].end, 0
+        for last in range(first, n):
+            text = words[last].text
+            latest_end = max(latest_end, words[last].end)
+            if last > first:  # does the cue words[first:last + 1] still fit?
+                if line_len + len(text) > options.max_line_width:
+                    lines, line_len = lines + 1, len(text.strip())
+                else:
+                    line_len += len(text)
+                if lines > options.max_lines or latest_end - words[first].start > options.max_cue_s:
+                    break
+            else:
+                line_len = len(text.strip())
+            chars += len(text.strip())
+            inner_pauses = long_before[last] - long_before[first]  # pauses after words[first:last]
+            cost = (best[first] + CUE_COST + cut_cost[last] + INNER_PAUSE_COST * inner_pauses
+                    + SHORT_CUE_COST * max(0.0, 1 - chars / half_line))
+            if cost < best[last + 1]:
+                best[last + 1], back[last + 1] = cost, first
+    cuts, i = [], n
+    while i > 0:
+        i = back[i]
+        if i:
+            cuts.append(i)
+    return cuts[::-1]
+
+
+def _cut_cost(word: _Word, gap: float) -> float:
+    """What it costs to end a cue after `word`, followed by `gap` seconds of silence."""
+    if gap >= PAUSE_S or SENTENCE_END.search(word.text):
+        return 0.0
+    by_pause = WORD_BREAK_COST * (1 - gap / PAUSE_S)  # the longer the pause, the better the place
+    if CLAUSE_END.search(word.text):
+        return min(CLAUSE_BREAK_COST, by_pause)
+    if word.segment_end:
+        return min(SEGMENT_BREAK_COST, by_pause)
+    return by_pause
+
+
+# --- lines ---------------------------------------------------------------------------------------------
+def _line(texts: Sequence[str]) -> str:
+    return "".join(texts).strip()
+
+
+def _greedy_lines(texts: Sequence[str], width: int) -> List[str]:
+    lines: List[List[str]] = [[]]
+    for text in texts:
+        if lines[-1] and len(_line(lines[-1])) + len(text) > width:
+            lines.append([])
+        lines[-1].append(text)
+    return [_line(line) for line in lines]
+
+
+def _greedy_line_count(texts: Sequence[str], width: int) -> int:
+    return len(_greedy_lines(texts, width))
