@@ -24,7 +24,8 @@ from .cuda import DevicePlan, apply_alloc_conf, plan_device
 from .decode_loop import MODEL_LOCK, DecodeLoop
 from .fast_decode import decode_rows
 from .gpu_monitor import GpuMonitor
-from .languages import normalise_language
+from .languages import LANGUAGES, normalise_language
+from .model_names import ModelNames, english_only_by_name
 from .models import ModelCache, ModelInfo, ReleaseReport, load_model
 from .options import DecodeOptions
 from .results import TranscriptionResult
@@ -42,6 +43,19 @@ TASKS = ("transcribe", "translate")
 
 class InvalidRequest(ValueError):
     """A request option is wrong (unknown language, model not allowed, ...)."""
+
+
+def refuse_unsupported(model_id: str, language: Optional[str], task: str) -> None:
+    """InvalidRequest for what an English-only model cannot do (whisper would silently ignore
+    the language and the task and write English anyway)."""
+    if task == "translate":
+        raise InvalidRequest(f"task: {model_id} is an English-only model and cannot translate; its transcript is "
+                             "English already (use task=transcribe), or choose a multilingual model for speech in "
+                             "other languages")
+    if language not in (None, "en"):
+        raise InvalidRequest(f"language: {model_id} is an English-only model and cannot transcribe "
+                             f"{LANGUAGES.get(language, language).title()}; choose a multilingual model, or "
+                             "language en (or detection)")
 
 
 @dataclass(frozen=True)
@@ -97,12 +111,14 @@ class Engine:
         self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
         self.monitor = GpuMonitor(settings.gpu_memory_threshold_mb)
         self.listeners = _Listeners()
+        self.model_names = ModelNames(settings.allowed_models)  # public ids: names, never server paths
+        self._multilingual: dict = {}  # configured model -> model.is_multilingual, learned when it loads
         self._state = ModelState("not loaded", settings.model)
         self.models = ModelCache(self._load_model, settings.model_cache_size, self.plan.device,
                                  on_load=lambda name: self.listeners.emit("model_loaded", name),
                                  on_release=self._on_release)
         self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb, decoder)
-        self.worker = TranscriptionWorker(self._run, settings.workers, settings.queue_size)
+        self.worker = TranscriptionWorker(self._run_job, settings.workers, settings.queue_size)
         self._closed = threading.Event()
         if settings.idle_release_s > 0:
             threading.Thread(target=self._release_when_idle, name="idle-release", daemon=True).start()
@@ -139,6 +155,7 @@ class Engine:
 
     def _load_model(self, name: str):
         model = load_model(name, self.plan, self.settings.download_root)
+        self._multilingual[name] = model.is_multilingual
         if self.settings.warm_up:
             self._warm_up(model)
         return model
@@ -201,9 +218,16 @@ class Engine:
         task = task or s.task
         if task not in TASKS:
             raise InvalidRequest(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
-        model = model or s.model
-        if model not in s.allowed_models:
-            raise InvalidRequest(f"model: {model!r} is not offered here; choose one of {', '.join(s.allowed_models)}")
+        asked = model
+        model = self.model_names.resolve(model)  # an id, an OpenAI alias or a configured value
+        if model is None:
+            raise InvalidRequest(f"model: {asked!r} is not offered here; choose one of "
+                                 f"{', '.join(self.model_names.ids)}")
+        english_only = english_only_by_name(model)
+        if english_only is None and model in self._multilingual:
+            english_only = not self._multilingual[model]
+        if english_only:  # when still unknown (not loaded yet), the job checks once the model is loaded
+            refuse_unsupported(self.model_names.public(model), language, task)
         if temperature is None:
             temperatures = tuple(s.temperatures)
         elif isinstance(temperature, (int, float)):
@@ -229,6 +253,11 @@ class Engine:
             silence_threshold_db=s.silence_threshold_db,
         )
         return TranscriptionRequest(audio, model, options, name)
+
+    def _run_job(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
+        """A worker's job: `_run`, its result naming the model by its public id, not its path."""
+        result = self._run(request, handle)
+        return replace(result, model=self.model_names.public(request.model))
 
     def _run(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
         started = time.perf_counter()
@@ -266,6 +295,8 @@ class Engine:
     def _language(self, model, audio: np.ndarray, sections, options: DecodeOptions) -> str:
         """The request's language; English for an English-only model; else detected once,
         as whisper.transcribe does, from the first 30 s of the recording."""
+        if not model.is_multilingual:  # first loaded by this job: the check make_request could not do
+            refuse_unsupported("This model", options.language, options.task)
         if options.language is not None:
             return options.language
         if not model.is_multilingual or not sections:

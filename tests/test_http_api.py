@@ -119,9 +119,22 @@ def test_translations(client, jfk):
 
 
 def test_models(client, server, http, jfk):
-    assert [m.id for m in client.models.list()] == server.engine.settings.allowed_models
-    with open(jfk, "rb") as file:  # the configured model by its own name works too
-        assert client.audio.transcriptions.create(model=server.engine.settings.model, file=file).text is not None
+    # names, never the server's paths: the checkpoint .../micro.pt is "micro"; whisper-1 is its alias
+    assert [m.id for m in client.models.list()] == ["micro", "whisper-1"]
+    assert client.models.retrieve("micro").id == "micro"
+    whisper_1 = http.get("/v1/models/whisper-1").json()
+    assert whisper_1["alias_of"] == "micro" and whisper_1["default"] is True
+    assert_openai_error(http.get("/v1/models/gpt-9"), 404, "model_not_found", "model")
+    for model in ("micro", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):  # OpenAI's newer names: the default too
+        with open(jfk, "rb") as file:
+            assert client.audio.transcriptions.create(model=model, file=file).text is not None
+    path = str(server.engine.settings.model)
+    with open(jfk, "rb") as file:
+        job = http.post("/v1/jobs", files={"file": file}).json()
+    done = wait_job(http, job["id"])
+    answers = [http.get("/v1/models").text, http.get("/healthz").text, str(done),
+               http.get(f"/v1/jobs/{job['id']}/result", params={"format": "json"}).text]
+    assert done["model"] == "micro" and not [a for a in answers if path in a or "/tmp" in a]
     with open(jfk, "rb") as file:
         response = http.post("/v1/audio/transcriptions", files={"file": file}, data={"model": "gpt-9"})
     assert_openai_error(response, 400, "model_not_found", "model")

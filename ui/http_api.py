@@ -1,7 +1,7 @@
 """HTTP routes on Gradio's own FastAPI app (one server, one port).
 
     POST /v1/audio/transcriptions, /v1/audio/translations   OpenAI-compatible, answer when done
-    GET  /v1/models                                          the models the config allows
+    GET  /v1/models, /v1/models/{id}                         the models the config allows, by name (never a path)
     POST /v1/jobs            same fields; answers at once (202) with a durable job
     GET  /v1/jobs            recent API jobs, newest first
     GET  /v1/jobs/{id}       status, queue position, progress, and the result once done
@@ -32,7 +32,7 @@ import asyncio
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator, Callable, Dict, List, Optional, Set
 
@@ -46,6 +46,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from engine import FORMATS, Engine, JobHandle, QueueFull, Settings, render
 from engine.formats import safe_basename
+from engine.model_names import OPENAI_ALIASES
 from engine.jobs import JobInfo, JobManager
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
@@ -149,11 +150,24 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
             raise api_error(exc, accepted=True) from None
         return transcription_response(result, form, headers={"X-Job-Id": handle.id})
 
+    names = engine.model_names
+
+    def model_entry(model_id: str) -> Dict:
+        alias = model_id in OPENAI_ALIASES
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "openai-whisper",
+                "default": alias or model_id == names.default_id,
+                "alias_of": names.default_id if alias else None}
+
     @v1.get("/models")
     async def models() -> Dict:
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "openai-whisper",
-             "default": name == settings.model} for name in settings.allowed_models]}
+        """The configured models by id, the default first, then whisper-1 (OpenAI's name) as its alias."""
+        return {"object": "list", "data": [model_entry(i) for i in [*names.ids, OPENAI_DEFAULT_MODEL]]}
+
+    @v1.get("/models/{model_id:path}")
+    async def model(model_id: str) -> Dict:
+        if model_id not in names.by_id and model_id not in OPENAI_ALIASES:
+            raise _unknown_model(model_id, names, status=404)
+        return model_entry(model_id)
 
     # -- durable jobs -------------------------------------------------------------------------
     @v1.post("/jobs", status_code=202)
@@ -166,7 +180,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         finally:
             upload.path.unlink(missing_ok=True)
         info = jobs.get(handle.id)
-        return JSONResponse(job_body(info), status_code=202, headers={"Location": f"/v1/jobs/{handle.id}"})
+        return JSONResponse(job_body(info, public_model=names.public), status_code=202, headers={"Location": f"/v1/jobs/{handle.id}"})
 
     @v1.get("/jobs")
     async def list_jobs(request: Request, limit: int = 20) -> Dict:
@@ -175,11 +189,12 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         limit = max(1, min(limit, 200))
         owner = _owner(request)
         infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=owner, limit=limit))
-        return {"object": "list", "data": [job_body(info, with_result=False) for info in infos]}
+        return {"object": "list", "data": [job_body(info, with_result=False, public_model=names.public)
+                                           for info in infos]}
 
     @v1.get("/jobs/{job_id}")
     async def get_job(request: Request, job_id: str) -> Dict:
-        return job_body(await _job(jobs, job_id, _owner(request)))
+        return job_body(await _job(jobs, job_id, _owner(request)), public_model=names.public)
 
     @v1.get("/jobs/{job_id}/result")
     async def job_result(request: Request, job_id: str, format: str = "txt") -> Response:
@@ -193,6 +208,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
             detail = f": {info.record.error}" if info.record.error else ""
             raise ApiError(409, f"Job {job_id} is {info.status}{detail}; there is no result to download.", code=code)
         result = info.result()
+        result = replace(result, model=names.public(result.model))  # rows from before ids may hold a path
         stem = safe_basename(Path(info.record.name).stem or job_id)
         return PlainTextResponse(render(result, fmt), media_type=RESULT_MEDIA_TYPES[fmt],
                                  headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
@@ -204,7 +220,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
             raise ApiError(409, f"Job {job_id} is already {info.status}; there is nothing to cancel.",
                            code="job_finished")
         info = await anyio.to_thread.run_sync(jobs.cancel, job_id)
-        return job_body(info)
+        return job_body(info, public_model=names.public)
 
     known_routes = [route for route in v1.routes if isinstance(route, APIRoute)]
 
@@ -224,8 +240,8 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     @open_routes.get("/healthz")
     async def healthz() -> Dict:
         status = engine.status()
-        return {"status": "ok", "model": {"name": status.model.model, "state": status.model.state,
-                                          "error": status.model.error or None},
+        return {"status": "ok", "model": {"name": names.public(status.model.model), "state": status.model.state,
+                                          "error": _without_path(status.model.error, engine) or None},
                 "device": status.device, "workers": status.workers, "busy_workers": status.busy_workers,
                 "queue_length": status.queue_length, "queue_size": status.queue_size}
 
@@ -304,24 +320,36 @@ def _copy(upload: UploadFile, path: Path) -> None:
         shutil.copyfileobj(upload.file, out, 1024 * 1024)
 
 
+def _unknown_model(model: Optional[str], names, status: int = 400) -> ApiError:
+    return ApiError(status, f"model: {model!r} is not offered here; choose one of "
+                    f"{', '.join(names.ids)} (or {', '.join(OPENAI_ALIASES)} for the default, {names.default_id})",
+                    code="model_not_found", param="model")
+
+
+def _without_path(message: str, engine: Engine) -> str:
+    """A model error's text with configured paths replaced by the models' ids."""
+    for spec in engine.settings.allowed_models:
+        message = message.replace(spec, engine.model_names.public(spec))
+    return message
+
+
 def _options(form: TranscriptionForm, task: str, settings: Settings, engine: Engine, wait_for_model: bool) -> Dict:
     """Engine options from the form; 400 for a model not offered, 503 when the model is not ready.
 
     A durable job may wait in the queue while the model loads (`wait_for_model`); a request
     that holds its connection open gets 503 and Retry-After instead."""
-    model = form.model if form.model not in (None, OPENAI_DEFAULT_MODEL) else settings.model
-    if model not in settings.allowed_models:
-        raise ApiError(400, f"model: {model!r} is not offered here; choose one of "
-                            f"{', '.join(settings.allowed_models)} (or {OPENAI_DEFAULT_MODEL} for the default)",
-                       code="model_not_found", param="model")
+    model = engine.model_names.resolve(form.model)
+    if model is None:
+        raise _unknown_model(form.model, engine.model_names)
+    model_id = engine.model_names.public(model)
     state = engine.status().model
     if model == state.model and state.state == "failed":
-        raise ApiError(503, f"The model {model!r} failed to load: {state.error}", type="server_error",
-                       code="model_failed")
+        raise ApiError(503, f"The model {model_id!r} failed to load: {_without_path(state.error, engine)}",
+                       type="server_error", code="model_failed")
     if model == state.model and state.state == "loading" and not wait_for_model:
         raise ApiError(503, "The model is still loading; try again shortly.", type="server_error",
                        code="model_loading", headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
-    return form.submit_options(task, settings.model)
+    return form.submit_options(task, model_id)
 
 
 def _queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -135,7 +135,7 @@ class TranscriptionForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    model: Optional[str] = None  # a model id from /v1/models; "whisper-1" or empty = the default model
+    model: Optional[str] = None  # a model id from /v1/models; whisper-1, gpt-4o(-mini)-transcribe or empty = the default
     language: Optional[str] = None  # ISO-639-1 code (or a name) of the speech; empty = detect
     prompt: Optional[str] = None  # context text for every window: names, spelling, style
     response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
@@ -158,10 +158,10 @@ class TranscriptionForm(BaseModel):
     def words(self) -> bool:
         return "word" in self.timestamp_granularities
 
-    def submit_options(self, task: str, default_model: str) -> Dict[str, Any]:
-        """Keyword arguments for Engine.submit / JobManager.submit."""
-        # The model is always stored with the job: it says which model produced the result.
-        model = self.model if self.model not in (None, OPENAI_DEFAULT_MODEL) else default_model
+    def submit_options(self, task: str, model: str) -> Dict[str, Any]:
+        """Keyword arguments for Engine.submit / JobManager.submit; `model` is the id the form's
+        model (or alias) resolved to, always stored with the job: it says which model produced
+        the result."""
         options: Dict[str, Any] = {"task": task, "model": model}
         if self.language is not None:
             options["language"] = self.language
@@ -249,8 +249,10 @@ def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-def job_body(info: JobInfo, with_result: bool = True) -> Dict[str, Any]:
-    """A job as GET /v1/jobs/{id} answers it."""
+def job_body(info: JobInfo, with_result: bool = True,
+             public_model: Callable[[Optional[str]], str] = lambda m: m or "") -> Dict[str, Any]:
+    """A job as GET /v1/jobs/{id} answers it; `public_model` names the model by its id
+    (engine.model_names), for rows stored with a path by older versions."""
     record: JobRecord = info.record
     options = record.options
     body: Dict[str, Any] = {
@@ -261,7 +263,7 @@ def job_body(info: JobInfo, with_result: bool = True) -> Dict[str, Any]:
         "created_at": record.created_at,
         "started_at": info.started_at,
         "finished_at": record.finished_at if info.finished else None,
-        "model": options.get("model"),
+        "model": public_model(options.get("model")),
         "task": options.get("task", "transcribe"),
         "language": options.get("language"),
         "queue_position": info.queue_position,
