@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from engine.results import TranscriptionResult
 
@@ -56,8 +56,9 @@ CLAUSE_BREAK_COST = 2.0  # a cue ends at ", ; :"
 SEGMENT_BREAK_COST = 3.0  # ... at the end of a whisper segment without punctuation
 WORD_BREAK_COST = 6.0  # ... between two words mid-sentence (less the longer the pause there)
 SHORT_CUE_COST = 2.0  # a cue with no text at all; falls to 0 at half a line
-INNER_PAUSE_COST = 1.5  # each pause >= PAUSE_S inside a cue: more than a cue costs, so cues split there
-PUNCTUATION_LINE_BONUS = 0.25  # a line ending in punctuation may be this fraction of the width longer
+INNER_PAUSE_COST = 1.5  # per PAUSE_S of each pause >= PAUSE_S inside a cue: more than a cue costs, so cues split there
+STRADDLE_COST = 2.0  # a cue that ends one sentence, starts the next and stops in its middle
+PUNCTUATION_LINE_BONUS = 0.25  # a line break after punctuation may leave lines this fraction of the width less even
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,10 @@ def as_segments(cues: Sequence[Cue]) -> List[dict]:
 
 def wrap_lines(texts: Sequence[str], width: int, max_lines: int) -> List[str]:
     """Words (with their leading spaces) as the fewest lines of at most `width` characters,
-    balanced: as even as they can be, a line that ends in punctuation allowed to be a little
-    longer. A word longer than `width` gets a line of its own; more than `max_lines` lines
-    come back only when the words cannot fit in fewer (make_cues never asks for that)."""
+    balanced: the widest line as short as it can be, where a line break that does not follow
+    punctuation counts as PUNCTUATION_LINE_BONUS * width characters more. A word longer than
+    `width` gets a line of its own; more than `max_lines` lines come back only when the words
+    cannot fit in fewer (make_cues never asks for that)."""
     if not texts:
         return []
     count = _greedy_line_count(texts, width)
@@ -143,38 +145,29 @@ def wrap_lines(texts: Sequence[str], width: int, max_lines: int) -> List[str]:
         return [_line(texts)]
     n = len(texts)
     bonus = PUNCTUATION_LINE_BONUS * width
-
-    def score(i: int, j: int, last: bool) -> Optional[float]:  # line of texts[i:j]; None = too wide
-        length = len(_line(texts[i:j]))
-        if length > width and j - i > 1:
-            return None
-        ends_clause = SENTENCE_END.search(texts[j - 1]) or CLAUSE_END.search(texts[j - 1])
-        return length - (bonus if ends_clause and not last else 0)
-
-    # best[k][j]: (widest line score, breaks) laying texts[:j] out as k lines; minimax over the lines
-    inf = (float("inf"), ())
-    best = [[inf] * (n + 1) for _ in range(count + 1)]
-    best[0][0] = (float("-inf"), ())
+    after_punctuation = [bool(SENTENCE_END.search(t) or CLAUSE_END.search(t)) for t in texts]
+    inf = float("inf")
+    # best[k][j][c]: (widest line, line starts) laying texts[:j] out as k lines, c breaks not after punctuation
+    best = [[[(inf, ())] * count for _ in range(n + 1)] for _ in range(count + 1)]
+    best[0][0][0] = (0, ())
     for k in range(1, count + 1):
         for j in range(k, n + 1):
+            plain_break = 0 if k == count or after_punctuation[j - 1] else 1
             for i in range(k - 1, j):
-                previous = best[k - 1][i]
-                if previous[0] == float("inf"):
+                length = len(_line(texts[i:j]))
+                if length > width and j - i > 1:
                     continue
-                line = score(i, j, last=(k == count))
-                if line is None:
-                    continue
-                candidate = (max(previous[0], line), previous[1] + (i,))
-                if candidate[0] < best[k][j][0]:
-                    best[k][j] = candidate
-    breaks = best[count][n][1][1:] + (n,) if best[count][n][0] != float("inf") else None
-    if breaks is None:  # cannot happen (greedy found `count` lines), but never lose words
+                for c in range(k):
+                    widest, starts = best[k - 1][i][c]
+                    if widest == inf or c + plain_break >= count:
+                        continue
+                    candidate = (max(widest, length), starts + (i,))
+                    if candidate[0] < best[k][j][c + plain_break][0]:
+                        best[k][j][c + plain_break] = candidate
+    widest, starts = min((best[count][n][c][0] + bonus * c, best[count][n][c][1]) for c in range(count))
+    if widest == inf:  # cannot happen (greedy found `count` lines), but never lose words
         return _greedy_lines(texts, width)
-    lines, first = [], 0
-    for stop in breaks:
-        lines.append(_line(texts[first:stop]))
-        first = stop
-    return lines
+    return [_line(texts[a:b]) for a, b in zip(starts, [*starts[1:], n])]
 
 
 # --- words ---------------------------------------------------------------------------------------------
@@ -224,9 +217,10 @@ def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> List[int]:
     n = len(words)
     half_line = options.max_line_width / 2
     gaps = [max(0.0, words[i + 1].start - words[i].end) for i in range(n - 1)] + [0.0]
-    long_before = [0]  # long_before[i]: pauses >= PAUSE_S after words[:i]
-    for gap in gaps:
-        long_before.append(long_before[-1] + (gap >= PAUSE_S))
+    pauses_before, ends_before = [0.0], [0]  # [i]: seconds of pauses >= PAUSE_S, sentence ends, after words[:i]
+    for word, gap in zip(words, gaps):
+        pauses_before.append(pauses_before[-1] + (gap if gap >= PAUSE_S else 0.0))
+        ends_before.append(ends_before[-1] + bool(SENTENCE_END.search(word.text)))
     cut_cost = [_cut_cost(words[i], gaps[i]) for i in range(n - 1)] + [0.0]
 
     best = [0.0] + [float("inf")] * n  # best[i]: cheapest layout of words[:i]
@@ -248,9 +242,10 @@ def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> List[int]:
             else:
                 line_len = len(text.strip())
             chars += len(text.strip())
-            inner_pauses = long_before[last] - long_before[first]  # pauses after words[first:last]
-            cost = (best[first] + CUE_COST + cut_cost[last] + INNER_PAUSE_COST * inner_pauses
-                    + SHORT_CUE_COST * max(0.0, 1 - chars / half_line))
+            inner_pauses = pauses_before[last] - pauses_before[first]  # after words[first:last]
+            straddles = cut_cost[last] > 0 and ends_before[last] > ends_before[first]
+            cost = (best[first] + CUE_COST + cut_cost[last] + INNER_PAUSE_COST * inner_pauses / PAUSE_S
+                    + STRADDLE_COST * straddles + SHORT_CUE_COST * max(0.0, 1 - chars / half_line))
             if cost < best[last + 1]:
                 best[last + 1], back[last + 1] = cost, first
     cuts, i = [], n
