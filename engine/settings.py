@@ -113,6 +113,13 @@ class Settings(BaseModel):
         """The default model first, then the others the config lets users pick."""
         return list(dict.fromkeys([self.model, *self.models]))
 
+    @property
+    def subtitles(self) -> "SubtitleOptions":  # noqa: F821
+        """The srt/vtt layout the `subtitle_*` keys configure (engine.subtitles.SubtitleOptions)."""
+        from .subtitles import SubtitleOptions
+
+        return SubtitleOptions.from_settings(self)
+
 
 def _describe(error: ValidationError, source: str) -> str:
     """Turn pydantic's report into one line naming the key and what it accepts."""

@@ -62,7 +62,7 @@ def test_responses_parse_as_openai_types():
     text = transcription_response(result, parse_form({"response_format": ["text"]}))
     assert text.body.decode() == "Ask not what\n" and text.media_type == "text/plain"
     srt = transcription_response(result, parse_form({"response_format": ["srt"]})).body.decode()
-    assert srt.startswith("1\n00:00:00,000 --> 00:00:00,600\nAsk not")
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:02,000\nAsk not what")  # one cue: a 0.9 s pause does not cut it
     vtt = transcription_response(result, parse_form({"response_format": ["vtt"]}))
     assert vtt.body.decode().startswith("WEBVTT") and vtt.media_type == "text/vtt"
 

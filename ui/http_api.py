@@ -148,7 +148,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
             result = await _wait(handle)
         except Exception as exc:
             raise api_error(exc, accepted=True) from None
-        return transcription_response(result, form, headers={"X-Job-Id": handle.id})
+        return transcription_response(result, form, headers={"X-Job-Id": handle.id}, subtitles=settings.subtitles)
 
     names = engine.model_names
 
@@ -210,7 +210,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         result = info.result()
         result = replace(result, model=names.public(result.model))  # rows from before ids may hold a path
         stem = safe_basename(Path(info.record.name).stem or job_id)
-        return PlainTextResponse(render(result, fmt), media_type=RESULT_MEDIA_TYPES[fmt],
+        return PlainTextResponse(render(result, fmt, subtitles=settings.subtitles), media_type=RESULT_MEDIA_TYPES[fmt],
                                  headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
 
     @v1.delete("/jobs/{job_id}")

@@ -24,6 +24,7 @@ from engine import TranscriptionResult, render
 from engine.languages import LANGUAGES  # whisper's code -> name table
 from engine.job_store import JobRecord
 from engine.jobs import JobInfo
+from engine.subtitles import SubtitleOptions
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send; served by the configured default model
@@ -238,14 +239,14 @@ def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool
 
 
 def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
-                           headers: Optional[Dict[str, str]] = None) -> Response:
+                           headers: Optional[Dict[str, str]] = None, subtitles: Optional[SubtitleOptions] = None) -> Response:
     fmt = form.response_format
     if fmt == "json":
         return JSONResponse({"text": result.text, "usage": usage(result)}, headers=headers)
     if fmt == "verbose_json":
         segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
         return JSONResponse(verbose_json(result, segments, form.words), headers=headers)
-    text = result.text + "\n" if fmt == "text" else render(result, fmt)
+    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)  # srt/vtt layout: settings.subtitles
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 

@@ -124,7 +124,8 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
-        return [str(p) for p in write_files(info.result(), folder, stem, DOWNLOAD_FORMATS).values()]
+        return [str(p) for p in write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
+                                            subtitles=self.jobs.engine.settings.subtitles).values()]
 
     # -- the page -----------------------------------------------------------------------------
     def render(self) -> None:

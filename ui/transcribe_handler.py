@@ -129,7 +129,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
             raise gr.Error(f"Transcription failed: {type(exc).__name__}: {exc}", title="Error") from None
 
         progress(1.0, desc="Writing files")
-        files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS)
+        files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
+                            subtitles=engine.settings.subtitles)
         return (transcript_text(result, bool(timestamps)), [str(p) for p in files.values()],
                 details_markdown(result, model_label(model)))
 
