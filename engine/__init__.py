@@ -8,7 +8,7 @@
     engine.release()                                    # GPU memory back, safely
 """
 from . import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
-from .audio import (AudioError, AudioTooLong, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
+from .audio import (AudioError, AudioTooLong, AudioTooShort, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
                     TruncatedAudio, check_audio, check_ffmpeg, load_audio)
 from .cuda import DeviceError
 from .engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest

@@ -21,6 +21,8 @@ Rules, in the order they are applied:
   (ogg, webm from a browser, raw streams) cannot be checked this way; what is there loads.
 - no samples at all: `TruncatedAudio` when the file declared a length or ffmpeg reported
   decode errors (damaged), `EmptyAudio` otherwise.
+- shorter than `MIN_DURATION_S` (0.1 s, OpenAI's limit), by its header or once decoded:
+  `AudioTooShort`; Whisper would answer a click with an invented word.
 - silence is not an error: it loads as (near-)zero samples; the engine decides what to do.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ import numpy as np
 import whisper.audio
 
 # The errors live in their own module; they are re-exported here, where callers look for them.
-from .audio_errors import (AudioError, AudioFileNotFound, AudioTooLong, EmptyAudio,  # noqa: F401
+from .audio_errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio,  # noqa: F401
                            FfmpegMissing, INSTALL_HINT, NotAudio, TruncatedAudio)
 
 SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16000, what every whisper model expects
@@ -51,6 +53,8 @@ INT16_SCALE = 32768.0  # int16 -> [-1, 1)
 # Decoders legitimately end a little before or after the declared length (mp3 and AAC
 # priming, opus pre-skip: tens of milliseconds), so only a clear shortfall means truncation.
 TRUNCATION_TOLERANCE_S = 0.5
+MIN_DURATION_S = 0.1  # OpenAI's API refuses shorter audio too
+TOO_SHORT_TOLERANCE_S = 0.001  # a 0.1 s file may decode to a sample or two less
 TRUNCATION_TOLERANCE_FRACTION = 0.01
 
 # WAV writers that stream (ffmpeg into a pipe, some recorders) leave these in the size field
@@ -163,7 +167,22 @@ def check_audio(path: PathLike, max_duration_s: Optional[float] = None) -> Audio
         raise NotAudio(f"'{_name(path)}' has no sound track, so there is nothing to transcribe. {_SUPPORTED_HINT}")
     if max_duration_s is not None and info.duration_s is not None and info.duration_s > max_duration_s:
         raise _too_long(os.fspath(path), info.duration_s, max_duration_s, at_least=False)
+    if info.duration_s is not None and info.duration_s + TOO_SHORT_TOLERANCE_S < MIN_DURATION_S:
+        raise too_short(_name(path), info.duration_s)
     return info
+
+
+def check_length(audio: np.ndarray, name: str = "the recording") -> None:
+    """Refuse samples shorter than MIN_DURATION_S (AudioTooShort), as OpenAI's API does:
+    given a click or a tenth of a second, Whisper invents a word ("you")."""
+    duration_s = len(audio) / SAMPLE_RATE
+    if duration_s + TOO_SHORT_TOLERANCE_S < MIN_DURATION_S:
+        raise too_short(name, duration_s)
+
+
+def too_short(name: str, duration_s: float) -> AudioTooShort:
+    return AudioTooShort(f"'{name}' is too short: {duration_s:.2f} s of audio, and the minimum is "
+                         f"{MIN_DURATION_S} s. Record or upload a longer clip.")
 
 
 def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.ndarray:
@@ -214,6 +233,7 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.nda
     # division happens in place, so peak memory is one int16 and one float32 recording.
     audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
     audio /= INT16_SCALE
+    check_length(audio, _name(path))
     return audio
 
 

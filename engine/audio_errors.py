@@ -43,6 +43,10 @@ class TruncatedAudio(AudioError):
         self.decoded_s = decoded_s  # length that could actually be decoded
 
 
+class AudioTooShort(AudioError):
+    """Shorter than MIN_DURATION_S: too little to hear a word in, so Whisper could only guess."""
+
+
 class AudioTooLong(AudioError):
     """Longer than the configured maximum; detected without decoding the whole file."""
 

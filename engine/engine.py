@@ -19,7 +19,7 @@ import whisper
 from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.tokenizer import get_tokenizer
 
-from .audio import SAMPLE_RATE, check_audio, load_audio
+from .audio import SAMPLE_RATE, check_audio, check_length, load_audio
 from .cuda import DevicePlan, apply_alloc_conf, plan_device
 from .decode_loop import MODEL_LOCK, DecodeLoop
 from .fast_decode import decode_rows
@@ -33,6 +33,7 @@ from .sections import plan_sections
 from .settings import Settings
 from .stream import SectionStream, log_mel_spectrogram
 from .transcriber import Decoder
+from .vad import SpeechMap, VadOptions, speech_map
 from .worker import JobHandle, TranscriptionWorker
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class Engine:
     def submit(self, audio: AudioInput, *, language: Optional[str] = None, task: Optional[str] = None,
                model: Optional[str] = None, initial_prompt: Optional[str] = None, word_timestamps: bool = False,
                temperature: Union[None, float, Sequence[float]] = None, max_new_tokens: Optional[int] = None,
-               name: str = "", job_id: Optional[str] = None) -> JobHandle:
+               vad: Optional[bool] = None, name: str = "", job_id: Optional[str] = None) -> JobHandle:
         """Queue a recording; returns at once with a handle (raises QueueFull when full).
 
         Options left as None take the config's values. A file that is not audio, empty or too
@@ -198,7 +199,7 @@ class Engine:
         """
         request = self.make_request(audio, language=language, task=task, model=model,
                                     initial_prompt=initial_prompt, word_timestamps=word_timestamps,
-                                    temperature=temperature, max_new_tokens=max_new_tokens, name=name)
+                                    temperature=temperature, max_new_tokens=max_new_tokens, vad=vad, name=name)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
@@ -208,7 +209,8 @@ class Engine:
         return self.submit(audio, **options).result()
 
     def make_request(self, audio: AudioInput, *, language=None, task=None, model=None, initial_prompt=None,
-                     word_timestamps=False, temperature=None, max_new_tokens=None, name="") -> TranscriptionRequest:
+                     word_timestamps=False, temperature=None, max_new_tokens=None, vad=None,
+                     name="") -> TranscriptionRequest:
         """Validate options and the file's header; raises InvalidRequest or an AudioError."""
         s = self.settings
         try:
@@ -238,7 +240,9 @@ class Engine:
             raise InvalidRequest("temperature: must be between 0 and 2")
         if max_new_tokens is not None and not 1 <= max_new_tokens <= 448:
             raise InvalidRequest("max_new_tokens: must be between 1 and 448")
-        if not isinstance(audio, np.ndarray):
+        if isinstance(audio, np.ndarray):
+            check_length(audio, name or "the recording")
+        else:
             path = Path(audio)
             if not path.is_file():
                 raise FileNotFoundError(f"No such audio file: {path.name}")
@@ -250,7 +254,7 @@ class Engine:
             max_new_tokens=max_new_tokens or s.max_new_tokens,
             compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
             no_speech_threshold=s.no_speech_threshold, word_timestamps=word_timestamps,
-            silence_threshold_db=s.silence_threshold_db,
+            silence_threshold_db=s.silence_threshold_db, vad=s.vad if vad is None else bool(vad),
         )
         return TranscriptionRequest(audio, model, options, name)
 
@@ -270,17 +274,28 @@ class Engine:
         handle.set_progress(0.0, duration)
         handle.checkpoint()
         options = request.options
+        speech = self._speech(audio) if options.vad else None
+        if speech is not None:
+            audio = speech.keep(audio)  # only the speech is decoded; times go back through `speech`
+        heard = len(audio) / SAMPLE_RATE
+
+        def on_progress(done: float, total: float) -> None:  # in seconds of the recording, VAD or not
+            handle.set_progress(done / total * duration if total else duration, duration)
+
+        handle.checkpoint()
         with self.models.lease(request.model) as model:
             if request.model == s.model:
                 self._state = ModelState("ready", request.model)
-            sections = plan_sections(audio, s.batch_size, min_section_s=s.min_section_s)
+            sections = plan_sections(audio, s.batch_size, min_section_s=s.min_section_s,
+                                     joins=speech.joins if speech else None)
             language = self._language(model, audio, sections, options)
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task=options.task)
             streams = [SectionStream(audio[section.start:section.end], section.start_s, options, tokenizer,
-                                     model.dims.n_mels) for section in sections]
+                                     model.dims.n_mels, speech)
+                       for section in sections]
             self.loop.run(model, streams, options, language, cancelled=handle.cancel_requested,
-                          on_progress=handle.set_progress)
+                          on_progress=on_progress)
         segments = [replace(segment, id=i) for i, segment in
                     enumerate(segment for stream in streams for segment in stream.segments)]
         result = TranscriptionResult(
@@ -288,9 +303,18 @@ class Engine:
             model=request.model, windows=sum(st.windows_decoded for st in streams),
             tokens_decoded=sum(st.tokens_decoded for st in streams), processing_s=time.perf_counter() - started,
         )
-        log.info("Job %s: %.1f s of audio in %.1f s (%d sections, %d windows, %d segments)", handle.id, duration,
-                 result.processing_s, len(sections), result.windows, len(segments))
+        log.info("Job %s: %.1f s of audio (%.1f s of it speech decoded) in %.1f s (%d sections, %d windows, "
+                 "%d segments)", handle.id, duration, heard, result.processing_s, len(sections), result.windows,
+                 len(segments))
         return result
+
+    def _speech(self, audio: np.ndarray) -> SpeechMap:
+        s = self.settings
+        started = time.perf_counter()
+        speech = speech_map(audio, VadOptions(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s))
+        log.info("Voice activity: %.1f s of speech in %.1f s, %d stretches (%.1f s)", speech.speech_samples / SAMPLE_RATE,
+                 len(audio) / SAMPLE_RATE, len(speech.chunks), time.perf_counter() - started)
+        return speech
 
     def _language(self, model, audio: np.ndarray, sections, options: DecodeOptions) -> str:
         """The request's language; English for an English-only model; else detected once,

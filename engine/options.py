@@ -20,6 +20,7 @@ class DecodeOptions:
     no_speech_threshold: Optional[float] = 0.6  # above (and unsure): the window is silence
     word_timestamps: bool = False  # per-word times through cross-attention alignment (slower)
     silence_threshold_db: float = -50.0  # windows quieter than this are skipped without decoding
+    vad: bool = False  # decode only the stretches the voice activity detector calls speech (engine.vad)
 
 
 def needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:

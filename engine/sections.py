@@ -12,7 +12,7 @@ Pure numpy over the energy that engine.energy computes; no torch, no model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -38,8 +38,12 @@ class Section:
 
 
 def plan_sections(audio: np.ndarray, sections: int, sample_rate: int = SAMPLE_RATE,
-                  min_section_s: float = MIN_SECTION_S) -> List[Section]:
-    """At most `sections` sections of at least `min_section_s`, tiling `audio` in order."""
+                  min_section_s: float = MIN_SECTION_S, joins: Optional[Sequence[int]] = None) -> List[Section]:
+    """At most `sections` sections of at least `min_section_s`, tiling `audio` in order.
+
+    `joins` are samples where the voice activity detector removed a stretch without speech
+    (engine.vad): a cut there is a seam where nobody speaks, so the join nearest a target
+    is taken when one lies within reach, before any pause the energy suggests."""
     total = len(audio)
     count = int(min(max(sections, 1), total / sample_rate // min_section_s)) if total else 0
     if count <= 1:
@@ -53,6 +57,10 @@ def plan_sections(audio: np.ndarray, sections: int, sample_rate: int = SAMPLE_RA
     cuts = [0]
     for k in range(1, count):
         target = int(k * length)
+        near = [j for j in (joins or ()) if abs(j - target) <= reach and j > cuts[-1]]
+        if near:
+            cuts.append(min(near, key=lambda j: abs(j - target)))
+            continue
         cuts.append(_longest_pause(quiet, level_db, frame_length, target - reach, target + reach, target))
     cuts.append(total)
     return [Section(a, b, sample_rate) for a, b in zip(cuts, cuts[1:]) if b > a]

@@ -18,7 +18,7 @@ recording that is one section gives `whisper.transcribe`'s segments (tests/test_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from whisper.tokenizer import Tokenizer
 from .energy import is_silent
 from .options import DecodeOptions, is_no_speech
 from .results import Segment, Word
+from .vad import SpeechMap
 
 INPUT_STRIDE = 2  # mel frames per output token (N_FRAMES / n_audio_ctx)
 TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp token: 0.02
@@ -49,9 +50,10 @@ class SectionStream:
     """The seek state of one section: audio, seek, previous text, segments so far."""
 
     def __init__(self, audio: np.ndarray, offset_s: float, options: DecodeOptions, tokenizer: Tokenizer,
-                 n_mels: int):
-        self.audio = audio  # the section's samples (a view into the recording)
-        self.offset_s = offset_s  # where the section starts in the recording
+                 n_mels: int, speech: Optional[SpeechMap] = None):
+        self.audio = audio  # the section's samples (a view into the recording, or into its speech with VAD)
+        self.offset_s = offset_s  # where the section starts in the recording (in the speech kept, with VAD)
+        self.speech = speech  # with VAD: the stretches kept, to take times back to the recording's
         self.options = options
         self.tokenizer = tokenizer
         self.mel = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
@@ -168,15 +170,25 @@ class SectionStream:
 
     def _segment(self, d: dict, result: DecodingResult) -> Segment:
         offset = self.offset_s
+        end = min(d["end"], self.duration_s)  # whisper's last timestamp may lie in the padding
+        start, end = self._to_recording(d["start"] + offset, end + offset)
+        window_start = round(offset * FRAMES_PER_SECOND) + d["seek"]
         words = None
         if "words" in d:
-            words = [Word(w["word"], w["start"] + offset, w["end"] + offset, float(w["probability"]))
-                     for w in d["words"]]
-        end = min(d["end"], self.duration_s)  # whisper's last timestamp may lie in the padding
-        return Segment(id=0, seek=round(offset * FRAMES_PER_SECOND) + d["seek"], start=d["start"] + offset,
-                       end=end + offset, text=d["text"],
+            words = [Word(w["word"], *self._to_recording(w["start"] + offset, w["end"] + offset),
+                          float(w["probability"])) for w in d["words"]]
+        if self.speech is not None:
+            window_start = round(self.speech.to_recording(window_start / FRAMES_PER_SECOND) * FRAMES_PER_SECOND)
+            if words:  # narrowed separately, a segment and its words may disagree at a join
+                start, end = min(start, words[0].start), max(end, words[-1].end)
+        return Segment(id=0, seek=window_start, start=start, end=end, text=d["text"],
                        tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
                        compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words)
+
+    def _to_recording(self, start: float, end: float) -> Tuple[float, float]:
+        if self.speech is None:
+            return start, end
+        return self.speech.span_to_recording(start, end)
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0,

@@ -59,7 +59,7 @@ def fast_settings(model: Path | str, **overrides):
 
     values = dict(model=str(model), device="cpu", precision="fp32", temperatures=[0.0], max_new_tokens=24,
                   compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None,
-                  warm_up=False)
+                  warm_up=False, vad=False)  # VAD has its own tests; synthetic tones are not speech
     values.update(overrides)
     return load_settings(None, values, environ={})
 
