@@ -121,7 +121,7 @@ def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOp
         end = max(max(w.end for w in words[first:stop]), start + MIN_CUE_S)
         end = max(start, min(end, start + options.max_cue_s, next_start))
         texts = [w.text for w in words[first:stop]]
-        cues.append(Cue(start, end, tuple(wrap_lines(texts, options.max_line_width, options.max_lines))))
+        cues.append(Cue(start, end, tuple(wrap_lines(texts, options.max_line_width))))
     return cues
 
 
@@ -132,12 +132,11 @@ def as_segments(cues: Sequence[Cue]) -> List[dict]:
     return [{"id": i, "start": cue.start, "end": cue.end, "text": cue.text} for i, cue in enumerate(cues)]
 
 
-def wrap_lines(texts: Sequence[str], width: int, max_lines: int) -> List[str]:
+def wrap_lines(texts: Sequence[str], width: int) -> List[str]:
     """Words (with their leading spaces) as the fewest lines of at most `width` characters,
     balanced: the widest line as short as it can be, where a line break that does not follow
     punctuation counts as PUNCTUATION_LINE_BONUS * width characters more. A word longer than
-    `width` gets a line of its own; more than `max_lines` lines come back only when the words
-    cannot fit in fewer (make_cues never asks for that)."""
+    `width` gets a line of its own. (make_cues only hands it words that fit its line count.)"""
     if not texts:
         return []
     count = _greedy_line_count(texts, width)

@@ -1,6 +1,9 @@
 """Subtitle cues (engine.subtitles): limits, where cues are cut, times; hand-made word lists, then
 the 11-minute recording on real tiny.en weights with word timestamps."""
+import dataclasses
+import math
 import re
+import statistics
 
 import pytest
 
@@ -122,13 +125,13 @@ def test_cues_flow_across_segments():
 
 
 def test_lines_are_balanced_and_prefer_punctuation():
-    assert wrap_lines([f" {w}" for w in "aaaa bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj".split()], 42, 2) \
+    assert wrap_lines([f" {w}" for w in "aaaa bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj".split()], 42) \
         == ["aaaa bbbb cccc dddd eeee", "ffff gggg hhhh iiii jjjj"]
     texts = [f" {w}" for w in "Well, I think we should go now, because it is late".split()]
-    assert wrap_lines(texts, 42, 2) == ["Well, I think we should go now,", "because it is late"]
+    assert wrap_lines(texts, 42) == ["Well, I think we should go now,", "because it is late"]
     texts = [f" {w}" for w in "We left at noon. They stayed until the evening".split()]
-    assert wrap_lines(texts, 42, 2) == ["We left at noon.", "They stayed until the evening"]
-    assert wrap_lines([" short", " line"], 42, 2) == ["short line"]
+    assert wrap_lines(texts, 42) == ["We left at noon.", "They stayed until the evening"]
+    assert wrap_lines([" short", " line"], 42) == ["short line"]
 
 
 def test_a_word_wider_than_a_line_gets_its_own_line():
@@ -232,7 +235,9 @@ def figures(cues, width=42):
     mid = sum(1 for (_, _, before), _ in zip(cues, cues[1:]) if not SENTENCE_END.search(before[-1]))
     words = [(word, k) for k, (*_, lines) in enumerate(cues) for word in " ".join(lines).split()]
     sentence_starts = [0] + [i + 1 for i, (word, _) in enumerate(words[:-1]) if SENTENCE_END.search(word)]
-    return dict(cues=len(cues), longest_line=max(len(line) for *_, lines in cues for line in lines),
+    return dict(cues=len(cues), median_chars=statistics.median(len(" ".join(lines)) for *_, lines in cues),
+                median_s=round(statistics.median(end - start for start, end, _ in cues), 2),
+                longest_line=max(len(line) for *_, lines in cues for line in lines),
                 over_width=sum(1 for *_, lines in cues if any(len(line) > width for line in lines)),
                 most_lines=max(len(lines) for *_, lines in cues),
                 longest_s=round(max(end - start for start, end, _ in cues), 3),
@@ -252,19 +257,35 @@ def eleven_minutes_with_words(tiny_en_model_dir):
         return engine.transcribe(str(audio), word_timestamps=True)
 
 
+def check_srt(cues, result):
+    """No cue over the limits, none empty or overlapping the next, every word of the transcript once."""
+    ours = figures(cues)
+    assert ours["over_width"] == 0 and ours["most_lines"] <= 2 and ours["over_7s"] == 0
+    assert all(end > start for start, end, _ in cues)
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(cues, cues[1:]))
+    cue_words = " ".join(" ".join(lines) for *_, lines in cues).split()
+    assert cue_words == result.text.split()  # no word lost, none repeated, same order
+    return ours, cue_words
+
+
+def forced_cuts(text: str, cue_chars: int = 2 * 42 + 1) -> int:
+    """At least this many cues must start inside a sentence: a sentence of n characters spans at least
+    (n + 1) / (cue_chars + 1) cues (a cut also drops the space between two words)."""
+    words = text.split()
+    starts = [0] + [i + 1 for i, word in enumerate(words[:-1]) if SENTENCE_END.search(word)] + [len(words)]
+    return sum(math.ceil((len(" ".join(words[a:b])) + 1) / (cue_chars + 1)) - 1 for a, b in zip(starts, starts[1:]))
+
+
 def test_eleven_minutes_real_weights_no_cue_over_the_limits(eleven_minutes_with_words):
     """The issue's check: zero cues over the limits, no word lost or repeated; prints the README's figures."""
     result = eleven_minutes_with_words
     assert all(s.words for s in result.segments if s.text.strip())
     cues = srt_cues(render(result, "srt"))
     plain = srt_cues(render(result, "srt", subtitles=SubtitleOptions(per_segment=True)))
-    ours, before = figures(cues), figures(plain)
-    print(f"\n11 min, tiny.en, word timestamps: cues {ours}\n  per segment (subtitle_per_segment: true): {before}")
-    assert ours["over_width"] == 0 and ours["most_lines"] <= 2 and ours["over_7s"] == 0
-    assert all(end > start for start, end, _ in cues)
-    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(cues, cues[1:]))
-    cue_words = " ".join(" ".join(lines) for *_, lines in cues).split()
-    assert cue_words == result.text.split()  # no word lost, none repeated, same order
+    ours, cue_words = check_srt(cues, result)
+    before = figures(plain)
+    print(f"\n11 min, tiny.en, word timestamps: cues {ours}\n  per segment (subtitle_per_segment: true): {before}"
+          f"\n  cues forced to start mid-sentence by the sentences' length alone: at least {forced_cuts(result.text)}")
     # sentences longer than one cue must be cut (most of this recording's are), but a sentence
     # starts a cue of its own far more often than with one cue per segment
     assert ours["sentences_starting_a_cue"] >= 0.9 * ours["sentences"]
@@ -273,3 +294,7 @@ def test_eleven_minutes_real_weights_no_cue_over_the_limits(eleven_minutes_with_
     assert vtt.count(" --> ") == len(cues)
     assert re.sub(r"\s+", " ", " ".join(line for line in vtt.splitlines()[1:] if "-->" not in line)).split() \
         == cue_words
+    # the same transcript without word timings (the page's jobs): interpolated times, the same limits
+    wordless = dataclasses.replace(result, segments=[dataclasses.replace(s, words=None) for s in result.segments])
+    interpolated, _ = check_srt(srt_cues(render(wordless, "srt")), wordless)
+    print(f"  without word timings: {interpolated}")
