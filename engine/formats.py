@@ -5,9 +5,10 @@ file format, timestamps and escaping are whisper's, not a second implementation 
 step. What goes into srt and vtt is laid out first (engine.subtitles): cues of at most
 `SubtitleOptions.max_lines` lines of `max_line_width` characters and `max_cue_s` seconds,
 cut at sentence ends and pauses, handed to the writers as one pseudo-segment per cue.
-`SubtitleOptions(per_segment=True)` gives whisper's plain files instead (one cue per
-segment), byte for byte what `whisper audio.mp3 --output_format srt` writes for the result;
-so do whisper's own word options (`max_line_width=...`) when a caller passes them.
+`SubtitleOptions(per_segment=True)` gives whisper's plain files instead: one cue per
+segment, byte for byte what `whisper audio.mp3 --output_format srt` (no word timestamps)
+writes for the result. Whisper's own word options (`max_line_width=...`), when a caller
+passes them, give whisper's own layout, as its command line does.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def render(
     """The transcript as text in one of FORMATS.
 
     `subtitles` lays out srt and vtt (None = SubtitleOptions(), the settings' defaults; the
-    app passes `SubtitleOptions.from_settings(settings)`). The four other keyword options
+    app passes `settings.subtitles`). The four other keyword options
     are whisper's own (`--max_line_width` and so on): given, they replace that layout with
     whisper's, which reflows words only when every segment carries word timings
     (`Segment.words`) and otherwise follows the segments; `max_line_count` takes effect
