@@ -46,6 +46,18 @@ class InvalidRequest(ValueError):
     """A request option is wrong (unknown language, model not allowed, ...)."""
 
 
+def completed_in_order(streams: Sequence[SectionStream]) -> List:
+    """The segments of `streams` (sections in recording order) that no later decode can precede:
+    every segment of each finished section, then those so far of the first unfinished one.
+    The job's handle calls it at each progress report, between the decode loop's steps."""
+    segments: List = []
+    for stream in streams:
+        segments.extend(list(stream.segments))
+        if not stream.finished:
+            break
+    return segments
+
+
 def refuse_unsupported(model_id: str, language: Optional[str], task: str) -> None:
     """InvalidRequest for what an English-only model cannot do (whisper would silently ignore
     the language and the task and write English anyway)."""
@@ -294,6 +306,7 @@ class Engine:
             streams = [SectionStream(audio[section.start:section.end], section.start_s, options, tokenizer,
                                      model.dims.n_mels, speech)
                        for section in sections]
+            handle.show_segments(lambda: completed_in_order(streams))  # for clients that stream the text
             self.loop.run(model, streams, options, language, cancelled=handle.cancel_requested,
                           on_progress=on_progress)
         segments = [replace(segment, id=i) for i, segment in

@@ -55,6 +55,8 @@ class JobHandle:
         self._worker = worker
         self._future: Future = Future()
         self._cancel_requested = threading.Event()
+        self._segment_source: Optional[Callable[[], List[Any]]] = None  # see show_segments
+        self._segments: List[Any] = []  # segments completed so far, as of the last progress report
 
     # -- live state ----------------------------------------------------------------------
     @property
@@ -111,9 +113,22 @@ class JobHandle:
         """Whether cancel() was called: the decode loop drops the job's windows at its next step."""
         return self._cancel_requested.is_set()
 
+    def segments_so_far(self) -> List[Any]:
+        """The segments completed so far, in recording order (each section's only once those
+        before it are complete), for a client that streams the text while the job runs."""
+        return self._segments
+
+    def show_segments(self, source: Callable[[], List[Any]]) -> None:
+        """The running job says where its completed segments can be read. `source` is called at
+        each progress report, which the decode loop makes between steps, when no stream is
+        half-way through taking a window's result, so each snapshot is consistent."""
+        self._segment_source = source
+
     def set_progress(self, done_s: float, total_s: float) -> None:
         """Seconds of the recording decoded (or skipped as silence) so far, of `total_s`."""
         self.seconds_done, self.seconds_total = done_s, total_s
+        if self._segment_source is not None:
+            self._segments = self._segment_source()
 
     def _finish(self, status: JobStatus, result: Any = None, error: Optional[BaseException] = None) -> None:
         self.status = status

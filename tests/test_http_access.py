@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import JFK, fast_settings, shared_audio
-from engine import load_settings
+from engine import Engine, load_settings
 from ui.access import exposure_warnings
 
 KEYS = {"alice": "alice-key-1", "bob": "bob-key-2"}
@@ -37,7 +37,7 @@ def two_keys(micro_checkpoint, tmp_path_factory):
     from app import serve
 
     settings = fast_settings(micro_checkpoint, api_keys=KEYS, data_dir=str(tmp_path_factory.mktemp("keys") / "data"))
-    server = serve(settings, port=0)
+    server = serve(settings, engine=Engine(settings), port=0)  # the model loaded before the first request
     yield server
     server.close()
 
@@ -83,7 +83,7 @@ def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(mic
 
     settings = fast_settings(micro_checkpoint, host="0.0.0.0", data_dir=str(tmp_path / "data"))
     with caplog.at_level(logging.WARNING, logger="app"):
-        server = serve(settings, port=0)
+        server = serve(settings, engine=Engine(settings), port=0)
     try:
         warnings = " ".join(r.getMessage() for r in caplog.records if r.name == "app")
         assert "No API key is set" in warnings and "list, read and cancel every job" in warnings

@@ -39,13 +39,23 @@ def test_form_defaults_and_aliases():
     ({"temperature": ["warm"]}, "temperature"),
     ({"timestamp_granularities[]": ["sentence"]}, "timestamp_granularities"),
     ({"timestamp_granularities[]": ["word"], "response_format": ["json"]}, "timestamp_granularities"),
-    ({"stream": ["true"]}, "stream"),
+    ({"stream": ["true"], "response_format": ["srt"]}, "response_format"),  # a stream carries text events
+    ({"include[]": ["logprobs"], "response_format": ["verbose_json"]}, "include"),  # OpenAI: json only
+    ({"include[]": ["tokens"]}, "include"),
 ])
 def test_bad_fields_are_400_naming_the_field(fields, param):
     with pytest.raises(ApiError) as caught:
         parse_form(fields)
     assert caught.value.status == 400 and caught.value.param == param
     assert set(caught.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_stream_and_logprobs_fields():
+    form = parse_form({"stream": ["true"], "include[]": ["logprobs"]})
+    assert form.stream and form.logprobs and form.response_format == "json"
+    with pytest.raises(ApiError) as caught:  # translations and jobs do not stream
+        parse_form({"stream": ["true"]}, streams=False)
+    assert caught.value.param == "stream" and caught.value.status == 400
 
 
 def test_responses_parse_as_openai_types():

@@ -50,6 +50,7 @@ from engine.model_names import OPENAI_ALIASES
 from engine.jobs import JobInfo, JobManager
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
+from ui.openai_stream import streaming_response
 from ui.openai_compat import (OPENAI_DEFAULT_MODEL, UNEXPECTED, ApiError, TranscriptionForm, api_error, content_disposition,
                               job_body, kind_of, parse_form, split_fields, transcription_response)
 
@@ -139,11 +140,13 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     async def _transcribe_now(request: Request, task: str) -> Response:
         upload = await _receive(request, jobs, settings.max_upload_mb)
         try:
-            form = parse_form(upload.fields)
+            form = parse_form(upload.fields, streams=task == "transcribe")
             options = _options(form, task, settings, engine, wait_for_model=False)
             handle = await _submit(jobs, upload, source="api", owner=_owner(request), options=options)
         finally:
             upload.path.unlink(missing_ok=True)  # gone already once the job took it
+        if form.stream:  # events as segments complete; the job goes on if the client leaves
+            return streaming_response(handle, form.logprobs)
         try:
             result = await _wait(handle)
         except Exception as exc:
@@ -174,7 +177,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     async def create_job(request: Request) -> Response:
         upload = await _receive(request, jobs, settings.max_upload_mb)
         try:
-            form = parse_form(upload.fields, job=True)
+            form = parse_form(upload.fields, job=True, streams=False)
             options = _options(form, form.task or "transcribe", settings, engine, wait_for_model=True)
             handle = await _submit(jobs, upload, source="jobs", owner=_owner(request), options=options)
         finally:

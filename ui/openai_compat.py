@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from engine import TranscriptionResult, render
+from engine import Segment, TranscriptionResult, render
 from engine.languages import LANGUAGES  # whisper's code -> name table
 from engine.job_store import JobRecord
 from engine.jobs import JobInfo
@@ -80,6 +80,7 @@ ERROR_KINDS: Dict[str, ErrorKind] = {
     "EmptyAudio": ErrorKind(400, "empty_file"),
     "TruncatedAudio": ErrorKind(400, "truncated_file"),
     "AudioTooLong": ErrorKind(400, "audio_too_long"),
+    "AudioTooShort": ErrorKind(400, "audio_too_short"),
     "AudioFileNotFound": ErrorKind(400, "file_not_found"),
     "AudioError": ErrorKind(400, "invalid_file"),
     "InvalidRequest": ErrorKind(400, "invalid_value"),
@@ -96,7 +97,7 @@ UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 REFUSAL_REASONS: Dict[str, str] = {
     "invalid_api_key": "unauthorized", "file_too_large": "too_large", "rate_limit_exceeded": "queue_full",
     "invalid_file_format": "not_audio", "empty_file": "not_audio", "truncated_file": "not_audio",
-    "invalid_file": "not_audio", "audio_too_long": "too_long", "model_not_found": "unknown_model",
+    "invalid_file": "not_audio", "audio_too_long": "too_long", "audio_too_short": "too_short", "model_not_found": "unknown_model",
     "model_loading": "model_unavailable", "model_failed": "model_unavailable",
     "model_not_available": "model_unavailable", "shutting_down": "shutting_down",
     "unsupported_language": "unsupported", "unsupported_value": "unsupported",
@@ -145,19 +146,24 @@ class TranscriptionForm(BaseModel):
     temperature: Optional[float] = Field(None, ge=0, le=1)
     timestamp_granularities: List[Literal["segment", "word"]] = Field(default_factory=list)
     task: Optional[Literal["transcribe", "translate"]] = None  # /v1/jobs only; the audio routes imply it
-    stream: bool = False  # streaming is not offered; true is refused
+    stream: bool = False  # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
+    include: List[Literal["logprobs"]] = Field(default_factory=list)  # "logprobs": per-token log-probabilities (json only)
 
     @field_validator("*", mode="before")
     @classmethod
     def _empty_is_absent(cls, value, info):
         # HTML forms and curl -F send "" for a field left empty.
-        if value == "" and info.field_name not in ("timestamp_granularities", "stream"):
+        if value == "" and info.field_name not in ("timestamp_granularities", "stream", "include"):
             return None
         return value
 
     @property
     def words(self) -> bool:
         return "word" in self.timestamp_granularities
+
+    @property
+    def logprobs(self) -> bool:
+        return "logprobs" in self.include
 
     def submit_options(self, task: str, model: str) -> Dict[str, Any]:
         """Keyword arguments for Engine.submit / JobManager.submit; `model` is the id the form's
@@ -175,15 +181,16 @@ class TranscriptionForm(BaseModel):
         return options
 
 
-def parse_form(fields: Dict[str, List[str]], job: bool = False) -> TranscriptionForm:
+def parse_form(fields: Dict[str, List[str]], job: bool = False, streams: bool = True) -> TranscriptionForm:
     """Validate the text fields; ApiError 400 naming the field when one is wrong.
 
     `job`: for /v1/jobs, where response_format does not apply (the result is fetched later
-    in any format), so word timestamps do not depend on it."""
+    in any format), so word timestamps do not depend on it. `streams`: whether the route
+    can answer stream=true (OpenAI streams transcriptions only)."""
     values: Dict[str, Any] = {k: v[-1] for k, v in fields.items() if v}
-    values.pop("timestamp_granularities[]", None)
-    granularities = fields.get("timestamp_granularities[]", []) + fields.get("timestamp_granularities", [])
-    values["timestamp_granularities"] = [g for g in granularities if g]
+    for name in ("timestamp_granularities", "include"):  # list fields, "name[]" as OpenAI's client sends them
+        values.pop(f"{name}[]", None)
+        values[name] = [v for v in fields.get(f"{name}[]", []) + fields.get(name, []) if v]
     try:
         form = TranscriptionForm(**values)
     except ValidationError as exc:
@@ -191,9 +198,16 @@ def parse_form(fields: Dict[str, List[str]], job: bool = False) -> Transcription
         param = str(first["loc"][0]) if first["loc"] else None
         raise ApiError(400, f"{param}: {first['msg']} (got {first.get('input')!r})", code="invalid_value",
                        param=param) from None
-    if form.stream:
-        raise ApiError(400, "stream: streaming is not supported by this server; send stream=false",
+    if form.stream and not streams:
+        raise ApiError(400, "stream: only /v1/audio/transcriptions streams (OpenAI's translations do not); "
+                            "send stream=false" + (", or poll the job" if job else ""),
                        code="unsupported_value", param="stream")
+    if form.stream and form.response_format not in ("json", "text"):
+        raise ApiError(400, "stream: a stream carries text events; use response_format json or text with stream=true",
+                       code="unsupported_value", param="response_format")
+    if form.logprobs and (form.response_format != "json" or job):
+        raise ApiError(400, "include: logprobs are only returned with response_format=json (as OpenAI does)",
+                       code="unsupported_value", param="include")
     if form.words and form.response_format != "verbose_json" and not job:
         raise ApiError(400, "timestamp_granularities: word timestamps need response_format=verbose_json",
                        code="invalid_value", param="timestamp_granularities")
@@ -236,6 +250,23 @@ def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool
                          for s in result.segments for w in (s.words or [])]
     body["usage"] = usage(result)
     return body
+
+
+def segment_logprobs(segment: Segment, first: bool = False) -> List[Dict[str, Any]]:
+    """OpenAI's per-token log-probabilities of a segment's text tokens: {token, logprob, bytes}.
+    The first segment's leading space is not part of the text, so not of its first token either."""
+    values = getattr(segment, "logprobs", None) or []
+    out = []
+    for piece, logprob in values:
+        token = piece.decode("utf-8", errors="replace")
+        if first and not out:
+            token = token.lstrip()
+        out.append({"token": token, "logprob": float(logprob), "bytes": list(piece)})
+    return out
+
+
+def result_logprobs(result: TranscriptionResult) -> List[Dict[str, Any]]:
+    return [p for i, s in enumerate(result.segments) for p in segment_logprobs(s, first=i == 0)]
 
 
 def transcription_response(result: TranscriptionResult, form: TranscriptionForm,

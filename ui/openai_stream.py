@@ -1,0 +1,81 @@
+"""`stream=true` on /v1/audio/transcriptions: server-sent events in OpenAI's shape.
+
+    data: {"type": "transcript.text.delta", "delta": " Ask not", "logprobs": [...]?}
+    ...
+    data: {"type": "transcript.text.done", "text": "Ask not what ...", "logprobs": [...]?}
+
+(the `openai` package's TranscriptionTextDeltaEvent and TranscriptionTextDoneEvent). A delta
+is sent for each segment as the engine completes it, in recording order: a recording's
+sections are decoded side by side, so a later section's text waits until the sections before
+it are complete (engine.completed_in_order). Joined, the deltas are the done event's text.
+
+The job is an ordinary durable job (its id in the X-Job-Id header): a client that goes away
+mid-stream stops only the stream, never the job, and can fetch the result later. An error
+after the stream has started comes as one event `{"error": {...}}` in OpenAI's error shape,
+which the official client raises as an APIError.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Dict, List
+
+from fastapi.responses import StreamingResponse
+
+from engine import JobHandle, Segment, TranscriptionResult
+from ui.openai_compat import api_error, result_logprobs, segment_logprobs
+
+POLL_S = 0.1  # how often the stream looks for newly completed segments; a step of the decode loop is longer
+
+
+def event(body: Dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+class _Deltas:
+    """Turns the segments completed so far into the text not yet sent."""
+
+    def __init__(self, logprobs: bool):
+        self.logprobs = logprobs
+        self.sent_segments = 0
+        self.sent_text = ""
+
+    def new(self, segments: List[Segment]) -> List[Dict[str, Any]]:
+        events = []
+        for segment in segments[self.sent_segments:]:
+            delta = segment.text if self.sent_text else segment.text.lstrip()  # the text starts without a space
+            if delta:
+                body: Dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
+                if self.logprobs:
+                    body["logprobs"] = segment_logprobs(segment, first=not self.sent_text)
+                events.append(body)
+                self.sent_text += delta
+        self.sent_segments = max(self.sent_segments, len(segments))
+        return events
+
+    def done(self, result: TranscriptionResult) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"type": "transcript.text.done", "text": result.text}
+        if self.logprobs:
+            body["logprobs"] = result_logprobs(result)
+        return body
+
+
+async def _events(handle: JobHandle, logprobs: bool) -> AsyncIterator[bytes]:
+    deltas = _Deltas(logprobs)
+    while not handle.done():
+        for body in deltas.new(handle.segments_so_far()):
+            yield event(body)
+        await asyncio.sleep(POLL_S)
+    try:
+        result = handle.result()
+    except Exception as exc:
+        yield event(api_error(exc, accepted=True).body())
+        return
+    for body in [*deltas.new(result.segments), deltas.done(result)]:  # segments completed with the job
+        yield event(body)
+
+
+def streaming_response(handle: JobHandle, logprobs: bool) -> StreamingResponse:
+    """The job's text as server-sent events; see the module docstring."""
+    return StreamingResponse(_events(handle, logprobs), media_type="text/event-stream",
+                             headers={"X-Job-Id": handle.id, "Cache-Control": "no-cache"})
