@@ -125,6 +125,10 @@ class DecodeLoop:
             while not job.finished.wait(POLL_S):
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
+            # The loop itself takes a cancelled job's streams out (and sets `finished`) when it
+            # sees the flag first: unfinished streams then mean cancelled, not done.
+            if cancelled() and not all(stream.finished for stream in streams):
+                raise JobCancelled("the job was cancelled")
         finally:
             with self._cond:
                 self._remove(job)

@@ -31,7 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-NO_GPU_REASON = "No NVIDIA GPU detected, running on CPU"
+NO_GPU_REASON = "No NVIDIA GPU: running on the CPU"
 
 
 @dataclass(frozen=True)

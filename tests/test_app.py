@@ -75,14 +75,17 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
     assert parameters[4]["parameter_default"] == server.engine.settings.model
 
 
-def test_gradio_and_engine_agree_on_concurrency(server):
-    from ui.page import GPU_CONCURRENCY_ID
+def test_the_engines_queue_is_where_transcriptions_wait(server):
+    from ui.page import TRANSCRIBE_CONCURRENCY_ID
 
     settings = server.engine.settings
-    gpu_fns = [fn for fn in server.demo.fns.values() if fn.name in ("transcribe", "release")]
-    assert len(gpu_fns) == 2
-    assert all(fn.concurrency_id == GPU_CONCURRENCY_ID and fn.concurrency_limit == settings.workers
-               for fn in gpu_fns)
+    # Gradio lets every transcription through to the handler, which queues it in the engine
+    # (its position shown) or is refused there ("queue full"); none waits in Gradio's queue.
+    (transcribe,) = [fn for fn in server.demo.fns.values() if fn.name == "transcribe"]
+    assert transcribe.concurrency_id == TRANSCRIBE_CONCURRENCY_ID and transcribe.concurrency_limit is None
+    assert server.demo.max_threads >= settings.workers + settings.queue_size  # a thread for each waiting one
+    (release,) = [fn for fn in server.demo.fns.values() if fn.name == "release"]
+    assert release.concurrency_limit == 1
     assert server.demo._queue.max_size == settings.queue_size
     timer_fns = [fn for fn in server.demo.fns.values() if fn.name == "refresh"]
     assert timer_fns and not any(fn.queue for fn in timer_fns)  # readings never wait behind the GPU
@@ -120,10 +123,8 @@ def _until(condition, what, timeout=60.0):
         time.sleep(0.05)
 
 
-def test_a_second_request_waits_in_gradios_queue_and_sees_its_place(client, server, jfk):
-    from gradio_client.utils import Status
-
-    engine = server.engine  # workers=1: Gradio runs one /transcribe at a time
+def test_a_second_request_waits_in_the_engines_queue_and_sees_its_place(client, server, jfk):
+    engine = server.engine  # workers=1: the engine runs one job at a time
     GATE.clear()
     try:
         first = client.submit(handle_file(str(jfk)), api_name="/transcribe")
@@ -132,10 +133,9 @@ def test_a_second_request_waits_in_gradios_queue_and_sees_its_place(client, serv
         _until(lambda: any(unit.unit == "s of audio" for unit in first.status().progress_data or []),
                "progress in seconds of audio")
         second = client.submit(handle_file(str(jfk)), api_name="/transcribe")
-        _until(lambda: second.status().code == Status.IN_QUEUE and second.status().rank is not None,
-               "the second request to be queued")
-        assert second.status().rank == 0  # first in line
-        assert engine.status().queue_length == 0  # it waits in Gradio's queue, not the engine's
+        _until(lambda: any(unit.desc == "Waiting in queue: position 1" for unit in second.status().progress_data or []),
+               "the second request to show its place in the engine's queue")
+        assert engine.status().queue_length == 1  # it waits in the engine's queue, not Gradio's
     finally:
         GATE.set()
     assert isinstance(first.result(timeout=60)[0], str) and isinstance(second.result(timeout=60)[0], str)
@@ -258,6 +258,25 @@ def test_release_report_shows_memory_before_and_after():
     after = GpuSnapshot([_gpu(0, 5500.0)], "", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport(["large-v3"], [], 3500.0, 0.0), before, after)
     assert "Released large-v3" in text and "9,000 MB → 5,500 MB" in text and "3,500 MB → 0 MB" in text
+
+
+def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
+    from ui.sidebar import release_markdown
+
+    none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
+    text = release_markdown(ReleaseReport(["/models/small.pt"], [], 0.0, 0.0), none, none, on_gpu=False,
+                            rss_before_mb=2400.0, rss_after_mb=900.0)
+    assert "Released small.pt from memory" in text and "(RSS): 2,400 MB → 900 MB" in text
+    assert "GPU" not in text and "0 MB → 0 MB" not in text and "->" not in text
+
+
+def test_model_state_names_the_model_picked_not_the_default():
+    from ui.sidebar import model_state_html
+
+    status = _status()  # the default, /models/large-v3.pt, is ready; nothing else is resident
+    html = model_state_html(status, "small")
+    assert "<b>small</b>" in html and "large-v3" not in html and "loaded when you transcribe" in html
+    assert "large-v3.pt</b> is ready" in model_state_html(status, "/models/large-v3.pt")
 
 
 def test_timestamps_format():

@@ -113,3 +113,14 @@ def test_renders_inside_a_page(recent):
         recent.attach(button.click(lambda: None))  # what build_page's `extra` hook does
     ids = {c.get("props", {}).get("elem_id") for c in demo.get_config_file()["components"]}
     assert {"recent-jobs", "recent-jobs-table", "recent-job-choice", "recent-job-files"} <= ids
+
+
+def test_the_table_escapes_cells_and_keeps_whole_errors():
+    from ui.recent_jobs import table_html
+
+    error = "failed: " + "the recording is cut off <at 12:31> " * 10
+    html = table_html([["2026-12-02 10:00", "<b>x</b>.m4a", error, "", "0123456789ab"]])
+    assert "&lt;b&gt;x&lt;/b&gt;.m4a" in html and "<b>x</b>" not in html
+    assert html.count("cut off &lt;at 12:31&gt;") == 10  # not cut at 120 characters
+    assert html.index("x&lt;/b&gt;.m4a") < html.index("2026-12-02")  # the file first, then its status
+    assert "No recordings yet" in table_html([])

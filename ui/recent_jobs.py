@@ -14,6 +14,7 @@ across restarts. Jobs sent through the HTTP API have no owner and are not listed
 """
 from __future__ import annotations
 
+import html
 import secrets
 import shutil
 import tempfile
@@ -34,7 +35,8 @@ from engine.jobs import JobInfo, JobManager
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
 SECRET_FILE = "browser_state_secret"  # in data_dir: encrypts the owner id in the browser
 DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "json")
-HEADERS = ["Submitted", "File", "Status", "Audio", "Job id"]
+HEADERS = ["Submitted", "File", "Status", "Audio", "Job id"]  # the columns of `rows()`
+SHOWN_COLUMNS = (1, 2, 3, 0, 4)  # the table shows the file and its status first
 MAX_SESSIONS = 10_000  # page loads remembered (session -> owner) for attributing new jobs
 LIMIT = 20  # jobs listed
 
@@ -51,9 +53,23 @@ def _status_text(info: JobInfo) -> str:
         return f"queued (#{info.queue_position})" if info.queue_position else "queued"
     if info.status == "running":
         return f"running {info.progress:.0%}"
-    if info.status == "failed":
-        return f"failed: {info.record.error or ''}"[:120]
+    if info.status == "failed":  # the whole message: the table wraps it
+        return f"failed: {info.record.error or ''}"
     return info.status
+
+
+def table_html(rows: List[List[str]]) -> str:
+    """The list as an HTML table that fits its box: cells wrap (a failure's whole message
+    included) instead of scrolling sideways, and on a phone each job is a block of labelled
+    lines (assets/app.css). Every cell is escaped: file names and errors come from outside."""
+    if not rows:
+        return '<div class="jobs-none">No recordings yet.</div>'
+    head = "".join(f'<th class="col-{i}">{html.escape(HEADERS[i])}</th>' for i in SHOWN_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="col-{i}" data-label="{html.escape(HEADERS[i], quote=True)}">'
+                         f"{html.escape(str(row[i]))}</td>" for i in SHOWN_COLUMNS) + "</tr>"
+        for row in rows)
+    return f'<table class="jobs-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _audio_text(info: JobInfo) -> str:
@@ -93,6 +109,10 @@ class RecentJobs:
             with self._lock:
                 owner = self._sessions.get(getattr(request, "session_hash", None) or "")
         return self.jobs.submit(audio, owner=owner, source="page", **options)
+
+    def cancel(self, handle: JobHandle) -> None:
+        """The page's Cancel: through the job manager, so the job is stored as cancelled by its user."""
+        self.jobs.cancel(handle.id)
 
     def _remember(self, request: Optional[gr.Request], owner: Optional[str]) -> None:
         session = getattr(request, "session_hash", None) if request is not None else None
@@ -134,17 +154,16 @@ class RecentJobs:
         with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
             gr.Markdown(f"Your last {self.limit} recordings, kept for "
                         f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files again.")
-            table = gr.Dataframe(headers=HEADERS, datatype="str", interactive=False, wrap=True,
-                                 elem_id="recent-jobs-table")
+            table = gr.HTML(table_html([]), elem_id="recent-jobs-table")
             with gr.Row():
                 choice = gr.Dropdown(label="Finished job", choices=[], value=None, elem_id="recent-job-choice")
                 refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
             files = gr.File(label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files")
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
-        self._refresh_io = dict(fn=self._on_refresh, inputs=[browser_id], outputs=[table, choice], **quick)
+        self._refresh_io = dict(fn=self._refresh_event, inputs=[browser_id], outputs=[table, choice], **quick)
         demo = gr.context.Context.root_block  # the Blocks being built
-        demo.load(self._on_load, inputs=[browser_id], outputs=[browser_id, table, choice], **quick)
+        demo.load(self._load_event, inputs=[browser_id], outputs=[browser_id, table, choice], **quick)
         refresh.click(**self._refresh_io)
         choice.change(self._on_choice, inputs=[choice, browser_id], outputs=[files], api_visibility="private")
 
@@ -170,6 +189,14 @@ class RecentJobs:
         self._remember(request, owner)
         rows, choices = self.rows(owner)
         return rows, gr.Dropdown(choices=choices)
+
+    def _load_event(self, stored_id: str, request: gr.Request):
+        stored_id, rows, choices = self._on_load(stored_id, request)
+        return stored_id, table_html(rows), choices
+
+    def _refresh_event(self, stored_id: str, request: gr.Request):
+        rows, choices = self._on_refresh(stored_id, request)
+        return table_html(rows), choices
 
     def _on_choice(self, job_id: Optional[str], stored_id: str, request: gr.Request):
         return self.files(job_id, _owner_from(request, stored_id))

@@ -15,6 +15,30 @@ from engine import EngineStatus, GpuSnapshot, ReleaseReport
 REFRESH_S = 2.0  # sidebar refresh period; one nvidia-smi call per open page at worst
 
 
+def sidebar_title(on_gpu: bool) -> str:
+    return "GPU memory" if on_gpu else "Memory"
+
+
+def release_label(on_gpu: bool) -> str:
+    """The release button: on a CPU there is no GPU memory to release, only the models' RAM."""
+    return "Release GPU memory" if on_gpu else "Release model memory"
+
+
+def process_rss_mb() -> Optional[float]:
+    """This process's resident memory (RSS) in MiB; None where it cannot be read."""
+    try:
+        import psutil  # optional; /proc answers on Linux without it
+
+        return psutil.Process().memory_info().rss / (1024 * 1024)
+    except Exception:
+        pass
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -51,6 +75,9 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
             )
     else:
         parts.append(f'<div class="gpu-none">{_e(snapshot.reason)}</div>')
+        rss_mb = process_rss_mb()
+        if rss_mb is not None:
+            parts.append(f'<div class="gpu-process">This process: {rss_mb:,.0f} MB of RAM (resident)</div>')
 
     if snapshot.warning:
         parts.append(f'<div class="gpu-warning" role="alert">&#9888; {_e(snapshot.warning)}</div>')
@@ -83,9 +110,22 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
     return "".join(parts)
 
 
-def model_state_html(status: EngineStatus) -> str:
-    """The line above the form: is the model loading, ready, failed (why, what to do), released."""
+def model_state_html(status: EngineStatus, selected: Optional[str] = None) -> str:
+    """The line above the form: is the model loading, ready, failed (why, what to do), released.
+
+    `selected` is the model picked in the page's drop-down; the line is about that one. The
+    engine reports the default model's state; another model is ready when it is resident,
+    else it loads when a recording needs it."""
     state = status.model
+    if selected and selected != state.model:
+        name = _e(model_label(selected))
+        if any(info.name == selected for info in status.loaded):
+            body = f"Model <b>{name}</b> is ready on {_e(status.device)}."
+            kind = "ready"
+        else:
+            body = f"Model <b>{name}</b> is loaded when you transcribe (the first recording waits a moment for it)."
+            kind = "not-loaded"
+        return f'<div class="model-state state-{kind}" id="model-state">{body}</div>'
     name = _e(model_label(state.model))
     if state.state == "ready":
         body = f"Model <b>{name}</b> is ready on {_e(status.device)}."
@@ -105,16 +145,33 @@ def _total_used(snapshot: GpuSnapshot) -> Optional[float]:
     return sum(gpu.used_mb for gpu in snapshot.gpus) if snapshot.gpus else None
 
 
-def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnapshot) -> str:
-    """What the release button did, with the memory before and after."""
-    lines = [f"**{report.message}.**"]
-    used_before, used_after = _total_used(before), _total_used(after)
-    if used_before is not None and used_after is not None:
-        lines.append(f"GPU memory used: {used_before:,.0f} MB → {used_after:,.0f} MB")
-    lines.append(f"This process reserved: {report.reserved_before_mb:,.0f} MB → {report.reserved_after_mb:,.0f} MB")
-    if not before.gpus:
-        lines.append(before.reason)
+def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnapshot, on_gpu: bool = True,
+                     rss_before_mb: Optional[float] = None, rss_after_mb: Optional[float] = None) -> str:
+    """What the release button did, with the memory before and after: GPU memory on a GPU,
+    the process's resident memory (RSS) on a CPU, where GPU figures would read 0 -> 0."""
+    if on_gpu:
+        lines = [f"**{report.message}.**"]
+        used_before, used_after = _total_used(before), _total_used(after)
+        if used_before is not None and used_after is not None:
+            lines.append(f"GPU memory used: {used_before:,.0f} MB → {used_after:,.0f} MB")
+        lines.append(f"This process reserved: {report.reserved_before_mb:,.0f} MB → {report.reserved_after_mb:,.0f} MB")
+        if not before.gpus:
+            lines.append(before.reason)
+        return "\n\n".join(lines)
+    released = ", ".join(model_label(name) for name in report.released)
+    lines = [f"**Released {_md(released)} from memory.**" if released else "**No model was in memory.**"]
+    if report.deferred:
+        lines.append("In use, released when its job finishes: "
+                     + _md(", ".join(model_label(name) for name in report.deferred)))
+    if rss_before_mb is not None and rss_after_mb is not None:
+        lines.append(f"This process's memory (RSS): {rss_before_mb:,.0f} MB → {rss_after_mb:,.0f} MB")
+    lines.append("The next transcription loads the model again.")
     return "\n\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Model names into Markdown as plain text."""
+    return html.escape(text).replace("*", "\\*").replace("_", "\\_")
 
 
 def model_choices(names: Iterable[str]):

@@ -1,9 +1,12 @@
-"""What the Transcribe button does: submit, follow the job, return text and files.
+"""What the Transcribe and Cancel buttons do: submit, follow the job, return text and files.
 
 `make_transcribe(engine, submit)` builds the event function. `submit` is the one place a
 recording enters the engine (`engine.submit` by default; a durable job manager with the
 same signature returning a `JobHandle` can replace it). Every failure a user can act on
 becomes a `gr.Error` carrying the engine's own message, which is written for people.
+
+`SessionJobs` remembers which jobs each page session (a browser tab) has in flight, so its
+Cancel button stops that tab's job, queued or running, and nobody else's.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import gradio as gr
 
@@ -32,6 +35,66 @@ USER_ERRORS = (AudioError, InvalidRequest, QueueFull, ModelLoadError, WindowTooL
                WorkerShutDown, FileNotFoundError)
 
 Submit = Callable[..., JobHandle]
+Cancel = Callable[[JobHandle], object]
+
+
+class _Call:
+    """One Transcribe press being served: its job once submitted, and whether Cancel was pressed."""
+
+    def __init__(self):
+        self.handle: Optional[JobHandle] = None
+        self.cancelled = False
+
+
+class SessionJobs:
+    """The Transcribe calls each page session has in flight, for its Cancel button.
+
+    A call is registered before its recording is submitted, so a Cancel pressed while the
+    upload is still being stored cancels the job as soon as it exists. `cancel` stops a job
+    (`JobHandle.cancel` by default; a job manager's cancel records it as cancelled by the user).
+    """
+
+    def __init__(self, cancel: Optional[Cancel] = None):
+        self._cancel = cancel or (lambda handle: handle.cancel())
+        self._calls: Dict[str, List[_Call]] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, session: str) -> _Call:
+        call = _Call()
+        with self._lock:
+            self._calls.setdefault(session, []).append(call)
+        return call
+
+    def started(self, call: _Call, handle: JobHandle) -> None:
+        with self._lock:
+            call.handle = handle
+            cancelled = call.cancelled
+        if cancelled:
+            self._cancel(handle)
+
+    def end(self, session: str, call: _Call) -> None:
+        with self._lock:
+            calls = self._calls.get(session, [])
+            if call in calls:
+                calls.remove(call)
+            if not calls:
+                self._calls.pop(session, None)
+
+    def cancel(self, session: str) -> int:
+        """Cancel every job of `session` not finished yet; returns how many there were."""
+        with self._lock:
+            calls = list(self._calls.get(session, []))
+            for call in calls:
+                call.cancelled = True
+        for call in calls:
+            if call.handle is not None and not call.handle.done():
+                log.info("Cancel pressed on the page: job %s", call.handle.id)
+                self._cancel(call.handle)
+        return len(calls)
+
+    def active(self, session: str) -> int:
+        with self._lock:
+            return len(self._calls.get(session, []))
 
 
 def format_timestamp(seconds: float) -> str:
@@ -84,13 +147,15 @@ class DownloadDir:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def follow(handle: JobHandle, progress, engine: Engine) -> TranscriptionResult:
+def follow(handle: JobHandle, progress, engine: Engine, call: Optional[_Call] = None) -> TranscriptionResult:
     """Wait for the job while moving the progress bar; returns its result or raises its error."""
     finished = threading.Event()
     handle.add_done_callback(lambda _: finished.set())
     while not finished.wait(POLL_S):
         position = handle.queue_position
-        if position:
+        if (call is not None and call.cancelled) or handle.cancel_requested():
+            progress(0.0, desc="Cancelling (the job stops after the current decoding step)")
+        elif position:
             progress(0.0, desc=f"Waiting in queue: position {position}")
         elif handle.seconds_total:
             progress((round(handle.seconds_done), round(handle.seconds_total)), desc="Transcribing",
@@ -102,24 +167,46 @@ def follow(handle: JobHandle, progress, engine: Engine) -> TranscriptionResult:
     return handle.result()
 
 
+def cancelled_markdown(handle: Optional[JobHandle]) -> str:
+    """The details line of a cancelled job."""
+    line = "**Cancelled.** The transcription was stopped"
+    if handle is not None and handle.seconds_total:
+        line += f" after {handle.seconds_done:.0f} of {handle.seconds_total:.0f} s of audio"
+    elif handle is None or handle.started_at is None:
+        line += " before it started"
+    return line + "; nothing was kept. Press **Transcribe** to start again."
+
+
 def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit] = None,
-                    model_label: Callable[[str], str] = str):
-    """The Transcribe event function (also `/transcribe` for gradio_client)."""
+                    model_label: Callable[[str], str] = str, sessions: Optional[SessionJobs] = None):
+    """The Transcribe event function (also `/transcribe` for gradio_client). With `sessions`,
+    each call is registered under its page session so that session's Cancel can stop it."""
     submit = submit or engine.submit
+    sessions = sessions or SessionJobs()
     default_model = engine.settings.model
 
     def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
-                   timestamps: bool = True, model: Optional[str] = None,
+                   timestamps: bool = True, model: Optional[str] = None, request: gr.Request = None,
                    progress=gr.Progress()) -> Tuple[str, List[str], str]:
         if not audio:
             raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
                            print_exception=False)
         model = model or default_model
         name = Path(audio).name
+        session = getattr(request, "session_hash", None) or ""
+        call = sessions.begin(session)
+        handle = None
         try:
             handle = submit(audio, language=None if language in (None, "", AUTO_LANGUAGE) else language,
                             task=task or None, model=model, name=name)
-            result = follow(handle, progress, engine)
+            sessions.started(call, handle)
+            result = follow(handle, progress, engine, call)
+        except JobCancelled:
+            if not call.cancelled:  # stopped by the server (shutting down), not by this page
+                raise gr.Error("The job was stopped by the server.", title="Cannot transcribe this recording",
+                               print_exception=False) from None
+            gr.Info("The transcription was cancelled.", title="Cancelled")
+            return "", [], cancelled_markdown(handle)
         except QueueFull as exc:
             raise gr.Error(f"The server is busy: {exc}", title="Queue full", print_exception=False) from None
         except USER_ERRORS as exc:
@@ -127,6 +214,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         except Exception as exc:  # a bug or an environment problem: log it, keep the page alive
             log.exception("Transcription of %s failed", name)
             raise gr.Error(f"Transcription failed: {type(exc).__name__}: {exc}", title="Error") from None
+        finally:
+            sessions.end(session, call)
 
         progress(1.0, desc="Writing files")
         files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
