@@ -87,6 +87,7 @@ def screenshot(page, name, locator=None):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / name
     page.mouse.move(0, 0)
+    page.wait_for_timeout(700)  # toasts and the sidebar slide in
     (locator or page).screenshot(path=str(shot))
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / name)
