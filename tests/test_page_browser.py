@@ -2,7 +2,8 @@
 Python package, as tests/test_app_browser.py): a phone-width screen, dark mode, the banner
 naming the model the user picked, a Recent jobs table that fits its box with whole error
 messages, a machine without a GPU, cancelling a running job, and a third tab waiting in the
-engine's queue (and a fourth refused with "queue full").
+engine's queue (a fourth refused with "queue full", then taking the third's place once it
+cancels its waiting job).
 
 Each state's screenshot goes to tests/.artifacts/; with UPDATE_SCREENSHOT=1 it also replaces
 the copy in docs/ that the README shows.
@@ -310,8 +311,19 @@ def test_a_third_tab_sees_its_place_in_the_engines_queue_and_a_fourth_is_refused
         toast = fourth.locator(".toast-body", has_text="queue is full")
         toast.wait_for()
         screenshot(fourth, "page-queue-full.png")
+        assert engine.status().queue_length == 1  # the refused one left nothing behind
+
+        # The third tab gives up: its waiting job is cancelled at once, which makes room...
+        third.click("#cancel-button")
+        third.locator("#details", has_text="Cancelled").wait_for()
+        assert "before it started" in third.inner_text("#details")
+        until(lambda: engine.status().queue_length == 0, "the cancelled job to leave the queue")
+        # ... and the fourth, trying again, now waits in its place.
+        fourth.locator("[data-testid=toast-close]").first.click()
+        fourth.click("#transcribe-button")
+        progress_text(fourth, "Waiting in queue: position 1").wait_for()
     finally:
         GATE.set()
-    for tab in tabs[:3]:  # nobody that was accepted is dropped
+    for tab in (tabs[0], tabs[1], fourth):  # nobody that was accepted (and not cancelled) is dropped
         wait_transcript(tab)
-    assert fourth.input_value("#transcript textarea") == ""
+    assert third.input_value("#transcript textarea") == ""
