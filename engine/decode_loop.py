@@ -31,7 +31,7 @@ from .fast_decode import decode_rows
 from .memory import fit_batch_size
 from .options import DecodeOptions
 from .stream import SectionStream, StreamWindow
-from .transcriber import Decoder, WindowTooLarge, decode_batch, free_cached_memory, too_large_message
+from .transcriber import Decoder, WindowTooLarge, align_words, decode_batch, free_cached_memory, too_large_message
 from .worker import JobCancelled
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ class DecodeLoop:
             try:
                 results = decode_batch(model, [w for _, w in batch], [e.job.options for e, _ in batch],
                                        job.language, self.fp16, self._decoder)
+                alignments = align_words(model, [(e.stream, w) for e, w in batch], results)
             except torch.OutOfMemoryError:
                 results = None
             if results is None:
@@ -229,8 +230,8 @@ class DecodeLoop:
                     self._limit = max(1, len(batch) // 2)
                     log.warning("CUDA out of memory: retrying with batches of %d windows", self._limit)
                 return served
-            for (entry, window), result in zip(batch, results):
-                entry.stream.advance(window, result, model)
+            for (entry, window), result, alignment in zip(batch, results, alignments):
+                entry.stream.advance(window, result, alignment)
         return served
 
     def _fail(self, job: _Job, error: BaseException) -> None:

@@ -203,7 +203,8 @@ class Engine:
     def submit(self, audio: AudioInput, *, language: Optional[str] = None, task: Optional[str] = None,
                model: Optional[str] = None, initial_prompt: Optional[str] = None, word_timestamps: bool = False,
                temperature: Union[None, float, Sequence[float]] = None, max_new_tokens: Optional[int] = None,
-               vad: Optional[bool] = None, name: str = "", job_id: Optional[str] = None) -> JobHandle:
+               vad: Optional[bool] = None, logprobs: bool = False, name: str = "",
+               job_id: Optional[str] = None) -> JobHandle:
         """Queue a recording; returns at once with a handle (raises QueueFull when full).
 
         Options left as None take the config's values. A file that is not audio, empty or too
@@ -211,7 +212,8 @@ class Engine:
         """
         request = self.make_request(audio, language=language, task=task, model=model,
                                     initial_prompt=initial_prompt, word_timestamps=word_timestamps,
-                                    temperature=temperature, max_new_tokens=max_new_tokens, vad=vad, name=name)
+                                    temperature=temperature, max_new_tokens=max_new_tokens, vad=vad,
+                                    logprobs=logprobs, name=name)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
@@ -221,7 +223,7 @@ class Engine:
         return self.submit(audio, **options).result()
 
     def make_request(self, audio: AudioInput, *, language=None, task=None, model=None, initial_prompt=None,
-                     word_timestamps=False, temperature=None, max_new_tokens=None, vad=None,
+                     word_timestamps=False, temperature=None, max_new_tokens=None, vad=None, logprobs=False,
                      name="") -> TranscriptionRequest:
         """Validate options and the file's header; raises InvalidRequest or an AudioError."""
         s = self.settings
@@ -265,7 +267,8 @@ class Engine:
             condition_on_previous_text=s.condition_on_previous_text, temperatures=temperatures,
             max_new_tokens=max_new_tokens or s.max_new_tokens,
             compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
-            no_speech_threshold=s.no_speech_threshold, word_timestamps=word_timestamps,
+            no_speech_threshold=s.no_speech_threshold, word_timestamps=word_timestamps, logprobs=bool(logprobs),
+            hallucination_silence_threshold=s.hallucination_silence_threshold,
             silence_threshold_db=s.silence_threshold_db, vad=s.vad if vad is None else bool(vad),
         )
         return TranscriptionRequest(audio, model, options, name)

@@ -19,6 +19,8 @@ class DecodeOptions:
     logprob_threshold: Optional[float] = -1.0  # below: too unsure, decode hotter
     no_speech_threshold: Optional[float] = 0.6  # above (and unsure): the window is silence
     word_timestamps: bool = False  # per-word times through cross-attention alignment (slower)
+    logprobs: bool = False  # keep each text token's log-probability on its segment (the API's include[]=logprobs)
+    hallucination_silence_threshold: Optional[float] = None  # with word timestamps: skip improbable segments with this much silence around them (s)
     silence_threshold_db: float = -50.0  # windows quieter than this are skipped without decoding
     vad: bool = False  # decode only the stretches the voice activity detector calls speech (engine.vad)
 

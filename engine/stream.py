@@ -25,13 +25,14 @@ import torch
 import whisper
 from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from whisper.decoding import DecodingResult
-from whisper.model import Whisper
+from whisper.timing import WordTiming
 from whisper.tokenizer import Tokenizer
 
 from .energy import is_silent
 from .options import DecodeOptions, is_no_speech
-from .results import Segment, Word
+from .results import Segment, TokenLogprob, Word
 from .vad import SpeechMap
+from .word_timing import add_word_timestamps
 
 INPUT_STRIDE = 2  # mel frames per output token (N_FRAMES / n_audio_ctx)
 TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp token: 0.02
@@ -95,24 +96,33 @@ class SectionStream:
             return StreamWindow(mel, self.all_tokens[self.prompt_reset_since:], self.seek, frames)
         return None
 
-    def advance(self, window: StreamWindow, result: DecodingResult, model: Optional[Whisper] = None) -> None:
-        """Take the decoded `window` and move `seek` as whisper.transcribe does. `model` is
-        needed only for word timestamps (an alignment pass over the window)."""
+    def advance(self, window: StreamWindow, result: DecodingResult,
+                alignment: Optional[List[WordTiming]] = None) -> None:
+        """Take the decoded `window` and move `seek` as whisper.transcribe does. With word
+        timestamps, `alignment` is the window's word timing (engine.word_timing.align_rows,
+        computed for the whole batch); `needs_alignment` says which windows need one."""
         self.windows_decoded += 1
         self.tokens_decoded += len(result.tokens)
         if is_no_speech(result, self.options):
             self.seek += window.frames  # fast-forward to the next window
             return
         tokenizer = self.tokenizer
+        previous_seek = self.seek
         time_offset = window.seek / FRAMES_PER_SECOND
         tokens = torch.tensor(result.tokens)
         current: List[dict] = []
 
+        token_logprobs = getattr(result, "token_logprobs", None) or []  # engine.fast_decode's, one per token
+        cursor = [0]  # segments are consecutive slices of `tokens`, from the first
+
         def new_segment(start: float, end: float, segment_tokens: torch.Tensor) -> dict:
             token_list = segment_tokens.tolist()
             text_tokens = [t for t in token_list if t < tokenizer.eot]
+            values = token_logprobs[cursor[0]:cursor[0] + len(token_list)]
+            cursor[0] += len(token_list)
             return {"seek": window.seek, "start": start, "end": end, "text": tokenizer.decode(text_tokens),
-                    "tokens": token_list, "text_tokens": text_tokens}
+                    "tokens": token_list, "text_tokens": text_tokens,
+                    "text_logprobs": [v for t, v in zip(token_list, values) if t < tokenizer.eot]}
 
         timestamp_tokens = tokens.ge(tokenizer.timestamp_begin)
         single_timestamp_ending = timestamp_tokens[-2:].tolist() == [False, True]
@@ -142,8 +152,18 @@ class SectionStream:
             current.append(new_segment(time_offset, time_offset + duration, tokens))
             self.seek += window.frames
 
-        if self.options.word_timestamps and model is not None:
-            self._add_words(current, window, model, result.audio_features, single_timestamp_ending, time_offset)
+        if self.options.word_timestamps and alignment is not None:
+            add_word_timestamps(current, alignment, tokenizer, self.last_speech_timestamp)
+            if not single_timestamp_ending:
+                last_word_end = _last_end(current)
+                if last_word_end is not None and last_word_end > time_offset:
+                    self.seek = round(last_word_end * FRAMES_PER_SECOND)  # carry on right after the last word
+            if self.options.hallucination_silence_threshold is not None:
+                if self._skip_hallucinations(current, window, previous_seek, single_timestamp_ending):
+                    return  # the window is decoded again, from after the silence
+            last_word_end = _last_end(current)
+            if last_word_end is not None:
+                self.last_speech_timestamp = last_word_end
 
         for segment in current:  # an instantaneous segment or one without text is cleared
             if segment["start"] == segment["end"] or not segment["text"].strip():
@@ -155,18 +175,54 @@ class SectionStream:
             # a hot decode is a poor context for the next window: start afresh
             self.prompt_reset_since = len(self.all_tokens)
 
-    def _add_words(self, current: List[dict], window: StreamWindow, model: Whisper, features: torch.Tensor,
-                   single_timestamp_ending: bool, time_offset: float) -> None:
-        from whisper.timing import add_word_timestamps
+    def needs_alignment(self, result: DecodingResult) -> bool:
+        """Whether `advance` will want word timings for this decoded window."""
+        return self.options.word_timestamps and not is_no_speech(result, self.options)
 
-        add_word_timestamps(segments=current, model=model, tokenizer=self.tokenizer,
-                            mel=window.mel.to(features.device, features.dtype),  # as the decoder had it
-                            num_frames=window.frames, last_speech_timestamp=self.last_speech_timestamp)
-        ends = [w["end"] for s in current for w in s["words"]]
-        if not single_timestamp_ending and ends and ends[-1] > time_offset:
-            self.seek = round(ends[-1] * FRAMES_PER_SECOND)  # carry on right after the last word
-        if ends:
-            self.last_speech_timestamp = ends[-1]
+    def _skip_hallucinations(self, current: List[dict], window: StreamWindow, previous_seek: int,
+                             single_timestamp_ending: bool) -> bool:
+        """whisper.transcribe's `hallucination_silence_threshold`: a segment whose words are
+        improbable, too short or too long (`_is_anomaly`) and that silence surrounds is what
+        Whisper writes when it hears nothing: drop it and everything after it in the window,
+        and seek past it. Returns True when the whole window is to be decoded again from
+        after the silence that opens it (its first segment is such a guess)."""
+        threshold = self.options.hallucination_silence_threshold
+        time_offset = window.seek / FRAMES_PER_SECOND
+        window_end_time = (window.seek + N_FRAMES) / FRAMES_PER_SECOND
+        segment_duration = window.frames / FRAMES_PER_SECOND
+        if not single_timestamp_ending:
+            last_word_end = _last_end(current)
+            if last_word_end is not None and last_word_end > time_offset:
+                remaining_duration = window_end_time - last_word_end
+                if remaining_duration > threshold:
+                    self.seek = round(last_word_end * FRAMES_PER_SECOND)
+                else:
+                    self.seek = previous_seek + window.frames
+        first_segment = next((s for s in current if s["words"]), None)
+        if first_segment is not None and _is_anomaly(first_segment):
+            gap = first_segment["start"] - time_offset
+            if gap > threshold:
+                self.seek = previous_seek + round(gap * FRAMES_PER_SECOND)
+                return True
+        last_end = self.last_speech_timestamp
+        for index, segment in enumerate(current):
+            if not segment["words"]:
+                continue
+            if _is_anomaly(segment):
+                next_segment = next((s for s in current[index + 1:] if s["words"]), None)
+                next_start = next_segment["words"][0]["start"] if next_segment else time_offset + segment_duration
+                silence_before = (segment["start"] - last_end > threshold or segment["start"] < threshold
+                                  or segment["start"] - time_offset < 2.0)
+                silence_after = (next_start - segment["end"] > threshold or _is_anomaly(next_segment)
+                                 or window_end_time - segment["end"] < 2.0)
+                if silence_before and silence_after:
+                    self.seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
+                    if self.duration_s - segment["end"] < threshold:
+                        self.seek = self.content_frames
+                    current[index:] = []
+                    break
+            last_end = segment["end"]
+        return False
 
     def _segment(self, d: dict, result: DecodingResult) -> Segment:
         offset = self.offset_s
@@ -183,12 +239,51 @@ class SectionStream:
                 start, end = min(start, words[0].start), max(end, words[-1].end)
         return Segment(id=0, seek=window_start, start=start, end=end, text=d["text"],
                        tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
-                       compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words)
+                       compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words,
+                       logprobs=self._logprobs(d) if self.options.logprobs else None)
+
+    def _logprobs(self, d: dict) -> Optional[List[TokenLogprob]]:
+        """The segment's text tokens with their log-probabilities, as OpenAI's API gives them."""
+        values = d.get("text_logprobs") or []
+        if len(values) != len(d["text_tokens"]):  # a decoder that does not report them
+            return None
+        pieces = [self.tokenizer.encoding.decode_single_token_bytes(t) for t in d["text_tokens"]]
+        return [TokenLogprob(piece.decode("utf-8", errors="replace"), float(v), list(piece))
+                for piece, v in zip(pieces, values)]
 
     def _to_recording(self, start: float, end: float) -> Tuple[float, float]:
         if self.speech is None:
             return start, end
         return self.speech.span_to_recording(start, end)
+
+
+PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"  # whisper.transcribe's, for its anomaly score
+
+
+def _last_end(segments: List[dict]) -> Optional[float]:
+    """whisper.transcribe's get_end: the last word's end, else the last segment's."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])),
+                segments[-1]["end"] if segments else None)
+
+
+def _word_anomaly(word: dict) -> float:
+    """whisper.transcribe's word_anomaly_score: improbable, very short or very long words."""
+    probability, duration = word.get("probability", 0.0), word["end"] - word["start"]
+    score = 1.0 if probability < 0.15 else 0.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_anomaly(segment: Optional[dict]) -> bool:
+    """whisper.transcribe's is_segment_anomaly."""
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in PUNCTUATION][:8]
+    score = sum(_word_anomaly(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0,

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import gc
 from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
+from whisper.timing import WordTiming
 
 from .fast_decode import decode_rows
 from .memory import read_gpu_memory, window_cost_mb
 from .options import DecodeOptions, needs_fallback
-from .stream import StreamWindow
+from .stream import SectionStream, StreamWindow
+from .word_timing import AlignmentRow, align_rows, text_tokens_of
 
 # (model, mels or encoder output, options, one prompt per row) -> one result per row
 Decoder = Callable[[Whisper, torch.Tensor, DecodingOptions, Sequence[Optional[Sequence[int]]]], List[DecodingResult]]
@@ -57,6 +59,26 @@ def decode_batch(model: Whisper, windows: Sequence[StreamWindow], options: Seque
         if pending and inputs is mels:  # hotter re-decodes reuse the encoder output
             inputs = torch.stack([r.audio_features for r in results])
     return results
+
+
+def align_words(model: Whisper, rows: Sequence[Tuple[SectionStream, StreamWindow]],
+                results: Sequence[DecodingResult]) -> List[Optional[List[WordTiming]]]:
+    """Word timings of every decoded window whose stream asked for word timestamps, in one
+    batched decoder pass over the encoder output the decode used (engine.word_timing);
+    None for the other rows."""
+    alignments: List[Optional[List[WordTiming]]] = [None] * len(rows)
+    wanted = [i for i, ((stream, _), result) in enumerate(zip(rows, results)) if stream.needs_alignment(result)]
+    by_prompt: Dict[Tuple[int, ...], List[int]] = defaultdict(list)  # one start-of-transcript sequence per pass
+    for i in wanted:
+        by_prompt[tuple(rows[i][0].tokenizer.sot_sequence)].append(i)
+    for indices in by_prompt.values():
+        tokenizer = rows[indices[0]][0].tokenizer
+        timings = align_rows(model, tokenizer, [
+            AlignmentRow(results[i].audio_features, text_tokens_of(results[i].tokens, tokenizer), rows[i][1].frames)
+            for i in indices])
+        for i, timing in zip(indices, timings):
+            alignments[i] = timing
+    return alignments
 
 
 def too_large_message(model: Whisper, fp16: bool, max_new_tokens: int) -> str:

@@ -19,8 +19,8 @@ from engine.sections import MIN_SECTION_S, plan_sections
 GUARDS = dict(compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6)
 
 
-def whisper_segments(model, audio, condition: bool, max_new_tokens=None, words=False):
-    options = dict(sample_len=max_new_tokens) if max_new_tokens else {}
+def whisper_segments(model, audio, condition: bool, max_new_tokens=None, words=False, **options):
+    options.update(sample_len=max_new_tokens) if max_new_tokens else None
     result = whisper.transcribe(model, audio, temperature=0.0, fp16=False, condition_on_previous_text=condition,
                                 word_timestamps=words, **GUARDS, **options)
     duration = len(audio) / 16000
@@ -61,6 +61,23 @@ def test_real_tiny_en_word_timestamps_and_their_seek_are_whisper_transcribes(tin
             expected = whisper_segments(model, fifty_seconds, True, words=True)
         got = engine_segments(engine, fifty_seconds, words=True)
     assert sum(len(s[4]) for s in expected) > 100
+    assert got == expected
+
+
+def test_real_tiny_en_hallucination_silence_threshold_is_whisper_transcribes(tiny_en_model_dir):
+    """whisper's guard against text invented in silence (word timestamps on): the same
+    segments and words as whisper.transcribe(hallucination_silence_threshold=2) on speech,
+    20 s of music and speech (one section, no VAD)."""
+    from bench.signals import music
+
+    jfk = load_audio(shared_audio(JFK))
+    audio = np.concatenate([jfk, music(20.0), jfk[: 16000 * 5]])
+    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224, hallucination_silence_threshold=2.0, **GUARDS)
+    with Engine(settings) as engine:
+        with engine.models.lease(str(tiny_en_model_dir)) as model:
+            expected = whisper_segments(model, audio, True, words=True, hallucination_silence_threshold=2.0)
+        got = engine_segments(engine, audio, words=True)
+    assert len(expected) >= 3
     assert got == expected
 
 
