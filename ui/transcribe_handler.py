@@ -92,10 +92,6 @@ class SessionJobs:
                 self._cancel(call.handle)
         return len(calls)
 
-    def active(self, session: str) -> int:
-        with self._lock:
-            return len(self._calls.get(session, []))
-
 
 def format_timestamp(seconds: float) -> str:
     """00:01.500, or 1:02:03.250 past an hour (whisper's own style)."""
