@@ -29,7 +29,7 @@ word-timing's SDPA switch) goes to `whisper.decode` unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -44,6 +44,13 @@ from whisper.utils import compression_ratio
 CPU_ENCODER_BATCH = 2  # windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1-2 best)
 CUDA_SYNC_EVERY = 8  # token steps between looks at "which rows are finished" on CUDA (each look stalls the GPU)
 COMPACT_FRACTION = 8  # drop finished rows once they are at least 1/8 of the batch (each drop copies the caches)
+
+
+@dataclass(frozen=True)
+class TokenDecodingResult(DecodingResult):
+    """whisper's DecodingResult with the log-probability of each of its `tokens`."""
+
+    token_logprobs: List[float] = field(default_factory=list)  # of tokens[i], after the logit rules, as chosen
 
 
 def supports(options: DecodingOptions) -> bool:
@@ -79,8 +86,23 @@ def decode_rows(model: Whisper, mel: Tensor, options: DecodingOptions,
         raise ValueError(f"{len(mel)} rows but {len(prompts)} prompts")
     if supports(options):
         return _GreedyBatch(model, options, prompts).run(mel)
-    return [whisper.decode(model, row, replace(options, prompt=list(prompt) if prompt else None))
-            for row, prompt in zip(mel, prompts)]
+    results = [whisper.decode(model, row, replace(options, prompt=list(prompt) if prompt else None))
+               for row, prompt in zip(mel, prompts)]
+    return _with_token_logprobs(model, mel, options, prompts, results)
+
+
+def _with_token_logprobs(model: Whisper, mel: Tensor, options: DecodingOptions,
+                         prompts: Sequence[Optional[Sequence[int]]], results: List[DecodingResult]) -> List:
+    """`results` of a sampled re-decode, each with its own tokens' log-probabilities: one greedy
+    pass that takes each row's sampled token instead of the likeliest, through the same logit
+    rules, gives the values whisper's sampler saw (it too takes log_softmax of the filtered
+    logits, before the temperature). Costs one decode of the rare fallback rows."""
+    greedy = replace(options, temperature=0.0)
+    if not supports(greedy):  # beam search and other whisper-only paths: without per-token values
+        return results
+    forced = _GreedyBatch(model, greedy, prompts).run(mel, forced=[list(r.tokens) for r in results])
+    return [TokenDecodingResult(**{f.name: getattr(r, f.name) for f in fields(DecodingResult)},
+                                token_logprobs=f.token_logprobs) for r, f in zip(results, forced)]
 
 
 def encode(model: Whisper, mel: Tensor, fp16: bool) -> Tensor:
@@ -256,7 +278,9 @@ class _GreedyBatch:
         self.cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross]
 
     # -- the loop ----------------------------------------------------------------------
-    def run(self, mel: Tensor) -> List[DecodingResult]:
+    def run(self, mel: Tensor, forced: Optional[Sequence[Sequence[int]]] = None) -> List[TokenDecodingResult]:
+        """Decode the batch. `forced`: each row's tokens to take instead of the likeliest (a
+        sampled decode's), to read the log-probabilities they had."""
         model, tokenizer = self.model, self.tokenizer
         features = encode(model, mel, self.options.fp16)
         device, n_audio = features.device, features.shape[0]
@@ -286,6 +310,14 @@ class _GreedyBatch:
         positions = torch.tensor(self.sample_begins, device=device)
         last_step = torch.tensor(self.row_steps, device=device) - 1  # each row's final step
         sum_logprobs = torch.zeros(n_audio, device=device)
+        # each step's chosen token's log-probability, kept on the device and read back once per row at the end
+        token_logprobs = torch.zeros(n_audio, self.steps, device=device)
+        forced_tokens = None
+        if forced is not None:
+            forced_tokens = torch.full((n_audio, self.steps), eot, dtype=torch.long, device=device)
+            for row, row_tokens in enumerate(forced):
+                row_tokens = list(row_tokens)[:self.steps]
+                forced_tokens[row, :len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long, device=device)
         finished = torch.zeros(n_audio, dtype=torch.bool, device=device)
         rows = torch.arange(n_audio, device=device)  # original index of each row still decoding
         state = dict(last_ts=torch.zeros_like(finished), penultimate_ts=torch.ones_like(finished),
@@ -295,6 +327,7 @@ class _GreedyBatch:
         always, first = self._static_masks(vocab, device)
         done_tokens: Dict[int, Tensor] = {}  # original row -> its tokens, for rows that left
         done_logprobs: Dict[int, float] = {}
+        done_token_logprobs: Dict[int, Tensor] = {}
         sync_every = 1 if host else CUDA_SYNC_EVERY
         no_speech_probs = [float("nan")] * n_audio
 
@@ -328,11 +361,12 @@ class _GreedyBatch:
                 if not host or bool(forced.any()):  # forcing changed the logits: new log-probs
                     logprobs = None
 
-            next_tokens = logits.argmax(dim=-1)
+            next_tokens = logits.argmax(dim=-1) if forced_tokens is None else forced_tokens[rows, step]
             if logprobs is None:
                 logprobs = F.log_softmax(logits.float(), dim=-1)
             current = logprobs.gather(1, next_tokens[:, None])[:, 0]
             sum_logprobs += current * ~finished
+            token_logprobs[:, step] = current
             next_tokens = torch.where(finished, eot, next_tokens)
             tokens.scatter_(1, positions[:, None], next_tokens[:, None])
             positions = (positions + 1).clamp_(max=length)
@@ -350,26 +384,30 @@ class _GreedyBatch:
                     for index in finished.nonzero()[:, 0].tolist():
                         done_tokens[int(rows[index])] = tokens[index, :int(positions[index])]
                         done_logprobs[int(rows[index])] = float(sum_logprobs[index])
+                        done_token_logprobs[int(rows[index])] = token_logprobs[index]
                     keep = (~finished).nonzero()[:, 0]
                     self._keep(keep)
                     rows, tokens, sum_logprobs, finished = rows[keep], tokens[keep], sum_logprobs[keep], finished[keep]
+                    token_logprobs = token_logprobs[keep]
                     positions, last_step = positions[keep], last_step[keep]
                     state = {name: value[keep] for name, value in state.items()}
 
         for index, row in enumerate(rows.tolist()):
             done_tokens[row] = tokens[index, :int(positions[index])]
             done_logprobs[row] = float(sum_logprobs[index])
-        return [self._result(features[i], done_tokens[i], done_logprobs[i], no_speech_probs[i], self.sample_begins[i])
-                for i in range(n_audio)]
+            done_token_logprobs[row] = token_logprobs[index]
+        return [self._result(features[i], done_tokens[i], done_logprobs[i], no_speech_probs[i], self.sample_begins[i],
+                             done_token_logprobs[i]) for i in range(n_audio)]
 
     def _result(self, features: Tensor, row: Tensor, sum_logprob: float, no_speech_prob: float,
-                sample_begin: int) -> DecodingResult:
+                sample_begin: int, row_logprobs: Tensor) -> TokenDecodingResult:
         sampled = row[sample_begin:].tolist()
         eot = self.tokenizer.eot
         tokens = sampled[:sampled.index(eot)] if eot in sampled else sampled
         text = self.tokenizer.decode(tokens).strip()
-        return DecodingResult(
+        return TokenDecodingResult(
             audio_features=features, language=self.options.language, tokens=tokens, text=text,
             avg_logprob=sum_logprob / (len(tokens) + 1), no_speech_prob=no_speech_prob,
             temperature=self.options.temperature, compression_ratio=compression_ratio(text),
+            token_logprobs=row_logprobs[:len(tokens)].tolist(),
         )

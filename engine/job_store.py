@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .results import Segment, TranscriptionResult, Word
+from .results import Segment, TokenLogprob, TranscriptionResult, Word
 
 DB_NAME = "jobs.sqlite3"
 UNFINISHED = ("queued", "running")  # rows a restart must queue again
@@ -86,7 +86,9 @@ def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
     for raw in data.get("segments", []):
         raw = dict(raw)
         words = raw.pop("words", None)
-        segments.append(Segment(**raw, words=None if words is None else [Word(**w) for w in words]))
+        logprobs = raw.pop("logprobs", None)
+        segments.append(Segment(**raw, words=None if words is None else [Word(**w) for w in words],
+                                logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs]))
     fields = {k: v for k, v in data.items() if k != "segments"}
     return TranscriptionResult(segments=segments, **fields)
 

@@ -14,6 +14,15 @@ class Word:
 
 
 @dataclass
+class TokenLogprob:
+    """One text token as OpenAI's `logprobs` give it."""
+
+    token: str  # the token's text (a piece of a character when one is split over tokens: see bytes)
+    logprob: float  # natural log of its probability when it was chosen
+    bytes: List[int]  # its UTF-8 bytes
+
+
+@dataclass
 class Segment:
     id: int
     start: float  # seconds from the start of the recording (absolute, not window-relative)
@@ -26,6 +35,7 @@ class Segment:
     no_speech_prob: float = 0.0
     words: Optional[List[Word]] = None  # only with word timestamps
     seek: int = 0  # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
+    logprobs: Optional[List[TokenLogprob]] = None  # per text token, only when asked (DecodeOptions.logprobs); not in whisper's files
 
 
 @dataclass
@@ -47,7 +57,8 @@ class TranscriptionResult:
         """The shape openai-whisper's `transcribe()` returns; whisper's writers take it."""
         return {
             "text": self.text,
-            "segments": [asdict(s) for s in self.segments],
+            # logprobs are the API's, not whisper's: its writers' files stay as whisper writes them
+            "segments": [{k: v for k, v in asdict(s).items() if k != "logprobs"} for s in self.segments],
             "language": self.language,
             "duration": self.duration,
             "task": self.task,

@@ -178,6 +178,8 @@ class TranscriptionForm(BaseModel):
             options["temperature"] = self.temperature
         if self.words:
             options["word_timestamps"] = True
+        if self.logprobs:
+            options["logprobs"] = True
         return options
 
 
@@ -252,28 +254,29 @@ def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool
     return body
 
 
-def segment_logprobs(segment: Segment, first: bool = False) -> List[Dict[str, Any]]:
-    """OpenAI's per-token log-probabilities of a segment's text tokens: {token, logprob, bytes}.
-    The first segment's leading space is not part of the text, so not of its first token either."""
-    values = getattr(segment, "logprobs", None) or []
-    out = []
-    for piece, logprob in values:
-        token = piece.decode("utf-8", errors="replace")
-        if first and not out:
-            token = token.lstrip()
-        out.append({"token": token, "logprob": float(logprob), "bytes": list(piece)})
-    return out
+LOGPROB_FLOOR = -1e4  # stands in for -inf (a token the logit rules had ruled out), which JSON cannot carry
+
+
+def segment_logprobs(segment: Segment) -> List[Dict[str, Any]]:
+    """OpenAI's per-token log-probabilities of a segment's text tokens: {token, logprob, bytes},
+    the tokens exactly as decoded (the first one keeps its leading space, as its bytes do)."""
+    return [{"token": p.token, "logprob": float(p.logprob) if math.isfinite(p.logprob) else LOGPROB_FLOOR,
+             "bytes": list(p.bytes)} for p in (segment.logprobs or [])]
 
 
 def result_logprobs(result: TranscriptionResult) -> List[Dict[str, Any]]:
-    return [p for i, s in enumerate(result.segments) for p in segment_logprobs(s, first=i == 0)]
+    return [p for s in result.segments for p in segment_logprobs(s)]
 
 
 def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
                            headers: Optional[Dict[str, str]] = None, subtitles: Optional[SubtitleOptions] = None) -> Response:
     fmt = form.response_format
     if fmt == "json":
-        return JSONResponse({"text": result.text, "usage": usage(result)}, headers=headers)
+        body: Dict[str, Any] = {"text": result.text}
+        if form.logprobs:
+            body["logprobs"] = result_logprobs(result)
+        body["usage"] = usage(result)
+        return JSONResponse(body, headers=headers)
     if fmt == "verbose_json":
         segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
         return JSONResponse(verbose_json(result, segments, form.words), headers=headers)

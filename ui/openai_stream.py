@@ -47,7 +47,7 @@ class _Deltas:
             if delta:
                 body: Dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
                 if self.logprobs:
-                    body["logprobs"] = segment_logprobs(segment, first=not self.sent_text)
+                    body["logprobs"] = segment_logprobs(segment)
                 events.append(body)
                 self.sent_text += delta
         self.sent_segments = max(self.sent_segments, len(segments))
