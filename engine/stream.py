@@ -17,7 +17,7 @@ recording that is one section gives `whisper.transcribe`'s segments (tests/test_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -237,6 +237,10 @@ class SectionStream:
             window_start = round(self.speech.to_recording(window_start / FRAMES_PER_SECOND) * FRAMES_PER_SECOND)
             if words:  # narrowed separately, a segment and its words may disagree at a join
                 start, end = min(start, words[0].start), max(end, words[-1].end)
+        if words:
+            # Whisper lets a first word it finds "too long" start before its segment, and a last
+            # word run past the recording's end; its own rule prefers the segment's times then.
+            words = [replace(w, start=min(max(w.start, start), end), end=max(min(w.end, end), start)) for w in words]
         return Segment(id=0, seek=window_start, start=start, end=end, text=d["text"],
                        tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
                        compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words,

@@ -24,8 +24,12 @@ def whisper_segments(model, audio, condition: bool, max_new_tokens=None, words=F
     result = whisper.transcribe(model, audio, temperature=0.0, fp16=False, condition_on_previous_text=condition,
                                 word_timestamps=words, **GUARDS, **options)
     duration = len(audio) / 16000
+
+    def inside(value, segment):  # the engine keeps each word inside its segment (and the recording)
+        return round(min(max(value, segment["start"]), min(segment["end"], duration)), 2)
+
     return [(s["seek"], round(s["start"], 2), round(min(s["end"], duration), 2), s["text"],
-             [(w["word"], round(w["start"], 2), round(w["end"], 2)) for w in s["words"]] if words else None)
+             [(w["word"], inside(w["start"], s), inside(w["end"], s)) for w in s["words"]] if words else None)
             for s in result["segments"] if s["text"].strip() and s["start"] < duration]
 
 
