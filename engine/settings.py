@@ -55,7 +55,7 @@ class Settings(BaseModel):
     logprob_threshold: Optional[float] = -1.0  # ... or when its average token log-probability is below this
     no_speech_threshold: Optional[float] = 0.6  # treat a window as silent above this no-speech probability
     silence_threshold_db: float = -50.0  # windows whose loudest 20 ms is below this dBFS are skipped as silence
-    hallucination_silence_threshold: Optional[float] = Field(2.0, gt=0)  # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's option); null = off
+    hallucination_silence_threshold: Optional[float] = Field(None, gt=0)  # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's option; drops real words too, so off)
     vad: bool = True  # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach the model)
     vad_threshold: float = Field(0.5, gt=0, lt=1)  # speech probability above which a 32 ms frame is speech
     vad_min_silence_s: float = Field(2.0, ge=0.1)  # gaps without speech shorter than this are decoded anyway

@@ -59,13 +59,9 @@ def fast_settings(model: Path | str, **overrides):
 
     values = dict(model=str(model), device="cpu", precision="fp32", temperatures=[0.0], max_new_tokens=24,
                   compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None,
-                  warm_up=False, vad=False,  # VAD has its own tests; synthetic tones are not speech
-                  hallucination_silence_threshold=None)
+                  warm_up=False, vad=False)  # VAD has its own tests; synthetic tones are not speech
     values.update(overrides)
-    settings = load_settings(None, values, environ={})
-    if values["hallucination_silence_threshold"] is None:  # load_settings skips None overrides (unset flags)
-        settings = settings.model_copy(update={"hallucination_silence_threshold": None})
-    return settings
+    return load_settings(None, values, environ={})
 
 
 class DecodeGate(threading.Event):

@@ -16,8 +16,7 @@ FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 @pytest.fixture(scope="module")
 def result(tiny_en_model_dir):
     audio = load_audio(shared_audio(FIVE_MIN))[:16000 * 150]
-    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224, batch_size=4, min_section_s=30,
-                             hallucination_silence_threshold=2.0)
+    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224, batch_size=4, min_section_s=30)
     with Engine(settings) as engine:
         return engine.transcribe(audio, word_timestamps=True)
 
