@@ -132,6 +132,7 @@ class JobHandle:
 
     def _finish(self, status: JobStatus, result: Any = None, error: Optional[BaseException] = None) -> None:
         self.status = status
+        self._segment_source = None  # it holds the job's streams, audio included: not past the job's end
         self.finished_at = time.time()
         if error is None:
             self._future.set_result(result)

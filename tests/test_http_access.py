@@ -71,6 +71,9 @@ def test_each_key_sees_only_its_own_jobs(two_keys):
         assert client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", data)).text is not None
     with client_for(two_keys, "carol-key") as carol, client_for(two_keys) as nobody:
         assert carol.get("/v1/jobs").status_code == 401 and nobody.get("/v1/jobs").status_code == 401
+        refused = [line for line in nobody.get("/metrics").text.splitlines()
+                   if line.startswith('whisper_requests_refused_total{reason="unauthorized"}')]
+        assert float(refused[0].split()[-1]) >= 2  # counted by reason
     # the key is never stored, only its name
     store = two_keys.app.state.jobs.store
     owners = {r.owner for r in store.recent(any_owner=True, limit=100)}

@@ -183,7 +183,8 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         finally:
             upload.path.unlink(missing_ok=True)
         info = jobs.get(handle.id)
-        return JSONResponse(job_body(info, public_model=names.public), status_code=202, headers={"Location": f"/v1/jobs/{handle.id}"})
+        return JSONResponse(job_body(info, public_model=names.public), status_code=202,
+                            headers={"Location": f"/v1/jobs/{handle.id}"})
 
     @v1.get("/jobs")
     async def list_jobs(request: Request, limit: int = 20) -> Dict:
