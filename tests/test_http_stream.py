@@ -104,3 +104,22 @@ def test_a_client_that_leaves_mid_stream_does_not_lose_the_job(micro_checkpoint,
                 time.sleep(0.1)
         assert job["status"] == "done" and job["result"]["duration"] == pytest.approx(300.8, abs=1)
         assert server.engine.status().busy_workers == 0
+
+
+def test_sections_decoded_side_by_side_stream_in_recording_order(micro_checkpoint, tmp_path):
+    """Four sections of five minutes advance together; the deltas still come in the recording's
+    order (a section's once those before it are complete) and join to the final text."""
+    from app import serve
+
+    settings = fast_settings(micro_checkpoint, batch_size=4, data_dir=str(tmp_path / "data"))
+    with serve(settings, engine=Engine(settings, decoder=SlowDecoder(0.05)), port=0) as server:
+        client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=120)
+        with open(shared_audio(FIVE_MIN), "rb") as file:
+            events = list(client.audio.transcriptions.create(model="whisper-1", file=file, stream=True))
+        deltas, done = [e.delta for e in events[:-1]], events[-1]
+        assert done.type == "transcript.text.done" and len(deltas) >= 4
+        assert "".join(deltas) == done.text
+        with httpx.Client(base_url=server.url.rstrip("/"), timeout=30) as http:
+            job = http.get(f"/v1/jobs/{http.get('/v1/jobs').json()['data'][0]['id']}").json()
+        texts = [s["text"] for s in job["result"]["segments"] if s["text"]]
+        assert "".join(texts).strip() == done.text  # the stored segments, in the same order
