@@ -3,7 +3,6 @@ transcript.text.delta events as segments complete, in order, then transcript.tex
 the whole text; a client that leaves mid-stream does not lose the job; translations refuse."""
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
