@@ -52,7 +52,7 @@ AUDIO_EXTENSIONS = frozenset({
 })
 # Keyword options a job may carry: stored as JSON and passed to Engine.submit unchanged.
 SUBMIT_OPTIONS = ("language", "task", "model", "initial_prompt", "word_timestamps", "temperature",
-                  "max_new_tokens", "logprobs")
+                  "max_new_tokens", "logprobs", "vad")
 FEED_INTERVAL_S = 0.5  # how often waiting recovered jobs try for room in the queue
 PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
 ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted

@@ -145,3 +145,19 @@ def test_audio_shorter_than_a_tenth_of_a_second_is_refused(engine, tmp_path):
     with pytest.raises(AudioTooShort):
         engine.submit(clip)  # refused before it takes a place in the queue
     assert engine.transcribe(np.zeros(1600, dtype=np.float32)).text == ""  # 0.1 s is accepted
+
+
+def test_a_request_can_turn_vad_off(engine, clips):
+    """Per request (the page's checkbox, the API's `vad` field): off, the music is decoded too."""
+    jfk, libri, _ = clips
+    audio = np.concatenate([jfk, NON_SPEECH["music"](GAP_S), libri])
+    torch.manual_seed(0)
+    with_vad, without = engine.transcribe(audio), engine.transcribe(audio, vad=False)
+    assert with_vad.windows < without.windows
+
+
+def test_the_api_form_carries_vad_to_the_job():
+    from ui.openai_compat import parse_form
+
+    assert parse_form({"vad": ["false"]}).submit_options("transcribe", "tiny.en")["vad"] is False
+    assert "vad" not in parse_form({"vad": [""]}).submit_options("transcribe", "tiny.en")  # empty = the config's

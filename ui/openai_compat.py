@@ -148,6 +148,7 @@ class TranscriptionForm(BaseModel):
     task: Optional[Literal["transcribe", "translate"]] = None  # /v1/jobs only; the audio routes imply it
     stream: bool = False  # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
     include: List[Literal["logprobs"]] = Field(default_factory=list)  # "logprobs": per-token log-probabilities (json only)
+    vad: Optional[bool] = None  # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
 
     @field_validator("*", mode="before")
     @classmethod
@@ -180,6 +181,8 @@ class TranscriptionForm(BaseModel):
             options["word_timestamps"] = True
         if self.logprobs:
             options["logprobs"] = True
+        if self.vad is not None:
+            options["vad"] = self.vad
         return options
 
 
