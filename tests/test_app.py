@@ -69,7 +69,9 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
     api = client.view_api(return_format="dict", print_info=False)
     assert list(api["named_endpoints"]) == ["/transcribe"]  # timer and release button stay private
     parameters = api["named_endpoints"]["/transcribe"]["parameters"]
-    assert [p["parameter_name"] for p in parameters] == ["audio", "language", "task", "timestamps", "model"]
+    assert [p["parameter_name"] for p in parameters] == ["audio", "language", "task", "timestamps", "model",
+                                                         "word_timestamps", "vad", "max_line_width", "max_lines",
+                                                         "max_cue_s", "per_segment"]
     assert not parameters[0]["parameter_has_default"]
     assert all(p["parameter_has_default"] for p in parameters[1:])
     assert parameters[4]["parameter_default"] == server.engine.settings.model

@@ -22,13 +22,57 @@ from engine import Engine, language_choices
 
 from .sidebar import (REFRESH_S, gpu_panel_html, model_choices, model_label, model_state_html, process_rss_mb,
                       release_label, release_markdown, sidebar_title)
-from .transcribe_handler import AUTO_LANGUAGE, Cancel, DownloadDir, SessionJobs, Submit, make_transcribe
+from .transcribe_handler import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, Cancel, DownloadDir,
+                                 SessionJobs, Submit, make_transcribe)
 
 TRANSCRIBE_CONCURRENCY_ID = "transcribe"  # no limit: the engine's queue decides who waits (module doc)
 RELEASE_CONCURRENCY_ID = "release"  # one release at a time
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"  # passed to launch(css_paths=...)
 TITLE = "Speech to text"
 NARROW_PX = 768  # at this width and below Gradio lays the sidebar over the page: it starts closed
+
+# A click (or Enter) on a segment or a word of the segments view plays the recording from its
+# `data-start`. Gradio's waveform player (WaveSurfer) plays through an <audio> element that it
+# never adds to the page (the one inside #audio-input is a hidden fallback), so the script
+# remembers the <audio> elements the page creates and seeks the newest one holding a
+# recording: setting its currentTime moves the waveform's cursor and time too. Installed
+# once per page load, before any recording is uploaded. `window.sttRecordingPlayer()` gives
+# that element (the browser tests read its currentTime).
+SEEK_JS = """() => {
+  if (window.sttRecordingPlayer) return;
+  const created = [];
+  const createElement = document.createElement;
+  document.createElement = function (tag, options) {
+    const element = createElement.call(this, tag, options);
+    if (String(tag).toLowerCase() === 'audio') created.push(new WeakRef(element));
+    return element;
+  };
+  const loaded = (a) => a && a.readyState >= 1 && Number.isFinite(a.duration) && a.duration > 0;
+  window.sttRecordingPlayer = () => {
+    const shown = [...document.querySelectorAll('#audio-input audio')].filter(loaded);
+    const made = created.map((ref) => ref.deref()).filter(loaded);
+    return [...shown, ...made].pop() || null;
+  };
+  const play = (target) => {
+    const player = window.sttRecordingPlayer();
+    const start = parseFloat(target.dataset.start);
+    if (!player || !Number.isFinite(start)) return;
+    player.currentTime = Math.min(start, player.duration);
+    const playing = player.play();
+    if (playing) playing.catch(() => {});
+    document.querySelectorAll('#segments .current').forEach((e) => e.classList.remove('current'));
+    target.closest('.segment')?.classList.add('current');
+  };
+  document.addEventListener('click', (event) => {
+    const target = event.target.closest?.('#segments [data-start]');
+    if (target) play(target);
+  });
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' && event.key !== ' ') return;
+    const target = event.target.closest?.('#segments .segment[data-start]');
+    if (target) { event.preventDefault(); play(target); }
+  });
+}"""
 
 # On a phone the open sidebar covers the page: close it once the page has loaded.
 CLOSE_SIDEBAR_WHEN_NARROW_JS = f"""() => {{
@@ -101,6 +145,31 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                     timestamps = gr.Checkbox(value=True, label="Timestamps", elem_id="timestamps")
                     model = gr.Dropdown(model_choices(settings.allowed_models), value=settings.model, label="Model",
                                         interactive=len(settings.allowed_models) > 1, elem_id="model")
+                with gr.Accordion("Advanced options", open=False, elem_id="advanced-options"):
+                    with gr.Row():
+                        word_timestamps = gr.Checkbox(
+                            value=False, label="Word timestamps", elem_id="word-timestamps",
+                            info="Times for every word: shown in the segments view and kept in the json download; "
+                                 "srt/vtt cues then start and end with their words. Without it the subtitle times "
+                                 "are estimated from the segments' times. A little slower.")
+                        vad = gr.Checkbox(
+                            value=settings.vad, label="Skip non-speech (voice activity detection)", elem_id="vad",
+                            info="Decode only what sounds like speech: music, noise and long silences are skipped.")
+                    gr.Markdown("**Subtitles** (the srt and vtt downloads)")
+                    with gr.Row():
+                        max_line_width = gr.Number(value=settings.subtitle_max_line_width, precision=0,
+                                                   label="Max characters per line", elem_id="subtitle-width",
+                                                   info=f"{LINE_WIDTH_RANGE[0]} to {LINE_WIDTH_RANGE[1]}")
+                        max_lines = gr.Number(value=settings.subtitle_max_lines, precision=0,
+                                              label="Max lines per cue", elem_id="subtitle-lines",
+                                              info=f"{LINES_RANGE[0]} to {LINES_RANGE[1]}")
+                        max_cue_s = gr.Number(value=settings.subtitle_max_cue_s, label="Max seconds per cue",
+                                              elem_id="subtitle-seconds",
+                                              info=f"{CUE_S_RANGE[0]:g} to {CUE_S_RANGE[1]:g}")
+                    per_segment = gr.Checkbox(value=settings.subtitle_per_segment,
+                                              label="One cue per segment (plain)", elem_id="subtitle-per-segment",
+                                              info="Whisper's own files: each segment one cue on one line, "
+                                                   "whatever its length; the limits above are then ignored.")
                 with gr.Row():
                     transcribe_button = gr.Button("Transcribe", variant="primary", scale=3,
                                                   elem_id="transcribe-button")
@@ -108,17 +177,24 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
             with gr.Column(scale=1):
                 transcript = gr.Textbox(label="Transcript", lines=14, max_lines=40, buttons=["copy"],
                                         interactive=False, elem_id="transcript")
+                segments = gr.HTML(elem_id="segments")
                 details = gr.Markdown(label="Details", elem_id="details")
                 files = gr.File(label="Downloads", file_count="multiple",
                                 interactive=False, elem_id="downloads")
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
+        # The segments view reaches the page through a State and a quick second step, so the
+        # /transcribe endpoint still returns (text, files, details) to gradio_client.
+        segments_view = gr.State("")
         transcribe_event = transcribe_button.click(
-            transcribe, inputs=[audio, language, task, timestamps, model], outputs=[transcript, files, details],
+            transcribe, inputs=[audio, language, task, timestamps, model, word_timestamps, vad, max_line_width,
+                                max_lines, max_cue_s, per_segment],
+            outputs=[transcript, files, details, segments_view],
             api_name="transcribe", api_description="Transcribe (or translate) a recording: text, files, details.",
             concurrency_limit=None, concurrency_id=TRANSCRIBE_CONCURRENCY_ID)
         # Cancel stops this tab's queued or running job. Its own unlimited concurrency group:
         # it never waits behind transcriptions (queued only so that its message can show).
+        transcribe_event.then(lambda view: view, inputs=[segments_view], outputs=[segments], **quick)
         cancel_button.click(cancel_jobs, show_progress="hidden", api_visibility="private",
                             concurrency_limit=None, concurrency_id="cancel")
         release_button.click(release, inputs=[model], outputs=[release_report, gpu_panel, model_state],
@@ -134,6 +210,7 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
         timer.tick(refresh, inputs=[model], outputs=[gpu_panel, model_state], **quick)
         demo.load(refresh, inputs=[model], outputs=[gpu_panel, model_state], **quick)
         demo.load(None, js=CLOSE_SIDEBAR_WHEN_NARROW_JS, **quick)
+        demo.load(None, js=SEEK_JS, **quick)
 
     demo.downloads = downloads  # so serve() can remove the files at close
     return demo

@@ -10,7 +10,9 @@ Cancel button stops that tab's job, queued or running, and nobody else's.
 """
 from __future__ import annotations
 
+import html
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -22,6 +24,7 @@ import gradio as gr
 
 from engine import (AudioError, Engine, InvalidRequest, JobCancelled, JobHandle, ModelLoadError, QueueFull,
                     TranscriptionResult, WindowTooLarge, WorkerShutDown, write_files)
+from engine.subtitles import SubtitleOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,10 @@ DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "json")  # offered as downloads under t
 POLL_S = 0.25  # how often the progress bar follows the job
 KEEP_FILES_S = 3600.0  # downloads older than this are deleted (Gradio keeps its own copy meanwhile)
 AUTO_LANGUAGE = "auto"
+# What the page accepts for the subtitle layout (the config may go further; the page keeps to sane values).
+LINE_WIDTH_RANGE = (10, 200)  # characters per line: below 10 hardly a word fits
+LINES_RANGE = (1, 10)  # lines per cue
+CUE_S_RANGE = (0.5, 60.0)  # seconds a cue stays on screen
 
 # Exceptions whose message is meant for the user as is.
 USER_ERRORS = (AudioError, InvalidRequest, QueueFull, ModelLoadError, WindowTooLarge, JobCancelled,
@@ -110,6 +117,79 @@ def transcript_text(result: TranscriptionResult, timestamps: bool) -> str:
                      for s in result.segments)
 
 
+def clock(seconds: float) -> str:
+    """[00:01:23]: a segment's start, to the second, as the segments view shows it."""
+    whole = int(max(0.0, seconds))
+    return f"[{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}]"
+
+
+def word_time(seconds: float) -> str:
+    """A word's start under it: 5.1, 1:05.1 past a minute, 1:02:03.4 past an hour."""
+    tenths = int(round(max(0.0, seconds) * 10))
+    minutes, tenths = divmod(tenths, 600)
+    hours, minutes = divmod(minutes, 60)
+    secs = f"{tenths // 10}.{tenths % 10}"
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:0>4}"
+    return f"{minutes}:{secs:0>4}" if minutes else secs
+
+
+def segments_html(result: Optional[TranscriptionResult]) -> str:
+    """The transcript as clickable segments: each with its start time, and, with word
+    timestamps, each word with its own time under it. Every element carries its start in
+    `data-start`; the page's script (ui/page.py SEEK_JS) plays the recording from there on a
+    click. All text is escaped: transcripts are user content."""
+    if result is None:
+        return ""
+    if not result.segments:
+        return '<div class="segments segments-empty">No speech detected.</div>'
+    rows = []
+    for segment in result.segments:
+        start = f"{segment.start:.3f}"
+        if segment.words:
+            text = "".join(
+                f'<span class="word" data-start="{w.start:.3f}" title="{format_timestamp(w.start)} – '
+                f'{format_timestamp(w.end)}"><span class="word-text">{html.escape(w.word.strip())}</span>'
+                f'<span class="word-time">{word_time(w.start)}</span></span> '
+                for w in segment.words if w.word.strip())
+        else:
+            text = html.escape(segment.text.strip())
+        rows.append(f'<div class="segment" data-start="{start}" tabindex="0" role="button" '
+                    f'title="Play from {format_timestamp(segment.start)}">'
+                    f'<span class="segment-time">{clock(segment.start)}</span> '
+                    f'<span class="segment-text">{text.rstrip()}</span></div>')
+    hint = "Click a segment" + (" or a word" if any(s.words for s in result.segments) else "") + \
+        " to play the recording from there."
+    return f'<div class="segments"><div class="segments-hint">{hint}</div>{"".join(rows)}</div>'
+
+
+def _number(value, label: str, low: float, high: float, default, whole: bool):
+    """A page field's number checked against [low, high]; empty gives the default."""
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number) or (whole and number != int(number)) or not low <= number <= high:
+        kind = "a whole number" if whole else "a number"
+        raise gr.Error(f"{label}: must be {kind} from {low:g} to {high:g}, got {value!r}.", title="Subtitle options",
+                       print_exception=False)
+    return int(number) if whole else number
+
+
+def subtitle_options(defaults: SubtitleOptions, max_line_width=None, max_lines=None, max_cue_s=None,
+                     per_segment=None) -> SubtitleOptions:
+    """The page's subtitle fields as SubtitleOptions (empty fields keep `defaults`); a value
+    out of range is a gr.Error naming the field."""
+    return SubtitleOptions(
+        max_line_width=_number(max_line_width, "Max characters per line", *LINE_WIDTH_RANGE, defaults.max_line_width,
+                               whole=True),
+        max_lines=_number(max_lines, "Max lines per cue", *LINES_RANGE, defaults.max_lines, whole=True),
+        max_cue_s=_number(max_cue_s, "Max seconds per cue", *CUE_S_RANGE, defaults.max_cue_s, whole=False),
+        per_segment=defaults.per_segment if per_segment is None else bool(per_segment))
+
+
 def details_markdown(result: TranscriptionResult, model_label: str) -> str:
     speed = result.duration / result.processing_s if result.processing_s > 0 else 0.0
     facts = [f"Language: **{result.language or 'unknown'}**", f"{result.duration:.1f} s of audio",
@@ -182,11 +262,21 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
     default_model = engine.settings.model
 
     def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
-                   timestamps: bool = True, model: Optional[str] = None, request: gr.Request = None,
-                   progress=gr.Progress()) -> Tuple[str, List[str], str]:
+                   timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
+                   vad: Optional[bool] = None, max_line_width: Optional[float] = None,
+                   max_lines: Optional[float] = None, max_cue_s: Optional[float] = None,
+                   per_segment: Optional[bool] = None, request: gr.Request = None,
+                   progress=gr.Progress()) -> Tuple[str, List[str], str, str]:
+        """Returns the transcript, the files, the details line and the segments view (HTML)."""
         if not audio:
             raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
                            print_exception=False)
+        subtitles = subtitle_options(engine.settings.subtitles, max_line_width, max_lines, max_cue_s, per_segment)
+        options = {"word_timestamps": True} if word_timestamps else {}
+        # Only a choice that differs from the config is passed: None means the config's value,
+        # and a job manager that does not take `vad` still gets every default request.
+        if vad is not None and bool(vad) != engine.settings.vad:
+            options["vad"] = bool(vad)
         model = model or default_model
         name = Path(audio).name
         session = getattr(request, "session_hash", None) or ""
@@ -194,7 +284,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         handle = None
         try:
             handle = submit(audio, language=None if language in (None, "", AUTO_LANGUAGE) else language,
-                            task=task or None, model=model, name=name)
+                            task=task or None, model=model, name=name, **options)
             sessions.started(call, handle)
             result = follow(handle, progress, engine, call)
         except JobCancelled:
@@ -202,7 +292,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
                 raise gr.Error("The job was stopped by the server.", title="Cannot transcribe this recording",
                                print_exception=False) from None
             gr.Info("The transcription was cancelled.", title="Cancelled")
-            return "", [], cancelled_markdown(handle)
+            return "", [], cancelled_markdown(handle), ""
         except QueueFull as exc:
             raise gr.Error(f"The server is busy: {exc}", title="Queue full", print_exception=False) from None
         except USER_ERRORS as exc:
@@ -215,8 +305,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
 
         progress(1.0, desc="Writing files")
         files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
-                            subtitles=engine.settings.subtitles)
+                            subtitles=subtitles)
         return (transcript_text(result, bool(timestamps)), [str(p) for p in files.values()],
-                details_markdown(result, model_label(model)))
+                details_markdown(result, model_label(model)), segments_html(result))
 
     return transcribe

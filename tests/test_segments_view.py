@@ -1,0 +1,61 @@
+"""The page's segments view and subtitle fields as plain functions (no server, no browser;
+tests/test_transcript_browser.py drives them in Chromium)."""
+from __future__ import annotations
+
+import re
+
+import gradio as gr
+import pytest
+
+from engine import Segment, TranscriptionResult, Word
+from engine.subtitles import SubtitleOptions
+from ui.transcribe_handler import clock, segments_html, subtitle_options, word_time
+
+
+def _result(words: bool) -> TranscriptionResult:
+    first_words = [Word(" <b>Hi</b>", 0.5, 0.9, 0.9), Word(" &amp;", 0.9, 1.2, 0.9)] if words else None
+    return TranscriptionResult(segments=[
+        Segment(0, 0.5, 1.2, ' <b>Hi</b> &amp;', words=first_words),
+        Segment(1, 83.25, 3725.0, ' "quoted" <script>alert(1)</script>',
+                words=[Word(' "quoted"', 83.25, 84.0, 0.8), Word(" <script>alert(1)</script>", 84.0, 3725.0, 0.7)]
+                if words else None),
+    ], language="en", duration=3726.0)
+
+
+def test_segments_carry_their_start_and_escape_all_text():
+    view = segments_html(_result(words=False))
+    assert "<script>" not in view and "<b>" not in view
+    assert "&lt;b&gt;Hi&lt;/b&gt; &amp;amp;" in view and "&lt;script&gt;alert(1)&lt;/script&gt;" in view
+    assert re.findall(r'class="segment" data-start="([\d.]+)"', view) == ["0.500", "83.250"]
+    assert "[00:00:00]" in view and "[00:01:23]" in view
+    assert 'class="word"' not in view and "Click a segment to play" in view
+
+
+def test_words_carry_their_times_escaped():
+    view = segments_html(_result(words=True))
+    assert "<script>" not in view and "<b>" not in view
+    assert re.findall(r'class="word" data-start="([\d.]+)"', view) == ["0.500", "0.900", "83.250", "84.000"]
+    assert re.findall(r'class="word-time">([^<]+)<', view) == ["0.5", "0.9", "1:23.2", "1:24.0"]
+    assert 'title="00:00.500 – 00:00.900"' in view and "&quot;quoted&quot;" in view
+    assert "Click a segment or a word" in view
+
+
+def test_no_speech_and_no_result():
+    assert "No speech detected" in segments_html(TranscriptionResult([], "en", 3.0))
+    assert segments_html(None) == ""
+
+
+def test_clock_and_word_time():
+    assert clock(0) == "[00:00:00]" and clock(83.9) == "[00:01:23]" and clock(3725) == "[01:02:05]"
+    assert word_time(5.14) == "5.1" and word_time(65.0) == "1:05.0" and word_time(3723.46) == "1:02:03.5"
+
+
+def test_subtitle_fields_become_options_and_bad_values_are_named():
+    defaults = SubtitleOptions(42, 2, 7.0, False)
+    assert subtitle_options(defaults) == defaults  # empty fields keep the config's values
+    assert subtitle_options(defaults, 20.0, 1, 3.5, True) == SubtitleOptions(20, 1, 3.5, True)
+    for args, field in (((5,), "Max characters per line"), ((20.5,), "Max characters per line"),
+                        ((20, 0), "Max lines per cue"), ((20, 2, 0.1), "Max seconds per cue"),
+                        ((20, 2, float("nan")), "Max seconds per cue")):
+        with pytest.raises(gr.Error, match=field):
+            subtitle_options(defaults, *args)

@@ -1,0 +1,255 @@
+"""The page's transcript views and options in a real browser (headless Chromium through
+Playwright's Python package, as tests/test_app_browser.py): the segments view with each
+segment's start time, a click on a segment or a word playing the recording from there, word
+timestamps on the page and in the json download, and the subtitle options shaping the srt.
+
+Random weights (the lively micro checkpoint) are enough here: the engine's word timings and
+subtitles are tested on real weights elsewhere; this checks that the page asks for them,
+shows them and hands them on. The screenshot of the segments view with word times goes to
+tests/.artifacts/page-segments.png; with UPDATE_SCREENSHOT=1 also to docs/, for the README.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from conftest import JFK, ROOT, fast_settings, shared_audio
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+
+TIMEOUT_MS = 90_000  # 2 slow cores: a page load and a transcription take seconds
+ARTIFACTS = ROOT / "tests" / ".artifacts"
+DESKTOP = {"width": 1400, "height": 1000}
+
+
+@pytest.fixture(scope="module")
+def server(micro_checkpoint, tmp_path_factory):
+    from app import serve
+
+    # More tokens than fast_settings' 24, so the 11 s recording gives several segments.
+    settings = fast_settings(micro_checkpoint, max_new_tokens=64,
+                             data_dir=str(tmp_path_factory.mktemp("transcript") / "data"))
+    server = serve(settings, port=0)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_api.sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture
+def page(playwright, server, tmp_path):
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run",
+              "--autoplay-policy=no-user-gesture-required"],
+        viewport=DESKTOP)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#gpu-panel", state="attached")
+    page.wait_for_selector("#model-state.state-ready")
+    yield page
+    context.close()
+
+
+def upload(page, path):
+    page.set_input_files("#audio-input input[type=file]", str(path))
+    page.locator("#audio-input button[aria-label='Play']").wait_for()
+
+
+def transcribe(page):
+    page.click("#transcribe-button")
+    page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0"
+                           " || document.querySelector('.toast-body') !== null")
+    toasts = page.locator(".toast-body").all_inner_texts()
+    assert not toasts, f"the page showed an error: {toasts}"
+    page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
+    page.locator("#segments .segment").first.wait_for()
+
+
+def advanced(page):
+    page.locator("#advanced-options button").first.click()  # open the accordion
+    page.locator("#word-timestamps input").wait_for()
+
+
+def set_number(page, elem_id, value):
+    field = page.locator(f"#{elem_id} input")
+    field.fill(str(value))
+    field.press("Tab")  # Gradio takes a number field's value on blur
+
+
+def download(page, suffix) -> str:
+    """The text of the download whose name ends with `suffix`, fetched as the browser would."""
+    hrefs = page.eval_on_selector_all("#downloads a", "links => links.map(a => a.href)")
+    href = next(h for h in hrefs if h.split("?")[0].endswith(suffix))
+    response = page.request.get(href)
+    assert response.ok, href
+    return response.text()
+
+
+def player_time(page) -> float:
+    return page.evaluate("window.sttRecordingPlayer() ? window.sttRecordingPlayer().currentTime : -1")
+
+
+def wait_player_at(page, start, slack=1.5):
+    """Until the recording's player stands at `start` (or just after it: it plays on)."""
+    page.wait_for_function(
+        "([start, slack]) => { const p = window.sttRecordingPlayer();"
+        " return p !== null && p.currentTime >= start - 0.05 && p.currentTime <= start + slack; }",
+        arg=[start, slack], timeout=10_000)
+
+
+def screenshot(page, name, locator):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(500)
+    locator.screenshot(path=str(shot))
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / name)
+
+
+def test_click_a_segment_to_play_the_recording_from_its_start(page):
+    upload(page, shared_audio(JFK))
+    transcribe(page)
+    rows = page.locator("#segments .segment")
+    assert rows.count() >= 2, page.inner_text("#segments")
+    result = json.loads(download(page, ".json"))
+    starts = [float(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.start)")]
+    assert starts == pytest.approx([s["start"] for s in result["segments"]], abs=1e-3)
+    for row, segment in zip(rows.all(), result["segments"]):  # each row: its start as [hh:mm:ss], then its text
+        whole = int(segment["start"])
+        assert row.locator(".segment-time").inner_text() == f"[{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}]"
+        assert " ".join(row.locator(".segment-text").inner_text().split()) == " ".join(segment["text"].split())
+    assert page.locator("#segments .word").count() == 0  # no word timestamps asked
+    assert page.input_value("#transcript textarea").count("-->") == len(starts)  # the copyable text stays
+
+    second = starts[1]
+    assert second > 0.5
+    rows.nth(1).click()
+    wait_player_at(page, second)
+    assert "current" in rows.nth(1).get_attribute("class")
+    # The player's own time display follows (Gradio's waveform shows m:ss).
+    shown = f"{int(player_time(page)) // 60}:{int(player_time(page)) % 60:02d}"
+    page.locator("#audio-input", has_text=shown).wait_for(timeout=10_000)
+
+    rows.first.press("Enter")  # the keyboard works too
+    wait_player_at(page, starts[0])
+
+
+def test_word_timestamps_on_the_page_and_in_the_json(page):
+    upload(page, shared_audio(JFK))
+    advanced(page)
+    assert not page.is_checked("#word-timestamps input")  # off by default
+    page.check("#word-timestamps input")
+    transcribe(page)
+    page.locator("#segments .word").first.wait_for()
+
+    result = json.loads(download(page, ".json"))
+    assert result["segments"]
+    for segment in result["segments"]:
+        assert segment["words"], segment
+        for word in segment["words"]:
+            assert segment["start"] - 0.01 <= word["start"] <= word["end"] <= segment["end"] + 0.01, word
+    words = [w for s in result["segments"] for w in s["words"] if w["word"].strip()]
+    shown = page.locator("#segments .word")
+    assert shown.count() == len(words)
+    texts = shown.locator(".word-text").all_inner_texts()
+    times = shown.locator(".word-time").all_inner_texts()
+    assert texts == [w["word"].strip() for w in words]
+    assert times == [f"{w['start']:.1f}" for w in words]  # seconds with a tenth (m:ss.s past a minute)
+    assert all(re.fullmatch(r"\d+:\d\d\.\d{3} – \d+:\d\d\.\d{3}", t)
+               for t in shown.evaluate_all("words => words.map(w => w.title)"))
+
+    # The srt takes its times from the words: every cue starts with a word.
+    srt = download(page, ".srt")
+    cue_starts = [_seconds(m) for m in re.findall(r"^(\d\d:\d\d:\d\d,\d\d\d) --> ", srt, re.M)]
+    word_starts = {round(w["start"], 2) for w in words}
+    assert cue_starts and all(round(t, 2) in word_starts for t in cue_starts), (cue_starts, sorted(word_starts))
+
+    target = len(words) // 2  # a word in the middle: the player goes to its start
+    shown.nth(target).click()
+    wait_player_at(page, words[target]["start"])
+    page.locator("#segments").scroll_into_view_if_needed()
+    page.evaluate("document.querySelector('#segments .segments').scrollTop = 0")
+    screenshot(page, "page-segments.png", page.locator("#segments").locator(".."))
+
+
+def _seconds(stamp: str) -> float:
+    hours, minutes, rest = stamp.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(rest.replace(",", "."))
+
+
+def test_subtitle_options_shape_the_srt(page, server):
+    from engine import render
+    from engine.subtitles import SubtitleOptions
+
+    settings = server.engine.settings
+    upload(page, shared_audio(JFK))
+    advanced(page)
+    assert page.input_value("#subtitle-width input") == str(settings.subtitle_max_line_width)
+    assert page.input_value("#subtitle-lines input") == str(settings.subtitle_max_lines)
+    assert float(page.input_value("#subtitle-seconds input")) == settings.subtitle_max_cue_s
+    assert page.is_checked("#subtitle-per-segment input") == settings.subtitle_per_segment
+    assert page.is_checked("#vad input") == settings.vad
+
+    # A width too small for words: a message naming the field, nothing transcribed.
+    set_number(page, "subtitle-width", 5)
+    page.click("#transcribe-button")
+    toast = page.locator(".toast-body", has_text="Max characters per line")
+    toast.wait_for()
+    assert "from 10 to 200" in toast.inner_text()
+    page.locator("[data-testid=toast-close]").first.click()
+    page.locator(".toast-body").first.wait_for(state="detached")
+    assert page.input_value("#transcript textarea") == ""
+
+    # Narrow one-line cues of at most 2 s (word timestamps: the random model then writes more segments).
+    page.check("#word-timestamps input")
+    set_number(page, "subtitle-width", 12)
+    set_number(page, "subtitle-lines", 1)
+    set_number(page, "subtitle-seconds", 2)
+    transcribe(page)
+    result = _result(json.loads(download(page, ".json")))
+    srt = download(page, ".srt")
+    narrow = SubtitleOptions(max_line_width=12, max_lines=1, max_cue_s=2.0)
+    assert srt == render(result, "srt", subtitles=narrow)  # the page's choices reached the writer...
+    assert srt != render(result, "srt", subtitles=settings.subtitles)  # ... and they make a difference here
+    cues = _cues(srt)
+    assert cues and all(len(cue) == 2 for cue in cues)  # one line each
+    assert all(len(cue[1]) <= 12 or " " not in cue[1] for cue in cues), cues
+    assert all(_seconds(cue[0].split(" --> ")[1]) - _seconds(cue[0].split(" --> ")[0]) <= 2.0 + 1e-3 for cue in cues)
+    assert download(page, ".vtt") == render(result, "vtt", subtitles=narrow)
+
+    # Plain: one cue per segment, whatever its length (the same recording gives the same result).
+    page.check("#subtitle-per-segment input")
+    plain = render(result, "srt", subtitles=SubtitleOptions(per_segment=True))
+    assert plain != srt
+    page.click("#transcribe-button")
+    page.wait_for_function("(plain) => fetch([...document.querySelectorAll('#downloads a')]"
+                           ".find(a => a.href.endsWith('.srt')).href).then(r => r.text()).then(t => t === plain)",
+                           arg=plain, polling=500)
+    assert len(_cues(plain)) == len(result.segments)
+
+
+def _result(data):
+    """The json download as a TranscriptionResult."""
+    from engine.job_store import result_from_dict
+
+    return result_from_dict({k: v for k, v in data.items() if k != "text"})
+
+
+def _cues(srt: str):
+    """srt cues as [timing line, text lines...]."""
+    return [block.split("\n")[1:] for block in srt.strip().split("\n\n") if block.strip()]
