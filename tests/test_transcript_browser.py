@@ -42,6 +42,19 @@ def server(micro_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def real_server(tiny_en_model_dir, tmp_path_factory):
+    """Real tiny.en (skipped where its package is absent): only for the README's screenshot,
+    where a random model's one-word segments would show little."""
+    from app import serve
+
+    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224,
+                             data_dir=str(tmp_path_factory.mktemp("transcript-real") / "data"))
+    server = serve(settings, port=0)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def playwright():
     with sync_api.sync_playwright() as playwright:
         yield playwright
@@ -49,6 +62,10 @@ def playwright():
 
 @pytest.fixture
 def page(playwright, server, tmp_path):
+    yield from _page(playwright, server, tmp_path)
+
+
+def _page(playwright, server, tmp_path):
     context = playwright.chromium.launch_persistent_context(
         str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -111,13 +128,13 @@ def wait_player_at(page, start, slack=1.5):
         arg=[start, slack], timeout=10_000)
 
 
-def screenshot(page, name, locator):
+def screenshot(page, name, locator, docs=True):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / name
     page.mouse.move(0, 0)
     page.wait_for_timeout(500)
     locator.screenshot(path=str(shot))
-    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+    if docs and os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / name)
 
 
@@ -184,7 +201,7 @@ def test_word_timestamps_on_the_page_and_in_the_json(page):
     wait_player_at(page, words[target]["start"])
     page.locator("#segments").scroll_into_view_if_needed()
     page.evaluate("document.querySelector('#segments .segments').scrollTop = 0")
-    screenshot(page, "page-segments.png", page.locator("#segments").locator(".."))
+    screenshot(page, "page-segments-random.png", page.locator("#segments").locator(".."), docs=False)
 
 
 def _seconds(stamp: str) -> float:
@@ -253,3 +270,37 @@ def _result(data):
 def _cues(srt: str):
     """srt cues as [timing line, text lines...]."""
     return [block.split("\n")[1:] for block in srt.strip().split("\n\n") if block.strip()]
+
+
+def test_voice_activity_detection_choice_goes_with_the_job(page, server):
+    from engine.jobs import SUBMIT_OPTIONS
+
+    if "vad" not in SUBMIT_OPTIONS:  # the page passes vad only when it differs from the config
+        pytest.skip("the job manager does not take a vad option yet (engine/jobs.py SUBMIT_OPTIONS)")
+    upload(page, shared_audio(JFK))
+    advanced(page)
+    wanted = not server.engine.settings.vad
+    page.set_checked("#vad input", wanted)
+    page.check("#word-timestamps input")
+    transcribe(page)
+    stored = [r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == JFK.name]
+    assert stored[0].options.get("vad") is wanted and stored[0].options.get("word_timestamps") is True
+
+
+def test_segments_with_word_times_on_real_weights_screenshot(playwright, real_server, tmp_path):
+    for page in _page(playwright, real_server, tmp_path):
+        upload(page, shared_audio(JFK))
+        advanced(page)
+        page.check("#word-timestamps input")
+        transcribe(page)
+        page.locator("#segments .word").first.wait_for()
+        text = " ".join(page.locator("#segments .word-text").all_inner_texts()).lower()
+        assert "ask not what your country can do for you" in text.replace(",", ""), text
+        word = page.locator("#segments .word", has_text="country").first
+        start = float(word.get_attribute("data-start"))
+        assert 5.0 < start < 11.0
+        word.click()
+        wait_player_at(page, start)
+        page.evaluate("window.sttRecordingPlayer().pause()")
+        page.locator("#segments").scroll_into_view_if_needed()
+        screenshot(page, "page-segments.png", page.locator("#segments").locator(".."))

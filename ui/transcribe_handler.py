@@ -273,8 +273,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
                            print_exception=False)
         subtitles = subtitle_options(engine.settings.subtitles, max_line_width, max_lines, max_cue_s, per_segment)
         options = {"word_timestamps": True} if word_timestamps else {}
-        # Only a choice that differs from the config is passed: None means the config's value,
-        # and a job manager that does not take `vad` still gets every default request.
+        # Only a choice that differs from the config is passed (None = the config's value).
         if vad is not None and bool(vad) != engine.settings.vad:
             options["vad"] = bool(vad)
         model = model or default_model
