@@ -23,7 +23,7 @@ from engine import Engine, language_choices
 from .sidebar import (REFRESH_S, gpu_panel_html, model_choices, model_label, model_state_html, process_rss_mb,
                       release_label, release_markdown, sidebar_title)
 from .transcribe_handler import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, Cancel, DownloadDir,
-                                 SessionJobs, Submit, make_transcribe)
+                                 SegmentViews, SessionJobs, Submit, make_transcribe)
 
 TRANSCRIBE_CONCURRENCY_ID = "transcribe"  # no limit: the engine's queue decides who waits (module doc)
 RELEASE_CONCURRENCY_ID = "release"  # one release at a time
@@ -96,7 +96,8 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
     on_gpu = engine.plan.is_cuda
     downloads = DownloadDir()
     sessions = SessionJobs(cancel)
-    transcribe = make_transcribe(engine, downloads, submit, model_label, sessions)
+    views = SegmentViews()
+    transcribe = make_transcribe(engine, downloads, submit, model_label, sessions, views)
 
     def refresh(selected: Optional[str] = None):
         status = engine.status()
@@ -112,6 +113,10 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
         status = engine.status()
         return (release_markdown(report, before, after, on_gpu, rss_before, rss_after), gpu_panel_html(after, status),
                 model_state_html(status, selected))
+
+    def show_segments(request: gr.Request):
+        view = views.take(getattr(request, "session_hash", None) or "")
+        return gr.skip() if view is None else view  # a failed call leaves the view as it was
 
     def cancel_jobs(request: gr.Request):
         if sessions.cancel(getattr(request, "session_hash", None) or ""):
@@ -183,18 +188,17 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                                 interactive=False, elem_id="downloads")
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
-        # The segments view reaches the page through a State and a quick second step, so the
-        # /transcribe endpoint still returns (text, files, details) to gradio_client.
-        segments_view = gr.State("")
+        # The segments view comes in a quick second step (SegmentViews), so the /transcribe
+        # endpoint still returns (text, files, details) to gradio_client.
         transcribe_event = transcribe_button.click(
             transcribe, inputs=[audio, language, task, timestamps, model, word_timestamps, vad, max_line_width,
                                 max_lines, max_cue_s, per_segment],
-            outputs=[transcript, files, details, segments_view],
+            outputs=[transcript, files, details],
             api_name="transcribe", api_description="Transcribe (or translate) a recording: text, files, details.",
             concurrency_limit=None, concurrency_id=TRANSCRIBE_CONCURRENCY_ID)
         # Cancel stops this tab's queued or running job. Its own unlimited concurrency group:
         # it never waits behind transcriptions (queued only so that its message can show).
-        transcribe_event.then(lambda view: view, inputs=[segments_view], outputs=[segments], **quick)
+        transcribe_event.then(show_segments, outputs=[segments], **quick)
         cancel_button.click(cancel_jobs, show_progress="hidden", api_visibility="private",
                             concurrency_limit=None, concurrency_id="cancel")
         release_button.click(release, inputs=[model], outputs=[release_report, gpu_panel, model_state],

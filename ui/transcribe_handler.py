@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -98,6 +99,35 @@ class SessionJobs:
                 log.info("Cancel pressed on the page: job %s", call.handle.id)
                 self._cancel(call.handle)
         return len(calls)
+
+
+class SegmentViews:
+    """Each page session's latest segments view, from the Transcribe call that made it to the
+    quick event that shows it (ui/page.py). Not a gr.State output: a State makes every tab hold
+    one more connection open (Gradio's heartbeat), and with Chromium's six per server a
+    fourth tab's Transcribe would wait for a free one. A view not taken (a gradio_client call
+    has no page to show it) is dropped after KEEP_VIEW_S or when MAX_VIEWS are waiting."""
+
+    MAX_VIEWS = 64
+    KEEP_VIEW_S = 600.0
+
+    def __init__(self):
+        self._views: "OrderedDict[str, Tuple[float, str]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, session: str, view: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._views.pop(session, None)
+            self._views[session] = (now, view)
+            while self._views and (len(self._views) > self.MAX_VIEWS
+                                   or next(iter(self._views.values()))[0] < now - self.KEEP_VIEW_S):
+                self._views.popitem(last=False)
+
+    def take(self, session: str) -> Optional[str]:
+        with self._lock:
+            entry = self._views.pop(session, None)
+        return None if entry is None else entry[1]
 
 
 def format_timestamp(seconds: float) -> str:
@@ -254,11 +284,14 @@ def cancelled_markdown(handle: Optional[JobHandle]) -> str:
 
 
 def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit] = None,
-                    model_label: Callable[[str], str] = str, sessions: Optional[SessionJobs] = None):
+                    model_label: Callable[[str], str] = str, sessions: Optional[SessionJobs] = None,
+                    views: Optional[SegmentViews] = None):
     """The Transcribe event function (also `/transcribe` for gradio_client). With `sessions`,
-    each call is registered under its page session so that session's Cancel can stop it."""
+    each call is registered under its page session so that session's Cancel can stop it; with
+    `views`, its segments view is left there for the page to show (`views.take(session)`)."""
     submit = submit or engine.submit
     sessions = sessions or SessionJobs()
+    views = views or SegmentViews()
     default_model = engine.settings.model
 
     def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
@@ -266,8 +299,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
                    vad: Optional[bool] = None, max_line_width: Optional[float] = None,
                    max_lines: Optional[float] = None, max_cue_s: Optional[float] = None,
                    per_segment: Optional[bool] = None, request: gr.Request = None,
-                   progress=gr.Progress()) -> Tuple[str, List[str], str, str]:
-        """Returns the transcript, the files, the details line and the segments view (HTML)."""
+                   progress=gr.Progress()) -> Tuple[str, List[str], str]:
+        """Returns the transcript, the files and the details line; the segments view goes to `views`."""
         if not audio:
             raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
                            print_exception=False)
@@ -291,7 +324,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
                 raise gr.Error("The job was stopped by the server.", title="Cannot transcribe this recording",
                                print_exception=False) from None
             gr.Info("The transcription was cancelled.", title="Cancelled")
-            return "", [], cancelled_markdown(handle), ""
+            views.put(session, "")
+            return "", [], cancelled_markdown(handle)
         except QueueFull as exc:
             raise gr.Error(f"The server is busy: {exc}", title="Queue full", print_exception=False) from None
         except USER_ERRORS as exc:
@@ -305,7 +339,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         progress(1.0, desc="Writing files")
         files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
                             subtitles=subtitles)
+        views.put(session, segments_html(result))
         return (transcript_text(result, bool(timestamps)), [str(p) for p in files.values()],
-                details_markdown(result, model_label(model)), segments_html(result))
+                details_markdown(result, model_label(model)))
 
     return transcribe
