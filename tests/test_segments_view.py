@@ -59,3 +59,16 @@ def test_subtitle_fields_become_options_and_bad_values_are_named():
                         ((20, 2, float("nan")), "Max seconds per cue")):
         with pytest.raises(gr.Error, match=field):
             subtitle_options(defaults, *args)
+
+
+def test_segment_views_are_taken_once_per_session_and_bounded():
+    from ui.transcribe_handler import SegmentViews
+
+    views = SegmentViews()
+    views.put("a", "<div>a</div>")
+    views.put("b", "")
+    assert views.take("a") == "<div>a</div>" and views.take("a") is None
+    assert views.take("b") == "" and views.take("nobody") is None
+    for k in range(SegmentViews.MAX_VIEWS + 5):  # gradio_client calls never take theirs
+        views.put(f"api-{k}", "x")
+    assert views.take("api-0") is None and views.take(f"api-{SegmentViews.MAX_VIEWS + 4}") == "x"
