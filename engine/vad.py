@@ -13,16 +13,17 @@ Silero's model file ships inside the `silero-vad` package and runs on torch (Tor
 CPU). Its network is recurrent over 32 ms frames; run frame by frame, 11 minutes take ~7 s
 on two CPU cores, a step costing about the same for one row as for a hundred. The recording
 is therefore cut into up to 128 pieces (5 to 30 s) run side by side as one batch, each
-piece first hearing the 2 s before it so its state is warm. The probabilities differ from one long run only in a piece's first
-frames, and the speech stretches found by at most 0.2 s at their edges (measured on speech
-after a minute of music), inside the 0.4 s of padding around each.
+piece first hearing the 2 s before it so its state is warm. The probabilities differ from
+one long run only in a piece's first frames, and the speech stretches found by at most
+0.2 s at their edges (measured on speech after a minute of music), inside the 0.4 s of
+padding around each.
 """
 from __future__ import annotations
 
 import bisect
 import threading
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -162,7 +163,3 @@ def _silero():
                 torch.set_num_threads(threads)  # ... which would halve the decoder's speed on a CPU
         return _model
 
-
-def regions_s(speech: SpeechMap) -> Sequence[Tuple[float, float]]:
-    """The speech stretches in seconds (for logs and tests)."""
-    return [(start / speech.sample_rate, end / speech.sample_rate) for start, end in speech.chunks]
