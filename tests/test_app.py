@@ -74,7 +74,7 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
                                                          "max_cue_s", "per_segment"]
     assert not parameters[0]["parameter_has_default"]
     assert all(p["parameter_has_default"] for p in parameters[1:])
-    assert parameters[4]["parameter_default"] == server.engine.settings.model
+    assert parameters[4]["parameter_default"] == server.engine.model_names.public(server.engine.settings.model)
 
 
 def test_the_engines_queue_is_where_transcriptions_wait(server):
@@ -248,7 +248,7 @@ def test_model_state_failed_shows_the_reason_and_what_to_do():
     from ui.sidebar import model_state_html
 
     html = model_state_html(_status("failed", "Could not download model 'large-v3' <offline>; set model: ..."))
-    assert "large-v3.pt" in html and "/models/" not in html  # a checkpoint shows by file name
+    assert "large-v3" in html and "/models/" not in html  # a checkpoint shows by its id (the stem)
     assert "&lt;offline&gt;" in html and "restart" in html
     assert "is loading" in model_state_html(_status("loading"))
 
@@ -268,7 +268,7 @@ def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport(["/models/small.pt"], [], 0.0, 0.0), none, none, on_gpu=False,
                             rss_before_mb=2400.0, rss_after_mb=900.0)
-    assert "Released small.pt from memory" in text and "(RSS): 2,400 MB → 900 MB" in text
+    assert "Released small from memory" in text and "(RSS): 2,400 MB → 900 MB" in text
     assert "GPU" not in text and "0 MB → 0 MB" not in text and "->" not in text
 
 
@@ -278,7 +278,7 @@ def test_model_state_names_the_model_picked_not_the_default():
     status = _status()  # the default, /models/large-v3.pt, is ready; nothing else is resident
     html = model_state_html(status, "small")
     assert "<b>small</b>" in html and "large-v3" not in html and "loaded when you transcribe" in html
-    assert "large-v3.pt</b> is ready" in model_state_html(status, "/models/large-v3.pt")
+    assert "large-v3</b> is ready" in model_state_html(status, "/models/large-v3.pt")
 
 
 def test_timestamps_format():
@@ -286,3 +286,16 @@ def test_timestamps_format():
 
     assert format_timestamp(1.5) == "00:01.500"
     assert format_timestamp(3723.25) == "1:02:03.250"
+
+
+def test_the_page_never_hands_out_the_model_s_server_path(server, micro_checkpoint, client, jfk):
+    """The drop-down offers model ids (the checkpoint's stem), as /v1/models does: Gradio
+    sends the page's whole configuration to every browser."""
+    import httpx
+
+    config = httpx.get(server.url.rstrip("/") + "/config", timeout=30).text
+    assert str(micro_checkpoint.parent) not in config and micro_checkpoint.stem in config
+    _, files, details = client.predict(handle_file(str(jfk)), api_name="/transcribe")
+    assert str(micro_checkpoint.parent) not in details
+    result = next(Path(f) for f in files if f.endswith(".json")).read_text(encoding="utf-8")
+    assert str(micro_checkpoint.parent) not in result and '"model": "micro"' in result

@@ -99,14 +99,17 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
     views = SegmentViews()
     transcribe = make_transcribe(engine, downloads, submit, model_label, sessions, views)
 
+    names = engine.model_names
+
     def refresh(selected: Optional[str] = None):
         status = engine.status()
-        return gpu_panel_html(engine.monitor.snapshot(), status), model_state_html(status, selected)
+        return gpu_panel_html(engine.monitor.snapshot(), status), model_state_html(status, names.resolve(selected))
 
     def show_model(selected: Optional[str]):
-        return model_state_html(engine.status(), selected)
+        return model_state_html(engine.status(), names.resolve(selected))
 
     def release(selected: Optional[str] = None):
+        selected = names.resolve(selected)
         before, rss_before = engine.monitor.snapshot(), process_rss_mb()
         report = engine.release()
         after, rss_after = engine.monitor.snapshot(), process_rss_mb()
@@ -148,7 +151,8 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                                     info="translate = into English", elem_id="task")
                 with gr.Row():
                     timestamps = gr.Checkbox(value=True, label="Timestamps", elem_id="timestamps")
-                    model = gr.Dropdown(model_choices(settings.allowed_models), value=settings.model, label="Model",
+                    # ids, never the configured paths: the page's configuration reaches every browser
+                    model = gr.Dropdown(model_choices(names.ids), value=names.public(settings.model), label="Model",
                                         interactive=len(settings.allowed_models) > 1, elem_id="model")
                 with gr.Accordion("Advanced options", open=False, elem_id="advanced-options"):
                     with gr.Row():

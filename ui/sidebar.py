@@ -11,6 +11,7 @@ import os
 from typing import Iterable, Optional
 
 from engine import EngineStatus, GpuSnapshot, ReleaseReport
+from engine.model_names import model_id
 
 REFRESH_S = 2.0  # sidebar refresh period; one nvidia-smi call per open page at worst
 
@@ -44,8 +45,9 @@ def _e(value: object) -> str:
 
 
 def model_label(name: str) -> str:
-    """A model as users should see it: 'large-v3', or a checkpoint's file name, not its full path."""
-    return os.path.basename(name) if (os.sep in name or name.endswith((".pt", ".pth", ".bin"))) else name
+    """A model as users should see it: its id, as the API names it ('large-v3', a checkpoint's
+    stem, a model directory's name), never its path."""
+    return model_id(name)
 
 
 def _bar(fraction: float, warn: bool) -> str:
