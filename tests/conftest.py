@@ -29,6 +29,20 @@ def window_mels(audio, n_mels: int = 80):
                                                     n_mels=n_mels) for start in range(0, len(audio), step)])
 
 
+def srt_cues(srt: str):
+    """(start, end, lines) of each cue of an srt file, times in seconds."""
+    def seconds(stamp):
+        h, m, s = stamp.replace(",", ".").split(":")
+        return 3600 * int(h) + 60 * int(m) + float(s)
+
+    cues = []
+    for block in srt.strip().split("\n\n"):
+        _, times, *lines = block.splitlines()
+        start, end = times.split(" --> ")
+        cues.append((seconds(start), seconds(end), lines))
+    return cues
+
+
 def shared_audio(path: Path) -> Path:
     """A recording from ../shared/audio, or skip: a user's fresh clone does not have it."""
     if not path.is_file():

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from conftest import srt_cues
 from engine.formats import FORMATS, render, safe_basename, write_files
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import Settings
@@ -144,30 +145,16 @@ def long_segment_result(words: bool) -> TranscriptionResult:
     return make_result([Segment(id=0, start=0.5, end=12.5, text=text, words=timed)])
 
 
-def cues_of(srt: str):
-    """(start, end, lines) of each cue of an srt file, times in seconds."""
-    def seconds(stamp):
-        h, m, s = stamp.replace(",", ".").split(":")
-        return 3600 * int(h) + 60 * int(m) + float(s)
-
-    cues = []
-    for block in srt.strip().split("\n\n"):
-        _, times, *lines = block.splitlines()
-        start, end = times.split(" --> ")
-        cues.append((seconds(start), seconds(end), lines))
-    return cues
-
-
 @pytest.mark.parametrize("words", [True, False], ids=["word timings", "interpolated"])
 def test_subtitles_default_to_cues_within_the_limits(words):
     result = long_segment_result(words)
-    cues = cues_of(render(result, "srt"))
+    cues = srt_cues(render(result, "srt"))
     assert len(cues) > 1
     for start, end, lines in cues:
         assert len(lines) <= 2 and all(len(line) <= 42 for line in lines) and 0 < end - start <= 7
     assert " ".join(" ".join(lines) for _, _, lines in cues).split() == result.text.split()
     assert all(lines[-1].endswith(".") for _, _, lines in cues)  # cut at sentence ends
-    plain = cues_of(render(result, "srt", subtitles=PLAIN))
+    plain = srt_cues(render(result, "srt", subtitles=PLAIN))
     assert plain == [(0.5, 12.5, [result.text])]  # the plain file: the segment as it is
 
 

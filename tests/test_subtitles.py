@@ -7,6 +7,7 @@ import statistics
 
 import pytest
 
+from conftest import srt_cues
 from engine.formats import render
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import SettingsError, load_settings
@@ -214,20 +215,6 @@ def test_settings_name_a_bad_subtitle_key(key, value):
 
 
 # --- real weights ----------------------------------------------------------------------------------------
-def srt_cues(srt: str):
-    """(start, end, lines) of each cue of an srt file, times in seconds."""
-    def seconds(stamp):
-        h, m, s = stamp.replace(",", ".").split(":")
-        return 3600 * int(h) + 60 * int(m) + float(s)
-
-    cues = []
-    for block in srt.strip().split("\n\n"):
-        _, times, *lines = block.splitlines()
-        start, end = times.split(" --> ")
-        cues.append((seconds(start), seconds(end), lines))
-    return cues
-
-
 def figures(cues, width=42):
     """What the issue counted: cues, longest line, cues with a line over `width`, most lines, longest cue,
     cues over 7 s, cues starting mid-sentence (the text before them does not end a sentence); and the
