@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from typing import List, Tuple
 
 import numpy as np
@@ -50,14 +51,19 @@ class SpeechMap:
     chunks: Tuple[Tuple[int, int], ...]
     sample_rate: int = SAMPLE_RATE
 
+    @cached_property
+    def _ends(self) -> List[int]:
+        """Where each stretch ends in the concatenation (samples): every mapping reads it."""
+        return np.cumsum([end - start for start, end in self.chunks]).astype(int).tolist()
+
     @property
     def speech_samples(self) -> int:
-        return sum(end - start for start, end in self.chunks)
+        return self._ends[-1] if self.chunks else 0
 
     @property
     def joins(self) -> List[int]:
         """Samples of the concatenation where one stretch ends and the next begins."""
-        return list(np.cumsum([end - start for start, end in self.chunks])[:-1].astype(int))
+        return self._ends[:-1]
 
     def keep(self, audio: np.ndarray) -> np.ndarray:
         """The speech stretches of `audio`, joined."""
@@ -88,23 +94,18 @@ class SpeechMap:
         first, last = self._chunk_at(start * rate, False), self._chunk_at(end * rate, True)
         if first != last:
             def overlap(index: int) -> float:
-                lo = self._kept_before(index)
-                hi = lo + self.chunks[index][1] - self.chunks[index][0]
-                return min(end * rate, hi) - max(start * rate, lo)
+                return min(end * rate, self._ends[index]) - max(start * rate, self._kept_before(index))
 
             best = max(range(first, last + 1), key=overlap)
-            lo = self._kept_before(best)
-            hi = lo + self.chunks[best][1] - self.chunks[best][0]
-            start, end = max(start, lo / rate), min(end, hi / rate)
+            start, end = max(start, self._kept_before(best) / rate), min(end, self._ends[best] / rate)
         return self.to_recording(start), self.to_recording(end, is_end=True)
 
     def _chunk_at(self, sample: float, is_end: bool) -> int:
-        lengths = np.cumsum([end - start for start, end in self.chunks]).tolist()
-        index = (bisect.bisect_left if is_end else bisect.bisect_right)(lengths, sample)
+        index = (bisect.bisect_left if is_end else bisect.bisect_right)(self._ends, sample)
         return min(index, len(self.chunks) - 1)
 
     def _kept_before(self, index: int) -> int:
-        return sum(end - start for start, end in self.chunks[:index])
+        return self._ends[index - 1] if index > 0 else 0
 
 
 _model = None
