@@ -18,7 +18,7 @@ import numpy as np
 
 from .energy import FRAME_S, SAMPLE_RATE, pause_level, quietest_cut, smoothed_level_db
 
-MIN_SECTION_S = 60.0  # at least two windows: whisper's seek needs room to carry a sentence over
+MIN_SECTION_S = 42.0  # over one window: whisper's seek needs room to carry a sentence over; see settings.min_section_s
 SEARCH_FRACTION = 0.25  # a cut may move this fraction of a section's length from its even target
 
 

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .sections import MIN_SECTION_S
+
 ENV_PREFIX = "WHISPER_APP_"
 
 
@@ -44,7 +46,7 @@ class Settings(BaseModel):
 
     # --- decoding ------------------------------------------------------------------------
     batch_size: int = Field(8, ge=1)  # 30 s windows decoded together (a recording is cut into this many sections); more = faster, more GPU memory
-    min_section_s: float = Field(60.0, ge=30)  # shortest section a recording is cut into; shorter = more rows of one job side by side, more partly empty windows
+    min_section_s: float = Field(MIN_SECTION_S, ge=30)  # shortest section a recording is cut into; shorter = more rows of one job side by side, more partly empty windows
     condition_on_previous_text: bool = True  # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less consistent style
     max_new_tokens: int = Field(224, ge=1, le=448)  # cap on tokens decoded per window (whisper's default: 224)
     language: Optional[str] = None  # language code or name; null = detect from the first window with speech
