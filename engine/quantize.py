@@ -58,8 +58,10 @@ def int8_layer_names(model: nn.Module) -> List[str]:
     tiny.en, fed fp32's transcript of every window of the 11-minute recording, int8 picked
     fp32's next token at 96.6 % of positions with every layer int8 and per-tensor weight
     scales, and at 98.4 % this way (mean KL from fp32's next-token distribution 0.028 ->
-    0.005). Those fp32 layers are ~10 MB of weights read per token step, against the
-    output projection's 80 MB (int8: 20 MB), so they cost little time."""
+    0.005); the hour's WER went from 1.83 % to 0.99 %. The price is their fp32 size: for
+    tiny.en 33 MB read per token step instead of 8 MB, no slower measurably (a step is
+    mostly the output projection and cross-attention); for large-v3 ~2.9 GB of host memory
+    instead of ~0.7 GB, and slower steps."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     return [name for name in names if name.startswith("encoder.") or name == "decoder.int8_output_projection"
             or name.endswith(("cross_attn.key", "cross_attn.value"))]
