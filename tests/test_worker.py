@@ -147,7 +147,7 @@ def test_two_jobs_share_the_decode_loops_batches_and_each_gets_what_it_gets_alon
     audio = load_audio(shared_audio(LONG_11_MIN))
     first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
     gate = CountingGate()
-    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en"), decoder=gate) as engine:
+    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60), decoder=gate) as engine:
         alone = [fingerprint(engine.transcribe(first)), fingerprint(engine.transcribe(second))]
         assert max(gate.rows) == 4  # four sections each: alone, a job fills half the batch
         gate.rows.clear()
