@@ -62,6 +62,21 @@ def _teacher_forced(model, mels, tokens):
     return features, logits
 
 
+def _fp32_transcripts(model, mels, sample_len: int):
+    """fp32's greedy transcript of every window as teacher-forcing rows (start-of-transcript
+    sequence, the tokens, end-of-text padding to the longest), and which positions are real
+    (not padding)."""
+    options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=sample_len, fp16=False)
+    with torch.inference_mode():
+        transcripts = [r.tokens for part in mels.split(8) for r in fast_decode.decode(model, part, options)]
+    tokenizer = whisper.tokenizer.get_tokenizer(False, language="en")
+    width = max(map(len, transcripts))
+    start = list(tokenizer.sot_sequence)
+    tokens = torch.tensor([start + t + [tokenizer.eot] * (width - len(t)) for t in transcripts])
+    real = torch.tensor([[True] * (len(start) + len(t)) + [False] * (width - len(t)) for t in transcripts])
+    return tokens, real
+
+
 def _relative_error(x, reference) -> float:
     return float((x - reference).norm() / reference.norm())
 
@@ -71,15 +86,9 @@ def test_int8_predicts_the_tokens_fp32_predicts(micro_checkpoint, monkeypatch):
     the 11-minute recording, the int8 model's next-token choice agrees with fp32's almost
     everywhere; and bf16 encoder attention (where the CPU has it) adds nothing measurable to
     the error int8 already makes."""
-    audio = load_audio(shared_audio(LONG_11_MIN))
-    mels = window_mels(audio)
+    mels = window_mels(load_audio(shared_audio(LONG_11_MIN)))
     fp32 = load_model(str(micro_checkpoint), CPU_FP32)
-    options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=60, fp16=False)
-    with torch.inference_mode():
-        transcripts = [r.tokens for part in mels.split(8) for r in fast_decode.decode(fp32, part, options)]
-    tokenizer = whisper.tokenizer.get_tokenizer(False, language="en")
-    width = max(map(len, transcripts))
-    tokens = torch.tensor([list(tokenizer.sot_sequence) + t + [tokenizer.eot] * (width - len(t)) for t in transcripts])
+    tokens, _ = _fp32_transcripts(fp32, mels, sample_len=60)
     reference_features, reference_logits = _teacher_forced(fp32, mels, tokens)
 
     int8 = load_model(str(micro_checkpoint), CPU_INT8)
@@ -101,17 +110,9 @@ def test_int8_follows_fp32_closely_on_real_weights(tiny_en_model_dir):
     weight scales) int8 picked fp32's next token at 96.6 % of positions (mean KL 0.028) and
     lost or invented whole sentences on the hour; with the decoder blocks in fp32, 98.4 %
     (KL 0.005)."""
-    audio = load_audio(shared_audio(LONG_11_MIN))
-    mels = window_mels(audio)
+    mels = window_mels(load_audio(shared_audio(LONG_11_MIN)))
     fp32 = load_model(str(tiny_en_model_dir), CPU_FP32)
-    options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=224, fp16=False)
-    with torch.inference_mode():
-        transcripts = [r.tokens for part in mels.split(8) for r in fast_decode.decode(fp32, part, options)]
-    tokenizer = whisper.tokenizer.get_tokenizer(False, language="en")
-    width = max(map(len, transcripts))
-    start = list(tokenizer.sot_sequence)
-    tokens = torch.tensor([start + t + [tokenizer.eot] * (width - len(t)) for t in transcripts])
-    real = torch.tensor([[True] * (len(start) + len(t)) + [False] * (width - len(t)) for t in transcripts])
+    tokens, real = _fp32_transcripts(fp32, mels, sample_len=224)
     _, reference_logits = _teacher_forced(fp32, mels, tokens)
     _, logits = _teacher_forced(load_model(str(tiny_en_model_dir), CPU_INT8), mels, tokens)
     agreement = float((logits.argmax(-1) == reference_logits.argmax(-1))[real].float().mean())
