@@ -3,20 +3,21 @@
 Runs the engine as `python -m bench` does (engine.Engine on CPU, real tiny.en weights, the
 bench's long-form settings: fallback ladder, whisper's guards, previous text; batch 16) on
 one recording, with a timer around each stage. The stages are the engine's own functions,
-wrapped for the run (the decoder through `Engine(decoder=...)`, its injection point), so
-nothing here changes what is measured:
+wrapped for the run, so nothing here changes what is measured:
 
     audio decoding        engine.audio.load_audio (ffmpeg to float32 16 kHz)
     section planning      engine.sections.plan_sections (cuts at the longest pauses)
     log-mel               SectionStream.__init__ (each section's log-mel, computed once)
     window slicing        SectionStream.next_window (the window at `seek`, the silence check)
-    decoder set-up        decode_rows before its loop (each row's prompt through whisper's DecodingTask)
+    voice activity        engine.vad.speech_map (Silero, on by default)
     encoder               engine.fast_decode.encode
-    cross-attention k, v  computed once per batch
-    decoder blocks        self- and cross-attention and MLP of every token step
+    cross-attention k, v  computed once per window as it joins the decode
+    decoder blocks        self- and cross-attention and MLP of every token step (prompts' prefill included)
     output projection     the 51,865-wide logits matmul of every token step
-    token selection       logit rules, argmax, log-probs, finished rows, results (the rest of the loop)
-    fallback re-decodes   rows that failed a guard, decoded again hotter (whisper.decode per row)
+    token selection       logit rules, argmax, log-probs, rows joining and leaving, results
+                          (the rest of GreedyDecode.admit and .step)
+    fallback re-decodes   rows that failed a guard, decoded again hotter (whisper.decode per row),
+                          and word timing when asked for (engine.transcriber.fall_back, align_words)
     stream bookkeeping    SectionStream.advance (segments, seek, previous text)
     other                 the decode loop and the job around it (batching, stacking, threads)
 
@@ -41,13 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.inputs import recording, tiny_en_dir  # noqa: E402
-from bench.measure import DecodeCount  # noqa: E402
 from bench.runners import Spec, engine_settings  # noqa: E402
 
 TIMES: Dict[str, float] = collections.defaultdict(float)
 _LOCK = threading.Lock()  # the decode loop's thread and the job's thread both add times
 
-ORDER = ["audio decoding", "section planning", "log-mel", "window slicing", "decoder set-up", "encoder",
+ORDER = ["audio decoding", "voice activity", "section planning", "log-mel", "window slicing", "encoder",
          "cross-attention keys, values", "decoder blocks", "output projection", "token selection",
          "fallback re-decodes", "stream bookkeeping"]
 
@@ -69,21 +69,11 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
     """(total seconds, [(stage, seconds)], counts) for one engine run on CPU."""
     import whisper
 
-    from engine import Engine, engine as engine_module, fast_decode
+    from engine import Engine, decode_loop, engine as engine_module, fast_decode
     from engine.stream import SectionStream
 
-    count = DecodeCount()
     sections: List[int] = []
-    greedy = fast_decode._GreedyBatch
-
-    def decoder(model, mel, options, prompts):
-        label = "fallback re-decodes" if options.temperature > 0 else "decoding (all)"
-        started = time.perf_counter()
-        results = fast_decode.decode_rows(model, mel, options, prompts)
-        with _LOCK:
-            TIMES[label] += time.perf_counter() - started
-        count.add(len(results), sum(len(r.tokens) for r in results), options.temperature)
-        return results
+    greedy = fast_decode.GreedyDecode
 
     def plan_sections(audio, *args, **kwargs):
         planned = original_plan(audio, *args, **kwargs)
@@ -93,6 +83,7 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
     original_plan = engine_module.plan_sections
     patches = [
         (engine_module, "load_audio", "audio decoding"),
+        (engine_module, "speech_map", "voice activity"),
         (engine_module, "plan_sections", "section planning"),
         (SectionStream, "__init__", "log-mel"),
         (SectionStream, "next_window", "window slicing"),
@@ -101,7 +92,10 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
         (greedy, "_cross_keys_values", "cross-attention keys, values"),
         (greedy, "_forward", "decoder blocks"),
         (greedy, "_logits", "output projection"),
-        (greedy, "run", "greedy loop"),
+        (greedy, "admit", "greedy decode"),
+        (greedy, "step", "greedy decode"),
+        (decode_loop, "fall_back", "fallback re-decodes"),
+        (decode_loop, "align_words", "fallback re-decodes"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     engine_module.plan_sections = plan_sections
@@ -110,28 +104,26 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
     torch.set_num_threads(threads)
     spec = Spec(impl="engine", audio=str(audio_path), model=model, ct2_dir=model, device="cpu",
                 batch_size=batch_size, threads=threads)
-    engine = Engine(engine_settings(spec, precision), decoder=decoder)
+    engine = Engine(engine_settings(spec, precision))
     try:
         # warm-up: 30 s, so one-time set-up is not counted as a stage
         engine.transcribe(whisper.audio.load_audio(str(audio_path))[:30 * 16000])
         TIMES.clear()
         sections.clear()
-        count.reset()
         started = time.perf_counter()
-        engine.transcribe(str(audio_path))
+        result = engine.transcribe(str(audio_path))
         total = time.perf_counter() - started
     finally:
         engine.close()
         for owner, name, original in saved:
             setattr(owner, name, original)
-    greedy_loop = TIMES.pop("greedy loop", 0.0)
-    TIMES["decoder set-up"] = TIMES.pop("decoding (all)", 0.0) - greedy_loop
-    TIMES["token selection"] = greedy_loop - sum(TIMES[name] for name in (
+    # admit and step contain the encoder and the decoder's matmuls
+    TIMES["token selection"] = TIMES.pop("greedy decode", 0.0) - sum(TIMES[name] for name in (
         "encoder", "cross-attention keys, values", "decoder blocks", "output projection"))
     stages = [(name, TIMES[name]) for name in ORDER]
     stages.append(("other (decode loop, batching, job)", total - sum(t for _, t in stages)))
-    return total, stages, {"sections": sections[0] if sections else 0, "windows": count.windows,
-                           "fallbacks": count.fallbacks, "tokens": count.tokens}
+    return total, stages, {"sections": sections[0] if sections else 0, "windows": result.windows,
+                           "fallbacks": result.fallbacks, "tokens": result.tokens_decoded}
 
 
 def table(total: float, stages: List[Tuple[str, float]]) -> str:

@@ -167,15 +167,16 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs
     from engine.fast_decode import decode_rows
 
     count = DecodeCount()
-    inner = decoder or decode_rows
 
     def counting(model, mel, options, prompts):
-        results = inner(model, mel, options, prompts)
+        results = decoder(model, mel, options, prompts)
         count.add(len(results), sum(len(r.tokens) for r in results), options.temperature)
         return results
 
+    # The engine's own decoder keeps a decode running that windows join and leave (an
+    # injected one decodes whole batches): its work is counted from the jobs' results.
     cuda = spec.device == "cuda"
-    engine = Engine(engine_settings(spec, precision, workers=jobs), decoder=counting)
+    engine = Engine(engine_settings(spec, precision, workers=jobs), decoder=counting if decoder else decode_rows)
     weights = cuda_allocated_mb() if cuda else None
     engine.transcribe(audio[:WARM_UP_S * SAMPLE_RATE])
     count.reset()
@@ -188,6 +189,11 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs
 
     wall, cpu, nvml = timed(run, cuda)
     results = [h.result() for h in handles]
+    if decoder is None:
+        for result in results:  # tokens of the accepted decodes (a failed hotter try's are not kept)
+            count.windows += result.windows
+            count.fallbacks += result.fallbacks
+            count.tokens += result.tokens_decoded
     m = Measurement(spec.impl, wall, cpu, jobs * len(audio) / SAMPLE_RATE, count.windows, count.fallbacks,
                     count.tokens, 0.0, text=results[0].text, weights_mb=weights)
     if jobs > 1:

@@ -1,15 +1,22 @@
 """The decode loop: one thread per device that advances every live stream of every running job.
 
-Each step takes the current window of as many live streams as fit in a batch, fairly (the
-streams that waited longest first, whichever job they belong to), runs the encoder and the
-decoder on that batch once (engine.transcriber.decode_batch) and hands each stream its
-result. Two users' jobs therefore fill one batch instead of taking turns, and a job of
-eight sections keeps eight rows busy. Rows share a batch when they share the model, the
-task, the language and the token cap; each keeps its own prompt, so a job's result does not
-depend on what ran beside it.
+The loop keeps one greedy decode running (engine.fast_decode.GreedyDecode) whose rows are
+the current windows of as many live streams as fit in a batch, taken fairly (the streams
+that waited longest first, whichever job they belong to). After every token step the rows
+whose window ended leave: their fallback re-decodes and word timing run, their streams
+advance, and each stream's next window joins the running decode in the row it left, so
+the batch stays full while windows end at different lengths. Two users' jobs therefore
+fill one batch instead of taking turns, and a job of eight sections keeps eight rows busy.
+Rows share a batch when they share the model, the task, the language and the token cap;
+each keeps its own prompt, so a job's result does not depend on what ran beside it.
 
-Cancellation and progress act at a step's boundary: a cancelled job's streams leave before
-the next batch is formed, and progress moves as each window is decoded.
+Cancellation and progress act at a token step's boundary: a cancelled job's rows leave the
+decode before the next step, and progress moves as each window is decoded.
+
+An injected decoder (`decoder`, with `engine.fast_decode.decode_rows`' signature: tests
+put an allocation failure or a gate in front of it, the bench puts whisper.decode there)
+decodes whole batches instead: each step takes a batch of windows and decodes all of them
+to their ends.
 
 On CUDA a step's batch is at most what the free memory holds (engine.memory); when CUDA
 runs out of memory anyway, the cache is emptied, the loop's batch limit halved and the same
@@ -20,26 +27,61 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
+from whisper.decoding import DecodingOptions
 from whisper.model import Whisper
 
-from .fast_decode import decode_rows
+from .fast_decode import GreedyDecode, decode_rows, supports
 from .memory import fit_batch_size
 from .options import DecodeOptions
 from .stream import SectionStream, StreamWindow
-from .transcriber import Decoder, WindowTooLarge, align_words, decode_batch, free_cached_memory, too_large_message
+from .transcriber import (Decoder, WindowTooLarge, align_words, decode_batch, fall_back, free_cached_memory,
+                          too_large_message)
 from .worker import JobCancelled
 
 log = logging.getLogger(__name__)
 
-# Every forward pass on a shared model goes through this lock: the decode loop's steps, a
-# job's language detection and the warm-up. Word timing switches SDPA off for the whole
-# MultiHeadAttention class, so two threads running models at once could disturb each other.
-MODEL_LOCK = threading.Lock()
+
+
+class ModelLock:
+    """Every forward pass on a shared model goes through this lock: the decode loop's steps, a
+    job's language detection and the warm-up. Word timing switches SDPA off for the whole
+    MultiHeadAttention class, so two threads running models at once could disturb each other.
+
+    The decode loop holds it one token step at a time and, between steps, lets anyone waiting
+    go first (`let_waiters_in`): a plain lock released and taken again at once by the same
+    thread may never be handed to a waiting one, and a new job's language detection would
+    wait for every running job to end."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._count = threading.Lock()
+
+    def __enter__(self) -> "ModelLock":
+        with self._count:
+            self._waiting += 1
+        self._lock.acquire()
+        with self._count:
+            self._waiting -= 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def let_waiters_in(self, patience_s: float = 1.0) -> None:
+        """Wait (not holding the lock) until nobody else waits for it, for `patience_s` at most."""
+        deadline = time.monotonic() + patience_s
+        while self._waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+MODEL_LOCK = ModelLock()
 
 POLL_S = 0.05  # how often a waiting job looks at its cancel flag
 
@@ -89,11 +131,12 @@ class DecodeLoop:
 
     `batch_size` is the most windows one step decodes: larger batches use the GPU better
     and cost GPU memory (about 0.3 GB per window for large-v3 in fp16). `decoder` has
-    `engine.fast_decode.decode_rows`' signature; tests put an allocation failure in front of it.
+    `engine.fast_decode.decode_rows`' signature; any other than decode_rows itself decodes
+    whole batches (see the module's docstring).
     """
 
     def __init__(self, fp16: bool, batch_size: int, memory_threshold_mb: Optional[float] = None,
-                 decoder: Decoder = decode_rows, lock: threading.Lock = MODEL_LOCK):
+                 decoder: Decoder = decode_rows, lock: ModelLock = MODEL_LOCK):
         self.fp16 = fp16
         self.batch_size = batch_size
         self.memory_threshold_mb = memory_threshold_mb
@@ -171,8 +214,12 @@ class DecodeLoop:
                 self._cond.wait()
 
     def _serve_once(self, candidates: List[_Live]) -> None:
-        """One step, then the bookkeeping: served streams go to the back of the line, jobs
-        hear of their progress, finished and failed jobs leave."""
+        """One step (a whole running decode, with the default decoder), then the bookkeeping:
+        served streams go to the back of the line, jobs hear of their progress, finished and
+        failed jobs leave."""
+        if self._decodes_continuously(candidates[0].job):
+            self._decode_continuously(candidates)
+            return
         try:
             served = self._step(candidates)
         except BaseException as exc:  # the loop must outlive any step
@@ -181,18 +228,130 @@ class DecodeLoop:
             for job in {entry.job for entry in candidates}:
                 self._fail(job, exc)
         with self._cond:
-            for entry in served:
-                if entry in self._live:
-                    self._live.remove(entry)
-                    if not entry.stream.finished:
-                        self._live.append(entry)
-            for job in {entry.job for entry in served}:
-                if job.error is not None:
-                    self._remove(job)
-                    continue
-                job.report_progress()
-                if all(stream.finished for stream in job.streams):
-                    job.finished.set()
+            self._account(served)
+
+    def _account(self, served: List[_Live]) -> None:
+        """Bookkeeping after a step (caller holds the condition): served streams go to the back
+        of the line or leave when finished, jobs hear of their progress, finished and failed jobs leave."""
+        for entry in served:
+            if entry in self._live:
+                self._live.remove(entry)
+                if not entry.stream.finished:
+                    self._live.append(entry)
+        for job in {entry.job: None for entry in served}:
+            if job.error is not None:
+                self._remove(job)
+                continue
+            job.report_progress()
+            if all(stream.finished for stream in job.streams):
+                job.finished.set()
+
+    # -- a running decode that rows join and leave -------------------------------------------
+    def _greedy_options(self, job: _Job) -> DecodingOptions:
+        return DecodingOptions(task=job.options.task, language=job.language, temperature=0.0,
+                               sample_len=job.options.max_new_tokens, fp16=self.fp16)
+
+    def _decodes_continuously(self, job: _Job) -> bool:
+        """The default decoder, and a first decode that is greedy (whisper's ladder starts at 0)."""
+        return (self._decoder is decode_rows and job.options.temperatures[0] == 0
+                and supports(self._greedy_options(job)))
+
+    def _limit_now(self, job: _Job) -> int:
+        model = job.model
+        return fit_batch_size(self._limit, model.dims, next(model.parameters()).device, 2 if self.fp16 else 4,
+                              job.options.max_new_tokens, self.memory_threshold_mb)
+
+    def _decode_continuously(self, candidates: List[_Live]) -> None:
+        """Run one GreedyDecode until no row is left: between token steps, rows whose window
+        ended hand their result to their stream, and waiting streams of the same kind join
+        (none while a stream of another kind waits, so that kind gets the next decode)."""
+        job = candidates[0].job
+        key, model = job.batch_key, job.model
+        rows: Dict[_Live, StreamWindow] = {}  # the entries in the decode, and the window each decodes
+        ended: List[Tuple[_Live, object]] = []
+        joining: List[_Live] = []
+        try:
+            with self._lock:
+                limit = self._limit_now(job)
+                decode = GreedyDecode(model, self._greedy_options(job))
+            joining = candidates[:limit]
+            while True:
+                with self._lock:
+                    served = self._admit(decode, joining, rows)
+                    ended = decode.step() if len(decode) else []
+                    served += self._finish_rows(model, job.language, ended, rows)
+                with self._cond:
+                    self._account(served)
+                    gone = [entry for entry in rows if entry.job.cancelled() or entry.job.error is not None]
+                    for entry in gone:
+                        del rows[entry]
+                        self._remove(entry.job)
+                    decode.drop(gone)
+                    joining = self._joining(key, rows, limit)
+                if not len(decode) and not joining:
+                    return
+                self._lock.let_waiters_in()
+        except torch.OutOfMemoryError:
+            in_decode = list(rows)
+        except BaseException as exc:  # the loop must outlive any step
+            log.exception("decode step failed")
+            with self._cond:
+                touched = list(rows) + [entry for entry, _ in ended] + (joining or candidates)
+                for failed in {entry.job: None for entry in touched}:
+                    self._fail(failed, exc)
+                    self._remove(failed)
+            return
+        # Out of the except block, the traceback no longer holds the decode's tensors, so
+        # emptying the cache really hands their memory back. The windows in the decode are
+        # decoded again (their streams have not moved), in smaller batches.
+        decode = ended = None
+        free_cached_memory()
+        with self._cond:
+            if len(in_decode) <= 1:
+                failed = (in_decode or candidates)[0].job
+                self._fail(failed, WindowTooLarge(too_large_message(model, self.fp16, failed.options.max_new_tokens)))
+                self._remove(failed)
+            else:
+                self._limit = max(1, len(in_decode) // 2)
+                log.warning("CUDA out of memory: retrying with batches of %d windows", self._limit)
+
+    def _joining(self, key: Tuple, rows: Dict[_Live, StreamWindow], limit: int) -> List[_Live]:
+        """Waiting streams of this kind that may join the decode now, longest-waiting first
+        (caller holds the condition)."""
+        waiting = [entry for entry in self._live if entry not in rows and not entry.job.cancelled()]
+        if any(entry.job.batch_key != key for entry in waiting):
+            return []  # let the decode drain: the other kind goes next
+        return waiting[:max(limit - len(rows), 0)]
+
+    def _admit(self, decode: GreedyDecode, joining: List[_Live], rows: Dict[_Live, StreamWindow]) -> List[_Live]:
+        """Each joining stream's next window into the decode; returns the entries served
+        (streams that turned out to be finished included)."""
+        batch: List[Tuple[_Live, StreamWindow]] = []
+        for entry in joining:
+            window = entry.stream.next_window()  # None: the rest of the section is silence
+            if window is not None:
+                batch.append((entry, window))
+        if batch:
+            rows.update(batch)  # first: if the decode runs out of memory, these windows count as in it
+            device = next(decode.model.parameters()).device
+            decode.admit(torch.stack([w.mel for _, w in batch]).to(device), [w.prompt for _, w in batch],
+                         [entry for entry, _ in batch])
+        return [entry for entry in joining if entry not in rows]
+
+    def _finish_rows(self, model: Whisper, language: str, ended: List[Tuple[_Live, object]],
+                     rows: Dict[_Live, StreamWindow]) -> List[_Live]:
+        """Rows whose window ended: fallback re-decodes, word timing, and their streams advance."""
+        if not ended:
+            return []
+        entries = [entry for entry, _ in ended]
+        windows = [rows.pop(entry) for entry in entries]
+        options = [entry.job.options for entry in entries]
+        with torch.inference_mode():
+            results = fall_back(model, windows, options, [result for _, result in ended], language, self.fp16)
+            alignments = align_words(model, list(zip([e.stream for e in entries], windows)), results)
+        for entry, window, result, alignment in zip(entries, windows, results, alignments):
+            entry.stream.advance(window, result, alignment)
+        return entries
 
     def _step(self, candidates: List[_Live]) -> List[_Live]:
         """Decode one window of up to a batch of `candidates`; returns the entries served

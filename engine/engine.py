@@ -317,7 +317,8 @@ class Engine:
         result = TranscriptionResult(
             segments=segments, language=language, duration=duration, task=options.task,
             model=request.model, windows=sum(st.windows_decoded for st in streams),
-            tokens_decoded=sum(st.tokens_decoded for st in streams), processing_s=time.perf_counter() - started,
+            tokens_decoded=sum(st.tokens_decoded for st in streams), fallbacks=sum(st.fallbacks for st in streams),
+            processing_s=time.perf_counter() - started,
         )
         log.info("Job %s: %.1f s of audio (%.1f s of it speech decoded) in %.1f s (%d sections, %d windows, "
                  "%d segments)", handle.id, duration, heard, result.processing_s, len(sections), result.windows,

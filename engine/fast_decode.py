@@ -69,7 +69,7 @@ def decode(model: Whisper, mel: Tensor, options: DecodingOptions = DecodingOptio
     if not supports(options):
         return whisper.decode(model, mel, options)
     single = mel.ndim == 2
-    results = _GreedyBatch(model, options).run(mel[None] if single else mel)
+    results = decode_whole(model, options, mel[None] if single else mel)
     return results[0] if single else results
 
 
@@ -85,7 +85,7 @@ def decode_rows(model: Whisper, mel: Tensor, options: DecodingOptions,
     if len(prompts) != len(mel):
         raise ValueError(f"{len(mel)} rows but {len(prompts)} prompts")
     if supports(options):
-        return _GreedyBatch(model, options, prompts).run(mel)
+        return decode_whole(model, options, mel, prompts)
     results = [whisper.decode(model, row, replace(options, prompt=list(prompt) if prompt else None))
                for row, prompt in zip(mel, prompts)]
     return _with_token_logprobs(model, mel, options, prompts, results)
@@ -100,7 +100,7 @@ def _with_token_logprobs(model: Whisper, mel: Tensor, options: DecodingOptions,
     greedy = replace(options, temperature=0.0)
     if not supports(greedy):  # beam search and other whisper-only paths: without per-token values
         return results
-    forced = _GreedyBatch(model, greedy, prompts).run(mel, forced=[list(r.tokens) for r in results])
+    forced = decode_whole(model, greedy, mel, prompts, forced=[list(r.tokens) for r in results])
     return [TokenDecodingResult(**{f.name: getattr(r, f.name) for f in fields(DecodingResult)},
                                 token_logprobs=f.token_logprobs) for r, f in zip(results, forced)]
 
@@ -132,27 +132,28 @@ def _merge(x: Tensor) -> Tensor:
     return x.permute(0, 2, 1, 3).flatten(start_dim=2)
 
 
-class _GreedyBatch:
-    """One greedy decode of a batch; whisper's DecodingTask reads the options, so prompts,
-    suppressed tokens and timestamp settings mean exactly what they mean there."""
+class GreedyDecode:
+    """A greedy decode whose rows may join and leave between token steps.
 
-    def __init__(self, model: Whisper, options: DecodingOptions,
-                 prompts: Optional[Sequence[Optional[Sequence[int]]]] = None):
+    `admit` adds windows, each with its own prompt, and takes their first token; `step`
+    decodes one more token for every row and returns the rows that ended. A batch decoded
+    whole runs as long as its longest window, its rows leaving one by one: on 11 minutes
+    of real speech (tiny.en, 16 sections) the steps were 5 rows wide on average with 16
+    allowed. The decode loop instead refills a row with its stream's next window as soon as
+    the row ends, so the steps stay full. whisper's DecodingTask reads the options, so
+    prompts, suppressed tokens and timestamp settings mean exactly what they mean there,
+    and each row gets the tokens `whisper.decode` gives its window alone, whenever it joined.
+
+    Per-row state lives in `rows` (name -> tensor, one row per slot, the decoder's caches
+    included); a row that ends leaves its slot free for the next window to join in place,
+    and free slots are dropped once they are 1/8 of the batch (each drop copies the caches).
+    """
+
+    def __init__(self, model: Whisper, options: DecodingOptions, forcing: bool = False):
         task = DecodingTask(model, options)
         self.model, self.options, self.tokenizer = model, options, task.tokenizer
-        # Each row's start: [previous text] start-of-transcript, language, task. Rows with
-        # prompts of different lengths start sampling at different positions.
-        if prompts is None:
-            self.initial_tokens = [task.initial_tokens]
-        else:
-            self.initial_tokens = [task.initial_tokens if not prompt else
-                                   DecodingTask(model, replace(options, prompt=list(prompt))).initial_tokens
-                                   for prompt in prompts]
-        self.sample_begins = [len(tokens) for tokens in self.initial_tokens]
-        self.sot_indices = [tokens.index(self.tokenizer.sot) for tokens in self.initial_tokens]
-        # whisper stops when the context is full: the last forward pass sees n_ctx tokens
-        self.row_steps = [min(task.sample_len, task.n_ctx + 1 - begin) for begin in self.sample_begins]
-        self.steps = max(self.row_steps)
+        self.sample_len, self.n_ctx = task.sample_len, task.n_ctx
+        self.forcing = forcing  # rows come with the tokens to take (a sampled decode's), to read their log-probs
         self.suppress: List[int] = []
         self.blank: Optional[List[int]] = None
         self.timestamps: Optional[ApplyTimestampRules] = None
@@ -166,6 +167,132 @@ class _GreedyBatch:
             else:  # a rule this module does not know: not ours to guess
                 raise NotImplementedError(type(rule).__name__)
         self.output_int8 = getattr(model.decoder, "int8_output_projection", None)
+        device = next(model.parameters()).device
+        self.host = reads_back_cheaply(device)
+        vocab = model.decoder.token_embedding.weight.shape[0]
+        self.ts_columns = torch.arange(self.tokenizer.timestamp_begin, vocab, device=device)
+        self.always, self.first = self._static_masks(vocab, device)
+        self.cross_scale = (model.dims.n_text_state // model.dims.n_text_head) ** -0.5  # SDPA's default scale
+        self.rows: Dict[str, Tensor] = {}
+        # host-side, one entry per slot
+        self.tags: List[object] = []  # the caller's handle of each row, given back with its result
+        self.begins: List[int] = []  # where each row's sampled tokens start (after its prompt)
+        self.no_speech: List[float] = []
+        self.features: List[Tensor] = []  # each row's encoder output, for its result (fallbacks reuse it)
+        self.deadlines: List[int] = []  # the step by which each row has surely ended (its token cap)
+        self.free: List[int] = []  # slots whose row has ended and been returned
+        self.step_count = 0
+        self.aligned = False  # every row at one position (admitted together): one offset, no mask
+        self.position = 0  # that position, when aligned
+        self._since_look = 0
+
+    def __len__(self) -> int:
+        """Rows still decoding (not yet returned by `step`)."""
+        return len(self.tags) - len(self.free)
+
+    # -- rows joining ------------------------------------------------------------------
+    def _initial_tokens(self, prompt: Optional[Sequence[int]]) -> List[int]:
+        """[previous text] start-of-transcript, language, task: whisper's own, per prompt."""
+        options = replace(self.options, prompt=list(prompt)) if prompt else self.options
+        return list(DecodingTask(self.model, options).initial_tokens)
+
+    @torch.inference_mode()
+    def admit(self, mel: Tensor, prompts: Sequence[Optional[Sequence[int]]], tags: Sequence[object],
+              forced: Optional[Sequence[Sequence[int]]] = None) -> None:
+        """Add a row per log-mel (or encoder output): encode, prefill its prompt, take its
+        first token. `forced` (with `forcing`): each row's tokens to take instead of the likeliest."""
+        if len(mel) == 0:
+            return
+        if len(prompts) != len(mel) or len(tags) != len(mel):
+            raise ValueError(f"{len(mel)} rows but {len(prompts)} prompts and {len(tags)} tags")
+        model, tokenizer, eot = self.model, self.tokenizer, self.tokenizer.eot
+        features = encode(model, mel, self.options.fp16)
+        device, count, n_state = features.device, len(features), model.dims.n_text_state
+        initial = [self._initial_tokens(prompt) for prompt in prompts]
+        begins = [len(tokens) for tokens in initial]
+        # whisper stops when the context is full: the last forward pass sees n_ctx tokens
+        steps = [min(self.sample_len, self.n_ctx + 1 - begin) for begin in begins]
+        new: Dict[str, Tensor] = {}
+        for layer, block in enumerate(model.decoder.blocks):
+            new[f"cross_k{layer}"], new[f"cross_v{layer}"] = self._cross_keys_values(block.cross_attn, features)
+            # Rows at different positions attend over slots others have filled and they have
+            # not yet: masked out, but a masked 0 times uninitialised NaN is still NaN, so zeros.
+            new[f"keys{layer}"] = features.new_zeros(count, self.n_ctx, n_state)
+            new[f"values{layer}"] = features.new_zeros(count, self.n_ctx, n_state)
+        # one column past the context: rows that are done keep writing end-of-text there
+        tokens = torch.full((count, self.n_ctx + 2), eot, dtype=torch.long, device=device)
+        for row, row_initial in enumerate(initial):
+            tokens[row, :len(row_initial)] = torch.tensor(row_initial, device=device)
+        at = torch.arange(count, device=device)
+        begin = torch.tensor(begins, device=device)
+        new.update(
+            tokens=tokens, positions=begin,  # where each row writes its next token
+            taken=torch.zeros(count, dtype=torch.long, device=device),  # tokens sampled so far
+            row_steps=torch.tensor(steps, device=device),  # each row's cap
+            sum_logprobs=torch.zeros(count, device=device),
+            # each token's log-probability, kept on the device and read back once per row at the end
+            token_logprobs=torch.zeros(count, self.sample_len + 1, device=device),
+            finished=torch.zeros(count, dtype=torch.bool, device=device),
+            last_ts=torch.zeros(count, dtype=torch.bool, device=device),
+            penultimate_ts=torch.ones(count, dtype=torch.bool, device=device),
+            latest_ts=torch.full((count,), -1, dtype=torch.long, device=device),  # -1: no timestamp yet
+        )
+        if self.forcing:
+            forced_tokens = torch.full((count, self.sample_len), eot, dtype=torch.long, device=device)
+            for row, row_tokens in enumerate(forced or []):
+                row_tokens = list(row_tokens)[:self.sample_len]
+                forced_tokens[row, :len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long, device=device)
+            new["forced"] = forced_tokens
+
+        # every row's start at once (shorter ones padded after their end, which the causal
+        # mask keeps out of their view); the logits of each row's last token sample its first
+        # one, those at its start-of-transcript give no_speech_prob
+        states = self._forward(new, tokens[:, :max(begins)], 0)
+        logits = self._logits(states[at, begin - 1])
+        no_speech = [float("nan")] * count
+        if tokenizer.no_speech is not None:
+            sots = torch.tensor([row.index(tokenizer.sot) for row in initial], device=device)
+            no_speech = self._logits(states[at, sots]).float().softmax(dim=-1)[:, tokenizer.no_speech].tolist()
+        logits.masked_fill_(self.first, -float("inf"))
+        self._choose(new, logits, first=True)
+        deadlines = [self.step_count + row_steps - 1 for row_steps in steps]
+        self._place(new, list(tags), begins, no_speech, list(features), deadlines)
+
+    def _place(self, new: Dict[str, Tensor], tags: List[object], begins: List[int], no_speech: List[float],
+               features: List[Tensor], deadlines: List[int]) -> None:
+        """Put admitted rows into free slots, the rest after the last slot."""
+        if len(self) == 0:  # a fresh batch (anything left is ended and returned)
+            self.rows, self.tags, self.begins, self.no_speech = new, tags, begins, no_speech
+            self.features, self.deadlines, self.free = features, deadlines, []
+            self.aligned = len(set(begins)) == 1
+            self.position = begins[0] + 1
+            return
+        self.aligned = False
+        slots, self.free = self.free[:len(tags)], self.free[len(tags):]
+        if slots:
+            index = torch.tensor(slots, device=self.rows["tokens"].device)
+            for name, value in new.items():
+                self.rows[name].index_copy_(0, index, value[:len(slots)])
+            for i, slot in enumerate(slots):
+                self.tags[slot], self.begins[slot], self.no_speech[slot] = tags[i], begins[i], no_speech[i]
+                self.features[slot], self.deadlines[slot] = features[i], deadlines[i]
+        rest = len(slots)
+        if rest < len(tags):
+            for name, value in new.items():
+                self.rows[name] = torch.cat([self.rows[name], value[rest:]])
+            self.tags += tags[rest:]
+            self.begins += begins[rest:]
+            self.no_speech += no_speech[rest:]
+            self.features += features[rest:]
+            self.deadlines += deadlines[rest:]
+
+    @torch.inference_mode()
+    def drop(self, tags: Sequence[object]) -> None:
+        """Stop decoding these rows (their job was cancelled); no result comes back for them."""
+        slots = [slot for slot, tag in enumerate(self.tags) if tag in tags and slot not in self.free]
+        if slots:
+            self.rows["finished"][torch.tensor(slots, device=self.rows["finished"].device)] = True
+            self.free = sorted(self.free + slots)
 
     # -- the masks whisper's logit filters apply, as tensors ---------------------------
     def _static_masks(self, vocab: int, device: torch.device) -> Tuple[Tensor, Tensor]:
@@ -186,11 +313,11 @@ class _GreedyBatch:
                 first[tb + rules.max_initial_timestamp_index + 1:] = True
         return torch.tensor(sorted(set(always)), dtype=torch.long, device=device), first
 
-    def _timestamp_rules(self, logits: Tensor, state: Dict[str, Tensor], ts_columns: Tensor) -> None:
-        """ApplyTimestampRules' per-row part, for every row at once (from the second step on).
-        `ts_columns` are the timestamp tokens' ids; only their slice and the text slice are touched."""
+    def _timestamp_rules(self, logits: Tensor, rows: Dict[str, Tensor]) -> None:
+        """ApplyTimestampRules' per-row part, for every row at once (from the second token on).
+        Only the timestamp slice and the text slice of the logits are touched."""
         tb, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
-        last, penultimate, latest = state["last_ts"], state["penultimate_ts"], state["latest_ts"]
+        last, penultimate, latest = rows["last_ts"], rows["penultimate_ts"], rows["latest_ts"]
         opened = last & ~penultimate  # a segment's first timestamp: its closing one must follow
         # timestamps come in pairs: after an opening one no text, after a pair no timestamp
         if not self.host or bool(opened.any()):  # on CPU, skip a pass over 50k columns when no row needs it
@@ -198,7 +325,7 @@ class _GreedyBatch:
         # timestamps never decrease, and a segment has nonzero length (latest = -1: none yet)
         bound = torch.where(opened, latest, latest + 1)
         closed_pair = (last & penultimate)[:, None]
-        logits[:, tb:].masked_fill_(closed_pair | (ts_columns < bound[:, None]), -float("inf"))
+        logits[:, tb:].masked_fill_(closed_pair | (self.ts_columns < bound[:, None]), -float("inf"))
 
     def _prefer_timestamps(self, logits: Tensor) -> Tuple[Tensor, Tensor]:
         """Rows whose timestamps together outweigh every text token may only sample a
@@ -211,36 +338,70 @@ class _GreedyBatch:
         logits[:, :tb].masked_fill_(forced[:, None], -float("inf"))
         return logprobs, forced
 
-    # -- the decoder, with caches this class owns ---------------------------------------
-    def _forward(self, tokens: Tensor, offset: int, features_dtype: torch.dtype,
+    def _choose(self, rows: Dict[str, Tensor], logits: Tensor, first: bool) -> None:
+        """The rest of whisper's logit filters, the token each row takes, and its bookkeeping."""
+        eot = self.tokenizer.eot
+        if not first:
+            logits.index_fill_(1, self.always, -float("inf"))
+        logprobs = None
+        if self.timestamps is not None:
+            if not first:
+                self._timestamp_rules(logits, rows)
+            logprobs, forced = self._prefer_timestamps(logits)
+            if not self.host or bool(forced.any()):  # forcing changed the logits: new log-probs
+                logprobs = None
+        taken, finished = rows["taken"], rows["finished"]
+        if self.forcing:
+            next_tokens = rows["forced"].gather(1, taken.clamp(max=self.sample_len - 1)[:, None])[:, 0]
+        else:
+            next_tokens = logits.argmax(dim=-1)
+        if logprobs is None:
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+        current = logprobs.gather(1, next_tokens[:, None])[:, 0]
+        rows["sum_logprobs"] += current * ~finished
+        rows["token_logprobs"].scatter_(1, taken[:, None], current[:, None])  # ended rows: past their tokens
+        next_tokens = torch.where(finished, eot, next_tokens)
+        rows["tokens"].scatter_(1, rows["positions"][:, None], next_tokens[:, None])
+        rows["positions"] = (rows["positions"] + 1).clamp_(max=self.n_ctx + 1)
+        rows["taken"] = taken = taken + ~finished
+        is_ts = next_tokens >= self.tokenizer.timestamp_begin
+        rows["penultimate_ts"] = torch.ones_like(is_ts) if first else rows["last_ts"]
+        rows["last_ts"] = is_ts
+        rows["latest_ts"] = torch.where(is_ts, next_tokens, rows["latest_ts"])
+        rows["finished"] = finished | (next_tokens == eot) | (taken >= rows["row_steps"])
+
+    # -- the decoder, with caches in `rows` --------------------------------------------
+    def _forward(self, rows: Dict[str, Tensor], tokens: Tensor, offset: int,
                  positions: Optional[Tensor] = None) -> Tensor:
         """Decoder blocks on `tokens` at positions offset.. (caches filled as it goes);
         returns the final layer-normed states, (batch, len(tokens), state).
 
         `positions` (one per row) replaces `offset` for a single token per row when the rows
-        have prompts of different lengths: each row writes its keys and values at its own
-        position and attends only up to it."""
+        are at different positions: each row writes its keys and values at its own position
+        and attends only up to it."""
         decoder = self.model.decoder
         n = tokens.shape[1]
         if positions is None:
             x = decoder.token_embedding(tokens) + decoder.positional_embedding[offset:offset + n]
-            end, mask, rows = offset + n, None, None
+            end, mask, index = offset + n, None, None
         else:
             x = decoder.token_embedding(tokens) + decoder.positional_embedding[positions][:, None]
             end = int(positions.max()) + 1
-            rows = torch.arange(len(positions), device=positions.device)
+            index = torch.arange(len(positions), device=positions.device)
             mask = (torch.arange(end, device=positions.device) <= positions[:, None])[:, None, None, :]
-        x = x.to(features_dtype)
-        for block, keys, values, (cross_k, cross_v) in zip(decoder.blocks, self.keys, self.values, self.cross):
+        x = x.to(rows["cross_k0"].dtype)
+        for layer, block in enumerate(decoder.blocks):
+            keys, values = rows[f"keys{layer}"], rows[f"values{layer}"]
+            cross_k, cross_v = rows[f"cross_k{layer}"], rows[f"cross_v{layer}"]
             attn, heads = block.attn, block.attn.n_head
             h = block.attn_ln(x)
             q = attn.query(h)
-            if rows is None:
+            if index is None:
                 keys[:, offset:end] = attn.key(h)
                 values[:, offset:end] = attn.value(h)
             else:
-                keys[rows, positions] = attn.key(h)[:, 0]
-                values[rows, positions] = attn.value(h)[:, 0]
+                keys[index, positions] = attn.key(h)[:, 0]
+                values[index, positions] = attn.value(h)[:, 0]
             a = F.scaled_dot_product_attention(_heads(q, heads), _heads(keys[:, :end], heads),
                                                _heads(values[:, :end], heads), attn_mask=mask,
                                                is_causal=n > 1 and mask is None)
@@ -256,7 +417,7 @@ class _GreedyBatch:
         return decoder.ln(x)
 
     def _cross_keys_values(self, cross: MultiHeadAttention, features: Tensor) -> Tuple[Tensor, Tensor]:
-        """One block's cross-attention keys and values, computed once per batch. On CPU the
+        """One block's cross-attention keys and values, computed once per row. On CPU the
         keys are stored transposed and both contiguous, so each token step's two matmuls read
         them in order (they are most of the memory a step reads)."""
         heads = cross.n_head
@@ -271,137 +432,59 @@ class _GreedyBatch:
         weight = self.model.decoder.token_embedding.weight
         return (x @ torch.transpose(weight.to(x.dtype), 0, 1)).float()
 
-    def _keep(self, rows: Tensor) -> None:
-        """Keep only `rows` of the batch in every per-row tensor (finished rows leave)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-        self.cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross]
+    # -- token steps -------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> List[Tuple[object, "TokenDecodingResult"]]:
+        """One token for every row; returns (tag, result) of the rows that ended. On CUDA
+        the host looks at which rows ended only every few steps (each look stalls the GPU),
+        and whenever a row reaches its cap."""
+        if self.free and len(self.free) * COMPACT_FRACTION >= len(self.tags):
+            self._compact()
+        if len(self) == 0:
+            return []
+        rows = self.rows
+        if self.aligned and self.position <= self.n_ctx:
+            p = self.position
+            x = self._forward(rows, rows["tokens"][:, p - 1:p], p - 1)
+            self.position += 1
+        else:
+            self.aligned = False
+            # rows that are done feed their end-of-text from a position still in range
+            at = (rows["positions"] - 1).clamp_(max=self.n_ctx - 1)
+            x = self._forward(rows, rows["tokens"].gather(1, at[:, None]), 0, at)
+        self._choose(rows, self._logits(x[:, -1]), first=False)
+        self.step_count += 1
+        self._since_look += 1
+        deadline = min(d for slot, d in enumerate(self.deadlines) if slot not in self.free)
+        if self.host or self._since_look >= CUDA_SYNC_EVERY or self.step_count >= deadline:
+            return self._collect()
+        return []
 
-    # -- the loop ----------------------------------------------------------------------
-    def run(self, mel: Tensor, forced: Optional[Sequence[Sequence[int]]] = None) -> List[TokenDecodingResult]:
-        """Decode the batch. `forced`: each row's tokens to take instead of the likeliest (a
-        sampled decode's), to read the log-probabilities they had."""
-        model, tokenizer = self.model, self.tokenizer
-        features = encode(model, mel, self.options.fp16)
-        device, n_audio = features.device, features.shape[0]
-        if len(self.initial_tokens) == 1:  # one start for every row
-            self.initial_tokens *= n_audio
-            self.sample_begins *= n_audio
-            self.sot_indices *= n_audio
-            self.row_steps *= n_audio
-        n_state, heads = model.dims.n_text_state, model.dims.n_text_head
-        eot = tokenizer.eot
-        length = max(begin + steps for begin, steps in zip(self.sample_begins, self.row_steps))
-        uniform = len(set(self.sample_begins)) == 1  # rows advance in lockstep at one position
-        self.host = host = reads_back_cheaply(device)
-        self.cross = [self._cross_keys_values(block.cross_attn, features) for block in model.decoder.blocks]
-        self.cross_scale = (n_state // heads) ** -0.5  # SDPA's default scale
-        # Rows at different positions attend over slots others have filled and they have not
-        # yet: masked out, but a masked 0 times uninitialised NaN is still NaN, so zeros.
-        cache = features.new_empty if uniform else features.new_zeros
-        self.keys = [cache(n_audio, length, n_state) for _ in model.decoder.blocks]
-        self.values = [cache(n_audio, length, n_state) for _ in model.decoder.blocks]
+    def _collect(self) -> List[Tuple[object, "TokenDecodingResult"]]:
+        """The rows that ended since the last look, as results; their slots become free."""
+        self._since_look = 0
+        ended = [slot for slot in self.rows["finished"].nonzero()[:, 0].tolist() if slot not in self.free]
+        results = []
+        for slot in ended:
+            begin, taken = self.begins[slot], int(self.rows["taken"][slot])
+            results.append((self.tags[slot], self._result(
+                self.features[slot], self.rows["tokens"][slot, begin:begin + taken].tolist(),
+                float(self.rows["sum_logprobs"][slot]), self.no_speech[slot], self.rows["token_logprobs"][slot])))
+        self.free = sorted(self.free + ended)
+        return results
 
-        # one column past the longest row: rows that are done keep writing end-of-text there
-        tokens = torch.full((n_audio, length + 1), eot, dtype=torch.long, device=device)
-        for row, initial in enumerate(self.initial_tokens):
-            tokens[row, :len(initial)] = torch.tensor(initial, device=device)
-        # where each row writes its next token; starts differ when prompts do
-        positions = torch.tensor(self.sample_begins, device=device)
-        last_step = torch.tensor(self.row_steps, device=device) - 1  # each row's final step
-        sum_logprobs = torch.zeros(n_audio, device=device)
-        # each step's chosen token's log-probability, kept on the device and read back once per row at the end
-        token_logprobs = torch.zeros(n_audio, self.steps, device=device)
-        forced_tokens = None
-        if forced is not None:
-            forced_tokens = torch.full((n_audio, self.steps), eot, dtype=torch.long, device=device)
-            for row, row_tokens in enumerate(forced):
-                row_tokens = list(row_tokens)[:self.steps]
-                forced_tokens[row, :len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long, device=device)
-        finished = torch.zeros(n_audio, dtype=torch.bool, device=device)
-        rows = torch.arange(n_audio, device=device)  # original index of each row still decoding
-        state = dict(last_ts=torch.zeros_like(finished), penultimate_ts=torch.ones_like(finished),
-                     latest_ts=torch.full((n_audio,), -1, dtype=torch.long, device=device))
-        vocab = model.decoder.token_embedding.weight.shape[0]
-        ts_columns = torch.arange(tokenizer.timestamp_begin, vocab, device=device)
-        always, first = self._static_masks(vocab, device)
-        done_tokens: Dict[int, Tensor] = {}  # original row -> its tokens, for rows that left
-        done_logprobs: Dict[int, float] = {}
-        done_token_logprobs: Dict[int, Tensor] = {}
-        sync_every = 1 if host else CUDA_SYNC_EVERY
-        no_speech_probs = [float("nan")] * n_audio
+    def _compact(self) -> None:
+        """Drop the free slots from every per-row tensor."""
+        free = set(self.free)
+        keep = [slot for slot in range(len(self.tags)) if slot not in free]
+        index = torch.tensor(keep, dtype=torch.long, device=self.rows["tokens"].device)
+        self.rows = {name: value.index_select(0, index) for name, value in self.rows.items()}
+        for name in ("tags", "begins", "no_speech", "features", "deadlines"):
+            setattr(self, name, [getattr(self, name)[slot] for slot in keep])
+        self.free = []
 
-        for step in range(self.steps):
-            if step == 0:
-                # every row's start at once (shorter ones padded after their end, which the
-                # causal mask keeps out of their view); the logits of each row's last token
-                # sample its first one, those at its start-of-transcript give no_speech_prob
-                states = self._forward(tokens[:, :max(self.sample_begins)], 0, features.dtype)
-                logits = self._logits(states[rows, positions - 1])
-                if tokenizer.no_speech is not None:
-                    at_sot = self._logits(states[rows, torch.tensor(self.sot_indices, device=device)])
-                    no_speech_probs = at_sot.float().softmax(dim=-1)[:, tokenizer.no_speech].tolist()
-            elif uniform:
-                position = int(positions[0]) if host else self.sample_begins[0] + step
-                x = self._forward(tokens[:, position - 1:position], position - 1, features.dtype)
-                logits = self._logits(x[:, -1])
-            else:
-                # rows that are done feed their end-of-text from a position still in range
-                at = (positions - 1).clamp_(max=model.dims.n_text_ctx - 1)
-                logits = self._logits(self._forward(tokens.gather(1, at[:, None]), 0, features.dtype, at)[:, -1])
-            if step == 0:
-                logits.masked_fill_(first, -float("inf"))
-            else:
-                logits.index_fill_(1, always, -float("inf"))
-            logprobs = None
-            if self.timestamps is not None:
-                if step > 0:
-                    self._timestamp_rules(logits, state, ts_columns)
-                logprobs, forced = self._prefer_timestamps(logits)
-                if not host or bool(forced.any()):  # forcing changed the logits: new log-probs
-                    logprobs = None
-
-            next_tokens = logits.argmax(dim=-1) if forced_tokens is None else forced_tokens[rows, step]
-            if logprobs is None:
-                logprobs = F.log_softmax(logits.float(), dim=-1)
-            current = logprobs.gather(1, next_tokens[:, None])[:, 0]
-            sum_logprobs += current * ~finished
-            token_logprobs[:, step] = current
-            next_tokens = torch.where(finished, eot, next_tokens)
-            tokens.scatter_(1, positions[:, None], next_tokens[:, None])
-            positions = (positions + 1).clamp_(max=length)
-            is_ts = next_tokens >= tokenizer.timestamp_begin
-            state["penultimate_ts"] = state["last_ts"] if step > 0 else torch.ones_like(finished)
-            state["last_ts"] = is_ts
-            state["latest_ts"] = torch.where(is_ts, next_tokens, state["latest_ts"])
-            finished |= (next_tokens == eot) | (last_step <= step)
-
-            if (step + 1) % sync_every == 0 or step == self.steps - 1:
-                n_finished = int(finished.sum())
-                if n_finished == len(finished):
-                    break
-                if n_finished and n_finished * COMPACT_FRACTION >= len(finished):
-                    for index in finished.nonzero()[:, 0].tolist():
-                        done_tokens[int(rows[index])] = tokens[index, :int(positions[index])]
-                        done_logprobs[int(rows[index])] = float(sum_logprobs[index])
-                        done_token_logprobs[int(rows[index])] = token_logprobs[index]
-                    keep = (~finished).nonzero()[:, 0]
-                    self._keep(keep)
-                    rows, tokens, sum_logprobs, finished = rows[keep], tokens[keep], sum_logprobs[keep], finished[keep]
-                    token_logprobs = token_logprobs[keep]
-                    positions, last_step = positions[keep], last_step[keep]
-                    state = {name: value[keep] for name, value in state.items()}
-
-        for index, row in enumerate(rows.tolist()):
-            done_tokens[row] = tokens[index, :int(positions[index])]
-            done_logprobs[row] = float(sum_logprobs[index])
-            done_token_logprobs[row] = token_logprobs[index]
-        return [self._result(features[i], done_tokens[i], done_logprobs[i], no_speech_probs[i], self.sample_begins[i],
-                             done_token_logprobs[i]) for i in range(n_audio)]
-
-    def _result(self, features: Tensor, row: Tensor, sum_logprob: float, no_speech_prob: float,
-                sample_begin: int, row_logprobs: Tensor) -> TokenDecodingResult:
-        sampled = row[sample_begin:].tolist()
+    def _result(self, features: Tensor, sampled: List[int], sum_logprob: float, no_speech_prob: float,
+                row_logprobs: Tensor) -> TokenDecodingResult:
         eot = self.tokenizer.eot
         tokens = sampled[:sampled.index(eot)] if eot in sampled else sampled
         text = self.tokenizer.decode(tokens).strip()
@@ -411,3 +494,15 @@ class _GreedyBatch:
             temperature=self.options.temperature, compression_ratio=compression_ratio(text),
             token_logprobs=row_logprobs[:len(tokens)].tolist(),
         )
+
+
+def decode_whole(model: Whisper, options: DecodingOptions, mel: Tensor,
+                 prompts: Optional[Sequence[Optional[Sequence[int]]]] = None,
+                 forced: Optional[Sequence[Sequence[int]]] = None) -> List[TokenDecodingResult]:
+    """Every row of `mel` decoded to its end in one GreedyDecode: one result per row, in order."""
+    decode = GreedyDecode(model, options, forcing=forced is not None)
+    decode.admit(mel, prompts if prompts is not None else [None] * len(mel), list(range(len(mel))), forced)
+    results: Dict[int, TokenDecodingResult] = {}
+    while len(decode):
+        results.update(decode.step())
+    return [results[row] for row in range(len(mel))]

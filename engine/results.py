@@ -47,6 +47,7 @@ class TranscriptionResult:
     model: str = ""  # model name or checkpoint path that produced it
     windows: int = 0  # windows decoded (silent windows skipped are not counted)
     tokens_decoded: int = 0  # tokens sampled over all windows, timestamps included
+    fallbacks: int = 0  # hotter re-decodes of windows that failed a guard (whisper's temperature fallback)
     processing_s: float = 0.0  # wall time from start of work to result
 
     @property

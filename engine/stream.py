@@ -67,7 +67,8 @@ class SectionStream:
         self.last_speech_timestamp = 0.0
         self.segments: List[Segment] = []
         self.windows_decoded = 0
-        self.tokens_decoded = 0
+        self.tokens_decoded = 0  # of each window's accepted decode
+        self.fallbacks = 0  # hotter re-decodes before a window's accepted one
 
     @property
     def duration_s(self) -> float:
@@ -103,6 +104,8 @@ class SectionStream:
         computed for the whole batch); `needs_alignment` says which windows need one."""
         self.windows_decoded += 1
         self.tokens_decoded += len(result.tokens)
+        if result.temperature in self.options.temperatures:
+            self.fallbacks += self.options.temperatures.index(result.temperature)
         if is_no_speech(result, self.options):
             self.seek += window.frames  # fast-forward to the next window
             return

@@ -39,11 +39,34 @@ def decode_batch(model: Whisper, windows: Sequence[StreamWindow], options: Seque
     prompt, temperatures and guards."""
     device = next(model.parameters()).device
     mels = torch.stack([w.mel for w in windows]).to(device).to(torch.float16 if fp16 else torch.float32)
-    first = options[0]
     results: List[Optional[DecodingResult]] = [None] * len(windows)
-    pending = list(range(len(windows)))
-    inputs = mels
-    attempt = 0
+    _decode_hotter(model, mels, windows, options, language, fp16, decoder, results, list(range(len(windows))), 0)
+    return results
+
+
+def fall_back(model: Whisper, windows: Sequence[StreamWindow], options: Sequence[DecodeOptions],
+              results: List[DecodingResult], language: str, fp16: bool,
+              decoder: Decoder = decode_rows) -> List[DecodingResult]:
+    """whisper.transcribe's temperature fallback after a first decode (`results`, in place):
+    the rows that fail a guard are decoded again at their next temperature, from the encoder
+    output already computed, until they pass or the ladder ends."""
+    pending = [row for row in range(len(windows)) if _needs_another(results[row], options[row], 1)]
+    if pending:
+        features = torch.stack([r.audio_features for r in results])
+        _decode_hotter(model, features, windows, options, language, fp16, decoder, results, pending, 1)
+    return results
+
+
+def _needs_another(result: DecodingResult, options: DecodeOptions, attempt: int) -> bool:
+    return attempt < len(options.temperatures) and needs_fallback(result, options)
+
+
+def _decode_hotter(model: Whisper, inputs: torch.Tensor, windows: Sequence[StreamWindow],
+                   options: Sequence[DecodeOptions], language: str, fp16: bool, decoder: Decoder,
+                   results: List[Optional[DecodingResult]], pending: List[int], attempt: int) -> None:
+    """Decode the `pending` rows at temperature ladder step `attempt`, then again hotter
+    while they fail a guard; `inputs` are log-mels or encoder outputs, one per row."""
+    first = options[0]
     while pending:
         by_temperature: Dict[float, List[int]] = defaultdict(list)
         for row in pending:
@@ -54,11 +77,9 @@ def decode_batch(model: Whisper, windows: Sequence[StreamWindow], options: Seque
             for row, result in zip(rows, decoder(model, inputs[rows], decoding, [windows[r].prompt for r in rows])):
                 results[row] = result
         attempt += 1
-        pending = [row for row in pending
-                   if attempt < len(options[row].temperatures) and needs_fallback(results[row], options[row])]
-        if pending and inputs is mels:  # hotter re-decodes reuse the encoder output
+        pending = [row for row in pending if _needs_another(results[row], options[row], attempt)]
+        if pending and inputs.shape[-2:] != results[0].audio_features.shape[-2:]:  # hotter re-decodes reuse the encoder output
             inputs = torch.stack([r.audio_features for r in results])
-    return results
 
 
 def align_words(model: Whisper, rows: Sequence[Tuple[SectionStream, StreamWindow]],

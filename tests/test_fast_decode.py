@@ -53,8 +53,8 @@ def test_every_window_of_the_recording_decodes_as_whisper_decode_alone():
 
 def test_rows_that_end_early_leave_the_batch_and_keep_their_tokens(micro, varied_mels, monkeypatch):
     kept = []
-    keep = fast_decode._GreedyBatch._keep
-    monkeypatch.setattr(fast_decode._GreedyBatch, "_keep", lambda self, rows: (kept.append(len(rows)), keep(self, rows)))
+    compact = fast_decode.GreedyDecode._compact
+    monkeypatch.setattr(fast_decode.GreedyDecode, "_compact", lambda self: (kept.append(len(self)), compact(self)))
     expected = whisper.decode(micro, varied_mels, GREEDY)
     got = fast_decode.decode(micro, varied_mels, GREEDY)
     assert sorted(len(r.tokens) for r in expected)[0] < 10 < max(len(r.tokens) for r in expected)
@@ -144,3 +144,31 @@ def test_the_cuda_path_runs_on_the_cpu_with_whisper_decodes_tokens(micro, varied
             module.float()
     fp16 = fast_decode.decode_rows(half, varied_mels.half(), dataclasses.replace(options, fp16=True), prompts)
     assert all(r.tokens and r.audio_features.dtype == torch.float16 for r in fp16)
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["cpu path", "cuda path"])
+def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(micro, varied_mels, monkeypatch, host):
+    """The decode loop refills a row as soon as its window ends: windows that join a running
+    decode (into a freed slot or after the last), at other positions and with their own
+    prompts, get the tokens whisper.decode gives each alone; a dropped row never comes back."""
+    if not host:
+        monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
+    tokenizer = whisper.tokenizer.get_tokenizer(False)
+    prompts = [None, tokenizer.encode(" Hello there."), list(range(100, 400)), None, [50400, 220, 50450],
+               None, tokenizer.encode(" And so, my fellow Americans"), [1, 2, 3]]
+    options = dataclasses.replace(GREEDY, sample_len=40)
+    decode = fast_decode.GreedyDecode(micro, options)
+    decode.admit(varied_mels[:3], prompts[:3], [0, 1, 2])
+    waiting, results, joined_running = list(range(3, 8)), {}, 0
+    decode.drop([2])
+    while len(decode) or waiting:
+        results.update(decode.step())
+        if waiting and decode.step_count % 3 == 0:
+            rows, waiting = waiting[:2], waiting[2:]
+            joined_running += len(decode) > 0
+            decode.admit(varied_mels[rows], [prompts[r] for r in rows], rows)
+    assert joined_running >= 1
+    assert sorted(results) == [0, 1, 3, 4, 5, 6, 7]
+    for row, result in results.items():
+        alone = whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompts[row]))
+        assert _same(result, alone), f"row {row}"

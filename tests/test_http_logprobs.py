@@ -17,7 +17,7 @@ from whisper.decoding import DecodingOptions
 from conftest import JFK, fast_settings, shared_audio, window_mels
 from engine import Engine
 from engine.audio import load_audio
-from engine.fast_decode import _GreedyBatch, decode_rows
+from engine.fast_decode import decode_rows, decode_whole
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_greedy_values_are_what_a_forced_rerun_gives_and_fallback_rows_carry_the
     with torch.inference_mode():
         greedy = decode_rows(model, mel, options, [None])[0]
         assert len(greedy.token_logprobs) == len(greedy.tokens)
-        forced = _GreedyBatch(model, options, [None]).run(mel, forced=[greedy.tokens])[0]
+        forced = decode_whole(model, options, mel, [None], forced=[greedy.tokens])[0]
         assert forced.tokens == greedy.tokens
         assert forced.token_logprobs == pytest.approx(greedy.token_logprobs, abs=1e-5)
         # the values add up to whisper's own sum, less the end-of-text token's (avg_logprob counts it)
