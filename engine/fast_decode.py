@@ -16,7 +16,8 @@ whose language is known, `decode` below does the same arithmetic with:
   layer and step at batch 16, tiny dimensions), and cross-attention is most of a token step;
 - finished rows dropped from the batch (on CUDA the host looks every few steps only, so
   the GPU is never stalled waiting for the Python loop);
-- on CPU, the encoder run two windows at a time (its activations then stay in cache);
+- on CPU, the encoder run one window at a time (its activations then stay in cache, and
+  int8's activation scales are each window's own);
 - for `precision: int8`, the 51,865-wide output projection through the int8 copy of the
   embedding that `engine.quantize` attaches.
 
@@ -41,7 +42,9 @@ from whisper.decoding import (ApplyTimestampRules, DecodingOptions, DecodingResu
 from whisper.model import MultiHeadAttention, Whisper
 from whisper.utils import compression_ratio
 
-CPU_ENCODER_BATCH = 2  # windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1-2 best)
+# windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1 and 2 equal, more
+# slower), and int8's dynamic quantisation scales a pass's activations together: one keeps each window's own
+CPU_ENCODER_BATCH = 1
 CUDA_SYNC_EVERY = 8  # token steps between looks at "which rows are finished" on CUDA (each look stalls the GPU)
 COMPACT_FRACTION = 8  # drop finished rows once they are at least 1/8 of the batch (each drop copies the caches)
 
@@ -421,7 +424,11 @@ class GreedyDecode:
         keys are stored transposed and both contiguous, so each token step's two matmuls read
         them in order (they are most of the memory a step reads)."""
         heads = cross.n_head
-        keys, values = _heads(cross.key(features), heads), _heads(cross.value(features), heads)
+        if self.host:  # one window at a time: int8's dynamic quantisation would scale the rows together
+            keys = torch.cat([_heads(cross.key(row[None]), heads) for row in features])
+            values = torch.cat([_heads(cross.value(row[None]), heads) for row in features])
+        else:
+            keys, values = _heads(cross.key(features), heads), _heads(cross.value(features), heads)
         if self.host:
             return keys.transpose(-1, -2).contiguous(), values.contiguous()
         return keys, values

@@ -1,11 +1,12 @@
-"""What one step of the decode loop does to a batch of windows.
+"""What the decode loop does to a window besides its greedy decode.
 
-Each row is the current window of one stream (a section of some job's recording). The
-rows' log-mels go through the encoder together, the greedy decoder runs on the whole batch
-with each row's own prompt (its section's previous text), and the rows that fail one of
+Each row is the current window of one stream (a section of some job's recording), decoded
+with its own prompt (its section's previous text). The rows that fail one of
 whisper.transcribe's guards are decoded again at their next temperature, from the encoder
-output already computed, until they pass or the ladder ends. In fp32 every row gets the
-tokens `whisper.decode` gives that window alone (engine.fast_decode.decode_rows).
+output already computed, until they pass or the ladder ends (`fall_back`); word timing
+aligns the decoded rows in one batched pass (`align_words`). `decode_batch` is the whole of
+it for a batch decoded at once (an injected decoder). In fp32 every row gets the tokens
+`whisper.decode` gives that window alone (engine.fast_decode).
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def _decode_hotter(model: Whisper, inputs: torch.Tensor, windows: Sequence[Strea
                 results[row] = result
         attempt += 1
         pending = [row for row in pending if _needs_another(results[row], options[row], attempt)]
-        if pending and inputs.shape[-2:] != results[0].audio_features.shape[-2:]:  # hotter re-decodes reuse the encoder output
-            inputs = torch.stack([r.audio_features for r in results])
+        if pending and inputs.shape[-2:] != results[0].audio_features.shape[-2:]:
+            inputs = torch.stack([r.audio_features for r in results])  # hotter re-decodes reuse the encoder output
 
 
 def align_words(model: Whisper, rows: Sequence[Tuple[SectionStream, StreamWindow]],

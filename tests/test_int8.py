@@ -18,9 +18,10 @@ def test_encoder_cross_attention_inputs_and_output_projection_are_int8_the_decod
     model = load_model(str(micro_checkpoint), CPU_INT8)
     dynamic = torch.ao.nn.quantized.dynamic.Linear
     projection = model.decoder.int8_output_projection
-    assert isinstance(projection, dynamic)
-    assert projection.weight().shape == model.decoder.token_embedding.weight.shape
-    assert projection.weight().qscheme() == torch.per_channel_affine  # a scale per token row
+    assert isinstance(projection, quantize.RowQuantizedLinear)
+    assert projection.weight_int8.dtype == torch.int8
+    assert projection.weight_int8.shape == model.decoder.token_embedding.weight.shape
+    assert projection.weight_scale.shape == (model.dims.n_vocab,)  # a scale per token row
     encoder_layers = [m for m in model.encoder.modules() if isinstance(m, (torch.nn.Linear, dynamic))]
     assert encoder_layers and all(isinstance(m, dynamic) for m in encoder_layers)
     for block in model.decoder.blocks:
@@ -159,3 +160,21 @@ def test_bitsandbytes_layers_replace_every_linear(micro_checkpoint):
     assert linears and all(isinstance(m, bnb.nn.Linear8bitLt) for m in linears)
     assert model.decoder.token_embedding.weight.dtype == torch.float16
     assert model.encoder.conv1.weight.dtype == torch.float16
+
+
+def test_a_windows_int8_tokens_do_not_depend_on_its_batch(tiny_en_model_dir):
+    """PyTorch's dynamic quantisation scales a whole activation tensor at once: fed a batch, a
+    window's encoder output and logits would depend on the other windows. The engine feeds
+    the dynamically quantised layers one window at a time and quantises the output
+    projection's input row by row, so each window of real speech decodes in a batch of 12
+    exactly as alone."""
+    from engine.ct2_weights import read_ct2_model
+
+    model = quantize.quantize_int8(read_ct2_model(str(tiny_en_model_dir)).float().eval())
+    mels = window_mels(load_audio(shared_audio(LONG_11_MIN)))[:12]
+    options = whisper.DecodingOptions(language="en", temperature=0.0, sample_len=224, fp16=False)
+    with torch.inference_mode():
+        together = fast_decode.decode_rows(model, mels, options, [None] * len(mels))
+        alone = [fast_decode.decode_rows(model, mel[None], options, [None])[0] for mel in mels]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert all(torch.equal(a.audio_features, b.audio_features) for a, b in zip(together, alone))
