@@ -115,6 +115,15 @@ class _Live:
     stream: SectionStream
 
 
+def _prompt_tokens(job: _Job) -> int:
+    """The longest prompt a window of this job may carry: whisper keeps the last
+    n_text_ctx // 2 - 1 tokens of the previous text (223), none without previous text."""
+    options = job.options
+    if options.condition_on_previous_text or options.initial_prompt:
+        return job.model.dims.n_text_ctx // 2 - 1
+    return 0
+
+
 def return_freed_host_memory() -> None:
     """Hand the heap memory freed by the last jobs back to the system. glibc keeps freed
     memory in per-thread arenas; with the loop's thread, the workers and the web server all
@@ -259,7 +268,7 @@ class DecodeLoop:
     def _limit_now(self, job: _Job) -> int:
         model = job.model
         return fit_batch_size(self._limit, model.dims, next(model.parameters()).device, 2 if self.fp16 else 4,
-                              job.options.max_new_tokens, self.memory_threshold_mb)
+                              job.options.max_new_tokens, self.memory_threshold_mb, _prompt_tokens(job))
 
     def _decode_continuously(self, candidates: List[_Live]) -> None:
         """Run one GreedyDecode until no row is left: between token steps, rows whose window
@@ -359,8 +368,7 @@ class DecodeLoop:
         job = candidates[0].job
         model = job.model
         with self._lock, torch.inference_mode():
-            limit = fit_batch_size(self._limit, model.dims, next(model.parameters()).device,
-                                   2 if self.fp16 else 4, job.options.max_new_tokens, self.memory_threshold_mb)
+            limit = self._limit_now(job)
             served: List[_Live] = []
             batch: List[Tuple[_Live, StreamWindow]] = []
             for entry in candidates:

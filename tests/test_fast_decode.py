@@ -154,8 +154,9 @@ def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(micro, v
     if not host:
         monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
     tokenizer = whisper.tokenizer.get_tokenizer(False)
-    prompts = [None, tokenizer.encode(" Hello there."), list(range(100, 400)), None, [50400, 220, 50450],
-               None, tokenizer.encode(" And so, my fellow Americans"), [1, 2, 3]]
+    # the first rows need a short cache; a row with a prompt trimmed to 223 tokens joins later and longer
+    prompts = [None, tokenizer.encode(" Hello there."), [1, 2, 3], None, [50400, 220, 50450],
+               list(range(100, 400)), tokenizer.encode(" And so, my fellow Americans"), None]
     options = dataclasses.replace(GREEDY, sample_len=40)
     decode = fast_decode.GreedyDecode(micro, options)
     decode.admit(varied_mels[:3], prompts[:3], [0, 1, 2])
@@ -172,3 +173,20 @@ def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(micro, v
     for row, result in results.items():
         alone = whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompts[row]))
         assert _same(result, alone), f"row {row}"
+
+
+def test_a_row_with_a_longer_prompt_joining_grows_the_caches(micro, varied_mels):
+    """Caches hold what the rows in them need (prompt and token cap); a row that needs more
+    joins by growing every row's cache, and both rows still decode as alone."""
+    options = dataclasses.replace(GREEDY, sample_len=40)
+    prompts = [None, list(range(100, 400))]
+    decode = fast_decode.GreedyDecode(micro, options)
+    decode.admit(varied_mels[:1], prompts[:1], [0])
+    short = decode.rows["keys0"].shape[1]
+    decode.admit(varied_mels[1:2], prompts[1:], [1])
+    assert len(decode) == 2 and short < decode.rows["keys0"].shape[1]
+    results = {}
+    while len(decode):
+        results.update(decode.step())
+    for row, prompt in enumerate(prompts):
+        assert _same(results[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))
