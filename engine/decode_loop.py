@@ -47,7 +47,6 @@ from .worker import JobCancelled
 log = logging.getLogger(__name__)
 
 
-
 class ModelLock:
     """Every forward pass on a shared model goes through this lock: the decode loop's steps, a
     job's language detection and the warm-up. Word timing switches SDPA off for the whole
