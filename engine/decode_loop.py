@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
-from whisper.decoding import DecodingOptions
+from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 
 from .fast_decode import GreedyDecode, decode_rows, supports
@@ -310,18 +310,13 @@ class DecodeLoop:
                     self._remove(failed)
             return
         # Out of the except block, the traceback no longer holds the decode's tensors, so
-        # emptying the cache really hands their memory back. The windows in the decode are
-        # decoded again (their streams have not moved), in smaller batches.
+        # emptying the cache really hands their memory back.
         decode = ended = None
-        free_cached_memory()
-        with self._cond:
-            if len(in_decode) <= 1:
-                failed = (in_decode or candidates)[0].job
-                self._fail(failed, WindowTooLarge(too_large_message(model, self.fp16, failed.options.max_new_tokens)))
-                self._remove(failed)
-            else:
-                self._limit = max(1, len(in_decode) // 2)
-                log.warning("CUDA out of memory: retrying with batches of %d windows", self._limit)
+        in_decode = in_decode or candidates[:1]
+        self._out_of_memory(model, in_decode)
+        if len(in_decode) == 1:  # its job failed
+            with self._cond:
+                self._remove(in_decode[0].job)
 
     def _joining(self, key: Tuple, rows: Dict[_Live, StreamWindow], limit: int) -> List[_Live]:
         """Waiting streams of this kind that may join the decode now, longest-waiting first
@@ -351,15 +346,12 @@ class DecodeLoop:
         """Rows whose window ended: fallback re-decodes, word timing, and their streams advance."""
         if not ended:
             return []
-        entries = [entry for entry, _ in ended]
-        windows = [rows.pop(entry) for entry in entries]
-        options = [entry.job.options for entry in entries]
+        finished = [(entry, rows.pop(entry)) for entry, _ in ended]
         with torch.inference_mode():
-            results = fall_back(model, windows, options, [result for _, result in ended], language, self.fp16)
-            alignments = align_words(model, list(zip([e.stream for e in entries], windows)), results)
-        for entry, window, result, alignment in zip(entries, windows, results, alignments):
-            entry.stream.advance(window, result, alignment)
-        return entries
+            results = fall_back(model, [window for _, window in finished], [entry.job.options for entry, _ in finished],
+                                [result for _, result in ended], language, self.fp16)
+            self._advance_streams(model, finished, results)
+        return [entry for entry, _ in finished]
 
     def _step(self, candidates: List[_Live]) -> List[_Live]:
         """Decode one window of up to a batch of `candidates`; returns the entries served
@@ -382,23 +374,35 @@ class DecodeLoop:
             try:
                 results = decode_batch(model, [w for _, w in batch], [e.job.options for e, _ in batch],
                                        job.language, self.fp16, self._decoder)
-                alignments = align_words(model, [(e.stream, w) for e, w in batch], results)
+                self._advance_streams(model, batch, results)
             except torch.OutOfMemoryError:
                 results = None
             if results is None:
                 # Out of the except block, the traceback no longer holds the failed batch's
                 # tensors, so emptying the cache really hands their memory back.
-                free_cached_memory()
-                if len(batch) == 1:
-                    self._fail(batch[0][0].job, WindowTooLarge(too_large_message(model, self.fp16,
-                                                                                 job.options.max_new_tokens)))
-                else:
-                    self._limit = max(1, len(batch) // 2)
-                    log.warning("CUDA out of memory: retrying with batches of %d windows", self._limit)
-                return served
-            for (entry, window), result, alignment in zip(batch, results, alignments):
-                entry.stream.advance(window, result, alignment)
+                self._out_of_memory(model, [entry for entry, _ in batch])
         return served
+
+    def _advance_streams(self, model: Whisper, rows: List[Tuple[_Live, StreamWindow]],
+                         results: List[DecodingResult]) -> None:
+        """Word timing for the decoded windows that want it (one batched pass), then each
+        stream takes its window's result. Timing comes first: if it runs out of memory, no
+        stream has moved."""
+        alignments = align_words(model, [(entry.stream, window) for entry, window in rows], results)
+        for (entry, window), result, alignment in zip(rows, results, alignments):
+            entry.stream.advance(window, result, alignment)
+
+    def _out_of_memory(self, model: Whisper, entries: List[_Live]) -> None:
+        """After CUDA ran out of memory decoding the windows of `entries` (their streams have
+        not moved): hand the cache back, then halve the batch limit so the same windows are
+        decoded again in smaller batches, or fail the job whose single window cannot fit."""
+        free_cached_memory()
+        if len(entries) <= 1:
+            job = entries[0].job
+            self._fail(job, WindowTooLarge(too_large_message(model, self.fp16, job.options.max_new_tokens)))
+        else:
+            self._limit = max(1, len(entries) // 2)
+            log.warning("CUDA out of memory: retrying with batches of %d windows", self._limit)
 
     def _fail(self, job: _Job, error: BaseException) -> None:
         job.error = error

@@ -471,10 +471,14 @@ class GreedyDecode:
         self._choose(rows, self._logits(x[:, -1]), first=False)
         self.step_count += 1
         self._since_look += 1
-        deadline = min(d for slot, d in enumerate(self.deadlines) if slot not in self.free)
-        if self.host or self._since_look >= CUDA_SYNC_EVERY or self.step_count >= deadline:
+        if self.host or self._since_look >= CUDA_SYNC_EVERY or self.step_count >= self._earliest_deadline():
             return self._collect()
         return []
+
+    def _earliest_deadline(self) -> int:
+        """The step by which some row still decoding has surely reached its token cap."""
+        free = set(self.free)
+        return min(d for slot, d in enumerate(self.deadlines) if slot not in free)
 
     def _collect(self) -> List[Tuple[object, "TokenDecodingResult"]]:
         """The rows that ended since the last look, as results; their slots become free."""

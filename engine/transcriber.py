@@ -41,8 +41,8 @@ def decode_batch(model: Whisper, windows: Sequence[StreamWindow], options: Seque
     device = next(model.parameters()).device
     mels = torch.stack([w.mel for w in windows]).to(device).to(torch.float16 if fp16 else torch.float32)
     results: List[Optional[DecodingResult]] = [None] * len(windows)
-    _decode_hotter(model, mels, windows, options, language, fp16, decoder, results, list(range(len(windows))), 0)
-    return results
+    _decode_attempt(model, mels, windows, options, language, fp16, decoder, results, list(range(len(windows))), 0)
+    return fall_back(model, windows, options, results, language, fp16, decoder)
 
 
 def fall_back(model: Whisper, windows: Sequence[StreamWindow], options: Sequence[DecodeOptions],
@@ -51,10 +51,13 @@ def fall_back(model: Whisper, windows: Sequence[StreamWindow], options: Sequence
     """whisper.transcribe's temperature fallback after a first decode (`results`, in place):
     the rows that fail a guard are decoded again at their next temperature, from the encoder
     output already computed, until they pass or the ladder ends."""
-    pending = [row for row in range(len(windows)) if _needs_another(results[row], options[row], 1)]
-    if pending:
-        features = torch.stack([r.audio_features for r in results])
-        _decode_hotter(model, features, windows, options, language, fp16, decoder, results, pending, 1)
+    attempt = 1
+    pending = [row for row in range(len(windows)) if _needs_another(results[row], options[row], attempt)]
+    features = torch.stack([r.audio_features for r in results]) if pending else None
+    while pending:
+        _decode_attempt(model, features, windows, options, language, fp16, decoder, results, pending, attempt)
+        attempt += 1
+        pending = [row for row in pending if _needs_another(results[row], options[row], attempt)]
     return results
 
 
@@ -62,25 +65,20 @@ def _needs_another(result: DecodingResult, options: DecodeOptions, attempt: int)
     return attempt < len(options.temperatures) and needs_fallback(result, options)
 
 
-def _decode_hotter(model: Whisper, inputs: torch.Tensor, windows: Sequence[StreamWindow],
-                   options: Sequence[DecodeOptions], language: str, fp16: bool, decoder: Decoder,
-                   results: List[Optional[DecodingResult]], pending: List[int], attempt: int) -> None:
-    """Decode the `pending` rows at temperature ladder step `attempt`, then again hotter
-    while they fail a guard; `inputs` are log-mels or encoder outputs, one per row."""
+def _decode_attempt(model: Whisper, inputs: torch.Tensor, windows: Sequence[StreamWindow],
+                    options: Sequence[DecodeOptions], language: str, fp16: bool, decoder: Decoder,
+                    results: List[Optional[DecodingResult]], rows: List[int], attempt: int) -> None:
+    """Decode `rows` (into `results`) at each one's temperature number `attempt`; `inputs`
+    are log-mels or encoder outputs, one per row of the batch."""
     first = options[0]
-    while pending:
-        by_temperature: Dict[float, List[int]] = defaultdict(list)
-        for row in pending:
-            by_temperature[options[row].temperatures[attempt]].append(row)
-        for temperature, rows in by_temperature.items():
-            decoding = DecodingOptions(task=first.task, language=language, temperature=temperature,
-                                       sample_len=first.max_new_tokens, fp16=fp16)
-            for row, result in zip(rows, decoder(model, inputs[rows], decoding, [windows[r].prompt for r in rows])):
-                results[row] = result
-        attempt += 1
-        pending = [row for row in pending if _needs_another(results[row], options[row], attempt)]
-        if pending and inputs.shape[-2:] != results[0].audio_features.shape[-2:]:
-            inputs = torch.stack([r.audio_features for r in results])  # hotter re-decodes reuse the encoder output
+    by_temperature: Dict[float, List[int]] = defaultdict(list)
+    for row in rows:
+        by_temperature[options[row].temperatures[attempt]].append(row)
+    for temperature, group in by_temperature.items():
+        decoding = DecodingOptions(task=first.task, language=language, temperature=temperature,
+                                   sample_len=first.max_new_tokens, fp16=fp16)
+        for row, result in zip(group, decoder(model, inputs[group], decoding, [windows[r].prompt for r in group])):
+            results[row] = result
 
 
 def align_words(model: Whisper, rows: Sequence[Tuple[SectionStream, StreamWindow]],
