@@ -72,8 +72,9 @@ def _attach_output_projection(model: nn.Module) -> None:
 
 
 def int8_layer_names(model: nn.Module) -> List[str]:
-    """The linear layers that go int8: the encoder's, the decoder's cross-attention keys and
-    values (computed once per window), and the output projection. The decoder blocks' other
+    """The linear layers that go int8 through dynamic quantisation: the encoder's and the
+    decoder's cross-attention keys and values (computed once per window); the output
+    projection is int8 too (`RowQuantizedLinear`). The decoder blocks' other
     layers stay fp32. PyTorch quantises activations with one scale per tensor, and the
     decoder's residual stream has outlier features that such a scale crushes: on real
     tiny.en, fed fp32's transcript of every window of the 11-minute recording, int8 picked
