@@ -1,9 +1,9 @@
-"""Encoder self-attention in bf16 on CPUs with native bf16 dot products (`precision: int8`).
+"""Encoder self-attention in bf16 on CPUs with AMX (`precision: int8`).
 
 On CPU the int8 model's linear layers are cheap; what is left of the encoder is its
 self-attention over 1500 frames, which PyTorch's CPU SDPA kernel runs in fp32 (in bf16 it
-is no faster). Plain bf16 matmuls are: on a CPU with AVX-512 BF16 or AMX, a (1500 x 64) by
-(64 x 1500) product runs about 2.3x as fast in bf16 as in fp32. So the attention is computed
+is no faster). Plain bf16 matmuls can be: on the machine this was written on, a (1500 x 64) by
+(64 x 1500) product ran about 2.3x as fast in bf16 as in fp32. So the attention is computed
 as two bf16 matmuls around a softmax, a block of query rows at a time so that the block's
 scores stay in cache instead of making a round trip through memory.
 
@@ -12,7 +12,13 @@ Measured on the benchmark machine (2 cores, tiny dimensions): the int8 encoder g
 encoder's already was (relative error 1.44% either way with plain random weights, 0.82%
 with lively ones; tests/test_int8.py): the int8 linear layers, not bf16 attention, set the
 precision of this mode. fp32 keeps whisper's own attention (its tokens
-are held to whisper's exactly); CPUs without native bf16 keep it too (emulated bf16 is slow).
+are held to whisper's exactly).
+
+Only AMX makes it pay. On a CPU with AVX-512 BF16 but no AMX (the benchmark machine on
+2026-12-03), the bf16 product is no faster than fp32's (0.97 against 0.93 ms for the shape
+above) and the blocks lose to PyTorch's fused fp32 kernel: the int8 encoder took 295 ms per
+window with them and 187 ms with whisper's own attention (fp32: 225 ms). Such CPUs, and those
+without bf16, keep whisper's attention.
 """
 from __future__ import annotations
 
@@ -25,11 +31,10 @@ from whisper.model import MultiHeadAttention
 QUERY_ROWS = 100  # query rows per block: 12 heads x 100 x 1500 bf16 scores = 3.6 MB, cache-sized
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); private in torch.cpu,
-    hence the care: an older or newer PyTorch without them simply keeps fp32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+def fast_bf16() -> bool:
+    """Whether this CPU has AMX tiles, where bf16 matmuls outrun fp32 ones; private in
+    torch.cpu, hence the care: a PyTorch without the check simply keeps fp32."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 class Bf16SelfAttention(MultiHeadAttention):
@@ -55,9 +60,9 @@ class Bf16SelfAttention(MultiHeadAttention):
 
 
 def use_bf16_encoder_attention(model: nn.Module) -> bool:
-    """Switch the encoder's self-attention to bf16 where the CPU does bf16 natively.
+    """Switch the encoder's self-attention to bf16 where the CPU has AMX.
     Returns whether it did. The modules keep their parameters; only the class changes."""
-    if not native_bf16():
+    if not fast_bf16():
         return False
     for block in model.encoder.blocks:
         block.attn.__class__ = Bf16SelfAttention

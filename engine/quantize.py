@@ -8,7 +8,7 @@ decoder's output projection (the same matrix, 51,865 wide, about half of every d
 step on CPU) gets an int8 copy quantised row by row, `decoder.int8_output_projection`,
 which `engine.fast_decode` uses; `whisper.decode` (sampling fallbacks) still uses the fp32 matrix.
 With the linear layers int8, the encoder's self-attention is most of the encoder; on CPUs
-that do bf16 natively it runs in bf16 (`engine.cpu_attention`).
+with AMX it runs in bf16 (`engine.cpu_attention`).
 
 On CUDA, PyTorch has no int8 matmul for this; bitsandbytes' `Linear8bitLt` (LLM.int8)
 does, when that library is installed. The rest of the model runs in fp16 there. Without
@@ -92,7 +92,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """CPU: the layers `int8_layer_names` picks as dynamically quantised int8 with a scale per
     output channel, the output projection row-quantised (`RowQuantizedLinear`: a scale per
     token row of the embedding, which differ in size, and per activation row), and the
-    encoder's self-attention in bf16 where the CPU does bf16 natively. Dynamic quantisation
+    encoder's self-attention in bf16 where the CPU has AMX. Dynamic quantisation
     scales each activation tensor as a whole, so `engine.fast_decode` feeds those layers one
     window at a time (the encoder, the cross-attention keys and values): a window's result
     never depends on the others in its batch."""
