@@ -20,6 +20,7 @@ from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.tokenizer import get_tokenizer
 
 from .audio import SAMPLE_RATE, check_audio, check_length, load_audio
+from .cpu_threads import in_passing_thread, single_threaded_here
 from .cuda import DevicePlan, apply_alloc_conf, plan_device
 from .decode_loop import MODEL_LOCK, DecodeLoop
 from .fast_decode import decode_rows
@@ -131,7 +132,9 @@ class Engine:
                                  on_load=lambda name: self.listeners.emit("model_loaded", name),
                                  on_release=self._on_release)
         self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb, decoder)
-        self.worker = TranscriptionWorker(self._run_job, settings.workers, settings.queue_size)
+        on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
+        self.worker = TranscriptionWorker(self._run_job, settings.workers, settings.queue_size,
+                                          prepare_thread=single_threaded_here if on_cpu else None)
         self._closed = threading.Event()
         if settings.idle_release_s > 0:
             threading.Thread(target=self._release_when_idle, name="idle-release", daemon=True).start()
@@ -167,6 +170,11 @@ class Engine:
             log.error("Could not load %s: %s", self.settings.model, exc)
 
     def _load_model(self, name: str):
+        if self.plan.device.type == "cpu":  # its OpenMP team would outlive it in a thread that stays
+            return in_passing_thread(lambda: self._load_and_warm_up(name))
+        return self._load_and_warm_up(name)
+
+    def _load_and_warm_up(self, name: str):
         model = load_model(name, self.plan, self.settings.download_root)
         self._multilingual[name] = model.is_multilingual
         if self.settings.warm_up:

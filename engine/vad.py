@@ -29,6 +29,8 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
+from .cpu_threads import in_passing_thread
+
 SAMPLE_RATE = 16000
 FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
 MIN_PIECE_FRAMES = 156  # ~5 s: shorter pieces would spend more on warming up than on the piece
@@ -156,11 +158,16 @@ def _silero():
     global _model
     with _model_lock:
         if _model is None:
-            threads = torch.get_num_threads()
-            try:
-                import silero_vad  # its import sets torch to one thread for the whole process ...
-                _model = silero_vad.load_silero_vad()
-            finally:
-                torch.set_num_threads(threads)  # ... which would halve the decoder's speed on a CPU
+            # in a thread of its own: the import sets torch to one thread for the whole process,
+            # and this restores the count torch had (a job thread runs on one core, engine.cpu_threads)
+            _model = in_passing_thread(_load_silero)
         return _model
 
+
+def _load_silero():
+    threads = torch.get_num_threads()
+    try:
+        import silero_vad  # its import sets torch to one thread for the whole process ...
+        return silero_vad.load_silero_vad()
+    finally:
+        torch.set_num_threads(threads)  # ... which would halve the decoder's speed on a CPU

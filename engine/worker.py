@@ -152,10 +152,11 @@ class TranscriptionWorker:
     """
 
     def __init__(self, run: Callable[[Any, JobHandle], Any], workers: int = 2, queue_size: int = 16,
-                 name: str = "transcription"):
+                 name: str = "transcription", prepare_thread: Optional[Callable[[], None]] = None):
         if workers < 1 or queue_size < 1:
             raise ValueError("workers and queue_size must be at least 1")
         self._run = run
+        self._prepare_thread = prepare_thread  # called first in each worker thread (the engine: one CPU core)
         self.workers = workers
         self.queue_size = queue_size
         self._queue: Deque[JobHandle] = deque()
@@ -213,6 +214,8 @@ class TranscriptionWorker:
 
     # -- serving -----------------------------------------------------------------------------
     def _serve(self) -> None:
+        if self._prepare_thread is not None:
+            self._prepare_thread()
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
