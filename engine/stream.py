@@ -32,7 +32,7 @@ from .energy import is_silent
 from .options import DecodeOptions, is_no_speech
 from .results import Segment, TokenLogprob, Word
 from .vad import SpeechMap
-from .word_timing import add_word_timestamps
+from .word_timing import add_word_timestamps, text_tokens_of
 
 INPUT_STRIDE = 2  # mel frames per output token (N_FRAMES / n_audio_ctx)
 TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp token: 0.02
@@ -120,7 +120,7 @@ class SectionStream:
 
         def new_segment(start: float, end: float, segment_tokens: torch.Tensor) -> dict:
             token_list = segment_tokens.tolist()
-            text_tokens = [t for t in token_list if t < tokenizer.eot]
+            text_tokens = text_tokens_of(token_list, tokenizer)
             values = token_logprobs[cursor[0]:cursor[0] + len(token_list)]
             cursor[0] += len(token_list)
             return {"seek": window.seek, "start": start, "end": end, "text": tokenizer.decode(text_tokens),

@@ -11,20 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
+from browser import ARTIFACTS, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
 from conftest import JFK, ROOT, fast_settings, shared_audio
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+pytestmark = needs_chromium
 
 JFK_WAV = JFK.with_suffix(".wav")  # Chromium's fake microphone plays a WAV file
-TIMEOUT_MS = 90_000  # 2 slow cores: a transcription of the micro model takes seconds, a page load more
-ARTIFACTS = ROOT / "tests" / ".artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +33,13 @@ def server(micro_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    fake_microphone = JFK_WAV if JFK_WAV.is_file() else None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-    if fake_microphone:
-        args.append(f"--use-file-for-fake-audio-capture={fake_microphone}")
-    with sync_api.sync_playwright() as playwright:
-        # A persistent context is how Playwright passes Chromium a fresh --user-data-dir.
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=args,
-            viewport={"width": 1400, "height": 1000}, permissions=["microphone"])
-        context.set_default_timeout(TIMEOUT_MS)
-        yield context
-        context.close()
+def browser(playwright, tmp_path_factory):
+    args = ["--disable-quic", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    if JFK_WAV.is_file():
+        args.append(f"--use-file-for-fake-audio-capture={JFK_WAV}")
+    context = launch(playwright, tmp_path_factory.mktemp("chromium-profile"), args, permissions=["microphone"])
+    yield context
+    context.close()
 
 
 @pytest.fixture

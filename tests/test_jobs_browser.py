@@ -3,17 +3,13 @@ Python package, as tests/test_app_browser.py): a transcription appears in the li
 there after a reload, its files can be downloaded again, and another browser sees none of it."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
+from browser import launch, needs_chromium, playwright  # noqa: F401 (a fixture)
 from conftest import JFK, fast_settings, shared_audio
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
-TIMEOUT_MS = 90_000  # 2 slow cores: a page load and a transcription take seconds
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +21,9 @@ def server(micro_checkpoint, tmp_path_factory):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_api.sync_playwright() as playwright:
-        yield playwright
-
-
 def new_browser(playwright, profile):
     """A browser with its own profile: its own localStorage, so its own owner id."""
-    context = playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=CHROMIUM, headless=True,
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-        viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(TIMEOUT_MS)
-    return context
+    return launch(playwright, profile)
 
 
 def open_recent(page, url):

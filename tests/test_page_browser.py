@@ -18,18 +18,13 @@ import uuid
 
 import pytest
 
+from browser import ARTIFACTS, DESKTOP, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
 from conftest import JFK, LONG_11_MIN, ROOT, DecodeGate, fast_settings, shared_audio
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+pytestmark = needs_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
-
-TIMEOUT_MS = 90_000  # 2 slow cores: a page load and a transcription take seconds
-ARTIFACTS = ROOT / "tests" / ".artifacts"
 LONG_5_MIN = LONG_11_MIN.parent / "lj050_0159_5min.mp3"  # long enough that jobs overlap and run several steps
 PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1400, "height": 1000}
 GATE = DecodeGate(timeout_s=120)  # decoding waits on it: a test holds jobs running while it looks
 LONG_ERROR = ("The recording 'quarterly-board-meeting-minutes-final-v2-recorded-on-the-phone.m4a' is cut off: "
               "ffmpeg stopped at 12:31 of 58:02 (Invalid data found when processing input); upload the whole file "
@@ -57,20 +52,9 @@ def server(micro_checkpoint, second_checkpoint, tmp_path_factory):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_api.sync_playwright() as playwright:
-        yield playwright
-
-
 @pytest.fixture
 def browser(playwright, tmp_path):
-    context = playwright.chromium.launch_persistent_context(
-        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run"],
-        viewport=DESKTOP)
-    context.set_default_timeout(TIMEOUT_MS)
+    context = launch(playwright, tmp_path / "profile")
     yield context
     context.close()
 

@@ -17,16 +17,10 @@ import shutil
 
 import pytest
 
+from browser import ARTIFACTS, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
 from conftest import JFK, ROOT, fast_settings, shared_audio
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
-
-TIMEOUT_MS = 90_000  # 2 slow cores: a page load and a transcription take seconds
-ARTIFACTS = ROOT / "tests" / ".artifacts"
-DESKTOP = {"width": 1400, "height": 1000}
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +48,13 @@ def real_server(tiny_en_model_dir, tmp_path_factory):
     server.close()
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_api.sync_playwright() as playwright:
-        yield playwright
-
-
 @pytest.fixture
 def page(playwright, server, tmp_path):
     yield from _page(playwright, server, tmp_path)
 
 
 def _page(playwright, server, tmp_path):
-    context = playwright.chromium.launch_persistent_context(
-        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run",
-              "--autoplay-policy=no-user-gesture-required"],
-        viewport=DESKTOP)
-    context.set_default_timeout(TIMEOUT_MS)
+    context = launch(playwright, tmp_path / "profile", ["--autoplay-policy=no-user-gesture-required"])
     page = context.new_page()
     page.goto(server.url)
     page.wait_for_selector("#gpu-panel", state="attached")
