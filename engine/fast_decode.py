@@ -152,6 +152,8 @@ class GreedyDecode:
     and free slots are dropped once they are 1/8 of the batch (each drop copies the caches).
     """
 
+    ROW_LISTS = ("tags", "begins", "no_speech", "features", "deadlines")  # host-side lists, one entry per slot
+
     def __init__(self, model: Whisper, options: DecodingOptions, forcing: bool = False):
         task = DecodingTask(model, options)
         self.model, self.options, self.tokenizer = model, options, task.tokenizer
@@ -432,14 +434,12 @@ class GreedyDecode:
         keys are stored transposed and both contiguous, so each token step's two matmuls read
         them in order (they are most of the memory a step reads)."""
         heads = cross.n_head
-        if self.host:  # one window at a time: int8's dynamic quantisation would scale the rows together
-            keys = torch.cat([_heads(cross.key(row[None]), heads) for row in features])
-            values = torch.cat([_heads(cross.value(row[None]), heads) for row in features])
-        else:
-            keys, values = _heads(cross.key(features), heads), _heads(cross.value(features), heads)
-        if self.host:
-            return keys.transpose(-1, -2).contiguous(), values.contiguous()
-        return keys, values
+        if not self.host:
+            return _heads(cross.key(features), heads), _heads(cross.value(features), heads)
+        # one window at a time: int8's dynamic quantisation would scale the rows together
+        keys = torch.cat([_heads(cross.key(row[None]), heads) for row in features])
+        values = torch.cat([_heads(cross.value(row[None]), heads) for row in features])
+        return keys.transpose(-1, -2).contiguous(), values.contiguous()
 
     def _logits(self, x: Tensor) -> Tensor:
         if self.output_int8 is not None:
@@ -507,12 +507,12 @@ class GreedyDecode:
             source, target = (torch.tensor(slots, dtype=torch.long, device=device) for slots in (movers, holes))
             for value in self.rows.values():
                 value.index_copy_(0, target, value.index_select(0, source))
-            for name in ("tags", "begins", "no_speech", "features", "deadlines"):
+            for name in self.ROW_LISTS:
                 values = getattr(self, name)
                 for hole, mover in zip(holes, movers):
                     values[hole] = values[mover]
         self.rows = {name: value[:live] for name, value in self.rows.items()}
-        for name in ("tags", "begins", "no_speech", "features", "deadlines"):
+        for name in self.ROW_LISTS:
             setattr(self, name, getattr(self, name)[:live])
         self.free = []
 

@@ -158,8 +158,8 @@ def _silero():
     global _model
     with _model_lock:
         if _model is None:
-            # in a thread of its own: the import sets torch to one thread for the whole process,
-            # and this restores the count torch had (a job thread runs on one core, engine.cpu_threads)
+            # in a thread that ends: a job thread runs on one core (engine.cpu_threads), so the
+            # count read there to restore after the import would be 1, not the process's
             _model = in_passing_thread(_load_silero)
         return _model
 

@@ -16,14 +16,6 @@ from engine.worker import TranscriptionWorker
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _in_thread(work):
-    out = {}
-    thread = threading.Thread(target=lambda: out.setdefault("value", work()))
-    thread.start()
-    thread.join()
-    return out["value"]
-
-
 @pytest.fixture
 def two_threads():
     before = torch.get_num_threads()
@@ -39,9 +31,9 @@ def test_a_single_threaded_thread_leaves_the_others_their_cores(two_threads):
         (x @ x).sum()  # ops still run, on one core
         return torch.get_num_threads()
 
-    assert _in_thread(one_core_then_ask) == 1
+    assert cpu_threads.in_passing_thread(one_core_then_ask) == 1
     assert torch.get_num_threads() == 2  # this thread
-    assert _in_thread(torch.get_num_threads) == 2  # a new thread, such as the decode loop's
+    assert cpu_threads.in_passing_thread(torch.get_num_threads) == 2  # a new thread, such as the decode loop's
 
 
 def test_job_threads_run_on_one_core(two_threads):
@@ -51,7 +43,7 @@ def test_job_threads_run_on_one_core(two_threads):
         assert [worker.submit(None).result(timeout=30) for _ in range(4)] == [1] * 4
     finally:
         worker.shutdown()
-    assert _in_thread(torch.get_num_threads) == 2
+    assert cpu_threads.in_passing_thread(torch.get_num_threads) == 2
 
 
 def test_in_passing_thread_returns_and_raises_as_a_call_would():
