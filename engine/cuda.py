@@ -66,8 +66,9 @@ def apply_alloc_conf(conf: str | None) -> None:
 def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
     """Pick `cuda:N` or the CPU and the precision that device can run.
 
-    `device: auto` without a GPU falls back to CPU in fp32 (fp16 matmuls are slow or missing
-    there) and says so once in the log. int8 is PyTorch's dynamic quantisation on CPU and
+    fp16 on the CPU (`device: cpu`, or `device: auto` without a GPU) falls back to fp32, since
+    fp16 matmuls are slow or missing there, and says so once in the log: the default config
+    asks for fp16, and a CPU user who only sets `device: cpu` should get a working server. int8 is PyTorch's dynamic quantisation on CPU and
     bitsandbytes on CUDA; without that library int8 on a GPU is refused here, at start-up.
     """
     has_gpu = torch.cuda.is_available()
@@ -75,9 +76,9 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
         raise DeviceError("device: cuda was asked for but no CUDA GPU is visible; use device: auto or cpu")
     if device == "cpu" or (device == "auto" and not has_gpu):
         if precision == "fp16":
-            if device == "cpu":
-                raise DeviceError("precision: fp16 needs a GPU; with device: cpu use fp32 or int8")
-            log.warning("No NVIDIA GPU detected: running on CPU in fp32 instead of fp16 (slower)")
+            reason = "device: cpu" if device == "cpu" else "No NVIDIA GPU detected"
+            log.warning("%s: running on CPU in fp32 instead of fp16 (fp16 needs a GPU; set precision: fp32 "
+                        "or int8 to silence this)", reason)
             precision = "fp32"
         plan = DevicePlan(torch.device("cpu"), precision, f"cpu, {precision}")
         log.info("Whisper runs on %s", plan.description)

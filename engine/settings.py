@@ -87,8 +87,6 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Settings":
-        if self.device == "cpu" and self.precision == "fp16":
-            raise ValueError("precision: fp16 needs a GPU; with device: cpu use precision: fp32 or int8")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError("temperatures: must be a non-empty list of numbers >= 0, e.g. [0.0, 0.2, 0.4]")
         if self.auth is not None and ":" not in self.auth:

@@ -1,4 +1,5 @@
 """CUDA set-up at import time: allocator settings, TF32, device choice."""
+import logging
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from engine import DeviceError
+from engine import DeviceError, load_settings
 from engine.cuda import plan_device
 
 PRINT_STATE = ("import os, engine, torch; print(os.environ['PYTORCH_CUDA_ALLOC_CONF']); "
@@ -39,5 +40,12 @@ def test_cuda_asked_without_gpu_is_a_clear_error():
 def test_cpu_plans():
     assert plan_device("cpu", 0, "fp32").precision == "fp32"
     assert plan_device("cpu", 0, "int8").precision == "int8"
-    with pytest.raises(DeviceError, match="fp16"):
-        plan_device("cpu", 0, "fp16")
+
+
+def test_cpu_with_fp16_falls_back_to_fp32_and_says_so(caplog):
+    """The default config asks for fp16; a CPU user who only sets device: cpu gets a server."""
+    caplog.set_level(logging.WARNING)
+    assert load_settings(None, {"device": "cpu", "precision": "fp16"}, environ={}).precision == "fp16"
+    plan = plan_device("cpu", 0, "fp16")
+    assert str(plan.device) == "cpu" and plan.precision == "fp32"
+    assert any("device: cpu" in r.getMessage() and "fp32" in r.getMessage() for r in caplog.records)

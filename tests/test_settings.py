@@ -34,7 +34,6 @@ def test_config_file_has_every_required_key_commented():
     ({"workers": "two"}, ["workers"]),
     ({"precision": "fp8"}, ["precision", "fp16", "fp32"]),
     ({"device": "tpu"}, ["device", "auto", "cuda", "cpu"]),
-    ({"device": "cpu", "precision": "fp16"}, ["precision", "fp32"]),
     ({"task": "summarise"}, ["task", "transcribe", "translate"]),
     ({"language": "klingon"}, ["language"]),
     ({"condition_on_previous_text": "sometimes"}, ["condition_on_previous_text"]),
