@@ -82,7 +82,7 @@ class Settings(BaseModel):
     api_key: Optional[str] = None  # one key, named "default": required as "Authorization: Bearer KEY" on /v1 routes when set
     api_keys: Dict[str, str] = Field(default_factory=dict)  # name -> key; each key sees only the jobs it created
     protect_metrics: bool = False  # also require the API key on /metrics and /healthz
-    data_dir: str = "data"  # jobs database and uploaded audio for durable jobs
+    data_dir: str = "data"  # jobs database and uploaded audio for durable jobs; relative = beside the config file
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
 
     @model_validator(mode="after")
@@ -161,6 +161,10 @@ def load_settings(
     """Read the YAML file (None = defaults only), then environment variables, then `overrides`.
 
     Overrides whose value is None are ignored, so unset command-line flags can be passed as is.
+
+    A relative `data_dir` from the file (or the default) lies beside the file, so the jobs
+    database is the same whichever folder the server is started from; one from the
+    environment or an override is relative to the working directory, as a shell user means it.
     """
     source = str(path) if path is not None else "settings"
     values: dict = {}
@@ -175,9 +179,12 @@ def load_settings(
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"{source}: must be a mapping of key: value lines")
         values.update(loaded or {})
+    from_file_data_dir = values.get("data_dir", Settings.model_fields["data_dir"].default)
     values.update(_env_overrides(os.environ if environ is None else environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, source)) from None
+    base = Path(path).resolve().parent if path is not None and settings.data_dir == from_file_data_dir else Path.cwd()
+    return settings.model_copy(update={"data_dir": str(base / Path(settings.data_dir).expanduser())})

@@ -81,3 +81,20 @@ def test_auto_device_without_gpu_falls_back_to_fp32_and_says_so(caplog):
     plan = plan_device("auto", 0, "fp16")
     assert str(plan.device) == "cpu" and plan.precision == "fp32"
     assert any("No NVIDIA GPU" in r.getMessage() for r in caplog.records)
+
+
+def test_relative_data_dir_lies_beside_the_config_file_whatever_the_working_directory(tmp_path, monkeypatch):
+    """`cd /tmp && python /srv/app/app.py` must find the same jobs database as a start from /srv/app."""
+    config = tmp_path / "conf" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("data_dir: jobs-data\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_settings(config, environ={}).data_dir == str(config.parent / "jobs-data")
+    config.write_text("workers: 1\n")  # the default, "data", too
+    assert load_settings(config, environ={}).data_dir == str(config.parent / "data")
+    # From the environment or a flag, a relative path means the shell's working directory.
+    env = {"WHISPER_APP_DATA_DIR": "mine"}
+    assert load_settings(config, environ=env).data_dir == str(elsewhere / "mine")
+    assert load_settings(config, {"data_dir": str(tmp_path / "abs")}, environ={}).data_dir == str(tmp_path / "abs")
