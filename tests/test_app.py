@@ -272,6 +272,19 @@ def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
     assert "GPU" not in text and "0 MB → 0 MB" not in text and "->" not in text
 
 
+def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finishes():
+    """Not "No model was in memory" while the sidebar lists the model as in use."""
+    from ui.sidebar import release_markdown
+
+    none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
+    text = release_markdown(ReleaseReport([], ["/models/tiny.en.pt"], 0.0, 0.0), none, none, on_gpu=False)
+    assert "No model was in memory" not in text
+    assert "Nothing was released yet: tiny.en is in use by a running transcription and will be released as soon " \
+           "as it finishes." in text
+    both = release_markdown(ReleaseReport(["small"], ["tiny.en"], 0.0, 0.0), none, none, on_gpu=False)
+    assert "Released small from memory.** tiny.en is in use" in both
+
+
 def test_model_state_names_the_model_picked_not_the_default():
     from ui.sidebar import model_state_html
 

@@ -151,8 +151,8 @@ def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnaps
                      rss_before_mb: Optional[float] = None, rss_after_mb: Optional[float] = None) -> str:
     """What the release button did, with the memory before and after: GPU memory on a GPU,
     the process's resident memory (RSS) on a CPU, where GPU figures would read 0 -> 0."""
+    lines = [release_headline(report)]
     if on_gpu:
-        lines = [f"**{report.message}.**"]
         used_before, used_after = _total_used(before), _total_used(after)
         if used_before is not None and used_after is not None:
             lines.append(f"GPU memory used: {used_before:,.0f} MB → {used_after:,.0f} MB")
@@ -160,15 +160,24 @@ def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnaps
         if not before.gpus:
             lines.append(before.reason)
         return "\n\n".join(lines)
-    released = ", ".join(model_label(name) for name in report.released)
-    lines = [f"**Released {_md(released)} from memory.**" if released else "**No model was in memory.**"]
-    if report.deferred:
-        lines.append("In use, released when its job finishes: "
-                     + _md(", ".join(model_label(name) for name in report.deferred)))
     if rss_before_mb is not None and rss_after_mb is not None:
         lines.append(f"This process's memory (RSS): {rss_before_mb:,.0f} MB → {rss_after_mb:,.0f} MB")
     lines.append("The next transcription loads the model again.")
     return "\n\n".join(lines)
+
+
+def release_headline(report: ReleaseReport) -> str:
+    """What happened to each model, plainly: freed now, or freed once the job using it ends."""
+    released = _md(", ".join(model_label(name) for name in report.released))
+    deferred = _md(", ".join(model_label(name) for name in report.deferred))
+    verb = "are" if len(report.deferred) > 1 else "is"
+    later = (f"{deferred} {verb} in use by a running transcription and will be released as soon as it "
+             "finishes.") if deferred else ""
+    if released:
+        return f"**Released {released} from memory.**" + (f" {later}" if later else "")
+    if later:
+        return f"**Nothing was released yet: {later}**"
+    return "**No model was in memory.**"
 
 
 def _md(text: str) -> str:
