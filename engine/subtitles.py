@@ -15,7 +15,8 @@ at the end of a sentence (see `whisper.utils.SubtitlesWriter.iterate_result`).
   over the whole transcript): cues end at sentence ends (". ? ! …", "。？！") and pauses
   (>= PAUSE_S) where they can, else at clause ends (", ; :") or whisper's segment ends, else
   at the longest pause inside; short sentences share a cue, and a tiny orphan ("it.") left
-  by a forced cut costs more than two balanced halves;
+  by a forced cut costs more than two balanced halves, and so does a cue cut mid-sentence
+  (not at a pause) that would be on screen for less than MIN_FRAGMENT_S;
 - lines within a cue are balanced (two lines of 30 rather than 42 and 18), preferring a
   line break after punctuation;
 - times come from the word timings: a cue starts with its first word and ends with its
@@ -44,6 +45,7 @@ from engine.results import TranscriptionResult
 
 PAUSE_S = 1.0  # a silence this long between two words is as good a place to cut a cue as a sentence end
 MIN_CUE_S = 0.5  # a cue whose words take less is shown this long, if the next cue starts later
+MIN_FRAGMENT_S = 1.8  # a cue that ends mid-sentence sooner than this is gone before it is read
 NO_SPACE_LANGUAGES = ("zh", "ja", "th", "lo", "my", "yue")  # whisper's list: words are split per character
 
 _CLOSERS = "'\"”’)]}»」』】〉》"
@@ -58,6 +60,7 @@ WORD_BREAK_COST = 6.0  # ... between two words mid-sentence (less the longer the
 SHORT_CUE_COST = 2.0  # a cue with no text at all; falls to 0 at half a line
 INNER_PAUSE_COST = 1.5  # per PAUSE_S of each pause >= PAUSE_S inside a cue: more than a cue costs, so cues split there
 STRADDLE_COST = 2.0  # a cue that ends one sentence, starts the next and stops in its middle
+FRAGMENT_COST = 4.0  # a cue shorter than MIN_FRAGMENT_S cut mid-sentence without a pause ("The Commission recommends")
 PUNCTUATION_LINE_BONUS = 0.25  # a line break after punctuation may leave lines this fraction of the width less even
 
 
@@ -243,8 +246,11 @@ def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> List[int]:
             chars += len(text.strip())
             inner_pauses = pauses_before[last] - pauses_before[first]  # after words[first:last]
             straddles = cut_cost[last] > 0 and ends_before[last] > ends_before[first]
+            fragment = (last + 1 < n and latest_end - words[first].start < MIN_FRAGMENT_S
+                        and gaps[last] < PAUSE_S and not SENTENCE_END.search(text))
             cost = (best[first] + CUE_COST + cut_cost[last] + INNER_PAUSE_COST * inner_pauses / PAUSE_S
-                    + STRADDLE_COST * straddles + SHORT_CUE_COST * max(0.0, 1 - chars / half_line))
+                    + STRADDLE_COST * straddles + SHORT_CUE_COST * max(0.0, 1 - chars / half_line)
+                    + FRAGMENT_COST * fragment)
             if cost < best[last + 1]:
                 best[last + 1], back[last + 1] = cost, first
     cuts, i = [], n
