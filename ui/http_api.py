@@ -325,9 +325,7 @@ def _copy(upload: UploadFile, path: Path) -> None:
 
 
 def _unknown_model(model: Optional[str], names, status: int = 400) -> ApiError:
-    return ApiError(status, f"model: {model!r} is not offered here; choose one of "
-                    f"{', '.join(names.ids)} (or {', '.join(OPENAI_ALIASES)} for the default, {names.default_id})",
-                    code="model_not_found", param="model")
+    return ApiError(status, names.not_offered(model), code="model_not_found", param="model")
 
 
 def _without_path(message: str, engine: Engine) -> str:

@@ -76,8 +76,9 @@ class _EngineCollector:
         yield GaugeMetricFamily(f"{PREFIX}_workers", "Workers in total", value=status.workers)
         state = GaugeMetricFamily(f"{PREFIX}_model_state", "1 for the default model's current state",
                                   labels=["model", "state"])
+        model = self.engine.model_names.public(status.model.model)  # the id, never the configured path
         for name in MODEL_STATES:
-            state.add_metric([status.model.model, name], 1.0 if status.model.state == name else 0.0)
+            state.add_metric([model, name], 1.0 if status.model.state == name else 0.0)
         yield state
         yield GaugeMetricFamily(f"{PREFIX}_models_loaded", "Models resident in memory", value=len(status.loaded))
         if self.jobs is not None:
@@ -115,15 +116,20 @@ class Metrics:
                                          buckets=RTF_BUCKETS, registry=r)
         self.model_loads = Counter(f"{PREFIX}_model_loads", "Models loaded", ["model"], registry=r)
         self.model_releases = Counter(f"{PREFIX}_model_releases", "Models released", ["model"], registry=r)
+        self.model_names = engine.model_names
         engine.listeners.callbacks.append(self.on_event)
 
     def on_event(self, event: str, payload: object) -> None:
         if event == "job_finished" and isinstance(payload, JobHandle):
             self._job_finished(payload)
         elif event == "model_loaded":
-            self.model_loads.labels(str(payload)).inc()
+            self.model_loads.labels(self._model_id(payload)).inc()
         elif event == "model_released":
-            self.model_releases.labels(str(payload)).inc()
+            self.model_releases.labels(self._model_id(payload)).inc()
+
+    def _model_id(self, model: object) -> str:
+        """A model's label: its public id (the events carry the configured value, maybe a path)."""
+        return self.model_names.public(str(model))
 
     def refused(self, error: ApiError) -> None:
         """An HTTP API request answered with an error (the routes call this); the failures of

@@ -292,7 +292,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
     submit = submit or engine.submit
     sessions = sessions or SessionJobs()
     views = views or SegmentViews()
-    default_model = engine.settings.model
+    default_model = engine.model_names.default_id  # an id: a configured path is not a model id
 
     def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
                    timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
