@@ -1,10 +1,12 @@
 """Uploads that go wrong halfway, on the real app over 127.0.0.1: a file part without a file
 name, a client that declares more than it sends (408 after upload_idle_timeout_s), a client
-that leaves mid-upload (one INFO line, no traceback), each leaving nothing in data_dir/uploads."""
+that leaves mid-upload (one INFO line, no traceback), each leaving nothing in data_dir/uploads;
+and a Retry-After that follows the running job's real progress."""
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 import httpx
@@ -13,6 +15,7 @@ import pytest
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine
 
+FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 IDLE_TIMEOUT_S = 1.0
 
 
@@ -121,3 +124,55 @@ def test_a_client_leaving_mid_upload_is_one_info_line_and_leaves_nothing(server,
     left = [r for r in caplog.records if "left during its upload" in r.getMessage()]
     assert [r.levelno for r in left] == [logging.INFO, logging.INFO] and not any(r.exc_info for r in left)
 
+class HoldAfter:
+    """A decoder (engine.fast_decode.decode_rows' signature) that decodes `free` calls at full
+    speed, then waits for `release` before each further one: a job that has made real
+    progress and then goes slowly, as a long recording on a busy machine does."""
+
+    def __init__(self, free: int):
+        self.free = free
+        self.calls = 0
+        self.release = threading.Event()
+
+    def __call__(self, model, mel, options, prompts):
+        from engine.fast_decode import decode_rows
+
+        self.calls += 1
+        if self.calls > self.free and not self.release.wait(60):
+            raise TimeoutError("never released")
+        return decode_rows(model, mel, options, prompts)
+
+
+def test_retry_after_follows_the_running_job(micro_checkpoint, tmp_path):
+    """A 5-minute recording runs: a client refused for a full queue is told to come back when
+    that job will end at the pace it has shown, not after the short jobs' average (1 s)."""
+    from app import serve
+
+    five_min = shared_audio(FIVE_MIN)
+    hold = HoldAfter(free=1 << 30)  # free until the short jobs are done
+    settings = fast_settings(micro_checkpoint, workers=1, queue_size=1, batch_size=1,
+                             data_dir=str(tmp_path / "data"))
+    with serve(settings, engine=Engine(settings, decoder=hold), port=0) as server, \
+            httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http:
+        jfk = shared_audio(JFK).read_bytes()
+        for _ in range(2):  # short jobs: the average job takes well under a second
+            assert http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}).status_code == 200
+        hold.free = hold.calls + 1  # the long job decodes a window, then goes slowly
+        long_job = http.post("/v1/jobs", files={"file": ("five.mp3", five_min.read_bytes())}).json()
+        deadline = time.monotonic() + 60
+        while (job := http.get(f"/v1/jobs/{long_job['id']}").json())["seconds_done"] <= 0:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        waiting = http.post("/v1/jobs", files={"file": ("jfk.flac", jfk)})  # fills the queue (1)
+        assert waiting.status_code == 202, waiting.text
+        time.sleep(2.0)  # the long job holds: its pace so far: one window in more than 2 s
+        job = http.get(f"/v1/jobs/{long_job['id']}").json()
+        refused = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)})
+        assert refused.status_code == 429, refused.text
+        retry_after = int(refused.headers["retry-after"])
+        elapsed = time.time() - job["started_at"]
+        pace = job["seconds_total"] / job["seconds_done"]  # at least this many times the time so far
+        print(f"\nRetry-After {retry_after} s after {elapsed:.1f} s, {job['seconds_done']:.0f} of "
+              f"{job['seconds_total']:.0f} s done")
+        assert retry_after >= 0.8 * elapsed * (pace - 1) and retry_after > 10
+        hold.release.set()

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Set
@@ -43,7 +45,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from engine import FORMATS, Engine, JobHandle, QueueFull, Settings, render
+from engine import FORMATS, Engine, JobHandle, JobStatus, QueueFull, Settings, render
 from engine.disk_space import disk_space, has_room, is_out_of_space
 from engine.formats import safe_basename
 from engine.model_names import OPENAI_ALIASES
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # what JobManager issues; anything else is not found, never a lookup
 LOADING_RETRY_AFTER_S = 10  # a model loads in seconds to a minute
+RETRY_AFTER_MAX_S = 3600  # the longest wait a refused client is told; a running job's estimate can be hours
 RESULT_FORMATS = {**{f: f for f in FORMATS}, "text": "txt"}  # ?format= of the result download
 RESULT_MEDIA_TYPES = {"txt": "text/plain", "srt": "text/plain", "vtt": "text/vtt", "tsv": "text/tab-separated-values",
                       "json": "application/json"}
@@ -321,7 +324,26 @@ def _queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError
     status = jobs.engine.status()
     error = error or QueueFull(f"the queue is full ({status.queue_size} jobs waiting, {status.busy_workers} running); "
                                "try again in a minute")
-    return api_error(error, headers={"Retry-After": str(jobs.retry_after_s())})
+    return api_error(error, headers={"Retry-After": str(_retry_after_s(jobs))})
+
+
+def _retry_after_s(jobs: JobManager) -> int:
+    """Seconds until the queue should have room again: until the running job nearest its end
+    finishes, at the pace it has shown so far (wall time per second of audio done). A job
+    that has done nothing yet counts as the job manager's average of recent jobs."""
+    now = time.time()
+    estimates = []
+    for handle in jobs.engine.worker.jobs():  # running first, then waiting
+        if handle.status is not JobStatus.RUNNING or handle.started_at is None:
+            continue
+        if 0 < handle.seconds_done < handle.seconds_total:
+            pace = (now - handle.started_at) / handle.seconds_done
+            estimates.append(pace * (handle.seconds_total - handle.seconds_done))
+        else:
+            estimates.append(jobs.retry_after_s())
+    if not estimates:
+        return jobs.retry_after_s()
+    return int(min(RETRY_AFTER_MAX_S, max(1, math.ceil(min(estimates)))))
 
 
 async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: Dict) -> JobHandle:
