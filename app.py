@@ -98,10 +98,10 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
     engine = engine or Engine(settings, background=True)
     jobs = None
     try:
-        page_cache = use_private_cache(settings.data_dir)  # GRADIO_TEMP_DIR, before the page is built
         # Durable jobs for the page and the HTTP API alike: stored in data_dir before they are
         # queued, queued again after a crash; the page lists each browser's (or login's) own.
         jobs = JobManager(engine).start()
+        page_cache = use_private_cache(jobs.store.data_dir)  # GRADIO_TEMP_DIR, before the page is built
         recent = RecentJobs(jobs)
         demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see

@@ -85,7 +85,7 @@ def test_page_uploads_are_bounded_and_leave_nothing_partial(micro_checkpoint, tm
             assert upload(http, data).status_code == 200
             assert upload(http, data[:-1]).status_code == 200  # another file: 2.3 MB held
             refused = upload(http, data[:-2])  # would pass 3 MB
-            assert refused.status_code == 507 and "page uploads" in refused.text and "3 MB" in refused.text
+            assert refused.status_code == 507 and "page uploads" in refused.text and "3.0 MB" in refused.text
 
 
             for held in cache.iterdir():  # room under the cap again; now the disk is what is short

@@ -95,6 +95,10 @@ def folder_bytes(folder: Path) -> int:
     return total
 
 
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / MIB:,.0f} MB" if nbytes >= 10 * MIB else f"{nbytes / MIB:.1f} MB"
+
+
 class _Stop(Exception):
     """Ends an upload from inside its body: answered with `status` and `message`."""
 
@@ -159,8 +163,8 @@ class PageUploadGuard:
         return None
 
     def _full_message(self, held: int) -> str:
-        return (f"The server holds as many page uploads as it keeps ({held / MIB:,.0f} MB of "
-                f"{self.max_bytes / MIB:,.0f} MB); older ones expire within a day. Try again later.")
+        return (f"The server holds as many page uploads as it keeps ({_mb(held)} of {_mb(self.max_bytes)}); "
+                "older ones expire within a day. Try again later.")
 
     def _body(self, receive: Receive, held: int) -> Receive:
         """`receive`, stopped with 408 when nothing comes for idle_timeout_s and with 507 once the
