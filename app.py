@@ -38,6 +38,7 @@ from ui import http_api  # noqa: E402
 from ui.access import exposure_warnings  # noqa: E402
 from ui.recent_jobs import RecentJobs  # noqa: E402
 from ui.page import CSS_PATH, build_page  # noqa: E402
+from ui.page_files import upload_guard, use_private_cache  # noqa: E402
 
 log = logging.getLogger("app")
 
@@ -91,12 +92,16 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
           quiet: bool = True) -> Server:
     """Start the engine (unless given one), build and launch the page with the HTTP routes;
     returns once the server answers. `port` overrides settings.port; 0 picks a free port."""
+    # Recordings and transcripts are private to the server's user: every file the process
+    # writes, Gradio's cache folders included (it creates them itself), is 0600, each folder 0700.
+    os.umask(0o077)
     engine = engine or Engine(settings, background=True)
     jobs = None
     try:
         # Durable jobs for the page and the HTTP API alike: stored in data_dir before they are
         # queued, queued again after a crash; the page lists each browser's (or login's) own.
         jobs = JobManager(engine).start()
+        page_cache = use_private_cache(jobs.store.data_dir)  # GRADIO_TEMP_DIR, before the page is built
         recent = RecentJobs(jobs)
         demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
@@ -115,7 +120,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
                 prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True, max_threads=threads,
                 max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
                 footer_links=["api", "settings"], theme=gr.themes.Soft(),
-                app_kwargs={"lifespan": routes.lifespan})
+                app_kwargs={"lifespan": routes.lifespan, "middleware": [upload_guard(settings, page_cache)]})
         except Exception:
             routes.raise_error()  # the real reason, not Gradio's "cannot find empty port"
             raise

@@ -181,7 +181,11 @@ class JobManager:
         name = re.split(r"[\\/]", name or ("" if isinstance(audio, bytes) else Path(audio).name))[-1]
         job_id = uuid.uuid4().hex[:12]
         stored = self.audio_dir / f"{job_id}{stored_extension(name)}"
-        self._store_audio(audio, stored, move)
+        try:
+            self._store_audio(audio, stored, move)
+        except BaseException:
+            stored.unlink(missing_ok=True)  # a copy cut short (a full disk) leaves no partial file
+            raise
         record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
                            source=source, options=dict(options), audio=stored.name, attempts=1)
         try:

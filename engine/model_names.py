@@ -14,8 +14,9 @@ Each configured model gets an id:
 
 OpenAI's own model names (`whisper-1`, `gpt-4o-transcribe`, `gpt-4o-mini-transcribe`) are
 aliases of the default model, so clients written for OpenAI work unchanged; an id never
-takes one of them. The configured values themselves are still accepted (the page and jobs
-stored by older versions use them); they are only never shown.
+takes one of them. A configured value that is not its own id (a path) is not accepted as a
+model either: it would be answered differently from any other path and so confirm where the
+weights live. Jobs stored by older versions with a path are shown by `public`.
 """
 from __future__ import annotations
 
@@ -78,12 +79,18 @@ class ModelNames:
         return list(self.by_id)
 
     def resolve(self, name: Optional[str]) -> Optional[str]:
-        """The configured value for an id, an alias, or a configured value; None if not offered."""
+        """The configured value for an id or an alias (empty = the default); None for anything
+        else, a configured path included."""
         if not name or name in OPENAI_ALIASES:
             return self.by_id[self.default_id]
-        if name in self.by_id:
-            return self.by_id[name]
-        return name if name in self._id_of else None
+        return self.by_id.get(name)
+
+    def not_offered(self, name: Optional[str]) -> str:
+        """What to tell a client that asked for `name`, which `resolve` refused. A path is not
+        echoed, so the answer reads the same for the configured path as for any other."""
+        shown = "a file path" if name and re.search(r"[/\\]", name) else repr(name)
+        return (f"model: {shown} is not offered here; choose one of {', '.join(self.ids)} "
+                f"(or {', '.join(OPENAI_ALIASES)} for the default, {self.default_id})")
 
     def public(self, name: Optional[str]) -> str:
         """The id to show for a model: its id when configured, else (a stored job's model that

@@ -67,6 +67,9 @@ class Settings(BaseModel):
     gpu_memory_threshold_mb: Optional[float] = Field(None, gt=0)  # warn when a GPU uses more than this; null = never
     max_audio_duration_s: float = Field(6 * 3600, gt=0)  # longer recordings are refused before decoding
     max_upload_mb: float = Field(1024, gt=0)  # larger uploads are refused (HTTP 413)
+    upload_idle_timeout_s: float = Field(30, gt=0)  # an upload sending nothing this long is dropped (HTTP 408)
+    page_files_max_mb: float = Field(8192, gt=0)  # the page's uploads and downloads kept at once; more is 507
+    min_free_disk_mb: float = Field(1024, ge=0)  # /healthz, /metrics warn when less is free under data_dir; 0 = never
 
     # --- subtitles (srt, vtt; engine.subtitles) -----------------------------------------
     subtitle_max_line_width: int = Field(42, ge=1)  # characters per line; only a single longer word exceeds it

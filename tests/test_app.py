@@ -312,3 +312,7 @@ def test_the_page_never_hands_out_the_model_s_server_path(server, micro_checkpoi
     assert str(micro_checkpoint.parent) not in details
     result = next(Path(f) for f in files if f.endswith(".json")).read_text(encoding="utf-8")
     assert str(micro_checkpoint.parent) not in result and '"model": "micro"' in result
+    with pytest.raises(Exception, match="not in the list of choices"):  # the drop-down takes ids only
+        client.predict(handle_file(str(jfk)), model=str(micro_checkpoint), api_name="/transcribe")
+    _, files, details = client.predict(handle_file(str(jfk)), model="micro", api_name="/transcribe")
+    assert "model micro" in details

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -138,6 +139,26 @@ def test_models(client, server, http, jfk):
     with open(jfk, "rb") as file:
         response = http.post("/v1/audio/transcriptions", files={"file": file}, data={"model": "gpt-9"})
     assert_openai_error(response, 400, "model_not_found", "model")
+
+
+def test_the_configured_path_is_not_a_model_id_and_never_shown(server, http, jfk):
+    """model=<the configured checkpoint's path> is refused exactly as any other path is, and no
+    answer, the refusals and /metrics included, carries the path."""
+    path = str(server.engine.settings.model)
+    assert path.startswith("/")
+    data = jfk.read_bytes()
+    answers = []
+    for model in (path, "/somewhere/else/micro.pt"):
+        for route in ("/v1/audio/transcriptions", "/v1/jobs", "/v1/audio/translations"):
+            response = http.post(route, files={"file": ("jfk.flac", data)}, data={"model": model})
+            assert_openai_error(response, 400, "model_not_found", "model")
+            answers.append(response.json()["error"]["message"].replace(model, "<model>"))
+        answers.append(http.get(f"/v1/models/{model}").json()["error"]["message"].replace(model, "<model>"))
+    assert answers[:4] == answers[4:]  # the configured path reads like any other path
+    assert not [a for a in answers if "<model>" in a]  # and neither is echoed
+    metrics = http.get("/metrics").text
+    assert path not in metrics and str(Path(path).parent) not in metrics
+    assert 'whisper_model_state{model="micro",state="ready"} 1.0' in metrics
 
 
 # --- errors and limits -------------------------------------------------------------------------------

@@ -161,5 +161,7 @@ def test_models_with_the_same_name_stay_apart():
                         "/hf/models--Systran--faster-whisper-tiny.en/snapshots/" + "0" * 40])
     assert names.ids == ["large-v3", "large-v3-2", "large-v3-3", "whisper-1-2", "faster-whisper-tiny.en"]
     assert names.resolve("large-v3-3") == "/b/large-v3.pt" and names.resolve("whisper-1") == "/a/large-v3.pt"
-    assert names.resolve("/a/large-v3.pt") == "/a/large-v3.pt" and names.resolve("/etc/passwd") is None
+    # a configured path is no id: refused as any other path is, so the answer confirms nothing
+    assert names.resolve("/a/large-v3.pt") is None and names.resolve("/etc/passwd") is None
+    assert names.resolve("large-v3") == "/a/large-v3.pt" and names.resolve("") == "/a/large-v3.pt"
     assert names.public("/gone/medium.en.pt") == "medium.en"  # a stored job's model the config dropped

@@ -14,10 +14,12 @@ job are on disk before the job is queued, so an accepted request is never lost (
 cut off by a restart finds its result under GET /v1/jobs; the id is also in the X-Job-Id
 header), and every front end shares one set of limits, one history and one metric set.
 
-Limits are checked before work is spent: the API key first, then room in the queue and the
-upload size (from Content-Length), both before a byte of the upload is read; the size again
-while the body streams in (so a lying or chunked upload stops at the limit too), then the
-audio's declared length (ffprobe, before decoding), then room in the queue again at submit.
+Limits are checked before work is spent: the API key first, then room in the queue, the
+upload size and room for it on data_dir's disk (from Content-Length), all before a byte of
+the upload is read; the size, the disk and a stalled sender again while the body streams in
+(ui/uploads.py: a lying or chunked upload stops at the limit too, 413, 507 or 408, and leaves
+no partial file), then the audio's declared length (ffprobe, before decoding), then room in
+the queue again at submit.
 
 Jobs belong to the API key that created them (ui/access.py): listing, reading, fetching
 and cancelling see only the caller's own; another key's job id is answered 404, as an
@@ -30,37 +32,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
-import shutil
-from dataclasses import dataclass, replace
+import time
+from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator, Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, Optional, Set
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
-from engine import FORMATS, Engine, JobHandle, QueueFull, Settings, render
+from engine import FORMATS, Engine, JobHandle, JobStatus, QueueFull, Settings, render
+from engine.disk_space import disk_space, has_room, is_out_of_space
 from engine.formats import safe_basename
 from engine.model_names import OPENAI_ALIASES
 from engine.jobs import JobInfo, JobManager
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
 from ui.openai_stream import streaming_response
+from ui.uploads import (FORM_OVERHEAD_BYTES, MIB, UPLOAD_HEADROOM_BYTES, Upload, out_of_space, receive_form,
+                        too_large)
 from ui.openai_compat import (OPENAI_DEFAULT_MODEL, UNEXPECTED, ApiError, TranscriptionForm, api_error, content_disposition,
-                              job_body, kind_of, parse_form, split_fields, transcription_response)
+                              job_body, kind_of, parse_form, transcription_response)
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
-FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the text fields around the file
-MAX_FORM_FIELDS = 32  # a transcription form has 8; more is not a real client
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # what JobManager issues; anything else is not found, never a lookup
 LOADING_RETRY_AFTER_S = 10  # a model loads in seconds to a minute
+RETRY_AFTER_MAX_S = 3600  # the longest wait a refused client is told; a running job's estimate can be hours
 RESULT_FORMATS = {**{f: f for f in FORMATS}, "text": "txt"}  # ?format= of the result download
 RESULT_MEDIA_TYPES = {"txt": "text/plain", "srt": "text/plain", "vtt": "text/vtt", "tsv": "text/tab-separated-values",
                       "json": "application/json"}
@@ -92,15 +94,6 @@ class OpenAIRoute(APIRoute):
             return error.response()
 
         return handle
-
-
-@dataclass
-class Upload:
-    """An audio upload received into data_dir/uploads, with the form's text fields."""
-
-    fields: Dict[str, List[str]]  # text fields by name (a name may repeat: timestamp_granularities[])
-    path: Path  # where the file's bytes are, named by the server; moved into the job's storage
-    name: str  # the client's file name, for display and download names only
 
 
 def add_routes(app: FastAPI, engine: Engine, settings: Settings, jobs: Optional[JobManager] = None,
@@ -138,7 +131,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         return await _transcribe_now(request, "translate")
 
     async def _transcribe_now(request: Request, task: str) -> Response:
-        upload = await _receive(request, jobs, settings.max_upload_mb)
+        upload = await _receive(request, jobs, settings)
         try:
             form = parse_form(upload.fields, streams=task == "transcribe")
             options = _options(form, task, settings, engine, wait_for_model=False)
@@ -175,7 +168,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     # -- durable jobs -------------------------------------------------------------------------
     @v1.post("/jobs", status_code=202)
     async def create_job(request: Request) -> Response:
-        upload = await _receive(request, jobs, settings.max_upload_mb)
+        upload = await _receive(request, jobs, settings)
         try:
             form = parse_form(upload.fields, job=True, streams=False)
             options = _options(form, form.task or "transcribe", settings, engine, wait_for_model=True)
@@ -244,10 +237,15 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     @open_routes.get("/healthz")
     async def healthz() -> Dict:
         status = engine.status()
+        disk = await anyio.to_thread.run_sync(disk_space, jobs.store.data_dir, settings.min_free_disk_mb)
+        warning = disk.warning()
         return {"status": "ok", "model": {"name": names.public(status.model.model), "state": status.model.state,
                                           "error": _without_path(status.model.error, engine) or None},
                 "device": status.device, "workers": status.workers, "busy_workers": status.busy_workers,
-                "queue_length": status.queue_length, "queue_size": status.queue_size}
+                "queue_length": status.queue_length, "queue_size": status.queue_size,
+                "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes,
+                         "low": disk.low},
+                "warnings": [warning] if warning else []}
 
     @open_routes.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -272,62 +270,28 @@ def _owner(request: Request) -> str:
     return api_owner(request.state.api_caller)
 
 
-async def _limited(stream: AsyncIterator[bytes], limit: int, max_upload_mb: float) -> AsyncIterator[bytes]:
-    """The request body, stopped with 413 as soon as it passes `limit` bytes."""
-    received = 0
-    async for chunk in stream:
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(max_upload_mb)
-        yield chunk
-
-
-def _too_large(max_upload_mb: float) -> ApiError:
-    return ApiError(413, f"The file is larger than this server accepts ({max_upload_mb:g} MB). "
-                         "Compress it (e.g. to mp3 or opus) or split it.", code="file_too_large", param="file")
-
-
-async def _receive(request: Request, jobs: JobManager, max_upload_mb: float) -> Upload:
-    """Read the multipart form, the file into data_dir/uploads, enforcing max_upload_mb."""
+async def _receive(request: Request, jobs: JobManager, settings: Settings) -> Upload:
+    """Read the multipart form, the file into data_dir/uploads, enforcing max_upload_mb and
+    the room left on data_dir's disk."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(400, "Send the audio as multipart/form-data with a 'file' field.", code="invalid_request",
                        param="file")
-    limit = int(max_upload_mb * MIB)
+    limit = int(settings.max_upload_mb * MIB)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
-        raise _too_large(max_upload_mb)  # refused before reading a byte of it
+        raise too_large(settings.max_upload_mb)  # refused before reading a byte of it
     if not jobs.has_room():  # nor read, stored and probed for a queue that cannot take it
         raise _queue_full(jobs)
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit + FORM_OVERHEAD_BYTES, max_upload_mb),
-                             max_files=1, max_fields=MAX_FORM_FIELDS)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise ApiError(400, f"The form could not be read: {exc}", code="invalid_request") from None
-    upload = form.get("file")
-    try:
-        if not isinstance(upload, UploadFile):
-            raise ApiError(400, "The request has no 'file' field with the audio.", code="invalid_request",
-                           param="file")
-        if upload.size is not None and upload.size > limit:
-            raise _too_large(max_upload_mb)
-        path = jobs.new_upload_path(upload.filename or "")
-        await anyio.to_thread.run_sync(_copy, upload, path)
-        return Upload(split_fields(form.multi_items()), path, upload.filename or "")
-    finally:
-        await form.close()
-
-
-def _copy(upload: UploadFile, path: Path) -> None:
-    upload.file.seek(0)
-    with open(path, "wb") as out:
-        shutil.copyfileobj(upload.file, out, 1024 * 1024)
+    if declared.isdigit() and not await anyio.to_thread.run_sync(
+            has_room, jobs.upload_dir, int(declared) + UPLOAD_HEADROOM_BYTES):
+        log.warning("An upload of %s bytes does not fit on the disk of data_dir; refused with 507", declared)
+        raise out_of_space()
+    return await receive_form(request, jobs.new_upload_path, limit, settings.max_upload_mb,
+                              settings.upload_idle_timeout_s)
 
 
 def _unknown_model(model: Optional[str], names, status: int = 400) -> ApiError:
-    return ApiError(status, f"model: {model!r} is not offered here; choose one of "
-                    f"{', '.join(names.ids)} (or {', '.join(OPENAI_ALIASES)} for the default, {names.default_id})",
-                    code="model_not_found", param="model")
+    return ApiError(status, names.not_offered(model), code="model_not_found", param="model")
 
 
 def _without_path(message: str, engine: Engine) -> str:
@@ -360,7 +324,26 @@ def _queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError
     status = jobs.engine.status()
     error = error or QueueFull(f"the queue is full ({status.queue_size} jobs waiting, {status.busy_workers} running); "
                                "try again in a minute")
-    return api_error(error, headers={"Retry-After": str(jobs.retry_after_s())})
+    return api_error(error, headers={"Retry-After": str(_retry_after_s(jobs))})
+
+
+def _retry_after_s(jobs: JobManager) -> int:
+    """Seconds until the queue should have room again: until the running job nearest its end
+    finishes, at the pace it has shown so far (wall time per second of audio done). A job
+    that has done nothing yet counts as the job manager's average of recent jobs."""
+    now = time.time()
+    estimates = []
+    for handle in jobs.engine.worker.jobs():  # running first, then waiting
+        if handle.status is not JobStatus.RUNNING or handle.started_at is None:
+            continue
+        if 0 < handle.seconds_done < handle.seconds_total:
+            pace = (now - handle.started_at) / handle.seconds_done
+            estimates.append(pace * (handle.seconds_total - handle.seconds_done))
+        else:
+            estimates.append(jobs.retry_after_s())
+    if not estimates:
+        return jobs.retry_after_s()
+    return int(min(RETRY_AFTER_MAX_S, max(1, math.ceil(min(estimates)))))
 
 
 async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: Dict) -> JobHandle:
@@ -371,6 +354,9 @@ async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, opt
     except QueueFull as exc:
         raise _queue_full(jobs, exc) from None
     except Exception as exc:
+        if is_out_of_space(exc):  # the job's row or its recording did not fit: nothing of it was kept
+            log.warning("An upload could not be stored, data_dir's disk is full: %s", exc)
+            raise out_of_space() from None
         if kind_of(exc) is UNEXPECTED:
             log.exception("Submitting an upload failed")
         raise api_error(exc) from None

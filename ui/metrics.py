@@ -15,12 +15,14 @@ Memory is exported in bytes and durations in seconds, Prometheus' base units.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine import Engine, JobHandle, JobStatus
+from engine.disk_space import disk_space
 from engine.jobs import JobManager
 from ui.openai_compat import ApiError, kind_of
 
@@ -36,7 +38,8 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, float(
 RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, float("inf"))
 MODEL_STATES = ("not loaded", "loading", "ready", "failed", "released")
 # Refusal reasons shown at 0 before the first one happens, so rate() and alerts work at once.
-COMMON_REFUSALS = ("unauthorized", "queue_full", "too_large", "not_audio", "too_long", "invalid", "unsupported")
+COMMON_REFUSALS = ("unauthorized", "queue_full", "too_large", "not_audio", "too_long", "invalid",
+                   "unsupported", "out_of_space")
 
 
 class _EngineCollector:
@@ -76,13 +79,30 @@ class _EngineCollector:
         yield GaugeMetricFamily(f"{PREFIX}_workers", "Workers in total", value=status.workers)
         state = GaugeMetricFamily(f"{PREFIX}_model_state", "1 for the default model's current state",
                                   labels=["model", "state"])
+        model = self.engine.model_names.public(status.model.model)  # the id, never the configured path
         for name in MODEL_STATES:
-            state.add_metric([status.model.model, name], 1.0 if status.model.state == name else 0.0)
+            state.add_metric([model, name], 1.0 if status.model.state == name else 0.0)
         yield state
         yield GaugeMetricFamily(f"{PREFIX}_models_loaded", "Models resident in memory", value=len(status.loaded))
         if self.jobs is not None:
             yield GaugeMetricFamily(f"{PREFIX}_jobs_waiting_recovery",
                                     "Recovered jobs waiting for room in the queue", value=self.jobs.pending_count)
+        yield from self._disk()
+
+    def _disk(self) -> Iterable[Metric]:
+        data_dir = self.jobs.store.data_dir if self.jobs is not None else Path(self.engine.settings.data_dir)
+        try:
+            disk = disk_space(data_dir, self.engine.settings.min_free_disk_mb)
+        except OSError:  # data_dir not made yet (no job manager) or unreadable: no reading, no failed scrape
+            return
+        yield GaugeMetricFamily(f"{PREFIX}_data_dir_free_bytes", "Disk space free under data_dir",
+                                value=disk.free_bytes)
+        yield GaugeMetricFamily(f"{PREFIX}_data_dir_free_threshold_bytes",
+                                "Warning level for free space under data_dir (min_free_disk_mb; 0 = none)",
+                                value=disk.min_free_bytes)
+        yield GaugeMetricFamily(f"{PREFIX}_data_dir_low_disk",
+                                "1 when less than min_free_disk_mb is free under data_dir",
+                                value=1.0 if disk.low else 0.0)
 
 
 class Metrics:
@@ -115,15 +135,20 @@ class Metrics:
                                          buckets=RTF_BUCKETS, registry=r)
         self.model_loads = Counter(f"{PREFIX}_model_loads", "Models loaded", ["model"], registry=r)
         self.model_releases = Counter(f"{PREFIX}_model_releases", "Models released", ["model"], registry=r)
+        self.model_names = engine.model_names
         engine.listeners.callbacks.append(self.on_event)
 
     def on_event(self, event: str, payload: object) -> None:
         if event == "job_finished" and isinstance(payload, JobHandle):
             self._job_finished(payload)
         elif event == "model_loaded":
-            self.model_loads.labels(str(payload)).inc()
+            self.model_loads.labels(self._model_id(payload)).inc()
         elif event == "model_released":
-            self.model_releases.labels(str(payload)).inc()
+            self.model_releases.labels(self._model_id(payload)).inc()
+
+    def _model_id(self, model: object) -> str:
+        """A model's label: its public id (the events carry the configured value, maybe a path)."""
+        return self.model_names.public(str(model))
 
     def refused(self, error: ApiError) -> None:
         """An HTTP API request answered with an error (the routes call this); the failures of

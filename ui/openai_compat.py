@@ -90,6 +90,7 @@ ERROR_KINDS: Dict[str, ErrorKind] = {
     "WorkerShutDown": ErrorKind(503, "shutting_down", "server_error"),
     "WindowTooLarge": ErrorKind(503, "out_of_memory", "server_error"),
     "JobCancelled": ErrorKind(409, "cancelled"),
+    "OutOfDiskSpace": ErrorKind(507, "insufficient_storage", "server_error"),
 }
 UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 
@@ -101,9 +102,12 @@ REFUSAL_REASONS: Dict[str, str] = {
     "model_loading": "model_unavailable", "model_failed": "model_unavailable",
     "model_not_available": "model_unavailable", "shutting_down": "shutting_down",
     "unsupported_language": "unsupported", "unsupported_value": "unsupported",
+    "insufficient_storage": "out_of_space", "request_timeout": "timeout",
+    "client_disconnected": "client_left",
 }
 STATUS_REASONS: Dict[int, str] = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-                                  413: "too_large", 429: "queue_full", 503: "unavailable"}
+                                  413: "too_large", 429: "queue_full", 503: "unavailable",
+                                  507: "out_of_space"}
 
 
 def kind_of(error: BaseException) -> ErrorKind:

@@ -31,6 +31,7 @@ from gradio.context import LocalContext
 
 from engine import JobHandle, write_files
 from engine.jobs import JobInfo, JobManager
+from ui.transcribe_handler import DownloadDir, gradio_cache
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
 SECRET_FILE = "browser_state_secret"  # in data_dir: encrypts the owner id in the browser
@@ -89,7 +90,8 @@ class RecentJobs:
         self.secret = self._secret(jobs.store.data_dir)
         self._sessions: "OrderedDict[str, str]" = OrderedDict()  # Gradio session hash -> owner
         self._lock = threading.Lock()
-        self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-"))  # Gradio serves the temp dir
+        # inside Gradio's cache, so Gradio serves the files there instead of copying them
+        self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-", dir=gradio_cache()))
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)  # at exit at the latest
 
     @staticmethod
@@ -144,8 +146,8 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
-        return [str(p) for p in write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
-                                            subtitles=self.jobs.engine.settings.subtitles).values()]
+        return DownloadDir.private(write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
+                                               subtitles=self.jobs.engine.settings.subtitles))
 
     # -- the page -----------------------------------------------------------------------------
     def render(self) -> None:

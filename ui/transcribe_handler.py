@@ -25,6 +25,7 @@ import gradio as gr
 
 from engine import (AudioError, Engine, InvalidRequest, JobCancelled, JobHandle, ModelLoadError, QueueFull,
                     TranscriptionResult, WindowTooLarge, WorkerShutDown, write_files)
+from engine.disk_space import OutOfDiskSpace, is_out_of_space
 from engine.subtitles import SubtitleOptions
 
 log = logging.getLogger(__name__)
@@ -230,11 +231,19 @@ def details_markdown(result: TranscriptionResult, model_label: str) -> str:
 
 
 class DownloadDir:
-    """Where transcript files are written: one folder per job under a private temporary
-    folder, pruned after KEEP_FILES_S and removed with the app."""
+    """Where transcript files are written: one folder per job (0700, files 0600) inside
+    Gradio's cache folder, so Gradio serves them there instead of copying them (ui/page_files.py),
+    pruned after KEEP_FILES_S and removed with the app."""
 
     def __init__(self):
-        self.root = Path(tempfile.mkdtemp(prefix="whisper-app-downloads-"))
+        self.root = Path(tempfile.mkdtemp(prefix="whisper-app-downloads-", dir=gradio_cache()))
+
+    @staticmethod
+    def private(files: Dict[str, Path]) -> List[str]:
+        """The written files as paths for gr.File, readable by the server's user only."""
+        for path in files.values():
+            path.chmod(0o600)
+        return [str(path) for path in files.values()]
 
     def new_job_dir(self) -> Path:
         self.prune()
@@ -251,6 +260,15 @@ class DownloadDir:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def gradio_cache() -> Path:
+    """Gradio's cache folder (GRADIO_TEMP_DIR), created private if it is not there yet."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
 
 
 def follow(handle: JobHandle, progress, engine: Engine, call: Optional[_Call] = None) -> TranscriptionResult:
@@ -292,7 +310,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
     submit = submit or engine.submit
     sessions = sessions or SessionJobs()
     views = views or SegmentViews()
-    default_model = engine.settings.model
+    default_model = engine.model_names.default_id  # an id: a configured path is not a model id
 
     def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
                    timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
@@ -331,6 +349,10 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         except USER_ERRORS as exc:
             raise gr.Error(str(exc), title="Cannot transcribe this recording", print_exception=False) from None
         except Exception as exc:  # a bug or an environment problem: log it, keep the page alive
+            if is_out_of_space(exc):  # the job manager could not store the recording; passes once space is freed
+                log.warning("A page recording could not be stored, data_dir's disk is full (%s)", exc)
+                raise gr.Error(str(OutOfDiskSpace("the recording could not be stored")),
+                               title="Out of disk space", print_exception=False) from None
             log.exception("Transcription of %s failed", name)
             raise gr.Error(f"Transcription failed: {type(exc).__name__}: {exc}", title="Error") from None
         finally:
@@ -340,7 +362,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
                             subtitles=subtitles)
         views.put(session, segments_html(result))
-        return (transcript_text(result, bool(timestamps)), [str(p) for p in files.values()],
+        return (transcript_text(result, bool(timestamps)), downloads.private(files),
                 details_markdown(result, model_label(model)))
 
     return transcribe

@@ -1,0 +1,76 @@
+"""Free disk space under data_dir, and telling a full disk from other storage errors.
+
+    disk_space("data", min_free_mb=1024)   # DiskSpace(free_bytes=..., low=...)
+    is_out_of_space(exc)                   # ENOSPC / EDQUOT / SQLite's "database or disk is full"
+
+A full disk is an operator's problem that passes (space is freed, a quota raised), so the
+front ends answer it with a clear "out of disk space" (HTTP 507) and keep serving, instead of
+a traceback; /healthz and /metrics warn before it happens.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from typing import Optional, Union
+
+MIB = 1024 * 1024
+OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space left; disk quota exceeded
+
+
+class OutOfDiskSpace(OSError):
+    """The server's disk (or the user's quota on it) is full; the message is written for people."""
+
+    def __init__(self, what: str = "the upload could not be stored"):
+        super().__init__(errno.ENOSPC, f"The server is out of disk space: {what}. Try again later, "
+                                       "once space has been freed.")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    """Free space on the file system that holds a directory, against a warning threshold."""
+
+    free_bytes: int  # what an unprivileged writer can still use (statvfs f_bavail)
+    total_bytes: int
+    min_free_bytes: int  # the warning threshold (min_free_disk_mb); 0 = never warn
+
+    @property
+    def low(self) -> bool:
+        return self.free_bytes < self.min_free_bytes
+
+    def warning(self) -> Optional[str]:
+        """One line for /healthz when space is low, else None."""
+        if not self.low:
+            return None
+        return (f"Low disk space under data_dir: {self.free_bytes / MIB:,.0f} MB free, below "
+                f"min_free_disk_mb ({self.min_free_bytes / MIB:,.0f} MB); uploads are refused once it "
+                "is full.")
+
+
+def disk_space(path: Union[str, os.PathLike], min_free_mb: float = 0) -> DiskSpace:
+    usage = shutil.disk_usage(path)
+    return DiskSpace(usage.free, usage.total, int(min_free_mb * MIB))
+
+
+def has_room(path: Union[str, os.PathLike], nbytes: int) -> bool:
+    """Whether `nbytes` more would fit under `path` now."""
+    return shutil.disk_usage(path).free >= nbytes
+
+
+def is_out_of_space(error: Optional[BaseException]) -> bool:
+    """Whether `error`, or an error it was raised from, says the disk or a quota is full."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
+            return True
+        if isinstance(error, sqlite3.Error) and (
+                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
