@@ -311,7 +311,7 @@ class Engine:
                 self._state = ModelState("ready", request.model)
             sections = plan_sections(audio, s.batch_size, min_section_s=s.min_section_s,
                                      joins=speech.joins if speech else None)
-            language = self._language(model, audio, sections, options)
+            language = self._language(model, self.model_names.public(request.model), audio, sections, options)
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task=options.task)
             streams = [SectionStream(audio[section.start:section.end], section.start_s, options, tokenizer,
@@ -341,11 +341,11 @@ class Engine:
                  len(audio) / SAMPLE_RATE, len(speech.chunks), time.perf_counter() - started)
         return speech
 
-    def _language(self, model, audio: np.ndarray, sections, options: DecodeOptions) -> str:
+    def _language(self, model, model_id: str, audio: np.ndarray, sections, options: DecodeOptions) -> str:
         """The request's language; English for an English-only model; else detected once,
         as whisper.transcribe does, from the first 30 s of the recording."""
         if not model.is_multilingual:  # first loaded by this job: the check make_request could not do
-            refuse_unsupported("This model", options.language, options.task)
+            refuse_unsupported(model_id, options.language, options.task)
         if options.language is not None:
             return options.language
         if not model.is_multilingual or not sections:

@@ -100,9 +100,22 @@ def test_an_english_only_model_not_yet_loaded_is_refused_once_it_loads(micro_che
             response = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)},
                                  data={"model": "model", "language": "es"})
             assert response.status_code == 400, response.text
-            assert "English-only" in response.json()["error"]["message"]
+            assert "language: model is an English-only model" in response.json()["error"]["message"]  # named
         failed = refusals(http)
         assert failed[("whisper_jobs_failed_total", "invalid_value")] == 1  # the first ran; the second never did
+
+
+def test_jobs_refusals_say_what_the_jobs_route_does(http):
+    """/v1/jobs answers with a job to poll: its refusals of stream and logprobs say so, instead of
+    talking about translations or asking for the response_format the caller already sent."""
+    data = shared_audio(JFK).read_bytes()
+    stream = http.post("/v1/jobs", files={"file": ("jfk.flac", data)}, data={"stream": "true"})
+    assert stream.status_code == 400 and "translations" not in stream.json()["error"]["message"]
+    assert "/v1/jobs answers at once with a job to poll" in stream.json()["error"]["message"]
+    logprobs = http.post("/v1/jobs", files={"file": ("jfk.flac", data)},
+                         data={"include[]": "logprobs", "response_format": "json"})
+    assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "include"
+    assert "not by /v1/jobs" in logprobs.json()["error"]["message"]
 
 
 def test_wrong_method_is_405_with_allow(http):

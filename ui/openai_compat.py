@@ -207,14 +207,20 @@ def parse_form(fields: Dict[str, List[str]], job: bool = False, streams: bool = 
         param = str(first["loc"][0]) if first["loc"] else None
         raise ApiError(400, f"{param}: {first['msg']} (got {first.get('input')!r})", code="invalid_value",
                        param=param) from None
+    if form.stream and job:
+        raise ApiError(400, "stream: /v1/jobs answers at once with a job to poll (GET /v1/jobs/{id}); send "
+                            "stream=false, or stream from /v1/audio/transcriptions", code="unsupported_value",
+                       param="stream")
     if form.stream and not streams:
         raise ApiError(400, "stream: only /v1/audio/transcriptions streams (OpenAI's translations do not); "
-                            "send stream=false" + (", or poll the job" if job else ""),
-                       code="unsupported_value", param="stream")
+                            "send stream=false", code="unsupported_value", param="stream")
     if form.stream and form.response_format not in ("json", "text"):
         raise ApiError(400, "stream: a stream carries text events; use response_format json or text with stream=true",
                        code="unsupported_value", param="response_format")
-    if form.logprobs and (form.response_format != "json" or job):
+    if form.logprobs and job:
+        raise ApiError(400, "include: logprobs are returned only by /v1/audio/transcriptions (with "
+                            "response_format=json), not by /v1/jobs", code="unsupported_value", param="include")
+    if form.logprobs and form.response_format != "json":
         raise ApiError(400, "include: logprobs are only returned with response_format=json (as OpenAI does)",
                        code="unsupported_value", param="include")
     if form.words and form.response_format != "verbose_json" and not job:
