@@ -49,9 +49,23 @@ def test_failed_model_is_503_and_health_says_why(tmp_path):
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "model_failed"
             assert "does not exist" in response.json()["error"]["message"]
-        health = client.get("/healthz")
-        assert health.status_code == 200 and health.json()["model"]["state"] == "failed"
+        health = client.get("/healthz")  # readiness: a load balancer stops sending traffic here
+        assert health.status_code == 503 and health.json()["model"]["state"] == "failed"
+        assert health.json()["status"] == "unavailable" and "failed to load" in health.json()["reasons"][0]
         assert "does not exist" in health.json()["model"]["error"]
+        assert client.get("/livez").status_code == 200  # liveness: the process is up, do not restart-loop it
+
+
+def test_health_is_503_when_the_job_store_cannot_be_read(micro_checkpoint, tmp_path):
+    settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
+    engine = Engine(settings, background=True)
+    with serving(engine) as (app, client):
+        wait_state(engine, "ready")
+        assert client.get("/healthz").status_code == 200
+        app.state.jobs.store.close()  # the database gone from under the server
+        health = client.get("/healthz")
+        assert health.status_code == 503 and "job store" in health.json()["reasons"][0]
+        assert client.get("/livez").json() == {"status": "alive"}
 
 
 class SlowLoadingEngine(Engine):

@@ -7,7 +7,8 @@
     GET  /v1/jobs/{id}       status, queue position, progress, and the result once done
     GET  /v1/jobs/{id}/result?format=txt|srt|vtt|tsv|json
     DELETE /v1/jobs/{id}     cancel
-    GET  /healthz, /metrics  model state; Prometheus text
+    GET  /healthz, /metrics  readiness (503 with the reasons when it cannot serve); Prometheus text
+    GET  /livez              liveness: 200 while the process runs
 
 Every request goes through the `JobManager`, the synchronous ones too: the upload and the
 job are on disk before the job is queued, so an accepted request is never lost (a client
@@ -239,13 +240,27 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         status = engine.status()
         disk = await anyio.to_thread.run_sync(disk_space, jobs.store.data_dir, settings.min_free_disk_mb)
         warning = disk.warning()
-        return {"status": "ok", "model": {"name": names.public(status.model.model), "state": status.model.state,
-                                          "error": _without_path(status.model.error, engine) or None},
+        problems = []  # why it cannot serve: a readiness probe takes it out of rotation (503)
+        if status.model.state == "failed":
+            problems.append(f"the model {names.public(status.model.model)!r} failed to load")
+        store_error = await anyio.to_thread.run_sync(_store_error, jobs)
+        if store_error:
+            problems.append(f"the job store cannot be read ({store_error})")
+        model = {"name": names.public(status.model.model), "state": status.model.state,
+                 "error": _without_path(status.model.error, engine) or None}
+        body = {"status": "unavailable" if problems else "ok", "reasons": problems, "model": model,
                 "device": status.device, "workers": status.workers, "busy_workers": status.busy_workers,
                 "queue_length": status.queue_length, "queue_size": status.queue_size,
                 "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes,
                          "low": disk.low},
                 "warnings": [warning] if warning else []}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    @open_routes.get("/livez")
+    async def livez() -> Dict:
+        """Liveness: the process answers. A failed model is not cured by a restart loop, so a
+        liveness probe must not kill the server for what /healthz (readiness) reports."""
+        return {"status": "alive"}
 
     @open_routes.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -259,6 +274,15 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
 
 
 # --- pieces of the routes ----------------------------------------------------------------------
+
+def _store_error(jobs: JobManager) -> str:
+    """Why the job store cannot be read, or "" when it can: one tiny query."""
+    try:
+        jobs.store.get("000000000000")
+    except Exception as exc:  # closed, locked for too long, the disk gone
+        return type(exc).__name__
+    return ""
+
 
 def _unauthorized() -> ApiError:
     return ApiError(401, "Missing or wrong API key: send it as \"Authorization: Bearer <key>\".",
