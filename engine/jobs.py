@@ -37,9 +37,12 @@ from pathlib import Path
 from typing import Deque, Dict, List, Optional, Set, Union
 
 from .audio import AudioError
+from .data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
+                       private_dir)
 from .engine import Engine, InvalidRequest
 from .job_store import JobRecord, JobStore
 from .results import TranscriptionResult
+from .settings import Settings
 from .worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,11 @@ def legacy_api_owner(key_names: List[str]) -> Optional[str]:
     return api_owner(key_names[0]) if len(key_names) == 1 else None
 
 Audio = Union[str, os.PathLike, bytes]
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The JobStore in `settings.data_dir`; raises a StorageError (in use, unwritable, full)."""
+    return JobStore(settings.data_dir, legacy_api_owner(list(settings.named_api_keys)))
 
 
 @dataclass(frozen=True)
@@ -119,20 +127,24 @@ def _in_client_terms(error: BaseException, record: JobRecord) -> BaseException:
 class JobManager:
     """Durable jobs on top of an `Engine`; see the module docstring.
 
-    `store` defaults to a `JobStore` in `engine.settings.data_dir`. Call `start()` once
-    (purge, recover, background feeding), and `close()` before `engine.close()` so jobs the
-    engine stops on shutdown stay queued for the next start instead of being marked failed.
+    `store` defaults to a `JobStore` in `engine.settings.data_dir` (raising a StorageError
+    when that is taken by another server or cannot be written). Call `start()` once (purge,
+    recover, background feeding), and `close()` before `engine.close()` so jobs the engine
+    stops on shutdown stay queued for the next start instead of being marked failed.
     """
 
     def __init__(self, engine: Engine, store: Optional[JobStore] = None, *,
                  retention_days: Optional[float] = None):
         self.engine = engine
-        self.store = store or JobStore(engine.settings.data_dir,
-                                       legacy_api_owner(list(engine.settings.named_api_keys)))
-        self.audio_dir = self.store.data_dir / "audio"  # stored recordings of unfinished jobs
-        self.upload_dir = self.store.data_dir / "uploads"  # uploads being received (same disk: moving is a rename)
-        self.audio_dir.mkdir(parents=True, exist_ok=True)
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or open_store(engine.settings)
+        try:
+            # Recordings of unfinished jobs, and uploads being received (same disk: moving is a rename).
+            self.audio_dir = private_dir(self.store.data_dir / "audio", self.store.data_dir)
+            self.upload_dir = private_dir(self.store.data_dir / "uploads", self.store.data_dir)
+        except StorageError:
+            if store is None:
+                self.store.close()
+            raise
         self.retention_s = (retention_days or engine.settings.job_retention_days) * 86400
         self._live: Dict[str, JobHandle] = {}  # jobs the engine holds now
         self._pending: Deque[str] = deque()  # recovered jobs waiting for room in the queue
@@ -181,10 +193,10 @@ class JobManager:
         name = re.split(r"[\\/]", name or ("" if isinstance(audio, bytes) else Path(audio).name))[-1]
         job_id = uuid.uuid4().hex[:12]
         stored = self.audio_dir / f"{job_id}{stored_extension(name)}"
-        self._store_audio(audio, stored, move)
         record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
                            source=source, options=dict(options), audio=stored.name, attempts=1)
         try:
+            self._store_audio(audio, stored, move)
             self.store.add(record)
             return self._hand_to_engine(record)
         except BaseException as exc:
@@ -205,12 +217,17 @@ class JobManager:
 
     @staticmethod
     def _store_audio(audio: Audio, destination: Path, move: bool) -> None:
-        if isinstance(audio, bytes):
-            destination.write_bytes(audio)
-        elif move:
+        """The recording at `destination`, readable by this user only (0600)."""
+        if move and not isinstance(audio, bytes):
             shutil.move(os.fspath(audio), destination)  # a rename on the same file system
-        else:
-            shutil.copyfile(audio, destination)
+            os.chmod(destination, PRIVATE_FILE)
+            return
+        with open(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as out:
+            if isinstance(audio, bytes):
+                out.write(audio)
+            else:
+                with open(audio, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
 
     def _hand_to_engine(self, record: JobRecord) -> JobHandle:
         audio = self.audio_dir / (record.audio or "")

@@ -102,7 +102,8 @@ def test_client_names_never_become_paths(jobs, jfk):
     # Nothing was written anywhere but the database and the audio folder, emptied at the end.
     wait_until(lambda: not any(jobs.audio_dir.iterdir()), what="recordings to be deleted")
     written = {str(p.relative_to(jobs.store.data_dir)) for p in jobs.store.data_dir.rglob("*")}
-    assert written <= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "audio", "uploads"}
+    assert written <= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "owner.lock", "audio",
+                       "uploads"}
 
 
 def test_refused_jobs_leave_nothing_behind(jobs, jfk, engine):
@@ -224,3 +225,29 @@ def test_retry_after_follows_recent_job_durations(jobs, jfk):
     jobs.submit(jfk).result(timeout=60)
     wait_until(lambda: jobs._durations, what="duration to be recorded")
     assert 1 <= jobs.retry_after_s() <= 60
+
+
+def test_recordings_and_their_folders_are_readable_by_this_user_only(engine, tmp_path, jfk):
+    import stat
+
+    data_dir = tmp_path / "data"
+    for folder in (data_dir, data_dir / "audio", data_dir / "uploads"):  # as an older version left them
+        folder.mkdir(mode=0o755)
+        os.chmod(folder, 0o755)
+    jobs = JobManager(engine, JobStore(data_dir)).start()
+    try:
+        GATE.clear()
+        upload = jobs.new_upload_path("b.flac")
+        shutil.copyfile(jfk, upload)
+        os.chmod(upload, 0o644)  # received with the process's umask
+        handles = [jobs.submit(jfk, name="a.flac"), jobs.submit(upload, name="b.flac", move=True),
+                   jobs.submit(jfk.read_bytes(), name="c.flac")]
+        recordings = [jobs.audio_dir / jobs.store.get(h.id).audio for h in handles]
+        mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+        assert [mode(p) for p in (data_dir, jobs.audio_dir, jobs.upload_dir)] == [0o700] * 3
+        assert [mode(p) for p in recordings] == [0o600] * 3
+        database = ("jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "owner.lock")
+        assert [mode(data_dir / name) for name in database] == [0o600] * 4
+    finally:
+        GATE.set()
+        jobs.close()

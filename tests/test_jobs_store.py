@@ -109,3 +109,64 @@ def test_a_database_from_before_named_keys_opens_and_its_api_jobs_get_the_only_k
     store.add(JobRecord("d" * 12, 4.0, "queued", source="api"))  # migrated once: later rows keep their owner
     store.close()
     assert JobStore(tmp_path, legacy_api_owner="api:other").get("d" * 12).owner is None
+
+
+def _damaged_database(path):
+    """A real jobs database whose pages after the first are overwritten, as a bad disk leaves one."""
+    store = JobStore(path.parent)
+    for i in range(200):
+        store.add(JobRecord(f"{i:012d}", float(i), "queued", name="x" * 200))
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[4096:] = bytes(range(256)) * ((len(data) - 4096) // 256) + bytes((len(data) - 4096) % 256)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["not a database", "damaged pages"])
+def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_started(tmp_path, caplog, damage):
+    path = tmp_path / "jobs.sqlite3"
+    if damage == "not a database":
+        path.write_bytes(b"these bytes were never an SQLite database\n" * 100)
+    else:
+        _damaged_database(path)
+    damaged = path.read_bytes()
+    with caplog.at_level("WARNING", logger="engine.job_store"):
+        store = JobStore(tmp_path)
+    aside = list(tmp_path.glob("jobs.sqlite3.corrupt-*"))
+    assert [p.read_bytes() for p in aside if not p.name.endswith(("-wal", "-shm"))] == [damaged]  # as it was
+    warning = caplog.text
+    assert str(path) in warning and aside[0].name in warning and "not in the new database" in warning
+    store.add(JobRecord("a" * 12, 1.0, "queued"))  # the fresh one works, and is empty but for that
+    assert [r.id for r in store.recent(any_owner=True)] == ["a" * 12]
+
+
+def test_the_database_and_data_dir_are_private_even_when_they_were_not(tmp_path):
+    import os
+    import stat
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    os.chmod(data_dir, 0o755)
+    JobStore(data_dir).close()
+    for path in data_dir.iterdir():  # as an older version (or a careless umask) left them
+        os.chmod(path, 0o644)
+    leftover = sqlite3.connect(data_dir / "jobs.sqlite3")  # keeps -wal and -shm on disk, 0644
+    leftover.execute("PRAGMA journal_mode=WAL")
+    leftover.execute("INSERT INTO jobs (id, created_at, status) VALUES ('b00000000000', 1, 'queued')")
+    leftover.commit()
+    for suffix in ("-wal", "-shm"):
+        os.chmod(data_dir / f"jobs.sqlite3{suffix}", 0o644)
+
+    store = JobStore(data_dir)
+    store.add(JobRecord("c" * 12, 2.0, "queued"))
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data_dir, *data_dir.iterdir()]}
+    assert modes == {"data": 0o700, "jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600,
+                     "jobs.sqlite3-shm": 0o600, "owner.lock": 0o600}
+    leftover.close()
+    store.close()
+
+    fresh = tmp_path / "fresh"  # and a new one is created so
+    JobStore(fresh).add(JobRecord("d" * 12, 3.0, "queued"))
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in [fresh, *fresh.iterdir()]} == {
+        "fresh": 0o700, "jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600, "jobs.sqlite3-shm": 0o600,
+        "owner.lock": 0o600}
