@@ -5,7 +5,10 @@ SQLite because it ships with Python, needs no server, and its commit is durable:
 so a power cut cannot lose it either). One connection guarded by a lock serves every
 thread; job rows are few and small, so contention does not matter.
 
-The store takes `data_dir` for its process (engine.data_dir.DataDirLock): a
+A row moves forward only (TRANSITIONS): queued -> running -> done / failed / cancelled, each
+write applying only from the state before it (`UPDATE ... WHERE status IN (...)`, which says
+whether it applied). So a late writer, a second run or a cancel can never overwrite a
+finished row. The store takes `data_dir` for its process (engine.data_dir.DataDirLock): a
 second server on the same folder refuses to start instead of running its jobs again.
 
 Results are stored as JSON of the whole `TranscriptionResult` (segments, words, timings),
@@ -21,7 +24,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 from .results import Segment, TokenLogprob, TranscriptionResult, Word
@@ -31,6 +34,15 @@ log = logging.getLogger(__name__)
 DB_NAME = "jobs.sqlite3"
 UNFINISHED = ("queued", "running")  # rows a restart must queue again
 FINISHED = ("done", "failed", "cancelled")
+# Each status a row may move to, and the statuses it may come from. Nothing leaves a finished
+# status: a late writer (a second run, a cancel, a retried write) cannot overwrite a result.
+TRANSITIONS: Dict[str, Tuple[str, ...]] = {
+    "running": ("queued",),  # a worker started it
+    "queued": ("running",),  # it stopped unfinished (the server stopped): it runs again
+    "done": ("running",),
+    "failed": UNFINISHED,  # refused before it started (its recording vanished) or failed running
+    "cancelled": UNFINISHED,
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -74,7 +86,7 @@ class JobRecord:
     error_type: Optional[str] = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
     started_at: Optional[float] = None  # unix time a worker started it (last attempt)
     finished_at: Optional[float] = None  # unix time it reached done/failed/cancelled
-    attempts: int = 0  # times it was handed to the engine (1 + restarts that re-queued it)
+    attempts: int = 0  # times a worker started it, less those a clean shutdown stopped (max_attempts caps it)
 
     @property
     def finished(self) -> bool:
@@ -188,35 +200,65 @@ class JobStore:
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, record: JobRecord) -> None:
-        """Insert the row; durable on disk when this returns."""
+        """Insert a new row (an existing id raises sqlite3.IntegrityError, so no row is written
+        over); durable on disk when this returns."""
         row = self._to_row(record)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock:
             self._db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(row.values()))
 
-    def update(self, job_id: str, **changes: Any) -> None:
-        """Set some columns of one row (names as in JobRecord)."""
+    def update(self, job_id: str, **changes: Any) -> bool:
+        """Set some columns of one unfinished row (names as in JobRecord; not its status, which
+        only the state changes below move). Returns whether a row was changed."""
         unknown = set(changes) - set(JobRecord.__dataclass_fields__) - {"id"}
         if unknown:
             raise ValueError(f"unknown job columns: {', '.join(sorted(unknown))}")
-        if not changes:
-            return
-        values = {k: _encode(k, v) for k, v in changes.items()}
-        assignments = ", ".join(f"{k} = ?" for k in values)
+        if "status" in changes:
+            raise ValueError("status changes go through mark_running, requeue or finish")
+        return bool(changes) and self._write(job_id, UNFINISHED, changes)
+
+    def mark_running(self, job_id: str, started_at: Optional[float] = None) -> bool:
+        """queued -> running: a worker started the job; counts the attempt. Whether it applied."""
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1 "
+                "WHERE id = ? AND status = 'queued'", (started_at or time.time(), job_id))
+        return cursor.rowcount == 1
+
+    def requeue(self, job_id: str, *, count_attempt: bool = True) -> bool:
+        """running -> queued: the job stopped unfinished and runs again at the next start.
+        `count_attempt=False` for a clean shutdown, which is not the job's doing: that start is
+        taken back off `attempts` (the cap is for jobs that keep killing the server)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = MAX(0, attempts - ?) "
+                "WHERE id = ? AND status = 'running'", (0 if count_attempt else 1, job_id))
+        return cursor.rowcount == 1
 
     def finish(self, job_id: str, status: str, *, result: Optional[TranscriptionResult] = None,
                error: Optional[str] = None, error_type: Optional[str] = None,
-               started_at: Optional[float] = None, finished_at: Optional[float] = None) -> None:
-        """Record the outcome. The row forgets its recording in the same write (a finished job
+               started_at: Optional[float] = None, finished_at: Optional[float] = None) -> bool:
+        """Record the outcome, if the row is in a state it may come from (done: running;
+        failed, cancelled: queued or running); returns whether it applied (False: finished
+        already, or gone). The row forgets its recording in the same write (a finished job
         keeps none; the caller deletes the file after), so no reader sees one without the other."""
         if status not in FINISHED:
             raise ValueError(f"not a final status: {status!r}")
-        self.update(job_id, status=status, result=None if result is None else result_to_dict(result),
-                    error=error, error_type=error_type, started_at=started_at,
-                    finished_at=finished_at or time.time(), audio=None)
+        changes = dict(result=None if result is None else result_to_dict(result), error=error,
+                       error_type=error_type, finished_at=finished_at or time.time(), audio=None)
+        if started_at is not None:
+            changes["started_at"] = started_at
+        return self._write(job_id, TRANSITIONS[status], {"status": status, **changes})
+
+    def _write(self, job_id: str, from_states: Tuple[str, ...], changes: Dict[str, Any]) -> bool:
+        values = {k: _encode(k, v) for k, v in changes.items()}
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        marks = ",".join("?" * len(from_states))
+        with self._lock:
+            cursor = self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
+                                      (*values.values(), job_id, *from_states))
+        return cursor.rowcount == 1
 
     def delete(self, job_id: str) -> None:
         with self._lock:
