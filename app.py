@@ -33,7 +33,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 import gradio as gr  # noqa: E402
 
 from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
-from engine.jobs import JobManager  # noqa: E402
+from engine.job_store import JobStore  # noqa: E402
+from engine.jobs import JobManager, StorageError, open_store  # noqa: E402
 from ui import http_api  # noqa: E402
 from ui.access import exposure_warnings  # noqa: E402
 from ui.recent_jobs import RecentJobs  # noqa: E402
@@ -89,9 +90,13 @@ def parse_auth(auth: Optional[str]):
 
 
 def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional[int] = None,
-          quiet: bool = True) -> Server:
+          quiet: bool = True, store: Optional[JobStore] = None) -> Server:
     """Start the engine (unless given one), build and launch the page with the HTTP routes;
-    returns once the server answers. `port` overrides settings.port; 0 picks a free port."""
+    returns once the server answers. `port` overrides settings.port; 0 picks a free port.
+    `store` is the jobs database in settings.data_dir when already opened (`open_store`).
+
+    Raises engine.jobs.StorageError (DataDirInUse, DataDirUnwritable, DiskFull) when data_dir
+    is another server's or cannot be written, OSError when the port cannot be served."""
     # Recordings and transcripts are private to the server's user: every file the process
     # writes, Gradio's cache folders included (it creates them itself), is 0600, each folder 0700.
     os.umask(0o077)
@@ -100,7 +105,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
     try:
         # Durable jobs for the page and the HTTP API alike: stored in data_dir before they are
         # queued, queued again after a crash; the page lists each browser's (or login's) own.
-        jobs = JobManager(engine).start()
+        jobs = JobManager(engine, store).start()
         page_cache = use_private_cache(jobs.store.data_dir)  # GRADIO_TEMP_DIR, before the page is built
         recent = RecentJobs(jobs)
         demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
@@ -130,6 +135,8 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
     except BaseException:
         if jobs is not None:
             jobs.close()
+        elif store is not None:
+            store.close()
         engine.close(drain=False, timeout=SHUTDOWN_TIMEOUT_S)
         raise
     return Server(demo, engine, app, local_url, share_url)
@@ -192,13 +199,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FfmpegMissing as exc:
         print(exc, file=sys.stderr)
         return 1
+    try:  # before the model starts loading: a data_dir that cannot be used stops here, in one line
+        store = open_store(settings)
+    except StorageError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     try:
         engine = Engine(settings, background=True)
     except DeviceError as exc:
+        store.close()
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        server = serve(settings, engine=engine, quiet=True)
+        server = serve(settings, engine=engine, quiet=True, store=store)
+    except StorageError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except OSError as exc:  # port taken, address not available
         print(f"Cannot serve on {settings.host}:{settings.port}: {exc}. Choose another with --port.", file=sys.stderr)
         return 1

@@ -67,6 +67,8 @@ def is_out_of_space(error: Optional[BaseException]) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if type(error).__name__ in ("DiskFull", "OutOfDiskSpace"):  # already said by the job store
+            return True
         if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
             return True
         if isinstance(error, sqlite3.Error) and (

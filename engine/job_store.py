@@ -5,24 +5,44 @@ SQLite because it ships with Python, needs no server, and its commit is durable:
 so a power cut cannot lose it either). One connection guarded by a lock serves every
 thread; job rows are few and small, so contention does not matter.
 
+A row moves forward only (TRANSITIONS): queued -> running -> done / failed / cancelled, each
+write applying only from the state before it (`UPDATE ... WHERE status IN (...)`, which says
+whether it applied). So a late writer, a second run or a cancel can never overwrite a
+finished row. The store takes `data_dir` for its process (engine.data_dir.DataDirLock): a
+second server on the same folder refuses to start instead of running its jobs again.
+
 Results are stored as JSON of the whole `TranscriptionResult` (segments, words, timings),
 so any format can be rendered again later without the audio.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from .data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 from .results import Segment, TokenLogprob, TranscriptionResult, Word
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "jobs.sqlite3"
 UNFINISHED = ("queued", "running")  # rows a restart must queue again
 FINISHED = ("done", "failed", "cancelled")
+# Each status a row may move to, and the statuses it may come from. Nothing leaves a finished
+# status: a late writer (a second run, a cancel, a retried write) cannot overwrite a result.
+TRANSITIONS: Dict[str, Tuple[str, ...]] = {
+    "running": ("queued",),  # a worker started it
+    "queued": ("running",),  # it stopped unfinished (the server stopped): it runs again
+    "done": ("running",),
+    "failed": UNFINISHED,  # refused before it started (its recording vanished) or failed running
+    "cancelled": UNFINISHED,
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -66,7 +86,7 @@ class JobRecord:
     error_type: Optional[str] = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
     started_at: Optional[float] = None  # unix time a worker started it (last attempt)
     finished_at: Optional[float] = None  # unix time it reached done/failed/cancelled
-    attempts: int = 0  # times it was handed to the engine (1 + restarts that re-queued it)
+    attempts: int = 0  # times a worker started it, less those a clean shutdown stopped (max_attempts caps it)
 
     @property
     def finished(self) -> bool:
@@ -96,6 +116,11 @@ def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
 class JobStore:
     """The jobs table in `data_dir/jobs.sqlite3`; safe to use from any thread.
 
+    Opening takes the data_dir for this process (DataDirInUse when another holds it) and raises
+    a StorageError that names the folder and what to do when it cannot be written. A database
+    that is not one (or is damaged) is moved aside as jobs.sqlite3.corrupt-<time> and a fresh
+    one started beside it, with a warning: its jobs are not in the new one.
+
     A database written by an older version is brought up to SCHEMA_VERSION when opened. API
     jobs from before keys had names have no owner; they are given `legacy_api_owner` (the
     JobManager passes the config's only key's owner, or "anonymous"'s with no key), or,
@@ -103,60 +128,137 @@ class JobStore:
     """
 
     def __init__(self, data_dir: Path | str, legacy_api_owner: Optional[str] = None):
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._owner = DataDirLock(data_dir)
+        self.data_dir = self._owner.path
         self.path = self.data_dir / DB_NAME
         self._lock = threading.Lock()
-        # isolation_level=None: autocommit, each statement is its own durable transaction.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-            self._db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
-            self._db.executescript(_SCHEMA)
-            self._migrate(legacy_api_owner)
+        try:
+            self._db = self._open(legacy_api_owner)
+        except BaseException:
+            self._owner.release()
+            raise
 
-    def _migrate(self, legacy_api_owner: Optional[str]) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version < 1:
-            self._db.execute("BEGIN IMMEDIATE")
-            if legacy_api_owner is not None:
-                self._db.execute("UPDATE jobs SET owner = ? WHERE owner IS NULL AND source != 'page'",
-                                 (legacy_api_owner,))
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._db.execute("COMMIT")
+    def _open(self, legacy_api_owner: Optional[str]) -> sqlite3.Connection:
+        try:
+            return self._connect(legacy_api_owner)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise storage_error(exc, self.data_dir, self.path) from None
+            reason = exc
+        aside = self._move_aside()
+        log.warning("The jobs database %s is damaged (%s): moved it to %s and started a new, empty one. "
+                    "The jobs stored in it are not in the new database (their results can only be "
+                    "read from the moved file).", self.path, reason, aside.name)
+        return self._connect(legacy_api_owner)
+
+    def _connect(self, legacy_api_owner: Optional[str]) -> sqlite3.Connection:
+        try:
+            # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+        except OSError as exc:
+            raise storage_error(exc, self.data_dir, self.path) from None
+        for path in self._files():
+            tighten(path)
+        db = None
+        try:
+            # isolation_level=None: autocommit, each statement is its own durable transaction.
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
+            db.executescript(_SCHEMA)
+            _migrate(db, legacy_api_owner)
+            # Reads every page once (quick: rows are small), so damage shows here, not in a job later.
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        for path in self._files():  # -wal and -shm exist now
+            tighten(path)
+        return db
+
+    def _files(self) -> List[Path]:
+        return [self.path, *(self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))]
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}-{n}")
+        try:
+            for path, suffix in zip(self._files(), ("", "-wal", "-shm")):
+                if path.exists():
+                    path.rename(aside.with_name(aside.name + suffix))
+        except OSError as exc:
+            raise storage_error(exc, self.data_dir, self.path) from None
+        return aside
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, record: JobRecord) -> None:
-        """Insert the row; durable on disk when this returns."""
+        """Insert a new row (an existing id raises sqlite3.IntegrityError, so no row is written
+        over); durable on disk when this returns."""
         row = self._to_row(record)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock:
             self._db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(row.values()))
 
-    def update(self, job_id: str, **changes: Any) -> None:
-        """Set some columns of one row (names as in JobRecord)."""
+    def update(self, job_id: str, **changes: Any) -> bool:
+        """Set some columns of one unfinished row (names as in JobRecord; not its status, which
+        only the state changes below move). Returns whether a row was changed."""
         unknown = set(changes) - set(JobRecord.__dataclass_fields__) - {"id"}
         if unknown:
             raise ValueError(f"unknown job columns: {', '.join(sorted(unknown))}")
-        if not changes:
-            return
-        values = {k: _encode(k, v) for k, v in changes.items()}
-        assignments = ", ".join(f"{k} = ?" for k in values)
+        if "status" in changes:
+            raise ValueError("status changes go through mark_running, requeue or finish")
+        return bool(changes) and self._write(job_id, UNFINISHED, changes)
+
+    def mark_running(self, job_id: str, started_at: Optional[float] = None) -> bool:
+        """queued -> running: a worker started the job; counts the attempt. Whether it applied."""
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1 "
+                "WHERE id = ? AND status = 'queued'", (started_at or time.time(), job_id))
+        return cursor.rowcount == 1
+
+    def requeue(self, job_id: str, *, count_attempt: bool = True) -> bool:
+        """running -> queued: the job stopped unfinished and runs again at the next start.
+        `count_attempt=False` for a clean shutdown, which is not the job's doing: that start is
+        taken back off `attempts` (the cap is for jobs that keep killing the server)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = MAX(0, attempts - ?) "
+                "WHERE id = ? AND status = 'running'", (0 if count_attempt else 1, job_id))
+        return cursor.rowcount == 1
 
     def finish(self, job_id: str, status: str, *, result: Optional[TranscriptionResult] = None,
                error: Optional[str] = None, error_type: Optional[str] = None,
-               started_at: Optional[float] = None, finished_at: Optional[float] = None) -> None:
-        """Record the outcome. The row forgets its recording in the same write (a finished job
+               started_at: Optional[float] = None, finished_at: Optional[float] = None) -> bool:
+        """Record the outcome, if the row is in a state it may come from (done: running;
+        failed, cancelled: queued or running); returns whether it applied (False: finished
+        already, or gone). The row forgets its recording in the same write (a finished job
         keeps none; the caller deletes the file after), so no reader sees one without the other."""
         if status not in FINISHED:
             raise ValueError(f"not a final status: {status!r}")
-        self.update(job_id, status=status, result=None if result is None else result_to_dict(result),
-                    error=error, error_type=error_type, started_at=started_at,
-                    finished_at=finished_at or time.time(), audio=None)
+        changes = dict(result=None if result is None else result_to_dict(result), error=error,
+                       error_type=error_type, finished_at=finished_at or time.time(), audio=None)
+        if started_at is not None:
+            changes["started_at"] = started_at
+        return self._write(job_id, TRANSITIONS[status], {"status": status, **changes})
+
+    def _write(self, job_id: str, from_states: Tuple[str, ...], changes: Dict[str, Any]) -> bool:
+        values = {k: _encode(k, v) for k, v in changes.items()}
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        marks = ",".join("?" * len(from_states))
+        with self._lock:
+            cursor = self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
+                                      (*values.values(), job_id, *from_states))
+        return cursor.rowcount == 1
 
     def delete(self, job_id: str) -> None:
         with self._lock:
@@ -186,8 +288,10 @@ class JobStore:
         return {r.audio for r in self.unfinished() if r.audio}
 
     def close(self) -> None:
+        """Close the database and give data_dir up."""
         with self._lock:
             self._db.close()
+        self._owner.release()
 
     # -- rows <-> records ----------------------------------------------------------------------
     def _select(self, where: str, params: tuple) -> List[JobRecord]:
@@ -205,6 +309,24 @@ class JobStore:
         data["options"] = json.loads(data["options"] or "{}")
         data["result"] = None if data["result"] is None else json.loads(data["result"])
         return JobRecord(**data)
+
+
+def _migrate(db: sqlite3.Connection, legacy_api_owner: Optional[str]) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < 1:
+        db.execute("BEGIN IMMEDIATE")
+        if legacy_api_owner is not None:
+            db.execute("UPDATE jobs SET owner = ? WHERE owner IS NULL AND source != 'page'",
+                       (legacy_api_owner,))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+
+
+def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    """A file that is not a database or whose pages are damaged, as opposed to one that cannot
+    be opened or written (OperationalError: permissions, read-only, full)."""
+    name = getattr(error, "sqlite_errorname", "")
+    return name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or type(error) is sqlite3.DatabaseError
 
 
 _JSON_COLUMNS = ("options", "result")  # stored as JSON text

@@ -10,7 +10,14 @@ job's row to SQLite before it hands the job to the engine, so once it returns, a
 loses nothing: at the next start `recover()` queues every unfinished row again, oldest
 first. If the queue is full then, the rest wait in a pending list and are fed in as room
 appears, never dropped. Work is therefore at-least-once: a job killed halfway runs again
-from the start.
+from the start, up to `max_attempts` starts; one the server keeps dying in is failed then
+instead of killing it at every start.
+
+The row follows the job: queued, running once a worker starts it (that write counts the
+attempt), then done, failed or cancelled; the store applies each change only from the state
+before it, so a finished row is never written again. A result that cannot be written (the
+disk is full) is kept in memory and written again from the maintenance thread until it
+lands; meanwhile the job reads as running, its recording kept.
 
 The client's file name is kept only as a display name; on disk the recording is named by
 the job id and an extension from a fixed whitelist, so no client text ever becomes a path.
@@ -37,9 +44,12 @@ from pathlib import Path
 from typing import Deque, Dict, List, Optional, Set, Union
 
 from .audio import AudioError
+from .data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
+                       is_disk_full, private_dir)
 from .engine import Engine, InvalidRequest
 from .job_store import JobRecord, JobStore
 from .results import TranscriptionResult
+from .settings import Settings
 from .worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,10 @@ RECENT_DURATIONS = 20  # finished jobs the Retry-After estimate averages over
 ANONYMOUS_CALLER = "anonymous"  # the API caller's name when no API key is configured
 
 
+class JobInterrupted(RuntimeError):
+    """The server stopped while the job ran, `max_attempts` times: it is not started again."""
+
+
 def api_owner(key_name: str) -> str:
     """The owner stored with a job sent through the API with the key called `key_name`: the
     name, never the key. Page owners are "browser:<id>" or "user:<login>", so they never meet."""
@@ -75,6 +89,11 @@ def legacy_api_owner(key_names: List[str]) -> Optional[str]:
     return api_owner(key_names[0]) if len(key_names) == 1 else None
 
 Audio = Union[str, os.PathLike, bytes]
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The JobStore in `settings.data_dir`; raises a StorageError (in use, unwritable, full)."""
+    return JobStore(settings.data_dir, legacy_api_owner(list(settings.named_api_keys)))
 
 
 @dataclass(frozen=True)
@@ -107,40 +126,66 @@ def stored_extension(name: str) -> str:
     return suffix if suffix in AUDIO_EXTENSIONS else ""
 
 
-def _in_client_terms(error: BaseException, record: JobRecord) -> BaseException:
-    """The error with the stored file's name (<id>.flac) replaced by the client's name, in place.
+def _in_client_terms(error: BaseException, record: JobRecord, audio_dir: Path) -> BaseException:
+    """The error with the stored file (data_dir/audio/<id>.flac, absolute or as given, or its bare
+    name) replaced by the client's name, or by the job's id when it sent none; in place.
 
-    Engine messages name the file they read; the client knows its recording by its own name."""
-    if record.audio and record.name and error.args and isinstance(error.args[0], str):
-        error.args = (error.args[0].replace(record.audio, record.name), *error.args[1:])
+    Engine messages name the file they read; the client knows its recording by its own name,
+    and a server path is nobody's business but the server's."""
+    if not record.audio or not error.args or not isinstance(error.args[0], str):
+        return error
+    message = error.args[0]
+    stored = audio_dir / record.audio
+    for path in sorted({str(stored.resolve()), str(stored), record.audio}, key=len, reverse=True):  # longest first
+        message = message.replace(path, record.name or f"job {record.id}")
+    error.args = (message, *error.args[1:])
     return error
+
+
+@dataclass
+class _Outcome:
+    """A finished job's row as it is to be written; kept while the write fails (disk full)."""
+
+    handle: JobHandle
+    record: Optional[JobRecord]  # the row as read when the job finished (None until read)
+    status: str
+    result: Optional[TranscriptionResult]
+    error: Optional[BaseException]
+    tries: int = 0
 
 
 class JobManager:
     """Durable jobs on top of an `Engine`; see the module docstring.
 
-    `store` defaults to a `JobStore` in `engine.settings.data_dir`. Call `start()` once
-    (purge, recover, background feeding), and `close()` before `engine.close()` so jobs the
-    engine stops on shutdown stay queued for the next start instead of being marked failed.
+    `store` defaults to a `JobStore` in `engine.settings.data_dir` (raising a StorageError
+    when that is taken by another server or cannot be written). Call `start()` once (purge,
+    recover, background feeding), and `close()` before `engine.close()` so jobs the engine
+    stops on shutdown stay queued for the next start instead of being marked failed.
     """
 
     def __init__(self, engine: Engine, store: Optional[JobStore] = None, *,
-                 retention_days: Optional[float] = None):
+                 retention_days: Optional[float] = None, max_attempts: Optional[int] = None):
         self.engine = engine
-        self.store = store or JobStore(engine.settings.data_dir,
-                                       legacy_api_owner(list(engine.settings.named_api_keys)))
-        self.audio_dir = self.store.data_dir / "audio"  # stored recordings of unfinished jobs
-        self.upload_dir = self.store.data_dir / "uploads"  # uploads being received (same disk: moving is a rename)
-        self.audio_dir.mkdir(parents=True, exist_ok=True)
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or open_store(engine.settings)
+        try:
+            # Recordings of unfinished jobs, and uploads being received (same disk: moving is a rename).
+            self.audio_dir = private_dir(self.store.data_dir / "audio", self.store.data_dir)
+            self.upload_dir = private_dir(self.store.data_dir / "uploads", self.store.data_dir)
+        except StorageError:
+            if store is None:
+                self.store.close()
+            raise
         self.retention_s = (retention_days or engine.settings.job_retention_days) * 86400
-        self._live: Dict[str, JobHandle] = {}  # jobs the engine holds now
+        self.max_attempts = max_attempts or engine.settings.max_attempts
+        self._live: Dict[str, JobHandle] = {}  # jobs the engine holds, until their row is written
+        self._unwritten: Dict[str, _Outcome] = {}  # finished, the write failed (disk full): retried
         self._pending: Deque[str] = deque()  # recovered jobs waiting for room in the queue
         self._user_cancelled: Set[str] = set()  # cancel() was asked (vs. stopped by shutdown)
         self._durations: Deque[float] = deque(maxlen=RECENT_DURATIONS)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held for every write, so each reads what the last one left
         self._feed_lock = threading.Lock()
         self._closing = threading.Event()
+        self._closed = False  # the store is closed: outcomes are no longer written
         self._thread: Optional[threading.Thread] = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -156,11 +201,27 @@ class JobManager:
 
     def close(self) -> None:
         """Stop feeding and purging and close the database. Jobs still in the engine that
-        finish later are not recorded, so they stay unfinished and run again at restart."""
+        finish later are not recorded, so they stay unfinished and run again at restart;
+        the running ones are put back in the queue without counting that start (a clean
+        stop is not the job's doing)."""
         self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
+            if self._closed:
+                return
+            self._write_unwritten()
+            try:
+                for job_id, handle in self._live.items():
+                    if job_id not in self._unwritten:
+                        self.store.requeue(job_id, count_attempt=False)
+            except Exception as exc:  # the disk is full: those starts stay counted
+                log.warning("Could not put the running jobs back in the queue (%s); they run again at the "
+                            "next start, each start counted", exc)
+            for job_id in self._unwritten:
+                log.warning("Job %s finished but its result could not be written before shutdown; "
+                            "it runs again at the next start", job_id)
+            self._closed = True
             self.store.close()
 
     # -- submitting ------------------------------------------------------------------------------
@@ -170,7 +231,8 @@ class JobManager:
 
         `audio` is a path (copied, or renamed when `move` and it lies on the same disk) or
         the file's bytes. Raises what `Engine.submit` raises (QueueFull, InvalidRequest,
-        an AudioError, FileNotFoundError); then nothing of the job is kept.
+        an AudioError, FileNotFoundError), or DiskFull when the recording or its row cannot
+        be stored; then nothing of the job is kept.
         """
         unknown = set(options) - set(SUBMIT_OPTIONS)
         if unknown:
@@ -181,20 +243,26 @@ class JobManager:
         name = re.split(r"[\\/]", name or ("" if isinstance(audio, bytes) else Path(audio).name))[-1]
         job_id = uuid.uuid4().hex[:12]
         stored = self.audio_dir / f"{job_id}{stored_extension(name)}"
+        record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
+                           source=source, options=dict(options), audio=stored.name)
+        added = False
         try:
             self._store_audio(audio, stored, move)
-        except BaseException:
-            stored.unlink(missing_ok=True)  # a copy cut short (a full disk) leaves no partial file
-            raise
-        record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
-                           source=source, options=dict(options), audio=stored.name, attempts=1)
-        try:
             self.store.add(record)
+            added = True
             return self._hand_to_engine(record)
         except BaseException as exc:
-            self.store.delete(job_id)
+            if added:
+                try:
+                    self.store.delete(job_id)
+                except Exception as delete_error:  # disk full: the row stays, and runs at the next start
+                    log.warning("Job %s was refused (%s) but its row could not be deleted (%s)",
+                                job_id, exc, delete_error)
             stored.unlink(missing_ok=True)
-            raise _in_client_terms(exc, record)
+            if is_disk_full(exc, self.store.data_dir):
+                raise DiskFull("The server is out of disk space and cannot store the recording; "
+                               "try again later.") from None
+            raise _in_client_terms(exc, record, self.audio_dir)
 
     def has_room(self) -> bool:
         """Whether the engine's queue could take one more job now (recovered jobs waiting for
@@ -209,61 +277,119 @@ class JobManager:
 
     @staticmethod
     def _store_audio(audio: Audio, destination: Path, move: bool) -> None:
-        if isinstance(audio, bytes):
-            destination.write_bytes(audio)
-        elif move:
+        """The recording at `destination`, readable by this user only (0600)."""
+        if move and not isinstance(audio, bytes):
             shutil.move(os.fspath(audio), destination)  # a rename on the same file system
-        else:
-            shutil.copyfile(audio, destination)
+            os.chmod(destination, PRIVATE_FILE)
+            return
+        with open(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as out:
+            if isinstance(audio, bytes):
+                out.write(audio)
+            else:
+                with open(audio, "rb") as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
 
     def _hand_to_engine(self, record: JobRecord) -> JobHandle:
         audio = self.audio_dir / (record.audio or "")
         handle = self.engine.submit(str(audio), name=record.name, job_id=record.id, **record.options)
         with self._lock:
             self._live[record.id] = handle
-        handle.add_done_callback(self._on_finished)  # runs at once if it already finished
+        handle.add_start_callback(self._on_started)  # these run at once if it already started / finished
+        handle.add_done_callback(self._on_finished)
         return handle
+
+    def _on_started(self, handle: JobHandle) -> None:
+        """queued -> running, in the worker's thread before the job runs: the attempt is on disk
+        before any work that could kill the process."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.store.mark_running(handle.id, handle.started_at)
+            except Exception as exc:  # disk full: the job runs all the same, this start uncounted
+                log.warning("Job %s started but that could not be recorded (%s)", handle.id, exc)
 
     def _on_finished(self, handle: JobHandle) -> None:
         with self._lock:
-            self._live.pop(handle.id, None)
             asked = handle.id in self._user_cancelled
             self._user_cancelled.discard(handle.id)
         error = None if handle.status is JobStatus.DONE else handle.exception()
         stopped_by_shutdown = isinstance(error, WorkerShutDown) or (
             handle.status is JobStatus.CANCELLED and not asked and self._closing.is_set())
-        if stopped_by_shutdown:
-            return  # the row stays unfinished: the next start runs it again
-        result = handle.result() if handle.status is JobStatus.DONE else None
-        try:
+        if stopped_by_shutdown:  # the row stays unfinished: the next start runs it again
             with self._lock:
-                record = self.store.get(handle.id)
-                if error is not None and record is not None:
-                    _in_client_terms(error, record)  # the same object the handle raises to its waiters
-                self.store.finish(handle.id, handle.status.value, result=result,
-                                  error=None if error is None else str(error),
-                                  error_type=None if error is None else type(error).__name__,
-                                  started_at=handle.started_at, finished_at=handle.finished_at)
-        except Exception as exc:  # the database is closed (shutting down): run it again at restart
-            log.warning("Job %s finished but could not be recorded (%s); it will run again", handle.id, exc)
+                self._live.pop(handle.id, None)
+            return
+        result = handle.result() if handle.status is JobStatus.DONE else None
+        with self._lock:
+            self._record(_Outcome(handle, None, handle.status.value, result, error))
+
+    def _record(self, outcome: _Outcome) -> None:
+        """Write a finished job's row (under self._lock); on failure keep it to write again."""
+        handle, record = outcome.handle, outcome.record
+        if self._closed:  # shutting down: the row stays unfinished, the job runs again at restart
+            self._live.pop(handle.id, None)
+            return
+        outcome.tries += 1
+        try:
+            if record is None:
+                record = outcome.record = self.store.get(handle.id)
+                if outcome.error is not None and record is not None:
+                    _in_client_terms(outcome.error, record, self.audio_dir)  # the object the handle raises
+            if outcome.status == "done":  # its start may not have been written (disk full then)
+                self.store.mark_running(handle.id, handle.started_at)
+            error = outcome.error
+            applied = self.store.finish(handle.id, outcome.status, result=outcome.result,
+                                        error=None if error is None else str(error),
+                                        error_type=None if error is None else type(error).__name__,
+                                        started_at=handle.started_at, finished_at=handle.finished_at)
+        except Exception as exc:
+            if handle.id not in self._unwritten:
+                log.warning("Job %s finished but its result cannot be written to %s (%s); it is kept in "
+                            "memory and written as soon as that works again", handle.id, self.store.path, exc)
+            self._unwritten[handle.id] = outcome
+            return
+        self._unwritten.pop(handle.id, None)
+        self._live.pop(handle.id, None)
+        if outcome.tries > 1:
+            log.info("Job %s's result was written after %d tries", handle.id, outcome.tries)
+        if not applied:  # finished already (or deleted): that row stands
             return
         if record is not None and record.audio:
             (self.audio_dir / record.audio).unlink(missing_ok=True)
-        if handle.status is JobStatus.DONE and handle.started_at and handle.finished_at:
+        if outcome.status == "done" and handle.started_at and handle.finished_at:
             self._durations.append(handle.finished_at - handle.started_at)
+
+    def _write_unwritten(self) -> None:
+        with self._lock:
+            for outcome in list(self._unwritten.values()):
+                self._record(outcome)
 
     # -- recovery ----------------------------------------------------------------------------------
     def recover(self) -> int:
         """Queue every unfinished stored job again (oldest first); returns how many.
 
         Those that do not fit in the engine's queue wait here and are fed in as room appears.
+        A job started `max_attempts` times already is failed instead (JobInterrupted).
         """
         with self._lock:
             known = set(self._live) | set(self._pending)
             records = [r for r in self.store.unfinished() if r.id not in known]
-            self._pending.extend(r.id for r in records)
+            queued = []
+            for record in records:
+                if record.attempts >= self.max_attempts:
+                    log.warning("Job %s was interrupted %d times; it is failed, not started again",
+                                record.id, record.attempts)
+                    self._finish_without_engine(record, "failed", JobInterrupted(
+                        f"This job was interrupted {record.attempts} times (the server stopped while it ran) "
+                        "and is not started again: send the recording again to retry. If the server keeps "
+                        "stopping on it, it may be running out of memory on this recording."))
+                    continue
+                self.store.requeue(record.id)  # running -> queued: the previous server stopped in it
+                queued.append(record.id)
+            self._pending.extend(queued)
         self._feed()
-        return len(records)
+        return len(queued)
 
     def _feed(self) -> None:
         """Hand pending recovered jobs to the engine until its queue is full."""
@@ -278,7 +404,6 @@ class JobManager:
                     with self._lock:
                         self._pending.popleft()
                     continue
-                record.attempts += 1
                 # Not under self._lock: the engine's worker calls _on_finished (which takes
                 # it) while holding its own lock, and submit needs that one.
                 try:
@@ -287,10 +412,9 @@ class JobManager:
                     return  # try again on the next tick
                 except (AudioError, InvalidRequest, FileNotFoundError, ValueError) as exc:
                     # The recording vanished or the config changed (model no longer offered).
-                    self._finish_without_engine(record, "failed", _in_client_terms(exc, record))
+                    _in_client_terms(exc, record, self.audio_dir)
+                    self._finish_without_engine(record, "failed", exc)
                     handle = None
-                else:
-                    self.store.update(job_id, attempts=record.attempts)
                 with self._lock:
                     still_pending = bool(self._pending) and self._pending[0] == job_id
                     if still_pending:
@@ -304,6 +428,7 @@ class JobManager:
         last_purge = time.monotonic()
         while not self._closing.wait(FEED_INTERVAL_S):
             try:
+                self._write_unwritten()
                 self._feed()
                 if time.monotonic() - last_purge > PURGE_INTERVAL_S:
                     last_purge = time.monotonic()
@@ -349,25 +474,29 @@ class JobManager:
     def cancel(self, job_id: str) -> Optional[JobInfo]:
         """Cancel an unfinished job (a running one stops within one step of the decode loop and
         reads "cancelling" until it has).
-        Returns the job afterwards (unchanged if it had finished); None for an unknown id."""
-        record = self.store.get(job_id)
-        if record is None or record.finished:
-            return None if record is None else self._info(record)
+        Returns the job afterwards (unchanged if it had finished); None for an unknown id.
+
+        Read and decided under the lock every write takes: a job finishing now is still live
+        (its row not written yet), so it is never cancelled in the store behind its result."""
         with self._lock:
+            record = self.store.get(job_id)
+            if record is None or record.finished:
+                return None if record is None else self._info(record)
             handle = self._live.get(job_id)
             if handle is not None:
                 self._user_cancelled.add(job_id)
-            elif job_id in self._pending:
-                self._pending.remove(job_id)
+            else:
+                if job_id in self._pending:
+                    self._pending.remove(job_id)
+                self._finish_without_engine(record, "cancelled", JobCancelled(f"job {job_id} was cancelled"))
         if handle is not None:
-            handle.cancel()
-        else:
-            self._finish_without_engine(record, "cancelled", JobCancelled(f"job {job_id} was cancelled"))
+            handle.cancel()  # not under self._lock: it takes the worker's, which _on_finished runs under
         return self.get(job_id)
 
     def _finish_without_engine(self, record: JobRecord, status: str, error: BaseException) -> None:
-        self.store.finish(record.id, status, error=str(error), error_type=type(error).__name__)
-        if record.audio:
+        with self._lock:
+            applied = self.store.finish(record.id, status, error=str(error), error_type=type(error).__name__)
+        if applied and record.audio:
             (self.audio_dir / record.audio).unlink(missing_ok=True)
 
     # -- housekeeping -------------------------------------------------------------------------------

@@ -87,6 +87,9 @@ class Settings(BaseModel):
     protect_metrics: bool = False  # also require the API key on /metrics and /healthz
     data_dir: str = "data"  # jobs database and uploaded audio for durable jobs; relative = beside the config file
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
+    # A job the server stopped in (killed, out of memory) this many times is failed at the next
+    # start instead of run again, so one that kills the process cannot do it at every start.
+    max_attempts: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Settings":

@@ -58,6 +58,8 @@ class JobHandle:
         self._segment_source: Optional[Callable[[], List[Any]]] = None  # see show_segments
         self._segments: List[Any] = []  # segments completed so far, as of the last progress report
         self._text_streamed = threading.Event()  # see stream_text
+        self._start_lock = threading.Lock()
+        self._start_callbacks: Optional[List[Callable[["JobHandle"], None]]] = []  # None once started
 
     # -- live state ----------------------------------------------------------------------
     @property
@@ -94,6 +96,24 @@ class JobHandle:
 
     def add_done_callback(self, fn: Callable[["JobHandle"], None]) -> None:
         self._future.add_done_callback(lambda _: fn(self))
+
+    def add_start_callback(self, fn: Callable[["JobHandle"], None]) -> None:
+        """Call fn(handle) when a worker starts the job, in that worker's thread before the job
+        runs (here and now if it has started already; never for a job that never starts)."""
+        with self._start_lock:
+            if self._start_callbacks is not None:
+                self._start_callbacks.append(fn)
+                return
+        fn(self)
+
+    def _started(self) -> None:
+        with self._start_lock:
+            callbacks, self._start_callbacks = self._start_callbacks or [], None
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # a listener's failure is not the job's
+                log.exception("Start callback of job %s failed", self.id)
 
     def cancel(self) -> bool:
         """Cancel a queued job at once, or a running one at its next batch boundary.
@@ -235,6 +255,7 @@ class TranscriptionWorker:
                 handle.status = JobStatus.RUNNING
                 handle.started_at = time.time()
                 self._running.append(handle)
+            handle._started()
             try:
                 handle.checkpoint()
                 result = self._run(handle.request, handle)

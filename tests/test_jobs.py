@@ -13,7 +13,7 @@ from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, NotAudio, QueueFull
 from engine.job_store import JobRecord, JobStore
 from engine.fast_decode import decode_rows
-from engine.jobs import ORPHAN_AGE_S, JobManager, stored_extension
+from engine.jobs import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as long as they need
@@ -102,7 +102,8 @@ def test_client_names_never_become_paths(jobs, jfk):
     # Nothing was written anywhere but the database and the audio folder, emptied at the end.
     wait_until(lambda: not any(jobs.audio_dir.iterdir()), what="recordings to be deleted")
     written = {str(p.relative_to(jobs.store.data_dir)) for p in jobs.store.data_dir.rglob("*")}
-    assert written <= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "audio", "uploads"}
+    assert written <= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "owner.lock", "audio",
+                       "uploads"}
 
 
 def test_refused_jobs_leave_nothing_behind(jobs, jfk, engine):
@@ -163,7 +164,7 @@ def test_unfinished_jobs_run_again_after_a_stop(micro_checkpoint, tmp_path, jfk)
         for job_id in (running.id, waiting.id):
             info = wait_finished(second, job_id)
             assert info.status == "done" and info.result().segments is not None
-            assert info.record.attempts == 2
+            assert info.record.attempts == 1  # a clean stop does not count the start it cut short
         wait_until(lambda: not any(second.audio_dir.iterdir()), what="recordings to be deleted")
     finally:
         second.close()
@@ -224,3 +225,158 @@ def test_retry_after_follows_recent_job_durations(jobs, jfk):
     jobs.submit(jfk).result(timeout=60)
     wait_until(lambda: jobs._durations, what="duration to be recorded")
     assert 1 <= jobs.retry_after_s() <= 60
+
+
+# --- the row's life cycle: guarded state changes, the cancel race, capped re-runs -----------------
+
+def test_the_row_says_running_once_a_worker_starts_it_and_counts_starts(jobs, jfk):
+    GATE.clear()
+    running = jobs.submit(jfk)
+    wait_until(lambda: running.status.value == "running", what="job to start")
+    waiting = jobs.submit(jfk)
+    row, queued = jobs.store.get(running.id), jobs.store.get(waiting.id)
+    assert row.status == "running" and row.attempts == 1 and row.started_at == running.started_at
+    assert queued.status == "queued" and queued.attempts == 0  # handed over, not started: no attempt
+    GATE.set()
+    for handle in (running, waiting):
+        handle.result(timeout=60)
+        assert wait_finished(jobs, handle.id).record.attempts == 1
+
+
+class ReadThenWait(JobStore):
+    """A JobStore whose next read in the thread that arms it returns only once the job has
+    finished and its row was written (or a second has passed): the interleaving a slow disk
+    gives a cancel that lands as the job ends. The reading and writing are JobStore's own."""
+
+    armed_in = None  # the thread whose next read pauses
+    handle = None  # the job that is let go during that pause
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.written = threading.Event()
+
+    def get(self, job_id):
+        record = super().get(job_id)
+        if self.armed_in is threading.current_thread():
+            self.armed_in = None
+            GATE.set()
+            wait_until(self.handle.done, what="the job to finish")
+            self.written.wait(1.0)
+        return record
+
+    def finish(self, *args, **kwargs):
+        applied = super().finish(*args, **kwargs)
+        self.written.set()
+        return applied
+
+
+def test_a_cancel_that_lands_as_the_job_finishes_keeps_its_result(engine, tmp_path, jfk):
+    store = ReadThenWait(tmp_path / "data")
+    jobs = JobManager(engine, store).start()
+    try:
+        GATE.clear()
+        handle = jobs.submit(jfk, name="jfk.flac")
+        wait_until(lambda: handle.status.value == "running", what="job to start")
+        store.handle, store.armed_in = handle, threading.current_thread()
+        jobs.cancel(handle.id)  # reads the row while the job finishes and its row is written
+        result = handle.result(timeout=60)  # what a synchronous client got
+        info = wait_finished(jobs, handle.id)
+        assert info.status == "done" and info.result() == result and info.record.error is None
+        assert jobs.cancel(handle.id).status == "done"  # and a later cancel changes nothing
+    finally:
+        GATE.set()
+        jobs.close()
+
+
+def test_a_job_the_server_stopped_in_max_attempts_times_is_failed(micro_checkpoint, tmp_path, jfk):
+    store = JobStore(tmp_path / "data")
+    audio_dir = store.data_dir / "audio"
+    audio_dir.mkdir()
+    rows = {"a" * 12: 3, "b" * 12: 2}  # what kill -9 leaves: rows that were running, and their recordings
+    for job_id, attempts in rows.items():
+        shutil.copyfile(jfk, audio_dir / f"{job_id}.flac")
+        store.add(JobRecord(job_id, time.time(), "running", name=f"{job_id[0]}.flac", audio=f"{job_id}.flac",
+                            options={"language": "en"}, attempts=attempts))
+    engine = make_engine(micro_checkpoint)
+    jobs = JobManager(engine, store).start()  # max_attempts: 3, the default
+    try:
+        capped, again = wait_finished(jobs, "a" * 12), wait_finished(jobs, "b" * 12)
+        assert capped.status == "failed" and capped.record.error_type == "JobInterrupted"
+        assert "interrupted 3 times" in capped.record.error and "not started again" in capped.record.error
+        assert again.status == "done" and again.record.attempts == 3  # its third start, which finished
+        wait_until(lambda: not any(audio_dir.iterdir()), what="recordings to be deleted")
+    finally:
+        jobs.close()
+        engine.close()
+
+
+def test_a_job_error_names_the_clients_file_or_the_job_never_a_server_path(jobs, jfk):
+    GATE.clear()
+    first = jobs.submit(jfk)
+    wait_until(lambda: first.status.value == "running", what="job to start")
+    named, nameless = jobs.submit(jfk, name="talk.flac"), jobs.submit(jfk.read_bytes())
+    for handle in (named, nameless):  # the recording vanishes while the job waits
+        (jobs.audio_dir / jobs.store.get(handle.id).audio).unlink()
+    GATE.set()
+    for handle, shown in ((named, "talk.flac"), (nameless, f"job {nameless.id}")):
+        error = wait_finished(jobs, handle.id).record.error
+        assert shown in error, error
+        assert str(jobs.audio_dir) not in error and str(jobs.audio_dir.resolve()) not in error
+        assert "/audio/" not in error and f"{handle.id}.flac" not in error
+        with pytest.raises(FileNotFoundError) as raised:  # what the synchronous client is told
+            handle.result()
+        assert "/audio/" not in str(raised.value)
+
+
+# --- a full disk: the result is kept and written once there is room ---------------------------
+
+def test_a_result_that_cannot_be_written_is_written_when_space_returns(engine, jfk):
+    from small_disk import fill, small_disk
+
+    with small_disk(20) as root:
+        jobs = JobManager(engine, JobStore(root / "data")).start()
+        try:
+            GATE.clear()
+            handle = jobs.submit(jfk, name="jfk.flac")
+            wait_until(lambda: handle.status.value == "running", what="job to start")
+            stored = jobs.audio_dir / jobs.store.get(handle.id).audio
+            filler = fill(root)
+            GATE.set()
+            result = handle.result(timeout=60)  # transcribed while the disk is full
+            time.sleep(2 * FEED_INTERVAL_S)  # a few writes failed meanwhile
+            waiting = jobs.get(handle.id)
+            assert waiting.status == "running" and waiting.queue_position == 0 and waiting.progress == 1.0
+            assert not waiting.record.finished and stored.exists()
+            filler.unlink()  # space is back: the kept result is written, nothing runs again
+            info = wait_finished(jobs, handle.id, timeout=30)
+            assert info.status == "done" and info.result() == result and info.record.attempts == 1
+            wait_until(lambda: not stored.exists(), what="the recording to be deleted")
+        finally:
+            GATE.set()
+            jobs.close()
+
+
+def test_recordings_and_their_folders_are_readable_by_this_user_only(engine, tmp_path, jfk):
+    import stat
+
+    data_dir = tmp_path / "data"
+    for folder in (data_dir, data_dir / "audio", data_dir / "uploads"):  # as an older version left them
+        folder.mkdir(mode=0o755)
+        os.chmod(folder, 0o755)
+    jobs = JobManager(engine, JobStore(data_dir)).start()
+    try:
+        GATE.clear()
+        upload = jobs.new_upload_path("b.flac")
+        shutil.copyfile(jfk, upload)
+        os.chmod(upload, 0o644)  # received with the process's umask
+        handles = [jobs.submit(jfk, name="a.flac"), jobs.submit(upload, name="b.flac", move=True),
+                   jobs.submit(jfk.read_bytes(), name="c.flac")]
+        recordings = [jobs.audio_dir / jobs.store.get(h.id).audio for h in handles]
+        mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+        assert [mode(p) for p in (data_dir, jobs.audio_dir, jobs.upload_dir)] == [0o700] * 3
+        assert [mode(p) for p in recordings] == [0o600] * 3
+        database = ("jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "owner.lock")
+        assert [mode(data_dir / name) for name in database] == [0o600] * 4
+    finally:
+        GATE.set()
+        jobs.close()
