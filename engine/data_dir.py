@@ -58,16 +58,29 @@ class DiskFull(StorageError):
     """The disk under data_dir has no space left."""
 
 
-def is_disk_full(error: BaseException, folder: Optional[Path] = None) -> bool:
-    """Whether `error` says the disk is full: ENOSPC / EDQUOT, or SQLite's SQLITE_FULL; or, for
-    an I/O error of SQLite's (it maps the -shm file, and reports that as "disk I/O error"), whether
+def is_disk_full(error: Optional[BaseException], folder: Optional[Path] = None) -> bool:
+    """Whether `error`, or an error it was raised from, says the disk or a quota is full:
+    DiskFull, ENOSPC / EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full"); or, for an
+    I/O error of SQLite's (it maps the -shm file, and reports that as "disk I/O error"), whether
     the disk of `folder` has (next to) no space left."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if _says_disk_full(error, folder):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _says_disk_full(error: BaseException, folder: Optional[Path]) -> bool:
     if isinstance(error, DiskFull):
         return True
     if isinstance(error, OSError):
         return error.errno in _DISK_FULL_ERRNOS
-    name = getattr(error, "sqlite_errorname", "") if isinstance(error, sqlite3.Error) else ""
-    if name == "SQLITE_FULL":
+    if not isinstance(error, sqlite3.Error):
+        return False
+    name = getattr(error, "sqlite_errorname", "")
+    if name == "SQLITE_FULL" or "disk is full" in str(error):
         return True
     if name.startswith("SQLITE_IOERR") and folder is not None:
         try:

@@ -1,23 +1,21 @@
 """Free disk space under data_dir, and telling a full disk from other storage errors.
 
     disk_space("data", min_free_mb=1024)   # DiskSpace(free_bytes=..., low=...)
-    is_out_of_space(exc)                   # ENOSPC / EDQUOT / SQLite's "database or disk is full"
 
 A full disk is an operator's problem that passes (space is freed, a quota raised), so the
 front ends answer it with a clear "out of disk space" (HTTP 507) and keep serving, instead of
-a traceback; /healthz and /metrics warn before it happens.
+a traceback; /healthz and /metrics warn before it happens. Which errors mean a full disk is
+`engine.data_dir.is_disk_full`'s to say.
 """
 from __future__ import annotations
 
 import errno
 import os
 import shutil
-import sqlite3
 from dataclasses import dataclass
 from typing import Optional, Union
 
 MIB = 1024 * 1024
-OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space left; disk quota exceeded
 
 
 class OutOfDiskSpace(OSError):
@@ -60,19 +58,3 @@ def disk_space(path: Union[str, os.PathLike], min_free_mb: float = 0) -> DiskSpa
 def has_room(path: Union[str, os.PathLike], nbytes: int) -> bool:
     """Whether `nbytes` more would fit under `path` now."""
     return shutil.disk_usage(path).free >= nbytes
-
-
-def is_out_of_space(error: Optional[BaseException]) -> bool:
-    """Whether `error`, or an error it was raised from, says the disk or a quota is full."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if type(error).__name__ in ("DiskFull", "OutOfDiskSpace"):  # already said by the job store
-            return True
-        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
-            return True
-        if isinstance(error, sqlite3.Error) and (
-                getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)):
-            return True
-        error = error.__cause__ or error.__context__
-    return False

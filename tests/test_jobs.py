@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -171,15 +172,23 @@ def test_unfinished_jobs_run_again_after_a_stop(micro_checkpoint, tmp_path, jfk)
         second_engine.close()
 
 
-def test_recovery_waits_for_room_instead_of_dropping(micro_checkpoint, tmp_path, jfk):
-    store = JobStore(tmp_path / "data")
+def left_by_a_killed_server(store: JobStore, jfk, rows) -> Path:
+    """What kill -9 leaves in `store`: unfinished rows and their recordings (copies of `jfk`).
+    `rows`: (job id, seconds after now it was created, status, client's name, attempts).
+    Returns the recordings' folder."""
     audio_dir = store.data_dir / "audio"
     audio_dir.mkdir()
-    ids = [f"{i:012x}" for i in range(6)]
-    for i, job_id in enumerate(ids):  # what a killed process leaves: rows and their recordings
+    for job_id, later_s, status, name, attempts in rows:
         shutil.copyfile(jfk, audio_dir / f"{job_id}.flac")
-        store.add(JobRecord(job_id, time.time() + i, "queued", name=f"{i}.flac", audio=f"{job_id}.flac",
-                            options={"language": "en"}, attempts=1))
+        store.add(JobRecord(job_id, time.time() + later_s, status, name=name, audio=f"{job_id}.flac",
+                            options={"language": "en"}, attempts=attempts))
+    return audio_dir
+
+
+def test_recovery_waits_for_room_instead_of_dropping(micro_checkpoint, tmp_path, jfk):
+    store = JobStore(tmp_path / "data")
+    ids = [f"{i:012x}" for i in range(6)]
+    left_by_a_killed_server(store, jfk, [(job_id, i, "queued", f"{i}.flac", 1) for i, job_id in enumerate(ids)])
     store.add(JobRecord("f" * 12, time.time() + 9, "queued", name="gone.flac", audio="ffffffffffff.flac"))
     engine = make_engine(micro_checkpoint, queue_size=1)
     GATE.clear()
@@ -290,13 +299,8 @@ def test_a_cancel_that_lands_as_the_job_finishes_keeps_its_result(engine, tmp_pa
 
 def test_a_job_the_server_stopped_in_max_attempts_times_is_failed(micro_checkpoint, tmp_path, jfk):
     store = JobStore(tmp_path / "data")
-    audio_dir = store.data_dir / "audio"
-    audio_dir.mkdir()
-    rows = {"a" * 12: 3, "b" * 12: 2}  # what kill -9 leaves: rows that were running, and their recordings
-    for job_id, attempts in rows.items():
-        shutil.copyfile(jfk, audio_dir / f"{job_id}.flac")
-        store.add(JobRecord(job_id, time.time(), "running", name=f"{job_id[0]}.flac", audio=f"{job_id}.flac",
-                            options={"language": "en"}, attempts=attempts))
+    audio_dir = left_by_a_killed_server(store, jfk, [("a" * 12, 0, "running", "a.flac", 3),
+                                                     ("b" * 12, 0, "running", "b.flac", 2)])
     engine = make_engine(micro_checkpoint)
     jobs = JobManager(engine, store).start()  # max_attempts: 3, the default
     try:

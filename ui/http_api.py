@@ -47,7 +47,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
 from engine import FORMATS, Engine, JobHandle, JobStatus, QueueFull, Settings, render
-from engine.disk_space import disk_space, has_room, is_out_of_space
+from engine.data_dir import is_disk_full
+from engine.disk_space import disk_space, has_room
 from engine.formats import safe_basename
 from engine.model_names import OPENAI_ALIASES
 from engine.jobs import JobInfo, JobManager
@@ -378,7 +379,7 @@ async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, opt
     except QueueFull as exc:
         raise _queue_full(jobs, exc) from None
     except Exception as exc:
-        if is_out_of_space(exc):  # the job's row or its recording did not fit: nothing of it was kept
+        if is_disk_full(exc):  # the job's row or its recording did not fit: nothing of it was kept
             log.warning("An upload could not be stored, data_dir's disk is full: %s", exc)
             raise out_of_space() from None
         if kind_of(exc) is UNEXPECTED:

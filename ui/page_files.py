@@ -40,7 +40,8 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import Settings
-from engine.disk_space import OutOfDiskSpace, has_room, is_out_of_space
+from engine.data_dir import is_disk_full
+from engine.disk_space import OutOfDiskSpace, has_room
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class PageUploadGuard:
         try:
             await self.app(scope, self._body(receive, held), watched_send)
         except (_Stop, ClientDisconnect, OSError) as exc:
-            if isinstance(exc, OSError) and not is_out_of_space(exc):
+            if isinstance(exc, OSError) and not is_disk_full(exc):
                 raise
             await anyio.to_thread.run_sync(self._delete_partial, started)
             if isinstance(exc, ClientDisconnect):

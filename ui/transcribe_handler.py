@@ -25,7 +25,8 @@ import gradio as gr
 
 from engine import (AudioError, Engine, InvalidRequest, JobCancelled, JobHandle, ModelLoadError, QueueFull,
                     TranscriptionResult, WindowTooLarge, WorkerShutDown, write_files)
-from engine.disk_space import OutOfDiskSpace, is_out_of_space
+from engine.data_dir import is_disk_full
+from engine.disk_space import OutOfDiskSpace
 from engine.subtitles import SubtitleOptions
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         except USER_ERRORS as exc:
             raise gr.Error(str(exc), title="Cannot transcribe this recording", print_exception=False) from None
         except Exception as exc:  # a bug or an environment problem: log it, keep the page alive
-            if is_out_of_space(exc):  # the job manager could not store the recording; passes once space is freed
+            if is_disk_full(exc):  # the job manager could not store the recording; passes once space is freed
                 log.warning("A page recording could not be stored, data_dir's disk is full (%s)", exc)
                 raise gr.Error(str(OutOfDiskSpace("the recording could not be stored")),
                                title="Out of disk space", print_exception=False) from None

@@ -22,7 +22,8 @@ from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from engine.disk_space import OutOfDiskSpace, is_out_of_space
+from engine.data_dir import is_disk_full
+from engine.disk_space import OutOfDiskSpace
 from ui.openai_compat import ApiError, api_error, split_fields
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ async def receive_form(request: Request, new_path: Callable[[str], Path], limit:
         error = ApiError(400, "The client closed the connection before the upload was complete.",
                          code="client_disconnected", param="file")
     except OSError as exc:
-        if not is_out_of_space(exc):
+        if not is_disk_full(exc):
             _delete(parser.paths)
             raise
         log.warning("An upload to %s did not fit on the disk of data_dir (%s); refused with 507",
