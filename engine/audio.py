@@ -200,34 +200,12 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.nda
     # One second past the limit is enough to prove a file too long when it did not say.
     decode_limit_s = None if max_duration_s is None else max_duration_s + 1
     pcm, returncode, stderr = _decode_pcm16(path, decode_limit_s)
-    decoded_s = len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE
-    reason = _ffmpeg_reason(stderr, path)
-
-    if returncode != 0 and not pcm:
-        raise NotAudio(f"ffmpeg could not decode the sound in '{_name(path)}' (ffmpeg says: {reason}). "
-                       f"{_SUPPORTED_HINT}")
-    if returncode != 0:
-        raise TruncatedAudio(
-            f"'{_name(path)}' is cut off or damaged: ffmpeg stopped after {_describe_seconds(decoded_s)} "
-            f"(ffmpeg says: {reason}). Upload the complete file again.", declared_s=info.duration_s,
-            decoded_s=decoded_s)
-    if not pcm:
-        if (info.duration_s or 0) > TRUNCATION_TOLERANCE_S or reason:
-            raise TruncatedAudio(
-                f"'{_name(path)}' is cut off or damaged: no sound could be decoded from it"
-                + (f" although it should last {_describe_seconds(info.duration_s)}" if info.duration_s else "")
-                + (f" (ffmpeg says: {reason})" if reason else "") + ". Upload the complete file again.",
-                declared_s=info.duration_s, decoded_s=0.0)
-        raise EmptyAudio(f"'{_name(path)}' has an audio track with no sound samples in it. "
-                         "The recording probably did not start; record or export it again.")
-    if max_duration_s is not None and decoded_s > max_duration_s:
-        raise _too_long(path, decoded_s, max_duration_s, at_least=True)
-    if info.duration_s is not None and _is_truncated(info.duration_s, decoded_s):
-        raise TruncatedAudio(
-            f"'{_name(path)}' is cut off or damaged: it should last {_describe_seconds(info.duration_s)} but only "
-            f"{_describe_seconds(decoded_s)} could be read" + (f" (ffmpeg says: {reason})" if reason else "")
-            + ". The upload or the recording probably did not finish; upload the complete file again.",
-            declared_s=info.duration_s, decoded_s=decoded_s)
+    refusal = _refusal(path, info, len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE, returncode, stderr, max_duration_s)
+    if refusal is not None:
+        # A raised error's traceback keeps this frame alive for as long as the job's error is
+        # kept (a waiting client, the job list): without this it would keep hours of samples.
+        del pcm
+        raise refusal
 
     # The int16 view shares the pipe's buffer; astype makes the one float32 copy and the
     # division happens in place, so peak memory is one int16 and one float32 recording.
@@ -235,6 +213,40 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.nda
     audio /= INT16_SCALE
     check_length(audio, _name(path))
     return audio
+
+
+def _refusal(path: str, info: AudioInfo, decoded_s: float, returncode: int, stderr: str,
+             max_duration_s: Optional[float]) -> Optional[AudioError]:
+    """Why the decoded samples cannot be used, or None; given their length only, so that the
+    error, once raised, holds no reference to them."""
+    reason = _ffmpeg_reason(stderr, path)
+
+    if returncode != 0 and decoded_s == 0:
+        return NotAudio(f"ffmpeg could not decode the sound in '{_name(path)}' (ffmpeg says: {reason}). "
+                        f"{_SUPPORTED_HINT}")
+    if returncode != 0:
+        return TruncatedAudio(
+            f"'{_name(path)}' is cut off or damaged: ffmpeg stopped after {_describe_seconds(decoded_s)} "
+            f"(ffmpeg says: {reason}). Upload the complete file again.", declared_s=info.duration_s,
+            decoded_s=decoded_s)
+    if decoded_s == 0:
+        if (info.duration_s or 0) > TRUNCATION_TOLERANCE_S or reason:
+            return TruncatedAudio(
+                f"'{_name(path)}' is cut off or damaged: no sound could be decoded from it"
+                + (f" although it should last {_describe_seconds(info.duration_s)}" if info.duration_s else "")
+                + (f" (ffmpeg says: {reason})" if reason else "") + ". Upload the complete file again.",
+                declared_s=info.duration_s, decoded_s=0.0)
+        return EmptyAudio(f"'{_name(path)}' has an audio track with no sound samples in it. "
+                          "The recording probably did not start; record or export it again.")
+    if max_duration_s is not None and decoded_s > max_duration_s:
+        return _too_long(path, decoded_s, max_duration_s, at_least=True)
+    if info.duration_s is not None and _is_truncated(info.duration_s, decoded_s):
+        return TruncatedAudio(
+            f"'{_name(path)}' is cut off or damaged: it should last {_describe_seconds(info.duration_s)} but only "
+            f"{_describe_seconds(decoded_s)} could be read" + (f" (ffmpeg says: {reason})" if reason else "")
+            + ". The upload or the recording probably did not finish; upload the complete file again.",
+            declared_s=info.duration_s, decoded_s=decoded_s)
+    return None
 
 
 _SUPPORTED_HINT = "Upload a recording such as WAV, MP3, M4A, FLAC, OGG, WebM, or a video with sound."

@@ -203,6 +203,9 @@ class DecodeLoop:
             if candidates is None:
                 return
             self._serve_once(candidates)
+            # Waiting for the next job, this frame would otherwise keep the last job's streams,
+            # and through them its whole recording, alive.
+            del candidates
 
     def _wait_for_work(self) -> Optional[List[_Live]]:
         """The live streams that may share the next batch (those of the longest-waiting

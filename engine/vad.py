@@ -132,8 +132,9 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
     frames_total = -(-len(audio) // FRAME)
     if frames_total == 0:
         return np.zeros(0, dtype=np.float32)
+    # Pieces are cut from the samples themselves (no padded copy of the whole recording, which
+    # is 230 MB an hour); the batch rows are zeros where the last frame runs past the end.
     samples = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    frames = torch.nn.functional.pad(samples, (0, frames_total * FRAME - len(samples))).view(frames_total, FRAME)
     piece_frames = min(max(-(-frames_total // ROWS_PER_PASS), MIN_PIECE_FRAMES), MAX_PIECE_FRAMES)
     starts = list(range(0, frames_total, piece_frames))
     probs = np.empty(frames_total, dtype=np.float32)
@@ -143,9 +144,9 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
             batch = torch.zeros(len(group), WARM_FRAMES + piece_frames, FRAME)
             for row, start in enumerate(group):
                 lo = max(0, start - WARM_FRAMES)
-                piece = frames[lo:start + piece_frames]
-                at = WARM_FRAMES - (start - lo)  # the recording's first piece has no warm-up: zeros
-                batch[row, at:at + len(piece)] = piece
+                piece = samples[lo * FRAME:(start + piece_frames) * FRAME]
+                at = (WARM_FRAMES - (start - lo)) * FRAME  # the recording's first piece has no warm-up: zeros
+                batch[row].view(-1)[at:at + len(piece)] = piece
             model.reset_states()
             out = torch.stack([model(batch[:, step], SAMPLE_RATE)[:, 0] for step in range(batch.shape[1])], dim=1)
             for row, start in enumerate(group):
