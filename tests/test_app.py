@@ -4,6 +4,7 @@ as a program would drive it (/transcribe), plus `python app.py` itself as a user
 HTML from fake GPU readings."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,7 +51,9 @@ def jfk():
 def test_transcribe_returns_text_and_files(client, jfk):
     text, files, details = client.predict(handle_file(str(jfk)), api_name="/transcribe")
     assert isinstance(text, str) and "-->" in text  # timestamps are on by default
-    assert sorted(Path(f).suffix for f in files) == [".json", ".srt", ".txt", ".vtt"]
+    assert sorted(Path(f).suffix for f in files) == [".json", ".srt", ".tsv", ".txt", ".vtt"]  # as the API offers
+    tsv = next(Path(f) for f in files if f.endswith(".tsv")).read_text(encoding="utf-8")
+    assert tsv.startswith("start\tend\ttext\n")
     assert all(Path(f).stem == "jfk" for f in files)
     srt = next(Path(f) for f in files if f.endswith(".srt")).read_text(encoding="utf-8")
     assert srt.startswith("1\n00:00:") and " --> " in srt
@@ -62,7 +65,7 @@ def test_options_by_name(client, jfk):
                                           timestamps=False, api_name="/transcribe")
     assert "-->" not in text
     assert "Language: **en**" in details
-    assert len(files) == 4
+    assert len(files) == 5
 
 
 def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
@@ -71,7 +74,7 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
     parameters = api["named_endpoints"]["/transcribe"]["parameters"]
     assert [p["parameter_name"] for p in parameters] == ["audio", "language", "task", "timestamps", "model",
                                                          "word_timestamps", "vad", "max_line_width", "max_lines",
-                                                         "max_cue_s", "per_segment"]
+                                                         "max_cue_s", "per_segment", "prompt", "temperature"]
     assert not parameters[0]["parameter_has_default"]
     assert all(p["parameter_has_default"] for p in parameters[1:])
     assert parameters[4]["parameter_default"] == server.engine.model_names.public(server.engine.settings.model)
@@ -99,7 +102,27 @@ def test_not_audio_is_a_readable_error_and_the_page_keeps_working(client, jfk, t
     with pytest.raises(AppError, match="not an audio or video file"):
         client.predict(handle_file(str(fake)), api_name="/transcribe")
     text, files, _ = client.predict(handle_file(str(jfk)), api_name="/transcribe")
-    assert isinstance(text, str) and len(files) == 4
+    assert isinstance(text, str) and len(files) == 5
+
+
+def test_prompt_and_temperature_reach_the_job(client, server, jfk):
+    from engine.job_store import result_from_dict
+
+    prompt = "Minutes of the Kubernetes meeting, with Dr. Nguyen."
+    _, files, _ = client.predict(handle_file(str(jfk)), prompt=prompt, temperature=0.6, api_name="/transcribe")
+    stored = next(r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac")
+    assert stored.options["initial_prompt"] == prompt and stored.options["temperature"] == 0.6
+    result = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text(encoding="utf-8"))
+    segments = result_from_dict({k: v for k, v in result.items() if k != "text"}).segments
+    assert segments and all(s.temperature == 0.6 for s in segments)  # sampled at exactly that temperature
+
+    # Empty fields and 0 keep the config's prompt and fallback ladder, as the HTTP form does.
+    client.predict(handle_file(str(jfk)), prompt="  ", temperature=0, api_name="/transcribe")
+    stored = next(r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac")
+    assert "initial_prompt" not in stored.options and "temperature" not in stored.options
+    for bad in (1.5, -0.1):
+        with pytest.raises(AppError, match=r"Temperature: must be a number from 0 to 1"):
+            client.predict(handle_file(str(jfk)), temperature=bad, api_name="/transcribe")
 
 
 def test_full_queue_is_a_readable_error(client, server, jfk):

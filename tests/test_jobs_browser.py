@@ -54,7 +54,7 @@ def test_recent_jobs_survive_a_reload_and_belong_to_their_browser(server, playwr
         page.locator("[role=option]", has_text="jfk.flac").first.click()
         page.wait_for_function("document.querySelectorAll('#recent-job-files a').length >= 4")
         files = page.locator("#recent-job-files").inner_text()
-        assert all(ext in files for ext in ("txt", "srt", "vtt", "json"))
+        assert all(ext in files for ext in ("txt", "srt", "vtt", "tsv", "json"))
 
         other = theirs.new_page()
         open_recent(other, server.url)

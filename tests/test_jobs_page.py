@@ -72,7 +72,7 @@ def test_each_browser_sees_its_own_jobs_and_downloads_them_again(recent):
     assert recent._on_refresh(their_id, theirs)[0] == []  # nobody else's jobs
 
     files = recent._on_choice(handle.id, my_id, mine)
-    assert sorted(Path(f).name for f in files) == ["jfk.json", "jfk.srt", "jfk.txt", "jfk.vtt"]
+    assert sorted(Path(f).name for f in files) == ["jfk.json", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.vtt"]
     assert all(Path(f).stat().st_size > 0 for f in files)
     assert recent._on_choice(handle.id, their_id, theirs) == []  # not their job: no files
 

@@ -1,9 +1,11 @@
 """The page's rough edges, each in a real browser (Debian's headless Chromium through Playwright's
-Python package, as tests/test_app_browser.py): a phone-width screen, dark mode, the banner
-naming the model the user picked, a Recent jobs table that fits its box with whole error
-messages, a machine without a GPU, cancelling a running job, and a third tab waiting in the
-engine's queue (a fourth refused with "queue full", then taking the third's place once it
-cancels its waiting job).
+Python package, as tests/test_app_browser.py): a phone-width screen (in dark mode too: whole
+drop-down texts, the sidebar's arrow whole on screen), dark mode, the banner naming the model
+the user picked, a Recent jobs table that fits its box with whole error messages, a machine
+without a GPU, cancelling a running job, a refusal that stays on screen beside the button, a
+second run that clears the first one's result, and a third tab waiting in the engine's queue
+(a fourth refused with "queue full", then taking the third's place once it cancels its
+waiting job).
 
 Each state's screenshot goes to tests/.artifacts/; with UPDATE_SCREENSHOT=1 it also replaces
 the copy in docs/ that the README shows.
@@ -88,6 +90,20 @@ def wait_transcript(page):
     page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
 
 
+def notice(page, text):
+    """The refusal under the Transcribe button, once it says `text`."""
+    shown = page.locator("#transcribe-notice .notice-error", has_text=text)
+    shown.wait_for()
+    return shown
+
+
+def error_badges(page):
+    """Gradio's red "Error" status badges still on screen (the text of each, to show in a failure)."""
+    return page.evaluate("""() => [...document.querySelectorAll('[data-testid=status-tracker] .error, span.error')]
+        .filter(e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== 'hidden')
+        .map(e => `${e.closest('[id]')?.id}: ${e.innerText}`)""")
+
+
 def overflowing(page, selector):
     """Elements inside `selector` whose content is wider than their box (hidden behind a scroll)."""
     return page.evaluate("""(selector) => [...document.querySelectorAll(selector + ' *')]
@@ -125,6 +141,90 @@ def test_phone_width_sidebar_is_a_drawer_with_its_arrow_on_screen(browser, serve
     screenshot(page, "page-phone-sidebar.png")
     toggle.click()
     page.wait_for_function("!document.querySelector('#sidebar').classList.contains('open')")
+
+
+def test_phone_in_dark_mode_shows_whole_choices_and_the_whole_sidebar_arrow(browser, server):
+    page = open_page(browser, server.url, PHONE, "?__theme=dark")
+    assert page.evaluate("document.body.classList.contains('dark')")
+    page.wait_for_function("!document.querySelector('#sidebar').classList.contains('open')")
+    page.wait_for_timeout(500)  # the slide-out transition
+    # The drop-downs show their whole choice ("Detect automatically", not "Detect automa").
+    for selector in ("#language input", "#model input"):
+        assert page.input_value(selector)
+        width = page.evaluate("(s) => { const e = document.querySelector(s); return [e.scrollWidth, e.clientWidth]; }",
+                              selector)
+        assert width[0] <= width[1], (selector, width)
+    assert page.input_value("#language input") == "Detect automatically"
+    assert overflowing(page, "#timestamps") == []  # its label is not cut either
+    # The closed sidebar's arrow is a whole button inside the screen: not flush with the left
+    # edge with its left side missing (Gradio's tab, which reads as cut off in dark mode).
+    toggle = page.locator("#sidebar .toggle-button")
+    box = toggle.bounding_box()
+    assert box["x"] > 0 and box["x"] + box["width"] <= PHONE["width"], box
+    assert toggle.evaluate("e => parseFloat(getComputedStyle(e).borderLeftWidth)") >= 1
+    title = page.locator("#page-intro h1").bounding_box()  # beside the title, not over it
+    text_left = page.evaluate("""() => { const h = document.querySelector('#page-intro h1');
+        const r = document.createRange(); r.selectNodeContents(h); return r.getBoundingClientRect().left; }""")
+    assert text_left >= box["x"] + box["width"], (title, box, text_left)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, "page-phone-dark.png")
+
+
+def test_a_refusal_stays_beside_the_button_until_the_next_action(browser, server, tmp_path):
+    page = open_page(browser, server.url)
+    fake = tmp_path / "notes.mp3"  # a text file with an audio name
+    fake.write_text("minutes of the meeting, typed, not recorded\n" * 20)
+    upload(page, fake)
+    page.click("#transcribe-button")
+    shown = notice(page, "not an audio or video file")
+    assert "notes.mp3" in shown.inner_text()
+    page.wait_for_timeout(10_000)  # a toast would have faded by now
+    assert shown.is_visible() and "notes.mp3" in shown.inner_text()
+    assert error_badges(page) == []  # no empty red "Error" on the transcript or the downloads
+    assert page.locator(".toast-body").count() == 0  # said once, under the button
+    screenshot(page, "page-error.png")
+
+    # A field out of range: the message names it, and replaces the last one.
+    page.locator("#advanced-options button").first.click()
+    field = page.locator("#temperature input")
+    field.fill("1.5")
+    field.press("Tab")
+    page.click("#transcribe-button")
+    notice(page, "Temperature: must be a number from 0 to 1")
+    assert "notes.mp3" not in page.inner_text("#transcribe-notice") and error_badges(page) == []
+    field.fill("")
+    field.press("Tab")
+
+    # A new recording clears the message; the page works on.
+    page.locator("#audio-input button[aria-label='Clear']").click()
+    upload(page, shared_audio(JFK))
+    page.wait_for_function("document.querySelector('#transcribe-notice').innerText.trim() === ''")
+    page.click("#transcribe-button")
+    wait_transcript(page)
+    assert page.inner_text("#transcribe-notice").strip() == "" and error_badges(page) == []
+
+
+def test_a_new_run_clears_the_previous_result(browser, server):
+    page = open_page(browser, server.url)
+    upload(page, shared_audio(JFK))
+    page.click("#transcribe-button")
+    wait_transcript(page)
+    page.locator("#segments .segment").first.wait_for()
+    GATE.clear()  # the second run holds in its first decoding step
+    try:
+        page.click("#transcribe-button")
+        progress_text(page, "Transcribing").wait_for()
+        # Nothing of the first run is left under the progress: no summary to read through it,
+        # no segment to click, no file of the previous result to download.
+        assert page.input_value("#transcript textarea") == ""
+        assert page.locator("#segments .segment").count() == 0
+        assert page.locator("#downloads a").count() == 0
+        assert "Language:" not in page.inner_text("#details")  # the summary line
+        screenshot(page, "page-rerun.png")
+    finally:
+        GATE.set()
+    wait_transcript(page)
+    page.locator("#segments .segment").first.wait_for()
 
 
 def _contrast(page, selector):
@@ -293,8 +393,8 @@ def test_a_third_tab_sees_its_place_in_the_engines_queue_and_a_fourth_is_refused
         screenshot(third, "page-third-tab-waiting.png")
 
         fourth.click("#transcribe-button")
-        toast = fourth.locator(".toast-body", has_text="queue is full")
-        toast.wait_for()
+        notice(fourth, "queue is full")
+        assert error_badges(fourth) == []
         screenshot(fourth, "page-queue-full.png")
         assert engine.status().queue_length == 1  # the refused one left nothing behind
 
@@ -303,10 +403,10 @@ def test_a_third_tab_sees_its_place_in_the_engines_queue_and_a_fourth_is_refused
         third.locator("#details", has_text="Cancelled").wait_for()
         assert "before it started" in third.inner_text("#details")
         until(lambda: engine.status().queue_length == 0, "the cancelled job to leave the queue")
-        # ... and the fourth, trying again, now waits in its place.
-        fourth.locator("[data-testid=toast-close]").first.click()
+        # ... and the fourth, trying again, now waits in its place (the old message gone).
         fourth.click("#transcribe-button")
         progress_text(fourth, "Waiting in queue: position 1").wait_for()
+        assert fourth.inner_text("#transcribe-notice").strip() == ""
     finally:
         GATE.set()
     for tab in (tabs[0], tabs[1], fourth):  # nobody that was accepted (and not cancelled) is dropped

@@ -38,7 +38,7 @@ def test_the_page_s_files_are_private(micro_checkpoint, tmp_path):
     with serve(settings, port=0) as server:
         page = Client(server.url, verbose=False, download_files=str(tmp_path / "client"))
         text, files, _ = page.predict(handle_file(str(shared_audio(JFK))), api_name="/transcribe")
-        assert text and len(files) == 4
+        assert text and len(files) == 5  # txt, srt, vtt, tsv, json
         cache = Path(get_upload_folder())
         found = {**modes(cache), **modes(server.demo.downloads.root)}
         names = {path.name for path in found}

@@ -9,7 +9,7 @@ import pytest
 
 from engine import Segment, TranscriptionResult, Word
 from engine.subtitles import SubtitleOptions
-from ui.transcribe_handler import clock, segments_html, subtitle_options, word_time
+from ui.transcribe_handler import clock, decoding_options, notice_html, segments_html, subtitle_options, word_time
 
 
 def _result(words: bool) -> TranscriptionResult:
@@ -61,14 +61,29 @@ def test_subtitle_fields_become_options_and_bad_values_are_named():
             subtitle_options(defaults, *args)
 
 
-def test_segment_views_are_taken_once_per_session_and_bounded():
-    from ui.transcribe_handler import SegmentViews
+def test_prompt_and_temperature_fields_become_options_as_the_http_form_maps_them():
+    assert decoding_options() == {} and decoding_options("", None) == {} and decoding_options("  ", 0) == {}
+    assert decoding_options(" Dr. Nguyen ", 0.4) == {"initial_prompt": "Dr. Nguyen", "temperature": 0.4}
+    assert decoding_options(None, 1) == {"temperature": 1.0}
+    for bad in (1.01, -0.5, float("nan"), "warm"):
+        with pytest.raises(gr.Error, match="Temperature: must be a number from 0 to 1"):
+            decoding_options(None, bad)
 
-    views = SegmentViews()
+
+def test_a_refusal_notice_escapes_its_text():
+    shown = notice_html("Cannot transcribe this recording", "'<img src=x onerror=alert(1)>.mp3' is not audio")
+    assert "<img" not in shown and "&lt;img src=x onerror=alert(1)&gt;.mp3" in shown
+    assert 'role="alert"' in shown and "<strong>Cannot transcribe this recording.</strong>" in shown
+
+
+def test_session_handoffs_are_taken_once_per_session_and_bounded():
+    from ui.transcribe_handler import SessionHandoff
+
+    views = SessionHandoff()
     views.put("a", "<div>a</div>")
     views.put("b", "")
     assert views.take("a") == "<div>a</div>" and views.take("a") is None
     assert views.take("b") == "" and views.take("nobody") is None
-    for k in range(SegmentViews.MAX_VIEWS + 5):  # gradio_client calls never take theirs
+    for k in range(SessionHandoff.MAX_VIEWS + 5):  # gradio_client calls never take theirs
         views.put(f"api-{k}", "x")
-    assert views.take("api-0") is None and views.take(f"api-{SegmentViews.MAX_VIEWS + 4}") == "x"
+    assert views.take("api-0") is None and views.take(f"api-{SessionHandoff.MAX_VIEWS + 4}") == "x"

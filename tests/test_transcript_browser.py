@@ -69,11 +69,13 @@ def upload(page, path):
 
 
 def transcribe(page):
+    # An earlier refusal still on screen is marked: only a new one (or the transcript) ends the wait.
+    page.evaluate("document.querySelector('#transcribe-notice .notice-error')?.setAttribute('data-seen', '')")
     page.click("#transcribe-button")
     page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0"
-                           " || document.querySelector('.toast-body') !== null")
-    toasts = page.locator(".toast-body").all_inner_texts()
-    assert not toasts, f"the page showed an error: {toasts}"
+                           " || document.querySelector('#transcribe-notice .notice-error:not([data-seen])') !== null")
+    refusals = page.locator("#transcribe-notice .notice-error:not([data-seen])").all_inner_texts()
+    assert not refusals, f"the page showed an error: {refusals}"
     page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
     page.locator("#segments .segment").first.wait_for()
 
@@ -207,11 +209,9 @@ def test_subtitle_options_shape_the_srt(page, server):
     # A width too small for words: a message naming the field, nothing transcribed.
     set_number(page, "subtitle-width", 5)
     page.click("#transcribe-button")
-    toast = page.locator(".toast-body", has_text="Max characters per line")
-    toast.wait_for()
-    assert "from 10 to 200" in toast.inner_text()
-    page.locator("[data-testid=toast-close]").first.click()
-    page.locator(".toast-body").first.wait_for(state="detached")
+    refusal = page.locator("#transcribe-notice .notice-error", has_text="Max characters per line")
+    refusal.wait_for()
+    assert "from 10 to 200" in refusal.inner_text()
     assert page.input_value("#transcript textarea") == ""
 
     # Narrow one-line cues of at most 2 s (word timestamps: the random model then writes more segments).
@@ -236,8 +236,10 @@ def test_subtitle_options_shape_the_srt(page, server):
     plain = render(result, "srt", subtitles=SubtitleOptions(per_segment=True))
     assert plain != srt
     page.click("#transcribe-button")
-    page.wait_for_function("(plain) => fetch([...document.querySelectorAll('#downloads a')]"
-                           ".find(a => a.href.endsWith('.srt')).href).then(r => r.text()).then(t => t === plain)",
+    # (The previous files go when the run starts; wait for the new srt, then compare.)
+    page.wait_for_function("(plain) => { const a = [...document.querySelectorAll('#downloads a')]"
+                           ".find(a => a.href.endsWith('.srt'));"
+                           " return a && fetch(a.href).then(r => r.text()).then(t => t === plain); }",
                            arg=plain, polling=500)
     assert len(_cues(plain)) == len(result.segments)
 
@@ -267,6 +269,20 @@ def test_voice_activity_detection_choice_goes_with_the_job(page, server):
     transcribe(page)
     stored = [r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == JFK.name]
     assert stored[0].options.get("vad") is wanted and stored[0].options.get("word_timestamps") is True
+
+
+def test_prompt_and_temperature_from_the_advanced_options_go_with_the_job(page, server):
+    upload(page, shared_audio(JFK))
+    advanced(page)
+    assert page.input_value("#prompt textarea") == "" and float(page.input_value("#temperature input")) == 0
+    prompt = "President Kennedy's inaugural address, 1961."
+    page.fill("#prompt textarea", prompt)
+    set_number(page, "temperature", 0.7)
+    transcribe(page)
+    stored = [r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == JFK.name]
+    assert stored[0].options.get("initial_prompt") == prompt and stored[0].options.get("temperature") == 0.7
+    segments = json.loads(download(page, ".json"))["segments"]
+    assert segments and all(s["temperature"] == 0.7 for s in segments), [s["temperature"] for s in segments]
 
 
 def test_segments_with_word_times_on_real_weights_screenshot(playwright, real_server, tmp_path):

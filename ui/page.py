@@ -22,14 +22,18 @@ from engine import Engine, language_choices
 
 from .sidebar import (REFRESH_S, gpu_panel_html, model_choices, model_label, model_state_html, process_rss_mb,
                       release_label, release_markdown, sidebar_title)
-from .transcribe_handler import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, Cancel, DownloadDir,
-                                 SegmentViews, SessionJobs, Submit, make_transcribe)
+from .transcribe_handler import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, TEMPERATURE_RANGE,
+                                 Cancel, DownloadDir, SessionHandoff, SessionJobs, Submit, make_transcribe,
+                                 notice_html)
 
 TRANSCRIBE_CONCURRENCY_ID = "transcribe"  # no limit: the engine's queue decides who waits (module doc)
 RELEASE_CONCURRENCY_ID = "release"  # one release at a time
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"  # passed to launch(css_paths=...)
 TITLE = "Speech to text"
 NARROW_PX = 768  # at this width and below Gradio lays the sidebar over the page: it starts closed
+# Room for "Detect automatically" (and a model id such as large-v3-turbo) beside the drop-down's
+# arrow: a row that cannot give a drop-down this much puts it on a line of its own (a phone).
+CHOICE_MIN_PX = 220
 
 # A click (or Enter) on a segment or a word of the segments view plays the recording from its
 # `data-start`. Gradio's waveform player (WaveSurfer) plays through an <audio> element that it
@@ -96,8 +100,8 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
     on_gpu = engine.plan.is_cuda
     downloads = DownloadDir()
     sessions = SessionJobs(cancel)
-    views = SegmentViews()
-    transcribe = make_transcribe(engine, downloads, submit, model_label, sessions, views)
+    views, notices = SessionHandoff(), SessionHandoff()
+    transcribe = make_transcribe(engine, downloads, submit, model_label, sessions, views, notices)
 
     names = engine.model_names
 
@@ -117,9 +121,23 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
         return (release_markdown(report, before, after, on_gpu, rss_before, rss_after), gpu_panel_html(after, status),
                 model_state_html(status, selected))
 
+    def start_run(request: gr.Request):
+        """A new Transcribe press: the previous result and message go, so the progress is not
+        drawn over an old summary and old segments cannot be clicked."""
+        notices.take(getattr(request, "session_hash", None) or "")  # a stale one never shows later
+        return "", None, "", "", ""
+
     def show_segments(request: gr.Request):
         view = views.take(getattr(request, "session_hash", None) or "")
-        return gr.skip() if view is None else view  # a failed call leaves the view as it was
+        return gr.skip() if view is None else view
+
+    def show_refusal(request: gr.Request):
+        """After a refusal: its message under the button, the outputs out of their error state."""
+        notice = notices.take(getattr(request, "session_hash", None) or "")
+        if notice is None:  # refused by Gradio itself, before the handler ran: its toast says why
+            notice = notice_html("Cannot transcribe this recording",
+                                 "The request was refused before it started.")
+        return notice, gr.skip(), gr.skip(), gr.skip()
 
     def cancel_jobs(request: gr.Request):
         if sessions.cancel(getattr(request, "session_hash", None) or ""):
@@ -136,7 +154,8 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
             release_report = gr.Markdown(elem_id="release-report")
 
         gr.Markdown(f"# {TITLE}\nUpload a recording or record one with your microphone, then press "
-                    "**Transcribe**. Long recordings are cut into sections at their pauses and decoded side by side.")
+                    "**Transcribe**. Long recordings are cut into sections at their pauses and decoded side by side.",
+                    elem_id="page-intro")
         model_state = gr.HTML(elem_id="model-state-container")
 
         with gr.Row(equal_height=False):
@@ -146,14 +165,16 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                 with gr.Row():
                     language = gr.Dropdown(
                         [("Detect automatically", AUTO_LANGUAGE), *language_choices().items()],
-                        value=settings.language or AUTO_LANGUAGE, label="Language", elem_id="language")
+                        value=settings.language or AUTO_LANGUAGE, label="Language", elem_id="language",
+                        min_width=CHOICE_MIN_PX)
                     task = gr.Radio(["transcribe", "translate"], value=settings.task, label="Task",
                                     info="translate = into English", elem_id="task")
                 with gr.Row():
                     timestamps = gr.Checkbox(value=True, label="Timestamps", elem_id="timestamps")
                     # ids, never the configured paths: the page's configuration reaches every browser
                     model = gr.Dropdown(model_choices(names.ids), value=names.public(settings.model), label="Model",
-                                        interactive=len(settings.allowed_models) > 1, elem_id="model")
+                                        interactive=len(settings.allowed_models) > 1, elem_id="model",
+                                        min_width=CHOICE_MIN_PX)
                 with gr.Accordion("Advanced options", open=False, elem_id="advanced-options"):
                     with gr.Row():
                         word_timestamps = gr.Checkbox(
@@ -164,6 +185,17 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                         vad = gr.Checkbox(
                             value=settings.vad, label="Skip non-speech (voice activity detection)", elem_id="vad",
                             info="Decode only what sounds like speech: music, noise and long silences are skipped.")
+                    with gr.Row():
+                        prompt = gr.Textbox(
+                            label="Initial prompt", lines=2, max_lines=6, scale=3, elem_id="prompt",
+                            placeholder="e.g. Kubernetes meeting, with Dr. Nguyen and Siobhán.",
+                            info="Text the model reads before the recording: names, spelling and style "
+                                 "to follow. Empty: the config's initial_prompt.")
+                        temperature = gr.Number(
+                            value=0, label="Temperature", step=0.1, scale=1, elem_id="temperature",
+                            info=f"{TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}. 0 or empty: greedy, "
+                                 "hotter only where a window fails a check (the config's fallback ladder); "
+                                 "above 0: sampled at exactly this temperature.")
                     gr.Markdown("**Subtitles** (the srt and vtt downloads)")
                     with gr.Row():
                         max_line_width = gr.Number(value=settings.subtitle_max_line_width, precision=0,
@@ -183,6 +215,8 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                     transcribe_button = gr.Button("Transcribe", variant="primary", scale=3,
                                                   elem_id="transcribe-button")
                     cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-button")
+                # A refusal stays here, beside the button that asked, until the next Transcribe.
+                notice = gr.HTML(elem_id="transcribe-notice")
             with gr.Column(scale=1):
                 transcript = gr.Textbox(label="Transcript", lines=14, max_lines=40, buttons=["copy"],
                                         interactive=False, elem_id="transcript")
@@ -192,22 +226,29 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
                                 interactive=False, elem_id="downloads")
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
-        # The segments view comes in a quick second step (SegmentViews), so the /transcribe
-        # endpoint still returns (text, files, details) to gradio_client.
+        # Three steps: the previous result is cleared at once; the transcription; then, in a
+        # quick step, the segments view (SessionHandoff) or the refusal's message. So the
+        # /transcribe endpoint still returns (text, files, details) to gradio_client, and a
+        # refusal is its AppError there.
         transcribe_event = transcribe_button.click(
+            start_run, outputs=[transcript, files, details, segments, notice], **quick).then(
             transcribe, inputs=[audio, language, task, timestamps, model, word_timestamps, vad, max_line_width,
-                                max_lines, max_cue_s, per_segment],
+                                max_lines, max_cue_s, per_segment, prompt, temperature],
             outputs=[transcript, files, details],
             api_name="transcribe", api_description="Transcribe (or translate) a recording: text, files, details.",
             concurrency_limit=None, concurrency_id=TRANSCRIBE_CONCURRENCY_ID)
+        transcribe_event.success(show_segments, outputs=[segments], **quick)
+        # The failed step's outputs are in Gradio's error state (a red "Error" with no text):
+        # this step's update of them ends it, and the message shows under the button.
+        transcribe_event.failure(show_refusal, outputs=[notice, transcript, files, details], **quick)
         # Cancel stops this tab's queued or running job. Its own unlimited concurrency group:
         # it never waits behind transcriptions (queued only so that its message can show).
-        transcribe_event.then(show_segments, outputs=[segments], **quick)
         cancel_button.click(cancel_jobs, show_progress="hidden", api_visibility="private",
                             concurrency_limit=None, concurrency_id="cancel")
         release_button.click(release, inputs=[model], outputs=[release_report, gpu_panel, model_state],
                              api_visibility="private", concurrency_limit=1, concurrency_id=RELEASE_CONCURRENCY_ID)
         model.change(show_model, inputs=[model], outputs=[model_state], **quick)
+        audio.change(lambda: "", outputs=[notice], **quick)  # a new recording: the old refusal is moot
 
         if extra is not None:
             extra(transcribe_event)

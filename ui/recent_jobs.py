@@ -33,9 +33,10 @@ from engine import JobHandle, write_files
 from engine.jobs import JobInfo, JobManager
 from ui.transcribe_handler import DownloadDir, gradio_cache
 
+from .transcribe_handler import DOWNLOAD_FORMATS  # the same files as under the transcript
+
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
 SECRET_FILE = "browser_state_secret"  # in data_dir: encrypts the owner id in the browser
-DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "json")
 HEADERS = ["Submitted", "File", "Status", "Audio", "Job id"]  # the columns of `rows()`
 SHOWN_COLUMNS = (1, 2, 3, 0, 4)  # the table shows the file and its status first
 MAX_SESSIONS = 10_000  # page loads remembered (session -> owner) for attributing new jobs

@@ -3,7 +3,9 @@
 `make_transcribe(engine, submit)` builds the event function. `submit` is the one place a
 recording enters the engine (`engine.submit` by default; a durable job manager with the
 same signature returning a `JobHandle` can replace it). Every failure a user can act on
-becomes a `gr.Error` carrying the engine's own message, which is written for people.
+becomes a `gr.Error` carrying the engine's own message, which is written for people:
+gradio_client gets it as its AppError; the page shows it under the Transcribe button until
+the next action (a `notices` handoff, ui/page.py), not as a toast that fades.
 
 `SessionJobs` remembers which jobs each page session (a browser tab) has in flight, so its
 Cancel button stops that tab's job, queued or running, and nobody else's.
@@ -31,7 +33,7 @@ from engine.subtitles import SubtitleOptions
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "json")  # offered as downloads under the transcript
+DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "tsv", "json")  # offered as downloads (all the API's result formats)
 POLL_S = 0.25  # how often the progress bar follows the job
 KEEP_FILES_S = 3600.0  # downloads older than this are deleted (Gradio keeps its own copy meanwhile)
 AUTO_LANGUAGE = "auto"
@@ -39,6 +41,8 @@ AUTO_LANGUAGE = "auto"
 LINE_WIDTH_RANGE = (10, 200)  # characters per line: below 10 hardly a word fits
 LINES_RANGE = (1, 10)  # lines per cue
 CUE_S_RANGE = (0.5, 60.0)  # seconds a cue stays on screen
+# As the HTTP form's `temperature`: empty or 0 = the config's fallback ladder, above 0 = exactly this.
+TEMPERATURE_RANGE = (0.0, 1.0)
 
 # Exceptions whose message is meant for the user as is.
 USER_ERRORS = (AudioError, InvalidRequest, QueueFull, ModelLoadError, WindowTooLarge, JobCancelled,
@@ -103,12 +107,13 @@ class SessionJobs:
         return len(calls)
 
 
-class SegmentViews:
-    """Each page session's latest segments view, from the Transcribe call that made it to the
-    quick event that shows it (ui/page.py). Not a gr.State output: a State makes every tab hold
-    one more connection open (Gradio's heartbeat), and with Chromium's six per server a
-    fourth tab's Transcribe would wait for a free one. A view not taken (a gradio_client call
-    has no page to show it) is dropped after KEEP_VIEW_S or when MAX_VIEWS are waiting."""
+class SessionHandoff:
+    """Each page session's latest value (its segments view; its error notice), from the
+    Transcribe call that made it to the quick event that shows it (ui/page.py). Not a gr.State
+    output: a State makes every tab hold one more connection open (Gradio's heartbeat), and
+    with Chromium's six per server a fourth tab's Transcribe would wait for a free one. A value
+    not taken (a gradio_client call has no page to show it) is dropped after KEEP_VIEW_S or
+    when MAX_VIEWS are waiting."""
 
     MAX_VIEWS = 64
     KEEP_VIEW_S = 600.0
@@ -195,7 +200,8 @@ def segments_html(result: Optional[TranscriptionResult]) -> str:
     return f'<div class="segments"><div class="segments-hint">{hint}</div>{"".join(rows)}</div>'
 
 
-def _number(value, label: str, low: float, high: float, default, whole: bool):
+def _number(value, label: str, low: float, high: float, default, whole: bool,
+            title: str = "Subtitle options"):
     """A page field's number checked against [low, high]; empty gives the default."""
     if value is None or value == "":
         return default
@@ -205,7 +211,7 @@ def _number(value, label: str, low: float, high: float, default, whole: bool):
         number = math.nan
     if math.isnan(number) or (whole and number != int(number)) or not low <= number <= high:
         kind = "a whole number" if whole else "a number"
-        raise gr.Error(f"{label}: must be {kind} from {low:g} to {high:g}, got {value!r}.", title="Subtitle options",
+        raise gr.Error(f"{label}: must be {kind} from {low:g} to {high:g}, got {value!r}.", title=title,
                        print_exception=False)
     return int(number) if whole else number
 
@@ -220,6 +226,27 @@ def subtitle_options(defaults: SubtitleOptions, max_line_width=None, max_lines=N
         max_lines=_number(max_lines, "Max lines per cue", *LINES_RANGE, defaults.max_lines, whole=True),
         max_cue_s=_number(max_cue_s, "Max seconds per cue", *CUE_S_RANGE, defaults.max_cue_s, whole=False),
         per_segment=defaults.per_segment if per_segment is None else bool(per_segment))
+
+
+def decoding_options(prompt: Optional[str] = None, temperature=None) -> Dict[str, object]:
+    """The page's prompt and temperature fields as Engine.submit options, mapped as the HTTP
+    form's `prompt` and `temperature` (ui/openai_compat.py): an empty prompt keeps the config's
+    initial_prompt; an empty or 0 temperature keeps the fallback ladder. A temperature out of
+    range is a gr.Error naming the field."""
+    options: Dict[str, object] = {}
+    if prompt is not None and str(prompt).strip():
+        options["initial_prompt"] = str(prompt).strip()
+    temperature = _number(temperature, "Temperature", *TEMPERATURE_RANGE, None, whole=False,
+                          title="Advanced options")
+    if temperature:
+        options["temperature"] = temperature
+    return options
+
+
+def notice_html(title: str, message: str) -> str:
+    """A refusal as the page shows it under the Transcribe button (escaped: messages carry file names)."""
+    return (f'<div class="transcribe-notice notice-error" role="alert">'
+            f'<strong>{html.escape(title)}.</strong> {html.escape(message)}</div>')
 
 
 def details_markdown(result: TranscriptionResult, model_label: str) -> str:
@@ -304,33 +331,33 @@ def cancelled_markdown(handle: Optional[JobHandle]) -> str:
 
 def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit] = None,
                     model_label: Callable[[str], str] = str, sessions: Optional[SessionJobs] = None,
-                    views: Optional[SegmentViews] = None):
+                    views: Optional[SessionHandoff] = None, notices: Optional[SessionHandoff] = None):
     """The Transcribe event function (also `/transcribe` for gradio_client). With `sessions`,
     each call is registered under its page session so that session's Cancel can stop it; with
-    `views`, its segments view is left there for the page to show (`views.take(session)`)."""
+    `views`, its segments view is left there for the page to show (`views.take(session)`);
+    with `notices`, a refusal's message (notice_html) is left there for the page to keep on
+    screen, and the gr.Error raised makes no toast."""
     submit = submit or engine.submit
     sessions = sessions or SessionJobs()
-    views = views or SegmentViews()
+    views = views or SessionHandoff()
     default_model = engine.model_names.default_id  # an id: a configured path is not a model id
 
-    def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
-                   timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
-                   vad: Optional[bool] = None, max_line_width: Optional[float] = None,
-                   max_lines: Optional[float] = None, max_cue_s: Optional[float] = None,
-                   per_segment: Optional[bool] = None, request: gr.Request = None,
-                   progress=gr.Progress()) -> Tuple[str, List[str], str]:
-        """Returns the transcript, the files and the details line; the segments view goes to `views`."""
+    def run(session: str, audio: Optional[str], language: str, task: str, timestamps: bool,
+            model: Optional[str], word_timestamps: bool, vad: Optional[bool], max_line_width, max_lines,
+            max_cue_s, per_segment: Optional[bool], prompt: Optional[str], temperature,
+            progress) -> Tuple[str, List[str], str]:
         if not audio:
             raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
                            print_exception=False)
         subtitles = subtitle_options(engine.settings.subtitles, max_line_width, max_lines, max_cue_s, per_segment)
-        options = {"word_timestamps": True} if word_timestamps else {}
+        options = decoding_options(prompt, temperature)
+        if word_timestamps:
+            options["word_timestamps"] = True
         # Only a choice that differs from the config is passed (None = the config's value).
         if vad is not None and bool(vad) != engine.settings.vad:
             options["vad"] = bool(vad)
         model = model or default_model
         name = Path(audio).name
-        session = getattr(request, "session_hash", None) or ""
         call = sessions.begin(session)
         handle = None
         try:
@@ -365,5 +392,24 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         views.put(session, segments_html(result))
         return (transcript_text(result, bool(timestamps)), downloads.private(files),
                 details_markdown(result, model_label(model)))
+
+    def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
+                   timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
+                   vad: Optional[bool] = None, max_line_width: Optional[float] = None,
+                   max_lines: Optional[float] = None, max_cue_s: Optional[float] = None,
+                   per_segment: Optional[bool] = None, prompt: Optional[str] = None,
+                   temperature: Optional[float] = None, request: gr.Request = None,
+                   progress=gr.Progress()) -> Tuple[str, List[str], str]:
+        """Returns the transcript, the files and the details line; the segments view goes to
+        `views`, a refusal's message to `notices`."""
+        session = getattr(request, "session_hash", None) or ""
+        try:
+            return run(session, audio, language, task, timestamps, model, word_timestamps, vad,
+                       max_line_width, max_lines, max_cue_s, per_segment, prompt, temperature, progress)
+        except gr.Error as error:  # every refusal, whichever line raised it
+            if notices is not None:
+                notices.put(session, notice_html(error.title, error.message))
+                error.visible = False  # no toast: a toast fades, the notice stays until the next action
+            raise
 
     return transcribe
