@@ -98,8 +98,10 @@ class _Job:
 
     @property
     def batch_key(self) -> Tuple:
-        """Rows of jobs with equal keys may share a batch."""
-        return id(self.model), self.options.task, self.language, self.options.max_new_tokens
+        """Rows of jobs with equal keys may share a batch. A running decode is greedy, so a job
+        whose first decode samples (temperature above 0) must not join one."""
+        return (id(self.model), self.options.task, self.language, self.options.max_new_tokens,
+                self.options.temperatures[0] == 0)
 
     def report_progress(self) -> None:
         try:

@@ -34,7 +34,9 @@ class WatchedDecode:
         def watched(decode):
             if not self.gate.wait(60):
                 raise TimeoutError("test gate never opened")
-            live = {decode.tags[slot].job for slot in range(len(decode.tags)) if slot not in decode.free}
+            # a whole-batch decode (decode_rows) tags its rows with numbers: no job to record
+            live = {getattr(decode.tags[slot], "job", None) for slot in range(len(decode.tags))
+                    if slot not in decode.free} - {None}
             self.steps.append(live)
             return step(decode)
 
@@ -61,6 +63,23 @@ def test_two_jobs_share_the_running_decode_and_each_gets_what_it_gets_alone(micr
     shared = sum(len(jobs) == 2 for jobs in watch.steps)
     assert shared > len(watch.steps) // 2, f"the jobs took turns: {shared} of {len(watch.steps)} steps shared"
     assert together == alone
+
+
+def test_a_sampled_job_never_joins_a_greedy_decode(micro_checkpoint, audio, monkeypatch):
+    # The running decode is greedy; a job asking for temperature 1.0 that joined it would be
+    # decoded at 0 and get the greedy transcript without a word said.
+    watch = WatchedDecode(monkeypatch)
+    first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)) as engine:
+        greedy = fingerprint(engine.transcribe(second))
+        watch.gate.clear()
+        watch.steps.clear()
+        jobs = [engine.submit(first), engine.submit(second, temperature=1.0)]
+        assert wait_for(lambda: engine.loop.live_streams == 8), "both jobs' sections should be in the loop"
+        watch.gate.set()
+        results = [job.result(120) for job in jobs]
+    assert max(len(jobs) for jobs in watch.steps) == 1, "a sampled row was decoded in the greedy decode"
+    assert fingerprint(results[1]) != greedy, "the job asked for temperature 1.0 and got the greedy transcript"
 
 
 def test_a_cancelled_job_leaves_the_running_decode_within_one_step(micro_checkpoint, audio, monkeypatch):
