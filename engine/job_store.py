@@ -166,6 +166,7 @@ class JobStore:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
+            db.execute("PRAGMA secure_delete=ON")  # a deleted transcript is overwritten, not just unlinked
             db.executescript(_SCHEMA)
             _migrate(db, legacy_api_owner)
             # Reads every page once (quick: rows are small), so damage shows here, not in a job later.
@@ -264,6 +265,14 @@ class JobStore:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
+    def delete_finished(self, job_id: str) -> bool:
+        """Delete the row if it is finished; False when it is not (or not there), so a job that
+        is still running is never deleted behind its worker."""
+        marks = ",".join("?" * len(FINISHED))
+        with self._lock:
+            cursor = self._db.execute(f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *FINISHED))
+        return cursor.rowcount == 1
+
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[JobRecord]:
         with self._lock:
@@ -274,11 +283,16 @@ class JobStore:
         """Queued and running rows, oldest first: the order a restart queues them again."""
         return self._select(f"status IN ({','.join('?' * len(UNFINISHED))}) ORDER BY created_at, rowid", UNFINISHED)
 
-    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False) -> List[JobRecord]:
-        """Newest first; one owner's jobs (None = jobs without an owner) or everyone's."""
-        if any_owner:
-            return self._select("1 ORDER BY created_at DESC LIMIT ?", (limit,))
-        return self._select("owner IS ? ORDER BY created_at DESC LIMIT ?", (owner, limit))
+    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False,
+               after: Optional[str] = None) -> List[JobRecord]:
+        """Newest first; one owner's jobs (None = jobs without an owner) or everyone's. `after`:
+        only those listed after that job (the next page), by (created_at, rowid), so jobs
+        added meanwhile do not shift the pages."""
+        where, params = ("1", ()) if any_owner else ("owner IS ?", (owner,))
+        if after is not None:
+            where += " AND (created_at, rowid) < (SELECT created_at, rowid FROM jobs WHERE id = ?)"
+            params += (after,)
+        return self._select(f"{where} ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit))
 
     def finished_before(self, cutoff: float) -> List[JobRecord]:
         return self._select(f"status IN ({','.join('?' * len(FINISHED))}) AND finished_at < ?", (*FINISHED, cutoff))

@@ -442,9 +442,11 @@ class JobManager:
         record = self.store.get(job_id)
         return None if record is None else self._info(record)
 
-    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False) -> List[JobInfo]:
-        """Newest first: one owner's jobs, or everyone's with `any_owner`."""
-        return [self._info(r) for r in self.store.recent(owner, limit, any_owner)]
+    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False,
+               after: Optional[str] = None) -> List[JobInfo]:
+        """Newest first: one owner's jobs, or everyone's with `any_owner`; `after` a job id: the
+        ones listed after it."""
+        return [self._info(r) for r in self.store.recent(owner, limit, any_owner, after)]
 
     @property
     def pending_count(self) -> int:
@@ -467,8 +469,10 @@ class JobManager:
         if pending_index is not None:
             position = self.engine.status().queue_length + pending_index + 1
             return JobInfo(record, "queued", position, 0.0, 0, 0)
-        progress = 1.0 if record.status == "done" else 0.0
-        return JobInfo(record, record.status, 0, progress, 0, 0, record.started_at)
+        if record.status == "done":  # the numbers it ended with: all of the recording decoded
+            duration = float((record.result or {}).get("duration") or 0)
+            return JobInfo(record, "done", 0, 1.0, duration, duration, record.started_at)
+        return JobInfo(record, record.status, 0, 0.0, 0, 0, record.started_at)
 
     # -- cancelling --------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Optional[JobInfo]:
@@ -492,6 +496,18 @@ class JobManager:
         if handle is not None:
             handle.cancel()  # not under self._lock: it takes the worker's, which _on_finished runs under
         return self.get(job_id)
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a finished job: its row, its result and any file of it. False when the job is
+        not finished (cancel it first) or unknown."""
+        with self._lock:
+            record = self.store.get(job_id)
+            if record is None or not record.finished or not self.store.delete_finished(job_id):
+                return False
+        if record.audio:  # normally gone once the job finished; a failed delete left it
+            (self.audio_dir / record.audio).unlink(missing_ok=True)
+        log.info("Job %s deleted by its owner", job_id)
+        return True
 
     def _finish_without_engine(self, record: JobRecord, status: str, error: BaseException) -> None:
         with self._lock:

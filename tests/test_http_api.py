@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from whisper.tokenizer import LANGUAGES
 
 from conftest import JFK, DecodeGate, fast_settings, shared_audio
 from engine import Engine
@@ -261,6 +262,9 @@ def test_job_lifecycle(http, jfk):
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     done = wait_job(http, job["id"])
     assert done["status"] == "done" and done["progress"] == 1.0 and done["error"] is None
+    # a finished job keeps the numbers it ended with
+    assert done["seconds_done"] == done["seconds_total"] == pytest.approx(done["result"]["duration"], abs=0.01)
+    assert done["seconds_total"] > 10
     assert done["result"]["language"] == "english" and done["result"]["words"]
     for fmt, start in [("srt", "1\n"), ("vtt", "WEBVTT"), ("txt", ""), ("json", "{"), ("tsv", "start\t")]:
         result = http.get(f"/v1/jobs/{job['id']}/result", params={"format": fmt})
@@ -268,12 +272,52 @@ def test_job_lifecycle(http, jfk):
         assert f'filename="JFK_speech.{fmt}"' in result.headers["content-disposition"]
     assert_openai_error(http.get(f"/v1/jobs/{job['id']}/result", params={"format": "exe"}), 400, "invalid_value")
     assert job["id"] in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
-    assert_openai_error(http.delete(f"/v1/jobs/{job['id']}"), 409, "job_finished")
+    deleted = http.delete(f"/v1/jobs/{job['id']}")  # a finished job is deleted, result and all
+    assert deleted.status_code == 200 and deleted.json() == {"id": job["id"], "object": "transcription.job.deleted",
+                                                             "deleted": True}
+    assert_openai_error(http.get(f"/v1/jobs/{job['id']}"), 404, "job_not_found")
+    assert_openai_error(http.get(f"/v1/jobs/{job['id']}/result"), 404, "job_not_found")
+    assert job["id"] not in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
+    assert_openai_error(http.delete(f"/v1/jobs/{job['id']}"), 404, "job_not_found")
     for missing in ["0123456789ab", "ABCDEF012345", "x" * 200]:
         assert_openai_error(http.get(f"/v1/jobs/{missing}"), 404, "job_not_found")
     traversal = http.get("/v1/jobs/..%2F..%2Fetc%2Fpasswd/result")  # matches no route: 404, never a file
     assert traversal.status_code == 404 and "root:" not in traversal.text
     assert_openai_error(http.get("/v1/no-such-route"), 404, "unknown_url")
+
+
+def test_the_job_list_pages_with_after_and_has_more(http, jfk):
+    with open(jfk, "rb") as file:
+        data = file.read()
+    ids = [http.post("/v1/jobs", files={"file": (f"part{i}.flac", data)}).json()["id"] for i in range(3)]
+    for job_id in ids:
+        wait_job(http, job_id)
+    newest_first, after = [], None
+    while True:
+        page = http.get("/v1/jobs", params={"limit": 2, **({"after": after} if after else {})}).json()
+        assert page["object"] == "list" and len(page["data"]) <= 2
+        newest_first += [job["id"] for job in page["data"]]
+        if not page["has_more"]:
+            break
+        assert page["last_id"] == page["data"][-1]["id"]
+        after = page["last_id"]
+    assert newest_first[:3] == ids[::-1] and len(set(newest_first)) == len(newest_first)  # each once, in order
+    everything = http.get("/v1/jobs", params={"limit": 100}).json()
+    assert [job["id"] for job in everything["data"]] == newest_first and not everything["has_more"]
+    assert_openai_error(http.get("/v1/jobs", params={"limit": 0}), 400, "invalid_value", param="limit")
+    assert_openai_error(http.get("/v1/jobs", params={"limit": 101}), 400, "invalid_value", param="limit")
+    assert_openai_error(http.get("/v1/jobs", params={"after": "0123456789ab"}), 404, "job_not_found", param="after")
+
+
+def test_a_streamed_request_names_its_job_before_it_is_decoded(http, jfk):
+    GATE.clear()  # nothing is decoded until the headers have been read
+    with open(jfk, "rb") as file, http.stream("POST", "/v1/audio/transcriptions", files={"file": file},
+                                              data={"stream": "true"}) as response:
+        job_id = response.headers["x-job-id"]
+        assert http.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
+        GATE.set()
+        assert any('"transcript.text.done"' in line for line in response.iter_lines())
+    assert wait_job(http, job_id)["status"] == "done"
 
 
 def test_cancel_a_queued_job(http, jfk):
@@ -296,6 +340,8 @@ def test_sync_requests_are_durable_jobs_too(http, jfk):
         response = http.post("/v1/audio/transcriptions", files={"file": file})
     job = http.get(f"/v1/jobs/{response.headers['x-job-id']}").json()
     assert job["status"] == "done" and job["result"]["text"] == response.json()["text"]
+    # none was asked for: the one detected, not null
+    assert LANGUAGES[job["language"]] == job["result"]["language"]
 
 
 def test_healthz_and_metrics(server):

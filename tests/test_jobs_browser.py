@@ -1,6 +1,7 @@
 """The page's "Recent jobs" in a real browser (Debian's headless Chromium through Playwright's
 Python package, as tests/test_app_browser.py): a transcription appears in the list, is still
-there after a reload, its files can be downloaded again, and another browser sees none of it."""
+there after a reload, its files can be downloaded again, another browser sees none of it, and
+Delete forgets it."""
 from __future__ import annotations
 
 
@@ -60,6 +61,14 @@ def test_recent_jobs_survive_a_reload_and_belong_to_their_browser(server, playwr
         open_recent(other, server.url)
         other.wait_for_timeout(1000)  # the load event has filled the table by now
         assert "jfk.flac" not in other.locator("#recent-jobs-table").inner_text()
+
+        page.click("#recent-job-delete")  # the chosen job: transcript and files forgotten
+        page.wait_for_function("!document.querySelector('#recent-jobs-table').innerText.includes('jfk.flac')")
+        assert page.locator("#recent-job-files a").count() == 0
+        page.reload()
+        open_recent(page, server.url)
+        page.wait_for_timeout(1000)
+        assert "jfk.flac" not in page.locator("#recent-jobs-table").inner_text()
     finally:
         mine.close()
         theirs.close()

@@ -76,6 +76,13 @@ def test_each_browser_sees_its_own_jobs_and_downloads_them_again(recent):
     assert all(Path(f).stat().st_size > 0 for f in files)
     assert recent._on_choice(handle.id, their_id, theirs) == []  # not their job: no files
 
+    assert not recent.delete(handle.id, f"browser:{their_id}")  # not theirs to delete either
+    table, _, files_left = recent._delete_event(handle.id, my_id, mine)
+    assert files_left == [] and "jfk.flac" not in table
+    assert recent.jobs.get(handle.id) is None and recent.jobs.store.get(handle.id) is None
+    assert not (recent.files_root / handle.id).exists()  # the download copies are gone too
+    assert recent._on_refresh(my_id, mine)[0] == []
+
 
 def test_a_login_owns_jobs_across_browsers(recent):
     jfk = shared_audio(JFK)

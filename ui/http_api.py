@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # what JobManager issues; anything else is not found, never a lookup
 LOADING_RETRY_AFTER_S = 10  # a model loads in seconds to a minute
 RETRY_AFTER_MAX_S = 3600  # the longest wait a refused client is told; a running job's estimate can be hours
+LIST_LIMIT, MAX_LIST_LIMIT = 20, 100  # GET /v1/jobs: jobs per page by default, at most (as OpenAI's lists)
 RESULT_FORMATS = {**{f: f for f in FORMATS}, "text": "txt"}  # ?format= of the result download
 RESULT_MEDIA_TYPES = {"txt": "text/plain", "srt": "text/plain", "vtt": "text/vtt", "tsv": "text/tab-separated-values",
                       "json": "application/json"}
@@ -182,14 +183,20 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
                             headers={"Location": f"/v1/jobs/{handle.id}"})
 
     @v1.get("/jobs")
-    async def list_jobs(request: Request, limit: int = 20) -> Dict:
+    async def list_jobs(request: Request, limit: int = LIST_LIMIT, after: Optional[str] = None) -> Dict:
         """The caller's own jobs (newest first), sent with its key; the page's jobs belong to
-        their browsers or logins and are listed only on the page."""
-        limit = max(1, min(limit, 200))
+        their browsers or logins and are listed only on the page. Pages as OpenAI's lists do:
+        `limit` (1-100), `after` the last id of the previous page, `has_more`."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ApiError(400, f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}", code="invalid_value",
+                           param="limit")
         owner = _owner(request)
-        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=owner, limit=limit))
-        return {"object": "list", "data": [job_body(info, with_result=False, public_model=names.public)
-                                           for info in infos]}
+        if after is not None:
+            await _job(jobs, after, owner, param="after")  # a cursor must be one of the caller's jobs
+        infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=owner, limit=limit + 1, after=after))
+        data = [job_body(info, with_result=False, public_model=names.public) for info in infos[:limit]]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": len(infos) > limit}
 
     @v1.get("/jobs/{job_id}")
     async def get_job(request: Request, job_id: str) -> Dict:
@@ -213,13 +220,17 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
                                  headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
 
     @v1.delete("/jobs/{job_id}")
-    async def cancel_job(request: Request, job_id: str) -> Dict:
+    async def cancel_or_delete_job(request: Request, job_id: str) -> Dict:
+        """An unfinished job is cancelled (answered with the job); a finished one is deleted with
+        its result, as OpenAI deletes a file: {"id", "object", "deleted": true}."""
         info = await _job(jobs, job_id, _owner(request))
-        if info.finished:
-            raise ApiError(409, f"Job {job_id} is already {info.status}; there is nothing to cancel.",
-                           code="job_finished")
-        info = await anyio.to_thread.run_sync(jobs.cancel, job_id)
-        return job_body(info, public_model=names.public)
+        if not info.finished:
+            info = await anyio.to_thread.run_sync(jobs.cancel, job_id)
+            return job_body(info, public_model=names.public)
+        if not await anyio.to_thread.run_sync(jobs.delete, job_id):
+            # deleted by another request meanwhile
+            raise ApiError(404, f"No job with id {job_id!r}.", code="job_not_found", param="job_id")
+        return {"id": job_id, "object": "transcription.job.deleted", "deleted": True}
 
     known_routes = [route for route in v1.routes if isinstance(route, APIRoute)]
 
@@ -403,11 +414,11 @@ async def _wait(handle: JobHandle):
     return handle.result()
 
 
-async def _job(jobs: JobManager, job_id: str, owner: str) -> JobInfo:
+async def _job(jobs: JobManager, job_id: str, owner: str, param: str = "job_id") -> JobInfo:
     """The caller's job; another owner's is "not found" exactly as an unknown id is, so ids
     cannot be probed for existence."""
     info = await anyio.to_thread.run_sync(jobs.get, job_id) if JOB_ID.match(job_id) else None
     if info is None or info.record.owner != owner:
         raise ApiError(404, f"No job with id {job_id!r} (finished jobs are kept for a limited time).",
-                       code="job_not_found", param="job_id")
+                       code="job_not_found", param=param)
     return info

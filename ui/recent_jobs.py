@@ -82,6 +82,11 @@ def _audio_text(info: JobInfo) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
+def _choice_label(info: JobInfo) -> str:
+    label = f"{info.record.name or info.id} · {time.strftime('%H:%M', time.localtime(info.record.created_at))}"
+    return label if info.status == "done" else f"{label} ({info.status})"
+
+
 class RecentJobs:
     """The recent-jobs list of the page; see the module docstring."""
 
@@ -135,8 +140,7 @@ class RecentJobs:
         infos = self.jobs.recent(owner, self.limit)
         rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)), i.record.name or "(recording)",
                  _status_text(i), _audio_text(i), i.id] for i in infos]
-        choices = [(f"{i.record.name or i.id} · {time.strftime('%H:%M', time.localtime(i.record.created_at))}", i.id)
-                   for i in infos if i.status == "done"]
+        choices = [(_choice_label(i), i.id) for i in infos if i.finished]
         return rows, choices
 
     def files(self, job_id: Optional[str], owner: Optional[str]) -> List[str]:
@@ -150,17 +154,27 @@ class RecentJobs:
         return DownloadDir.private(write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
                                                subtitles=self.jobs.engine.settings.subtitles))
 
+    def delete(self, job_id: Optional[str], owner: Optional[str]) -> bool:
+        """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""
+        info = self.jobs.get(job_id) if job_id else None
+        if info is None or owner is None or info.record.owner != owner or not info.finished:
+            return False
+        shutil.rmtree(self.files_root / info.id, ignore_errors=True)
+        return self.jobs.delete(info.id)
+
     # -- the page -----------------------------------------------------------------------------
     def render(self) -> None:
         """Add the list to the gr.Blocks being built (call inside its `with` block)."""
         browser_id = gr.BrowserState("", storage_key=STORAGE_KEY, secret=self.secret)
         with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
             gr.Markdown(f"Your last {self.limit} recordings, kept for "
-                        f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files again.")
+                        f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files "
+                        "again, or to delete it (its transcript and files) now.")
             table = gr.HTML(table_html([]), elem_id="recent-jobs-table")
             with gr.Row():
                 choice = gr.Dropdown(label="Finished job", choices=[], value=None, elem_id="recent-job-choice")
                 refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
+                delete = gr.Button("Delete", size="sm", variant="stop", elem_id="recent-job-delete")
             files = gr.File(label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files")
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
@@ -169,6 +183,7 @@ class RecentJobs:
         demo.load(self._load_event, inputs=[browser_id], outputs=[browser_id, table, choice], **quick)
         refresh.click(**self._refresh_io)
         choice.change(self._on_choice, inputs=[choice, browser_id], outputs=[files], api_visibility="private")
+        delete.click(self._delete_event, inputs=[choice, browser_id], outputs=[table, choice, files], **quick)
 
     def attach(self, transcribe_event) -> None:
         """build_page's `extra` hook: render the list and refresh it after each transcription."""
@@ -200,6 +215,15 @@ class RecentJobs:
     def _refresh_event(self, stored_id: str, request: gr.Request):
         rows, choices = self._on_refresh(stored_id, request)
         return table_html(rows), choices
+
+    def _delete_event(self, job_id: Optional[str], stored_id: str, request: gr.Request):
+        owner = _owner_from(request, stored_id)
+        if not job_id:
+            gr.Info("Pick a finished job to delete first.", title="Nothing chosen")
+        elif self.delete(job_id, owner):
+            gr.Info("The job, its transcript and its files are deleted.", title="Deleted")
+        rows, choices = self.rows(owner)
+        return table_html(rows), gr.Dropdown(choices=choices, value=None), []
 
     def _on_choice(self, job_id: Optional[str], stored_id: str, request: gr.Request):
         return self.files(job_id, _owner_from(request, stored_id))
