@@ -59,14 +59,14 @@ def measure(tree: Path, mode: str) -> Dict:
 
     GreedyDecode.admit = noting_admit
     data_dir = tempfile.mkdtemp(prefix="first-output-")
-    settings = load_settings(tree / "config.yaml", dict(model=str(tiny_en_dir()), device="cpu", precision="fp32",
-                                                          data_dir=data_dir), environ={})
+    overrides = dict(model=str(tiny_en_dir()), device="cpu", precision="fp32", data_dir=data_dir)
+    settings = load_settings(tree / "config.yaml", overrides, environ={})
     from ui.openai_stream import streaming_response  # the web side loaded, as in the server
 
     with Engine(settings) as engine:
         from engine import load_audio
 
-        engine.transcribe(load_audio(FIVE_MIN)[:16000 * 10])  # VAD and the kernels loaded, as on a used server
+        engine.transcribe(load_audio(FIVE_MIN)[:16000 * 10])  # VAD and kernels loaded, as on a used server
         first_decode.clear()
         submitted = time.monotonic()
         handle = engine.submit(FIVE_MIN)
@@ -118,7 +118,8 @@ def run_child(tree: Path, mode: str) -> Dict:
 
 def extract(ref: str, into: Path) -> Path:
     """The files of git revision `ref` (no worktree, nothing written to the repository)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True)
+    archive = archive.stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
@@ -129,17 +130,18 @@ def _median(values: List[Optional[float]]) -> str:
 
 
 def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
-    lines = ["| tree | follows | first change after job start s | after first decode s | deltas (at the end) "
-             "| job s | transcript |", "|---|---|---:|---:|---:|---:|---|"]
-    reference = {m: next((r["fingerprint"] for r in runs.get("baseline", []) if r["mode"] == m), None) for m in MODES}
+    lines = ["| tree | follows | first change after job start s | after first decode s "
+             "| deltas (at the end) | job s | transcript |", "|---|---|---:|---:|---:|---:|---|"]
+    baseline = runs.get("baseline", [])
+    reference = {m: next((r["fingerprint"] for r in baseline if r["mode"] == m), None) for m in MODES}
     for tree, rows in runs.items():
         for mode in MODES:
             mine = [r for r in rows if r["mode"] == mode]
             if not mine:
                 continue
             what = "progress (page, /v1/jobs)" if mode == "plain" else "first delta (stream=true)"
-            deltas = (f"{_median([r['deltas'] for r in mine])} ({_median([r['deltas_at_end'] for r in mine])})"
-                      if mode == "stream" else "")
+            at_end = _median([r["deltas_at_end"] for r in mine])
+            deltas = f"{_median([r['deltas'] for r in mine])} ({at_end})" if mode == "stream" else ""
             prints = {r["fingerprint"] for r in mine}
             same = ("" if reference[mode] is None or tree == "baseline"
                     else "same as baseline" if prints == {reference[mode]} else "DIFFERS")
@@ -150,10 +152,11 @@ def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.first_output", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.first_output",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="a git revision to measure in the same run (e.g. main)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--docs", action="store_true", help="replace this command's section of docs/benchmarks.md")
+    parser.add_argument("--docs", action="store_true", help="replace its section of docs/benchmarks.md")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
