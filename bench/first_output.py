@@ -124,9 +124,9 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
-def _median(values: List[Optional[float]]) -> str:
+def _median(values: List[Optional[float]], digits: int = 1) -> str:
     values = [v for v in values if v is not None]
-    return f"{statistics.median(values):.1f}" if values else "none"
+    return f"{statistics.median(values):.{digits}f}" if values else "none"
 
 
 def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
@@ -140,8 +140,8 @@ def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
             if not mine:
                 continue
             what = "progress (page, /v1/jobs)" if mode == "plain" else "first delta (stream=true)"
-            at_end = _median([r["deltas_at_end"] for r in mine])
-            deltas = f"{_median([r['deltas'] for r in mine])} ({at_end})" if mode == "stream" else ""
+            at_end = _median([r["deltas_at_end"] for r in mine], 0)
+            deltas = f"{_median([r['deltas'] for r in mine], 0)} ({at_end})" if mode == "stream" else ""
             prints = {r["fingerprint"] for r in mine}
             same = ("" if reference[mode] is None or tree == "baseline"
                     else "same as baseline" if prints == {reference[mode]} else "DIFFERS")
@@ -174,7 +174,8 @@ def main(argv=None) -> int:
             trees = {"baseline": extract(args.baseline, Path(folder)), **trees}
             resolved = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
                                       capture_output=True, text=True).stdout.strip()
-            names["baseline"] = f"baseline ({args.baseline}, {resolved})"
+            same = args.baseline.startswith(resolved)
+            names["baseline"] = f"baseline ({args.baseline}{'' if same else ', ' + resolved})"
         loads = [os.getloadavg()[0]]
         runs: Dict[str, List[Dict]] = {tree: [] for tree in trees}
         for round_ in range(args.rounds):
@@ -189,7 +190,8 @@ def main(argv=None) -> int:
 
     markdown = (f"`python -m bench.first_output{f' --baseline {args.baseline}' if args.baseline else ''} "
                 f"--rounds {args.rounds}` on {today()}; {machine('cpu')}; load average (1 min) "
-                f"{min(loads):.1f} to {max(loads):.1f} during the run. Medians of {args.rounds} rounds.\n\n"
+                f"{min(loads):.1f} to {max(loads):.1f} during the run (its own process included). "
+                f"Medians of {args.rounds} rounds.\n\n"
                 + table(runs, names))
     print("\n" + markdown)
     if args.docs:
