@@ -59,14 +59,14 @@ def measure(tree: Path, mode: str) -> Dict:
 
     GreedyDecode.admit = noting_admit
     data_dir = tempfile.mkdtemp(prefix="first-output-")
-    settings = load_settings(tree / "config.yaml", dict(model=str(tiny_en_dir()), device="cpu", precision="fp32",
-                                                          data_dir=data_dir), environ={})
+    overrides = dict(model=str(tiny_en_dir()), device="cpu", precision="fp32", data_dir=data_dir)
+    settings = load_settings(tree / "config.yaml", overrides, environ={})
     from ui.openai_stream import streaming_response  # the web side loaded, as in the server
 
     with Engine(settings) as engine:
         from engine import load_audio
 
-        engine.transcribe(load_audio(FIVE_MIN)[:16000 * 10])  # VAD and the kernels loaded, as on a used server
+        engine.transcribe(load_audio(FIVE_MIN)[:16000 * 10])  # VAD and kernels loaded, as on a used server
         first_decode.clear()
         submitted = time.monotonic()
         handle = engine.submit(FIVE_MIN)
@@ -118,28 +118,30 @@ def run_child(tree: Path, mode: str) -> Dict:
 
 def extract(ref: str, into: Path) -> Path:
     """The files of git revision `ref` (no worktree, nothing written to the repository)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True)
+    archive = archive.stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
 
 
-def _median(values: List[Optional[float]]) -> str:
+def _median(values: List[Optional[float]], digits: int = 1) -> str:
     values = [v for v in values if v is not None]
-    return f"{statistics.median(values):.1f}" if values else "none"
+    return f"{statistics.median(values):.{digits}f}" if values else "none"
 
 
 def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
-    lines = ["| tree | follows | first change after job start s | after first decode s | deltas (at the end) "
-             "| job s | transcript |", "|---|---|---:|---:|---:|---:|---|"]
-    reference = {m: next((r["fingerprint"] for r in runs.get("baseline", []) if r["mode"] == m), None) for m in MODES}
+    lines = ["| tree | follows | first change after job start s | after first decode s "
+             "| deltas (at the end) | job s | transcript |", "|---|---|---:|---:|---:|---:|---|"]
+    baseline = runs.get("baseline", [])
+    reference = {m: next((r["fingerprint"] for r in baseline if r["mode"] == m), None) for m in MODES}
     for tree, rows in runs.items():
         for mode in MODES:
             mine = [r for r in rows if r["mode"] == mode]
             if not mine:
                 continue
             what = "progress (page, /v1/jobs)" if mode == "plain" else "first delta (stream=true)"
-            deltas = (f"{_median([r['deltas'] for r in mine])} ({_median([r['deltas_at_end'] for r in mine])})"
-                      if mode == "stream" else "")
+            at_end = _median([r["deltas_at_end"] for r in mine], 0)
+            deltas = f"{_median([r['deltas'] for r in mine], 0)} ({at_end})" if mode == "stream" else ""
             prints = {r["fingerprint"] for r in mine}
             same = ("" if reference[mode] is None or tree == "baseline"
                     else "same as baseline" if prints == {reference[mode]} else "DIFFERS")
@@ -150,10 +152,11 @@ def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.first_output", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.first_output",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="a git revision to measure in the same run (e.g. main)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--docs", action="store_true", help="replace this command's section of docs/benchmarks.md")
+    parser.add_argument("--docs", action="store_true", help="replace its section of docs/benchmarks.md")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
             trees = {"baseline": extract(args.baseline, Path(folder)), **trees}
             resolved = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
                                       capture_output=True, text=True).stdout.strip()
-            names["baseline"] = f"baseline ({args.baseline}, {resolved})"
+            same = args.baseline.startswith(resolved)
+            names["baseline"] = f"baseline ({args.baseline}{'' if same else ', ' + resolved})"
         loads = [os.getloadavg()[0]]
         runs: Dict[str, List[Dict]] = {tree: [] for tree in trees}
         for round_ in range(args.rounds):
@@ -186,7 +190,8 @@ def main(argv=None) -> int:
 
     markdown = (f"`python -m bench.first_output{f' --baseline {args.baseline}' if args.baseline else ''} "
                 f"--rounds {args.rounds}` on {today()}; {machine('cpu')}; load average (1 min) "
-                f"{min(loads):.1f} to {max(loads):.1f} during the run. Medians of {args.rounds} rounds.\n\n"
+                f"{min(loads):.1f} to {max(loads):.1f} during the run (its own process included). "
+                f"Medians of {args.rounds} rounds.\n\n"
                 + table(runs, names))
     print("\n" + markdown)
     if args.docs:

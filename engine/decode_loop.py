@@ -95,7 +95,7 @@ class ModelLock:
 MODEL_LOCK = ModelLock()
 
 POLL_S = 0.05  # how often a waiting job looks at its cancel flag
-PROGRESS_EVERY_STEPS = 8  # token steps between looks at how far the rows have come (on CUDA each look stalls it)
+PROGRESS_EVERY_STEPS = 8  # on CUDA, steps between looks at how far the rows have come (each look stalls it)
 
 
 @dataclass(eq=False)
@@ -365,6 +365,8 @@ class DecodeLoop:
         # emptying the cache really hands their memory back.
         decode = ended = None
         in_decode = in_decode or candidates[:1]
+        for entry in in_decode:
+            entry.window_s = 0.0  # their windows are decoded again
         self._out_of_memory(model, in_decode)
         if len(in_decode) == 1:  # its job failed
             with self._cond:

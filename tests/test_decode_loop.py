@@ -163,11 +163,12 @@ def test_the_loop_lets_a_waiting_thread_have_the_model_between_steps():
 def _rows(decode):
     """(handle, section index, windows decoded by that job's first section) of each row."""
     entries = [decode.tags[slot] for slot in range(len(decode.tags)) if slot not in decode.free]
-    return [(entry.job.cancelled.__self__, entry.job.streams.index(entry.stream), entry.job.streams[0].windows_decoded)
-            for entry in entries]
+    return [(entry.job.cancelled.__self__, entry.job.streams.index(entry.stream),
+             entry.job.streams[0].windows_decoded) for entry in entries]
 
 
-def test_progress_moves_inside_the_first_window_before_a_second_section_joins(tiny_en_model_dir, monkeypatch):
+def test_progress_moves_inside_the_first_window_before_a_second_section_joins(tiny_en_model_dir,
+                                                                              monkeypatch):
     """Real tiny.en, 100 s in two sections of two windows each. The page's bar and /v1/jobs
     used to read 0 until a whole 30 s window had been decoded (every section's first window
     was encoded, then all were decoded side by side, so none ended sooner): progress now
@@ -189,14 +190,16 @@ def test_progress_moves_inside_the_first_window_before_a_second_section_joins(ti
         watch.gate.set()
         result = handles[0].result(300)
     assert result.windows >= 4 and max(len(sections) for _, _, sections in watch.seen) == 2
-    assert any(done > 0 for done, ended, _ in watch.seen if ended == 0), "no progress until a window had ended"
+    before_any_ended = [done for done, ended, _ in watch.seen if ended == 0]
+    assert any(done > 0 for done in before_any_ended), "no progress until a window had ended"
     done_when_second_joined = next(done for done, _, sections in watch.seen if sections != {0})
     assert done_when_second_joined > 0, "the second section joined before the job had shown any progress"
     progress = [done for done, _, _ in watch.seen]
     assert progress == sorted(progress), "progress went back"
 
 
-def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_checkpoint, audio, monkeypatch):
+def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_checkpoint, audio,
+                                                                             monkeypatch):
     """Two jobs of four sections on four rows. The job whose client streams its text (deltas
     go out in recording order) has its first section decoded alone until its first window is
     done, and that section never waits for a row; its transcript is what it is alone."""
@@ -216,7 +219,8 @@ def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_
         together = fingerprint(job.result(120))
         running.result(120)
     assert together == alone
-    mine = [[(section, first_done) for handle, section, first_done in rows if handle is job] for rows in watch.seen]
+    mine = [[(section, first_done) for handle, section, first_done in rows if handle is job]
+            for rows in watch.seen]
     present = [i for i, rows in enumerate(mine) if any(section == 0 for section, _ in rows)]
     assert any(first_done >= 1 for i in present for section, first_done in mine[i] if section == 0), \
         "the first section should have more than one window"

@@ -74,7 +74,8 @@ def test_text_starts_while_most_of_a_long_recording_is_still_to_decode(tiny_en_m
     now gets a head start: its text comes while most of the recording is still to decode."""
     from app import serve
 
-    settings = fast_settings(tiny_en_model_dir, batch_size=8, max_new_tokens=224, data_dir=str(tmp_path / "data"))
+    settings = fast_settings(tiny_en_model_dir, batch_size=8, max_new_tokens=224,
+                             data_dir=str(tmp_path / "data"))
     with serve(settings, engine=Engine(settings), port=0) as server, \
             httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http:
         client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=300)
