@@ -107,7 +107,10 @@ class _Job:
     cancelled: Callable[[], bool]  # polled before each step
     on_progress: Callable[[float, float], None]  # (seconds done, seconds in all)
     streaming: Callable[[], bool] = lambda: False  # whether a client reads the text as it comes
-    entries: List["_Live"] = field(default_factory=list)  # one per stream that was unfinished at the start
+    # how far into its window in the running decode each stream's timestamps have come, in
+    # seconds; keyed by the stream, not held by its _Live (which points back here): a cycle
+    # would keep the job's streams, and its whole recording, until the periodic collector ran
+    into_window: Dict[SectionStream, float] = field(default_factory=dict)
     reported_s: float = 0.0  # the most seconds reported done: progress never goes back
     error: Optional[BaseException] = None
     finished: threading.Event = field(default_factory=threading.Event)
@@ -125,7 +128,7 @@ class _Job:
 
     def progress_s(self) -> float:
         """Seconds decoded: behind each stream's seek, and into the windows in the running decode."""
-        return sum(s.done_s for s in self.streams) + sum(entry.window_s for entry in self.entries)
+        return sum(s.done_s for s in self.streams) + sum(self.into_window.values())
 
     def head_start_over(self) -> bool:
         """Whether the job has something to show: its first text (a streaming job) or progress."""
@@ -156,7 +159,6 @@ class _Job:
 class _Live:
     job: _Job
     stream: SectionStream
-    window_s: float = 0.0  # how far into its window in the running decode its timestamps have come
 
 
 def _prompt_tokens(job: _Job) -> int:
@@ -212,7 +214,6 @@ class DecodeLoop:
         next step). While `streaming()` is true, the earliest unfinished section comes first."""
         job = _Job(model, options, language, streams, cancelled, on_progress, streaming)
         live = [_Live(job, stream) for stream in streams if not stream.finished]
-        job.entries = live
         if not live:
             return
         with self._cond:
@@ -366,7 +367,7 @@ class DecodeLoop:
         decode = ended = None
         in_decode = in_decode or candidates[:1]
         for entry in in_decode:
-            entry.window_s = 0.0  # their windows are decoded again
+            entry.job.into_window.pop(entry.stream, None)  # their windows are decoded again
         self._out_of_memory(model, in_decode)
         if len(in_decode) == 1:  # its job failed
             with self._cond:
@@ -407,7 +408,8 @@ class DecodeLoop:
         for entry, index in decode.timestamps_reached():
             window = rows.get(entry)
             if window is not None:
-                entry.window_s = min(max(index, 0) * TIME_PRECISION, window.frames / FRAMES_PER_SECOND)
+                entry.job.into_window[entry.stream] = min(max(index, 0) * TIME_PRECISION,
+                                                          window.frames / FRAMES_PER_SECOND)
         for job in jobs:
             job.report_progress()
 
@@ -433,7 +435,7 @@ class DecodeLoop:
             return []
         finished = [(entry, rows.pop(entry)) for entry, _ in ended]
         for entry, _ in finished:
-            entry.window_s = 0.0  # its stream's seek moves instead
+            entry.job.into_window.pop(entry.stream, None)  # its stream's seek moves instead
         with torch.inference_mode():
             results = fall_back(model, [window for _, window in finished], [entry.job.options for entry, _ in finished],
                                 [result for _, result in ended], language, self.fp16)
