@@ -11,12 +11,23 @@ Rows share a batch when they share the model, the task, the language and the tok
 each keeps its own prompt, so a job's result does not depend on what ran beside it.
 
 Cancellation and progress act at a token step's boundary: a cancelled job's rows leave the
-decode before the next step, and progress moves as each window is decoded.
+decode before the next step, and progress moves as each row's timestamps advance through its
+window (the latest timestamp a row sampled is how far into its window it has decoded), not
+only when a window ends: a 30 s window takes most of a job's first seconds on a CPU.
+
+A job's first moments are its earliest section's. Its other sections wait (a head start)
+until the job has something to show: its progress has moved or, for a job whose client
+reads the text as it comes (stream=true), its first window is decoded. Admitted together,
+a job's windows would first all be encoded (0.3 s each for tiny on two cores) and then
+decoded side by side, so its first window ended no sooner than the others. After that, a
+streaming job's earliest unfinished section comes first whenever rows are scarce: the text
+goes out in recording order, so that section is what its client waits for. Neither changes
+what a window decodes: each section's windows depend only on its own previous window.
 
 An injected decoder (`decoder`, with `engine.fast_decode.decode_rows`' signature: tests
 put an allocation failure or a gate in front of it, the bench puts whisper.decode there)
 decodes whole batches instead: each step takes a batch of windows and decodes all of them
-to their ends.
+to their ends (a streaming job's earliest section still comes first, without a head start).
 
 On CUDA a step's batch is at most what the free memory holds (engine.memory); when CUDA
 runs out of memory anyway, the cache is emptied, the loop's batch limit halved and the same
@@ -33,13 +44,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
+from whisper.audio import FRAMES_PER_SECOND
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 
 from .fast_decode import GreedyDecode, decode_rows, supports
 from .memory import fit_batch_size
 from .options import DecodeOptions
-from .stream import SectionStream, StreamWindow
+from .stream import TIME_PRECISION, SectionStream, StreamWindow
 from .transcriber import (Decoder, WindowTooLarge, align_words, decode_batch, fall_back, free_cached_memory,
                           too_large_message)
 from .worker import JobCancelled
@@ -83,6 +95,7 @@ class ModelLock:
 MODEL_LOCK = ModelLock()
 
 POLL_S = 0.05  # how often a waiting job looks at its cancel flag
+PROGRESS_EVERY_STEPS = 8  # on CUDA, steps between looks at how far the rows have come (each look stalls it)
 
 
 @dataclass(eq=False)
@@ -93,6 +106,12 @@ class _Job:
     streams: List[SectionStream]
     cancelled: Callable[[], bool]  # polled before each step
     on_progress: Callable[[float, float], None]  # (seconds done, seconds in all)
+    streaming: Callable[[], bool] = lambda: False  # whether a client reads the text as it comes
+    # how far into its window in the running decode each stream's timestamps have come, in
+    # seconds; keyed by the stream, not held by its _Live (which points back here): a cycle
+    # would keep the job's streams, and its whole recording, until the periodic collector ran
+    into_window: Dict[SectionStream, float] = field(default_factory=dict)
+    reported_s: float = 0.0  # the most seconds reported done: progress never goes back
     error: Optional[BaseException] = None
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -103,9 +122,35 @@ class _Job:
         return (id(self.model), self.options.task, self.language, self.options.max_new_tokens,
                 self.options.temperatures[0] == 0)
 
+    def earliest(self) -> Optional[SectionStream]:
+        """The first section, in recording order, that is not finished."""
+        return next((stream for stream in self.streams if not stream.finished), None)
+
+    def progress_s(self) -> float:
+        """Seconds decoded: behind each stream's seek, and into the windows in the running decode."""
+        return sum(s.done_s for s in self.streams) + sum(self.into_window.values())
+
+    def head_start_over(self) -> bool:
+        """Whether the job has something to show: its first text (a streaming job) or progress."""
+        if self.streaming():
+            return any(stream.windows_decoded for stream in self.streams)
+        return self.progress_s() > 0
+
+    def holds_back(self, stream: SectionStream) -> bool:
+        """Whether `stream` waits for the earliest section's head start."""
+        return stream is not self.earliest() and not self.head_start_over()
+
+    def favours(self, stream: SectionStream) -> bool:
+        """Whether `stream` goes before every other waiting one: the section a streaming client waits for."""
+        return stream is self.earliest() and self.streaming()
+
     def report_progress(self) -> None:
+        total = sum(s.duration_s for s in self.streams)
+        # A window's seek may end before its latest timestamp (at its last complete segment, or
+        # its last word): what was reported stays reported, and that stretch is decoded again.
+        self.reported_s = min(max(self.reported_s, self.progress_s()), total)
         try:
-            self.on_progress(sum(s.done_s for s in self.streams), sum(s.duration_s for s in self.streams))
+            self.on_progress(self.reported_s, total)
         except Exception:  # an observer must never break the loop
             log.exception("progress callback failed")
 
@@ -162,10 +207,12 @@ class DecodeLoop:
     # -- jobs' side --------------------------------------------------------------------------
     def run(self, model: Whisper, streams: List[SectionStream], options: DecodeOptions, language: str,
             cancelled: Callable[[], bool] = lambda: False,
-            on_progress: Callable[[float, float], None] = lambda done, total: None) -> None:
-        """Decode `streams` to their ends; raises the step's error, or JobCancelled once
-        `cancelled()` turns true (the streams leave the loop at its next step)."""
-        job = _Job(model, options, language, streams, cancelled, on_progress)
+            on_progress: Callable[[float, float], None] = lambda done, total: None,
+            streaming: Callable[[], bool] = lambda: False) -> None:
+        """Decode `streams` (a recording's sections, in order) to their ends; raises the step's
+        error, or JobCancelled once `cancelled()` turns true (the streams leave the loop at its
+        next step). While `streaming()` is true, the earliest unfinished section comes first."""
+        job = _Job(model, options, language, streams, cancelled, on_progress, streaming)
         live = [_Live(job, stream) for stream in streams if not stream.finished]
         if not live:
             return
@@ -287,20 +334,21 @@ class DecodeLoop:
             with self._lock:
                 limit = self._limit_now(job)
                 decode = GreedyDecode(model, self._greedy_options(job))
-            joining = candidates[:limit]
+            joining = self._ready(candidates, self._room(model, {}, limit))
             while True:
                 with self._lock:
                     served = self._admit(decode, joining, rows)
                     ended = decode.step() if len(decode) else []
                     served += self._finish_rows(model, job.language, ended, rows)
                 with self._cond:
+                    self._follow_windows(decode, rows)
                     self._account(served)
                     gone = [entry for entry in rows if entry.job.cancelled() or entry.job.error is not None]
                     for entry in gone:
                         del rows[entry]
                         self._remove(entry.job)
                     decode.drop(gone)
-                    joining = self._joining(key, rows, limit)
+                    joining = self._joining(key, rows, self._room(model, rows, limit))
                 if not len(decode) and not joining:
                     return
                 self._lock.let_waiters_in()
@@ -318,18 +366,52 @@ class DecodeLoop:
         # emptying the cache really hands their memory back.
         decode = ended = None
         in_decode = in_decode or candidates[:1]
+        for entry in in_decode:
+            entry.job.into_window.pop(entry.stream, None)  # their windows are decoded again
         self._out_of_memory(model, in_decode)
         if len(in_decode) == 1:  # its job failed
             with self._cond:
                 self._remove(in_decode[0].job)
 
-    def _joining(self, key: Tuple, rows: Dict[_Live, StreamWindow], limit: int) -> List[_Live]:
-        """Waiting streams of this kind that may join the decode now, longest-waiting first
-        (caller holds the condition)."""
+    @staticmethod
+    def _room(model: Whisper, rows: Dict[_Live, StreamWindow], limit: int) -> int:
+        """How many windows may join before the next step. On a CPU one: its encoder pass takes
+        as long as a dozen token steps, and windows joining one by one keep the rows already in
+        the decode (and the progress they report) moving meanwhile. On a GPU a batch of them
+        is encoded about as fast as one."""
+        room = limit - len(rows)
+        return min(room, 1) if next(model.parameters()).device.type == "cpu" else room
+
+    def _joining(self, key: Tuple, rows: Dict[_Live, StreamWindow], room: int) -> List[_Live]:
+        """Waiting streams of this kind that may join the decode now (caller holds the condition)."""
         waiting = [entry for entry in self._live if entry not in rows and not entry.job.cancelled()]
         if any(entry.job.batch_key != key for entry in waiting):
             return []  # let the decode drain: the other kind goes next
-        return waiting[:max(limit - len(rows), 0)]
+        return self._ready(waiting, room)
+
+    @staticmethod
+    def _ready(waiting: List[_Live], room: int) -> List[_Live]:
+        """Of `waiting` (longest-waiting first), the `room` that join: the sections streaming
+        clients wait for first, then the line's order; none a job holds back for its head start."""
+        ready = [entry for entry in waiting if not entry.job.holds_back(entry.stream)]
+        ready.sort(key=lambda entry: not entry.job.favours(entry.stream))  # stable: the line's order within
+        return ready[:max(room, 0)]
+
+    def _follow_windows(self, decode: GreedyDecode, rows: Dict[_Live, StreamWindow]) -> None:
+        """How far each row has come into its window, and the jobs' progress with it: at every step
+        on a CPU (looking costs nothing there); on a GPU every few steps, and at every step
+        while a job waits for its first progress to end its head start."""
+        jobs = {entry.job: None for entry in rows}
+        waiting = any(not job.streaming() and not job.head_start_over() for job in jobs)
+        if not jobs or (decode.step_count % PROGRESS_EVERY_STEPS and not waiting and not decode.host):
+            return
+        for entry, index in decode.timestamps_reached():
+            window = rows.get(entry)
+            if window is not None:
+                entry.job.into_window[entry.stream] = min(max(index, 0) * TIME_PRECISION,
+                                                          window.frames / FRAMES_PER_SECOND)
+        for job in jobs:
+            job.report_progress()
 
     def _admit(self, decode: GreedyDecode, joining: List[_Live], rows: Dict[_Live, StreamWindow]) -> List[_Live]:
         """Each joining stream's next window into the decode; returns the entries served
@@ -352,6 +434,8 @@ class DecodeLoop:
         if not ended:
             return []
         finished = [(entry, rows.pop(entry)) for entry, _ in ended]
+        for entry, _ in finished:
+            entry.job.into_window.pop(entry.stream, None)  # its stream's seek moves instead
         with torch.inference_mode():
             results = fall_back(model, [window for _, window in finished], [entry.job.options for entry, _ in finished],
                                 [result for _, result in ended], language, self.fp16)
@@ -367,7 +451,7 @@ class DecodeLoop:
             limit = self._limit_now(job)
             served: List[_Live] = []
             batch: List[Tuple[_Live, StreamWindow]] = []
-            for entry in candidates:
+            for entry in sorted(candidates, key=lambda entry: not entry.job.favours(entry.stream)):
                 window = entry.stream.next_window()  # None: the rest of the section is silence
                 served.append(entry)
                 if window is not None:

@@ -319,7 +319,7 @@ class Engine:
                        for section in sections]
             handle.show_segments(lambda: completed_in_order(streams))  # for clients that stream the text
             self.loop.run(model, streams, options, language, cancelled=handle.cancel_requested,
-                          on_progress=on_progress)
+                          on_progress=on_progress, streaming=handle.streams_text)
         segments = [replace(segment, id=i) for i, segment in
                     enumerate(segment for stream in streams for segment in stream.segments)]
         result = TranscriptionResult(

@@ -307,6 +307,16 @@ class GreedyDecode:
             self.rows["finished"][torch.tensor(slots, device=self.rows["finished"].device)] = True
             self.free = sorted(self.free + slots)
 
+    def timestamps_reached(self) -> List[Tuple[object, int]]:
+        """(tag, index) of each row still decoding: its latest timestamp token as an index into
+        its window (1 per 20 ms; -1 before any). Timestamps never decrease, so a row at <|12.40|>
+        has decoded its window up to 12.4 s; the decode loop's progress counts that."""
+        if len(self) == 0:
+            return []
+        latest = (self.rows["latest_ts"] - self.tokenizer.timestamp_begin).clamp_(min=-1).tolist()
+        free = set(self.free)
+        return [(tag, index) for slot, (tag, index) in enumerate(zip(self.tags, latest)) if slot not in free]
+
     # -- the masks whisper's logit filters apply, as tensors ---------------------------
     def _static_masks(self, vocab: int, device: torch.device) -> Tuple[Tensor, Tensor]:
         """Ids set to -inf whatever was sampled: (every step, first step). The every-step ones

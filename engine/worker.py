@@ -57,6 +57,7 @@ class JobHandle:
         self._cancel_requested = threading.Event()
         self._segment_source: Optional[Callable[[], List[Any]]] = None  # see show_segments
         self._segments: List[Any] = []  # segments completed so far, as of the last progress report
+        self._text_streamed = threading.Event()  # see stream_text
         self._start_lock = threading.Lock()
         self._start_callbacks: Optional[List[Callable[["JobHandle"], None]]] = []  # None once started
 
@@ -137,6 +138,14 @@ class JobHandle:
         """The segments completed so far, in recording order (each section's only once those
         before it are complete), for a client that streams the text while the job runs."""
         return self._segments
+
+    def stream_text(self) -> None:
+        """A client reads the text as it is decoded (stream=true): the decode loop then favours
+        the job's earliest unfinished section, whose text is the next to go out."""
+        self._text_streamed.set()
+
+    def streams_text(self) -> bool:
+        return self._text_streamed.is_set()
 
     def show_segments(self, source: Callable[[], List[Any]]) -> None:
         """The running job says where its completed segments can be read. `source` is called at

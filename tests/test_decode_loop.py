@@ -4,8 +4,9 @@ Windows end at different lengths; the loop hands an ended row's result to its st
 once and lets that stream's next window (or another stream's) join the running decode, so
 steps stay full. These tests watch the running decode (engine.fast_decode.GreedyDecode)
 through its own methods, called through: rows of two jobs in one step, a cancelled job
-gone within a step, an allocation failure halving the batch, and the model lock let go
-between steps. Tests that need to hold or fail the decoder from outside inject one
+gone within a step, an allocation failure halving the batch, the model lock let go
+between steps, progress that moves inside a window, and a streaming job's first section
+ahead of its others. Tests that need to hold or fail the decoder from outside inject one
 (tests/test_worker.py, tests/test_memory.py), which decodes whole batches instead.
 """
 import threading
@@ -14,19 +15,25 @@ import time
 import pytest
 import torch
 
-from conftest import LONG_11_MIN, fast_settings, shared_audio
+from conftest import LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
 from engine import Engine, JobCancelled, load_audio
 from engine.decode_loop import ModelLock
 from engine.fast_decode import GreedyDecode
 from test_worker import fingerprint, wait_for
 
 
-class WatchedDecode:
-    """Records, for every token step, the jobs whose rows are in the running decode; `gate`
-    holds every step until set."""
+FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
-    def __init__(self, monkeypatch):
+
+class WatchedDecode:
+    """Records, for every token step, the jobs whose rows are in the running decode (and in
+    `rows`, their streams); `gate` holds every step until set; `before_step(decode)`, when
+    given, is called before each step and what it returns kept in `seen`."""
+
+    def __init__(self, monkeypatch, before_step=None):
         self.steps = []  # one set of jobs per step
+        self.rows = []  # one list of the rows' (job, stream) per step
+        self.seen = []
         self.gate = threading.Event()
         self.gate.set()
         step = GreedyDecode.step
@@ -35,9 +42,12 @@ class WatchedDecode:
             if not self.gate.wait(60):
                 raise TimeoutError("test gate never opened")
             # a whole-batch decode (decode_rows) tags its rows with numbers: no job to record
-            live = {getattr(decode.tags[slot], "job", None) for slot in range(len(decode.tags))
-                    if slot not in decode.free} - {None}
-            self.steps.append(live)
+            entries = [decode.tags[slot] for slot in range(len(decode.tags))
+                       if slot not in decode.free and hasattr(decode.tags[slot], "job")]
+            self.steps.append({entry.job for entry in entries})
+            self.rows.append([(entry.job, entry.stream) for entry in entries])
+            if before_step is not None:
+                self.seen.append(before_step(decode))
             return step(decode)
 
         monkeypatch.setattr(GreedyDecode, "step", watched)
@@ -147,3 +157,74 @@ def test_the_loop_lets_a_waiting_thread_have_the_model_between_steps():
     finally:
         stop.set()
         thread.join()
+
+
+
+def _rows(decode):
+    """(handle, section index, windows decoded by that job's first section) of each row."""
+    entries = [decode.tags[slot] for slot in range(len(decode.tags)) if slot not in decode.free]
+    return [(entry.job.cancelled.__self__, entry.job.streams.index(entry.stream),
+             entry.job.streams[0].windows_decoded) for entry in entries]
+
+
+def test_progress_moves_inside_the_first_window_before_a_second_section_joins(tiny_en_model_dir,
+                                                                              monkeypatch):
+    """Real tiny.en, 100 s in two sections of two windows each. The page's bar and /v1/jobs
+    used to read 0 until a whole 30 s window had been decoded (every section's first window
+    was encoded, then all were decoded side by side, so none ended sooner): progress now
+    counts the timestamps each row has reached, and the second section waits until the
+    first has shown some, so a user sees the job move after one window's encoding."""
+    handles = []
+
+    def look(decode):
+        entries = [decode.tags[slot] for slot in range(len(decode.tags)) if slot not in decode.free]
+        streams = entries[0].job.streams
+        return (handles[0].seconds_done, sum(stream.windows_decoded for stream in streams),
+                {streams.index(entry.stream) for entry in entries})
+
+    watch = WatchedDecode(monkeypatch, before_step=look)
+    audio = load_audio(shared_audio(FIVE_MIN))[:16000 * 100]
+    with Engine(fast_settings(tiny_en_model_dir, batch_size=2, max_new_tokens=224, language="en")) as engine:
+        watch.gate.clear()
+        handles.append(engine.submit(audio))
+        watch.gate.set()
+        result = handles[0].result(300)
+    assert result.windows >= 4 and max(len(sections) for _, _, sections in watch.seen) == 2
+    before_any_ended = [done for done, ended, _ in watch.seen if ended == 0]
+    assert any(done > 0 for done in before_any_ended), "no progress until a window had ended"
+    done_when_second_joined = next(done for done, _, sections in watch.seen if sections != {0})
+    assert done_when_second_joined > 0, "the second section joined before the job had shown any progress"
+    progress = [done for done, _, _ in watch.seen]
+    assert progress == sorted(progress), "progress went back"
+
+
+def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_checkpoint, audio,
+                                                                             monkeypatch):
+    """Two jobs of four sections on four rows. The job whose client streams its text (deltas
+    go out in recording order) has its first section decoded alone until its first window is
+    done, and that section never waits for a row; its transcript is what it is alone."""
+    watch = WatchedDecode(monkeypatch, before_step=_rows)
+    other, streamed = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    settings = fast_settings(micro_checkpoint, workers=2, batch_size=4, language="en", min_section_s=60)
+    with Engine(settings) as engine:
+        alone = fingerprint(engine.transcribe(streamed))
+        watch.gate.clear()
+        watch.seen.clear()
+        running = engine.submit(other)
+        assert wait_for(lambda: engine.loop.live_streams == 4)
+        job = engine.submit(streamed)
+        job.stream_text()  # what ui/openai_stream does for stream=true
+        assert wait_for(lambda: engine.loop.live_streams == 8), "both jobs' sections should be in the loop"
+        watch.gate.set()
+        together = fingerprint(job.result(120))
+        running.result(120)
+    assert together == alone
+    mine = [[(section, first_done) for handle, section, first_done in rows if handle is job]
+            for rows in watch.seen]
+    present = [i for i, rows in enumerate(mine) if any(section == 0 for section, _ in rows)]
+    assert any(first_done >= 1 for i in present for section, first_done in mine[i] if section == 0), \
+        "the first section should have more than one window"
+    assert present == list(range(present[0], present[-1] + 1)), "the first section waited for a row"
+    assert all(first_done >= 1 for rows in mine for section, first_done in rows if section > 0), \
+        "a later section was decoded before the first section's first window was done"
+    assert any(section > 0 for rows in mine for section, _ in rows)

@@ -67,6 +67,31 @@ def test_deltas_arrive_in_order_as_segments_complete(real):
     assert [s["text"] for s in job["result"]["segments"]][0].strip() == deltas[0]
 
 
+def test_text_starts_while_most_of_a_long_recording_is_still_to_decode(tiny_en_model_dir, tmp_path):
+    """The 5-minute file in seven sections side by side (batch_size 8), real tiny.en. Text goes
+    out in recording order, and every section's first window used to end at about the same
+    time, so the first delta came once most of the recording was decoded. The first section
+    now gets a head start: its text comes while most of the recording is still to decode."""
+    from app import serve
+
+    settings = fast_settings(tiny_en_model_dir, batch_size=8, max_new_tokens=224,
+                             data_dir=str(tmp_path / "data"))
+    with serve(settings, engine=Engine(settings), port=0) as server, \
+            httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http:
+        client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=300)
+        with open(shared_audio(FIVE_MIN), "rb") as file:
+            stream = client.audio.transcriptions.create(model="whisper-1", file=file, stream=True)
+            job_id = stream.response.headers["x-job-id"]
+            events = iter(stream)
+            first = next(events)
+            progress = http.get(f"/v1/jobs/{job_id}").json()["progress"]
+            rest = list(events)
+    assert first.type == "transcript.text.delta" and rest[-1].type == "transcript.text.done"
+    assert first.delta + "".join(e.delta for e in rest[:-1]) == rest[-1].text
+    print(f"\nfirst delta at {progress:.0%} of the recording decoded")
+    assert progress < 0.35, f"the first text came once {progress:.0%} of the recording was decoded"
+
+
 def test_stream_with_response_format_text_and_refusals(real):
     client = openai.OpenAI(base_url=real.url + "v1", api_key="none", max_retries=0, timeout=120)
     data = shared_audio(JFK).read_bytes()

@@ -7,7 +7,9 @@
 (the `openai` package's TranscriptionTextDeltaEvent and TranscriptionTextDoneEvent). A delta
 is sent for each segment as the engine completes it, in recording order: a recording's
 sections are decoded side by side, so a later section's text waits until the sections before
-it are complete (engine.completed_in_order). Joined, the deltas are the done event's text.
+it are complete (engine.completed_in_order). The decode loop gives a streaming job's earliest
+unfinished section a head start and the first free row (engine.decode_loop), so its text
+starts within a few seconds. Joined, the deltas are the done event's text.
 
 The job is an ordinary durable job (its id in the X-Job-Id header): a client that goes away
 mid-stream stops only the stream, never the job, and can fetch the result later. An error
@@ -77,5 +79,6 @@ async def _events(handle: JobHandle, logprobs: bool) -> AsyncIterator[bytes]:
 
 def streaming_response(handle: JobHandle, logprobs: bool) -> StreamingResponse:
     """The job's text as server-sent events; see the module docstring."""
+    handle.stream_text()  # the decode loop favours the section whose text goes out next
     return StreamingResponse(_events(handle, logprobs), media_type="text/event-stream",
                              headers={"X-Job-Id": handle.id, "Cache-Control": "no-cache"})
