@@ -14,11 +14,12 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 
 from browser import ARTIFACTS, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
-from conftest import JFK, ROOT, fast_settings, shared_audio
+from conftest import JFK, LONG_11_MIN, ROOT, fast_settings, shared_audio
 
 pytestmark = needs_chromium
 
@@ -302,3 +303,33 @@ def test_segments_with_word_times_on_real_weights_screenshot(playwright, real_se
         page.evaluate("window.sttRecordingPlayer().pause()")
         page.locator("#segments").scroll_into_view_if_needed()
         screenshot(page, "page-segments.png", page.locator("#segments").locator(".."))
+
+
+PROGRESS_JS = """() => { const m = document.body.innerText.match(/Transcribing[^0-9]*([0-9.]+)\\s*\\/\\s*([0-9.]+)/);
+    return m ? [parseFloat(m[1]), parseFloat(m[2])] : null; }"""
+
+
+def test_progress_moves_from_the_first_seconds_of_a_long_job(playwright, real_server, tmp_path):
+    """Issue 19's "Transcribing 0.0 % for 13 of 24 s": the bar counts the seconds decoded
+    inside the first window, and the first section starts alone, so it moves early in the job."""
+    five_minutes = LONG_11_MIN.parent / "lj050_0159_5min.mp3"
+    for page in _page(playwright, real_server, tmp_path):
+        upload(page, shared_audio(five_minutes))
+        page.click("#transcribe-button")
+        seen = []  # (seconds since the bar first said "Transcribing", seconds of audio it says are done)
+        started = None
+        while not page.evaluate("document.querySelector('#transcript textarea').value.length > 0"):
+            reading = page.evaluate(PROGRESS_JS)
+            if reading is not None:
+                started = started if started is not None else time.monotonic()
+                seen.append((time.monotonic() - started, reading[0]))
+                if len(seen) == 30:
+                    screenshot(page, "page-progress.png", page.locator("body"))
+            time.sleep(0.1)
+        took = time.monotonic() - started
+        changes = [0.0] + [t for (t, done), (_, before) in zip(seen[1:], seen) if done != before] + [took]
+        stood = max(b - a for a, b in zip(changes, changes[1:]))  # the longest the bar did not move
+        print(f"\nprogress: {len(changes) - 2} changes in {took:.1f} s, first at {changes[1]:.1f} s, "
+              f"stood still {stood:.1f} s at most")
+        assert seen[0][1] > 0 or changes[1] < 0.25 * took, f"the bar stood at 0 for {changes[1]:.1f} of {took:.1f} s"
+        assert stood < 0.35 * took, f"the bar stood still for {stood:.1f} of {took:.1f} s"
