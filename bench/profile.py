@@ -5,19 +5,19 @@ bench's long-form settings: fallback ladder, whisper's guards, previous text; ba
 one recording, with a timer around each stage. The stages are the engine's own functions,
 wrapped for the run, so nothing here changes what is measured:
 
-    audio decoding        engine.audio.load_audio (ffmpeg to float32 16 kHz)
-    section planning      engine.sections.plan_sections (cuts at the longest pauses)
+    audio decoding        engine.audio.files.load_audio (ffmpeg to float32 16 kHz)
+    section planning      engine.audio.sections.plan_sections (cuts at the longest pauses)
     log-mel               SectionStream.__init__ (each section's log-mel, computed once)
     window slicing        SectionStream.next_window (the window at `seek`, the silence check)
-    voice activity        engine.vad.speech_map (Silero, on by default)
-    encoder               engine.fast_decode.encode
+    voice activity        engine.audio.vad.speech_map (Silero, on by default)
+    encoder               engine.decoding.fast_decode.encode
     cross-attention k, v  computed once per window as it joins the decode
     decoder blocks        self- and cross-attention and MLP of every token step (prompts' prefill included)
     output projection     the 51,865-wide logits matmul of every token step
     token selection       logit rules, argmax, log-probs, rows joining and leaving, results
                           (the rest of GreedyDecode.admit and .step)
     fallback re-decodes   rows that failed a guard, decoded again hotter (whisper.decode per row),
-                          and word timing when asked for (engine.transcriber.fall_back, align_words)
+                          and word timing when asked for (engine.decoding.transcriber.fall_back, align_words)
     stream bookkeeping    SectionStream.advance (segments, seek, previous text)
     other                 the decode loop and the job around it (batching, stacking, threads)
 
@@ -69,8 +69,9 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
     """(total seconds, [(stage, seconds)], counts) for one engine run on CPU."""
     import whisper
 
-    from engine import Engine, decode_loop, engine as engine_module, fast_decode
-    from engine.stream import SectionStream
+    from engine import Engine, engine as engine_module
+    from engine.decoding import decode_loop, fast_decode
+    from engine.decoding.stream import SectionStream
 
     sections: List[int] = []
     greedy = fast_decode.GreedyDecode

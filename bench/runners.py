@@ -83,7 +83,7 @@ def load_whisper_model(path: str, device: str):
     rebuilds the same openai-whisper module from its tensors."""
     import whisper
 
-    from engine.ct2_weights import is_ct2_model_dir, read_ct2_model
+    from engine.models.ct2_weights import is_ct2_model_dir, read_ct2_model
 
     if is_ct2_model_dir(path):
         return read_ct2_model(path).eval().to(device)
@@ -143,7 +143,7 @@ def engine_settings(spec: Spec, precision: str, workers: int = 1):
 
 def whisper_decode_rows(model, mel, options, prompts: Sequence[Optional[Sequence[int]]]) -> list:
     """openai-whisper's own batched `whisper.decode` in the engine's decoder signature
-    (`engine.fast_decode.decode_rows`): whisper.decode takes one prompt for a whole batch,
+    (`engine.decoding.fast_decode.decode_rows`): whisper.decode takes one prompt for a whole batch,
     so the rows are decoded in one call per distinct prompt. Without previous text (random
     weights) every prompt is empty and a step is one batched call, as before the engine took
     a prompt per row; with previous text most rows differ and this is row by row."""
@@ -164,7 +164,7 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs
     """`jobs` > 1: that many copies of the recording submitted at once to one engine with as
     many workers, so the decode loop batches their sections together."""
     from engine import Engine
-    from engine.fast_decode import decode_rows
+    from engine.decoding.fast_decode import decode_rows
 
     count = DecodeCount()
 

@@ -23,8 +23,8 @@ from bench.inputs import SHARED_AUDIO, tiny_en_dir
 from bench.signals import music, noise
 from bench.wer import word_error_rate
 from engine import Engine, load_audio, load_settings
-from engine.sections import plan_sections
-from engine.vad import speech_map
+from engine.audio.sections import plan_sections
+from engine.audio.vad import speech_map
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 ELEVEN_MIN = SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"

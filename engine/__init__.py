@@ -7,18 +7,18 @@
     result = job.result()                               # TranscriptionResult
     engine.release()                                    # GPU memory back, safely
 """
-from . import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
-from .audio import (AudioError, AudioTooLong, AudioTooShort, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
+from engine.device import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
+from engine.audio.files import (AudioError, AudioTooLong, AudioTooShort, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
                     TruncatedAudio, check_audio, check_ffmpeg, load_audio)
-from .cuda import DeviceError
-from .engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
-from .formats import FORMATS, render, write_files
-from .gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
-from .languages import language_choices, normalise_language
-from .models import ModelLoadError, ReleaseReport
-from .results import Segment, TranscriptionResult, Word
-from .settings import Settings, SettingsError, load_settings
-from .transcriber import WindowTooLarge
-from .worker import JobCancelled, JobHandle, JobStatus, QueueFull, TranscriptionWorker, WorkerShutDown
+from engine.device.cuda import DeviceError
+from engine.engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
+from engine.formats import FORMATS, render, write_files
+from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
+from engine.languages import language_choices, normalise_language
+from engine.models.cache import ModelLoadError, ReleaseReport
+from engine.results import Segment, TranscriptionResult, Word
+from engine.settings import Settings, SettingsError, load_settings
+from engine.decoding.transcriber import WindowTooLarge
+from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, TranscriptionWorker, WorkerShutDown
 
 __all__ = [name for name in dir() if not name.startswith("_")]

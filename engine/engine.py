@@ -19,23 +19,23 @@ import whisper
 from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.tokenizer import get_tokenizer
 
-from .audio import SAMPLE_RATE, check_audio, check_length, load_audio
-from .cpu_threads import in_passing_thread, single_threaded_here
-from .cuda import DevicePlan, apply_alloc_conf, plan_device
-from .decode_loop import MODEL_LOCK, DecodeLoop
-from .fast_decode import decode_rows
-from .gpu_monitor import GpuMonitor
-from .languages import LANGUAGES, normalise_language
-from .model_names import ModelNames, english_only_by_name
-from .models import ModelCache, ModelInfo, ReleaseReport, load_model
-from .options import DecodeOptions
-from .results import TranscriptionResult
-from .sections import plan_sections
-from .settings import Settings
-from .stream import SectionStream, log_mel_spectrogram
-from .transcriber import Decoder
-from .vad import SpeechMap, VadOptions, speech_map
-from .worker import JobHandle, TranscriptionWorker
+from engine.audio.files import SAMPLE_RATE, check_audio, check_length, load_audio
+from engine.device.cpu_threads import in_passing_thread, single_threaded_here
+from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_device
+from engine.decoding.decode_loop import MODEL_LOCK, DecodeLoop
+from engine.decoding.fast_decode import decode_rows
+from engine.device.gpu_monitor import GpuMonitor
+from engine.languages import LANGUAGES, normalise_language
+from engine.models.names import ModelNames, english_only_by_name
+from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
+from engine.decoding.options import DecodeOptions
+from engine.results import TranscriptionResult
+from engine.audio.sections import plan_sections
+from engine.settings import Settings
+from engine.decoding.stream import SectionStream, log_mel_spectrogram
+from engine.decoding.transcriber import Decoder
+from engine.audio.vad import SpeechMap, VadOptions, speech_map
+from engine.worker import JobHandle, TranscriptionWorker
 
 log = logging.getLogger(__name__)
 

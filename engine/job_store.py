@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
-from .results import Segment, TokenLogprob, TranscriptionResult, Word
+from engine.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
+from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 
 log = logging.getLogger(__name__)
 

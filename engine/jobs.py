@@ -43,14 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Set, Union
 
-from .audio import AudioError
-from .data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
+from engine.audio.files import AudioError
+from engine.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
                        is_disk_full, private_dir)
-from .engine import Engine, InvalidRequest
-from .job_store import JobRecord, JobStore
-from .results import TranscriptionResult
-from .settings import Settings
-from .worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
+from engine.engine import Engine, InvalidRequest
+from engine.job_store import JobRecord, JobStore
+from engine.results import TranscriptionResult
+from engine.settings import Settings
+from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .sections import MIN_SECTION_S
+from engine.audio.sections import MIN_SECTION_S
 
 ENV_PREFIX = "WHISPER_APP_"
 
@@ -105,7 +105,7 @@ class Settings(BaseModel):
         if len(set(keys.values())) != len(keys):
             raise ValueError("api_keys: two names share one key; each key must be different (it says whose jobs are whose)")
         if self.language is not None:
-            from .languages import normalise_language
+            from engine.languages import normalise_language
 
             normalise_language(self.language)  # raises ValueError naming the accepted values
         return self
@@ -123,7 +123,7 @@ class Settings(BaseModel):
     @property
     def subtitles(self) -> "SubtitleOptions":  # noqa: F821
         """The srt/vtt layout the `subtitle_*` keys configure (engine.subtitles.SubtitleOptions)."""
-        from .subtitles import SubtitleOptions
+        from engine.subtitles import SubtitleOptions
 
         return SubtitleOptions.from_settings(self)
 

@@ -17,15 +17,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
 from typing import Any, Callable, Deque, List, Optional
 
+from engine.errors import JobCancelled  # re-exported: callers find it beside the worker that raises it
+
 log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
     """The queue holds `queue_size` waiting jobs already; try again later."""
-
-
-class JobCancelled(RuntimeError):
-    """The job was cancelled before it finished."""
 
 
 class WorkerShutDown(RuntimeError):

@@ -79,7 +79,7 @@ def fast_settings(model: Path | str, **overrides):
 
 
 class DecodeGate(threading.Event):
-    """A decoder (engine.fast_decode.decode_rows' signature) that first waits for this event: `clear()` holds
+    """A decoder (engine.decoding.fast_decode.decode_rows' signature) that first waits for this event: `clear()` holds
     jobs running or queued, `set()` lets them go. Open at first."""
 
     def __init__(self, timeout_s: float = 60.0):
@@ -88,7 +88,7 @@ class DecodeGate(threading.Event):
         self.set()
 
     def __call__(self, model, mel, options, prompts):
-        from engine.fast_decode import decode_rows
+        from engine.decoding.fast_decode import decode_rows
 
         if not self.wait(self.timeout_s):
             raise TimeoutError("test gate never opened")

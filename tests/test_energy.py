@@ -1,8 +1,8 @@
-"""engine.energy and engine.sections on synthetic audio: levels, silence, pauses to cut in."""
+"""engine.audio.energy and engine.audio.sections on synthetic audio: levels, silence, pauses to cut in."""
 import numpy as np
 
-from engine.energy import frame_energy, is_silent
-from engine.sections import plan_sections
+from engine.audio.energy import frame_energy, is_silent
+from engine.audio.sections import plan_sections
 
 SR = 16000
 

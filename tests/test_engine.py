@@ -8,7 +8,7 @@ import pytest
 from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
 from engine import (AudioTooLong, EmptyAudio, Engine, FORMATS, InvalidRequest, JobStatus, NotAudio,
                     TruncatedAudio, load_audio, write_files)
-from engine.sections import plan_sections
+from engine.audio.sections import plan_sections
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
@@ -91,7 +91,7 @@ def test_language_task_and_prompt_reach_the_decoder(engine):
 def test_the_initial_prompt_is_the_first_windows_context(micro_checkpoint):
     import whisper
 
-    from engine.fast_decode import decode_rows
+    from engine.decoding.fast_decode import decode_rows
 
     prompts = []
 

@@ -9,10 +9,10 @@ import torch
 from checkpoints import build_model
 from conftest import JFK, shared_audio, window_mels
 from engine import load_audio
-from engine.fast_decode import decode_rows
-from engine.options import DecodeOptions
-from engine.stream import StreamWindow
-from engine.transcriber import decode_batch
+from engine.decoding.fast_decode import decode_rows
+from engine.decoding.options import DecodeOptions
+from engine.decoding.stream import StreamWindow
+from engine.decoding.transcriber import decode_batch
 
 LADDER = (0.0, 0.5, 1.0)
 

@@ -1,4 +1,4 @@
-"""engine.fast_decode gives the tokens whisper.decode gives, window for window.
+"""engine.decoding.fast_decode gives the tokens whisper.decode gives, window for window.
 
 The accuracy proxy for the fp32 greedy path: on the 11-minute recording and real tiny.en
 weights, every window decoded in a batch by the fast decoder gets the tokens (and nearly the same log-prob and
@@ -15,7 +15,8 @@ import whisper
 
 from checkpoints import _probe_mels, build_model
 from conftest import LONG_11_MIN, shared_audio, window_mels
-from engine import fast_decode, load_audio
+from engine import load_audio
+from engine.decoding import fast_decode
 from real_models import load_real_model
 
 TOKENS_PER_WINDOW = 100  # about what 30 s of real speech needs

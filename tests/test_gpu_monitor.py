@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import gpu_monitor
-from engine.gpu_monitor import NO_GPU_REASON, GpuMonitor, RawReading
+from engine.device import gpu_monitor
+from engine.device.gpu_monitor import NO_GPU_REASON, GpuMonitor, RawReading
 
 
 def reading(index=0, used_mb=41230.0, total_mb=81920.0, source="fake", **fields):

@@ -16,8 +16,8 @@ from whisper.decoding import DecodingOptions
 
 from conftest import JFK, fast_settings, shared_audio, window_mels
 from engine import Engine
-from engine.audio import load_audio
-from engine.fast_decode import decode_rows, decode_whole
+from engine.audio.files import load_audio
+from engine.decoding.fast_decode import decode_rows, decode_whole
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_stream_with_logprobs(real):
 
 
 def test_greedy_values_are_what_a_forced_rerun_gives_and_fallback_rows_carry_their_own(tiny_en_model_dir):
-    from engine.ct2_weights import read_ct2_model
+    from engine.models.ct2_weights import read_ct2_model
 
     model = read_ct2_model(str(tiny_en_model_dir)).eval()
     mel = window_mels(load_audio(str(shared_audio(JFK))))[:1]

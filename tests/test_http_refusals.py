@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import JFK, DecodeGate, fast_settings, shared_audio
 from engine import Engine, InvalidRequest
-from engine.model_names import ModelNames
+from engine.models.names import ModelNames
 
 GATE = DecodeGate(timeout_s=60)
 

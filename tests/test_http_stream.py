@@ -11,7 +11,7 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine
-from engine.fast_decode import decode_rows
+from engine.decoding.fast_decode import decode_rows
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 

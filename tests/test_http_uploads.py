@@ -125,7 +125,7 @@ def test_a_client_leaving_mid_upload_is_one_info_line_and_leaves_nothing(server,
     assert [r.levelno for r in left] == [logging.INFO, logging.INFO] and not any(r.exc_info for r in left)
 
 class HoldAfter:
-    """A decoder (engine.fast_decode.decode_rows' signature) that decodes `free` calls at full
+    """A decoder (engine.decoding.fast_decode.decode_rows' signature) that decodes `free` calls at full
     speed, then waits for `release` before each further one: a job that has made real
     progress and then goes slowly, as a long recording on a busy machine does."""
 
@@ -135,7 +135,7 @@ class HoldAfter:
         self.release = threading.Event()
 
     def __call__(self, model, mel, options, prompts):
-        from engine.fast_decode import decode_rows
+        from engine.decoding.fast_decode import decode_rows
 
         self.calls += 1
         if self.calls > self.free and not self.release.wait(60):

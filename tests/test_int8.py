@@ -5,10 +5,12 @@ import torch
 import whisper
 
 from conftest import LONG_11_MIN, fast_settings, shared_audio, window_mels
-from engine import DeviceError, Engine, fast_decode, load_audio
-from engine import cpu_attention, quantize
-from engine.cuda import DevicePlan, plan_device
-from engine.models import load_model
+from engine import DeviceError, Engine, load_audio
+from engine.decoding import fast_decode
+from engine.models import cpu_attention, quantize
+from engine.device import cuda
+from engine.device.cuda import DevicePlan, plan_device
+from engine.models.cache import load_model
 
 CPU_INT8 = DevicePlan(torch.device("cpu"), "int8", "cpu, int8")
 CPU_FP32 = DevicePlan(torch.device("cpu"), "fp32", "cpu, fp32")
@@ -153,14 +155,14 @@ def fake_gpu(monkeypatch):
 
 
 def test_int8_on_a_gpu_without_bitsandbytes_is_refused_at_start_up(fake_gpu, monkeypatch):
-    monkeypatch.setattr(quantize, "cuda_int8_available", lambda: False)
+    monkeypatch.setattr(cuda, "cuda_int8_available", lambda: False)
     with pytest.raises(DeviceError, match="bitsandbytes") as error:
         plan_device("cuda", 0, "int8")
     assert "pip install bitsandbytes" in str(error.value) and "fp16" in str(error.value)
 
 
 def test_int8_on_a_gpu_with_bitsandbytes_runs_int8_weights_and_fp16_activations(fake_gpu, monkeypatch):
-    monkeypatch.setattr(quantize, "cuda_int8_available", lambda: True)
+    monkeypatch.setattr(cuda, "cuda_int8_available", lambda: True)
     plan = plan_device("cuda", 0, "int8")
     assert plan.precision == "int8" and plan.is_cuda and plan.fp16
     assert not plan_device("cpu", 0, "int8").fp16
@@ -181,7 +183,7 @@ def test_a_windows_int8_tokens_do_not_depend_on_its_batch(tiny_en_model_dir):
     the dynamically quantised layers one window at a time and quantises the output
     projection's input row by row, so each window of real speech decodes in a batch of 12
     exactly as alone."""
-    from engine.ct2_weights import read_ct2_model
+    from engine.models.ct2_weights import read_ct2_model
 
     model = quantize.quantize_int8(read_ct2_model(str(tiny_en_model_dir)).float().eval())
     mels = window_mels(load_audio(shared_audio(LONG_11_MIN)))[:12]

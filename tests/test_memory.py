@@ -13,9 +13,9 @@ from whisper.model import ModelDimensions
 from checkpoints import DIMS
 from conftest import LONG_11_MIN, fast_settings, shared_audio
 from engine import Engine, WindowTooLarge, load_audio
-from engine import decode_loop, memory
-from engine.fast_decode import decode_rows
-from engine.memory import GpuMemory, fit_batch_size, window_cost_mb
+from engine.decoding import decode_loop, memory
+from engine.decoding.fast_decode import decode_rows
+from engine.decoding.memory import GpuMemory, fit_batch_size, window_cost_mb
 
 LARGE_V3 = ModelDimensions(**DIMS["large-v3"])
 CUDA = torch.device("cuda", 0)  # only a label here: the memory reading is injected

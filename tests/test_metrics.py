@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, GpuMonitor, NotAudio
-from engine.gpu_monitor import RawReading
+from engine.device.gpu_monitor import RawReading
 from ui.metrics import MIB, Metrics
 
 

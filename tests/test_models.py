@@ -10,8 +10,8 @@ import whisper
 
 from checkpoints import write_checkpoint
 from engine import ModelLoadError
-from engine.cuda import DevicePlan
-from engine.models import ModelCache, load_model, weights_mb
+from engine.device.cuda import DevicePlan
+from engine.models.cache import ModelCache, load_model, weights_mb
 
 CPU32 = DevicePlan(torch.device("cpu"), "fp32", "cpu, fp32")
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 from engine import Settings, SettingsError, load_settings
-from engine.cuda import plan_device
+from engine.device.cuda import plan_device
 
 REQUIRED_KEYS = ["model", "device", "device_index", "precision", "workers", "queue_size", "batch_size",
                  "condition_on_previous_text", "max_new_tokens", "language", "task",

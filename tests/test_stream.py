@@ -14,7 +14,7 @@ import whisper
 
 from conftest import JFK, LONG_11_MIN, fast_settings, shared_audio
 from engine import Engine, load_audio
-from engine.sections import MIN_SECTION_S, plan_sections
+from engine.audio.sections import MIN_SECTION_S, plan_sections
 
 GUARDS = dict(compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6)
 

@@ -19,7 +19,7 @@ from whisper.normalizers import EnglishTextNormalizer
 from bench.signals import NON_SPEECH, SAMPLE_RATE
 from conftest import JFK, ROOT, SHARED_AUDIO, fast_settings, shared_audio
 from engine import AudioTooShort, Engine, load_audio
-from engine.vad import SpeechMap, speech_map
+from engine.audio.vad import SpeechMap, speech_map
 
 LIBRI = SHARED_AUDIO / "librispeech" / "1089-134686-0000.flac"
 GAP_S = 60.0
@@ -91,7 +91,7 @@ def test_the_detector_keeps_the_speech_and_drops_the_minute_without_it(clips):
 
 def test_loading_the_detector_keeps_torch_s_thread_count():
     # silero_vad's import sets torch to one thread, process-wide: the decoder would run at half speed
-    code = ("import numpy, torch; torch.set_num_threads(2); from engine.vad import speech_map; "
+    code = ("import numpy, torch; torch.set_num_threads(2); from engine.audio.vad import speech_map; "
             "speech_map(numpy.zeros(16000, numpy.float32)); print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "2", out.stderr

@@ -50,7 +50,7 @@ from engine import FORMATS, Engine, JobHandle, JobStatus, QueueFull, Settings, r
 from engine.data_dir import is_disk_full
 from engine.disk_space import disk_space, has_room
 from engine.formats import safe_basename
-from engine.model_names import OPENAI_ALIASES
+from engine.models.names import OPENAI_ALIASES
 from engine.jobs import JobInfo, JobManager
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics

@@ -11,7 +11,7 @@ import os
 from typing import Iterable, Optional
 
 from engine import EngineStatus, GpuSnapshot, ReleaseReport
-from engine.model_names import model_id
+from engine.models.names import model_id
 
 REFRESH_S = 2.0  # sidebar refresh period; one nvidia-smi call per open page at worst
 

@@ -1,6 +1,6 @@
 """The decode loop: one thread per device that advances every live stream of every running job.
 
-The loop keeps one greedy decode running (engine.fast_decode.GreedyDecode) whose rows are
+The loop keeps one greedy decode running (engine.decoding.fast_decode.GreedyDecode) whose rows are
 the current windows of as many live streams as fit in a batch, taken fairly (the streams
 that waited longest first, whichever job they belong to). After every token step the rows
 whose window ended leave: their fallback re-decodes and word timing run, their streams
@@ -24,12 +24,12 @@ streaming job's earliest unfinished section comes first whenever rows are scarce
 goes out in recording order, so that section is what its client waits for. Neither changes
 what a window decodes: each section's windows depend only on its own previous window.
 
-An injected decoder (`decoder`, with `engine.fast_decode.decode_rows`' signature: tests
+An injected decoder (`decoder`, with `engine.decoding.fast_decode.decode_rows`' signature: tests
 put an allocation failure or a gate in front of it, the bench puts whisper.decode there)
 decodes whole batches instead: each step takes a batch of windows and decodes all of them
 to their ends (a streaming job's earliest section still comes first, without a head start).
 
-On CUDA a step's batch is at most what the free memory holds (engine.memory); when CUDA
+On CUDA a step's batch is at most what the free memory holds (engine.decoding.memory); when CUDA
 runs out of memory anyway, the cache is emptied, the loop's batch limit halved and the same
 windows tried again; a single window that cannot fit fails its job with `WindowTooLarge`.
 """
@@ -48,13 +48,13 @@ from whisper.audio import FRAMES_PER_SECOND
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 
-from .fast_decode import GreedyDecode, decode_rows, supports
-from .memory import fit_batch_size
-from .options import DecodeOptions
-from .stream import TIME_PRECISION, SectionStream, StreamWindow
-from .transcriber import (Decoder, WindowTooLarge, align_words, decode_batch, fall_back, free_cached_memory,
+from engine.decoding.fast_decode import GreedyDecode, decode_rows, supports
+from engine.decoding.memory import fit_batch_size
+from engine.decoding.options import DecodeOptions
+from engine.decoding.stream import TIME_PRECISION, SectionStream, StreamWindow
+from engine.decoding.transcriber import (Decoder, WindowTooLarge, align_words, decode_batch, fall_back, free_cached_memory,
                           too_large_message)
-from .worker import JobCancelled
+from engine.errors import JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class DecodeLoop:
 
     `batch_size` is the most windows one step decodes: larger batches use the GPU better
     and cost GPU memory (about 0.3 GB per window for large-v3 in fp16). `decoder` has
-    `engine.fast_decode.decode_rows`' signature; any other than decode_rows itself decodes
+    `engine.decoding.fast_decode.decode_rows`' signature; any other than decode_rows itself decodes
     whole batches (see the module's docstring).
     """
 

@@ -19,7 +19,7 @@ whose language is known, `decode` below does the same arithmetic with:
 - on CPU, the encoder run one window at a time (its activations then stay in cache, and
   int8's activation scales are each window's own);
 - for `precision: int8`, the 51,865-wide output projection through the int8 copy of the
-  embedding that `engine.quantize` attaches.
+  embedding that `engine.models.quantize` attaches.
 
 Each operation is whisper's own (the model's modules, SDPA with the same causal flags,
 the same log-softmax comparisons) or, for the CPU cross-attention, the same arithmetic in

@@ -21,8 +21,8 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from .ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
-from .cuda import DevicePlan, reserved_mb
+from engine.models.ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
+from engine.device.cuda import DevicePlan, reserved_mb
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None)
     if plan.precision == "fp16":
         model = model.half()
     elif plan.precision == "int8":
-        from .quantize import quantize_int8, quantize_int8_cuda
+        from engine.models.quantize import quantize_int8, quantize_int8_cuda
 
         model = quantize_int8_cuda(model) if plan.is_cuda else quantize_int8(model)
     model = model.to(plan.device)
@@ -63,7 +63,7 @@ def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None)
 
 
 def _read_ct2(directory: str) -> Whisper:
-    """A faster-whisper directory as an openai-whisper model (CPU, fp32); see `engine.ct2_weights`."""
+    """A faster-whisper directory as an openai-whisper model (CPU, fp32); see `engine.models.ct2_weights`."""
     try:
         return read_ct2_model(directory)
     except Ct2FormatError as exc:  # quantised, not Whisper, truncated: the message says which

@@ -6,17 +6,16 @@ matmuls on CPUs with VNNI/AVX-512. The decoder blocks' own layers stay fp32 (acc
 see `int8_layer_names`). The token embedding stays fp32 for the lookup, but the
 decoder's output projection (the same matrix, 51,865 wide, about half of every decoder
 step on CPU) gets an int8 copy quantised row by row, `decoder.int8_output_projection`,
-which `engine.fast_decode` uses; `whisper.decode` (sampling fallbacks) still uses the fp32 matrix.
+which `engine.decoding.fast_decode` uses; `whisper.decode` (sampling fallbacks) still uses the fp32 matrix.
 With the linear layers int8, the encoder's self-attention is most of the encoder; on CPUs
-with AMX it runs in bf16 (`engine.cpu_attention`).
+with AMX it runs in bf16 (`engine.models.cpu_attention`).
 
 On CUDA, PyTorch has no int8 matmul for this; bitsandbytes' `Linear8bitLt` (LLM.int8)
 does, when that library is installed. The rest of the model runs in fp16 there. Without
-bitsandbytes the engine refuses `precision: int8` on a GPU at start-up (engine.cuda).
+bitsandbytes the engine refuses `precision: int8` on a GPU at start-up (engine.device.cuda).
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from typing import List
 
@@ -24,9 +23,8 @@ import torch
 from torch import nn
 from whisper import model as whisper_model
 
-from engine.cpu_attention import use_bf16_encoder_attention
+from engine.models.cpu_attention import use_bf16_encoder_attention
 
-CUDA_INT8_LIBRARY = "bitsandbytes"
 LLM_INT8_THRESHOLD = 6.0  # bitsandbytes' default: activation outliers above this stay in fp16
 
 
@@ -93,7 +91,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     output channel, the output projection row-quantised (`RowQuantizedLinear`: a scale per
     token row of the embedding, which differ in size, and per activation row), and the
     encoder's self-attention in bf16 where the CPU has AMX. Dynamic quantisation
-    scales each activation tensor as a whole, so `engine.fast_decode` feeds those layers one
+    scales each activation tensor as a whole, so `engine.decoding.fast_decode` feeds those layers one
     window at a time (the encoder, the cross-attention keys and values): a window's result
     never depends on the others in its batch."""
     _as_plain_linear(model)
@@ -107,10 +105,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         model = quantize_dynamic(model, layers, dtype=torch.qint8)
     _attach_output_projection(model)
     return model
-
-
-def cuda_int8_available() -> bool:
-    return importlib.util.find_spec(CUDA_INT8_LIBRARY) is not None
 
 
 def quantize_int8_cuda(model: nn.Module) -> nn.Module:

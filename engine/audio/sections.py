@@ -1,13 +1,13 @@
 """Cut a recording into sections at its longest pauses, one stream per section.
 
-Each section is decoded as `whisper.transcribe` decodes a whole recording (engine.stream),
+Each section is decoded as `whisper.transcribe` decodes a whole recording (engine.decoding.stream),
 so words are lost or repeated only where two sections meet. Sections therefore meet in
 pauses, the longest ones near evenly spaced targets: even, so the streams of a job finish
 together and the batch stays full to the end; in a long pause, so that no sentence runs
 across a seam. As many sections as the batch has rows, none shorter than
 `MIN_SECTION_S`: a short recording is one section and gives exactly whisper's transcript.
 
-Pure numpy over the energy that engine.energy computes; no torch, no model.
+Pure numpy over the energy that engine.audio.energy computes; no torch, no model.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .energy import FRAME_S, SAMPLE_RATE, pause_level, quietest_cut, smoothed_level_db
+from engine.audio.energy import FRAME_S, SAMPLE_RATE, pause_level, quietest_cut, smoothed_level_db
 
 MIN_SECTION_S = 42.0  # over one window: whisper's seek needs room to carry a sentence over; see settings.min_section_s
 SEARCH_FRACTION = 0.25  # a cut may move this fraction of a section's length from its even target
@@ -42,7 +42,7 @@ def plan_sections(audio: np.ndarray, sections: int, sample_rate: int = SAMPLE_RA
     """At most `sections` sections of at least `min_section_s`, tiling `audio` in order.
 
     `joins` are samples where the voice activity detector removed a stretch without speech
-    (engine.vad): a cut there is a seam where nobody speaks, so the join nearest a target
+    (engine.audio.vad): a cut there is a seam where nobody speaks, so the join nearest a target
     is taken when one lies within reach, before any pause the energy suggests."""
     total = len(audio)
     count = int(min(max(sections, 1), total / sample_rate // min_section_s)) if total else 0

@@ -22,7 +22,7 @@ class DecodeOptions:
     logprobs: bool = False  # keep each text token's log-probability on its segment (the API's include[]=logprobs)
     hallucination_silence_threshold: Optional[float] = None  # with word timestamps: skip improbable segments with this much silence around them (s)
     silence_threshold_db: float = -50.0  # windows quieter than this are skipped without decoding
-    vad: bool = False  # decode only the stretches the voice activity detector calls speech (engine.vad)
+    vad: bool = False  # decode only the stretches the voice activity detector calls speech (engine.audio.vad)
 
 
 def needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:

@@ -1,7 +1,7 @@
 """Loudness of a recording over time: where its pauses are, and whether a stretch is silent.
 
-Sections (engine.sections) are cut in the longest pauses, and windows quieter than the
-silence threshold are skipped without decoding (engine.stream). Both read the energy of 20 ms
+Sections (engine.audio.sections) are cut in the longest pauses, and windows quieter than the
+silence threshold are skipped without decoding (engine.decoding.stream). Both read the energy of 20 ms
 frames, smoothed over 200 ms so that the closure before a "p" or "t" inside a word does not
 pass for a pause between words.
 

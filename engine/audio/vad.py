@@ -29,7 +29,7 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from .cpu_threads import in_passing_thread
+from engine.device.cpu_threads import in_passing_thread
 
 SAMPLE_RATE = 16000
 FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
@@ -159,7 +159,7 @@ def _silero():
     global _model
     with _model_lock:
         if _model is None:
-            # in a thread that ends: a job thread runs on one core (engine.cpu_threads), so the
+            # in a thread that ends: a job thread runs on one core (engine.device.cpu_threads), so the
             # count read there to restore after the import would be 1, not the process's
             _model = in_passing_thread(_load_silero)
         return _model

@@ -1,6 +1,6 @@
 """The errors a recording can cause, each with a message for the person who sent it.
 
-Kept apart from `engine.audio` so front ends can name them without reading the decoding code.
+Kept apart from `engine.audio.files` so front ends can name them without reading the decoding code.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ start of the next window. Windows decoded independently lose it (measured: 6-10 
 words of long recordings with real weights). A `SectionStream` is that loop turned inside
 out: `next_window()` says what to decode next (the log-mel at `seek`, the previous text as
 the prompt), `advance(result)` takes the decoded window and moves `seek` by whisper's rules.
-It knows nothing of batches; `engine.decode_loop` advances many streams in one batch.
+It knows nothing of batches; `engine.decoding.decode_loop` advances many streams in one batch.
 
 The arithmetic is whisper's own: the section's log-mel is computed once with 30 s of
 padding (so its normalisation is the section's, as whisper's is the recording's), windows
@@ -28,11 +28,11 @@ from whisper.decoding import DecodingResult
 from whisper.timing import WordTiming
 from whisper.tokenizer import Tokenizer
 
-from .energy import is_silent
-from .options import DecodeOptions, is_no_speech
-from .results import Segment, TokenLogprob, Word
-from .vad import SpeechMap
-from .word_timing import add_word_timestamps, text_tokens_of
+from engine.audio.energy import is_silent
+from engine.decoding.options import DecodeOptions, is_no_speech
+from engine.results import Segment, TokenLogprob, Word
+from engine.audio.vad import SpeechMap
+from engine.decoding.word_timing import add_word_timestamps, text_tokens_of
 
 INPUT_STRIDE = 2  # mel frames per output token (N_FRAMES / n_audio_ctx)
 TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp token: 0.02
@@ -100,7 +100,7 @@ class SectionStream:
     def advance(self, window: StreamWindow, result: DecodingResult,
                 alignment: Optional[List[WordTiming]] = None) -> None:
         """Take the decoded `window` and move `seek` as whisper.transcribe does. With word
-        timestamps, `alignment` is the window's word timing (engine.word_timing.align_rows,
+        timestamps, `alignment` is the window's word timing (engine.decoding.word_timing.align_rows,
         computed for the whole batch); `needs_alignment` says which windows need one."""
         self.windows_decoded += 1
         self.tokens_decoded += len(result.tokens)
@@ -115,7 +115,7 @@ class SectionStream:
         tokens = torch.tensor(result.tokens)
         current: List[dict] = []
 
-        token_logprobs = getattr(result, "token_logprobs", None) or []  # engine.fast_decode's, one per token
+        token_logprobs = getattr(result, "token_logprobs", None) or []  # engine.decoding.fast_decode's, one per token
         cursor = [0]  # segments are consecutive slices of `tokens`, from the first
 
         def new_segment(start: float, end: float, segment_tokens: torch.Tensor) -> dict:

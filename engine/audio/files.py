@@ -43,7 +43,7 @@ import numpy as np
 import whisper.audio
 
 # The errors live in their own module; they are re-exported here, where callers look for them.
-from .audio_errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio,  # noqa: F401
+from engine.audio.errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio,  # noqa: F401
                            FfmpegMissing, INSTALL_HINT, NotAudio, TruncatedAudio)
 
 SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16000, what every whisper model expects

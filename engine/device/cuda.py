@@ -14,6 +14,7 @@ bench --impls engine engine-int8`, with and without). A value the user exported 
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ os.environ.setdefault(ALLOC_CONF_VAR, DEFAULT_ALLOC_CONF)
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402  (must come after the environment variable)
+
+CUDA_INT8_LIBRARY = "bitsandbytes"  # int8 on a GPU; PyTorch's own int8 is CPU-only
+
+
+def cuda_int8_available() -> bool:
+    return importlib.util.find_spec(CUDA_INT8_LIBRARY) is not None
 
 # TF32 runs fp32 matmuls and convolutions (mel front end, any fp32 fallback) on tensor cores.
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -91,8 +98,6 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
             "check CUDA_VISIBLE_DEVICES"
         )
     if precision == "int8":
-        from .quantize import CUDA_INT8_LIBRARY, cuda_int8_available
-
         if not cuda_int8_available():
             raise DeviceError(
                 f"precision: int8 on a GPU needs the {CUDA_INT8_LIBRARY} library (pip install {CUDA_INT8_LIBRARY}), "

@@ -6,7 +6,7 @@ whisper.transcribe's guards are decoded again at their next temperature, from th
 output already computed, until they pass or the ladder ends (`fall_back`); word timing
 aligns the decoded rows in one batched pass (`align_words`). `decode_batch` is the whole of
 it for a batch decoded at once (an injected decoder). In fp32 every row gets the tokens
-`whisper.decode` gives that window alone (engine.fast_decode).
+`whisper.decode` gives that window alone (engine.decoding.fast_decode).
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 from whisper.timing import WordTiming
 
-from .fast_decode import decode_rows
-from .memory import read_gpu_memory, window_cost_mb
-from .options import DecodeOptions, needs_fallback
-from .stream import SectionStream, StreamWindow
-from .word_timing import AlignmentRow, align_rows, text_tokens_of
+from engine.decoding.fast_decode import decode_rows
+from engine.decoding.memory import read_gpu_memory, window_cost_mb
+from engine.decoding.options import DecodeOptions, needs_fallback
+from engine.decoding.stream import SectionStream, StreamWindow
+from engine.decoding.word_timing import AlignmentRow, align_rows, text_tokens_of
 
 # (model, mels or encoder output, options, one prompt per row) -> one result per row
 Decoder = Callable[[Whisper, torch.Tensor, DecodingOptions, Sequence[Optional[Sequence[int]]]], List[DecodingResult]]
@@ -84,7 +84,7 @@ def _decode_attempt(model: Whisper, inputs: torch.Tensor, windows: Sequence[Stre
 def align_words(model: Whisper, rows: Sequence[Tuple[SectionStream, StreamWindow]],
                 results: Sequence[DecodingResult]) -> List[Optional[List[WordTiming]]]:
     """Word timings of every decoded window whose stream asked for word timestamps, in one
-    batched decoder pass over the encoder output the decode used (engine.word_timing);
+    batched decoder pass over the encoder output the decode used (engine.decoding.word_timing);
     None for the other rows."""
     alignments: List[Optional[List[WordTiming]]] = [None] * len(rows)
     wanted = [i for i, ((stream, _), result) in enumerate(zip(rows, results)) if stream.needs_alignment(result)]

@@ -1,0 +1,1 @@
+"""The device a model runs on: CUDA set-up and precision, CPU threads, the GPU monitor."""

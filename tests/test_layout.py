@@ -1,0 +1,94 @@
+"""The packages' arrows, checked on the import graph, so that a change cannot bend them silently.
+
+    app.py -> ui -> engine (its facade and its subpackages)
+    engine.decoding -> engine.audio, engine.models, engine.device, and the leaves
+    engine.audio, engine.models -> engine.device;  engine.device -> nothing of the engine
+    leaves (engine.results, engine.errors, engine.languages): imported by anyone, import no package
+
+Every import counts, those inside functions too: a lazy import is still an edge.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("audio", "decoding", "models", "device")
+LEAVES = ("engine.results", "engine.errors", "engine.languages")
+# what each subpackage of the engine may import from the rest of the engine
+ALLOWED = {
+    "engine.device": (),
+    "engine.audio": ("engine.device",),
+    "engine.models": ("engine.device",),
+    "engine.decoding": ("engine.audio", "engine.models", "engine.device"),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set:
+    """The absolute module names `path` imports (relative imports resolved against its package)."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from engine.audio import vad`
+    return found
+
+
+def graph(folder: str) -> dict:
+    return {module_name(path): imports(path) for path in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_the_engine_imports_no_front_end():
+    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "app", "bench", "tests"))
+           for module, names in graph("engine").items()}
+    assert not {m: n for m, n in bad.items() if n}, bad
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_engine_subpackage_imports_only_what_lies_below_it(package):
+    allowed = (package, *ALLOWED[package], *LEAVES)
+    wrong = {}
+    for module, names in graph(package.replace(".", "/")).items():
+        engine_names = {name for name in names if within(name, "engine") and name != "engine"}
+        # `from engine.audio import vad` also records "engine.audio": a package is fine where its modules are
+        outside = sorted(name for name in engine_names if not any(within(name, ok) for ok in allowed))
+        if outside:
+            wrong[module] = outside
+    assert not wrong, f"{package} may import only {allowed}: {wrong}"
+
+
+def test_the_leaves_import_no_engine_package():
+    for leaf in LEAVES:
+        names = imports(ROOT / (leaf.replace(".", "/") + ".py"))
+        packages = sorted(name for name in names for sub in SUBPACKAGES if within(name, f"engine.{sub}"))
+        assert not packages, f"{leaf} imports {packages}"
+
+
+def test_the_checker_sees_a_wrong_edge(tmp_path, monkeypatch):
+    # the rules above must be able to fail: a lazy import of the decode loop from a device module
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    device = tmp_path / "engine" / "device"
+    device.mkdir(parents=True)
+    (device / "__init__.py").write_text("")
+    (device / "probe.py").write_text("def f():\n    from engine.decoding.decode_loop import DecodeLoop\n")
+    with pytest.raises(AssertionError, match="engine.decoding.decode_loop"):
+        test_each_engine_subpackage_imports_only_what_lies_below_it("engine.device")
