@@ -12,7 +12,6 @@ from engine.audio.files import (AudioError, AudioTooLong, AudioTooShort, EmptyAu
                     TruncatedAudio, check_audio, check_ffmpeg, load_audio)
 from engine.device.cuda import DeviceError
 from engine.engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
-from engine.formats import FORMATS, render, write_files
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
 from engine.languages import language_choices, normalise_language
 from engine.models.cache import ModelLoadError, ReleaseReport

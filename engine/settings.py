@@ -71,7 +71,7 @@ class Settings(BaseModel):
     page_files_max_mb: float = Field(8192, gt=0)  # the page's uploads and downloads kept at once; more is 507
     min_free_disk_mb: float = Field(1024, ge=0)  # /healthz, /metrics warn when less is free under data_dir; 0 = never
 
-    # --- subtitles (srt, vtt; engine.subtitles) -----------------------------------------
+    # --- subtitles (srt, vtt; output.subtitles) -----------------------------------------
     subtitle_max_line_width: int = Field(42, ge=1)  # characters per line; only a single longer word exceeds it
     subtitle_max_lines: int = Field(2, ge=1)  # lines per cue
     subtitle_max_cue_s: float = Field(7.0, gt=0)  # longest time one cue stays on screen
@@ -119,13 +119,6 @@ class Settings(BaseModel):
     def allowed_models(self) -> List[str]:
         """The default model first, then the others the config lets users pick."""
         return list(dict.fromkeys([self.model, *self.models]))
-
-    @property
-    def subtitles(self) -> "SubtitleOptions":  # noqa: F821
-        """The srt/vtt layout the `subtitle_*` keys configure (engine.subtitles.SubtitleOptions)."""
-        from engine.subtitles import SubtitleOptions
-
-        return SubtitleOptions.from_settings(self)
 
 
 def _describe(error: ValidationError, source: str) -> str:

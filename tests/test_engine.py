@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
-from engine import (AudioTooLong, EmptyAudio, Engine, FORMATS, InvalidRequest, JobStatus, NotAudio,
-                    TruncatedAudio, load_audio, write_files)
+from engine import (AudioTooLong, EmptyAudio, Engine, InvalidRequest, JobStatus, NotAudio, TruncatedAudio,
+                    load_audio)
 from engine.audio.sections import plan_sections
+from output import FORMATS, write_files
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from conftest import srt_cues
-from engine.formats import FORMATS, render, safe_basename, write_files
+from output.formats import FORMATS, render, safe_basename, write_files
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import Settings
-from engine.subtitles import SubtitleOptions
+from output.subtitles import SubtitleOptions
 
 PLAIN = SubtitleOptions(per_segment=True)  # whisper's plain files: one cue per segment
 

@@ -1,6 +1,7 @@
 """The packages' arrows, checked on the import graph, so that a change cannot bend them silently.
 
-    app.py -> ui -> engine (its facade and its subpackages)
+    app.py -> ui -> output -> engine (its facade and its subpackages)
+    output (formats, subtitles) -> engine's leaves only; the engine never imports output
     engine.decoding -> engine.audio, engine.models, engine.device, and the leaves
     engine.audio, engine.models -> engine.device;  engine.device -> nothing of the engine
     leaves (engine.results, engine.errors, engine.languages): imported by anyone, import no package
@@ -58,7 +59,7 @@ def within(name: str, package: str) -> bool:
 
 
 def test_the_engine_imports_no_front_end():
-    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "app", "bench", "tests"))
+    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "output", "app", "bench", "tests"))
            for module, names in graph("engine").items()}
     assert not {m: n for m, n in bad.items() if n}, bad
 
@@ -81,6 +82,16 @@ def test_the_leaves_import_no_engine_package():
         names = imports(ROOT / (leaf.replace(".", "/") + ".py"))
         packages = sorted(name for name in names for sub in SUBPACKAGES if within(name, f"engine.{sub}"))
         assert not packages, f"{leaf} imports {packages}"
+
+
+def test_output_reads_only_the_engine_s_results():
+    def wrong(name: str) -> bool:
+        if name.split(".")[0] in ("ui", "app"):
+            return True
+        return within(name, "engine") and name != "engine" and not any(within(name, leaf) for leaf in LEAVES)
+
+    bad = {module: sorted(filter(wrong, names)) for module, names in graph("output").items()}
+    assert not {m: n for m, n in bad.items() if n}, bad
 
 
 def test_the_checker_sees_a_wrong_edge(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import gradio as gr
 import pytest
 
 from engine import Segment, TranscriptionResult, Word
-from engine.subtitles import SubtitleOptions
+from output.subtitles import SubtitleOptions
 from ui.transcribe_handler import clock, decoding_options, notice_html, segments_html, subtitle_options, word_time
 
 

@@ -1,4 +1,4 @@
-"""Subtitle cues (engine.subtitles): limits, where cues are cut, times; hand-made word lists, then
+"""Subtitle cues (output.subtitles): limits, where cues are cut, times; hand-made word lists, then
 the 11-minute recording on real tiny.en weights with word timestamps."""
 import dataclasses
 import math
@@ -8,10 +8,10 @@ import statistics
 import pytest
 
 from conftest import srt_cues
-from engine.formats import render
+from output.formats import render
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import SettingsError, load_settings
-from engine.subtitles import MIN_CUE_S, MIN_FRAGMENT_S, SENTENCE_END, SubtitleOptions, make_cues, wrap_lines
+from output.subtitles import MIN_CUE_S, MIN_FRAGMENT_S, SENTENCE_END, SubtitleOptions, make_cues, wrap_lines
 
 DEFAULT = SubtitleOptions()
 

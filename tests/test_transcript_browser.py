@@ -195,8 +195,8 @@ def _seconds(stamp: str) -> float:
 
 
 def test_subtitle_options_shape_the_srt(page, server):
-    from engine import render
-    from engine.subtitles import SubtitleOptions
+    from output import SubtitleOptions, render
+    from output.subtitles import SubtitleOptions
 
     settings = server.engine.settings
     upload(page, shared_audio(JFK))
@@ -225,7 +225,7 @@ def test_subtitle_options_shape_the_srt(page, server):
     srt = download(page, ".srt")
     narrow = SubtitleOptions(max_line_width=12, max_lines=1, max_cue_s=2.0)
     assert srt == render(result, "srt", subtitles=narrow)  # the page's choices reached the writer...
-    assert srt != render(result, "srt", subtitles=settings.subtitles)  # ... and they make a difference here
+    assert srt != render(result, "srt", subtitles=SubtitleOptions.from_settings(settings))  # ... and they make a difference here
     cues = _cues(srt)
     assert cues and all(len(cue) == 2 for cue in cues)  # one line each
     assert all(len(cue[1]) <= 12 or " " not in cue[1] for cue in cues), cues

@@ -46,10 +46,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from engine import FORMATS, Engine, JobHandle, JobStatus, QueueFull, Settings, render
+from engine import Engine, JobHandle, JobStatus, QueueFull, Settings
+from output import FORMATS, SubtitleOptions, render
 from engine.data_dir import is_disk_full
 from engine.disk_space import disk_space, has_room
-from engine.formats import safe_basename
+from output.formats import safe_basename
 from engine.models.names import OPENAI_ALIASES
 from engine.jobs import JobInfo, JobManager
 from ui.access import KeyRing, api_owner, caller_dependency
@@ -117,6 +118,7 @@ def add_routes(app: FastAPI, engine: Engine, settings: Settings, jobs: Optional[
 
 
 def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: Metrics) -> APIRouter:
+    subtitles = SubtitleOptions.from_settings(settings)  # the srt/vtt layout of every answer
     route_class = type("CountedOpenAIRoute", (OpenAIRoute,), {"on_error": staticmethod(metrics.refused)})
     keys = KeyRing(settings.named_api_keys)
     require_key = Depends(caller_dependency(keys, _unauthorized))
@@ -147,7 +149,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
             result = await _wait(handle)
         except Exception as exc:
             raise api_error(exc, accepted=True) from None
-        return transcription_response(result, form, headers={"X-Job-Id": handle.id}, subtitles=settings.subtitles)
+        return transcription_response(result, form, headers={"X-Job-Id": handle.id}, subtitles=subtitles)
 
     names = engine.model_names
 
@@ -216,7 +218,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         result = info.result()
         result = replace(result, model=names.public(result.model))  # rows from before ids may hold a path
         stem = safe_basename(Path(info.record.name).stem or job_id)
-        return PlainTextResponse(render(result, fmt, subtitles=settings.subtitles), media_type=RESULT_MEDIA_TYPES[fmt],
+        return PlainTextResponse(render(result, fmt, subtitles=subtitles), media_type=RESULT_MEDIA_TYPES[fmt],
                                  headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
 
     @v1.delete("/jobs/{job_id}")

@@ -9,7 +9,7 @@ own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcr
                  "segments": [{id, seek, start, end, text, tokens, temperature, avg_logprob,
                  compression_ratio, no_speech_prob}], "words": [{word, start, end}], "usage"}
 - text          the transcript as one paragraph, as OpenAI sends it
-- srt, vtt      subtitles, written by openai-whisper's own writers (engine.formats)
+- srt, vtt      subtitles, written by openai-whisper's own writers (output.formats)
 - errors        {"error": {"message", "type", "param", "code"}} with an honest status code
 """
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from engine import Segment, TranscriptionResult, render
+from engine import Segment, TranscriptionResult
+from output import render
 from engine.languages import LANGUAGES  # whisper's code -> name table
 from engine.job_store import JobRecord
 from engine.jobs import JobInfo
-from engine.subtitles import SubtitleOptions
+from output.subtitles import SubtitleOptions
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send; served by the configured default model
@@ -293,7 +294,7 @@ def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
     if fmt == "verbose_json":
         segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
         return JSONResponse(verbose_json(result, segments, form.words), headers=headers)
-    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)  # srt/vtt layout: settings.subtitles
+    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)  # srt/vtt layout: the settings' SubtitleOptions
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 

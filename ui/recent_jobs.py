@@ -29,7 +29,8 @@ from typing import List, Optional, Tuple
 import gradio as gr
 from gradio.context import LocalContext
 
-from engine import JobHandle, write_files
+from engine import JobHandle
+from output import SubtitleOptions, write_files
 from engine.jobs import JobInfo, JobManager
 from ui.transcribe_handler import DownloadDir, gradio_cache
 
@@ -152,7 +153,7 @@ class RecentJobs:
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
         return DownloadDir.private(write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
-                                               subtitles=self.jobs.engine.settings.subtitles))
+                                               subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings)))
 
     def delete(self, job_id: Optional[str], owner: Optional[str]) -> bool:
         """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""

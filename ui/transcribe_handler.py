@@ -26,10 +26,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import gradio as gr
 
 from engine import (AudioError, Engine, InvalidRequest, JobCancelled, JobHandle, ModelLoadError, QueueFull,
-                    TranscriptionResult, WindowTooLarge, WorkerShutDown, write_files)
+                    TranscriptionResult, WindowTooLarge, WorkerShutDown)
 from engine.data_dir import is_disk_full
 from engine.disk_space import OutOfDiskSpace
-from engine.subtitles import SubtitleOptions
+from output import SubtitleOptions, write_files
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,8 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
         if not audio:
             raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
                            print_exception=False)
-        subtitles = subtitle_options(engine.settings.subtitles, max_line_width, max_lines, max_cue_s, per_segment)
+        subtitles = subtitle_options(SubtitleOptions.from_settings(engine.settings), max_line_width, max_lines,
+                                     max_cue_s, per_segment)
         options = decoding_options(prompt, temperature)
         if word_timestamps:
             options["word_timestamps"] = True

@@ -2,7 +2,7 @@
 
 The writers (`whisper.utils.get_writer`) are the ones the `whisper` command line uses, so
 file format, timestamps and escaping are whisper's, not a second implementation to keep in
-step. What goes into srt and vtt is laid out first (engine.subtitles): cues of at most
+step. What goes into srt and vtt is laid out first (output.subtitles): cues of at most
 `SubtitleOptions.max_lines` lines of `max_line_width` characters and `max_cue_s` seconds,
 cut at sentence ends and pauses, handed to the writers as one pseudo-segment per cue.
 `SubtitleOptions(per_segment=True)` gives whisper's plain files instead: one cue per
@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Optional, TextIO
 from whisper.utils import get_writer
 
 from engine.results import TranscriptionResult
-from engine.subtitles import SubtitleOptions, as_segments, make_cues
+from output.subtitles import SubtitleOptions, as_segments, make_cues
 
 FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 SUBTITLE_FORMATS = ("srt", "vtt")  # the only writers that read the word-level options
