@@ -33,8 +33,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 import gradio as gr  # noqa: E402
 
 from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
-from engine.job_store import JobStore  # noqa: E402
-from engine.jobs import JobManager, StorageError, open_store  # noqa: E402
+from jobs.store import JobStore  # noqa: E402
+from jobs.manager import JobManager, StorageError, open_store  # noqa: E402
 from ui import http_api  # noqa: E402
 from ui.access import exposure_warnings  # noqa: E402
 from ui.recent_jobs import RecentJobs  # noqa: E402
@@ -95,7 +95,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
     returns once the server answers. `port` overrides settings.port; 0 picks a free port.
     `store` is the jobs database in settings.data_dir when already opened (`open_store`).
 
-    Raises engine.jobs.StorageError (DataDirInUse, DataDirUnwritable, DiskFull) when data_dir
+    Raises jobs.manager.StorageError (DataDirInUse, DataDirUnwritable, DiskFull) when data_dir
     is another server's or cannot be written, OSError when the port cannot be served."""
     # Recordings and transcripts are private to the server's user: every file the process
     # writes, Gradio's cache folders included (it creates them itself), is 0600, each folder 0700.

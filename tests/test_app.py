@@ -106,7 +106,7 @@ def test_not_audio_is_a_readable_error_and_the_page_keeps_working(client, jfk, t
 
 
 def test_prompt_and_temperature_reach_the_job(client, server, jfk):
-    from engine.job_store import result_from_dict
+    from jobs.store import result_from_dict
 
     prompt = "Minutes of the Kubernetes meeting, with Dr. Nguyen."
     _, files, _ = client.predict(handle_file(str(jfk)), prompt=prompt, temperature=0.6, api_name="/transcribe")

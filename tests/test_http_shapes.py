@@ -7,8 +7,8 @@ import pytest
 from openai.types.audio import Transcription, TranscriptionVerbose
 
 from engine import AudioTooLong, InvalidRequest, NotAudio, QueueFull, Segment, TranscriptionResult, Word
-from engine.job_store import JobRecord, result_to_dict
-from engine.jobs import JobInfo
+from jobs.store import JobRecord, result_to_dict
+from jobs.manager import JobInfo
 from ui.openai_compat import (ApiError, api_error, content_disposition, job_body, parse_form, transcription_response,
                               verbose_json)
 

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, NotAudio, QueueFull
-from engine.job_store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStore
 from engine.decoding.fast_decode import decode_rows
-from engine.jobs import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
+from jobs.manager import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as long as they need

@@ -11,8 +11,8 @@ from gradio.context import LocalContext
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine
-from engine.job_store import JobStore
-from engine.jobs import JobManager
+from jobs.store import JobStore
+from jobs.manager import JobManager
 from ui.recent_jobs import RecentJobs
 
 

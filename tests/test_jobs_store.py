@@ -8,7 +8,7 @@ import time
 import pytest
 
 from engine import Segment, TranscriptionResult, Word
-from engine.job_store import JobRecord, JobStore, result_from_dict, result_to_dict
+from jobs.store import JobRecord, JobStore, result_from_dict, result_to_dict
 
 
 def _result() -> TranscriptionResult:
@@ -94,7 +94,7 @@ def test_threads_share_one_store(tmp_path):
 
 
 def test_a_database_from_before_named_keys_opens_and_its_api_jobs_get_the_only_key(tmp_path):
-    from engine.job_store import _SCHEMA, SCHEMA_VERSION
+    from jobs.store import _SCHEMA, SCHEMA_VERSION
 
     old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # the layout as the previous version left it
     old.executescript(_SCHEMA)
@@ -163,7 +163,7 @@ def test_a_corrupt_database_is_moved_aside_and_a_fresh_one_started(tmp_path, cap
     else:
         _damaged_database(path)
     damaged = path.read_bytes()
-    with caplog.at_level("WARNING", logger="engine.job_store"):
+    with caplog.at_level("WARNING", logger="jobs.store"):
         store = JobStore(tmp_path)
     aside = list(tmp_path.glob("jobs.sqlite3.corrupt-*"))
     assert [p.read_bytes() for p in aside if not p.name.endswith(("-wal", "-shm"))] == [damaged]  # as it was

@@ -1,6 +1,7 @@
 """The packages' arrows, checked on the import graph, so that a change cannot bend them silently.
 
-    app.py -> ui -> output -> engine (its facade and its subpackages)
+    app.py -> ui -> jobs, output -> engine (its facade and its subpackages)
+    jobs (the durable job manager, its store, data_dir) -> engine; the engine never imports jobs
     output (formats, subtitles) -> engine's leaves only; the engine never imports output
     engine.decoding -> engine.audio, engine.models, engine.device, and the leaves
     engine.audio, engine.models -> engine.device;  engine.device -> nothing of the engine
@@ -59,7 +60,7 @@ def within(name: str, package: str) -> bool:
 
 
 def test_the_engine_imports_no_front_end():
-    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "output", "app", "bench", "tests"))
+    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "jobs", "output", "app", "bench", "tests"))
            for module, names in graph("engine").items()}
     assert not {m: n for m, n in bad.items() if n}, bad
 
@@ -91,6 +92,12 @@ def test_output_reads_only_the_engine_s_results():
         return within(name, "engine") and name != "engine" and not any(within(name, leaf) for leaf in LEAVES)
 
     bad = {module: sorted(filter(wrong, names)) for module, names in graph("output").items()}
+    assert not {m: n for m, n in bad.items() if n}, bad
+
+
+def test_jobs_and_output_import_no_front_end():
+    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "app", "bench", "tests"))
+           for folder in ("jobs", "output") for module, names in graph(folder).items()}
     assert not {m: n for m, n in bad.items() if n}, bad
 
 

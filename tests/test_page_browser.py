@@ -276,7 +276,7 @@ def test_banner_names_the_model_the_user_picked(browser, server):
 
 
 def test_recent_jobs_fit_their_box_and_show_whole_errors(browser, server):
-    from engine.job_store import JobRecord
+    from jobs.store import JobRecord
 
     page = open_page(browser, server.url)
     upload(page, shared_audio(JFK))

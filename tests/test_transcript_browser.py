@@ -247,7 +247,7 @@ def test_subtitle_options_shape_the_srt(page, server):
 
 def _result(data):
     """The json download as a TranscriptionResult."""
-    from engine.job_store import result_from_dict
+    from jobs.store import result_from_dict
 
     return result_from_dict({k: v for k, v in data.items() if k != "text"})
 
@@ -258,10 +258,10 @@ def _cues(srt: str):
 
 
 def test_voice_activity_detection_choice_goes_with_the_job(page, server):
-    from engine.jobs import SUBMIT_OPTIONS
+    from jobs.manager import SUBMIT_OPTIONS
 
     if "vad" not in SUBMIT_OPTIONS:  # the page passes vad only when it differs from the config
-        pytest.skip("the job manager does not take a vad option yet (engine/jobs.py SUBMIT_OPTIONS)")
+        pytest.skip("the job manager does not take a vad option yet (jobs/manager.py SUBMIT_OPTIONS)")
     upload(page, shared_audio(JFK))
     advanced(page)
     wanted = not server.engine.settings.vad

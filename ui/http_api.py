@@ -48,11 +48,11 @@ from fastapi.routing import APIRoute
 
 from engine import Engine, JobHandle, JobStatus, QueueFull, Settings
 from output import FORMATS, SubtitleOptions, render
-from engine.data_dir import is_disk_full
-from engine.disk_space import disk_space, has_room
+from jobs.data_dir import is_disk_full
+from jobs.disk_space import disk_space, has_room
 from output.formats import safe_basename
 from engine.models.names import OPENAI_ALIASES
-from engine.jobs import JobInfo, JobManager
+from jobs.manager import JobInfo, JobManager
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
 from ui.openai_stream import streaming_response

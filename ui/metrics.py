@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine import Engine, JobHandle, JobStatus
-from engine.disk_space import disk_space
-from engine.jobs import JobManager
+from jobs.disk_space import disk_space
+from jobs.manager import JobManager
 from ui.openai_compat import ApiError, kind_of
 
 log = logging.getLogger(__name__)

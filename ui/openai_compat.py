@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from engine import Segment, TranscriptionResult
 from output import render
 from engine.languages import LANGUAGES  # whisper's code -> name table
-from engine.job_store import JobRecord
-from engine.jobs import JobInfo
+from jobs.store import JobRecord
+from jobs.manager import JobInfo
 from output.subtitles import SubtitleOptions
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")

@@ -40,8 +40,8 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import Settings
-from engine.data_dir import is_disk_full
-from engine.disk_space import OutOfDiskSpace, has_room
+from jobs.data_dir import is_disk_full
+from jobs.disk_space import OutOfDiskSpace, has_room
 
 log = logging.getLogger(__name__)
 

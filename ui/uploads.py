@@ -22,8 +22,8 @@ from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from engine.data_dir import is_disk_full
-from engine.disk_space import OutOfDiskSpace
+from jobs.data_dir import is_disk_full
+from jobs.disk_space import OutOfDiskSpace
 from ui.openai_compat import ApiError, api_error, split_fields
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
 A full disk is an operator's problem that passes (space is freed, a quota raised), so the
 front ends answer it with a clear "out of disk space" (HTTP 507) and keep serving, instead of
 a traceback; /healthz and /metrics warn before it happens. Which errors mean a full disk is
-`engine.data_dir.is_disk_full`'s to say.
+`jobs.data_dir.is_disk_full`'s to say.
 """
 from __future__ import annotations
 

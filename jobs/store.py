@@ -8,7 +8,7 @@ thread; job rows are few and small, so contention does not matter.
 A row moves forward only (TRANSITIONS): queued -> running -> done / failed / cancelled, each
 write applying only from the state before it (`UPDATE ... WHERE status IN (...)`, which says
 whether it applied). So a late writer, a second run or a cancel can never overwrite a
-finished row. The store takes `data_dir` for its process (engine.data_dir.DataDirLock): a
+finished row. The store takes `data_dir` for its process (jobs.data_dir.DataDirLock): a
 second server on the same folder refuses to start instead of running its jobs again.
 
 Results are stored as JSON of the whole `TranscriptionResult` (segments, words, timings),
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from engine.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
+from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 
 log = logging.getLogger(__name__)

@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Deque, Dict, List, Optional, Set, Union
 
 from engine.audio.files import AudioError
-from engine.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
+from jobs.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
                        is_disk_full, private_dir)
 from engine.engine import Engine, InvalidRequest
-from engine.job_store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStore
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown

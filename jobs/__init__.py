@@ -1,0 +1,7 @@
+"""Durable jobs: every accepted recording is a row in a store before it is queued, so nothing is
+lost to a restart; the store's folder (data_dir), its disk space and its retention.
+
+Between the front ends and the engine: it submits to `engine.Engine` and the engine never
+imports it. The bounded queue that runs jobs (engine/worker.py) stays in the engine, whose
+facade hands out its JobHandles: durability is this package's concern, execution the engine's.
+"""
