@@ -33,8 +33,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 import gradio as gr  # noqa: E402
 
 from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
-from jobs.store import JobStore  # noqa: E402
-from jobs.manager import JobManager, StorageError, open_store  # noqa: E402
+from jobs import JobStore  # noqa: E402
+from jobs import JobManager, StorageError, open_store  # noqa: E402
 from ui import http_api  # noqa: E402
 from ui.access import exposure_warnings  # noqa: E402
 from ui.recent_jobs import RecentJobs  # noqa: E402

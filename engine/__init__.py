@@ -13,7 +13,8 @@ from engine.audio.files import (AudioError, AudioTooLong, AudioTooShort, EmptyAu
 from engine.device.cuda import DeviceError
 from engine.engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
-from engine.languages import language_choices, normalise_language
+from engine.languages import LANGUAGES, language_choices, normalise_language
+from engine.models.names import OPENAI_ALIASES, model_id
 from engine.models.cache import ModelLoadError, ReleaseReport
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import Settings, SettingsError, load_settings

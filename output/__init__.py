@@ -4,4 +4,5 @@ Above the engine and below the front ends: it reads `engine.results` and nothing
 engine, and the engine never imports it.
 """
 from output.formats import FORMATS, render, write_files
+from output.formats import safe_basename
 from output.subtitles import SubtitleOptions

@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional
 from fastapi import Request
 
 from engine import Settings
-from jobs.manager import ANONYMOUS_CALLER as ANONYMOUS
-from jobs.manager import api_owner  # noqa: F401  (the routes name owners through this module)
+from jobs import ANONYMOUS_CALLER as ANONYMOUS
+from jobs import api_owner  # noqa: F401  (the routes name owners through this module)
 
 
 class KeyRing:

@@ -46,13 +46,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from engine import Engine, JobHandle, JobStatus, QueueFull, Settings
-from output import FORMATS, SubtitleOptions, render
-from jobs.data_dir import is_disk_full
-from jobs.disk_space import disk_space, has_room
-from output.formats import safe_basename
-from engine.models.names import OPENAI_ALIASES
-from jobs.manager import JobInfo, JobManager
+from engine import Engine, JobHandle, JobStatus, OPENAI_ALIASES, QueueFull, Settings
+from jobs import JobInfo, JobManager, disk_space, has_room, is_disk_full
+from output import FORMATS, SubtitleOptions, render, safe_basename
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
 from ui.openai_stream import streaming_response

@@ -22,8 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engine import Engine, JobHandle, JobStatus
-from jobs.disk_space import disk_space
-from jobs.manager import JobManager
+from jobs import JobManager, disk_space
 from ui.openai_compat import ApiError, kind_of
 
 log = logging.getLogger(__name__)

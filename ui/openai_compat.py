@@ -20,12 +20,9 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from engine import Segment, TranscriptionResult
-from output import render
-from engine.languages import LANGUAGES  # whisper's code -> name table
-from jobs.store import JobRecord
-from jobs.manager import JobInfo
-from output.subtitles import SubtitleOptions
+from engine import LANGUAGES, Segment, TranscriptionResult  # whisper's code -> name table
+from jobs import JobInfo, JobRecord
+from output import SubtitleOptions, render
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send; served by the configured default model

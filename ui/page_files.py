@@ -40,8 +40,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import Settings
-from jobs.data_dir import is_disk_full
-from jobs.disk_space import OutOfDiskSpace, has_room
+from jobs import OutOfDiskSpace, has_room, is_disk_full
 
 log = logging.getLogger(__name__)
 

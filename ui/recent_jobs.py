@@ -31,7 +31,7 @@ from gradio.context import LocalContext
 
 from engine import JobHandle
 from output import SubtitleOptions, write_files
-from jobs.manager import JobInfo, JobManager
+from jobs import JobInfo, JobManager
 from ui.transcribe_handler import DownloadDir, gradio_cache
 
 from .transcribe_handler import DOWNLOAD_FORMATS  # the same files as under the transcript

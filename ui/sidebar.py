@@ -10,8 +10,7 @@ import html
 import os
 from typing import Iterable, Optional
 
-from engine import EngineStatus, GpuSnapshot, ReleaseReport
-from engine.models.names import model_id
+from engine import EngineStatus, GpuSnapshot, ReleaseReport, model_id
 
 REFRESH_S = 2.0  # sidebar refresh period; one nvidia-smi call per open page at worst
 

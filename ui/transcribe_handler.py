@@ -27,8 +27,7 @@ import gradio as gr
 
 from engine import (AudioError, Engine, InvalidRequest, JobCancelled, JobHandle, ModelLoadError, QueueFull,
                     TranscriptionResult, WindowTooLarge, WorkerShutDown)
-from jobs.data_dir import is_disk_full
-from jobs.disk_space import OutOfDiskSpace
+from jobs import OutOfDiskSpace, is_disk_full
 from output import SubtitleOptions, write_files
 
 log = logging.getLogger(__name__)

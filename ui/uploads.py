@@ -22,8 +22,7 @@ from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from jobs.data_dir import is_disk_full
-from jobs.disk_space import OutOfDiskSpace
+from jobs import OutOfDiskSpace, is_disk_full
 from ui.openai_compat import ApiError, api_error, split_fields
 
 log = logging.getLogger(__name__)
