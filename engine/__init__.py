@@ -8,17 +8,17 @@
     engine.release()                                    # GPU memory back, safely
 """
 from engine.device import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
-from engine.audio.files import (AudioError, AudioTooLong, AudioTooShort, EmptyAudio, FfmpegMissing, NotAudio, SAMPLE_RATE,
-                    TruncatedAudio, check_audio, check_ffmpeg, load_audio)
-from engine.device.cuda import DeviceError
-from engine.engine import Engine, EngineStatus, InvalidRequest, ModelState, TranscriptionRequest
+from engine.audio.files import SAMPLE_RATE, check_audio, check_ffmpeg, load_audio
+from engine.engine import Engine, EngineStatus, ModelState, TranscriptionRequest
+from engine.errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, DeviceError, EmptyAudio,
+                           EngineError, FfmpegMissing, InvalidRequest, JobCancelled, ModelLoadError, NotAudio,
+                           QueueFull, SettingsError, TruncatedAudio, WindowTooLarge, WorkerShutDown, error_class)
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
 from engine.languages import LANGUAGES, language_choices, normalise_language
 from engine.models.names import OPENAI_ALIASES, model_id
-from engine.models.cache import ModelLoadError, ReleaseReport
+from engine.models.cache import ReleaseReport
 from engine.results import Segment, TranscriptionResult, Word
-from engine.settings import Settings, SettingsError, load_settings
-from engine.decoding.transcriber import WindowTooLarge
-from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, TranscriptionWorker, WorkerShutDown
+from engine.settings import Settings, load_settings
+from engine.worker import JobHandle, JobStatus, TranscriptionWorker
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -36,15 +36,12 @@ from engine.decoding.stream import SectionStream, log_mel_spectrogram
 from engine.decoding.transcriber import Decoder
 from engine.audio.vad import SpeechMap, VadOptions, speech_map
 from engine.worker import JobHandle, TranscriptionWorker
+from engine.errors import InvalidRequest  # raised here; callers import it from here too
 
 log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray]
 TASKS = ("transcribe", "translate")
-
-
-class InvalidRequest(ValueError):
-    """A request option is wrong (unknown language, model not allowed, ...)."""
 
 
 def completed_in_order(streams: Sequence[SectionStream]) -> List:

@@ -16,12 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.audio.sections import MIN_SECTION_S
+from engine.errors import SettingsError
 
 ENV_PREFIX = "WHISPER_APP_"
-
-
-class SettingsError(ValueError):
-    """A bad configuration; the message is one line that names the key."""
 
 
 class Settings(BaseModel):

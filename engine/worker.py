@@ -17,17 +17,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
 from typing import Any, Callable, Deque, List, Optional
 
-from engine.errors import JobCancelled  # re-exported: callers find it beside the worker that raises it
+# re-exported: callers find them beside the worker that raises them
+from engine.errors import JobCancelled, QueueFull, WorkerShutDown
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(RuntimeError):
-    """The queue holds `queue_size` waiting jobs already; try again later."""
-
-
-class WorkerShutDown(RuntimeError):
-    """The worker is shutting down and no longer takes or starts jobs."""
 
 
 class JobStatus(str, Enum):

@@ -20,8 +20,11 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from engine import LANGUAGES, Segment, TranscriptionResult  # whisper's code -> name table
-from jobs import JobInfo, JobRecord
+
+from engine import (LANGUAGES, AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio, EngineError,
+                    FfmpegMissing, InvalidRequest, JobCancelled, ModelLoadError, NotAudio, QueueFull, Segment,
+                    TranscriptionResult, TruncatedAudio, WindowTooLarge, WorkerShutDown, error_class)
+from jobs import JobInfo, JobRecord, OutOfDiskSpace
 from output import SubtitleOptions, render
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -71,24 +74,24 @@ class ErrorKind:
     type: str = "invalid_request_error"  # OpenAI's error type
 
 
-# Engine exceptions by class name (a stored job keeps only the name), most specific first.
-ERROR_KINDS: Dict[str, ErrorKind] = {
-    "FfmpegMissing": ErrorKind(500, "ffmpeg_missing", "server_error"),
-    "NotAudio": ErrorKind(400, "invalid_file_format"),
-    "EmptyAudio": ErrorKind(400, "empty_file"),
-    "TruncatedAudio": ErrorKind(400, "truncated_file"),
-    "AudioTooLong": ErrorKind(400, "audio_too_long"),
-    "AudioTooShort": ErrorKind(400, "audio_too_short"),
-    "AudioFileNotFound": ErrorKind(400, "file_not_found"),
-    "AudioError": ErrorKind(400, "invalid_file"),
-    "InvalidRequest": ErrorKind(400, "invalid_value"),
-    "FileNotFoundError": ErrorKind(400, "file_not_found"),
-    "QueueFull": ErrorKind(429, "rate_limit_exceeded", "requests"),
-    "ModelLoadError": ErrorKind(503, "model_not_available", "server_error"),
-    "WorkerShutDown": ErrorKind(503, "shutting_down", "server_error"),
-    "WindowTooLarge": ErrorKind(503, "out_of_memory", "server_error"),
-    "JobCancelled": ErrorKind(409, "cancelled"),
-    "OutOfDiskSpace": ErrorKind(507, "insufficient_storage", "server_error"),
+# The errors a front end answers, by class; a subclass not listed takes its nearest listed base's.
+ERROR_KINDS: Dict[type, ErrorKind] = {
+    FfmpegMissing: ErrorKind(500, "ffmpeg_missing", "server_error"),
+    NotAudio: ErrorKind(400, "invalid_file_format"),
+    EmptyAudio: ErrorKind(400, "empty_file"),
+    TruncatedAudio: ErrorKind(400, "truncated_file"),
+    AudioTooLong: ErrorKind(400, "audio_too_long"),
+    AudioTooShort: ErrorKind(400, "audio_too_short"),
+    AudioFileNotFound: ErrorKind(400, "file_not_found"),
+    AudioError: ErrorKind(400, "invalid_file"),
+    InvalidRequest: ErrorKind(400, "invalid_value"),
+    FileNotFoundError: ErrorKind(400, "file_not_found"),
+    QueueFull: ErrorKind(429, "rate_limit_exceeded", "requests"),
+    ModelLoadError: ErrorKind(503, "model_not_available", "server_error"),
+    WorkerShutDown: ErrorKind(503, "shutting_down", "server_error"),
+    WindowTooLarge: ErrorKind(503, "out_of_memory", "server_error"),
+    JobCancelled: ErrorKind(409, "cancelled"),
+    OutOfDiskSpace: ErrorKind(507, "insufficient_storage", "server_error"),
 }
 UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 
@@ -109,10 +112,16 @@ STATUS_REASONS: Dict[int, str] = {401: "unauthorized", 404: "not_found", 405: "m
 
 
 def kind_of(error: BaseException) -> ErrorKind:
-    for cls in type(error).__mro__:
-        if cls.__name__ in ERROR_KINDS:
-            return ERROR_KINDS[cls.__name__]
-    return UNEXPECTED
+    return kind_of_class(type(error))
+
+
+def kind_of_class(cls: type) -> ErrorKind:
+    return next((ERROR_KINDS[base] for base in cls.__mro__ if base in ERROR_KINDS), UNEXPECTED)
+
+
+def stored_error_class(name: str) -> Optional[type]:
+    """The class a stored job's `error_type` names: an engine error, or one of the table's."""
+    return error_class(name) or next((cls for cls in ERROR_KINDS if cls.__name__ == name), None)
 
 
 def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None, accepted: bool = False) -> ApiError:
@@ -120,11 +129,8 @@ def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None, ac
     job had been accepted (then it is a failed job in /metrics, not a refused request)."""
     kind = kind_of(error)
     message = str(error) or type(error).__name__
-    param = None
-    if kind.code == "invalid_value":  # InvalidRequest messages start with the option's name
-        param = {"initial_prompt": "prompt"}.get(message.split(":", 1)[0], message.split(":", 1)[0])
-    elif kind.status == 400:
-        param = "file"
+    param = error.param if isinstance(error, EngineError) else ("file" if kind.status == 400 else None)
+    param = {"initial_prompt": "prompt"}.get(param, param)  # OpenAI's name for the option
     if kind is UNEXPECTED:
         message = f"Transcription failed: {type(error).__name__}: {message}"
     mapped = ApiError(kind.status, message, type=kind.type, code=kind.code, param=param, headers=headers)
@@ -322,7 +328,8 @@ def job_body(info: JobInfo, with_result: bool = True,
         "result": None,
     }
     if info.status in ("failed", "cancelled"):
-        kind = ERROR_KINDS.get(record.error_type or "", UNEXPECTED)
+        cls = stored_error_class(record.error_type or "")
+        kind = kind_of_class(cls) if cls is not None else UNEXPECTED
         body["error"] = error_body(record.error or info.status, kind.type, kind.code)["error"]
     if with_result and info.status == "done":
         result = info.result()

@@ -25,8 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from engine import (AudioError, Engine, InvalidRequest, JobCancelled, JobHandle, ModelLoadError, QueueFull,
-                    TranscriptionResult, WindowTooLarge, WorkerShutDown)
+from engine import Engine, EngineError, JobCancelled, JobHandle, QueueFull, TranscriptionResult
 from jobs import OutOfDiskSpace, is_disk_full
 from output import SubtitleOptions, write_files
 
@@ -44,8 +43,7 @@ CUE_S_RANGE = (0.5, 60.0)  # seconds a cue stays on screen
 TEMPERATURE_RANGE = (0.0, 1.0)
 
 # Exceptions whose message is meant for the user as is.
-USER_ERRORS = (AudioError, InvalidRequest, QueueFull, ModelLoadError, WindowTooLarge, JobCancelled,
-               WorkerShutDown, FileNotFoundError)
+USER_ERRORS = (EngineError, FileNotFoundError)  # messages written for the person (engine.errors)
 
 Submit = Callable[..., JobHandle]
 Cancel = Callable[[JobHandle], object]

@@ -29,10 +29,6 @@ from engine.decoding.word_timing import AlignmentRow, align_rows, text_tokens_of
 Decoder = Callable[[Whisper, torch.Tensor, DecodingOptions, Sequence[Optional[Sequence[int]]]], List[DecodingResult]]
 
 
-class WindowTooLarge(RuntimeError):
-    """Even a single window does not fit in GPU memory."""
-
-
 def decode_batch(model: Whisper, windows: Sequence[StreamWindow], options: Sequence[DecodeOptions], language: str,
                  fp16: bool, decoder: Decoder = decode_rows) -> List[DecodingResult]:
     """Decode every row's window with temperature fallback. All rows share the task, the

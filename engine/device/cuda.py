@@ -27,6 +27,8 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402  (must come after the environment variable)
 
+from engine.errors import DeviceError  # noqa: E402
+
 CUDA_INT8_LIBRARY = "bitsandbytes"  # int8 on a GPU; PyTorch's own int8 is CPU-only
 
 
@@ -38,10 +40,6 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 
 log = logging.getLogger(__name__)
-
-
-class DeviceError(RuntimeError):
-    """The configured device cannot be used; the message says what to change."""
 
 
 @dataclass(frozen=True)

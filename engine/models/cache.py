@@ -23,12 +23,9 @@ from whisper.model import Whisper
 
 from engine.models.ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
 from engine.device.cuda import DevicePlan, reserved_mb
+from engine.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says how to supply a checkpoint."""
 
 
 def _offline_hint(name: str) -> str:

@@ -52,6 +52,8 @@ from typing import BinaryIO, Dict, List, Optional, Tuple, Union
 import torch
 from whisper.model import ModelDimensions, Whisper
 
+from engine.errors import Ct2FormatError, QuantisedModelError
+
 PathLike = Union[str, os.PathLike]
 
 MODEL_FILE = "model.bin"
@@ -60,14 +62,6 @@ SPEC_NAME = "WhisperSpec"
 SUPPORTED_BINARY_VERSIONS = range(4, 7)  # 4 introduced dtype ids; 6 is what CTranslate2 4.x writes
 DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
 WHISPER_HEAD_DIM = 64  # every released Whisper size; used only when a file does not store its head counts
-
-
-class Ct2FormatError(ValueError):
-    """The directory is not a CTranslate2 Whisper model this reader can turn into openai-whisper's."""
-
-
-class QuantisedModelError(Ct2FormatError):
-    """The weights are int8/int16; openai-whisper needs them in a float type."""
 
 
 @dataclass(frozen=True)
