@@ -45,7 +45,7 @@ from typing import Deque, Dict, List, Optional, Set, Union
 
 from engine.audio.files import AudioError
 from jobs.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
-                       is_disk_full, private_dir)
+                           is_disk_full, private_dir)
 from engine.engine import Engine, InvalidRequest
 from jobs.store import JobRecord, JobStore
 from engine.results import TranscriptionResult

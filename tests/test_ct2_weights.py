@@ -15,7 +15,7 @@ from whisper.normalizers import EnglishTextNormalizer
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, ModelLoadError
 from engine.models.ct2_weights import (Ct2FormatError, QuantisedModelError, is_ct2_model_dir, read_ct2_model,
-                                read_model_bin)
+                                       read_model_bin)
 from engine.device.cuda import DevicePlan
 from engine.models.cache import load_model
 from real_models import MODEL_DIRS, load_real_model

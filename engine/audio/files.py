@@ -42,9 +42,9 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import whisper.audio
 
-# The errors live in their own module; they are re-exported here, where callers look for them.
+# The errors live in engine.errors; they are re-exported here, where callers look for them.
 from engine.audio.errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio,  # noqa: F401
-                           FfmpegMissing, INSTALL_HINT, NotAudio, TruncatedAudio)
+                                 FfmpegMissing, INSTALL_HINT, NotAudio, TruncatedAudio)
 
 SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16000, what every whisper model expects
 BYTES_PER_SAMPLE = 2  # ffmpeg writes signed 16-bit little-endian PCM into the pipe

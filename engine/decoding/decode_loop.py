@@ -53,7 +53,7 @@ from engine.decoding.memory import fit_batch_size
 from engine.decoding.options import DecodeOptions
 from engine.decoding.stream import TIME_PRECISION, SectionStream, StreamWindow
 from engine.decoding.transcriber import (Decoder, align_words, decode_batch, fall_back, free_cached_memory,
-                          too_large_message)
+                                         too_large_message)
 from engine.errors import JobCancelled, WindowTooLarge
 
 log = logging.getLogger(__name__)
