@@ -297,7 +297,7 @@ def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
     if fmt == "verbose_json":
         segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
         return JSONResponse(verbose_json(result, segments, form.words), headers=headers)
-    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)  # srt/vtt layout: the settings' SubtitleOptions
+    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)  # srt/vtt layout from the settings
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
