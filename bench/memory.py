@@ -101,6 +101,7 @@ def build_inputs(work_dir: Path) -> Dict[str, Path]:
 def run_case(case: str, path: Path, weights: str, work_dir: Path) -> Dict:
     """One case in this process (the `--case` child)."""
     from engine import Engine, load_settings  # from --engine-root, put first on sys.path by main()
+    from bench.inputs import JFK
 
     model = _weights(weights, work_dir)
     values = dict(model=str(model), device="cpu", precision="fp32", workers=1, vad=case.endswith("-vad"))
@@ -108,7 +109,7 @@ def run_case(case: str, path: Path, weights: str, work_dir: Path) -> Dict:
         values.update(temperatures=[0.0], max_new_tokens=24)
     settings = load_settings(None, values, environ={})
     engine = Engine(settings)
-    engine.transcribe(str(REPO.parent / "shared" / "audio" / "jfk" / "jfk.flac"), language="en")
+    engine.transcribe(str(JFK), language="en")
     gc.collect()
     gc.disable()  # what stays after a job must be freed by reference counting alone
     baseline = rss_mb()

@@ -355,8 +355,8 @@ class JobManager:
             log.info("Job %s's result was written after %d tries", handle.id, outcome.tries)
         if not applied:  # finished already (or deleted): that row stands
             return
-        if record is not None and record.audio:
-            (self.audio_dir / record.audio).unlink(missing_ok=True)
+        if record is not None:
+            self._delete_recording(record)
         if outcome.status == "done" and handle.started_at and handle.finished_at:
             self._durations.append(handle.finished_at - handle.started_at)
 
@@ -502,17 +502,20 @@ class JobManager:
         not finished (cancel it first) or unknown."""
         with self._lock:
             record = self.store.get(job_id)
-            if record is None or not record.finished or not self.store.delete_finished(job_id):
+            if record is None or not self.store.delete_finished(job_id):
                 return False
-        if record.audio:  # normally gone once the job finished; a failed delete left it
-            (self.audio_dir / record.audio).unlink(missing_ok=True)
+        self._delete_recording(record)  # normally gone once the job finished; a failed delete left it
         log.info("Job %s deleted by its owner", job_id)
         return True
 
     def _finish_without_engine(self, record: JobRecord, status: str, error: BaseException) -> None:
         with self._lock:
             applied = self.store.finish(record.id, status, error=str(error), error_type=type(error).__name__)
-        if applied and record.audio:
+        if applied:
+            self._delete_recording(record)
+
+    def _delete_recording(self, record: JobRecord) -> None:
+        if record.audio:
             (self.audio_dir / record.audio).unlink(missing_ok=True)
 
     # -- housekeeping -------------------------------------------------------------------------------
@@ -521,8 +524,7 @@ class JobManager:
         now = time.time() if now is None else now
         expired = self.store.finished_before(now - self.retention_s)
         for record in expired:
-            if record.audio:
-                (self.audio_dir / record.audio).unlink(missing_ok=True)
+            self._delete_recording(record)
             self.store.delete(record.id)
         in_use = self.store.audio_in_use()
         for folder in (self.audio_dir, self.upload_dir):

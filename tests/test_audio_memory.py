@@ -8,7 +8,6 @@ for hours of audio, in resident memory.
 from __future__ import annotations
 
 import gc
-import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from conftest import fast_settings
 from engine import Engine
 from engine.audio.files import SAMPLE_RATE, AudioTooLong, load_audio, probe
+from test_audio import make
 
 MINUTES = 10
 LIMIT_S = 300  # the server's max_audio_duration_s in these tests: half the recording
@@ -28,9 +28,8 @@ FLOAT32_BYTES = MINUTES * 60 * SAMPLE_RATE * 4
 def silent_mp3_without_length(path: Path) -> Path:
     """Ten minutes of silence in an mp3 without a Xing header: ffprobe can only guess its length
     from the bitrate, so nothing but decoding it can tell it is too long."""
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "anullsrc=r=8000:cl=mono", "-t", str(MINUTES * 60), "-c:a", "libmp3lame", "-b:a", "8k",
-                    "-write_xing", "0", str(path)], check=True)
+    make(path, "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", str(MINUTES * 60), "-c:a", "libmp3lame",
+         "-b:a", "8k", "-write_xing", "0")
     assert probe(path).duration_s is None
     return path
 
@@ -42,6 +41,11 @@ def held_after_the_loop_settles(before: int, bound: float, wait_s: float = 5.0) 
     while (held := tracemalloc.get_traced_memory()[0]) - before >= bound and time.monotonic() < deadline:
         time.sleep(0.05)
     return held
+
+
+def noise_flac(path: Path) -> Path:
+    """Ten minutes of quiet noise: every window is decoded (silence would be skipped)."""
+    return make(path, "-f", "lavfi", "-i", "anoisesrc=r=16000:a=0.1:d=" + str(MINUTES * 60))
 
 
 @pytest.fixture()
@@ -68,9 +72,7 @@ def test_a_refused_recording_keeps_no_samples_alive(tmp_path: Path, traced):
 
 
 def test_decoding_peaks_at_one_int16_and_one_float32_copy(tmp_path: Path, traced):
-    path = tmp_path / "lecture.flac"
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "anoisesrc=r=16000:a=0.1:d=" + str(MINUTES * 60), str(path)], check=True)
+    path = noise_flac(tmp_path / "lecture.flac")
     before, _ = tracemalloc.get_traced_memory()
     samples = load_audio(path)
     held, peak = tracemalloc.get_traced_memory()
@@ -98,9 +100,7 @@ def test_a_refused_job_leaves_no_samples_in_the_server(tmp_path: Path, micro_che
 
 
 def test_a_finished_job_leaves_no_samples_in_the_server(tmp_path: Path, micro_checkpoint, traced):
-    path = tmp_path / "lecture.flac"
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "anoisesrc=r=16000:a=0.1:d=" + str(MINUTES * 60), str(path)], check=True)
+    path = noise_flac(tmp_path / "lecture.flac")
     engine = Engine(fast_settings(micro_checkpoint, workers=1, max_new_tokens=4))
     try:
         engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32) + 0.01)  # tokenizer and caches loaded

@@ -144,10 +144,15 @@ class RecentJobs:
         choices = [(_choice_label(i), i.id) for i in infos if i.finished]
         return rows, choices
 
+    def _owned(self, job_id: Optional[str], owner: Optional[str]) -> Optional[JobInfo]:
+        """One of `owner`'s jobs; None for an unknown id or anyone else's."""
+        info = self.jobs.get(job_id) if job_id else None
+        return info if info is not None and owner is not None and info.record.owner == owner else None
+
     def files(self, job_id: Optional[str], owner: Optional[str]) -> List[str]:
         """The result files of one of `owner`'s finished jobs; [] for anyone else's."""
-        info = self.jobs.get(job_id) if job_id else None
-        if info is None or owner is None or info.record.owner != owner or info.status != "done":
+        info = self._owned(job_id, owner)
+        if info is None or info.status != "done":
             return []
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
@@ -157,8 +162,8 @@ class RecentJobs:
 
     def delete(self, job_id: Optional[str], owner: Optional[str]) -> bool:
         """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""
-        info = self.jobs.get(job_id) if job_id else None
-        if info is None or owner is None or info.record.owner != owner or not info.finished:
+        info = self._owned(job_id, owner)
+        if info is None or not info.finished:
             return False
         shutil.rmtree(self.files_root / info.id, ignore_errors=True)
         return self.jobs.delete(info.id)
