@@ -230,16 +230,25 @@ def same_partition(a, b) -> bool:
 @pytest.mark.parametrize("counts", [[40, 25, 30], [60], [30, 30, 30, 30, 8], [5, 4]], ids=str)
 def test_speakers_are_counted_and_separated(counts):
     embeddings, truth = voices(counts)
-    labels = cluster(embeddings, 1, 20, merge_similarity=0.75)
+    labels = cluster(embeddings, 1, 20, merge_similarity=0.75, window_similarity=0.6)
     assert same_partition(labels, truth)
-    given = cluster(embeddings, len(counts), len(counts), merge_similarity=0.75)
+    given = cluster(embeddings, len(counts), len(counts), merge_similarity=0.75, window_similarity=0.6)
     assert same_partition(given, truth)
 
 
 def test_a_handful_of_stray_windows_is_no_speaker_of_its_own():
     embeddings, truth = voices([50, 50, 2])
-    labels = cluster(embeddings, 1, 20, merge_similarity=0.75)
+    labels = cluster(embeddings, 1, 20, merge_similarity=0.75, window_similarity=0.6)
     assert labels.max() + 1 == 2 and same_partition(labels[:100], truth[:100])
+
+
+def test_windows_shorter_than_a_window_join_a_speaker_but_never_form_one():
+    embeddings, truth = voices([30, 30, 3])  # the last three: a third voice, heard only in short regions
+    whole = np.arange(len(embeddings)) < 60
+    labels = cluster(embeddings, 1, 20, merge_similarity=0.75, window_similarity=0.6, whole=whole)
+    assert labels.max() + 1 == 2 and same_partition(labels[:60], truth[:60])
+    centres = np.array([embeddings[labels[:60] == c].mean(0) for c in (0, 1)])
+    assert labels[60:].tolist() == (embeddings[60:] @ centres.T).argmax(1).tolist()  # each to its nearest voice
 
 
 def test_a_short_change_inside_a_region_is_smoothed_but_a_short_region_is_kept():

@@ -13,9 +13,15 @@ Last, every window goes to the speaker whose mean voice it is closest to, twice 
 mends the windows k-means put on the wrong side of a border.
 
 Fewer than `MIN_SPECTRAL_WINDOWS` windows are too few for the eigenvalues to mean much; they
-are clustered agglomeratively (average linkage, cut at the same similarity).
+are clustered agglomeratively (average linkage, cut at the encoder's `window_similarity`: single
+windows are less alike than mean voices), then checked the same way. On the benchmark's
+windows, agglomerative clustering alone, cut at any one similarity, found the five speakers of
+the meeting and the two of the exchange only in a narrow band (docs/benchmarks.md); spectral
+clustering over a wide one.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -28,28 +34,45 @@ REASSIGN_ROUNDS = 2
 KMEANS_RESTARTS = 8
 
 
-def cluster(embeddings: np.ndarray, fewest: int, most: int, merge_similarity: float) -> np.ndarray:
-    """A label 0..k-1 per row of `embeddings` (unit rows), fewest <= k <= most where the rows allow."""
+def cluster(embeddings: np.ndarray, fewest: int, most: int, merge_similarity: float, window_similarity: float,
+            whole: Optional[np.ndarray] = None) -> np.ndarray:
+    """A label 0..k-1 per row of `embeddings` (unit rows), fewest <= k <= most where the rows allow.
+    `merge_similarity` is the encoder's for mean voices, `window_similarity` for single windows.
+
+    `whole` (a mask) marks the windows that heard a whole window's length of speech. Only they
+    form speakers; the others (a region shorter than a window, its samples repeated) join the
+    speaker they sound most like. Such an embedding is less sure of its voice (GE2E: 0.4-0.7
+    against its own speaker's windows, where whole ones give 0.7-0.9), and, clustered with the
+    rest, a 0.3 s cough could become a speaker of its own."""
+    if whole is not None and int(whole.sum()) >= max(2, fewest) and not whole.all():
+        labels = np.empty(len(embeddings), dtype=int)
+        labels[whole] = cluster(embeddings[whole], fewest, most, merge_similarity, window_similarity)
+        means = centroids(embeddings[whole], labels[whole])
+        labels[~whole] = (embeddings[~whole] @ means.T).argmax(1)
+        return labels
     n = len(embeddings)
     if n == 0:
         return np.zeros(0, dtype=int)
     most = min(most, n)
     fewest = min(fewest, most)
     if n < MIN_SPECTRAL_WINDOWS or most == 1:
-        labels = agglomerative(embeddings, fewest, most, merge_similarity)
+        labels = agglomerative(embeddings, fewest, most, window_similarity)
     else:
         labels = spectral(embeddings, fewest, most)
         if fewest < most:
-            labels = merge_close(embeddings, labels, fewest, merge_similarity)
             labels = absorb_small(embeddings, labels, fewest)
+    if fewest < most:
+        labels = merge_close(embeddings, labels, fewest, merge_similarity)
     return reassign(embeddings, labels)
 
 
-def agglomerative(embeddings: np.ndarray, fewest: int, most: int, merge_similarity: float) -> np.ndarray:
+def agglomerative(embeddings: np.ndarray, fewest: int, most: int, window_similarity: float) -> np.ndarray:
+    """Average linkage, cut where the windows of two groups are less similar than `window_similarity`
+    on average (or at the asked count)."""
     if len(embeddings) == 1:
         return np.zeros(1, dtype=int)
     tree = linkage(embeddings, method="average", metric="cosine")
-    labels = fcluster(tree, t=1.0 - merge_similarity, criterion="distance")
+    labels = fcluster(tree, t=1.0 - window_similarity, criterion="distance")
     count = len(set(labels))
     if not fewest <= count <= most:
         labels = fcluster(tree, t=min(max(count, fewest), most), criterion="maxclust")

@@ -61,7 +61,8 @@ def find_speakers(audio: np.ndarray, options: DiarizationOptions, encoder: Speak
     seconds["embed"] = time.perf_counter() - started
     started = time.perf_counter()
     fewest, most = options.speaker_range
-    labels = cluster(embeddings, fewest, most, encoder.merge_similarity)
+    whole = np.array([w.end - w.start >= encoder.window_samples for w in windows])
+    labels = cluster(embeddings, fewest, most, encoder.merge_similarity, encoder.window_similarity, whole)
     turns = tuple(turns_from_windows(regions, windows, labels))
     names = {}
     if references is not None:

@@ -58,6 +58,7 @@ class SpeakerEncoder(nn.Module):
     window_mb: float = 1.0  # device memory one window costs inside a batch (a deliberately round estimate)
     merge_similarity: float = 0.8  # two speakers whose mean voices are closer than this are one (cosine)
     match_similarity: float = 0.7  # a known speaker's clip names a speaker from this similarity on
+    window_similarity: float = 0.6  # two groups of single windows this alike on average are one speaker
 
     def embed(self, windows: torch.Tensor) -> torch.Tensor:
         """(batch, window_samples) float32 on the encoder's device -> (batch, embedding_dim), unit rows."""
@@ -100,6 +101,7 @@ class Ge2eEncoder(SpeakerEncoder):
     # spectral clustering split (0.8-0.85); docs/benchmarks.md, "Speaker diarization"
     merge_similarity = 0.75
     match_similarity = 0.75  # a clip against its own speaker 0.92-0.95, against the others 0.61 at most
+    window_similarity = 0.6  # windows of one speaker 0.76-0.81 alike on average, of two 0.33-0.51
 
     def __init__(self):
         super().__init__()
