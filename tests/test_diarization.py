@@ -247,7 +247,7 @@ def test_windows_shorter_than_a_window_join_a_speaker_but_never_form_one():
     whole = np.arange(len(embeddings)) < 60
     labels = cluster(embeddings, 1, 20, merge_similarity=0.75, window_similarity=0.6, whole=whole)
     assert labels.max() + 1 == 2 and same_partition(labels[:60], truth[:60])
-    centres = np.array([embeddings[labels[:60] == c].mean(0) for c in (0, 1)])
+    centres = np.array([embeddings[:60][labels[:60] == c].mean(0) for c in (0, 1)])
     assert labels[60:].tolist() == (embeddings[60:] @ centres.T).argmax(1).tolist()  # each to its nearest voice
 
 
