@@ -22,6 +22,7 @@ so the room and microphone differ with the voice; the reference spans come from 
 detector (Silero) that the diarizer uses, so missed and false speech are lower than against
 a human's marks. The collar forgives the edges either way.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,13 +86,15 @@ class Conversation:
 
 
 def available() -> bool:
-    return all(path.is_file() for paths in SOURCES.values() for path in paths) and all(
-        path.is_file() for path in ENROLMENT.values()) and all(
-        (LJSPEECH / f"{clip}.wav").is_file() for clip in LJ_EXCHANGE)
+    return (
+        all(path.is_file() for paths in SOURCES.values() for path in paths)
+        and all(path.is_file() for path in ENROLMENT.values())
+        and all((LJSPEECH / f"{clip}.wav").is_file() for clip in LJ_EXCHANGE)
+    )
 
 
 def _level(audio: np.ndarray) -> np.ndarray:
-    rms = float(np.sqrt(np.mean(audio ** 2))) or 1.0
+    rms = float(np.sqrt(np.mean(audio**2))) or 1.0
     return (audio * (TARGET_RMS / rms)).astype(np.float32)
 
 
@@ -114,7 +117,7 @@ def _cut_short(phrase: np.ndarray, shortest: float, longest: float) -> List[np.n
     pieces = []
     while len(phrase) > longest * SAMPLE_RATE:
         low, high = int(shortest * SAMPLE_RATE) // frame, int(longest * SAMPLE_RATE) // frame
-        energy = [float(np.sum(phrase[i * frame:(i + 1) * frame] ** 2)) for i in range(low, high)]
+        energy = [float(np.sum(phrase[i * frame : (i + 1) * frame] ** 2)) for i in range(low, high)]
         cut = (low + int(np.argmin(energy))) * frame + frame // 2
         pieces.append(phrase[:cut])
         phrase = phrase[cut:]
@@ -139,8 +142,13 @@ class _Speaker:
         return taken
 
 
-def _lay_out(name: str, turns: List[Tuple[str, List[np.ndarray]]], rng: np.random.Generator,
-             overlap_share: float, enrolment: Dict[str, np.ndarray]) -> Conversation:
+def _lay_out(
+    name: str,
+    turns: List[Tuple[str, List[np.ndarray]]],
+    rng: np.random.Generator,
+    overlap_share: float,
+    enrolment: Dict[str, np.ndarray],
+) -> Conversation:
     """Turns end to end; between two turns an overlap (`overlap_share` of the changes), no pause to
     speak of (`TIGHT_SHARE`), or a pause; a short pause between a turn's own phrases."""
     placed: List[Tuple[int, np.ndarray, str]] = []
@@ -161,9 +169,11 @@ def _lay_out(name: str, turns: List[Tuple[str, List[np.ndarray]]], rng: np.rando
             at = max(at, 0) + len(item)
     audio = np.zeros(at + SAMPLE_RATE // 2, dtype=np.float32)
     for start, item, _ in placed:
-        audio[start:start + len(item)] += item
-    reference = tuple(Span(start / SAMPLE_RATE, (start + len(item)) / SAMPLE_RATE, speaker)
-                      for start, item, speaker in placed)
+        audio[start : start + len(item)] += item
+    reference = tuple(
+        Span(start / SAMPLE_RATE, (start + len(item)) / SAMPLE_RATE, speaker)
+        for start, item, speaker in placed
+    )
     return Conversation(name, audio, reference, enrolment)
 
 
@@ -177,14 +187,18 @@ def meeting() -> Conversation:
         seconds = rng.uniform(8, 30) if name == "lj" else rng.uniform(2, 10)
         turns.append((name, speakers[name].take(seconds)))
         last = name
-    enrolment = {name: load_audio(path)[:int(ENROLMENT_S * SAMPLE_RATE)] for name, path in ENROLMENT.items()}
+    enrolment = {name: load_audio(path)[: int(ENROLMENT_S * SAMPLE_RATE)] for name, path in ENROLMENT.items()}
     return _lay_out("meeting", turns, rng, overlap_share=0.15, enrolment=enrolment)
 
 
 def _exchange(name: str, other: str, clips: Sequence[Path], seed: int) -> Conversation:
     """LJSpeech and `other` taking turns of 1-3 s."""
     rng = np.random.default_rng(seed)
-    lj = [p for phrase in phrases([LJSPEECH / f"{clip}.wav" for clip in LJ_EXCHANGE]) for p in _cut_short(phrase, 1.0, 3.0)]
+    lj = [
+        p
+        for phrase in phrases([LJSPEECH / f"{clip}.wav" for clip in LJ_EXCHANGE])
+        for p in _cut_short(phrase, 1.0, 3.0)
+    ]
     theirs = [p for phrase in phrases(clips) for p in _cut_short(phrase, 1.0, 3.0)]
     speakers = [_Speaker("lj", lj), _Speaker(other, theirs)]
     turns = [(speakers[i % 2].name, speakers[i % 2].take(0.0)) for i in range(40)]

@@ -14,6 +14,7 @@ A collar of `collar` seconds on *each* side of every reference boundary is not s
 (md-eval's `-c 0.25`; pyannote.metrics' `collar=0.5` is the same, as it splits its collar in
 two): reference edges are a matter of judgement to within a syllable.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,12 +41,15 @@ def _grid(spans: Iterable[Tuple[float, float, str]], frames: int) -> Tuple[np.nd
     names = sorted({str(speaker) for _, _, speaker in spans})
     grid = np.zeros((frames, len(names)), dtype=bool)
     for start, end, speaker in spans:
-        grid[int(round(start / STEP_S)):int(round(end / STEP_S)), names.index(str(speaker))] = True
+        grid[int(round(start / STEP_S)) : int(round(end / STEP_S)), names.index(str(speaker))] = True
     return grid, names
 
 
-def der(reference: Sequence[Tuple[float, float, str]], hypothesis: Sequence[Tuple[float, float, str]],
-        collar: float = 0.25) -> DerScore:
+def der(
+    reference: Sequence[Tuple[float, float, str]],
+    hypothesis: Sequence[Tuple[float, float, str]],
+    collar: float = 0.25,
+) -> DerScore:
     """Spans are (start s, end s, speaker); either list may hold overlapping spans."""
     end = max([e for _, e, _ in reference] + [e for _, e, _ in hypothesis] + [0.0])
     frames = int(np.ceil(end / STEP_S)) + 1
@@ -55,7 +59,7 @@ def der(reference: Sequence[Tuple[float, float, str]], hypothesis: Sequence[Tupl
     reach = int(round(collar / STEP_S))
     for start, stop, _ in reference:
         for edge in (int(round(start / STEP_S)), int(round(stop / STEP_S))):
-            scored[max(0, edge - reach):edge + reach] = False
+            scored[max(0, edge - reach) : edge + reach] = False
     ref, hyp = ref[scored], hyp[scored]
     shared = ref.T.astype(np.int64) @ hyp.astype(np.int64)  # frames each (reference, hypothesis) pair share
     rows, columns = linear_sum_assignment(-shared) if shared.size else ([], [])
@@ -69,5 +73,11 @@ def der(reference: Sequence[Tuple[float, float, str]], hypothesis: Sequence[Tupl
     def share(count: int) -> float:
         return 100.0 * count / total if total else 0.0
 
-    return DerScore(share(missed + false_alarm + confusion), share(missed), share(false_alarm), share(confusion),
-                    total * STEP_S, {hyp_names[c]: ref_names[r] for r, c in zip(rows, columns)})
+    return DerScore(
+        share(missed + false_alarm + confusion),
+        share(missed),
+        share(false_alarm),
+        share(confusion),
+        total * STEP_S,
+        {hyp_names[c]: ref_names[r] for r, c in zip(rows, columns)},
+    )

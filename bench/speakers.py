@@ -15,6 +15,7 @@ and the time diarization adds to the job: the word timings it needs plus its own
 against the same job without either. The words of every diarized transcript are checked to be
 the job's own. Results go to docs/benchmarks.md (its "Speaker diarization" section).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,7 +83,9 @@ def in_job_thread(work: Callable[[], object]) -> Tuple[object, float]:
     return outcome["result"], outcome["seconds"]
 
 
-def named_share(conversation: Conversation, turns, labels: Dict[int, str], speakers: List[str]) -> Optional[float]:
+def named_share(
+    conversation: Conversation, turns, labels: Dict[int, str], speakers: List[str]
+) -> Optional[float]:
     """% of the reference speech of `speakers` that a turn labelled with a known name covers
     with the right name (for the known speakers) or with any known name (for the others)."""
     if not speakers:
@@ -90,15 +93,20 @@ def named_share(conversation: Conversation, turns, labels: Dict[int, str], speak
     frames = int(np.ceil(conversation.duration / STEP_S)) + 1
     hypothesis = np.full(frames, "", dtype=object)
     for turn in turns:
-        hypothesis[int(round(turn.start / STEP_S)):int(round(turn.end / STEP_S))] = labels.get(turn.speaker, "")
+        hypothesis[int(round(turn.start / STEP_S)) : int(round(turn.end / STEP_S))] = labels.get(
+            turn.speaker, ""
+        )
     total = hit = 0
     for span in conversation.reference:
         if span.speaker not in speakers:
             continue
-        heard = hypothesis[int(round(span.start / STEP_S)):int(round(span.end / STEP_S))]
+        heard = hypothesis[int(round(span.start / STEP_S)) : int(round(span.end / STEP_S))]
         total += len(heard)
-        hit += int(np.sum(heard == span.speaker)) if span.speaker in conversation.enrolment else int(
-            np.sum(heard != ""))
+        hit += (
+            int(np.sum(heard == span.speaker))
+            if span.speaker in conversation.enrolment
+            else int(np.sum(heard != ""))
+        )
     return 100.0 * hit / total if total else None
 
 
@@ -109,8 +117,9 @@ def same_words(a: TranscriptionResult, b: TranscriptionResult) -> bool:
     return words(a) == words(b) and a.text == b.text
 
 
-def diarize_run(conversation: Conversation, worded: TranscriptionResult, encoder, count: str,
-                speech_probs: np.ndarray) -> Run:
+def diarize_run(
+    conversation: Conversation, worded: TranscriptionResult, encoder, count: str, speech_probs: np.ndarray
+) -> Run:
     known = tuple(KnownSpeaker(name, audio) for name, audio in conversation.enrolment.items())
     present = len(conversation.speakers)
     options = DiarizationOptions(num_speakers=present if count == "given" else None, known_speakers=known)
@@ -125,12 +134,20 @@ def diarize_run(conversation: Conversation, worded: TranscriptionResult, encoder
     labels = found.names
     known_speakers = [s for s in conversation.speakers if s in conversation.enrolment]
     others = [s for s in conversation.speakers if s not in conversation.enrolment]
-    return Run(conversation.name, encoder.name.replace("speaker-encoder-", ""), count,
-               der(reference, hypothesis, COLLAR_S), der(reference, hypothesis, MDEVAL_COLLAR_S),
-               found.speakers, present,
-               named_share(conversation, found.turns, labels, known_speakers) if known else None,
-               named_share(conversation, found.turns, labels, others) if known else None,
-               seconds, dict(found.seconds), same_words(worded, labelled))
+    return Run(
+        conversation.name,
+        encoder.name.replace("speaker-encoder-", ""),
+        count,
+        der(reference, hypothesis, COLLAR_S),
+        der(reference, hypothesis, MDEVAL_COLLAR_S),
+        found.speakers,
+        present,
+        named_share(conversation, found.turns, labels, known_speakers) if known else None,
+        named_share(conversation, found.turns, labels, others) if known else None,
+        seconds,
+        dict(found.seconds),
+        same_words(worded, labelled),
+    )
 
 
 def transcribe_timed(engine: Engine, audio: np.ndarray, **options) -> Tuple[TranscriptionResult, float]:
@@ -153,34 +170,42 @@ class Timing:
 
 
 def table(runs: List[Run], timing: Dict[str, Timing]) -> str:
-    lines = ["| recording | encoder | speakers | DER % | missed | false | confused | DER % (md-eval) | found "
-             "| known named % | others named % | diarize s | added % | added with word timings % |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| recording | encoder | speakers | DER % | missed | false | confused | DER % (md-eval) | found "
+        "| known named % | others named % | diarize s | added % | added with word timings % |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in runs:
         t = timing[run.recording]
 
         def pct(value):
             return "" if value is None else f"{value:.1f}"
 
-        lines.append(f"| {run.recording} ({t.audio_s:.0f} s) | {run.encoder} | {run.count} | {run.score.der:.1f} "
-                     f"| {run.score.missed:.1f} | {run.score.false_alarm:.1f} | {run.score.confusion:.1f} "
-                     f"| {run.mdeval.der:.1f} | {run.found}/{run.present} | {pct(run.known_named)} "
-                     f"| {pct(run.others_named)} | {run.diarize_s:.2f} | {t.added(run.diarize_s, False):.0f} "
-                     f"| {t.added(run.diarize_s):.0f} |")
+        lines.append(
+            f"| {run.recording} ({t.audio_s:.0f} s) | {run.encoder} | {run.count} | {run.score.der:.1f} "
+            f"| {run.score.missed:.1f} | {run.score.false_alarm:.1f} | {run.score.confusion:.1f} "
+            f"| {run.mdeval.der:.1f} | {run.found}/{run.present} | {pct(run.known_named)} "
+            f"| {pct(run.others_named)} | {run.diarize_s:.2f} | {t.added(run.diarize_s, False):.0f} "
+            f"| {t.added(run.diarize_s):.0f} |"
+        )
     return "\n".join(lines)
 
 
 def timing_lines(timing: Dict[str, Timing], runs: List[Run]) -> List[str]:
     lines = []
     for name, t in timing.items():
-        lines.append(f"- {name}: the job {t.plain_s:.1f} s, with word timestamps {t.worded_s:.1f} s "
-                     f"(+{100 * (t.worded_s - t.plain_s) / t.plain_s:.0f} %); Silero alone {t.detector_s:.2f} s "
-                     "on one core (not counted: diarization reuses the job's probabilities)")
+        lines.append(
+            f"- {name}: the job {t.plain_s:.1f} s, with word timestamps {t.worded_s:.1f} s "
+            f"(+{100 * (t.worded_s - t.plain_s) / t.plain_s:.0f} %); Silero alone {t.detector_s:.2f} s "
+            "on one core (not counted: diarization reuses the job's probabilities)"
+        )
         for run in runs:
             if run.recording == name:
                 stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in run.stages.items())
-                lines.append(f"  - {run.encoder}, count {run.count}: {run.diarize_s:.2f} s ({stages}); "
-                             f"words unchanged: {'yes' if run.words_kept else 'NO'}")
+                lines.append(
+                    f"  - {run.encoder}, count {run.count}: {run.diarize_s:.2f} s ({stages}); "
+                    f"words unchanged: {'yes' if run.words_kept else 'NO'}"
+                )
     return lines
 
 
@@ -194,14 +219,25 @@ def targets(runs: List[Run], timing: Dict[str, Timing]) -> List[str]:
         label = f"{run.recording}, count {run.count}"
         if run.count == "given":
             checks.append(check(run.score.der <= limit, f"{label}: DER {run.score.der:.1f} % <= {limit:g} %"))
-            checks.append(check(run.found == run.present, f"{label}: {run.found} speakers found of {run.present}"))
+            checks.append(
+                check(run.found == run.present, f"{label}: {run.found} speakers found of {run.present}")
+            )
         added = t.added(run.diarize_s)
-        checks.append(check(added <= TIME_TARGET, f"{label}: time added with word timings {added:.0f} % "
-                                                  f"<= {TIME_TARGET:g} % (diarization alone "
-                                                  f"{t.added(run.diarize_s, False):.0f} %)"))
+        checks.append(
+            check(
+                added <= TIME_TARGET,
+                f"{label}: time added with word timings {added:.0f} % "
+                f"<= {TIME_TARGET:g} % (diarization alone "
+                f"{t.added(run.diarize_s, False):.0f} %)",
+            )
+        )
         if run.known_named is not None:
-            checks.append(check(run.known_named >= KNOWN_TARGET, f"{label}: known speakers named for "
-                                                                 f"{run.known_named:.1f} % >= {KNOWN_TARGET:g} %"))
+            checks.append(
+                check(
+                    run.known_named >= KNOWN_TARGET,
+                    f"{label}: known speakers named for {run.known_named:.1f} % >= {KNOWN_TARGET:g} %",
+                )
+            )
     return checks
 
 
@@ -210,7 +246,7 @@ def write_section(markdown: str, path=DOCS) -> None:
     text = path.read_text() if path.is_file() else ""
     block = f"{start}\n{markdown.strip()}\n{end}"
     if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n## Speaker diarization\n\n" + block + "\n"
     path.write_text(text)
@@ -226,12 +262,16 @@ def measure(engine: Engine, conversation: Conversation, encoders, rounds: int) -
         worded_times.append(seconds)
     # the job has run the detector already (vad: true); diarization reads its probabilities again
     speech_probs, detector_s = in_job_thread(lambda: speech_probabilities(conversation.audio))
-    timing = Timing(conversation.duration, statistics.median(plain), statistics.median(worded_times), detector_s)
+    timing = Timing(
+        conversation.duration, statistics.median(plain), statistics.median(worded_times), detector_s
+    )
     runs = []
     for encoder in encoders:
         for count in ("given", "estimated"):
-            tries = sorted((diarize_run(conversation, worded, encoder, count, speech_probs) for _ in range(rounds)),
-                           key=lambda run: run.diarize_s)
+            tries = sorted(
+                (diarize_run(conversation, worded, encoder, count, speech_probs) for _ in range(rounds)),
+                key=lambda run: run.diarize_s,
+            )
             runs.append(tries[len(tries) // 2])  # the median's time and its stages
     return timing, runs
 
@@ -239,31 +279,45 @@ def measure(engine: Engine, conversation: Conversation, encoders, rounds: int) -
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.speakers", description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", nargs="+", default=[n.replace("speaker-encoder-", "") for n in LOADERS])
-    parser.add_argument("--recordings", nargs="+", choices=sorted(CONVERSATIONS), default=sorted(CONVERSATIONS))
+    parser.add_argument(
+        "--recordings", nargs="+", choices=sorted(CONVERSATIONS), default=sorted(CONVERSATIONS)
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timings are the median of this many runs")
     parser.add_argument("--no-docs", action="store_true", help="print only")
     args = parser.parse_args(argv)
     if not available():
         raise SystemExit("../shared/audio is absent: the conversations are built from its recordings")
     load_before = os.getloadavg()
-    settings = load_settings(None, dict(model=str(tiny_en_dir()), device="cpu", precision="fp32", warm_up=False),
-                             environ={})
-    encoders = [load_speaker_encoder(f"speaker-encoder-{name}", torch.device("cpu")) for name in args.encoders]
+    settings = load_settings(
+        None, dict(model=str(tiny_en_dir()), device="cpu", precision="fp32", warm_up=False), environ={}
+    )
+    encoders = [
+        load_speaker_encoder(f"speaker-encoder-{name}", torch.device("cpu")) for name in args.encoders
+    ]
     runs: List[Run] = []
     timing: Dict[str, Timing] = {}
     with Engine(settings) as engine:
         # the detector, the kernels and whisper's DTW (numba compiles it on first use) ready, as in a server
-        engine.transcribe(CONVERSATIONS["exchange"]().audio[:10 * 16000], word_timestamps=True)
+        engine.transcribe(CONVERSATIONS["exchange"]().audio[: 10 * 16000], word_timestamps=True)
         for name in args.recordings:
             timing[name], found = measure(engine, CONVERSATIONS[name](), encoders, args.rounds)
             runs += found
             for line in timing_lines({name: timing[name]}, found):
                 print(line, flush=True)
     load_after = os.getloadavg()
-    markdown = "\n".join([
-        f"`python -m bench.speakers` ({today()}); {machine('cpu')}; load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after (the machine is shared: times vary with it).", "",
-        table(runs, timing), "", *timing_lines(timing, runs), "", *[f"- {c}" for c in targets(runs, timing)]])
+    markdown = "\n".join(
+        [
+            f"`python -m bench.speakers` ({today()}); {machine('cpu')}; "
+            f"load average {load_before[0]:.1f} before, "
+            f"{load_after[0]:.1f} after (the machine is shared: times vary with it).",
+            "",
+            table(runs, timing),
+            "",
+            *timing_lines(timing, runs),
+            "",
+            *[f"- {c}" for c in targets(runs, timing)],
+        ]
+    )
     print(markdown)
     if not args.no_docs:
         write_section(markdown)

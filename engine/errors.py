@@ -10,12 +10,12 @@
     │   ├── AudioTooShort            under 0.1 s
     │   └── AudioTooLong             over max_audio_duration_s (duration_s, max_duration_s)
     ├── InvalidRequest               an option is wrong (also a ValueError); param from "name: ..."
-    │   └── SpeakerReferenceError    a known speaker's reference clip cannot be used (param from its message)
+    │   └── SpeakerReferenceError    a known speaker's clip or name cannot be used (param from the message)
     ├── QueueFull                    the queue is full: try again later
     ├── WorkerShutDown               the server is stopping and takes no job
     ├── JobCancelled                 the job was cancelled before it finished
     ├── ModelLoadError               the model could not be loaded
-    │   └── SpeakerModelMissing      the package that ships the speaker encoder's weights is not installed
+    │   └── SpeakerModelMissing      the package holding the speaker encoder's weights is absent
     ├── WindowTooLarge               not even one window fits in GPU memory
     ├── DeviceError                  the configured device cannot be used
     ├── SettingsError                a bad configuration (also a ValueError)

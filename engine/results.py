@@ -11,7 +11,7 @@ class Word:
     start: float  # seconds from the start of the recording
     end: float
     probability: float
-    speaker: Optional[str] = None  # who says it ("A", "B", ... or a known speaker's name), only with diarization
+    speaker: Optional[str] = None  # who says it: "A", "B", ... or a known speaker's name (diarization only)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Segment:
     words: Optional[List[Word]] = None  # only with word timestamps
     seek: int = 0  # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
     logprobs: Optional[List[TokenLogprob]] = None  # per text token, only when asked (DecodeOptions.logprobs); not in whisper's files
-    speaker: Optional[str] = None  # who speaks it ("A", "B", ... or a known speaker's name), only with diarization
+    speaker: Optional[str] = None  # who speaks it: "A", "B", ... or a known speaker's name (diarization only)
 
 
 @dataclass

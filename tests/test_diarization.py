@@ -5,6 +5,7 @@ The fast tests build their inputs by hand. The real-weight tests build the bench
 conversations (bench/conversations.py) from ../shared/audio and skip, saying why, where that
 folder, the tiny.en package or the speaker encoder's package is absent.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,23 +36,54 @@ def words(*spec):
 
 
 def result_of(*segments):
-    return TranscriptionResult([Segment(i, s.start, s.end, s.text, tokens=[1, 2, 3], words=s.words, avg_logprob=-0.2,
-                                        logprobs=s.logprobs)
-                                for i, s in enumerate(segments)], "en", 20.0)
+    return TranscriptionResult(
+        [
+            Segment(
+                i,
+                s.start,
+                s.end,
+                s.text,
+                tokens=[1, 2, 3],
+                words=s.words,
+                avg_logprob=-0.2,
+                logprobs=s.logprobs,
+            )
+            for i, s in enumerate(segments)
+        ],
+        "en",
+        20.0,
+    )
 
 
-# --- labels onto the transcript ----------------------------------------------------------------------
+# --- labels onto the transcript ---------------------------------------------------------------------------
 def test_a_segment_is_split_where_the_speaker_changes_and_its_words_are_unchanged():
-    first = Segment(0, 0.0, 4.0, " Hello there. Hi, how are you?",
-                    words=words((" Hello", 0.0, 0.5), (" there.", 0.5, 1.0), (" Hi,", 1.6, 1.9),
-                                (" how", 2.0, 2.2), (" are", 2.2, 2.4), (" you?", 2.4, 3.9)))
+    first = Segment(
+        0,
+        0.0,
+        4.0,
+        " Hello there. Hi, how are you?",
+        words=words(
+            (" Hello", 0.0, 0.5),
+            (" there.", 0.5, 1.0),
+            (" Hi,", 1.6, 1.9),
+            (" how", 2.0, 2.2),
+            (" are", 2.2, 2.4),
+            (" you?", 2.4, 3.9),
+        ),
+    )
     second = Segment(1, 4.0, 6.0, " Fine.", words=words((" Fine.", 4.2, 5.0)))
     result = result_of(first, second)
     turns = [SpeakerTurn(0.0, 1.2, 7), SpeakerTurn(1.5, 4.0, 3), SpeakerTurn(4.1, 5.5, 7)]
     labelled = assign_speakers(result, turns, encode=lambda text: [len(text)])
     assert [(s.id, s.text, s.speaker) for s in labelled.segments] == [
-        (0, " Hello there.", "A"), (1, " Hi, how are you?", "B"), (2, " Fine.", "A")]
-    assert (labelled.segments[0].start, labelled.segments[0].end) == (0.0, 1.0)  # the segment's start, its word's end
+        (0, " Hello there.", "A"),
+        (1, " Hi, how are you?", "B"),
+        (2, " Fine.", "A"),
+    ]
+    assert (labelled.segments[0].start, labelled.segments[0].end) == (
+        0.0,
+        1.0,
+    )  # the segment's start, its word's end
     assert (labelled.segments[1].start, labelled.segments[1].end) == (1.6, 4.0)
     assert labelled.text == result.text
     before = [(w.word, w.start, w.end, w.probability) for s in result.segments for w in s.words]
@@ -65,8 +97,15 @@ def test_a_segment_is_split_where_the_speaker_changes_and_its_words_are_unchange
 
 
 def test_letters_follow_the_first_speech_and_names_replace_them():
-    segment = Segment(0, 0.0, 9.0, " a b c", words=words((" a", 0.0, 1.0), (" b", 3.0, 4.0), (" c", 6.0, 7.0)))
-    turns = [SpeakerTurn(0.0, 2.0, 2), SpeakerTurn(2.5, 5.0, 0), SpeakerTurn(5.5, 8.0, 1), SpeakerTurn(8.5, 9.0, 4)]
+    segment = Segment(
+        0, 0.0, 9.0, " a b c", words=words((" a", 0.0, 1.0), (" b", 3.0, 4.0), (" c", 6.0, 7.0))
+    )
+    turns = [
+        SpeakerTurn(0.0, 2.0, 2),
+        SpeakerTurn(2.5, 5.0, 0),
+        SpeakerTurn(5.5, 8.0, 1),
+        SpeakerTurn(8.5, 9.0, 4),
+    ]
     labelled = assign_speakers(result_of(segment), turns)
     assert [s.speaker for s in labelled.segments] == ["A", "B", "C"]
     named = assign_speakers(result_of(segment), turns, names={0: "Alice"})
@@ -94,7 +133,7 @@ def test_logprobs_are_cut_where_the_text_is():
     assert [[t.token for t in piece] for piece in cut] == [[" Hel", "lo", "."], [" Hi", "!"]]
 
 
-# --- known speakers ------------------------------------------------------------------------------------
+# --- known speakers ---------------------------------------------------------------------------------------
 def unit(*values):
     vector = np.array(values, dtype=np.float32)
     return vector / np.linalg.norm(vector)
@@ -102,33 +141,48 @@ def unit(*values):
 
 def test_known_speakers_name_their_best_match_and_unmatched_keep_letters():
     voices = np.array([unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)])
-    references = np.array([unit(0.1, 1, 0), unit(1, 0.1, 0.1), unit(-1, -1, 0)])  # the last one speaks not at all
+    references = np.array(
+        [unit(0.1, 1, 0), unit(1, 0.1, 0.1), unit(-1, -1, 0)]
+    )  # the last one speaks not at all
     assert name_speakers(voices, references, ["Bob", "Ann", "Nobody"], 0.75) == {1: "Bob", 0: "Ann"}
     both_like_one = np.array([unit(1, 0.05, 0), unit(1, 0, 0.05)])
     assert len(name_speakers(voices, both_like_one, ["P", "Q"], 0.75)) == 1  # one name per speaker at most
 
 
-# --- refusals -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("options, param", [
-    (dict(num_speakers=0), "num_speakers"), (dict(num_speakers=21), "num_speakers"),
-    (dict(num_speakers=2.5), "num_speakers"), (dict(num_speakers=True), "num_speakers"),
-    (dict(num_speakers=2, max_speakers=3), "num_speakers"), (dict(min_speakers=4, max_speakers=2), "min_speakers"),
-    (dict(max_speakers=0), "max_speakers"),
-])
+# --- refusals ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options, param",
+    [
+        (dict(num_speakers=0), "num_speakers"),
+        (dict(num_speakers=21), "num_speakers"),
+        (dict(num_speakers=2.5), "num_speakers"),
+        (dict(num_speakers=True), "num_speakers"),
+        (dict(num_speakers=2, max_speakers=3), "num_speakers"),
+        (dict(min_speakers=4, max_speakers=2), "min_speakers"),
+        (dict(max_speakers=0), "max_speakers"),
+    ],
+)
 def test_bad_speaker_counts_are_refused_naming_the_field(options, param):
     with pytest.raises(InvalidRequest) as refused:
         DiarizationOptions(**options)
     assert refused.value.param == param
 
 
-@pytest.mark.parametrize("speakers, options, param", [
-    ([("Ann", 1.0)], {}, "known_speaker_references"), ([("Ann", 11.0)], {}, "known_speaker_references"),
-    ([("Ann", 3.0), ("Ann", 3.0)], {}, "known_speaker_names"), ([(" ", 3.0)], {}, "known_speaker_names"),
-    ([(f"P{i}", 3.0) for i in range(5)], {}, "known_speaker_names"),
-    ([("Ann", 3.0), ("Bob", 3.0)], dict(num_speakers=1), "known_speaker_names"),
-])
+@pytest.mark.parametrize(
+    "speakers, options, param",
+    [
+        ([("Ann", 1.0)], {}, "known_speaker_references"),
+        ([("Ann", 11.0)], {}, "known_speaker_references"),
+        ([("Ann", 3.0), ("Ann", 3.0)], {}, "known_speaker_names"),
+        ([(" ", 3.0)], {}, "known_speaker_names"),
+        ([(f"P{i}", 3.0) for i in range(5)], {}, "known_speaker_names"),
+        ([("Ann", 3.0), ("Bob", 3.0)], dict(num_speakers=1), "known_speaker_names"),
+    ],
+)
 def test_unusable_known_speakers_are_refused(speakers, options, param):
-    known = tuple(KnownSpeaker(name, np.zeros(int(seconds * SR), dtype=np.float32)) for name, seconds in speakers)
+    known = tuple(
+        KnownSpeaker(name, np.zeros(int(seconds * SR), dtype=np.float32)) for name, seconds in speakers
+    )
     with pytest.raises(SpeakerReferenceError) as refused:
         DiarizationOptions(known_speakers=known, **options)
     assert refused.value.param == param and isinstance(refused.value, InvalidRequest)
@@ -158,12 +212,16 @@ def test_the_asked_range_reaches_clustering():
     assert DiarizationOptions(max_speakers=4).speaker_range == (1, 4)
 
 
-# --- windows, memory, batches ----------------------------------------------------------------------------
+# --- windows, memory, batches -----------------------------------------------------------------------------
 def test_windows_stay_inside_their_region_and_a_short_region_is_tiled():
     windows = plan_windows([(0, 4000), (10000, 50000)], window=16000, step=8000)
     assert windows[0] == Window(0, 4000, 0)
-    assert [(w.start, w.end) for w in windows[1:]] == [(10000, 26000), (18000, 34000), (26000, 42000),
-                                                       (34000, 50000)]
+    assert [(w.start, w.end) for w in windows[1:]] == [
+        (10000, 26000),
+        (18000, 34000),
+        (26000, 42000),
+        (34000, 50000),
+    ]
     audio = np.arange(60000, dtype=np.float32)
     samples = window_samples(audio, windows[:1], 16000)
     assert samples.shape == (1, 16000) and samples[0, 4000] == 0.0 and samples[0, 4001] == 1.0
@@ -178,8 +236,12 @@ def test_the_window_batch_fits_the_free_gpu_memory():
     assert fit_window_batch(256, 1.0, cuda, read=memory(256 + 100)) == 100
     assert fit_window_batch(256, 1.0, cuda, read=memory(100, cached_mb=256 + 20)) == 120  # its cache counts
     assert fit_window_batch(256, 1.0, cuda, read=memory(10_000)) == 256  # never above the asked
-    assert fit_window_batch(256, 8.0, cuda, read=memory(50)) == 1  # one, to fail clearly if even that does not fit
-    assert fit_window_batch(256, 1.0, cuda, threshold_mb=7000, read=memory(4000)) == 256  # 4000 used, 3000 left
+    assert (
+        fit_window_batch(256, 8.0, cuda, read=memory(50)) == 1
+    )  # one, to fail clearly if even that does not fit
+    assert (
+        fit_window_batch(256, 1.0, cuda, threshold_mb=7000, read=memory(4000)) == 256
+    )  # 4000 used, 3000 left
     assert fit_window_batch(256, 1.0, cuda, threshold_mb=4300, read=memory(4000)) == 44
     assert fit_window_batch(64, 1.0, torch.device("cpu"), read=memory(0)) == 64
 
@@ -217,8 +279,12 @@ def test_out_of_memory_halves_the_window_batch_and_one_window_too_many_is_refuse
 def voices(counts, spread=0.15, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(counts), 32))
-    rows = np.concatenate([centre + spread * np.linalg.norm(centre) / np.sqrt(32) * rng.normal(size=(n, 32))
-                           for centre, n in zip(centres, counts)])
+    rows = np.concatenate(
+        [
+            centre + spread * np.linalg.norm(centre) / np.sqrt(32) * rng.normal(size=(n, 32))
+            for centre, n in zip(centres, counts)
+        ]
+    )
     truth = np.repeat(np.arange(len(counts)), counts)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True), truth
 
@@ -247,8 +313,10 @@ def test_windows_shorter_than_a_window_join_a_speaker_but_never_form_one():
     whole = np.arange(len(embeddings)) < 60
     labels = cluster(embeddings, 1, 20, merge_similarity=0.75, window_similarity=0.6, whole=whole)
     assert labels.max() + 1 == 2 and same_partition(labels[:60], truth[:60])
-    centres = np.array([embeddings[:60][labels[:60] == c].mean(0) for c in (0, 1)])
-    assert labels[60:].tolist() == (embeddings[60:] @ centres.T).argmax(1).tolist()  # each to its nearest voice
+    centres = np.array([unit(*embeddings[:60][labels[:60] == c].mean(0)) for c in (0, 1)])
+    assert (
+        labels[60:].tolist() == (embeddings[60:] @ centres.T).argmax(1).tolist()
+    )  # each to its nearest voice
 
 
 def test_a_short_change_inside_a_region_is_smoothed_but_a_short_region_is_kept():
@@ -269,7 +337,7 @@ def test_a_real_change_inside_a_region_is_found_near_where_it_happens():
     assert [t.speaker for t in turns] == [0, 1] and abs(turns[0].end - 4.0) <= 0.5
 
 
-# --- the benchmark's scoring ---------------------------------------------------------------------------------
+# --- the benchmark's scoring ------------------------------------------------------------------------------
 def test_der_counts_misses_false_alarms_and_confusion_after_the_best_mapping():
     from bench.der import der
 
@@ -285,7 +353,7 @@ def test_der_counts_misses_false_alarms_and_confusion_after_the_best_mapping():
     assert der([(0.0, 10.0, "ann")], [(0.0, 10.0, "x"), (12.0, 13.0, "y")], collar=0.0).false_alarm == 10.0
 
 
-# --- the speaker model in the model cache --------------------------------------------------------------------
+# --- the speaker model in the model cache -----------------------------------------------------------------
 def test_a_speaker_encoder_pushes_no_whisper_model_out_and_is_released_like_one():
     from engine.models.cache import ModelCache
 
@@ -304,11 +372,13 @@ def test_a_speaker_encoder_pushes_no_whisper_model_out_and_is_released_like_one(
     assert cache.release_idle(0.0) == ["speaker-encoder-ge2e"]
 
 
-# --- real weights ---------------------------------------------------------------------------------------------
+# --- real weights -----------------------------------------------------------------------------------------
 def ge2e():
     if importlib.util.find_spec("resemblyzer") is None:
-        pytest.skip("speaker encoder weights absent: pip install --no-deps resemblyzer==0.1.4 "
-                    "(requirements-speakers.txt)")
+        pytest.skip(
+            "speaker encoder weights absent: pip install --no-deps resemblyzer==0.1.4 "
+            "(requirements-speakers.txt)"
+        )
     from engine.device.cuda import plan_device
     from engine.models.cache import load_model
 
@@ -323,8 +393,16 @@ def test_the_ge2e_encoder_loads_through_the_model_cache_and_tells_voices_apart()
     assert encoder.name == "speaker-encoder-ge2e" and not encoder.training
     jfk = load_audio(shared_audio(JFK))
     other = load_audio(shared_audio(SHARED_AUDIO / "librispeech" / "2412-153948-0000.flac"))
-    windows = torch.from_numpy(np.stack([jfk[SR:SR + 25600], jfk[5 * SR:5 * SR + 25600],
-                                         other[SR:SR + 25600], other[5 * SR:5 * SR + 25600]]))
+    windows = torch.from_numpy(
+        np.stack(
+            [
+                jfk[SR : SR + 25600],
+                jfk[5 * SR : 5 * SR + 25600],
+                other[SR : SR + 25600],
+                other[5 * SR : 5 * SR + 25600],
+            ]
+        )
+    )
     with torch.inference_mode():
         e = encoder.embed(windows).numpy()
     assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
@@ -348,7 +426,7 @@ def diarized(tiny_en_model_dir):
     out = {}
     settings = fast_settings(tiny_en_model_dir, vad=True, max_new_tokens=224)
     with Engine(settings) as engine:
-        engine.transcribe(built["exchange"].audio[:10 * SR], word_timestamps=True)  # numba's DTW compiled
+        engine.transcribe(built["exchange"].audio[: 10 * SR], word_timestamps=True)  # numba's DTW compiled
         for name, conversation in built.items():
             started = time.perf_counter()
             engine.transcribe(conversation.audio)
@@ -358,8 +436,10 @@ def diarized(tiny_en_model_dir):
             known = tuple(KnownSpeaker(n, a) for n, a in conversation.enrolment.items())
             runs = {}
             for count in ("given", "estimated"):
-                options = DiarizationOptions(num_speakers=len(conversation.speakers) if count == "given" else None,
-                                             known_speakers=known)
+                options = DiarizationOptions(
+                    num_speakers=len(conversation.speakers) if count == "given" else None,
+                    known_speakers=known,
+                )
 
                 def work():
                     found = find_speakers(conversation.audio, options, encoder, probs)
@@ -377,10 +457,16 @@ def test_diarization_error_rate_and_speaker_count_on_real_speech(diarized, name,
 
     conversation, _, _, runs = diarized[name]
     (found, _), _ = runs[count]
-    score = der([(s.start, s.end, s.speaker) for s in conversation.reference],
-                [(t.start, t.end, str(t.speaker)) for t in found.turns], collar=0.125)
-    print(f"{name}, count {count}: DER {score.der:.1f} % (missed {score.missed:.1f}, false {score.false_alarm:.1f}, "
-          f"confused {score.confusion:.1f}), {found.speakers} speakers of {len(conversation.speakers)}")
+    score = der(
+        [(s.start, s.end, s.speaker) for s in conversation.reference],
+        [(t.start, t.end, str(t.speaker)) for t in found.turns],
+        collar=0.125,
+    )
+    print(
+        f"{name}, count {count}: DER {score.der:.1f} % (missed {score.missed:.1f}, "
+        f"false {score.false_alarm:.1f}, "
+        f"confused {score.confusion:.1f}), {found.speakers} speakers of {len(conversation.speakers)}"
+    )
     assert score.der <= limit
     assert found.speakers == len(conversation.speakers)
 

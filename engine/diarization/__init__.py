@@ -10,10 +10,20 @@ fitted to its free memory), clustering (speakers, counted or estimated), turns (
 who-speaks-when), known (reference clips to names), labels (onto words and segments),
 pipeline (all of it for one recording).
 """
+
 from engine.diarization.labels import assign_speakers, speaker_labels
 from engine.diarization.options import MAX_SPEAKERS, DiarizationOptions, KnownSpeaker
 from engine.diarization.pipeline import Diarization, diarize, find_speakers
 from engine.diarization.turns import SpeakerTurn
 
-__all__ = ["Diarization", "DiarizationOptions", "KnownSpeaker", "MAX_SPEAKERS", "SpeakerTurn", "assign_speakers",
-           "diarize", "find_speakers", "speaker_labels"]
+__all__ = [
+    "Diarization",
+    "DiarizationOptions",
+    "KnownSpeaker",
+    "MAX_SPEAKERS",
+    "SpeakerTurn",
+    "assign_speakers",
+    "diarize",
+    "find_speakers",
+    "speaker_labels",
+]

@@ -19,6 +19,7 @@ windows, agglomerative clustering alone, cut at any one similarity, found the fi
 the meeting and the two of the exchange only in a narrow band (docs/benchmarks.md); spectral
 clustering over a wide one.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -34,8 +35,14 @@ REASSIGN_ROUNDS = 2
 KMEANS_RESTARTS = 8
 
 
-def cluster(embeddings: np.ndarray, fewest: int, most: int, merge_similarity: float, window_similarity: float,
-            whole: Optional[np.ndarray] = None) -> np.ndarray:
+def cluster(
+    embeddings: np.ndarray,
+    fewest: int,
+    most: int,
+    merge_similarity: float,
+    window_similarity: float,
+    whole: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """A label 0..k-1 per row of `embeddings` (unit rows), fewest <= k <= most where the rows allow.
     `merge_similarity` is the encoder's for mean voices, `window_similarity` for single windows.
 
@@ -84,7 +91,7 @@ def spectral(embeddings: np.ndarray, fewest: int, most: int) -> np.ndarray:
     affinity = embeddings @ embeddings.T
     keep = min(n - 1, max(MIN_NEIGHBOURS, int(round(NEIGHBOURS_SHARE * n))))
     pruned = np.zeros_like(affinity)
-    nearest = np.argpartition(-affinity, keep, axis=1)[:, :keep + 1]  # + 1: a row's own entry is among them
+    nearest = np.argpartition(-affinity, keep, axis=1)[:, : keep + 1]  # + 1: a row's own entry is among them
     np.put_along_axis(pruned, nearest, np.take_along_axis(affinity, nearest, axis=1), axis=1)
     pruned = np.maximum(0.5 * (pruned + pruned.T), 0.0)
     np.fill_diagonal(pruned, 0.0)
@@ -93,7 +100,7 @@ def spectral(embeddings: np.ndarray, fewest: int, most: int) -> np.ndarray:
     if fewest == most:
         k = fewest
     else:
-        gaps = np.diff(values[fewest - 1:most + 1])
+        gaps = np.diff(values[fewest - 1 : most + 1])
         k = int(np.argmax(gaps)) + fewest
     return kmeans(vectors[:, :k], k)
 
@@ -109,7 +116,9 @@ def kmeans(points: np.ndarray, k: int, rounds: int = 50) -> np.ndarray:
         for _ in range(rounds):
             distances = ((points[:, None, :] - centres[None]) ** 2).sum(-1)
             labels = distances.argmin(1)
-            moved = np.array([points[labels == c].mean(0) if np.any(labels == c) else centres[c] for c in range(k)])
+            moved = np.array(
+                [points[labels == c].mean(0) if np.any(labels == c) else centres[c] for c in range(k)]
+            )
             if np.allclose(moved, centres):
                 break
             centres = moved
@@ -135,7 +144,9 @@ def centroids(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
-def merge_close(embeddings: np.ndarray, labels: np.ndarray, fewest: int, merge_similarity: float) -> np.ndarray:
+def merge_close(
+    embeddings: np.ndarray, labels: np.ndarray, fewest: int, merge_similarity: float
+) -> np.ndarray:
     """Join the two most similar speakers while their mean voices are closer than `merge_similarity`."""
     while labels.max() + 1 > fewest:
         similarity = centroids(embeddings, labels)

@@ -6,6 +6,7 @@ best one-to-one assignment of similarities (Hungarian), and only where a pair is
 encoder's `match_similarity`: a known speaker who does not speak in the recording names
 nobody, and a speaker who matches no clip keeps a letter.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -24,24 +25,30 @@ SAMPLE_RATE = 16000
 MIN_REFERENCE_SPEECH_S = 1.0  # a clip with less speech than this cannot stand for a voice
 
 
-def reference_voices(encoder: SpeakerEncoder, speakers: Sequence[KnownSpeaker], step: int,
-                     threshold_mb: Optional[float] = None) -> np.ndarray:
+def reference_voices(
+    encoder: SpeakerEncoder, speakers: Sequence[KnownSpeaker], step: int, threshold_mb: Optional[float] = None
+) -> np.ndarray:
     """(len(speakers), embedding_dim): each clip's mean voice, a unit row."""
     voices = []
     for speaker in speakers:
         audio = np.asarray(speaker.audio, dtype=np.float32)
         regions = speech_regions(audio)
         if sum(end - start for start, end in regions) < MIN_REFERENCE_SPEECH_S * SAMPLE_RATE:
-            raise SpeakerReferenceError(f"known_speaker_references: the clip for {speaker.name!r} holds less than "
-                                        f"{MIN_REFERENCE_SPEECH_S:g} s of speech")
-        embeddings = embed_windows(encoder, audio, plan_windows(regions, encoder.window_samples, step), threshold_mb)
+            raise SpeakerReferenceError(
+                f"known_speaker_references: the clip for {speaker.name!r} holds less than "
+                f"{MIN_REFERENCE_SPEECH_S:g} s of speech"
+            )
+        embeddings = embed_windows(
+            encoder, audio, plan_windows(regions, encoder.window_samples, step), threshold_mb
+        )
         mean = embeddings.mean(axis=0)
         voices.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
     return np.array(voices, dtype=np.float32).reshape(len(speakers), encoder.embedding_dim)
 
 
-def name_speakers(voices: np.ndarray, references: np.ndarray, names: Sequence[str],
-                  match_similarity: float) -> Dict[int, str]:
+def name_speakers(
+    voices: np.ndarray, references: np.ndarray, names: Sequence[str], match_similarity: float
+) -> Dict[int, str]:
     """{speaker index: name} for the speakers (rows of `voices`) a reference clip matches."""
     if not len(voices) or not len(references):
         return {}

@@ -12,6 +12,7 @@ seek; its `tokens` are re-encoded from its text when `encode` (the tokenizer's) 
 its `logprobs` are the segment's cut where the text is cut (each token knows its bytes).
 Without word timings a segment cannot be split: it gets the speaker of most of its time.
 """
+
 from __future__ import annotations
 
 import string
@@ -24,8 +25,12 @@ from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 Encode = Callable[[str], List[int]]  # text -> token ids: the job's tokenizer's `encode`
 
 
-def assign_speakers(result: TranscriptionResult, turns: Sequence[SpeakerTurn],
-                    names: Optional[Mapping[int, str]] = None, encode: Optional[Encode] = None) -> TranscriptionResult:
+def assign_speakers(
+    result: TranscriptionResult,
+    turns: Sequence[SpeakerTurn],
+    names: Optional[Mapping[int, str]] = None,
+    encode: Optional[Encode] = None,
+) -> TranscriptionResult:
     """`result` with `speaker` set on every segment and word, segments split where it changes."""
     if not turns:
         return result
@@ -35,8 +40,11 @@ def assign_speakers(result: TranscriptionResult, turns: Sequence[SpeakerTurn],
     labels = speaker_labels([speaker for _, speaker, _ in pieces], {t.speaker for t in turns}, names)
     segments = []
     for index, (piece, speaker, word_speakers) in enumerate(pieces):
-        words = None if piece.words is None else [replace(w, speaker=labels[s])
-                                                   for w, s in zip(piece.words, word_speakers)]
+        words = (
+            None
+            if piece.words is None
+            else [replace(w, speaker=labels[s]) for w, s in zip(piece.words, word_speakers)]
+        )
         segments.append(replace(piece, id=index, speaker=labels[speaker], words=words))
     return replace(result, segments=segments)
 
@@ -70,8 +78,9 @@ def speaker_at(start: float, end: float, turns: Sequence[SpeakerTurn]) -> int:
     return min(turns, key=lambda t: max(t.start - middle, middle - t.end, 0.0)).speaker
 
 
-def _split(segment: Segment, turns: Sequence[SpeakerTurn],
-           encode: Optional[Encode]) -> List[Tuple[Segment, int, List[int]]]:
+def _split(
+    segment: Segment, turns: Sequence[SpeakerTurn], encode: Optional[Encode]
+) -> List[Tuple[Segment, int, List[int]]]:
     """The segment as runs of one speaker's words: (piece, its speaker, each word's speaker)."""
     if not segment.words:
         return [(segment, speaker_at(segment.start, segment.end, turns), [])]
@@ -88,15 +97,22 @@ def _split(segment: Segment, turns: Sequence[SpeakerTurn],
     logprobs = _cut_logprobs(segment.logprobs, texts)
     pieces = []
     for index, ((speaker, words), text) in enumerate(zip(runs, texts)):
-        piece = replace(segment, start=segment.start if index == 0 else words[0].start,
-                        end=segment.end if index == len(runs) - 1 else words[-1].end, text=text,
-                        tokens=encode(text) if encode is not None else [], words=words,
-                        logprobs=None if logprobs is None else logprobs[index])
+        piece = replace(
+            segment,
+            start=segment.start if index == 0 else words[0].start,
+            end=segment.end if index == len(runs) - 1 else words[-1].end,
+            text=text,
+            tokens=encode(text) if encode is not None else [],
+            words=words,
+            logprobs=None if logprobs is None else logprobs[index],
+        )
         pieces.append((piece, speaker, [speaker] * len(words)))
     return pieces
 
 
-def _cut_logprobs(logprobs: Optional[List[TokenLogprob]], texts: List[str]) -> Optional[List[List[TokenLogprob]]]:
+def _cut_logprobs(
+    logprobs: Optional[List[TokenLogprob]], texts: List[str]
+) -> Optional[List[List[TokenLogprob]]]:
     """The tokens' logprobs in one list per text, cut where each text's UTF-8 bytes end."""
     if logprobs is None:
         return None

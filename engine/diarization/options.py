@@ -1,4 +1,5 @@
 """What a job asks of diarization: how many speakers, and whose voices are known by name."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,15 +37,24 @@ class DiarizationOptions:
             if value is not None and not 1 <= value <= MAX_SPEAKERS:
                 raise InvalidRequest(f"{name}: must be between 1 and {MAX_SPEAKERS}, got {value}")
         if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
-            raise InvalidRequest("num_speakers: give either num_speakers or min_speakers / max_speakers, not both")
-        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
-            raise InvalidRequest(f"min_speakers: {self.min_speakers} is more than max_speakers "
-                                 f"({self.max_speakers})")
+            raise InvalidRequest(
+                "num_speakers: give either num_speakers or min_speakers / max_speakers, not both"
+            )
+        if (
+            self.min_speakers is not None
+            and self.max_speakers is not None
+            and self.min_speakers > self.max_speakers
+        ):
+            raise InvalidRequest(
+                f"min_speakers: {self.min_speakers} is more than max_speakers ({self.max_speakers})"
+            )
         check_known_speakers(self.known_speakers)
         most = self.num_speakers or self.max_speakers
         if most is not None and len(self.known_speakers) > most:
-            raise SpeakerReferenceError(f"known_speaker_names: {len(self.known_speakers)} known speakers but at "
-                                        f"most {most} speakers asked for")
+            raise SpeakerReferenceError(
+                f"known_speaker_names: {len(self.known_speakers)} known speakers but at "
+                f"most {most} speakers asked for"
+            )
 
     @property
     def speaker_range(self) -> Tuple[int, int]:
@@ -57,8 +67,9 @@ class DiarizationOptions:
 def check_known_speakers(speakers: Tuple[KnownSpeaker, ...]) -> None:
     """Refuse references that cannot identify anyone, before any audio is decoded."""
     if len(speakers) > MAX_KNOWN_SPEAKERS:
-        raise SpeakerReferenceError(f"known_speaker_names: at most {MAX_KNOWN_SPEAKERS} known speakers, got "
-                                    f"{len(speakers)}")
+        raise SpeakerReferenceError(
+            f"known_speaker_names: at most {MAX_KNOWN_SPEAKERS} known speakers, got {len(speakers)}"
+        )
     names = [speaker.name for speaker in speakers]
     if any(not isinstance(name, str) or not name.strip() for name in names):
         raise SpeakerReferenceError("known_speaker_names: every known speaker needs a non-empty name")
@@ -67,5 +78,7 @@ def check_known_speakers(speakers: Tuple[KnownSpeaker, ...]) -> None:
     for speaker in speakers:
         seconds = len(speaker.audio) / SAMPLE_RATE
         if not MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
-            raise SpeakerReferenceError(f"known_speaker_references: the clip for {speaker.name!r} is {seconds:.1f} "
-                                        f"s long; it must be {MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s of speech")
+            raise SpeakerReferenceError(
+                f"known_speaker_references: the clip for {speaker.name!r} is {seconds:.1f} "
+                f"s long; it must be {MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s of speech"
+            )

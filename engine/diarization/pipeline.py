@@ -7,6 +7,7 @@
 windows are embedded there, in batches that fit its free memory; clustering and everything
 after it run on the CPU (a few hundred windows a minute: milliseconds).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,13 @@ class Diarization:
     seconds: Dict[str, float] = field(default_factory=dict)  # wall time of each stage: speech, embed, cluster
 
 
-def find_speakers(audio: np.ndarray, options: DiarizationOptions, encoder: SpeakerEncoder,
-                  speech_probs: Optional[np.ndarray] = None, threshold_mb: Optional[float] = None) -> Diarization:
+def find_speakers(
+    audio: np.ndarray,
+    options: DiarizationOptions,
+    encoder: SpeakerEncoder,
+    speech_probs: Optional[np.ndarray] = None,
+    threshold_mb: Optional[float] = None,
+) -> Diarization:
     """Who speaks when in `audio` (float32, 16 kHz, mono). `speech_probs`: the job's Silero
     probabilities (`engine.audio.vad.speech_probabilities(audio)`) when it has them."""
     seconds = {}
@@ -66,19 +72,34 @@ def find_speakers(audio: np.ndarray, options: DiarizationOptions, encoder: Speak
     turns = tuple(turns_from_windows(regions, windows, labels))
     names = {}
     if references is not None:
-        names = name_speakers(centroids(embeddings, labels), references,
-                              [speaker.name for speaker in options.known_speakers], encoder.match_similarity)
+        names = name_speakers(
+            centroids(embeddings, labels),
+            references,
+            [speaker.name for speaker in options.known_speakers],
+            encoder.match_similarity,
+        )
     seconds["cluster"] = time.perf_counter() - started
     found = Diarization(turns, names, int(labels.max()) + 1, len(windows), seconds)
-    log.info("Diarization: %d speakers in %.1f s of speech (%d regions, %d windows; %s)", found.speakers,
-             sum(e - s for s, e in regions) / SAMPLE_RATE, len(regions), len(windows),
-             ", ".join(f"{stage} {s:.2f} s" for stage, s in seconds.items()))
+    log.info(
+        "Diarization: %d speakers in %.1f s of speech (%d regions, %d windows; %s)",
+        found.speakers,
+        sum(e - s for s, e in regions) / SAMPLE_RATE,
+        len(regions),
+        len(windows),
+        ", ".join(f"{stage} {s:.2f} s" for stage, s in seconds.items()),
+    )
     return found
 
 
-def diarize(audio: np.ndarray, result: TranscriptionResult, options: DiarizationOptions, encoder: SpeakerEncoder,
-            speech_probs: Optional[np.ndarray] = None, threshold_mb: Optional[float] = None,
-            encode: Optional[Encode] = None) -> TranscriptionResult:
+def diarize(
+    audio: np.ndarray,
+    result: TranscriptionResult,
+    options: DiarizationOptions,
+    encoder: SpeakerEncoder,
+    speech_probs: Optional[np.ndarray] = None,
+    threshold_mb: Optional[float] = None,
+    encode: Optional[Encode] = None,
+) -> TranscriptionResult:
     """`result` (of the same `audio`, with word timestamps) with a speaker on every segment and
     word, segments split where the speaker changes; its words are unchanged."""
     found = find_speakers(audio, options, encoder, speech_probs, threshold_mb)

@@ -7,6 +7,7 @@ speaker's voice into the other's window. So the same Silero probabilities (the j
 it has them) are read again with short pauses and little padding. Non-speech then never
 reaches the clustering, where it would otherwise form a "speaker" of its own.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,11 +26,14 @@ class SpeechOptions:
     min_region_s: float = 0.2  # shorter regions are clicks and breaths, not turns
 
 
-def speech_regions(audio: np.ndarray, probs: Optional[np.ndarray] = None,
-                   options: SpeechOptions = SpeechOptions()) -> List[Tuple[int, int]]:
+def speech_regions(
+    audio: np.ndarray, probs: Optional[np.ndarray] = None, options: SpeechOptions = SpeechOptions()
+) -> List[Tuple[int, int]]:
     """[(start, end), ...] in samples of `audio` (float32, 16 kHz), in order and disjoint."""
     if probs is None:
         probs = speech_probabilities(audio)
-    vad = VadOptions(threshold=options.threshold, min_silence_s=options.min_silence_s, speech_pad_s=options.pad_s)
+    vad = VadOptions(
+        threshold=options.threshold, min_silence_s=options.min_silence_s, speech_pad_s=options.pad_s
+    )
     shortest = options.min_region_s * 16000
     return [(start, end) for start, end in speech_map(audio, vad, probs).chunks if end - start >= shortest]

@@ -9,6 +9,7 @@ straddles a change than a turn of its own. A short *region* is never smoothed aw
 "Hello?" between two pauses keeps the speaker its own window found. Last, turns of one
 speaker separated by less than `MERGE_GAP_S` of silence become one turn.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ class SpeakerTurn:
     speaker: int  # the cluster: 0, 1, ... (names and letters are given later, by assign_speakers)
 
 
-def turns_from_windows(regions: Sequence[Tuple[int, int]], windows: Sequence[Window],
-                       labels: np.ndarray) -> List[SpeakerTurn]:
+def turns_from_windows(
+    regions: Sequence[Tuple[int, int]], windows: Sequence[Window], labels: np.ndarray
+) -> List[SpeakerTurn]:
     """Turns in time order; `labels[i]` is the speaker of `windows[i]`."""
     speakers = int(labels.max()) + 1 if len(labels) else 0
     by_region: dict = {}
@@ -59,8 +61,10 @@ def _region_turns(start: int, end: int, voted: List[Tuple[Window, int]], speaker
     frames = votes.argmax(1)
     runs = _smooth(_runs(frames), int(round(MIN_TURN_S / FRAME_S)))
     edges = [start + first * frame for _, first, _ in runs] + [end]
-    return [SpeakerTurn(edges[i] / SAMPLE_RATE, edges[i + 1] / SAMPLE_RATE, label)
-            for i, (label, _, _) in enumerate(runs)]
+    return [
+        SpeakerTurn(edges[i] / SAMPLE_RATE, edges[i + 1] / SAMPLE_RATE, label)
+        for i, (label, _, _) in enumerate(runs)
+    ]
 
 
 def _runs(frames: np.ndarray) -> List[Tuple[int, int, int]]:

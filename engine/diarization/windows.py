@@ -7,6 +7,7 @@ it never spans a pause, so it never hears two speakers who take turns at a pause
 shorter than a window (a 0.4 s "Hello?") still gets one window: its own samples repeated to
 the window's length, so the encoder hears that speaker alone and batches keep one shape.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def window_samples(audio: np.ndarray, windows: Sequence[Window], window: int) ->
     """(len(windows), window) float32: each window's samples, a short one tiled to the length."""
     out = np.empty((len(windows), window), dtype=np.float32)
     for row, w in enumerate(windows):
-        piece = audio[w.start:w.end]
+        piece = audio[w.start : w.end]
         if len(piece) >= window:
             out[row] = piece[:window]
         elif len(piece) == 0:

