@@ -36,7 +36,7 @@ class CamppEncoder(SpeakerEncoder):
     # a window's activations peak in the densely connected TDNN blocks (up to ~1k channels x 74
     # frames) and the 2-D convolutions of its front (32 x 80 x 148): a few MB in fp32
     window_mb = 8.0
-    merge_similarity = 0.65  # closest two speakers 0.54, halves of one speaker 0.75-0.8
+    merge_similarity = 0.65  # closest two speakers 0.54, halves of one speaker 0.70-0.75
     match_similarity = 0.7  # a clip against its own speaker 0.91-0.97, against the others 0.53 at most
     window_similarity = 0.5  # windows of one speaker 0.56-0.84 alike on average, of two 0.29-0.38
 
