@@ -26,9 +26,9 @@ a human's marks. The collar forgives the edges either way.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -51,7 +51,7 @@ LJ_MEETING = [f"LJ050-{n:04d}" for n in range(159, 200)]  # 41 clips, ~4.5 minut
 LJ_EXCHANGE = [f"LJ050-{n:04d}" for n in range(200, 215)]
 LJ_ENROLMENT = "LJ050-0240"  # 2-10 s, never used in a conversation
 L1089_ENROLMENT = "1089-134686-0000"
-SOURCES: Dict[str, List[Path]] = {
+SOURCES: dict[str, list[Path]] = {
     "lj": [LJSPEECH / f"{clip}.wav" for clip in LJ_MEETING],
     "1089": [LIBRISPEECH / f"{u}.flac" for u in ("1089-134686-0001", "1089-134691-0000", "1089-134691-0001")],
     "1995": [LIBRISPEECH / "1995-1837-0001.wav"],
@@ -73,11 +73,11 @@ class Span:
 class Conversation:
     name: str
     audio: np.ndarray  # float32, 16 kHz, mono
-    reference: Tuple[Span, ...]  # who speaks when; spans of two speakers overlap where they talk at once
-    enrolment: Dict[str, np.ndarray]  # known speakers' clips, never heard in `audio`
+    reference: tuple[Span, ...]  # who speaks when; spans of two speakers overlap where they talk at once
+    enrolment: dict[str, np.ndarray]  # known speakers' clips, never heard in `audio`
 
     @property
-    def speakers(self) -> List[str]:
+    def speakers(self) -> list[str]:
         return sorted({span.speaker for span in self.reference})
 
     @property
@@ -98,8 +98,8 @@ def _level(audio: np.ndarray) -> np.ndarray:
     return (audio * (TARGET_RMS / rms)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
-def _phrases_of(paths: Tuple[Path, ...]) -> Tuple[np.ndarray, ...]:
+@functools.cache
+def _phrases_of(paths: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
     """The clips' phrases, in order; one detector run over all of them (one call per clip
     would step the network through each clip alone, ten times slower on two cores)."""
     gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
@@ -107,11 +107,11 @@ def _phrases_of(paths: Tuple[Path, ...]) -> Tuple[np.ndarray, ...]:
     return tuple(_level(audio[start:end]) for start, end in speech_map(audio, PHRASE_VAD).chunks)
 
 
-def phrases(paths: Sequence[Path]) -> List[np.ndarray]:
+def phrases(paths: Sequence[Path]) -> list[np.ndarray]:
     return list(_phrases_of(tuple(paths)))
 
 
-def _cut_short(phrase: np.ndarray, shortest: float, longest: float) -> List[np.ndarray]:
+def _cut_short(phrase: np.ndarray, shortest: float, longest: float) -> list[np.ndarray]:
     """A phrase in pieces of `shortest`-`longest` s, each cut at the quietest 20 ms in reach."""
     frame = SAMPLE_RATE // 50
     pieces = []
@@ -129,10 +129,10 @@ def _cut_short(phrase: np.ndarray, shortest: float, longest: float) -> List[np.n
 class _Speaker:
     """A speaker's phrases, handed out in order and again from the start when they run out."""
 
-    def __init__(self, name: str, items: List[np.ndarray]):
+    def __init__(self, name: str, items: list[np.ndarray]):
         self.name, self.items, self.next = name, items, 0
 
-    def take(self, seconds: float) -> List[np.ndarray]:
+    def take(self, seconds: float) -> list[np.ndarray]:
         taken, total = [], 0.0
         while total < seconds or not taken:
             item = self.items[self.next % len(self.items)]
@@ -144,14 +144,14 @@ class _Speaker:
 
 def _lay_out(
     name: str,
-    turns: List[Tuple[str, List[np.ndarray]]],
+    turns: list[tuple[str, list[np.ndarray]]],
     rng: np.random.Generator,
     overlap_share: float,
-    enrolment: Dict[str, np.ndarray],
+    enrolment: dict[str, np.ndarray],
 ) -> Conversation:
     """Turns end to end; between two turns an overlap (`overlap_share` of the changes), no pause to
     speak of (`TIGHT_SHARE`), or a pause; a short pause between a turn's own phrases."""
-    placed: List[Tuple[int, np.ndarray, str]] = []
+    placed: list[tuple[int, np.ndarray, str]] = []
     at = int(0.5 * SAMPLE_RATE)
     for index, (speaker, items) in enumerate(turns):
         if index:

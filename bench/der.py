@@ -17,8 +17,8 @@ two): reference edges are a matter of judgement to within a syllable.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -33,10 +33,10 @@ class DerScore:
     false_alarm: float
     confusion: float
     reference_s: float  # scored reference speech, speakers counted apart where they overlap
-    mapping: Dict[str, str]  # hypothesis speaker -> the reference speaker it was matched to
+    mapping: dict[str, str]  # hypothesis speaker -> the reference speaker it was matched to
 
 
-def _grid(spans: Iterable[Tuple[float, float, str]], frames: int) -> Tuple[np.ndarray, list]:
+def _grid(spans: Iterable[tuple[float, float, str]], frames: int) -> tuple[np.ndarray, list]:
     spans = list(spans)
     names = sorted({str(speaker) for _, _, speaker in spans})
     grid = np.zeros((frames, len(names)), dtype=bool)
@@ -46,8 +46,8 @@ def _grid(spans: Iterable[Tuple[float, float, str]], frames: int) -> Tuple[np.nd
 
 
 def der(
-    reference: Sequence[Tuple[float, float, str]],
-    hypothesis: Sequence[Tuple[float, float, str]],
+    reference: Sequence[tuple[float, float, str]],
+    hypothesis: Sequence[tuple[float, float, str]],
     collar: float = 0.25,
 ) -> DerScore:
     """Spans are (start s, end s, speaker); either list may hold overlapping spans."""

@@ -23,8 +23,8 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,8 +34,8 @@ from bench.der import STEP_S, DerScore, der
 from bench.inputs import REPO, tiny_en_dir
 from bench.report import machine, today
 from engine import Engine, load_settings
-from engine.device.cpu_threads import single_threaded_here
 from engine.audio.vad import speech_probabilities
+from engine.device.cpu_threads import single_threaded_here
 from engine.diarization import DiarizationOptions, KnownSpeaker, assign_speakers, find_speakers
 from engine.models.speaker_encoder import LOADERS, load_speaker_encoder
 from engine.results import TranscriptionResult
@@ -58,14 +58,14 @@ class Run:
     mdeval: DerScore
     found: int
     present: int
-    known_named: Optional[float]  # % of the known speakers' speech under their names
-    others_named: Optional[float]  # % of the other speakers' speech under a known name
+    known_named: float | None  # % of the known speakers' speech under their names
+    others_named: float | None  # % of the other speakers' speech under a known name
     diarize_s: float  # wall time of find_speakers + assign_speakers, one core
-    stages: Dict[str, float]
+    stages: dict[str, float]
     words_kept: bool
 
 
-def in_job_thread(work: Callable[[], object]) -> Tuple[object, float]:
+def in_job_thread(work: Callable[[], object]) -> tuple[object, float]:
     """`work()` in a thread on one core, as the engine's job threads run on a CPU; (result, seconds)."""
     outcome: dict = {}
 
@@ -84,8 +84,8 @@ def in_job_thread(work: Callable[[], object]) -> Tuple[object, float]:
 
 
 def named_share(
-    conversation: Conversation, turns, labels: Dict[int, str], speakers: List[str]
-) -> Optional[float]:
+    conversation: Conversation, turns, labels: dict[int, str], speakers: list[str]
+) -> float | None:
     """% of the reference speech of `speakers` that a turn labelled with a known name covers
     with the right name (for the known speakers) or with any known name (for the others)."""
     if not speakers:
@@ -150,7 +150,7 @@ def diarize_run(
     )
 
 
-def transcribe_timed(engine: Engine, audio: np.ndarray, **options) -> Tuple[TranscriptionResult, float]:
+def transcribe_timed(engine: Engine, audio: np.ndarray, **options) -> tuple[TranscriptionResult, float]:
     torch.manual_seed(0)
     started = time.perf_counter()
     result = engine.transcribe(audio, **options)
@@ -169,7 +169,7 @@ class Timing:
         return 100.0 * ((self.worded_s - self.plain_s if words else 0.0) + diarize_s) / self.plain_s
 
 
-def table(runs: List[Run], timing: Dict[str, Timing]) -> str:
+def table(runs: list[Run], timing: dict[str, Timing]) -> str:
     lines = [
         "| recording | encoder | speakers | DER % | missed | false | confused | DER % (md-eval) | found "
         "| known named % | others named % | diarize s | added % | added with word timings % |",
@@ -191,7 +191,7 @@ def table(runs: List[Run], timing: Dict[str, Timing]) -> str:
     return "\n".join(lines)
 
 
-def timing_lines(timing: Dict[str, Timing], runs: List[Run]) -> List[str]:
+def timing_lines(timing: dict[str, Timing], runs: list[Run]) -> list[str]:
     lines = []
     for name, t in timing.items():
         lines.append(
@@ -209,7 +209,7 @@ def timing_lines(timing: Dict[str, Timing], runs: List[Run]) -> List[str]:
     return lines
 
 
-def targets(runs: List[Run], timing: Dict[str, Timing]) -> List[str]:
+def targets(runs: list[Run], timing: dict[str, Timing]) -> list[str]:
     def check(ok: bool, text: str) -> str:
         return f"{'PASS' if ok else 'FAIL'}: {text}"
 
@@ -252,7 +252,7 @@ def write_section(markdown: str, path=DOCS) -> None:
     path.write_text(text)
 
 
-def measure(engine: Engine, conversation: Conversation, encoders, rounds: int) -> Tuple[Timing, List[Run]]:
+def measure(engine: Engine, conversation: Conversation, encoders, rounds: int) -> tuple[Timing, list[Run]]:
     """The job with and without word timestamps, interleaved `rounds` times, then each diarization
     `rounds` times (its results are the same each time; its time is the median)."""
     plain, worded_times = [], []
@@ -294,8 +294,8 @@ def main(argv=None) -> None:
     encoders = [
         load_speaker_encoder(f"speaker-encoder-{name}", torch.device("cpu")) for name in args.encoders
     ]
-    runs: List[Run] = []
-    timing: Dict[str, Timing] = {}
+    runs: list[Run] = []
+    timing: dict[str, Timing] = {}
     with Engine(settings) as engine:
         # the detector, the kernels and whisper's DTW (numba compiles it on first use) ready, as in a server
         engine.transcribe(CONVERSATIONS["exchange"]().audio[: 10 * 16000], word_timestamps=True)

@@ -22,8 +22,6 @@ clustering over a wide one.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
@@ -41,7 +39,7 @@ def cluster(
     most: int,
     merge_similarity: float,
     window_similarity: float,
-    whole: Optional[np.ndarray] = None,
+    whole: np.ndarray | None = None,
 ) -> np.ndarray:
     """A label 0..k-1 per row of `embeddings` (unit rows), fewest <= k <= most where the rows allow.
     `merge_similarity` is the encoder's for mean voices, `window_similarity` for single windows.

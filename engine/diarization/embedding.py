@@ -12,7 +12,7 @@ wide batch is what keeps a core busy.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def fit_window_batch(
     requested: int,
     window_mb: float,
     device: torch.device,
-    threshold_mb: Optional[float] = None,
+    threshold_mb: float | None = None,
     read: Callable[[torch.device], GpuMemory] = read_gpu_memory,
 ) -> int:
     """Windows to embed at once: `requested` on CPU; on CUDA at most what fits (at least 1)."""
@@ -50,7 +50,7 @@ def embed_windows(
     encoder: SpeakerEncoder,
     audio: np.ndarray,
     windows: Sequence[Window],
-    threshold_mb: Optional[float] = None,
+    threshold_mb: float | None = None,
     max_batch: int = MAX_BATCH,
     read: Callable[[torch.device], GpuMemory] = read_gpu_memory,
 ) -> np.ndarray:

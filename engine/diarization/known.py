@@ -9,7 +9,7 @@ nobody, and a speaker who matches no clip keeps a letter.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -26,7 +26,7 @@ MIN_REFERENCE_SPEECH_S = 1.0  # a clip with less speech than this cannot stand f
 
 
 def reference_voices(
-    encoder: SpeakerEncoder, speakers: Sequence[KnownSpeaker], step: int, threshold_mb: Optional[float] = None
+    encoder: SpeakerEncoder, speakers: Sequence[KnownSpeaker], step: int, threshold_mb: float | None = None
 ) -> np.ndarray:
     """(len(speakers), embedding_dim): each clip's mean voice, a unit row."""
     voices = []
@@ -48,7 +48,7 @@ def reference_voices(
 
 def name_speakers(
     voices: np.ndarray, references: np.ndarray, names: Sequence[str], match_similarity: float
-) -> Dict[int, str]:
+) -> dict[int, str]:
     """{speaker index: name} for the speakers (rows of `voices`) a reference clip matches."""
     if not len(voices) or not len(references):
         return {}

@@ -16,20 +16,20 @@ Without word timings a segment cannot be split: it gets the speaker of most of i
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from engine.diarization.turns import SpeakerTurn
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 
-Encode = Callable[[str], List[int]]  # text -> token ids: the job's tokenizer's `encode`
+Encode = Callable[[str], list[int]]  # text -> token ids: the job's tokenizer's `encode`
 
 
 def assign_speakers(
     result: TranscriptionResult,
     turns: Sequence[SpeakerTurn],
-    names: Optional[Mapping[int, str]] = None,
-    encode: Optional[Encode] = None,
+    names: Mapping[int, str] | None = None,
+    encode: Encode | None = None,
 ) -> TranscriptionResult:
     """`result` with `speaker` set on every segment and word, segments split where it changes."""
     if not turns:
@@ -49,7 +49,7 @@ def assign_speakers(
     return replace(result, segments=segments)
 
 
-def speaker_labels(order: Sequence[int], speakers: set, names: Mapping[int, str]) -> Dict[int, str]:
+def speaker_labels(order: Sequence[int], speakers: set, names: Mapping[int, str]) -> dict[int, str]:
     """{cluster: label}: names where known; letters A, B, ... for the rest by first appearance in `order`."""
     seen = list(dict.fromkeys(order)) + sorted(speakers - set(order))
     letters = iter(_letters())
@@ -79,12 +79,12 @@ def speaker_at(start: float, end: float, turns: Sequence[SpeakerTurn]) -> int:
 
 
 def _split(
-    segment: Segment, turns: Sequence[SpeakerTurn], encode: Optional[Encode]
-) -> List[Tuple[Segment, int, List[int]]]:
+    segment: Segment, turns: Sequence[SpeakerTurn], encode: Encode | None
+) -> list[tuple[Segment, int, list[int]]]:
     """The segment as runs of one speaker's words: (piece, its speaker, each word's speaker)."""
     if not segment.words:
         return [(segment, speaker_at(segment.start, segment.end, turns), [])]
-    runs: List[Tuple[int, List[Word]]] = []
+    runs: list[tuple[int, list[Word]]] = []
     for word in segment.words:
         speaker = speaker_at(word.start, word.end, turns)
         if runs and runs[-1][0] == speaker:
@@ -110,9 +110,7 @@ def _split(
     return pieces
 
 
-def _cut_logprobs(
-    logprobs: Optional[List[TokenLogprob]], texts: List[str]
-) -> Optional[List[List[TokenLogprob]]]:
+def _cut_logprobs(logprobs: list[TokenLogprob] | None, texts: list[str]) -> list[list[TokenLogprob]] | None:
     """The tokens' logprobs in one list per text, cut where each text's UTF-8 bytes end."""
     if logprobs is None:
         return None
@@ -120,7 +118,7 @@ def _cut_logprobs(
     for text in texts:
         total += len(text.encode("utf-8"))
         ends.append(total)
-    cut: List[List[TokenLogprob]] = [[] for _ in texts]
+    cut: list[list[TokenLogprob]] = [[] for _ in texts]
     at, piece = 0, 0
     for token in logprobs:
         while piece < len(ends) - 1 and at >= ends[piece]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -24,10 +23,10 @@ class KnownSpeaker:
 
 @dataclass(frozen=True)
 class DiarizationOptions:
-    num_speakers: Optional[int] = None  # exactly this many speakers (None: estimated)
-    min_speakers: Optional[int] = None  # at least this many when estimating (None: 1)
-    max_speakers: Optional[int] = None  # at most this many when estimating (None: MAX_SPEAKERS)
-    known_speakers: Tuple[KnownSpeaker, ...] = ()  # voices to label by name; the others keep letters
+    num_speakers: int | None = None  # exactly this many speakers (None: estimated)
+    min_speakers: int | None = None  # at least this many when estimating (None: 1)
+    max_speakers: int | None = None  # at most this many when estimating (None: MAX_SPEAKERS)
+    known_speakers: tuple[KnownSpeaker, ...] = ()  # voices to label by name; the others keep letters
 
     def __post_init__(self):
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -57,14 +56,14 @@ class DiarizationOptions:
             )
 
     @property
-    def speaker_range(self) -> Tuple[int, int]:
+    def speaker_range(self) -> tuple[int, int]:
         """(fewest, most) speakers clustering may find."""
         if self.num_speakers is not None:
             return self.num_speakers, self.num_speakers
         return self.min_speakers or 1, self.max_speakers or MAX_SPEAKERS
 
 
-def check_known_speakers(speakers: Tuple[KnownSpeaker, ...]) -> None:
+def check_known_speakers(speakers: tuple[KnownSpeaker, ...]) -> None:
     """Refuse references that cannot identify anyone, before any audio is decoded."""
     if len(speakers) > MAX_KNOWN_SPEAKERS:
         raise SpeakerReferenceError(

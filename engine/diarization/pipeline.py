@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -35,19 +34,19 @@ STEP_S = 1.0  # a window starts every this many seconds of speech: the resolutio
 
 @dataclass(frozen=True)
 class Diarization:
-    turns: Tuple[SpeakerTurn, ...]  # in time order; `speaker` is a cluster index
-    names: Dict[int, str]  # cluster index -> known speaker's name, for those a reference clip matched
+    turns: tuple[SpeakerTurn, ...]  # in time order; `speaker` is a cluster index
+    names: dict[int, str]  # cluster index -> known speaker's name, for those a reference clip matched
     speakers: int  # speakers found
     windows: int  # windows embedded
-    seconds: Dict[str, float] = field(default_factory=dict)  # wall time of each stage: speech, embed, cluster
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage: speech, embed, cluster
 
 
 def find_speakers(
     audio: np.ndarray,
     options: DiarizationOptions,
     encoder: SpeakerEncoder,
-    speech_probs: Optional[np.ndarray] = None,
-    threshold_mb: Optional[float] = None,
+    speech_probs: np.ndarray | None = None,
+    threshold_mb: float | None = None,
 ) -> Diarization:
     """Who speaks when in `audio` (float32, 16 kHz, mono). `speech_probs`: the job's Silero
     probabilities (`engine.audio.vad.speech_probabilities(audio)`) when it has them."""
@@ -96,9 +95,9 @@ def diarize(
     result: TranscriptionResult,
     options: DiarizationOptions,
     encoder: SpeakerEncoder,
-    speech_probs: Optional[np.ndarray] = None,
-    threshold_mb: Optional[float] = None,
-    encode: Optional[Encode] = None,
+    speech_probs: np.ndarray | None = None,
+    threshold_mb: float | None = None,
+    encode: Encode | None = None,
 ) -> TranscriptionResult:
     """`result` (of the same `audio`, with word timestamps) with a speaker on every segment and
     word, segments split where the speaker changes; its words are unchanged."""

@@ -11,7 +11,6 @@ reaches the clustering, where it would otherwise form a "speaker" of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -27,8 +26,8 @@ class SpeechOptions:
 
 
 def speech_regions(
-    audio: np.ndarray, probs: Optional[np.ndarray] = None, options: SpeechOptions = SpeechOptions()
-) -> List[Tuple[int, int]]:
+    audio: np.ndarray, probs: np.ndarray | None = None, options: SpeechOptions = SpeechOptions()
+) -> list[tuple[int, int]]:
     """[(start, end), ...] in samples of `audio` (float32, 16 kHz), in order and disjoint."""
     if probs is None:
         probs = speech_probabilities(audio)

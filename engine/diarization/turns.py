@@ -12,8 +12,8 @@ speaker separated by less than `MERGE_GAP_S` of silence become one turn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -33,14 +33,14 @@ class SpeakerTurn:
 
 
 def turns_from_windows(
-    regions: Sequence[Tuple[int, int]], windows: Sequence[Window], labels: np.ndarray
-) -> List[SpeakerTurn]:
+    regions: Sequence[tuple[int, int]], windows: Sequence[Window], labels: np.ndarray
+) -> list[SpeakerTurn]:
     """Turns in time order; `labels[i]` is the speaker of `windows[i]`."""
     speakers = int(labels.max()) + 1 if len(labels) else 0
     by_region: dict = {}
     for window, label in zip(windows, labels):
         by_region.setdefault(window.region, []).append((window, int(label)))
-    turns: List[SpeakerTurn] = []
+    turns: list[SpeakerTurn] = []
     for index, (start, end) in enumerate(regions):
         voted = by_region.get(index)
         if voted:
@@ -48,7 +48,7 @@ def turns_from_windows(
     return merge_gaps(turns)
 
 
-def _region_turns(start: int, end: int, voted: List[Tuple[Window, int]], speakers: int) -> List[SpeakerTurn]:
+def _region_turns(start: int, end: int, voted: list[tuple[Window, int]], speakers: int) -> list[SpeakerTurn]:
     if len({label for _, label in voted}) == 1:
         return [SpeakerTurn(start / SAMPLE_RATE, end / SAMPLE_RATE, voted[0][1])]
     frame = int(FRAME_S * SAMPLE_RATE)
@@ -67,7 +67,7 @@ def _region_turns(start: int, end: int, voted: List[Tuple[Window, int]], speaker
     ]
 
 
-def _runs(frames: np.ndarray) -> List[Tuple[int, int, int]]:
+def _runs(frames: np.ndarray) -> list[tuple[int, int, int]]:
     """(label, first frame, frame count) of each run of equal labels."""
     runs = []
     for index, label in enumerate(frames.tolist()):
@@ -78,7 +78,7 @@ def _runs(frames: np.ndarray) -> List[Tuple[int, int, int]]:
     return runs
 
 
-def _smooth(runs: List[Tuple[int, int, int]], shortest: int) -> List[Tuple[int, int, int]]:
+def _smooth(runs: list[tuple[int, int, int]], shortest: int) -> list[tuple[int, int, int]]:
     """Merge the shortest run under `shortest` frames into its longer neighbour until none is left."""
     runs = list(runs)
     while len(runs) > 1:
@@ -95,8 +95,8 @@ def _smooth(runs: List[Tuple[int, int, int]], shortest: int) -> List[Tuple[int, 
     return runs
 
 
-def _join_equal(runs: List[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
-    joined: List[Tuple[int, int, int]] = []
+def _join_equal(runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    joined: list[tuple[int, int, int]] = []
     for run in runs:
         if joined and joined[-1][0] == run[0]:
             joined[-1] = (run[0], joined[-1][1], joined[-1][2] + run[2])
@@ -105,8 +105,8 @@ def _join_equal(runs: List[Tuple[int, int, int]]) -> List[Tuple[int, int, int]]:
     return joined
 
 
-def merge_gaps(turns: Sequence[SpeakerTurn], gap_s: float = MERGE_GAP_S) -> List[SpeakerTurn]:
-    merged: List[SpeakerTurn] = []
+def merge_gaps(turns: Sequence[SpeakerTurn], gap_s: float = MERGE_GAP_S) -> list[SpeakerTurn]:
+    merged: list[SpeakerTurn] = []
     for turn in turns:
         if merged and merged[-1].speaker == turn.speaker and turn.start - merged[-1].end < gap_s:
             merged[-1] = SpeakerTurn(merged[-1].start, max(merged[-1].end, turn.end), turn.speaker)

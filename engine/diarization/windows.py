@@ -10,8 +10,8 @@ the window's length, so the encoder hears that speaker alone and batches keep on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class Window:
     region: int  # index of the speech region it lies in
 
 
-def plan_windows(regions: Sequence[Tuple[int, int]], window: int, step: int) -> List[Window]:
+def plan_windows(regions: Sequence[tuple[int, int]], window: int, step: int) -> list[Window]:
     """Windows of `window` samples every `step` samples over each region; the last one of a
     region ends at the region's end, so its whole speech is heard."""
     planned = []

@@ -24,8 +24,8 @@ import functools
 import hashlib
 import importlib.util
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict
 
 import numpy as np
 import torch
@@ -163,7 +163,7 @@ def package_file(package: str, relative: str, install: str, sha256: str) -> Path
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -195,7 +195,7 @@ def _load_campplus(device: torch.device) -> SpeakerEncoder:
     return load_campplus(device)
 
 
-LOADERS: Dict[str, Callable[[torch.device], SpeakerEncoder]] = {
+LOADERS: dict[str, Callable[[torch.device], SpeakerEncoder]] = {
     Ge2eEncoder.name: load_ge2e,
     "speaker-encoder-campplus": _load_campplus,
 }
