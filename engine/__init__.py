@@ -9,7 +9,7 @@ engine.release()                                    # GPU memory back, safely
 """
 
 from engine.audio.files import SAMPLE_RATE, check_audio, check_ffmpeg, load_audio
-from engine.device import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
+from engine.device import cuda
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
 from engine.engine import Engine, EngineStatus, ModelState, TranscriptionRequest
 from engine.errors import (

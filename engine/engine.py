@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ from engine.worker import JobHandle, TranscriptionWorker
 
 log = logging.getLogger(__name__)
 
-AudioInput = Union[str, os.PathLike, np.ndarray]
+AudioInput = str | os.PathLike | np.ndarray
 
 
 def completed_in_order(streams: Sequence[SectionStream]) -> list:

@@ -42,7 +42,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from engine.audio.files import AudioError
 from engine.engine import Engine, InvalidRequest
@@ -116,7 +115,7 @@ def legacy_api_owner(key_names: list[str]) -> str | None:
     return api_owner(key_names[0]) if len(key_names) == 1 else None
 
 
-Audio = Union[str, os.PathLike, bytes]
+Audio = str | os.PathLike | bytes
 
 
 def open_store(settings: Settings) -> JobStore:
@@ -247,7 +246,7 @@ class JobManager:
                 return
             self._write_unwritten()
             try:
-                for job_id, handle in self._live.items():
+                for job_id in self._live:
                     if job_id not in self._unwritten:
                         self.store.requeue(job_id, count_attempt=False)
             except Exception as exc:  # the disk is full: those starts stay counted
@@ -326,7 +325,7 @@ class JobManager:
                 raise DiskFull(
                     "The server is out of disk space and cannot store the recording; try again later."
                 ) from None
-            raise _in_client_terms(exc, record, self.audio_dir)
+            raise _in_client_terms(exc, record, self.audio_dir) from None
 
     def has_room(self) -> bool:
         """Whether the engine's queue could take one more job now (recovered jobs waiting for

@@ -42,7 +42,9 @@ def _refusal(config, port: int) -> str:
         output, _ = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"{config} started where it should have refused: {process.communicate()[0]}")
+        raise AssertionError(
+            f"{config} started where it should have refused: {process.communicate()[0]}"
+        ) from None
     assert process.returncode == 1, output
     assert "Traceback" not in output and "terminate called" not in output, output
     assert "Serving on" not in output

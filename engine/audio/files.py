@@ -38,7 +38,6 @@ import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 import whisper.audio
@@ -71,7 +70,7 @@ TRUNCATION_TOLERANCE_FRACTION = 0.01
 # because they cannot seek back; they mean "unknown", not "4 GiB".
 _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 
-PathLike = Union[str, os.PathLike]  # what load_audio and probe accept
+PathLike = str | os.PathLike  # what load_audio and probe accept
 
 
 @dataclass(frozen=True)

@@ -48,14 +48,14 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import torch
 from whisper.model import ModelDimensions, Whisper
 
 from engine.errors import Ct2FormatError, QuantisedModelError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 MODEL_FILE = "model.bin"
 CONFIG_FILE = "config.json"
