@@ -49,15 +49,8 @@ from engine.job_options import JobOptions
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
-from jobs.data_dir import (  # noqa: F401
-    PRIVATE_FILE,
-    DataDirInUse,
-    DataDirUnwritable,
-    DiskFull,
-    StorageError,
-    is_disk_full,
-    private_dir,
-)
+from jobs.data_dir import PRIVATE_FILE, is_disk_full, private_dir
+from jobs.errors import DiskFull, JobInterrupted, StorageError
 from jobs.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
@@ -94,10 +87,6 @@ PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
 ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted
 RECENT_DURATIONS = 20  # finished jobs the Retry-After estimate averages over
 ANONYMOUS_CALLER = "anonymous"  # the API caller's name when no API key is configured
-
-
-class JobInterrupted(RuntimeError):
-    """The server stopped while the job ran, `max_attempts` times: it is not started again."""
 
 
 def api_owner(key_name: str) -> str:

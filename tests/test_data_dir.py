@@ -62,7 +62,7 @@ def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str
 
 def test_a_second_server_on_the_same_data_dir_refuses_until_the_first_is_killed(micro_checkpoint, tmp_path):
     from app import free_port, serve
-    from jobs.manager import DataDirInUse
+    from jobs import DataDirInUse
 
     data_dir = tmp_path / "data"
     config = _config(tmp_path, data_dir, micro_checkpoint)
@@ -85,7 +85,7 @@ def test_a_second_server_on_the_same_data_dir_refuses_until_the_first_is_killed(
 
 def test_a_read_only_data_dir_stops_the_start_with_one_line(micro_checkpoint, tmp_path):
     from app import free_port, serve
-    from jobs.manager import DataDirUnwritable
+    from jobs import DataDirUnwritable
     from jobs.store import JobStore
 
     with small_disk(5) as root:

@@ -46,7 +46,7 @@ from engine import (
     WorkerShutDown,
     error_class,
 )
-from jobs import JobInfo, JobRecord, OutOfDiskSpace
+from jobs import DiskFull, JobInfo, JobInterrupted, JobRecord, OutOfDiskSpace, StorageError
 from output import SubtitleOptions, render
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -123,6 +123,9 @@ ERROR_KINDS: dict[type, ErrorKind] = {
     WindowTooLarge: ErrorKind(503, "out_of_memory", "server_error"),
     JobCancelled: ErrorKind(409, "cancelled"),
     OutOfDiskSpace: ErrorKind(507, "insufficient_storage", "server_error"),
+    DiskFull: ErrorKind(507, "insufficient_storage", "server_error"),
+    StorageError: ErrorKind(503, "storage_unavailable", "server_error"),
+    JobInterrupted: ErrorKind(500, "job_interrupted", "server_error"),
 }
 UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 
