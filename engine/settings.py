@@ -34,7 +34,11 @@ class Settings(BaseModel):
     # where named models are downloaded; None = whisper's cache (~/.cache/whisper)
     download_root: str | None = None
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto = cuda when an NVIDIA GPU is visible, else cpu
-    device_index: int = Field(0, ge=0)  # which GPU (cuda:N), counted after CUDA_VISIBLE_DEVICES
+    # which GPU(s) decode: an index (cuda:N, counted after CUDA_VISIBLE_DEVICES), a list, or "all";
+    # each gets a resident model replica and a decode loop of its own
+    device_index: int | list[int] | Literal["all"] = 0
+    # without a GPU: model replicas on the CPU, each with its decode loop (they share the cores)
+    cpu_replicas: int = Field(1, ge=1, le=16)
     precision: Literal["fp16", "fp32", "int8"] = "fp16"  # resident weights; fp16 halves GPU memory
     # PYTORCH_CUDA_ALLOC_CONF unless the environment sets it
     cuda_alloc_conf: str | None = "max_split_size_mb:128"
@@ -131,6 +135,13 @@ class Settings(BaseModel):
         if len(set(keys.values())) != len(keys):
             raise ValueError(
                 "api_keys: two names share one key; each key must be different (it says whose jobs are whose)"
+            )
+        indices = [self.device_index] if isinstance(self.device_index, int) else self.device_index
+        if indices != "all" and (
+            not indices or any(i < 0 for i in indices) or len(set(indices)) != len(indices)
+        ):
+            raise ValueError(
+                'device_index: must be a GPU index (0), a list of different ones ([0, 1]) or "all"'
             )
         if self.language is not None:
             from engine.languages import normalise_language

@@ -17,6 +17,7 @@ from checkpoints import write_checkpoint  # noqa: E402
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 JFK = SHARED_AUDIO / "jfk" / "jfk.flac"
 LONG_11_MIN = SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"
+FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
 
 def window_mels(audio, n_mels: int = 80):

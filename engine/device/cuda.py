@@ -118,3 +118,20 @@ def reserved_mb(device: torch.device | None = None) -> float:
     if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
         return 0.0
     return torch.cuda.memory_reserved(device) / 2**20
+
+
+def plan_devices(
+    device: str, device_index: int | list[int] | str, precision: str, cpu_replicas: int = 1
+) -> list[DevicePlan]:
+    """One plan per device the engine decodes on: every GPU `device_index` names (one index, a
+    list, or "all" the visible ones), or, without a GPU, the CPU `cpu_replicas` times (each
+    plan gets its own model replica and decode loop; on CPU they share the cores)."""
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return [plan_device(device, 0, precision)] * cpu_replicas
+    if device_index == "all":
+        indices = list(range(torch.cuda.device_count()))
+    else:
+        indices = [device_index] if isinstance(device_index, int) else list(device_index)
+    if not indices:
+        raise DeviceError("device_index: all, but no CUDA GPU is visible; check CUDA_VISIBLE_DEVICES")
+    return [plan_device(device, index, precision) for index in indices]
