@@ -37,12 +37,15 @@ _UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class StorageError(RuntimeError):
-    """data_dir cannot be used as it is; the message names the folder or file and what to do.
+    """The job store cannot be used as it is; the message names the folder, file or database
+    and what to do.
 
         StorageError
          +-- DataDirInUse        another process holds the folder
          +-- DataDirUnwritable   read-only file system, or no permission
          +-- DiskFull            no space left on the folder's disk
+         +-- StoreUnavailable    the PostgreSQL job store cannot be reached now (HTTP 503); it may
+                                 come back by itself
     """
 
 
@@ -56,6 +59,11 @@ class DataDirUnwritable(StorageError):
 
 class DiskFull(StorageError):
     """The disk under data_dir has no space left."""
+
+
+class StoreUnavailable(StorageError):
+    """The job store's database server cannot be reached (down, restarting, network gone, or it
+    refused the login); the store works again without being reopened once it answers."""
 
 
 def is_disk_full(error: Optional[BaseException], folder: Optional[Path] = None) -> bool:

@@ -47,7 +47,7 @@ from engine.audio.files import AudioError
 from jobs.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
                            is_disk_full, private_dir)
 from engine.engine import Engine, InvalidRequest
-from jobs.store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStore, open_job_store
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
@@ -92,8 +92,10 @@ Audio = Union[str, os.PathLike, bytes]
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The JobStore in `settings.data_dir`; raises a StorageError (in use, unwritable, full)."""
-    return JobStore(settings.data_dir, legacy_api_owner(list(settings.named_api_keys)))
+    """The JobStore `settings.job_store` names (SQLite in `settings.data_dir` by default); raises a
+    StorageError (in use, unwritable, full; StoreUnavailable for a PostgreSQL server not answering)."""
+    return open_job_store(settings.job_store, settings.data_dir,
+                          legacy_api_owner=legacy_api_owner(list(settings.named_api_keys)))
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class JobManager:
         self.purge_expired()
         recovered = self.recover()
         if recovered:
-            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.path)
+            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.location)
         self._thread = threading.Thread(target=self._maintain, name="job-maintenance", daemon=True)
         self._thread.start()
         return self
@@ -346,7 +348,8 @@ class JobManager:
         except Exception as exc:
             if handle.id not in self._unwritten:
                 log.warning("Job %s finished but its result cannot be written to %s (%s); it is kept in "
-                            "memory and written as soon as that works again", handle.id, self.store.path, exc)
+                            "memory and written as soon as that works again", handle.id, self.store.location,
+                            exc)
             self._unwritten[handle.id] = outcome
             return
         self._unwritten.pop(handle.id, None)
