@@ -17,6 +17,7 @@ from jobs.data_dir import StorageError
 
 JOBS = "whisper_jobs"
 RECORDINGS = "whisper_recordings"
+SEGMENTS = "whisper_segments"
 VERSIONS = "whisper_schema"
 # pg_advisory_xact_lock key for migrating: any fixed number; the lock lasts the transaction.
 MIGRATION_LOCK = 0x57485350  # "WHSP"
@@ -64,6 +65,13 @@ MIGRATIONS: Dict[int, Tuple[str, ...]] = {
         # Recordings are compressed already (mp3, opus, flac): stored as they are, without
         # PostgreSQL trying to compress them again.
         f"ALTER TABLE {RECORDINGS} ALTER COLUMN data SET STORAGE EXTERNAL",
+        # The segments a running job completed so far (JSON text, as the result), in recording order.
+        f"""CREATE TABLE {SEGMENTS} (
+            job_id TEXT NOT NULL REFERENCES {JOBS} (id) ON DELETE CASCADE,
+            seq    INTEGER NOT NULL,
+            data   TEXT NOT NULL,
+            PRIMARY KEY (job_id, seq)
+        )""",
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -35,9 +35,11 @@ from psycopg.types.json import Jsonb
 
 from jobs.data_dir import StorageError, StoreUnavailable, private_dir
 from jobs.postgres_pool import Connections
-from jobs.postgres_schema import JOBS, RECORDINGS, migrate
+from jobs.postgres_schema import JOBS, RECORDINGS, SEGMENTS, migrate
+from engine.results import Segment
 from jobs.store import (COLUMNS, FINISHED, TRANSITIONS, UNFINISHED, JobRecord, JobStore, Progress, Recording,
-                        check_update, final_changes, private_file, recording_chunks)
+                        check_update, final_changes, private_file, recording_chunks, segment_from_dict,
+                        segment_to_json)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class PostgresJobStore(JobStore):
         with self._connection() as connection:
             applied = _update(connection, job_id, from_states, changes, attempt)
             if applied:
-                connection.execute(f"DELETE FROM {RECORDINGS} WHERE job_id = %s", (job_id,))
+                _forget_recording(connection, job_id)
         return applied
 
     def delete(self, job_id: str) -> None:
@@ -184,15 +186,19 @@ class PostgresJobStore(JobStore):
             return []
         # MATERIALIZED: the locked ids are picked once, so the UPDATE cannot plan the SELECT
         # into a join that locks (or skips) other rows than the ones it returns.
-        records = self._rows(
-            f"WITH picked AS MATERIALIZED (SELECT id FROM {JOBS} WHERE status = 'queued' "
-            f"OR (status = 'running' AND lease_expires_at < {NOW}) ORDER BY created_at, seq LIMIT %s "
-            f"FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {JOBS} AS j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s, "
-            f"lease_expires_at = {NOW} + %s, started_at = {NOW}, progress = 0, seconds_done = 0, "
-            f"seconds_total = 0 FROM picked WHERE j.id = picked.id RETURNING j.*",
-            (limit, replica_id, float(lease_s)))
-        return sorted(records, key=lambda r: r.created_at)
+        with self._connection() as connection:
+            rows = connection.execute(
+                f"WITH picked AS MATERIALIZED (SELECT id FROM {JOBS} WHERE status = 'queued' "
+                f"OR (status = 'running' AND lease_expires_at < {NOW}) ORDER BY created_at, seq LIMIT %s "
+                f"FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {JOBS} AS j SET status = 'running', attempts = j.attempts + 1, lease_owner = %s, "
+                f"lease_expires_at = {NOW} + %s, started_at = {NOW}, progress = 0, seconds_done = 0, "
+                f"seconds_total = 0 FROM picked WHERE j.id = picked.id RETURNING j.*",
+                (limit, replica_id, float(lease_s))).fetchall()
+            # A new attempt decodes from the start: the segments a dead holder streamed go.
+            connection.execute(f"DELETE FROM {SEGMENTS} WHERE job_id = ANY(%s)",
+                               ([row["id"] for row in rows],))
+        return sorted((self._from_row(row) for row in rows), key=lambda r: r.created_at)
 
     def renew(self, replica_id: str, held: Mapping[str, int], lease_s: float) -> Dict[str, bool]:
         if not held:
@@ -232,9 +238,30 @@ class PostgresJobStore(JobStore):
             connection.execute(f"UPDATE {JOBS} SET cancel_requested = TRUE WHERE id = %s "
                                "AND status IN ('queued', 'running')", (job_id,))
             if _update(connection, job_id, ("queued",), cancelled):
-                connection.execute(f"DELETE FROM {RECORDINGS} WHERE job_id = %s", (job_id,))
+                _forget_recording(connection, job_id)
             row = connection.execute(f"SELECT * FROM {JOBS} WHERE id = %s", (job_id,)).fetchone()
         return None if row is None else self._from_row(row)
+
+    def append_segments(self, job_id: str, attempt: int, segments: Sequence[Segment]) -> bool:
+        with self._connection() as connection:
+            # FOR SHARE: no claim moves the job to another attempt until these are in.
+            if connection.execute(f"SELECT 1 FROM {JOBS} WHERE id = %s AND attempts = %s "
+                                  "AND status = 'running' FOR SHARE", (job_id, attempt)).fetchone() is None:
+                return False
+            start = connection.execute(f"SELECT COALESCE(MAX(seq) + 1, 0) AS n FROM {SEGMENTS} "
+                                       "WHERE job_id = %s", (job_id,)).fetchone()["n"]
+            with connection.cursor() as cursor:
+                cursor.executemany(f"INSERT INTO {SEGMENTS} (job_id, seq, data) VALUES (%s, %s, %s)",
+                                   [(job_id, start + n, segment_to_json(s)) for n, s in enumerate(segments)])
+        return True
+
+    def segments(self, job_id: str, start: int = 0) -> Tuple[int, List[Segment]]:
+        with self._connection() as connection:
+            attempt = connection.execute(f"SELECT attempts FROM {JOBS} WHERE id = %s", (job_id,)).fetchone()
+            rows = connection.execute(f"SELECT data FROM {SEGMENTS} WHERE job_id = %s AND seq >= %s "
+                                      "ORDER BY seq", (job_id, start)).fetchall()
+        segments = [segment_from_dict(json.loads(row["data"])) for row in rows]
+        return (0 if attempt is None else attempt["attempts"]), segments
 
     def cancel_requested(self, job_ids: Iterable[str]) -> Set[str]:
         ids = list(job_ids)
@@ -297,6 +324,12 @@ class PostgresJobStore(JobStore):
         data = {k: row[k] for k in COLUMNS}
         data["result"] = None if data["result"] is None else json.loads(data["result"])
         return JobRecord(**data)
+
+
+def _forget_recording(connection: psycopg.Connection, job_id: str) -> None:
+    """What a finished job keeps no more: its stored recording and streamed segments."""
+    connection.execute(f"DELETE FROM {RECORDINGS} WHERE job_id = %s", (job_id,))
+    connection.execute(f"DELETE FROM {SEGMENTS} WHERE job_id = %s", (job_id,))
 
 
 def _update(connection: psycopg.Connection, job_id: str, from_states: Tuple[str, ...],

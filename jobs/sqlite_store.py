@@ -20,11 +20,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
+from engine.results import Segment
 from jobs.store import (COLUMNS, FINISHED, TRANSITIONS, UNFINISHED, JobRecord, JobStore, Progress, Recording,
-                        check_update, final_changes, private_file, recording_chunks)
+                        check_update, final_changes, private_file, recording_chunks, segment_from_dict,
+                        segment_to_json)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ _MIGRATIONS: Dict[int, Tuple[str, ...]] = {
     # 1: jobs sent through the API are owned by their API key's name ("api:<name>"); before,
     # they had no owner (the owner is filled in by _migrate, from the configuration).
     1: (),
-    # 2: the queue's columns (lease, cancel request, progress) and recordings kept in the database.
+    # 2: the queue's columns (lease, cancel request, progress), recordings kept in the database,
+    # and the segments a running job has completed so far.
     2: ("ALTER TABLE jobs ADD COLUMN lease_owner TEXT",
         "ALTER TABLE jobs ADD COLUMN lease_expires_at REAL",
         "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
@@ -65,6 +68,8 @@ _MIGRATIONS: Dict[int, Tuple[str, ...]] = {
         "ALTER TABLE jobs ADD COLUMN seconds_done REAL NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN seconds_total REAL NOT NULL DEFAULT 0",
         "CREATE TABLE recordings (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, "
+        "PRIMARY KEY (job_id, seq)) WITHOUT ROWID",
+        "CREATE TABLE segments (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL, "
         "PRIMARY KEY (job_id, seq)) WITHOUT ROWID"),
 }
 SCHEMA_VERSION = max(_MIGRATIONS)
@@ -211,7 +216,7 @@ class SqliteJobStore(JobStore):
         with self._transaction() as db:
             applied = self._update(db, job_id, from_states, changes, attempt)
             if applied:
-                db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
+                _forget_recording(db, job_id)
         return applied
 
     def _write(self, job_id: str, from_states: Tuple[str, ...], changes: Dict[str, Any]) -> bool:
@@ -231,7 +236,7 @@ class SqliteJobStore(JobStore):
 
     def delete(self, job_id: str) -> None:
         with self._transaction() as db:
-            db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
+            _forget_recording(db, job_id)
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def delete_finished(self, job_id: str) -> bool:
@@ -240,7 +245,7 @@ class SqliteJobStore(JobStore):
             deleted = db.execute(f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})",
                                  (job_id, *FINISHED)).rowcount == 1
             if deleted:
-                db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
+                _forget_recording(db, job_id)
         return deleted
 
     # -- the queue --------------------------------------------------------------------------------
@@ -248,13 +253,15 @@ class SqliteJobStore(JobStore):
         if limit <= 0:
             return []
         now = time.time()
-        with self._lock:
-            rows = self._db.execute(
+        with self._transaction() as db:
+            rows = db.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?, "
                 "lease_expires_at = ?, started_at = ?, progress = 0, seconds_done = 0, seconds_total = 0 "
                 "WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' "
                 "OR (status = 'running' AND lease_expires_at < ?) ORDER BY created_at, rowid LIMIT ?) "
                 "RETURNING rowid AS _seq, *", (replica_id, now + lease_s, now, now, limit)).fetchall()
+            # A new attempt decodes from the start: the segments a dead holder streamed go.
+            db.executemany("DELETE FROM segments WHERE job_id = ?", [(row["id"],) for row in rows])
         rows.sort(key=lambda row: (row["created_at"], row["_seq"]))
         return [self._from_row(row) for row in rows]
 
@@ -288,9 +295,28 @@ class SqliteJobStore(JobStore):
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? "
                        "AND status IN ('queued', 'running')", (job_id,))
             if self._update(db, job_id, ("queued",), cancelled):
-                db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
+                _forget_recording(db, job_id)
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._from_row(row)
+
+    def append_segments(self, job_id: str, attempt: int, segments: Sequence[Segment]) -> bool:
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ? AND attempts = ? AND status = 'running'",
+                          (job_id, attempt)).fetchone() is None:
+                return False
+            start = db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM segments WHERE job_id = ?",
+                               (job_id,)).fetchone()[0]
+            db.executemany("INSERT INTO segments (job_id, seq, data) VALUES (?, ?, ?)",
+                           [(job_id, start + n, segment_to_json(s)) for n, s in enumerate(segments)])
+        return True
+
+    def segments(self, job_id: str, start: int = 0) -> Tuple[int, List[Segment]]:
+        with self._lock:
+            attempt = self._db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            rows = self._db.execute("SELECT data FROM segments WHERE job_id = ? AND seq >= ? ORDER BY seq",
+                                    (job_id, start)).fetchall()
+        segments = [segment_from_dict(json.loads(row[0])) for row in rows]
+        return (0 if attempt is None else attempt[0]), segments
 
     def cancel_requested(self, job_ids: Iterable[str]) -> Set[str]:
         ids = list(job_ids)
@@ -367,6 +393,12 @@ class SqliteJobStore(JobStore):
         data["result"] = None if data["result"] is None else json.loads(data["result"])
         data["cancel_requested"] = bool(data["cancel_requested"])
         return JobRecord(**data)
+
+
+def _forget_recording(db: sqlite3.Connection, job_id: str) -> None:
+    """What a job that finished or went keeps no more: its stored recording and streamed segments."""
+    db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
+    db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
 
 
 def _migrate(db: sqlite3.Connection, legacy_api_owner: Optional[str]) -> None:

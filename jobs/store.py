@@ -16,7 +16,8 @@ same rules, and one test suite runs against both:
   with `renew`, and its `finish(..., attempt=n)` applies only while the row is still running
   under that attempt. So a holder that wakes up after its job moved on writes nothing.
 - Any replica may ask for a running job to stop (`request_cancel`); the holder sees it in
-  `renew`'s answer or `cancel_requested`, and writes the job's progress for every replica to read.
+  `renew`'s answer or `cancel_requested`. The holder writes the job's progress and the segments
+  completed so far (`record_progress`, `append_segments`) for every replica to show and stream.
 
 Results are stored as JSON of the whole `TranscriptionResult` (segments, words, timings), so
 any format can be rendered again later without the audio. A recording either lies in a file
@@ -33,7 +34,7 @@ import socket
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 from jobs.data_dir import PRIVATE_FILE
@@ -107,15 +108,21 @@ def result_to_dict(result: TranscriptionResult) -> Dict[str, Any]:
 
 
 def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
-    segments = []
-    for raw in data.get("segments", []):
-        raw = dict(raw)
-        words = raw.pop("words", None)
-        logprobs = raw.pop("logprobs", None)
-        segments.append(Segment(**raw, words=None if words is None else [Word(**w) for w in words],
-                                logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs]))
     fields = {k: v for k, v in data.items() if k != "segments"}
+    segments = [segment_from_dict(raw) for raw in data.get("segments", [])]
     return TranscriptionResult(segments=segments, **fields)
+
+
+def segment_to_json(segment: Segment) -> str:
+    return json.dumps(asdict(segment), default=float)
+
+
+def segment_from_dict(raw: Dict[str, Any]) -> Segment:
+    raw = dict(raw)
+    words = raw.pop("words", None)
+    logprobs = raw.pop("logprobs", None)
+    return Segment(**raw, words=None if words is None else [Word(**w) for w in words],
+                   logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs])
 
 
 def new_replica_id() -> str:
@@ -239,6 +246,17 @@ class JobStore(abc.ABC):
     def record_progress(self, updates: Mapping[str, Progress]) -> Set[str]:
         """Write running jobs' progress for every replica to read; returns the ids written
         (those still running at the given attempt)."""
+
+    @abc.abstractmethod
+    def append_segments(self, job_id: str, attempt: int, segments: Sequence[Segment]) -> bool:
+        """Add segments the holder completed, after those it added before (recording order), for
+        other replicas to stream; False (nothing written) unless the job is running at `attempt`.
+        A claim starts the list afresh; a finish drops it (the result holds them all)."""
+
+    @abc.abstractmethod
+    def segments(self, job_id: str, start: int = 0) -> Tuple[int, List[Segment]]:
+        """The attempt whose segments are stored, and those of them from the `start`-th on. A
+        reader that sees the attempt change knows the job began again from its first segment."""
 
     @abc.abstractmethod
     def request_cancel(self, job_id: str, *, error: Optional[str] = None,

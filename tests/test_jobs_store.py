@@ -301,3 +301,22 @@ def test_a_cancel_asked_through_one_replica_reaches_the_holder_through_another(s
     assert holder.finish(running.id, "cancelled", attempt=running.attempts, error="cancelled",
                          error_type="JobCancelled")
     assert other.get(running.id).status == "cancelled" and other.cancel_requested([running.id]) == set()
+
+
+def test_segments_streamed_by_the_holder_are_read_through_another_replica_and_restart_with_a_claim(stores):
+    holder, other = stores.store, stores.replica()
+    holder.add(JobRecord("a" * 12, 1.0, "queued"))
+    first, second = _result().segments
+    assert not holder.append_segments("a" * 12, 1, [first])  # not claimed yet: nobody's to write
+    (job,) = holder.claim("r1", 1, 0.2)
+    assert holder.append_segments(job.id, job.attempts, [first])
+    assert holder.append_segments(job.id, job.attempts, [second])
+    assert other.segments(job.id) == (1, [first, second]) and other.segments(job.id, 1) == (1, [second])
+    time.sleep(0.4)  # the holder died: the next claim decodes from the start
+    (again,) = other.claim("r2", 1, 30)
+    assert not holder.append_segments(job.id, job.attempts, [second])  # the late holder adds nothing
+    assert holder.segments(job.id) == (2, [])
+    assert other.append_segments(job.id, again.attempts, [first]) and holder.segments(job.id) == (2, [first])
+    assert other.finish(job.id, "done", attempt=again.attempts, result=_result())
+    assert holder.segments(job.id) == (2, [])  # the result holds them all now
+    assert holder.segments("unknown00000") == (0, [])
