@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 from engine.results import Segment
+from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
+from jobs.sqlite_schema import BASE_SCHEMA, migrate
 from jobs.store import (COLUMNS, FINISHED, TRANSITIONS, UNFINISHED, JobRecord, JobStore, Progress, Recording,
                         check_update, final_changes, private_file, recording_chunks, segment_from_dict,
                         segment_to_json)
@@ -31,48 +32,6 @@ from jobs.store import (COLUMNS, FINISHED, TRANSITIONS, UNFINISHED, JobRecord, J
 log = logging.getLogger(__name__)
 
 DB_NAME = "jobs.sqlite3"
-
-# The layout of version 1; later versions change it in _MIGRATIONS, so a database of any
-# version is brought to the same place.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id          TEXT PRIMARY KEY,
-    created_at  REAL NOT NULL,
-    status      TEXT NOT NULL,
-    name        TEXT NOT NULL DEFAULT '',
-    owner       TEXT,
-    source      TEXT NOT NULL DEFAULT 'api',
-    options     TEXT NOT NULL DEFAULT '{}',
-    audio       TEXT,
-    result      TEXT,
-    error       TEXT,
-    error_type  TEXT,
-    started_at  REAL,
-    finished_at REAL,
-    attempts    INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
-CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs(owner, created_at);
-"""
-# PRAGMA user_version -> the statements that bring a database of the version before to it.
-_MIGRATIONS: Dict[int, Tuple[str, ...]] = {
-    # 1: jobs sent through the API are owned by their API key's name ("api:<name>"); before,
-    # they had no owner (the owner is filled in by _migrate, from the configuration).
-    1: (),
-    # 2: the queue's columns (lease, cancel request, progress), recordings kept in the database,
-    # and the segments a running job has completed so far.
-    2: ("ALTER TABLE jobs ADD COLUMN lease_owner TEXT",
-        "ALTER TABLE jobs ADD COLUMN lease_expires_at REAL",
-        "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN progress REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN seconds_done REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE jobs ADD COLUMN seconds_total REAL NOT NULL DEFAULT 0",
-        "CREATE TABLE recordings (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, "
-        "PRIMARY KEY (job_id, seq)) WITHOUT ROWID",
-        "CREATE TABLE segments (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL, "
-        "PRIMARY KEY (job_id, seq)) WITHOUT ROWID"),
-}
-SCHEMA_VERSION = max(_MIGRATIONS)
 _JSON_COLUMNS = ("options", "result")  # stored as JSON text
 
 
@@ -84,7 +43,7 @@ class SqliteJobStore(JobStore):
     that is not one (or is damaged) is moved aside as jobs.sqlite3.corrupt-<time> and a fresh
     one started beside it, with a warning: its jobs are not in the new one.
 
-    A database written by an older version is brought up to SCHEMA_VERSION when opened. API
+    A database written by an older version is brought up to the latest version when opened (jobs/sqlite_schema.py). API
     jobs from before keys had names have no owner; they are given `legacy_api_owner` (the
     JobManager passes the config's only key's owner, or "anonymous"'s with no key), or,
     when that is None, stay ownerless: readable by no API key, still run and expired as usual.
@@ -133,8 +92,8 @@ class SqliteJobStore(JobStore):
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
             db.execute("PRAGMA secure_delete=ON")  # a deleted transcript is overwritten, not just unlinked
-            db.executescript(_SCHEMA)
-            _migrate(db, legacy_api_owner)
+            db.executescript(BASE_SCHEMA)
+            migrate(db, legacy_api_owner)
             # Reads every page once (quick: rows are small), so damage shows here, not in a job later.
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -399,23 +358,6 @@ def _forget_recording(db: sqlite3.Connection, job_id: str) -> None:
     """What a job that finished or went keeps no more: its stored recording and streamed segments."""
     db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-
-
-def _migrate(db: sqlite3.Connection, legacy_api_owner: Optional[str]) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for target in sorted(v for v in _MIGRATIONS if v > version):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if target == 1 and legacy_api_owner is not None:
-                db.execute("UPDATE jobs SET owner = ? WHERE owner IS NULL AND source != 'page'",
-                           (legacy_api_owner,))
-            for statement in _MIGRATIONS[target]:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {target}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
 
 def _is_corrupt(error: sqlite3.DatabaseError) -> bool:

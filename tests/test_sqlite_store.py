@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from jobs.sqlite_store import _SCHEMA, SCHEMA_VERSION, SqliteJobStore
+from jobs.sqlite_schema import BASE_SCHEMA, SCHEMA_VERSION
+from jobs.sqlite_store import SqliteJobStore
 from jobs.store import JobRecord
 
 
@@ -26,7 +27,7 @@ def test_the_database_is_in_wal_mode_and_another_connection_sees_every_committed
 
 def test_a_database_from_before_named_keys_opens_and_its_api_jobs_get_the_only_key(tmp_path):
     old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # the layout as the first version left it
-    old.executescript(_SCHEMA)
+    old.executescript(BASE_SCHEMA)
     insert = "INSERT INTO jobs (id, created_at, status, owner, source) VALUES (?, ?, 'done', ?, ?)"
     old.execute(insert, ("a00000000000", 1, None, "api"))
     old.execute(insert, ("b00000000000", 2, None, "jobs"))
@@ -44,7 +45,7 @@ def test_a_database_from_before_named_keys_opens_and_its_api_jobs_get_the_only_k
 
 def test_a_database_from_before_the_queue_columns_gets_them_and_its_jobs_run(tmp_path):
     old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # version 1: owners, no lease, no recordings
-    old.executescript(_SCHEMA)
+    old.executescript(BASE_SCHEMA)
     old.execute("INSERT INTO jobs (id, created_at, status, attempts) VALUES ('a00000000000', 1, 'queued', 1)")
     old.execute("PRAGMA user_version = 1")
     old.commit()
