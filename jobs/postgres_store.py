@@ -33,10 +33,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from engine.results import Segment
 from jobs.data_dir import StorageError, StoreUnavailable, private_dir
 from jobs.postgres_pool import Connections
 from jobs.postgres_schema import JOBS, RECORDINGS, SEGMENTS, migrate
-from engine.results import Segment
 from jobs.store import (COLUMNS, FINISHED, TRANSITIONS, UNFINISHED, JobRecord, JobStore, Progress, Recording,
                         check_update, final_changes, private_file, recording_chunks, segment_from_dict,
                         segment_to_json)
@@ -87,26 +87,29 @@ class PostgresJobStore(JobStore):
     def __init__(self, dsn: str, data_dir: Path | str, *, pool_size: int = 10, wait_s: float = 5.0):
         self.location = redact(dsn)
         self.data_dir = private_dir(Path(data_dir))
-        settings = conninfo_to_dict(dsn)
-        for key, value in CONNECTION_DEFAULTS.items():
-            settings.setdefault(key, value)
+        try:
+            settings = {**CONNECTION_DEFAULTS, **conninfo_to_dict(dsn)}
+        except psycopg.ProgrammingError as exc:
+            raise StorageError(f"job_store is not a URL PostgreSQL can read ({exc})") from None
         try:
             with psycopg.connect(**settings) as connection:
                 found = migrate(connection, self.location)
         except psycopg.Error as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, opening=True) from None
         if found == 0:
             log.info("Created the job tables in %s", self.location)
         self._pool = Connections(settings, pool_size, wait_s)
 
-    def _error(self, error: BaseException) -> StorageError:
+    def _error(self, error: psycopg.Error, opening: bool = False) -> StorageError:
+        """The StorageError for a database error; at opening, any failure to connect (a wrong
+        password included) is StoreUnavailable, with what to check."""
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if _unreachable(error) or isinstance(error, psycopg.OperationalError):
-            return StoreUnavailable(f"The job store {self.location} cannot be reached ({first}): is its "
-                                    "PostgreSQL server up, reachable from this machine, and are the user "
-                                    "and password in job_store right? Jobs cannot be stored or read until "
-                                    "it answers.")
-        return StorageError(f"Cannot use the job store {self.location} ({first}).")
+        if not isinstance(error, psycopg.OperationalError):
+            return StorageError(f"Cannot use the job store {self.location} ({first}).")
+        check = ("is its PostgreSQL server up and reachable from this machine, and are the user and "
+                 "password in job_store right?" if opening else "is its PostgreSQL server up and reachable?")
+        return StoreUnavailable(f"The job store {self.location} cannot be reached ({first}): {check} "
+                                "Jobs cannot be stored or read until it answers.")
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -195,9 +198,9 @@ class PostgresJobStore(JobStore):
                 f"lease_expires_at = {NOW} + %s, started_at = {NOW}, progress = 0, seconds_done = 0, "
                 f"seconds_total = 0 FROM picked WHERE j.id = picked.id RETURNING j.*",
                 (limit, replica_id, float(lease_s))).fetchall()
-            # A new attempt decodes from the start: the segments a dead holder streamed go.
-            connection.execute(f"DELETE FROM {SEGMENTS} WHERE job_id = ANY(%s)",
-                               ([row["id"] for row in rows],))
+            if rows:  # a new attempt decodes from the start: the segments a dead holder streamed go
+                connection.execute(f"DELETE FROM {SEGMENTS} WHERE job_id = ANY(%s)",
+                                   ([row["id"] for row in rows],))
         return sorted((self._from_row(row) for row in rows), key=lambda r: r.created_at)
 
     def renew(self, replica_id: str, held: Mapping[str, int], lease_s: float) -> Dict[str, bool]:

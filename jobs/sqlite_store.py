@@ -43,8 +43,8 @@ class SqliteJobStore(JobStore):
     that is not one (or is damaged) is moved aside as jobs.sqlite3.corrupt-<time> and a fresh
     one started beside it, with a warning: its jobs are not in the new one.
 
-    A database written by an older version is brought up to the latest version when opened (jobs/sqlite_schema.py). API
-    jobs from before keys had names have no owner; they are given `legacy_api_owner` (the
+    A database written by an older version is brought up to the latest layout when opened
+    (jobs/sqlite_schema.py). API jobs from before keys had names have no owner; they are given `legacy_api_owner` (the
     JobManager passes the config's only key's owner, or "anonymous"'s with no key), or,
     when that is None, stay ownerless: readable by no API key, still run and expired as usual.
     """
@@ -225,7 +225,9 @@ class SqliteJobStore(JobStore):
         return [self._from_row(row) for row in rows]
 
     def renew(self, replica_id: str, held: Mapping[str, int], lease_s: float) -> Dict[str, bool]:
-        kept = {}
+        kept: Dict[str, bool] = {}
+        if not held:
+            return kept
         with self._transaction() as db:
             for job_id, attempt in held.items():
                 row = db.execute("UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND attempts = ? AND "
@@ -236,7 +238,9 @@ class SqliteJobStore(JobStore):
         return kept
 
     def record_progress(self, updates: Mapping[str, Progress]) -> Set[str]:
-        written = set()
+        written: Set[str] = set()
+        if not updates:
+            return written
         with self._transaction() as db:
             for job_id, p in updates.items():
                 cursor = db.execute("UPDATE jobs SET progress = ?, seconds_done = ?, seconds_total = ? "
