@@ -44,9 +44,10 @@ class SqliteJobStore(JobStore):
     one started beside it, with a warning: its jobs are not in the new one.
 
     A database written by an older version is brought up to the latest layout when opened
-    (jobs/sqlite_schema.py). API jobs from before keys had names have no owner; they are given `legacy_api_owner` (the
-    JobManager passes the config's only key's owner, or "anonymous"'s with no key), or,
-    when that is None, stay ownerless: readable by no API key, still run and expired as usual.
+    (jobs/sqlite_schema.py). API jobs from before keys had names have no owner; they are given
+    `legacy_api_owner` (the JobManager passes the config's only key's owner, or "anonymous"'s
+    with no key), or, when that is None, stay ownerless: readable by no API key, still run and
+    expired as usual.
     """
 
     shared = False
