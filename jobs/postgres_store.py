@@ -33,6 +33,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from engine.job_options import JobOptions
 from engine.results import Segment
 from jobs.data_dir import StorageError, StoreUnavailable, private_dir
 from jobs.postgres_pool import Connections
@@ -325,6 +326,7 @@ class PostgresJobStore(JobStore):
     @staticmethod
     def _from_row(row: Dict[str, Any]) -> JobRecord:
         data = {k: row[k] for k in COLUMNS}
+        data["options"] = JobOptions.from_json(data["options"] or {})
         data["result"] = None if data["result"] is None else json.loads(data["result"])
         return JobRecord(**data)
 
@@ -349,7 +351,7 @@ def _update(connection: psycopg.Connection, job_id: str, from_states: Tuple[str,
 
 def _encode(column: str, value: Any) -> Any:
     if column == "options":
-        return Jsonb(value or {})
+        return Jsonb(value.to_json() if isinstance(value, JobOptions) else value or {})
     if column == "result" and value is not None:
         return json.dumps(value)
     return value

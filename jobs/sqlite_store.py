@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
+from engine.job_options import JobOptions
 from engine.results import Segment
 from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 from jobs.sqlite_schema import BASE_SCHEMA, migrate
@@ -353,7 +354,7 @@ class SqliteJobStore(JobStore):
     @staticmethod
     def _from_row(row: sqlite3.Row) -> JobRecord:
         data = {k: row[k] for k in COLUMNS}
-        data["options"] = json.loads(data["options"] or "{}")
+        data["options"] = JobOptions.from_json(json.loads(data["options"] or "{}"))
         data["result"] = None if data["result"] is None else json.loads(data["result"])
         data["cancel_requested"] = bool(data["cancel_requested"])
         return JobRecord(**data)
@@ -373,6 +374,8 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
 
 
 def _encode(column: str, value: Any) -> Any:
+    if isinstance(value, JobOptions):
+        value = value.to_json()
     if column == "cancel_requested":
         return int(bool(value))
     return json.dumps(value) if column in _JSON_COLUMNS and value is not None else value

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+from engine.job_options import JobOptions
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 from jobs.data_dir import PRIVATE_FILE
 
@@ -66,7 +67,7 @@ class JobRecord:
     name: str = ""  # the client's file name, for display and download names only, never a path
     owner: Optional[str] = None  # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key>" (API)
     source: str = "api"  # "api" | "jobs" | "page": which front end submitted it
-    options: Dict[str, Any] = field(default_factory=dict)  # the job's options as the manager serialised them
+    options: JobOptions = field(default_factory=JobOptions)  # what was asked; a JSON object in the row
     audio: Optional[str] = None  # the recording's file name (server-chosen); None once deleted
     result: Optional[Dict[str, Any]] = None  # `result_to_dict(TranscriptionResult)` once done
     error: Optional[str] = None  # the failure's message, written for people

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from engine import Segment, TranscriptionResult, Word
+from engine import JobOptions, Segment, TranscriptionResult, Word
 from jobs.store import JobRecord, JobStore, Progress, open_job_store, result_from_dict, result_to_dict
 
 
@@ -76,11 +76,11 @@ def test_result_round_trips_through_json():
 
 
 def test_rows_survive_reopening(stores):
-    stores.store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options={"language": "en"},
+    stores.store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options=JobOptions(language="en"),
                                audio="x.mp3"))
     reopened = stores.reopen()  # what a crash leaves: the committed row, nothing in memory
     record = reopened.get("a" * 12)
-    assert record.status == "queued" and record.options == {"language": "en"} and record.audio == "x.mp3"
+    assert record.status == "queued" and record.options == JobOptions(language="en") and record.audio == "x.mp3"
     assert [r.id for r in reopened.unfinished()] == ["a" * 12]
 
 
