@@ -12,11 +12,13 @@ first call after the server is back works. Each idle connection is checked (an e
 before it is handed out, as psycopg_pool's `check_connection` does, since a restart closes
 them all without a word.
 """
+
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -29,11 +31,11 @@ class PoolExhausted(psycopg.OperationalError):
 class Connections:
     """At most `size` open connections to one database, shared by every thread."""
 
-    def __init__(self, settings: Dict[str, Any], size: int, wait_s: float):
+    def __init__(self, settings: dict[str, Any], size: int, wait_s: float):
         self._settings = settings  # libpq keywords (host, port, dbname, user, password, timeouts)
         self._wait_s = wait_s  # how long a call waits for a free connection
         self._slots = threading.BoundedSemaphore(size)
-        self._idle: List[psycopg.Connection] = []  # most recently used last
+        self._idle: list[psycopg.Connection] = []  # most recently used last
         self._lock = threading.Lock()
         self.closed = False
 

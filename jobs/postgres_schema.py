@@ -7,9 +7,8 @@ schema the connection's search_path names first (`?options=-csearch_path%3Dstt` 
 picks another). `whisper_schema` lists each migration applied, once: the first replica to take
 the lock applies what is missing, the others wait for it and find nothing left to do.
 """
-from __future__ import annotations
 
-from typing import Dict, Tuple
+from __future__ import annotations
 
 import psycopg
 
@@ -23,7 +22,7 @@ VERSIONS = "whisper_schema"
 MIGRATION_LOCK = 0x57485350  # "WHSP"
 
 # version -> the statements that bring the schema of the version before to it.
-MIGRATIONS: Dict[int, Tuple[str, ...]] = {
+MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         f"""CREATE TABLE {JOBS} (
             seq              BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,  -- insertion order, for pages
@@ -83,13 +82,17 @@ def migrate(connection: psycopg.Connection, where: str) -> int:
     older release beside newer ones: upgrade it)."""
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (version INTEGER PRIMARY KEY, "
-                           "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {VERSIONS} (version INTEGER PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
         version = connection.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSIONS}").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StorageError(f"The job store {where} has schema version {version}, newer than this "
-                               f"server's {SCHEMA_VERSION}: another replica runs a newer release. "
-                               "Upgrade this one.")
+            raise StorageError(
+                f"The job store {where} has schema version {version}, newer than this "
+                f"server's {SCHEMA_VERSION}: another replica runs a newer release. "
+                "Upgrade this one."
+            )
         for target in sorted(v for v in MIGRATIONS if v > version):
             for statement in MIGRATIONS[target]:
                 connection.execute(statement)

@@ -25,6 +25,7 @@ any format can be rendered again later without the audio. A recording either lie
 database itself (`add(..., recording=...)`, `read_recording`), in chunks, so that replicas
 need nothing in common but the database.
 """
+
 from __future__ import annotations
 
 import abc
@@ -32,9 +33,10 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, BinaryIO, Union
 
 from engine.job_options import JobOptions
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
@@ -44,7 +46,7 @@ UNFINISHED = ("queued", "running")  # rows a restart must queue again
 FINISHED = ("done", "failed", "cancelled")
 # Each status a row may move to, and the statuses it may come from. Nothing leaves a finished
 # status: a late writer (a second run, a cancel, a retried write) cannot overwrite a result.
-TRANSITIONS: Dict[str, Tuple[str, ...]] = {
+TRANSITIONS: dict[str, tuple[str, ...]] = {
     "running": ("queued",),  # a worker started it
     "queued": ("running",),  # it stopped unfinished (the server stopped): it runs again
     "done": ("running",),
@@ -65,18 +67,18 @@ class JobRecord:
     created_at: float  # unix time the job was accepted
     status: str  # "queued" | "running" | "done" | "failed" | "cancelled"
     name: str = ""  # the client's file name, for display and download names only, never a path
-    owner: Optional[str] = None  # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key>" (API)
+    owner: str | None = None  # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key>" (API)
     source: str = "api"  # "api" | "jobs" | "page": which front end submitted it
     options: JobOptions = field(default_factory=JobOptions)  # what was asked; a JSON object in the row
-    audio: Optional[str] = None  # the recording's file name (server-chosen); None once deleted
-    result: Optional[Dict[str, Any]] = None  # `result_to_dict(TranscriptionResult)` once done
-    error: Optional[str] = None  # the failure's message, written for people
-    error_type: Optional[str] = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
-    started_at: Optional[float] = None  # unix time a worker started it (last attempt)
-    finished_at: Optional[float] = None  # unix time it reached done/failed/cancelled
+    audio: str | None = None  # the recording's file name (server-chosen); None once deleted
+    result: dict[str, Any] | None = None  # `result_to_dict(TranscriptionResult)` once done
+    error: str | None = None  # the failure's message, written for people
+    error_type: str | None = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
+    started_at: float | None = None  # unix time a worker started it (last attempt)
+    finished_at: float | None = None  # unix time it reached done/failed/cancelled
     attempts: int = 0  # times a worker started (claimed) it, less those a clean shutdown gave back
-    lease_owner: Optional[str] = None  # the replica running it (claim); None when no lease is held
-    lease_expires_at: Optional[float] = None  # unix time (the database's clock) the lease runs out
+    lease_owner: str | None = None  # the replica running it (claim); None when no lease is held
+    lease_expires_at: float | None = None  # unix time (the database's clock) the lease runs out
     cancel_requested: bool = False  # someone asked it to stop; its holder polls this
     progress: float = 0.0  # 0..1, windows decoded over windows planned, as the holder last wrote it
     seconds_done: float = 0.0  # seconds of the recording decoded, as the holder last wrote it
@@ -86,7 +88,7 @@ class JobRecord:
     def finished(self) -> bool:
         return self.status in FINISHED
 
-    def transcription(self) -> Optional[TranscriptionResult]:
+    def transcription(self) -> TranscriptionResult | None:
         return None if self.result is None else result_from_dict(self.result)
 
 
@@ -103,12 +105,12 @@ class Progress:
     seconds_total: float  # the recording's length (0 until its audio is read)
 
 
-def result_to_dict(result: TranscriptionResult) -> Dict[str, Any]:
+def result_to_dict(result: TranscriptionResult) -> dict[str, Any]:
     """Every field of the result (asdict), numpy floats made plain so JSON takes them."""
     return json.loads(json.dumps(asdict(result), default=float))
 
 
-def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
+def result_from_dict(data: dict[str, Any]) -> TranscriptionResult:
     fields = {k: v for k, v in data.items() if k != "segments"}
     segments = [segment_from_dict(raw) for raw in data.get("segments", [])]
     return TranscriptionResult(segments=segments, **fields)
@@ -118,12 +120,15 @@ def segment_to_json(segment: Segment) -> str:
     return json.dumps(asdict(segment), default=float)
 
 
-def segment_from_dict(raw: Dict[str, Any]) -> Segment:
+def segment_from_dict(raw: dict[str, Any]) -> Segment:
     raw = dict(raw)
     words = raw.pop("words", None)
     logprobs = raw.pop("logprobs", None)
-    return Segment(**raw, words=None if words is None else [Word(**w) for w in words],
-                   logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs])
+    return Segment(
+        **raw,
+        words=None if words is None else [Word(**w) for w in words],
+        logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs],
+    )
 
 
 def new_replica_id() -> str:
@@ -141,16 +146,28 @@ def check_update(changes: Mapping[str, Any]) -> None:
         raise ValueError("status changes go through mark_running, claim, requeue or finish")
 
 
-def final_changes(status: str, result: Optional[TranscriptionResult], error: Optional[str],
-                  error_type: Optional[str], started_at: Optional[float],
-                  finished_at: float) -> Dict[str, Any]:
+def final_changes(
+    status: str,
+    result: TranscriptionResult | None,
+    error: str | None,
+    error_type: str | None,
+    started_at: float | None,
+    finished_at: float,
+) -> dict[str, Any]:
     """The columns `finish` writes: the outcome, no lease, and no recording (a finished job
     keeps none; the caller deletes its file after), so no reader sees one without the other."""
     if status not in FINISHED:
         raise ValueError(f"not a final status: {status!r}")
-    changes = dict(status=status, result=None if result is None else result_to_dict(result), error=error,
-                   error_type=error_type, finished_at=finished_at, audio=None, lease_owner=None,
-                   lease_expires_at=None)
+    changes = dict(
+        status=status,
+        result=None if result is None else result_to_dict(result),
+        error=error,
+        error_type=error_type,
+        finished_at=finished_at,
+        audio=None,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
     if started_at is not None:
         changes["started_at"] = started_at
     return changes
@@ -159,8 +176,10 @@ def final_changes(status: str, result: Optional[TranscriptionResult], error: Opt
 def recording_chunks(recording: Recording) -> Iterable[bytes]:
     """The recording in RECORDING_CHUNK_BYTES pieces (at least one, empty for no bytes)."""
     if isinstance(recording, bytes):
-        yield from (recording[i:i + RECORDING_CHUNK_BYTES] for i in range(0, max(1, len(recording)),
-                                                                          RECORDING_CHUNK_BYTES))
+        yield from (
+            recording[i : i + RECORDING_CHUNK_BYTES]
+            for i in range(0, max(1, len(recording)), RECORDING_CHUNK_BYTES)
+        )
         return
     with open(recording, "rb") as source:
         chunk = source.read(RECORDING_CHUNK_BYTES)
@@ -190,7 +209,7 @@ class JobStore(abc.ABC):
 
     # -- writing ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def add(self, record: JobRecord, recording: Optional[Recording] = None) -> None:
+    def add(self, record: JobRecord, recording: Recording | None = None) -> None:
         """Insert a new row, and the recording's bytes with it when given, in one durable
         commit (an existing id raises the database's IntegrityError; nothing is written over)."""
 
@@ -200,21 +219,29 @@ class JobStore(abc.ABC):
         only the state changes below move). Returns whether a row was changed."""
 
     @abc.abstractmethod
-    def mark_running(self, job_id: str, started_at: Optional[float] = None) -> bool:
+    def mark_running(self, job_id: str, started_at: float | None = None) -> bool:
         """queued -> running without a lease (a process that runs only its own jobs): counts
         the attempt. Whether it applied."""
 
     @abc.abstractmethod
-    def requeue(self, job_id: str, *, count_attempt: bool = True, attempt: Optional[int] = None) -> bool:
+    def requeue(self, job_id: str, *, count_attempt: bool = True, attempt: int | None = None) -> bool:
         """running -> queued, lease dropped: the job stopped unfinished and runs again.
         `count_attempt=False` for a clean shutdown, which is not the job's doing: that start is
         taken back off `attempts`. `attempt` given: only while the row is at that attempt."""
 
     @abc.abstractmethod
-    def finish(self, job_id: str, status: str, *, attempt: Optional[int] = None,
-               result: Optional[TranscriptionResult] = None, error: Optional[str] = None,
-               error_type: Optional[str] = None, started_at: Optional[float] = None,
-               finished_at: Optional[float] = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        attempt: int | None = None,
+        result: TranscriptionResult | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+    ) -> bool:
         """Record the outcome and forget the recording (row and stored bytes), if the row is in
         a state it may come from (TRANSITIONS). With `attempt` (a claimer's write), only while
         it is running at that attempt. Returns whether it applied."""
@@ -230,21 +257,21 @@ class JobStore(abc.ABC):
 
     # -- the shared queue ------------------------------------------------------------------------
     @abc.abstractmethod
-    def claim(self, replica_id: str, limit: int, lease_s: float) -> List[JobRecord]:
+    def claim(self, replica_id: str, limit: int, lease_s: float) -> list[JobRecord]:
         """Take up to `limit` jobs, oldest first: queued ones, and running ones whose lease ran
         out. Each becomes running under a lease of `lease_s` held by `replica_id`, its attempts
         one more (the number its holder passes to `finish`), its progress zero. Two claimers
         never get the same job for the same lease."""
 
     @abc.abstractmethod
-    def renew(self, replica_id: str, held: Mapping[str, int], lease_s: float) -> Dict[str, bool]:
+    def renew(self, replica_id: str, held: Mapping[str, int], lease_s: float) -> dict[str, bool]:
         """Extend the leases of `held` (job id -> attempt) by `lease_s` from now. Returns, for
         each job still held, whether a cancel was asked; a job missing from the answer is no
         longer this holder's (its lease ran out and another took it, or it was finished or
         deleted): the holder stops working on it and writes nothing of it."""
 
     @abc.abstractmethod
-    def record_progress(self, updates: Mapping[str, Progress]) -> Set[str]:
+    def record_progress(self, updates: Mapping[str, Progress]) -> set[str]:
         """Write running jobs' progress for every replica to read; returns the ids written
         (those still running at the given attempt)."""
 
@@ -255,19 +282,20 @@ class JobStore(abc.ABC):
         A claim starts the list afresh; a finish drops it (the result holds them all)."""
 
     @abc.abstractmethod
-    def segments(self, job_id: str, start: int = 0) -> Tuple[int, List[Segment]]:
+    def segments(self, job_id: str, start: int = 0) -> tuple[int, list[Segment]]:
         """The attempt whose segments are stored, and those of them from the `start`-th on. A
         reader that sees the attempt change knows the job began again from its first segment."""
 
     @abc.abstractmethod
-    def request_cancel(self, job_id: str, *, error: Optional[str] = None,
-                       error_type: str = "JobCancelled") -> Optional[JobRecord]:
+    def request_cancel(
+        self, job_id: str, *, error: str | None = None, error_type: str = "JobCancelled"
+    ) -> JobRecord | None:
         """Ask an unfinished job to stop, from any replica: a queued one is cancelled at once (its
         stored recording deleted), a running one gets `cancel_requested` for its holder to see.
         Returns the row afterwards; None for an unknown id."""
 
     @abc.abstractmethod
-    def cancel_requested(self, job_ids: Iterable[str]) -> Set[str]:
+    def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
         """Those of `job_ids` that are unfinished and asked to stop."""
 
     @abc.abstractmethod
@@ -281,22 +309,23 @@ class JobStore(abc.ABC):
 
     # -- reading ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def get(self, job_id: str) -> Optional[JobRecord]:
+    def get(self, job_id: str) -> JobRecord | None:
         """The row, or None."""
 
     @abc.abstractmethod
-    def unfinished(self) -> List[JobRecord]:
+    def unfinished(self) -> list[JobRecord]:
         """Queued and running rows, oldest first: the order a restart queues them again."""
 
     @abc.abstractmethod
-    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False,
-               after: Optional[str] = None) -> List[JobRecord]:
+    def recent(
+        self, owner: str | None = None, limit: int = 20, any_owner: bool = False, after: str | None = None
+    ) -> list[JobRecord]:
         """Newest first; one owner's jobs (None = jobs without an owner) or everyone's. `after`:
         only those listed after that job (the next page), in insertion order, so jobs added
         meanwhile do not shift the pages."""
 
     @abc.abstractmethod
-    def finished_before(self, cutoff: float) -> List[JobRecord]:
+    def finished_before(self, cutoff: float) -> list[JobRecord]:
         """Finished rows whose finished_at is before `cutoff` (unix time): the expired ones."""
 
     def audio_in_use(self) -> set:
@@ -308,8 +337,9 @@ class JobStore(abc.ABC):
         """Close the database (and give data_dir up, where the store holds it)."""
 
 
-def open_job_store(job_store: str, data_dir: Union[str, Path], *,
-                   legacy_api_owner: Optional[str] = None, **options: Any) -> JobStore:
+def open_job_store(
+    job_store: str, data_dir: str | Path, *, legacy_api_owner: str | None = None, **options: Any
+) -> JobStore:
     """The store `job_store` names (the `job_store` setting): "" = SQLite in `data_dir`, a
     postgresql:// (or postgres://) URL = PostgreSQL, with `data_dir` this process's own folder.
     `legacy_api_owner` is for SQLite databases from before API keys had names (SqliteJobStore);

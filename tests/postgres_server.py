@@ -11,6 +11,7 @@ free port of 127.0.0.1, with a password, as the `postgres` user when the tests r
 fsync is off: these tests restart the server cleanly, never cut its power, and a full sync per
 commit would only make them slow.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,7 +23,6 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import List, Optional
 
 USER = "whisper"  # the database superuser initdb creates
 PASSWORD = "test-password"  # a login the URL carries, so the tests see it is never shown
@@ -33,7 +33,7 @@ class Unavailable(RuntimeError):
     """No PostgreSQL server can be started here; the message says why (a skip reason)."""
 
 
-def find_bin_dir() -> Optional[Path]:
+def find_bin_dir() -> Path | None:
     """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin
     (the newest), which is not on PATH."""
     on_path = shutil.which("initdb")
@@ -52,14 +52,14 @@ def _free_port() -> int:
 class PostgresServer:
     """One throwaway server: its folder, its port, the user it runs as."""
 
-    def __init__(self, bin_dir: Path, root: Path, run_as: Optional[str]):
+    def __init__(self, bin_dir: Path, root: Path, run_as: str | None):
         self.bin_dir, self.root, self.run_as = bin_dir, root, run_as
         self.data, self.log = root / "data", root / "server.log"
         self.port = _free_port()
         self._databases = itertools.count(1)
 
     @classmethod
-    def start(cls) -> "PostgresServer":
+    def start(cls) -> PostgresServer:
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise Unavailable("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
@@ -79,7 +79,7 @@ class PostgresServer:
         return server
 
     def _command(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        command: List[str] = [str(self.bin_dir / name), *args]
+        command: list[str] = [str(self.bin_dir / name), *args]
         if self.run_as is not None:
             command = ["runuser", "-u", self.run_as, "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.root)
@@ -95,16 +95,30 @@ class PostgresServer:
             user = pwd.getpwnam(self.run_as)
             for path in (self.root, password):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        self._command("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={password}", "-E", "UTF8",
-                      "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions")
+        self._command(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            f"--pwfile={password}",
+            "-E",
+            "UTF8",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-instructions",
+        )
         password.unlink()
 
     def start_again(self) -> None:
         """Start the (stopped) server, on the same port; returns once it takes connections."""
-        options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._command("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options,
-                      "start")
+        options = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._command(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start"
+        )
 
     def stop(self) -> None:
         """Stop the server (fast: connections are closed, as a restart or a failover does)."""

@@ -7,6 +7,7 @@ SQLite's own behaviour (WAL, corruption, permissions, its migrations) is in test
 PostgreSQL's own (a server restarted under a store, replicas creating the schema at once, a
 wrong password) in test_postgres_store.py.
 """
+
 from __future__ import annotations
 
 import threading
@@ -21,9 +22,17 @@ from jobs.store import JobRecord, JobStore, Progress, open_job_store, result_fro
 def _result() -> TranscriptionResult:
     words = [Word(" hello", 0.0, 0.4, 0.9), Word(" world", 0.4, 0.9, 0.8)]
     return TranscriptionResult(
-        segments=[Segment(0, 0.0, 0.9, " hello world", [1, 2], 0.0, -0.3, 1.1, 0.01, words),
-                  Segment(1, 1.0, 2.0, " again", [3], 0.2, -0.5, 1.0, 0.02)],
-        language="en", duration=2.0, model="micro", windows=1, tokens_decoded=7, processing_s=0.5)
+        segments=[
+            Segment(0, 0.0, 0.9, " hello world", [1, 2], 0.0, -0.3, 1.1, 0.01, words),
+            Segment(1, 1.0, 2.0, " again", [3], 0.2, -0.5, 1.0, 0.02),
+        ],
+        language="en",
+        duration=2.0,
+        model="micro",
+        windows=1,
+        tokens_decoded=7,
+        processing_s=0.5,
+    )
 
 
 class Stores:
@@ -76,11 +85,16 @@ def test_result_round_trips_through_json():
 
 
 def test_rows_survive_reopening(stores):
-    stores.store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options=JobOptions(language="en"),
-                               audio="x.mp3"))
+    stores.store.add(
+        JobRecord(
+            "a" * 12, time.time(), "queued", name="talk.mp3", options=JobOptions(language="en"), audio="x.mp3"
+        )
+    )
     reopened = stores.reopen()  # what a crash leaves: the committed row, nothing in memory
     record = reopened.get("a" * 12)
-    assert record.status == "queued" and record.options == JobOptions(language="en") and record.audio == "x.mp3"
+    assert (
+        record.status == "queued" and record.options == JobOptions(language="en") and record.audio == "x.mp3"
+    )
     assert [r.id for r in reopened.unfinished()] == ["a" * 12]
 
 
@@ -166,7 +180,13 @@ def test_a_row_moves_forward_only_and_a_finished_row_is_never_written_again(stor
         store.update(job, status="queued")
     row = store.get(job)
     assert (row.status, row.transcription(), row.error, row.audio, row.attempts, row.finished_at) == (
-        "done", _result(), None, None, 1, 3.0)
+        "done",
+        _result(),
+        None,
+        None,
+        1,
+        3.0,
+    )
 
 
 def test_requeue_after_a_clean_stop_takes_the_start_back(store):
@@ -298,8 +318,9 @@ def test_a_cancel_asked_through_one_replica_reaches_the_holder_through_another(s
     assert (asked.status, asked.cancel_requested) == ("running", True)
     assert holder.cancel_requested([running.id, "b" * 12, "unknown00000"]) == {running.id}
     assert holder.renew("r1", {running.id: running.attempts}, 30) == {running.id: True}
-    assert holder.finish(running.id, "cancelled", attempt=running.attempts, error="cancelled",
-                         error_type="JobCancelled")
+    assert holder.finish(
+        running.id, "cancelled", attempt=running.attempts, error="cancelled", error_type="JobCancelled"
+    )
     assert other.get(running.id).status == "cancelled" and other.cancel_requested([running.id]) == set()
 
 

@@ -2,6 +2,7 @@
 both stores pass (test_jobs_store.py): a replica process killed with its jobs held, the server
 restarted under a store, replicas creating the schema at once, a wrong password, a schema newer
 than the code."""
+
 from __future__ import annotations
 
 import os
@@ -57,12 +58,16 @@ def test_the_url_picks_postgresql_and_its_data_dir_is_not_locked(postgres_dsn, t
         second.close()
 
 
-def test_the_jobs_of_a_killed_replica_are_claimed_by_another_once_its_lease_runs_out(store, postgres_dsn,
-                                                                                      tmp_path):
+def test_the_jobs_of_a_killed_replica_are_claimed_by_another_once_its_lease_runs_out(
+    store, postgres_dsn, tmp_path
+):
     for i in range(4):
         store.add(JobRecord(f"{i:012d}", float(i), "queued"), recording=b"audio")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), postgres_dsn,
-                               str(tmp_path / "holder")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(ROOT), postgres_dsn, str(tmp_path / "holder")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         held = holder.stdout.readline().strip().split(",")
         assert held == [f"{i:012d}" for i in range(3)]
@@ -84,13 +89,17 @@ def test_the_jobs_of_a_killed_replica_are_claimed_by_another_once_its_lease_runs
 
 
 def test_a_server_restarted_under_a_store_is_a_clear_error_meanwhile_and_works_again_after(
-        store, postgres_server):
+    store, postgres_server
+):
     store.add(JobRecord("a" * 12, 1.0, "queued"))
     assert store.get("a" * 12).status == "queued"  # a pooled connection, idle when the server goes
     postgres_server.stop()
     try:
-        for call in (lambda: store.get("a" * 12), lambda: store.claim("r1", 1, 30),
-                     lambda: store.add(JobRecord("b" * 12, 2.0, "queued"))):
+        for call in (
+            lambda: store.get("a" * 12),
+            lambda: store.claim("r1", 1, 30),
+            lambda: store.add(JobRecord("b" * 12, 2.0, "queued")),
+        ):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable) as error:
                 call()
@@ -110,7 +119,7 @@ def test_replicas_started_at_once_on_an_empty_database_create_the_schema_once(po
         start.wait()
         try:
             opened.append(PostgresJobStore(postgres_dsn, tmp_path / f"data{n}"))
-        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+        except Exception as exc:
             failed.append(exc)
 
     threads = [threading.Thread(target=open_one, args=(n,)) for n in range(4)]
@@ -130,8 +139,9 @@ def test_replicas_started_at_once_on_an_empty_database_create_the_schema_once(po
             store.close()
 
 
-def test_a_wrong_password_stops_the_start_with_a_message_that_does_not_show_it(postgres_server, postgres_dsn,
-                                                                                tmp_path):
+def test_a_wrong_password_stops_the_start_with_a_message_that_does_not_show_it(
+    postgres_server, postgres_dsn, tmp_path
+):
     wrong = postgres_dsn.replace(f":{PASSWORD}@", ":not-the-password@")
     with pytest.raises(StoreUnavailable) as error:
         PostgresJobStore(wrong, tmp_path / "data")

@@ -1,6 +1,7 @@
 """SqliteJobStore's own behaviour, beside the suite both stores pass (test_jobs_store.py): WAL, a
 database another connection reads, the migrations of older databases, damaged files moved
 aside, private files."""
+
 from __future__ import annotations
 
 import os
@@ -104,13 +105,22 @@ def test_the_database_and_data_dir_are_private_even_when_they_were_not(tmp_path)
     store = SqliteJobStore(data_dir)
     store.add(JobRecord("c" * 12, 2.0, "queued"))
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data_dir, *data_dir.iterdir()]}
-    assert modes == {"data": 0o700, "jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600,
-                     "jobs.sqlite3-shm": 0o600, "owner.lock": 0o600}
+    assert modes == {
+        "data": 0o700,
+        "jobs.sqlite3": 0o600,
+        "jobs.sqlite3-wal": 0o600,
+        "jobs.sqlite3-shm": 0o600,
+        "owner.lock": 0o600,
+    }
     leftover.close()
     store.close()
 
     fresh = tmp_path / "fresh"  # and a new one is created so
     SqliteJobStore(fresh).add(JobRecord("d" * 12, 3.0, "queued"))
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in [fresh, *fresh.iterdir()]} == {
-        "fresh": 0o700, "jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600, "jobs.sqlite3-shm": 0o600,
-        "owner.lock": 0o600}
+        "fresh": 0o700,
+        "jobs.sqlite3": 0o600,
+        "jobs.sqlite3-wal": 0o600,
+        "jobs.sqlite3-shm": 0o600,
+        "owner.lock": 0o600,
+    }
