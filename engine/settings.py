@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -116,6 +118,11 @@ class Settings(BaseModel):
     protect_metrics: bool = False  # also require the API key on /metrics and /healthz
     # jobs database and uploaded audio for durable jobs; relative = beside the config file
     data_dir: str = "data"
+    # "" = the SQLite database in data_dir (one server); postgresql://user:password@host:port/db = one
+    # queue in PostgreSQL that several servers (replicas) share. Messages never show its password.
+    job_store: str = ""
+    # a replica's claim on a running job: another takes it this long after
+    job_lease_s: float = Field(30, gt=0)
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
     # A job the server stopped in (killed, out of memory) this many times is failed at the next
     # start instead of run again, so one that kills the process cannot do it at every start.
@@ -143,6 +150,8 @@ class Settings(BaseModel):
             raise ValueError(
                 'device_index: must be a GPU index (0), a list of different ones ([0, 1]) or "all"'
             )
+        if self.job_store:
+            check_job_store(self.job_store)
         if self.language is not None:
             from engine.languages import normalise_language
 
@@ -158,6 +167,30 @@ class Settings(BaseModel):
     def allowed_models(self) -> list[str]:
         """The default model first, then the others the config lets users pick."""
         return list(dict.fromkeys([self.model, *self.models]))
+
+
+JOB_STORE_SCHEMES = ("postgresql", "postgres")
+
+
+def check_job_store(url: str) -> None:
+    """A ValueError naming `job_store` unless `url` is a PostgreSQL URL with a host (or a host= socket
+    folder) and a database. The message never shows the password: it goes to logs and terminals."""
+    parts = urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0  # a port that is not a number raises
+    except ValueError:
+        port_ok = False
+    host = parts.hostname or "host=" in parts.query
+    if parts.scheme in JOB_STORE_SCHEMES and host and parts.path.strip("/") and port_ok:
+        return
+    # Everything between the user's ':' and the last '@' (a password with an unencoded '#' or '/'
+    # is not one to urlsplit, but is still a password).
+    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@", r"\1:***@", url.strip())
+    raise ValueError(
+        "job_store: must be empty (SQLite in data_dir) or a PostgreSQL URL with a host and a "
+        "database, like postgresql://user:password@host:5432/db, special characters in the "
+        f"password percent-encoded (# as %23) (got {shown!r})"
+    )
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -187,7 +220,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
             key = name[len(ENV_PREFIX) :].lower()
             value = yaml.safe_load(raw) if raw.strip() else None
             # A model path or an auth string must stay text even if it looks like a number.
-            overrides[key] = raw if key in ("model", "auth", "api_key", "initial_prompt") else value
+            text = ("model", "auth", "api_key", "initial_prompt", "job_store")
+            overrides[key] = raw if key in text else value
     return overrides
 
 

@@ -15,6 +15,7 @@ from jobs.errors import (
     JobInterrupted,
     OutOfDiskSpace,
     StorageError,
+    StoreUnavailable,
 )
 from jobs.manager import ANONYMOUS_CALLER, JobInfo, JobManager, api_owner, open_store
-from jobs.store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStore, Progress, new_replica_id, open_job_store

@@ -3,10 +3,11 @@ message for people, `param` for the option to blame), so the front ends map them
 one table and a stored job's `error_type` finds its class through `engine.error_class`.
 
     EngineError
-    ├── StorageError           data_dir cannot be used as it is (also a RuntimeError)
+    ├── StorageError           the job store cannot be used as it is (also a RuntimeError)
     │   ├── DataDirInUse       another server process owns the folder
     │   ├── DataDirUnwritable  read-only file system, or no permission
-    │   └── DiskFull           no space left for a job's recording or row
+    │   ├── DiskFull           no space left for a job's recording or row
+    │   └── StoreUnavailable   the PostgreSQL job store cannot be reached now (503); it may come back
     ├── OutOfDiskSpace         an upload could not be received (also an OSError, ENOSPC)
     └── JobInterrupted         the server stopped in the job `max_attempts` times (a RuntimeError)
 """
@@ -19,7 +20,8 @@ from engine.errors import EngineError
 
 
 class StorageError(EngineError, RuntimeError):
-    """data_dir cannot be used as it is; the message names the folder or file and what to do."""
+    """The job store cannot be used as it is; the message names the folder, file or database
+    and what to do."""
 
 
 class DataDirInUse(StorageError):
@@ -32,6 +34,11 @@ class DataDirUnwritable(StorageError):
 
 class DiskFull(StorageError):
     """The disk under data_dir has no space left."""
+
+
+class StoreUnavailable(StorageError):
+    """The job store's database server cannot be reached (down, restarting, network gone, or it
+    refused the login); the store works again without being reopened once it answers."""
 
 
 class OutOfDiskSpace(EngineError, OSError):

@@ -51,7 +51,7 @@ from engine.settings import Settings
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
 from jobs.data_dir import PRIVATE_FILE, is_disk_full, private_dir
 from jobs.errors import DiskFull, JobInterrupted, StorageError
-from jobs.store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStore, open_job_store
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,13 @@ Audio = str | os.PathLike | bytes
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The JobStore in `settings.data_dir`; raises a StorageError (in use, unwritable, full)."""
-    return JobStore(settings.data_dir, legacy_api_owner(list(settings.named_api_keys)))
+    """The JobStore `settings.job_store` names (SQLite in `settings.data_dir` by default); raises a
+    StorageError (in use, unwritable, full; StoreUnavailable for a PostgreSQL server not answering)."""
+    return open_job_store(
+        settings.job_store,
+        settings.data_dir,
+        legacy_api_owner=legacy_api_owner(list(settings.named_api_keys)),
+    )
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,7 @@ class JobManager:
         self.purge_expired()
         recovered = self.recover()
         if recovered:
-            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.path)
+            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.location)
         self._thread = threading.Thread(target=self._maintain, name="job-maintenance", daemon=True)
         self._thread.start()
         return self
@@ -407,7 +412,7 @@ class JobManager:
                     "Job %s finished but its result cannot be written to %s (%s); it is kept in "
                     "memory and written as soon as that works again",
                     handle.id,
-                    self.store.path,
+                    self.store.location,
                     exc,
                 )
             self._unwritten[handle.id] = outcome

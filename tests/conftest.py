@@ -126,3 +126,22 @@ def base_model_dir() -> Path:
     from real_models import base_dir
 
     return base_dir()
+
+
+# --- a real PostgreSQL server (tests/postgres_server.py); skip when none can be started ---
+@pytest.fixture(scope="session")
+def postgres_server():
+    from postgres_server import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer.start()
+    except Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.new_database()

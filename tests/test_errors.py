@@ -14,6 +14,11 @@ import jobs
 from engine import EngineError, InvalidRequest, NotAudio, QueueFull, error_class
 from ui.openai_compat import ERROR_KINDS, UNEXPECTED, api_error, kind_of_class, stored_error_class
 
+# Raised and caught inside one module, never reaching a caller: the pool's timeout is a
+# psycopg.OperationalError on purpose, so the store turns it into StoreUnavailable like any
+# lost connection.
+INTERNAL = {"jobs.postgres_pool.PoolExhausted"}
+
 
 def defined_exceptions(package) -> set:
     found = set()
@@ -23,6 +28,7 @@ def defined_exceptions(package) -> set:
                 isinstance(value, type)
                 and issubclass(value, BaseException)
                 and value.__module__.startswith(package.__name__)
+                and f"{value.__module__}.{value.__qualname__}" not in INTERNAL
             ):
                 found.add(value)
     return found

@@ -13,7 +13,7 @@ from gradio.context import LocalContext
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions
 from jobs.manager import JobManager
-from jobs.store import JobStore
+from jobs.sqlite_store import SqliteJobStore
 from ui.recent_jobs import RecentJobs
 
 
@@ -31,7 +31,7 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def recent(engine, data_dir):
-    jobs = JobManager(engine, JobStore(data_dir)).start()
+    jobs = JobManager(engine, SqliteJobStore(data_dir)).start()
     recent = RecentJobs(jobs)
     yield recent
     recent.cleanup()
@@ -105,7 +105,7 @@ def test_the_list_survives_a_restart(engine, data_dir, recent):
     secret = recent.secret
     recent.jobs.close()
 
-    restarted = RecentJobs(JobManager(engine, JobStore(data_dir)).start())
+    restarted = RecentJobs(JobManager(engine, SqliteJobStore(data_dir)).start())
     try:
         assert restarted.secret == secret  # the browser's encrypted id stays readable
         rows, _ = restarted._on_refresh(browser_id, gr.Request(session_hash="after-restart"))
