@@ -75,7 +75,8 @@ class FailAbove:
 
 @pytest.fixture(scope="module")
 def recording():
-    """480 s: eight sections (batch 8; 60 s each at least), so the first step's batch has eight rows to halve."""
+    """480 s: eight sections (batch 8; 60 s each at least), so the first step's batch has eight
+    rows to halve."""
     return load_audio(shared_audio(LONG_11_MIN))[: 16000 * 480]
 
 

@@ -1,1 +1,2 @@
-"""Audio in: files any ffmpeg reads as 16 kHz samples, their energy, speech (VAD) and the sections a recording is cut into."""
+"""Audio in: files any ffmpeg reads as 16 kHz samples, their energy, speech (VAD) and the
+sections a recording is cut into."""

@@ -298,7 +298,8 @@ def _refusal(
         return _too_long(path, decoded_s, max_duration_s, at_least=True)
     if info.duration_s is not None and _is_truncated(info.duration_s, decoded_s):
         return TruncatedAudio(
-            f"'{_name(path)}' is cut off or damaged: it should last {_describe_seconds(info.duration_s)} but only "
+            f"'{_name(path)}' is cut off or damaged: it should last "
+            f"{_describe_seconds(info.duration_s)} but only "
             f"{_describe_seconds(decoded_s)} could be read"
             + (f" (ffmpeg says: {reason})" if reason else "")
             + ". The upload or the recording probably did not finish; upload the complete file again.",
@@ -435,7 +436,8 @@ def _too_long(path: str, duration_s: float, max_duration_s: float, at_least: boo
     length = ("more than " if at_least else "") + _describe_seconds(duration_s)
     return AudioTooLong(
         f"'{_name(path)}' lasts {length}; this server accepts recordings of up to "
-        f"{_describe_seconds(max_duration_s)}. Split it into shorter parts, or ask the administrator to raise "
+        f"{_describe_seconds(max_duration_s)}. Split it into shorter parts, or ask the administrator "
+        "to raise "
         "the maximum duration.",
         duration_s=duration_s,
         max_duration_s=max_duration_s,

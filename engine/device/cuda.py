@@ -75,8 +75,9 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
 
     fp16 on the CPU (`device: cpu`, or `device: auto` without a GPU) falls back to fp32, since
     fp16 matmuls are slow or missing there, and says so once in the log: the default config
-    asks for fp16, and a CPU user who only sets `device: cpu` should get a working server. int8 is PyTorch's dynamic quantisation on CPU and
-    bitsandbytes on CUDA; without that library int8 on a GPU is refused here, at start-up.
+    asks for fp16, and a CPU user who only sets `device: cpu` should get a working server. int8
+    is PyTorch's dynamic quantisation on CPU and bitsandbytes on CUDA; without that library int8
+    on a GPU is refused here, at start-up.
     """
     has_gpu = torch.cuda.is_available()
     if device == "cuda" and not has_gpu:
@@ -103,7 +104,8 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
     if precision == "int8":
         if not cuda_int8_available():
             raise DeviceError(
-                f"precision: int8 on a GPU needs the {CUDA_INT8_LIBRARY} library (pip install {CUDA_INT8_LIBRARY}), "
+                f"precision: int8 on a GPU needs the {CUDA_INT8_LIBRARY} library (pip install "
+                f"{CUDA_INT8_LIBRARY}), "
                 "which is not installed; use precision: fp16 (already half the memory of fp32), "
                 "or device: cpu for PyTorch's own int8"
             )

@@ -81,8 +81,8 @@ def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
     if os.path.isdir(name):
         raise ModelLoadError(
             f"{name!r} is a directory but not a CTranslate2 (faster-whisper) model directory, which holds "
-            "model.bin and config.json. Set model: in config.yaml to such a directory, to the path of a whisper "
-            ".pt checkpoint, or to a model name such as large-v3"
+            "model.bin and config.json. Set model: in config.yaml to such a directory, to the path of "
+            "a whisper .pt checkpoint, or to a model name such as large-v3"
         )
     if looks_like_path and not os.path.isfile(name):
         raise ModelLoadError(
@@ -92,8 +92,8 @@ def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
         )
     if not looks_like_path and name not in whisper.available_models():
         raise ModelLoadError(
-            f"Unknown model {name!r}: use one of {', '.join(whisper.available_models())}, a path to a .pt checkpoint "
-            "or a CTranslate2 (faster-whisper) model directory"
+            f"Unknown model {name!r}: use one of {', '.join(whisper.available_models())}, a path to a "
+            ".pt checkpoint or a CTranslate2 (faster-whisper) model directory"
         )
     try:
         return whisper.load_model(name, device="cpu", download_root=download_root)
@@ -113,7 +113,8 @@ def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
         ) from exc
     except Exception as exc:  # unpickling errors, missing keys in a foreign file, ...
         raise ModelLoadError(
-            f"{name!r} is not a valid whisper checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"{name!r} is not a valid whisper checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); "
             "it must be a file saved by openai-whisper with 'dims' and 'model_state_dict'"
         ) from exc
 
