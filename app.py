@@ -37,9 +37,7 @@ from jobs import JobStore  # noqa: E402
 from jobs import JobManager, StorageError, open_store  # noqa: E402
 from ui import http_api  # noqa: E402
 from ui.access import exposure_warnings  # noqa: E402
-from ui.recent_jobs import RecentJobs  # noqa: E402
-from ui.page import CSS_PATH, build_page  # noqa: E402
-from ui.page_files import upload_guard, use_private_cache  # noqa: E402
+from ui.page import CSS_PATH, RecentJobs, build_page, upload_guard, use_private_cache  # noqa: E402
 
 log = logging.getLogger("app")
 

@@ -245,7 +245,7 @@ def _gpu(index, used, total=143771.0, above=False):
 
 
 def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
-    from ui.sidebar import gpu_panel_html
+    from ui.page.sidebar import gpu_panel_html
 
     snapshot = GpuSnapshot(gpus=[_gpu(0, 120000.0, above=True), _gpu(1, 3200.0)], reason="",
                            process_allocated_mb=3100.0, process_reserved_mb=3500.0, threshold_mb=100000.0)
@@ -258,7 +258,7 @@ def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
 
 
 def test_sidebar_without_gpu_says_so_instead_of_numbers():
-    from ui.sidebar import gpu_panel_html
+    from ui.page.sidebar import gpu_panel_html
 
     snapshot = GpuSnapshot(gpus=[], reason="No NVIDIA GPU detected, running on CPU", process_allocated_mb=0.0,
                            process_reserved_mb=0.0, threshold_mb=None)
@@ -268,7 +268,7 @@ def test_sidebar_without_gpu_says_so_instead_of_numbers():
 
 
 def test_model_state_failed_shows_the_reason_and_what_to_do():
-    from ui.sidebar import model_state_html
+    from ui.page.sidebar import model_state_html
 
     html = model_state_html(_status("failed", "Could not download model 'large-v3' <offline>; set model: ..."))
     assert "large-v3" in html and "/models/" not in html  # a checkpoint shows by its id (the stem)
@@ -277,7 +277,7 @@ def test_model_state_failed_shows_the_reason_and_what_to_do():
 
 
 def test_release_report_shows_memory_before_and_after():
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     before = GpuSnapshot([_gpu(0, 9000.0)], "", 3100.0, 3500.0, None)
     after = GpuSnapshot([_gpu(0, 5500.0)], "", 0.0, 0.0, None)
@@ -286,7 +286,7 @@ def test_release_report_shows_memory_before_and_after():
 
 
 def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport(["/models/small.pt"], [], 0.0, 0.0), none, none, on_gpu=False,
@@ -297,7 +297,7 @@ def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
 
 def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finishes():
     """Not "No model was in memory" while the sidebar lists the model as in use."""
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport([], ["/models/tiny.en.pt"], 0.0, 0.0), none, none, on_gpu=False)
@@ -309,7 +309,7 @@ def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finish
 
 
 def test_model_state_names_the_model_picked_not_the_default():
-    from ui.sidebar import model_state_html
+    from ui.page.sidebar import model_state_html
 
     status = _status()  # the default, /models/large-v3.pt, is ready; nothing else is resident
     html = model_state_html(status, "small")
@@ -318,7 +318,7 @@ def test_model_state_names_the_model_picked_not_the_default():
 
 
 def test_timestamps_format():
-    from ui.transcribe_handler import format_timestamp
+    from ui.page.transcribe import format_timestamp
 
     assert format_timestamp(1.5) == "00:01.500"
     assert format_timestamp(3723.25) == "1:02:03.250"

@@ -20,15 +20,15 @@ from gradio.events import Dependency
 
 from engine import Engine, language_choices
 
-from .sidebar import (REFRESH_S, gpu_panel_html, model_choices, model_label, model_state_html, process_rss_mb,
-                      release_label, release_markdown, sidebar_title)
-from .transcribe_handler import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, TEMPERATURE_RANGE,
-                                 Cancel, DownloadDir, SessionHandoff, SessionJobs, Submit, make_transcribe,
-                                 notice_html)
+from ui.page.sidebar import (REFRESH_S, gpu_panel_html, model_choices, model_label, model_state_html,
+                             process_rss_mb, release_label, release_markdown, sidebar_title)
+from ui.page.transcribe import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, TEMPERATURE_RANGE,
+                                Cancel, DownloadDir, SessionHandoff, SessionJobs, Submit, make_transcribe,
+                                notice_html)
 
 TRANSCRIBE_CONCURRENCY_ID = "transcribe"  # no limit: the engine's queue decides who waits (module doc)
 RELEASE_CONCURRENCY_ID = "release"  # one release at a time
-CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"  # passed to launch(css_paths=...)
+CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "app.css"  # passed to launch(css_paths=...)
 TITLE = "Speech to text"
 NARROW_PX = 768  # at this width and below Gradio lays the sidebar over the page: it starts closed
 # Room for "Detect automatically" (and a model id such as large-v3-turbo) beside the drop-down's
