@@ -81,7 +81,7 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
 
 
 def test_the_engines_queue_is_where_transcriptions_wait(server):
-    from ui.page import TRANSCRIBE_CONCURRENCY_ID
+    from ui.page.wiring import TRANSCRIBE_CONCURRENCY_ID
 
     settings = server.engine.settings
     # Gradio lets every transcription through to the handler, which queues it in the engine
@@ -318,7 +318,7 @@ def test_model_state_names_the_model_picked_not_the_default():
 
 
 def test_timestamps_format():
-    from ui.page.transcribe import format_timestamp
+    from ui.page.render import format_timestamp
 
     assert format_timestamp(1.5) == "00:01.500"
     assert format_timestamp(3723.25) == "1:02:03.250"

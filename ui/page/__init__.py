@@ -1,7 +1,7 @@
 """The Gradio page: what app.py builds and serves (the page, its recent jobs, its private files)."""
 from ui.page.files import upload_guard, use_private_cache
+from ui.page.layout import CSS_PATH
 from ui.page.recent_jobs import RecentJobs
-from ui.page.wiring import CSS_PATH, TRANSCRIBE_CONCURRENCY_ID, build_page
+from ui.page.wiring import build_page
 
-__all__ = ["CSS_PATH", "TRANSCRIBE_CONCURRENCY_ID", "RecentJobs", "build_page", "upload_guard",
-           "use_private_cache"]
+__all__ = ["CSS_PATH", "RecentJobs", "build_page", "upload_guard", "use_private_cache"]

@@ -4,6 +4,7 @@ user and bounded in space.
 
     cache = use_private_cache(settings.data_dir)   # GRADIO_TEMP_DIR, 0700; before the page is built
     launch(..., app_kwargs={"middleware": [upload_guard(settings, cache)]})
+    downloads = DownloadDir()                       # one folder per job's downloads, inside the cache
 
 By default Gradio keeps them in the system's temporary folder (/tmp/gradio, 0755, files
 0644, shared with every Gradio app on the host); here they live in `data_dir/page-files`
@@ -29,9 +30,11 @@ import asyncio
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import anyio
 from starlette.middleware import Middleware
@@ -46,7 +49,9 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 CACHE_DIR_NAME = "page-files"  # under data_dir
-KEEP_FILES_S = 24 * 3600.0  # Gradio's delete_cache age (ui/page.py); older files of a killed process go
+KEEP_CACHE_S = 24 * 3600.0  # Gradio's delete_cache age (ui/page/layout.py); a killed process's older files go
+DOWNLOAD_FORMATS = ("txt", "srt", "vtt", "tsv", "json")  # offered as downloads (all the API's result formats)
+KEEP_DOWNLOADS_S = 3600.0  # downloads older than this are deleted (Gradio keeps its own copy meanwhile)
 HEADROOM_BYTES = 1 * MIB  # room kept beyond an upload's own size
 UPLOAD_PATH = re.compile(r"/gradio_api/upload/?$")
 TEMPORARY_NAME = re.compile(r"^tmp[a-z0-9_]{8}$")  # Gradio's NamedTemporaryFile for an upload being received
@@ -61,9 +66,50 @@ def use_private_cache(data_dir: str | os.PathLike) -> Path:
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not chosen:
         cache.chmod(0o700)
-        prune(cache, KEEP_FILES_S)
+        prune(cache, KEEP_CACHE_S)
         os.environ["GRADIO_TEMP_DIR"] = str(cache)
     return cache
+
+
+def gradio_cache() -> Path:
+    """Gradio's cache folder (GRADIO_TEMP_DIR), created private if it is not there yet."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+class DownloadDir:
+    """Where transcript files are written: one folder per job (0700, files 0600) inside
+    Gradio's cache folder, so Gradio serves them there instead of copying them, pruned after
+    KEEP_DOWNLOADS_S and removed with the app."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="whisper-app-downloads-", dir=gradio_cache()))
+
+    @staticmethod
+    def private(files: Dict[str, Path]) -> List[str]:
+        """The written files as paths for gr.File, readable by the server's user only."""
+        for path in files.values():
+            path.chmod(0o600)
+        return [str(path) for path in files.values()]
+
+    def new_job_dir(self) -> Path:
+        self.prune()
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def prune(self, older_than_s: float = KEEP_DOWNLOADS_S) -> None:
+        cutoff = time.time() - older_than_s
+        for folder in self.root.iterdir():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def prune(folder: Path, older_than_s: float) -> None:

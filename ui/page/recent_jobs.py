@@ -32,7 +32,7 @@ from gradio.context import LocalContext
 from engine import JobHandle, JobOptions
 from output import SubtitleOptions, write_files
 from jobs import JobInfo, JobManager
-from ui.page.transcribe import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
+from ui.page.files import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
 SECRET_FILE = "browser_state_secret"  # in data_dir: encrypts the owner id in the browser
