@@ -3,9 +3,10 @@ for its owner, so a reload, a closed tab or a server restart loses nothing, and 
 be downloaded again.
 
     recent = RecentJobs(jobs)                       # jobs: the app's JobManager
-    build_page(engine, submit=recent.submit, extra=recent.attach)
+    build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
     # submit: page recordings become owned, durable jobs; attach: the list and the
-    # download inside the page, refreshed after each transcription
+    # download inside the page, refreshed after each transcription; cancel: stored as
+    # cancelled by its user
 
 Who is the owner: the login name when the page has Gradio `auth`; otherwise a random id the
 browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its own jobs and
@@ -82,7 +83,8 @@ def _audio_text(info: JobInfo) -> str:
 
 
 def _choice_label(info: JobInfo) -> str:
-    label = f"{info.record.name or info.id} · {time.strftime('%H:%M', time.localtime(info.record.created_at))}"
+    submitted = time.strftime('%H:%M', time.localtime(info.record.created_at))
+    label = f"{info.record.name or info.id} · {submitted}"
     return label if info.status == "done" else f"{label} ({info.status})"
 
 
@@ -97,7 +99,8 @@ class RecentJobs:
         self._lock = threading.Lock()
         # inside Gradio's cache, so Gradio serves the files there instead of copying them
         self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-", dir=gradio_cache()))
-        self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)  # at exit at the latest
+        # removed at exit at the latest
+        self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)
 
     @staticmethod
     def _secret(data_dir: Path) -> str:
@@ -137,8 +140,8 @@ class RecentJobs:
         if owner is None:
             return [], []
         infos = self.jobs.recent(owner, self.limit)
-        rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)), i.record.name or "(recording)",
-                 _status_text(i), _audio_text(i), i.id] for i in infos]
+        rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)),
+                 i.record.name or "(recording)", _status_text(i), _audio_text(i), i.id] for i in infos]
         choices = [(_choice_label(i), i.id) for i in infos if i.finished]
         return rows, choices
 
@@ -155,8 +158,9 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
-        return DownloadDir.private(write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
-                                               subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings)))
+        files = write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
+                            subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings))
+        return DownloadDir.private(files)
 
     def delete(self, job_id: Optional[str], owner: Optional[str]) -> bool:
         """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""
@@ -176,10 +180,12 @@ class RecentJobs:
                         "again, or to delete it (its transcript and files) now.")
             table = gr.HTML(table_html([]), elem_id="recent-jobs-table")
             with gr.Row():
-                choice = gr.Dropdown(label="Finished job", choices=[], value=None, elem_id="recent-job-choice")
+                choice = gr.Dropdown(label="Finished job", choices=[], value=None,
+                                     elem_id="recent-job-choice")
                 refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
                 delete = gr.Button("Delete", size="sm", variant="stop", elem_id="recent-job-delete")
-            files = gr.File(label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files")
+            files = gr.File(label="Result files", file_count="multiple", interactive=False,
+                            elem_id="recent-job-files")
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
         self._refresh_io = dict(fn=self._refresh_event, inputs=[browser_id], outputs=[table, choice], **quick)

@@ -1,8 +1,9 @@
 """The GPU panel of the sidebar: plain HTML built from the engine's monitor and status.
 
 Pure functions of a `GpuSnapshot` and an `EngineStatus`, so they are tested without a
-server; the page calls them from a `gr.Timer` every `REFRESH_S` seconds. Every value that
-can come from outside (GPU names, model paths, error messages) is escaped.
+server; the sidebar's events (ui/page/sidebar_events.py) call them, its timer every
+`REFRESH_S` seconds. Every value that can come from outside (GPU names, model paths, error
+messages) is escaped.
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
             parts.append(
                 f'<div class="gpu-card{" warn" if gpu.above_threshold else ""}" data-gpu="{gpu.index}">'
                 f'<div class="gpu-name">GPU {gpu.index} &middot; {_e(gpu.name)}</div>'
-                f'<div class="gpu-mem">{gpu.used_mb:,.0f} / {gpu.total_mb:,.0f} MB used ({fraction:.0%})</div>'
+                f'<div class="gpu-mem">{gpu.used_mb:,.0f} / {gpu.total_mb:,.0f} MB used '
+                f'({fraction:.0%})</div>'
                 f'{_bar(fraction, gpu.above_threshold)}'
                 f'<div class="gpu-util">Utilisation {utilisation}</div>'
                 "</div>"
@@ -86,7 +88,8 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
     if snapshot.gpus or snapshot.process_reserved_mb:
         parts.append(
             '<div class="gpu-process">This process: '
-            f"{snapshot.process_allocated_mb:,.0f} MB allocated, {snapshot.process_reserved_mb:,.0f} MB reserved</div>"
+            f"{snapshot.process_allocated_mb:,.0f} MB allocated, "
+            f"{snapshot.process_reserved_mb:,.0f} MB reserved</div>"
         )
 
     parts.append('<div class="gpu-section">Loaded models</div>')
@@ -124,7 +127,8 @@ def model_state_html(status: EngineStatus, selected: Optional[str] = None) -> st
             body = f"Model <b>{name}</b> is ready on {_e(status.device)}."
             kind = "ready"
         else:
-            body = f"Model <b>{name}</b> is loaded when you transcribe (the first recording waits a moment for it)."
+            body = (f"Model <b>{name}</b> is loaded when you transcribe (the first recording waits a "
+                    "moment for it).")
             kind = "not-loaded"
         return f'<div class="model-state state-{kind}" id="model-state">{body}</div>'
     name = _e(model_label(state.model))
@@ -155,7 +159,8 @@ def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnaps
         used_before, used_after = _total_used(before), _total_used(after)
         if used_before is not None and used_after is not None:
             lines.append(f"GPU memory used: {used_before:,.0f} MB → {used_after:,.0f} MB")
-        lines.append(f"This process reserved: {report.reserved_before_mb:,.0f} MB → {report.reserved_after_mb:,.0f} MB")
+        lines.append(f"This process reserved: {report.reserved_before_mb:,.0f} MB → "
+                     f"{report.reserved_after_mb:,.0f} MB")
         if not before.gpus:
             lines.append(before.reason)
         return "\n\n".join(lines)

@@ -1,15 +1,14 @@
 """What the Transcribe and Cancel buttons do: submit, follow the job, return text and files.
 
-`make_transcribe(engine, downloads, submit)` builds the Transcribe event function (also
-`/transcribe` for gradio_client). `submit(audio, JobOptions, name=...)` is the one place a
-recording enters the engine (`engine.submit` by default; the durable job manager's, through
-ui/page/recent_jobs.py, on the app's page). Every failure a user can act on becomes a
-`gr.Error` carrying the engine's own message, which is written for people: gradio_client
+`TranscribeEvents(engine, downloads, submit, cancel)` holds one page's session state
+(ui/page/session.py) and the functions of the Transcribe button's steps and of the Cancel
+button, which ui/page/wiring.py connects; its `transcribe` (made by `make_transcribe`) is
+also `/transcribe` for gradio_client. `submit(audio, JobOptions, name=...)` is the one place
+a recording enters the engine (`engine.submit` by default; the durable job manager's,
+through ui/page/recent_jobs.py, on the app's page). Every failure a user can act on becomes
+a `gr.Error` carrying the engine's own message, which is written for people: gradio_client
 gets it as its AppError; the page shows it under the Transcribe button until the next
 action (a `notices` handoff), not as a toast that fades.
-
-`TranscribeEvents` holds one page's session state (ui/page/session.py) and the functions
-of the Transcribe button's steps and of the Cancel button, which ui/page/wiring.py connects.
 """
 from __future__ import annotations
 
@@ -27,12 +26,12 @@ from ui.page.files import DOWNLOAD_FORMATS, DownloadDir
 from ui.page.form import AUTO_LANGUAGE, page_options, subtitle_options
 from ui.page.render import cancelled_markdown, details_markdown, notice_html, segments_html, transcript_text
 from ui.page.session import Cancel, SessionHandoff, SessionJobs, TranscribePress, session_of
+from ui.page.sidebar import model_label
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often the progress bar follows the job
-# Exceptions whose message is meant for the user as is.
-USER_ERRORS = (EngineError, FileNotFoundError)  # messages written for the person (engine.errors)
+USER_ERRORS = (EngineError, FileNotFoundError)  # their messages are written for people (engine.errors)
 
 Submit = Callable[..., JobHandle]
 
@@ -44,11 +43,10 @@ class TranscribeEvents:
     left in the session's handoff."""
 
     def __init__(self, engine: Engine, downloads: DownloadDir, submit: Optional[Submit] = None,
-                 cancel: Optional[Cancel] = None, model_label: Callable[[str], str] = str):
+                 cancel: Optional[Cancel] = None):
         self.sessions = SessionJobs(cancel)
         self.views, self.notices = SessionHandoff(), SessionHandoff()
-        self.transcribe = make_transcribe(engine, downloads, submit, model_label, self.sessions, self.views,
-                                          self.notices)
+        self.transcribe = make_transcribe(engine, downloads, submit, self.sessions, self.views, self.notices)
 
     def start_run(self, request: gr.Request):
         """A new Transcribe press: the previous result and message go, so the progress is not
@@ -75,14 +73,13 @@ class TranscribeEvents:
             gr.Info("This tab has no transcription to cancel.", title="Nothing to cancel")
 
 
-def follow(handle: JobHandle, progress, engine: Engine,
-           press: Optional[TranscribePress] = None) -> TranscriptionResult:
+def follow(handle: JobHandle, progress, engine: Engine, press: TranscribePress) -> TranscriptionResult:
     """Wait for the job while moving the progress bar; returns its result or raises its error."""
     finished = threading.Event()
     handle.add_done_callback(lambda _: finished.set())
     while not finished.wait(POLL_S):
         position = handle.queue_position
-        if (press is not None and press.cancelled) or handle.cancel_requested():
+        if press.cancelled or handle.cancel_requested():
             progress(0.0, desc="Cancelling (the job stops after the current decoding step)")
         elif position:
             progress(0.0, desc=f"Waiting in queue: position {position}")
@@ -96,9 +93,8 @@ def follow(handle: JobHandle, progress, engine: Engine,
     return handle.result()
 
 
-def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit],
-                    model_label: Callable[[str], str], sessions: SessionJobs, views: SessionHandoff,
-                    notices: SessionHandoff):
+def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit], sessions: SessionJobs,
+                    views: SessionHandoff, notices: SessionHandoff):
     """The Transcribe event function (also `/transcribe` for gradio_client). Each press is
     registered in `sessions` under its page session, so that session's Cancel can stop it;
     its segments view is left in `views` for the page to show (`views.take(session)`); a

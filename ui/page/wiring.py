@@ -23,7 +23,7 @@ from ui.page.files import DownloadDir
 from ui.page.layout import PageLayout, page_layout
 from ui.page.scripts import CLOSE_SIDEBAR_WHEN_NARROW_JS, SEEK_JS
 from ui.page.session import Cancel
-from ui.page.sidebar import REFRESH_S, model_label
+from ui.page.sidebar import REFRESH_S
 from ui.page.sidebar_events import SidebarEvents
 from ui.page.transcribe import Submit, TranscribeEvents
 
@@ -45,7 +45,7 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
     `transcribe_event.then(...)`).
     """
     downloads = DownloadDir()
-    transcription = TranscribeEvents(engine, downloads, submit, cancel, model_label)
+    transcription = TranscribeEvents(engine, downloads, submit, cancel)
     sidebar = SidebarEvents(engine)
     names = engine.model_names
     with page_layout(engine.settings, names.ids, names.public(engine.settings.model), sidebar.on_gpu) as page:
