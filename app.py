@@ -108,7 +108,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
         recent = RecentJobs(jobs)
         demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
-        # ui/page.py); every waiting one holds a handler thread, so the pool has room for all.
+        # ui/page/wiring.py); every waiting one holds a handler thread, so the pool has room for all.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
         threads = max(40, settings.workers + settings.queue_size + 16)  # 40: Gradio's default
         port = settings.port if port is None else (port or free_port(settings.host))
