@@ -1,4 +1,5 @@
 """Shared fixtures: small random whisper checkpoints, the real recordings, fast settings."""
+
 from __future__ import annotations
 
 import sys
@@ -16,6 +17,7 @@ from checkpoints import write_checkpoint  # noqa: E402
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 JFK = SHARED_AUDIO / "jfk" / "jfk.flac"
 LONG_11_MIN = SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"
+FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
 
 def window_mels(audio, n_mels: int = 80):
@@ -25,12 +27,19 @@ def window_mels(audio, n_mels: int = 80):
     import whisper
 
     step = whisper.audio.N_SAMPLES
-    return torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[start:start + step])),
-                                                    n_mels=n_mels) for start in range(0, len(audio), step)])
+    return torch.stack(
+        [
+            whisper.log_mel_spectrogram(
+                whisper.pad_or_trim(torch.from_numpy(audio[start : start + step])), n_mels=n_mels
+            )
+            for start in range(0, len(audio), step)
+        ]
+    )
 
 
 def srt_cues(srt: str):
     """(start, end, lines) of each cue of an srt file, times in seconds."""
+
     def seconds(stamp):
         h, m, s = stamp.replace(",", ".").split(":")
         return 3600 * int(h) + 60 * int(m) + float(s)
@@ -71,9 +80,18 @@ def fast_settings(model: Path | str, **overrides):
     """CPU fp32, greedy only, guards off, a small token cap: fast and deterministic."""
     from engine import load_settings
 
-    values = dict(model=str(model), device="cpu", precision="fp32", temperatures=[0.0], max_new_tokens=24,
-                  compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None,
-                  warm_up=False, vad=False)  # VAD has its own tests; synthetic tones are not speech
+    values = dict(
+        model=str(model),
+        device="cpu",
+        precision="fp32",
+        temperatures=[0.0],
+        max_new_tokens=24,
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        no_speech_threshold=None,
+        warm_up=False,
+        vad=False,
+    )  # VAD has its own tests; synthetic tones are not speech
     values.update(overrides)
     return load_settings(None, values, environ={})
 
@@ -108,3 +126,22 @@ def base_model_dir() -> Path:
     from real_models import base_dir
 
     return base_dir()
+
+
+# --- a real PostgreSQL server (tests/postgres_server.py); skip when none can be started ---
+@pytest.fixture(scope="session")
+def postgres_server():
+    from postgres_server import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer.start()
+    except Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.new_database()

@@ -1,5 +1,6 @@
 """ui.page.recent_jobs: page recordings become durable jobs owned by a browser id or a login; the list
 shows each owner only their own jobs, survives a restart, and downloads a result again."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,8 @@ from gradio.context import LocalContext
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions
-from jobs.store import JobStore
 from jobs.manager import JobManager
+from jobs.sqlite_store import SqliteJobStore
 from ui.page.recent_jobs import RecentJobs
 
 
@@ -30,7 +31,7 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def recent(engine, data_dir):
-    jobs = JobManager(engine, JobStore(data_dir)).start()
+    jobs = JobManager(engine, SqliteJobStore(data_dir)).start()
     recent = RecentJobs(jobs)
     yield recent
     recent.cleanup()
@@ -104,7 +105,7 @@ def test_the_list_survives_a_restart(engine, data_dir, recent):
     secret = recent.secret
     recent.jobs.close()
 
-    restarted = RecentJobs(JobManager(engine, JobStore(data_dir)).start())
+    restarted = RecentJobs(JobManager(engine, SqliteJobStore(data_dir)).start())
     try:
         assert restarted.secret == secret  # the browser's encrypted id stays readable
         rows, _ = restarted._on_refresh(browser_id, gr.Request(session_hash="after-restart"))

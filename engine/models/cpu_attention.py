@@ -7,22 +7,16 @@ is no faster). Plain bf16 matmuls can be: on the machine this was written on, a 
 as two bf16 matmuls around a softmax, a block of query rows at a time so that the block's
 scores stay in cache instead of making a round trip through memory.
 
-Measured on the benchmark machine (2 cores, tiny dimensions): the int8 encoder goes from
-131 to 83 ms per window, and its output stays as close to the fp32 encoder's as the int8
-encoder's already was (relative error 1.44% either way with plain random weights, 0.82%
-with lively ones; tests/test_int8.py): the int8 linear layers, not bf16 attention, set the
-precision of this mode. fp32 keeps whisper's own attention (its tokens
-are held to whisper's exactly).
+The encoder's output stays as close to the fp32 encoder's as the int8 encoder's already was
+(tests/test_int8.py): the int8 linear layers, not bf16 attention, set the precision of this
+mode. fp32 keeps whisper's own attention (its tokens are held to whisper's exactly).
 
-Only AMX makes it pay. On a CPU with AVX-512 BF16 but no AMX (the benchmark machine on
-2026-12-03), the bf16 product is no faster than fp32's (0.97 against 0.93 ms for the shape
-above) and the blocks lose to PyTorch's fused fp32 kernel: the int8 encoder took 295 ms per
-window with them and 187 ms with whisper's own attention (fp32: 225 ms). Such CPUs, and those
-without bf16, keep whisper's attention.
+Only AMX makes it pay: with AVX-512 BF16 alone the bf16 product is no faster than fp32's and
+the blocks lose to PyTorch's fused fp32 kernel, so such CPUs, and those without bf16, keep
+whisper's attention (docs/benchmarks.md, "CPU attention in bf16", has the figures).
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
@@ -40,21 +34,22 @@ def fast_bf16() -> bool:
 class Bf16SelfAttention(MultiHeadAttention):
     """whisper's MultiHeadAttention with `qkv_attention` in bf16; same parameters, same forward."""
 
-    def qkv_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None
-                      ) -> Tuple[Tensor, Optional[Tensor]]:
+    def qkv_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         if mask is not None:  # causal (decoder) attention is not what this is for
             return super().qkv_attention(q, k, v, mask)
         batch, ctx, state = q.shape
         dtype = q.dtype
         heads, head_dim = self.n_head, state // self.n_head
         # (batch, ctx, state) -> (batch * heads, ctx, head_dim); keys transposed for the matmul
-        q = (q * head_dim ** -0.5).bfloat16().view(batch, ctx, heads, head_dim).transpose(1, 2).flatten(0, 1)
+        q = (q * head_dim**-0.5).bfloat16().view(batch, ctx, heads, head_dim).transpose(1, 2).flatten(0, 1)
         k = k.bfloat16().view(batch, ctx, heads, head_dim).permute(0, 2, 3, 1).flatten(0, 1)
         v = v.bfloat16().view(batch, ctx, heads, head_dim).transpose(1, 2).flatten(0, 1)
         out = torch.empty(batch * heads, ctx, head_dim, dtype=torch.bfloat16)
         for row in range(0, ctx, QUERY_ROWS):
-            scores = torch.bmm(q[:, row:row + QUERY_ROWS], k)
-            out[:, row:row + QUERY_ROWS] = torch.bmm(torch.softmax(scores, dim=-1), v)
+            scores = torch.bmm(q[:, row : row + QUERY_ROWS], k)
+            out[:, row : row + QUERY_ROWS] = torch.bmm(torch.softmax(scores, dim=-1), v)
         out = out.view(batch, heads, ctx, head_dim).transpose(1, 2).reshape(batch, ctx, state)
         return out.to(dtype), None
 

@@ -14,10 +14,10 @@ On CUDA, PyTorch has no int8 matmul for this; bitsandbytes' `Linear8bitLt` (LLM.
 does, when that library is installed. The rest of the model runs in fp16 there. Without
 bitsandbytes the engine refuses `precision: int8` on a GPU at start-up (engine.device.cuda).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import List
 
 import torch
 from torch import nn
@@ -43,17 +43,18 @@ def _as_plain_linear(module: nn.Module) -> None:
 class RowQuantizedLinear(nn.Module):
     """`x @ W^T` in int8, activations quantised with one scale per row, weights with one per
     output channel. PyTorch's dynamic quantisation scales a whole activation tensor at once,
-    so in a batch one row's logits would depend on the other rows (measured: 9 of 12 windows
-    of real speech decoded other tokens in int8 alone than in a batch); here each row is
-    quantised on its own, so a window's tokens do not depend on what shares its batch.
-    `torch._int_mm` does the int8 matmul (51,865-wide projection at 16 rows: 1.6 ms
-    against 10 ms in fp32, 2 CPU threads)."""
+    so in a batch one row's logits would depend on the other rows (real speech decoded other
+    tokens alone than in a batch); here each row is quantised on its own, so a window's tokens
+    do not depend on what shares its batch. `torch._int_mm` does the int8 matmul, several
+    times faster than fp32's (docs/benchmarks.md, "int8 on CPU")."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         weight = weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # one per output channel
-        self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        )
         self.register_buffer("weight_scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,21 +70,21 @@ def _attach_output_projection(model: nn.Module) -> None:
     model.decoder.int8_output_projection = RowQuantizedLinear(model.decoder.token_embedding.weight)
 
 
-def int8_layer_names(model: nn.Module) -> List[str]:
+def int8_layer_names(model: nn.Module) -> list[str]:
     """The linear layers that go int8 through dynamic quantisation: the encoder's and the
     decoder's cross-attention keys and values (computed once per window); the output
     projection is int8 too (`RowQuantizedLinear`). The decoder blocks' other
     layers stay fp32. PyTorch quantises activations with one scale per tensor, and the
-    decoder's residual stream has outlier features that such a scale crushes: on real
-    tiny.en, fed fp32's transcript of every window of the 11-minute recording, int8 picked
-    fp32's next token at 96.6 % of positions with every layer int8 and per-tensor weight
-    scales, and at 98.4 % this way (mean KL from fp32's next-token distribution 0.028 ->
-    0.005); the hour's WER went from 1.83 % to 0.99 %. The price is their fp32 size: for
-    tiny.en 33 MB read per token step instead of 8 MB, no slower measurably (a step is
-    mostly the output projection and cross-attention); for large-v3 ~2.9 GB of host memory
-    instead of ~0.7 GB, and slower steps."""
+    decoder's residual stream has outlier features that such a scale crushes: with them int8
+    the next token departs from fp32's far more often and the word error rate rises
+    (docs/benchmarks.md, "int8 on CPU"). The price is their fp32 size: more host memory and,
+    for large models, slower token steps."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return [name for name in names if name.startswith("encoder.") or name.endswith(("cross_attn.key", "cross_attn.value"))]
+    return [
+        name
+        for name in names
+        if name.startswith("encoder.") or name.endswith(("cross_attn.key", "cross_attn.value"))
+    ]
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -118,9 +119,16 @@ def quantize_int8_cuda(model: nn.Module) -> nn.Module:
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):
-                int8 = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                           has_fp16_weights=False, threshold=LLM_INT8_THRESHOLD)
-                int8.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+                int8 = bnb.nn.Linear8bitLt(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    has_fp16_weights=False,
+                    threshold=LLM_INT8_THRESHOLD,
+                )
+                int8.weight = bnb.nn.Int8Params(
+                    child.weight.data, requires_grad=False, has_fp16_weights=False
+                )
                 if child.bias is not None:
                     int8.bias = child.bias
                 setattr(module, name, int8)

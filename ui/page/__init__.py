@@ -1,4 +1,5 @@
 """The Gradio page: what app.py builds and serves (the page, its recent jobs, its private files)."""
+
 from ui.page.files import use_private_cache
 from ui.page.layout import CSS_PATH
 from ui.page.recent_jobs import RecentJobs

@@ -15,6 +15,7 @@ Gradio reads GRADIO_TEMP_DIR when a component or its app is created *and* on eve
 (the check that an input file lies in its cache), so it is set once per process and never
 moved: a second server in the same process (tests) shares the first one's cache.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 CACHE_DIR_NAME = "page-files"  # under data_dir
 # How long Gradio keeps its copies (the page's delete_cache, ui/page/layout.py); a killed process's
@@ -64,7 +64,7 @@ class DownloadDir:
         self.root = Path(tempfile.mkdtemp(prefix="whisper-app-downloads-", dir=gradio_cache()))
 
     @staticmethod
-    def private(files: Dict[str, Path]) -> List[str]:
+    def private(files: dict[str, Path]) -> list[str]:
         """The written files as paths for gr.File, readable by the server's user only."""
         for path in files.values():
             path.chmod(0o600)

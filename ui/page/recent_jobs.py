@@ -13,6 +13,7 @@ browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its 
 nobody else's. The id is encrypted with a secret kept in data_dir, so it stays readable
 across restarts. Jobs sent through the HTTP API have no owner and are not listed here.
 """
+
 from __future__ import annotations
 
 import html
@@ -25,14 +26,13 @@ import uuid
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import gradio as gr
 from gradio.context import LocalContext
 
 from engine import JobHandle, JobOptions
-from output import SubtitleOptions, write_files
 from jobs import JobInfo, JobManager
+from output import SubtitleOptions, write_files
 from ui.page.files import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
@@ -43,7 +43,7 @@ MAX_SESSIONS = 10_000  # page loads remembered (session -> owner) for attributin
 LIMIT = 20  # jobs listed
 
 
-def _owner_from(request: Optional[gr.Request], browser_id: str) -> Optional[str]:
+def _owner_from(request: gr.Request | None, browser_id: str) -> str | None:
     username = getattr(request, "username", None) if request is not None else None
     if username:
         return f"user:{username}"
@@ -60,7 +60,7 @@ def _status_text(info: JobInfo) -> str:
     return info.status
 
 
-def table_html(rows: List[List[str]]) -> str:
+def table_html(rows: list[list[str]]) -> str:
     """The list as an HTML table that fits its box: cells wrap (a failure's whole message
     included) instead of scrolling sideways, and on a phone each job is a block of labelled
     lines (assets/app.css). Every cell is escaped: file names and errors come from outside."""
@@ -68,9 +68,15 @@ def table_html(rows: List[List[str]]) -> str:
         return '<div class="jobs-none">No recordings yet.</div>'
     head = "".join(f'<th class="col-{i}">{html.escape(HEADERS[i])}</th>' for i in SHOWN_COLUMNS)
     body = "".join(
-        "<tr>" + "".join(f'<td class="col-{i}" data-label="{html.escape(HEADERS[i], quote=True)}">'
-                         f"{html.escape(str(row[i]))}</td>" for i in SHOWN_COLUMNS) + "</tr>"
-        for row in rows)
+        "<tr>"
+        + "".join(
+            f'<td class="col-{i}" data-label="{html.escape(HEADERS[i], quote=True)}">'
+            f"{html.escape(str(row[i]))}</td>"
+            for i in SHOWN_COLUMNS
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f'<table class="jobs-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -83,7 +89,7 @@ def _audio_text(info: JobInfo) -> str:
 
 
 def _choice_label(info: JobInfo) -> str:
-    submitted = time.strftime('%H:%M', time.localtime(info.record.created_at))
+    submitted = time.strftime("%H:%M", time.localtime(info.record.created_at))
     label = f"{info.record.name or info.id} · {submitted}"
     return label if info.status == "done" else f"{label} ({info.status})"
 
@@ -95,7 +101,7 @@ class RecentJobs:
         self.jobs = jobs
         self.limit = limit
         self.secret = self._secret(jobs.store.data_dir)
-        self._sessions: "OrderedDict[str, str]" = OrderedDict()  # Gradio session hash -> owner
+        self._sessions: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> owner
         self._lock = threading.Lock()
         # inside Gradio's cache, so Gradio serves the files there instead of copying them
         self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-", dir=gradio_cache()))
@@ -124,7 +130,7 @@ class RecentJobs:
         """The page's Cancel: through the job manager, so the job is stored as cancelled by its user."""
         self.jobs.cancel(handle.id)
 
-    def _remember(self, request: Optional[gr.Request], owner: Optional[str]) -> None:
+    def _remember(self, request: gr.Request | None, owner: str | None) -> None:
         session = getattr(request, "session_hash", None) if request is not None else None
         if not session or not owner:
             return
@@ -135,22 +141,30 @@ class RecentJobs:
                 self._sessions.popitem(last=False)
 
     # -- the list ---------------------------------------------------------------------------
-    def rows(self, owner: Optional[str]) -> Tuple[List[List[str]], List[Tuple[str, str]]]:
+    def rows(self, owner: str | None) -> tuple[list[list[str]], list[tuple[str, str]]]:
         """Table rows and the download choices (finished jobs) for `owner`."""
         if owner is None:
             return [], []
         infos = self.jobs.recent(owner, self.limit)
-        rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)),
-                 i.record.name or "(recording)", _status_text(i), _audio_text(i), i.id] for i in infos]
+        rows = [
+            [
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)),
+                i.record.name or "(recording)",
+                _status_text(i),
+                _audio_text(i),
+                i.id,
+            ]
+            for i in infos
+        ]
         choices = [(_choice_label(i), i.id) for i in infos if i.finished]
         return rows, choices
 
-    def _owned(self, job_id: Optional[str], owner: Optional[str]) -> Optional[JobInfo]:
+    def _owned(self, job_id: str | None, owner: str | None) -> JobInfo | None:
         """One of `owner`'s jobs; None for an unknown id or anyone else's."""
         info = self.jobs.get(job_id) if job_id else None
         return info if info is not None and owner is not None and info.record.owner == owner else None
 
-    def files(self, job_id: Optional[str], owner: Optional[str]) -> List[str]:
+    def files(self, job_id: str | None, owner: str | None) -> list[str]:
         """The result files of one of `owner`'s finished jobs; [] for anyone else's."""
         info = self._owned(job_id, owner)
         if info is None or info.status != "done":
@@ -158,11 +172,16 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
-        files = write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
-                            subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings))
+        files = write_files(
+            info.result(),
+            folder,
+            stem,
+            DOWNLOAD_FORMATS,
+            subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings),
+        )
         return DownloadDir.private(files)
 
-    def delete(self, job_id: Optional[str], owner: Optional[str]) -> bool:
+    def delete(self, job_id: str | None, owner: str | None) -> bool:
         """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""
         info = self._owned(job_id, owner)
         if info is None or not info.finished:
@@ -175,17 +194,21 @@ class RecentJobs:
         """Add the list to the gr.Blocks being built (call inside its `with` block)."""
         browser_id = gr.BrowserState("", storage_key=STORAGE_KEY, secret=self.secret)
         with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
-            gr.Markdown(f"Your last {self.limit} recordings, kept for "
-                        f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files "
-                        "again, or to delete it (its transcript and files) now.")
+            gr.Markdown(
+                f"Your last {self.limit} recordings, kept for "
+                f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files "
+                "again, or to delete it (its transcript and files) now."
+            )
             table = gr.HTML(table_html([]), elem_id="recent-jobs-table")
             with gr.Row():
-                choice = gr.Dropdown(label="Finished job", choices=[], value=None,
-                                     elem_id="recent-job-choice")
+                choice = gr.Dropdown(
+                    label="Finished job", choices=[], value=None, elem_id="recent-job-choice"
+                )
                 refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
                 delete = gr.Button("Delete", size="sm", variant="stop", elem_id="recent-job-delete")
-            files = gr.File(label="Result files", file_count="multiple", interactive=False,
-                            elem_id="recent-job-files")
+            files = gr.File(
+                label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files"
+            )
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
         self._refresh_io = dict(fn=self._refresh_event, inputs=[browser_id], outputs=[table, choice], **quick)
@@ -226,7 +249,7 @@ class RecentJobs:
         rows, choices = self._on_refresh(stored_id, request)
         return table_html(rows), choices
 
-    def _delete_event(self, job_id: Optional[str], stored_id: str, request: gr.Request):
+    def _delete_event(self, job_id: str | None, stored_id: str, request: gr.Request):
         owner = _owner_from(request, stored_id)
         if not job_id:
             gr.Info("Pick a finished job to delete first.", title="Nothing chosen")
@@ -235,7 +258,7 @@ class RecentJobs:
         rows, choices = self.rows(owner)
         return table_html(rows), gr.Dropdown(choices=choices, value=None), []
 
-    def _on_choice(self, job_id: Optional[str], stored_id: str, request: gr.Request):
+    def _on_choice(self, job_id: str | None, stored_id: str, request: gr.Request):
         return self.files(job_id, _owner_from(request, stored_id))
 
     def cleanup(self) -> None:

@@ -4,10 +4,10 @@ The transcript box's text, the clickable segments view, the details line under t
 refusal's notice under the Transcribe button. Every text that comes from outside (the
 transcript, file names in messages) is escaped where it goes into HTML.
 """
+
 from __future__ import annotations
 
 import html
-from typing import Optional
 
 from engine import JobHandle, TranscriptionResult
 
@@ -25,8 +25,10 @@ def format_timestamp(seconds: float) -> str:
 def transcript_text(result: TranscriptionResult, timestamps: bool) -> str:
     if not timestamps:
         return result.text
-    return "\n".join(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}]  {s.text.strip()}"
-                     for s in result.segments)
+    return "\n".join(
+        f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}]  {s.text.strip()}"
+        for s in result.segments
+    )
 
 
 def clock(seconds: float) -> str:
@@ -46,7 +48,7 @@ def word_time(seconds: float) -> str:
     return f"{minutes}:{secs:0>4}" if minutes else secs
 
 
-def segments_html(result: Optional[TranscriptionResult]) -> str:
+def segments_html(result: TranscriptionResult | None) -> str:
     """The transcript as clickable segments: each with its start time, and, with word
     timestamps, each word with its own time under it. Every element carries its start in
     `data-start`; the page's script (ui/page/scripts.py SEEK_JS) plays the recording from
@@ -63,28 +65,39 @@ def segments_html(result: Optional[TranscriptionResult]) -> str:
                 f'<span class="word" data-start="{w.start:.3f}" title="{format_timestamp(w.start)} – '
                 f'{format_timestamp(w.end)}"><span class="word-text">{html.escape(w.word.strip())}</span>'
                 f'<span class="word-time">{word_time(w.start)}</span></span> '
-                for w in segment.words if w.word.strip())
+                for w in segment.words
+                if w.word.strip()
+            )
         else:
             text = html.escape(segment.text.strip())
-        rows.append(f'<div class="segment" data-start="{start}" tabindex="0" role="button" '
-                    f'title="Play from {format_timestamp(segment.start)}">'
-                    f'<span class="segment-time">{clock(segment.start)}</span> '
-                    f'<span class="segment-text">{text.rstrip()}</span></div>')
-    hint = "Click a segment" + (" or a word" if any(s.words for s in result.segments) else "") + \
-        " to play the recording from there."
+        rows.append(
+            f'<div class="segment" data-start="{start}" tabindex="0" role="button" '
+            f'title="Play from {format_timestamp(segment.start)}">'
+            f'<span class="segment-time">{clock(segment.start)}</span> '
+            f'<span class="segment-text">{text.rstrip()}</span></div>'
+        )
+    hint = (
+        "Click a segment"
+        + (" or a word" if any(s.words for s in result.segments) else "")
+        + " to play the recording from there."
+    )
     return f'<div class="segments"><div class="segments-hint">{hint}</div>{"".join(rows)}</div>'
 
 
 def details_markdown(result: TranscriptionResult, model_label: str) -> str:
     speed = result.duration / result.processing_s if result.processing_s > 0 else 0.0
-    facts = [f"Language: **{result.language or 'unknown'}**", f"{result.duration:.1f} s of audio",
-             f"done in {result.processing_s:.1f} s ({speed:.1f}× real time)", f"model {model_label}",
-             f"{len(result.segments)} segment{'s' if len(result.segments) != 1 else ''}"]
+    facts = [
+        f"Language: **{result.language or 'unknown'}**",
+        f"{result.duration:.1f} s of audio",
+        f"done in {result.processing_s:.1f} s ({speed:.1f}× real time)",
+        f"model {model_label}",
+        f"{len(result.segments)} segment{'s' if len(result.segments) != 1 else ''}",
+    ]
     line = " · ".join(facts)
     return line if result.segments else line + "\n\n**No speech detected.**"
 
 
-def cancelled_markdown(handle: Optional[JobHandle]) -> str:
+def cancelled_markdown(handle: JobHandle | None) -> str:
     """The details line of a cancelled job."""
     line = "**Cancelled.** The transcription was stopped"
     if handle is not None and handle.seconds_total:
@@ -97,5 +110,7 @@ def cancelled_markdown(handle: Optional[JobHandle]) -> str:
 def notice_html(title: str, message: str) -> str:
     """A refusal as the page shows it under the Transcribe button (escaped: messages carry
     file names)."""
-    return (f'<div class="transcribe-notice notice-error" role="alert">'
-            f'<strong>{html.escape(title)}.</strong> {html.escape(message)}</div>')
+    return (
+        f'<div class="transcribe-notice notice-error" role="alert">'
+        f"<strong>{html.escape(title)}.</strong> {html.escape(message)}</div>"
+    )

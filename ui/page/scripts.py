@@ -1,6 +1,7 @@
 """The page's scripts, run in the browser once the page has loaded (ui/page/wiring.py adds them
 to the Blocks' load event): a click on the segments view plays the recording from there; on a
 phone the sidebar starts closed."""
+
 from __future__ import annotations
 
 NARROW_PX = 768  # at this width and below Gradio lays the sidebar over the page: it starts closed

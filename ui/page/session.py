@@ -5,13 +5,14 @@ button stops that tab's job, queued or running, and nobody else's. `SessionHando
 one value (the segments view, a refusal's notice) from the Transcribe call that made it to
 the quick event that shows it.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 from engine import JobHandle
 
@@ -24,7 +25,7 @@ class TranscribePress:
     """One Transcribe press being served: its job once submitted, and whether Cancel was pressed."""
 
     def __init__(self):
-        self.handle: Optional[JobHandle] = None
+        self.handle: JobHandle | None = None
         self.cancelled = False
 
 
@@ -36,9 +37,9 @@ class SessionJobs:
     (`JobHandle.cancel` by default; a job manager's cancel records it as cancelled by the user).
     """
 
-    def __init__(self, cancel: Optional[Cancel] = None):
+    def __init__(self, cancel: Cancel | None = None):
         self._cancel = cancel or (lambda handle: handle.cancel())
-        self._presses: Dict[str, List[TranscribePress]] = {}
+        self._presses: dict[str, list[TranscribePress]] = {}
         self._lock = threading.Lock()
 
     def begin(self, session: str) -> TranscribePress:
@@ -88,7 +89,7 @@ class SessionHandoff:
     KEEP_VIEW_S = 600.0
 
     def __init__(self):
-        self._views: "OrderedDict[str, Tuple[float, str]]" = OrderedDict()
+        self._views: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, session: str, view: str) -> None:
@@ -96,11 +97,13 @@ class SessionHandoff:
         with self._lock:
             self._views.pop(session, None)
             self._views[session] = (now, view)
-            while self._views and (len(self._views) > self.MAX_VIEWS
-                                   or next(iter(self._views.values()))[0] < now - self.KEEP_VIEW_S):
+            while self._views and (
+                len(self._views) > self.MAX_VIEWS
+                or next(iter(self._views.values()))[0] < now - self.KEEP_VIEW_S
+            ):
                 self._views.popitem(last=False)
 
-    def take(self, session: str) -> Optional[str]:
+    def take(self, session: str) -> str | None:
         with self._lock:
             entry = self._views.pop(session, None)
         return None if entry is None else entry[1]

@@ -10,12 +10,13 @@ a `gr.Error` carrying the engine's own message, which is written for people: gra
 gets it as its AppError; the page shows it under the Transcribe button until the next
 action (a `notices` handoff), not as a toast that fades.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
 
 import gradio as gr
 
@@ -42,8 +43,13 @@ class TranscribeEvents:
     result, `transcribe` runs the job, then `show_segments` or `show_refusal` takes what it
     left in the session's handoff."""
 
-    def __init__(self, engine: Engine, downloads: DownloadDir, submit: Optional[Submit] = None,
-                 cancel: Optional[Cancel] = None):
+    def __init__(
+        self,
+        engine: Engine,
+        downloads: DownloadDir,
+        submit: Submit | None = None,
+        cancel: Cancel | None = None,
+    ):
         self.sessions = SessionJobs(cancel)
         self.views, self.notices = SessionHandoff(), SessionHandoff()
         self.transcribe = make_transcribe(engine, downloads, submit, self.sessions, self.views, self.notices)
@@ -62,8 +68,9 @@ class TranscribeEvents:
         """After a refusal: its message under the button, the outputs out of their error state."""
         notice = self.notices.take(session_of(request))
         if notice is None:  # refused by Gradio itself, before the handler ran: its toast says why
-            notice = notice_html("Cannot transcribe this recording",
-                                 "The request was refused before it started.")
+            notice = notice_html(
+                "Cannot transcribe this recording", "The request was refused before it started."
+            )
         return notice, gr.skip(), gr.skip(), gr.skip()
 
     def cancel_jobs(self, request: gr.Request):
@@ -84,8 +91,11 @@ def follow(handle: JobHandle, progress, engine: Engine, press: TranscribePress) 
         elif position:
             progress(0.0, desc=f"Waiting in queue: position {position}")
         elif handle.seconds_total:
-            progress((round(handle.seconds_done), round(handle.seconds_total)), desc="Transcribing",
-                     unit="s of audio")
+            progress(
+                (round(handle.seconds_done), round(handle.seconds_total)),
+                desc="Transcribing",
+                unit="s of audio",
+            )
         elif engine.status().model.state == "loading":
             progress(0.0, desc="Loading the model")
         else:
@@ -93,8 +103,14 @@ def follow(handle: JobHandle, progress, engine: Engine, press: TranscribePress) 
     return handle.result()
 
 
-def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit], sessions: SessionJobs,
-                    views: SessionHandoff, notices: SessionHandoff):
+def make_transcribe(
+    engine: Engine,
+    downloads: DownloadDir,
+    submit: Submit | None,
+    sessions: SessionJobs,
+    views: SessionHandoff,
+    notices: SessionHandoff,
+):
     """The Transcribe event function (also `/transcribe` for gradio_client). Each press is
     registered in `sessions` under its page session, so that session's Cancel can stop it;
     its segments view is left in `views` for the page to show (`views.take(session)`); a
@@ -103,17 +119,42 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
     submit = submit or engine.submit
     default_model = engine.model_names.default_id  # an id: a configured path is not a model id
 
-    def run(session: str, audio: Optional[str], language: str, task: str, timestamps: bool,
-            model: Optional[str], word_timestamps: bool, vad: Optional[bool], max_line_width, max_lines,
-            max_cue_s, per_segment: Optional[bool], prompt: Optional[str], temperature,
-            progress) -> Tuple[str, List[str], str]:
+    def run(
+        session: str,
+        audio: str | None,
+        language: str,
+        task: str,
+        timestamps: bool,
+        model: str | None,
+        word_timestamps: bool,
+        vad: bool | None,
+        max_line_width,
+        max_lines,
+        max_cue_s,
+        per_segment: bool | None,
+        prompt: str | None,
+        temperature,
+        progress,
+    ) -> tuple[str, list[str], str]:
         if not audio:
-            raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
-                           print_exception=False)
-        subtitles = subtitle_options(SubtitleOptions.from_settings(engine.settings), max_line_width,
-                                     max_lines, max_cue_s, per_segment)
-        options = page_options(language, task, model or default_model, word_timestamps, vad, prompt,
-                               temperature, configured_vad=engine.settings.vad)
+            raise gr.Error(
+                "Upload a recording or record one with the microphone first.",
+                title="No audio",
+                print_exception=False,
+            )
+        subtitles = subtitle_options(
+            SubtitleOptions.from_settings(engine.settings), max_line_width, max_lines, max_cue_s, per_segment
+        )
+        options = page_options(
+            language,
+            task,
+            model or default_model,
+            word_timestamps,
+            vad,
+            prompt,
+            temperature,
+            configured_vad=engine.settings.vad,
+        )
         name = Path(audio).name
         press = sessions.begin(session)
         handle = None
@@ -123,46 +164,82 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
             result = follow(handle, progress, engine, press)
         except JobCancelled:
             if not press.cancelled:  # stopped by the server (shutting down), not by this page
-                raise gr.Error("The job was stopped by the server.",
-                               title="Cannot transcribe this recording", print_exception=False) from None
+                raise gr.Error(
+                    "The job was stopped by the server.",
+                    title="Cannot transcribe this recording",
+                    print_exception=False,
+                ) from None
             gr.Info("The transcription was cancelled.", title="Cancelled")
             views.put(session, "")
             return "", [], cancelled_markdown(handle)
         except QueueFull as exc:
             raise gr.Error(f"The server is busy: {exc}", title="Queue full", print_exception=False) from None
         except USER_ERRORS as exc:
-            raise gr.Error(str(exc), title="Cannot transcribe this recording",
-                           print_exception=False) from None
+            raise gr.Error(
+                str(exc), title="Cannot transcribe this recording", print_exception=False
+            ) from None
         except Exception as exc:  # a bug or an environment problem: log it, keep the page alive
             if is_disk_full(exc):  # the job manager could not store the recording; passes once space is free
                 log.warning("A page recording could not be stored, data_dir's disk is full (%s)", exc)
-                raise gr.Error(str(OutOfDiskSpace("the recording could not be stored")),
-                               title="Out of disk space", print_exception=False) from None
+                raise gr.Error(
+                    str(OutOfDiskSpace("the recording could not be stored")),
+                    title="Out of disk space",
+                    print_exception=False,
+                ) from None
             log.exception("Transcription of %s failed", name)
             raise gr.Error(f"Transcription failed: {type(exc).__name__}: {exc}", title="Error") from None
         finally:
             sessions.end(session, press)
 
         progress(1.0, desc="Writing files")
-        files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
-                            subtitles=subtitles)
+        files = write_files(
+            result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS, subtitles=subtitles
+        )
         views.put(session, segments_html(result))
-        return (transcript_text(result, bool(timestamps)), downloads.private(files),
-                details_markdown(result, model_label(model)))
+        return (
+            transcript_text(result, bool(timestamps)),
+            downloads.private(files),
+            details_markdown(result, model_label(model)),
+        )
 
-    def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
-                   timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
-                   vad: Optional[bool] = None, max_line_width: Optional[float] = None,
-                   max_lines: Optional[float] = None, max_cue_s: Optional[float] = None,
-                   per_segment: Optional[bool] = None, prompt: Optional[str] = None,
-                   temperature: Optional[float] = None, request: gr.Request = None,
-                   progress=gr.Progress()) -> Tuple[str, List[str], str]:
+    def transcribe(
+        audio: str | None,
+        language: str = AUTO_LANGUAGE,
+        task: str = "transcribe",
+        timestamps: bool = True,
+        model: str | None = None,
+        word_timestamps: bool = False,
+        vad: bool | None = None,
+        max_line_width: float | None = None,
+        max_lines: float | None = None,
+        max_cue_s: float | None = None,
+        per_segment: bool | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ) -> tuple[str, list[str], str]:
         """Returns the transcript, the files and the details line; the segments view goes to
         `views`, a refusal's message to `notices`."""
         session = session_of(request)
         try:
-            return run(session, audio, language, task, timestamps, model, word_timestamps, vad,
-                       max_line_width, max_lines, max_cue_s, per_segment, prompt, temperature, progress)
+            return run(
+                session,
+                audio,
+                language,
+                task,
+                timestamps,
+                model,
+                word_timestamps,
+                vad,
+                max_line_width,
+                max_lines,
+                max_cue_s,
+                per_segment,
+                prompt,
+                temperature,
+                progress,
+            )
         except gr.Error as error:  # every refusal, whichever line raised it
             notices.put(session, notice_html(error.title, error.message))
             error.visible = False  # no toast: a toast fades, the notice stays until the next action

@@ -11,9 +11,10 @@ queue: position N" with the engine's own position (never Gradio's bare "queue: 1
 clear "queue full" refusal. Waiting costs a handler thread each; `app.serve` sizes Gradio's
 thread pool for workers + queue_size of them.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import gradio as gr
 from gradio.events import Dependency
@@ -33,9 +34,12 @@ RELEASE_CONCURRENCY_ID = "release"  # one release at a time
 QUICK = dict(queue=False, show_progress="hidden", api_visibility="private")
 
 
-def build_page(engine: Engine, submit: Optional[Submit] = None,
-               extra: Optional[Callable[[Dependency], None]] = None,
-               cancel: Optional[Cancel] = None) -> gr.Blocks:
+def build_page(
+    engine: Engine,
+    submit: Submit | None = None,
+    extra: Callable[[Dependency], None] | None = None,
+    cancel: Cancel | None = None,
+) -> gr.Blocks:
     """The page for `engine`.
 
     `submit` replaces `engine.submit` (same signature, returns a JobHandle) for recordings
@@ -73,30 +77,56 @@ def _connect_transcribe(page: PageLayout, transcription: TranscribeEvents) -> De
     # /transcribe endpoint still returns (text, files, details) to gradio_client, and a
     # refusal is its AppError there.
     transcribe_event = page.transcribe_button.click(
-        transcription.start_run, outputs=[*result, page.segments, page.notice], **QUICK).then(
-        transcription.transcribe, outputs=result,
+        transcription.start_run, outputs=[*result, page.segments, page.notice], **QUICK
+    ).then(
+        transcription.transcribe,
+        outputs=result,
         # in the order of the function's parameters: the API's, as gradio_client names them
-        inputs=[page.audio, page.language, page.task, page.timestamps, page.model, page.word_timestamps,
-                page.vad, page.max_line_width, page.max_lines, page.max_cue_s, page.per_segment, page.prompt,
-                page.temperature],
-        api_name="transcribe", api_description="Transcribe (or translate) a recording: text, files, details.",
-        concurrency_limit=None, concurrency_id=TRANSCRIBE_CONCURRENCY_ID)
+        inputs=[
+            page.audio,
+            page.language,
+            page.task,
+            page.timestamps,
+            page.model,
+            page.word_timestamps,
+            page.vad,
+            page.max_line_width,
+            page.max_lines,
+            page.max_cue_s,
+            page.per_segment,
+            page.prompt,
+            page.temperature,
+        ],
+        api_name="transcribe",
+        api_description="Transcribe (or translate) a recording: text, files, details.",
+        concurrency_limit=None,
+        concurrency_id=TRANSCRIBE_CONCURRENCY_ID,
+    )
     transcribe_event.success(transcription.show_segments, outputs=[page.segments], **QUICK)
     # The failed step's outputs are in Gradio's error state (a red "Error" with no text):
     # this step's update of them ends it, and the message shows under the button.
     transcribe_event.failure(transcription.show_refusal, outputs=[page.notice, *result], **QUICK)
     # Cancel stops this tab's queued or running job. Its own unlimited concurrency group:
     # it never waits behind transcriptions (queued only so that its message can show).
-    page.cancel_button.click(transcription.cancel_jobs, show_progress="hidden", api_visibility="private",
-                             concurrency_limit=None, concurrency_id="cancel")
+    page.cancel_button.click(
+        transcription.cancel_jobs,
+        show_progress="hidden",
+        api_visibility="private",
+        concurrency_limit=None,
+        concurrency_id="cancel",
+    )
     # A new recording: the old refusal is moot.
     page.audio.change(lambda: "", outputs=[page.notice], **QUICK)
     return transcribe_event
 
 
 def _connect_sidebar(page: PageLayout, sidebar: SidebarEvents) -> None:
-    page.release_button.click(sidebar.release, inputs=[page.model],
-                              outputs=[page.release_report, page.gpu_panel, page.model_state],
-                              api_visibility="private", concurrency_limit=1,
-                              concurrency_id=RELEASE_CONCURRENCY_ID)
+    page.release_button.click(
+        sidebar.release,
+        inputs=[page.model],
+        outputs=[page.release_report, page.gpu_panel, page.model_state],
+        api_visibility="private",
+        concurrency_limit=1,
+        concurrency_id=RELEASE_CONCURRENCY_ID,
+    )
     page.model.change(sidebar.show_model, inputs=[page.model], outputs=[page.model_state], **QUICK)
