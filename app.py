@@ -43,9 +43,7 @@ from jobs import (
 )
 from ui import http_api
 from ui.access import exposure_warnings
-from ui.page import CSS_PATH, build_page
-from ui.page_files import upload_guard, use_private_cache
-from ui.recent_jobs import RecentJobs
+from ui.page import CSS_PATH, RecentJobs, build_page, upload_guard, use_private_cache
 
 log = logging.getLogger("app")
 
@@ -122,7 +120,7 @@ def serve(
         recent = RecentJobs(jobs)
         demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
-        # ui/page.py); every waiting one holds a handler thread, so the pool has room for all.
+        # ui/page/wiring.py); every waiting one holds a handler thread, so the pool has room for all.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
         threads = max(40, settings.workers + settings.queue_size + 16)  # 40: Gradio's default
         port = settings.port if port is None else (port or free_port(settings.host))

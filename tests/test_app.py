@@ -104,7 +104,7 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
 
 
 def test_the_engines_queue_is_where_transcriptions_wait(server):
-    from ui.page import TRANSCRIBE_CONCURRENCY_ID
+    from ui.page.wiring import TRANSCRIBE_CONCURRENCY_ID
 
     settings = server.engine.settings
     # Gradio lets every transcription through to the handler, which queues it in the engine
@@ -308,7 +308,7 @@ def _gpu(index, used, total=143771.0, above=False):
 
 
 def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
-    from ui.sidebar import gpu_panel_html
+    from ui.page.sidebar import gpu_panel_html
 
     snapshot = GpuSnapshot(
         gpus=[_gpu(0, 120000.0, above=True), _gpu(1, 3200.0)],
@@ -326,7 +326,7 @@ def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
 
 
 def test_sidebar_without_gpu_says_so_instead_of_numbers():
-    from ui.sidebar import gpu_panel_html
+    from ui.page.sidebar import gpu_panel_html
 
     snapshot = GpuSnapshot(
         gpus=[],
@@ -341,7 +341,7 @@ def test_sidebar_without_gpu_says_so_instead_of_numbers():
 
 
 def test_model_state_failed_shows_the_reason_and_what_to_do():
-    from ui.sidebar import model_state_html
+    from ui.page.sidebar import model_state_html
 
     html = model_state_html(
         _status("failed", "Could not download model 'large-v3' <offline>; set model: ...")
@@ -352,7 +352,7 @@ def test_model_state_failed_shows_the_reason_and_what_to_do():
 
 
 def test_release_report_shows_memory_before_and_after():
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     before = GpuSnapshot([_gpu(0, 9000.0)], "", 3100.0, 3500.0, None)
     after = GpuSnapshot([_gpu(0, 5500.0)], "", 0.0, 0.0, None)
@@ -361,7 +361,7 @@ def test_release_report_shows_memory_before_and_after():
 
 
 def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(
@@ -378,7 +378,7 @@ def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
 
 def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finishes():
     """Not "No model was in memory" while the sidebar lists the model as in use."""
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport([], ["/models/tiny.en.pt"], 0.0, 0.0), none, none, on_gpu=False)
@@ -392,7 +392,7 @@ def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finish
 
 
 def test_model_state_names_the_model_picked_not_the_default():
-    from ui.sidebar import model_state_html
+    from ui.page.sidebar import model_state_html
 
     status = _status()  # the default, /models/large-v3.pt, is ready; nothing else is resident
     html = model_state_html(status, "small")
@@ -401,7 +401,7 @@ def test_model_state_names_the_model_picked_not_the_default():
 
 
 def test_timestamps_format():
-    from ui.transcribe_handler import format_timestamp
+    from ui.page.render import format_timestamp
 
     assert format_timestamp(1.5) == "00:01.500"
     assert format_timestamp(3723.25) == "1:02:03.250"
