@@ -11,7 +11,7 @@ For tests and other programs, `serve(settings)` does the same without blocking:
     server = serve(load_settings("config.yaml", {"model": "/models/x.pt"}), port=0)  # 0 = any free port
     server.url        # "http://127.0.0.1:54321/"
     server.engine     # the Engine (server.engine.status().model.state: loading / ready / failed)
-    server.app        # Gradio's FastAPI app, with ui.http_api's routes on it
+    server.app        # Gradio's FastAPI app, with ui.routes' routes on it
     server.close()    # stop serving, cancel running jobs, free the models
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import gradio as gr  # noqa: E402
 from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
 from jobs import JobStore  # noqa: E402
 from jobs import JobManager, StorageError, open_store  # noqa: E402
-from ui import http_api  # noqa: E402
+from ui.routes import add_routes  # noqa: E402
 from ui.access import exposure_warnings  # noqa: E402
 from ui.recent_jobs import RecentJobs  # noqa: E402
 from ui.page import CSS_PATH, build_page  # noqa: E402
@@ -117,7 +117,7 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
         auth = parse_auth(settings.auth)
         for warning in exposure_warnings(settings):  # what is open to whom beyond this machine
             log.warning(warning)
-        routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings, jobs=jobs))
+        routes = _RoutesAtStartup(lambda app: add_routes(app, engine, settings, jobs=jobs))
         try:
             app, local_url, share_url = demo.launch(
                 server_name=settings.host, server_port=port, share=settings.share, auth=auth,

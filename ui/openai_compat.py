@@ -1,6 +1,6 @@
 """OpenAI's audio API, as shapes: the request's form fields, the responses, the errors.
 
-Kept apart from the routes (ui/http_api.py) so the mapping can be read and tested on its
+Kept apart from the routes (ui/routes/) so the mapping can be read and tested on its
 own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcriptions`
 (the official `openai` Python package parses what these functions build):
 
@@ -155,7 +155,7 @@ class TranscriptionForm(BaseModel):
     temperature: Optional[float] = Field(None, ge=0, le=1)
     timestamp_granularities: List[Literal["segment", "word"]] = Field(default_factory=list)
     task: Optional[Literal["transcribe", "translate"]] = None  # /v1/jobs only; the audio routes imply it
-    stream: bool = False  # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
+    stream: bool = False  # true = server-sent events as segments complete (transcriptions only; ui/routes/streaming.py)
     include: List[Literal["logprobs"]] = Field(default_factory=list)  # "logprobs": per-token log-probabilities (json only)
     vad: Optional[bool] = None  # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
 

@@ -45,7 +45,8 @@ class _Deltas:
     def new(self, segments: List[Segment]) -> List[Dict[str, Any]]:
         events = []
         for segment in segments[self.sent_segments:]:
-            delta = segment.text if self.sent_text else segment.text.lstrip()  # the text starts without a space
+            # the text starts without a space
+            delta = segment.text if self.sent_text else segment.text.lstrip()
             if delta:
                 body: Dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
                 if self.logprobs:
