@@ -9,6 +9,7 @@ between steps, progress that moves inside a window, and a streaming job's first 
 ahead of its others. Tests that need to hold or fail the decoder from outside inject one
 (tests/test_worker.py, tests/test_memory.py), which decodes whole batches instead.
 """
+
 import threading
 import time
 
@@ -20,7 +21,6 @@ from engine import Engine, JobCancelled, load_audio
 from engine.decoding.decode_loop import ModelLock
 from engine.decoding.fast_decode import GreedyDecode
 from test_worker import fingerprint, wait_for
-
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
@@ -42,8 +42,11 @@ class WatchedDecode:
             if not self.gate.wait(60):
                 raise TimeoutError("test gate never opened")
             # a whole-batch decode (decode_rows) tags its rows with numbers: no job to record
-            entries = [decode.tags[slot] for slot in range(len(decode.tags))
-                       if slot not in decode.free and hasattr(decode.tags[slot], "job")]
+            entries = [
+                decode.tags[slot]
+                for slot in range(len(decode.tags))
+                if slot not in decode.free and hasattr(decode.tags[slot], "job")
+            ]
             self.steps.append({entry.job for entry in entries})
             self.rows.append([(entry.job, entry.stream) for entry in entries])
             if before_step is not None:
@@ -58,10 +61,14 @@ def audio():
     return load_audio(shared_audio(LONG_11_MIN))
 
 
-def test_two_jobs_share_the_running_decode_and_each_gets_what_it_gets_alone(micro_checkpoint, audio, monkeypatch):
+def test_two_jobs_share_the_running_decode_and_each_gets_what_it_gets_alone(
+    micro_checkpoint, audio, monkeypatch
+):
     watch = WatchedDecode(monkeypatch)
-    first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
-    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)) as engine:
+    first, second = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
+    with Engine(
+        fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)
+    ) as engine:
         alone = [fingerprint(engine.transcribe(first)), fingerprint(engine.transcribe(second))]
         assert max(len(jobs) for jobs in watch.steps) == 1
         watch.gate.clear()
@@ -79,8 +86,10 @@ def test_a_sampled_job_never_joins_a_greedy_decode(micro_checkpoint, audio, monk
     # The running decode is greedy; a job asking for temperature 1.0 that joined it would be
     # decoded at 0 and get the greedy transcript without a word said.
     watch = WatchedDecode(monkeypatch)
-    first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
-    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)) as engine:
+    first, second = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
+    with Engine(
+        fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)
+    ) as engine:
         greedy = fingerprint(engine.transcribe(second))
         watch.gate.clear()
         watch.steps.clear()
@@ -89,15 +98,21 @@ def test_a_sampled_job_never_joins_a_greedy_decode(micro_checkpoint, audio, monk
         watch.gate.set()
         results = [job.result(120) for job in jobs]
     assert max(len(jobs) for jobs in watch.steps) == 1, "a sampled row was decoded in the greedy decode"
-    assert fingerprint(results[1]) != greedy, "the job asked for temperature 1.0 and got the greedy transcript"
+    assert fingerprint(results[1]) != greedy, (
+        "the job asked for temperature 1.0 and got the greedy transcript"
+    )
 
 
 def test_a_cancelled_job_leaves_the_running_decode_within_one_step(micro_checkpoint, audio, monkeypatch):
     watch = WatchedDecode(monkeypatch)
-    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)) as engine:
-        running = engine.submit(audio[:16000 * 250])
-        other = engine.submit(audio[16000 * 300:16000 * 550])
-        assert wait_for(lambda: len(watch.steps) > 3 and len(watch.steps[-1]) == 2), "the jobs never shared a step"
+    with Engine(
+        fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)
+    ) as engine:
+        running = engine.submit(audio[: 16000 * 250])
+        other = engine.submit(audio[16000 * 300 : 16000 * 550])
+        assert wait_for(lambda: len(watch.steps) > 3 and len(watch.steps[-1]) == 2), (
+            "the jobs never shared a step"
+        )
         watch.gate.clear()
         time.sleep(0.2)  # the loop now waits at the gate, inside a step
         steps_before = len(watch.steps)
@@ -107,16 +122,19 @@ def test_a_cancelled_job_leaves_the_running_decode_within_one_step(micro_checkpo
             running.result(60)
         assert other.result(120).segments
     # the job's `cancelled` is its handle's cancel_requested
-    with_cancelled = [jobs for jobs in watch.steps[steps_before:] if any(j.cancelled.__self__ is running for j in jobs)]
+    with_cancelled = [
+        jobs for jobs in watch.steps[steps_before:] if any(j.cancelled.__self__ is running for j in jobs)
+    ]
     assert len(with_cancelled) <= 1, f"the cancelled job's rows went on for {len(with_cancelled)} steps"
 
 
-def test_an_allocation_failure_halves_the_running_decode_and_gives_the_same_transcript(micro_checkpoint, audio,
-                                                                                         monkeypatch):
+def test_an_allocation_failure_halves_the_running_decode_and_gives_the_same_transcript(
+    micro_checkpoint, audio, monkeypatch
+):
     """The CUDA branch on the CPU: the decode is thrown away, the batch limit halved and the
     same windows decoded again (their streams had not moved); the transcript does not change."""
     settings = fast_settings(micro_checkpoint, batch_size=8, language="en", min_section_s=30)
-    recording = audio[:16000 * 250]
+    recording = audio[: 16000 * 250]
     with Engine(settings) as engine:
         expected = fingerprint(engine.transcribe(recording))
     admit, failures, widths = GreedyDecode.admit, [], []
@@ -159,16 +177,20 @@ def test_the_loop_lets_a_waiting_thread_have_the_model_between_steps():
         thread.join()
 
 
-
 def _rows(decode):
     """(handle, section index, windows decoded by that job's first section) of each row."""
     entries = [decode.tags[slot] for slot in range(len(decode.tags)) if slot not in decode.free]
-    return [(entry.job.cancelled.__self__, entry.job.streams.index(entry.stream),
-             entry.job.streams[0].windows_decoded) for entry in entries]
+    return [
+        (
+            entry.job.cancelled.__self__,
+            entry.job.streams.index(entry.stream),
+            entry.job.streams[0].windows_decoded,
+        )
+        for entry in entries
+    ]
 
 
-def test_progress_moves_inside_the_first_window_before_a_second_section_joins(tiny_en_model_dir,
-                                                                              monkeypatch):
+def test_progress_moves_inside_the_first_window_before_a_second_section_joins(tiny_en_model_dir, monkeypatch):
     """Real tiny.en, 100 s in two sections of two windows each. The page's bar and /v1/jobs
     used to read 0 until a whole 30 s window had been decoded (every section's first window
     was encoded, then all were decoded side by side, so none ended sooner): progress now
@@ -179,11 +201,14 @@ def test_progress_moves_inside_the_first_window_before_a_second_section_joins(ti
     def look(decode):
         entries = [decode.tags[slot] for slot in range(len(decode.tags)) if slot not in decode.free]
         streams = entries[0].job.streams
-        return (handles[0].seconds_done, sum(stream.windows_decoded for stream in streams),
-                {streams.index(entry.stream) for entry in entries})
+        return (
+            handles[0].seconds_done,
+            sum(stream.windows_decoded for stream in streams),
+            {streams.index(entry.stream) for entry in entries},
+        )
 
     watch = WatchedDecode(monkeypatch, before_step=look)
-    audio = load_audio(shared_audio(FIVE_MIN))[:16000 * 100]
+    audio = load_audio(shared_audio(FIVE_MIN))[: 16000 * 100]
     with Engine(fast_settings(tiny_en_model_dir, batch_size=2, max_new_tokens=224, language="en")) as engine:
         watch.gate.clear()
         handles.append(engine.submit(audio))
@@ -198,13 +223,14 @@ def test_progress_moves_inside_the_first_window_before_a_second_section_joins(ti
     assert progress == sorted(progress), "progress went back"
 
 
-def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_checkpoint, audio,
-                                                                             monkeypatch):
+def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(
+    micro_checkpoint, audio, monkeypatch
+):
     """Two jobs of four sections on four rows. The job whose client streams its text (deltas
     go out in recording order) has its first section decoded alone until its first window is
     done, and that section never waits for a row; its transcript is what it is alone."""
     watch = WatchedDecode(monkeypatch, before_step=_rows)
-    other, streamed = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    other, streamed = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
     settings = fast_settings(micro_checkpoint, workers=2, batch_size=4, language="en", min_section_s=60)
     with Engine(settings) as engine:
         alone = fingerprint(engine.transcribe(streamed))
@@ -219,12 +245,16 @@ def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_
         together = fingerprint(job.result(120))
         running.result(120)
     assert together == alone
-    mine = [[(section, first_done) for handle, section, first_done in rows if handle is job]
-            for rows in watch.seen]
+    mine = [
+        [(section, first_done) for handle, section, first_done in rows if handle is job]
+        for rows in watch.seen
+    ]
     present = [i for i, rows in enumerate(mine) if any(section == 0 for section, _ in rows)]
-    assert any(first_done >= 1 for i in present for section, first_done in mine[i] if section == 0), \
+    assert any(first_done >= 1 for i in present for section, first_done in mine[i] if section == 0), (
         "the first section should have more than one window"
+    )
     assert present == list(range(present[0], present[-1] + 1)), "the first section waited for a row"
-    assert all(first_done >= 1 for rows in mine for section, first_done in rows if section > 0), \
+    assert all(first_done >= 1 for rows in mine for section, first_done in rows if section > 0), (
         "a later section was decoded before the first section's first window was done"
+    )
     assert any(section > 0 for rows in mine for section, _ in rows)

@@ -1,11 +1,12 @@
 """TranscriptionWorker through the real engine: concurrency, overflow, cancel, failure, release, shutdown."""
+
 import shutil
 import time
 
 import pytest
 
 from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, DecodeGate, fast_settings, shared_audio
-from engine import (AudioError, Engine, JobCancelled, JobStatus, QueueFull, WorkerShutDown, load_audio)
+from engine import AudioError, Engine, JobCancelled, JobStatus, QueueFull, WorkerShutDown, load_audio
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 LIBRI = SHARED_AUDIO / "librispeech" / "1089-134686-0000.flac"
@@ -38,8 +39,9 @@ def test_two_workers_run_two_jobs_at_once_with_the_results_each_gives_alone(engi
 
     first = engine.submit(long_path, language="en")
     second = engine.submit(short_path, language="de")
-    assert wait_for(lambda: first.status is JobStatus.RUNNING and second.status is JobStatus.RUNNING
-                    or first.done()), "both jobs should run at the same time"
+    assert wait_for(
+        lambda: first.status is JobStatus.RUNNING and second.status is JobStatus.RUNNING or first.done()
+    ), "both jobs should run at the same time"
     assert second.status in (JobStatus.RUNNING, JobStatus.DONE) and not first.done()
     assert fingerprint(first.result(120)) == fingerprint(alone_long)
     assert fingerprint(second.result(120)) == fingerprint(alone_short)
@@ -126,7 +128,6 @@ def test_shutdown_finishes_or_clearly_fails_every_accepted_job(micro_checkpoint,
         engine.submit(JFK)
 
 
-
 class CountingGate(DecodeGate):
     """Holds the decode loop until opened, then records the rows of every decoder call."""
 
@@ -145,9 +146,12 @@ def test_two_jobs_share_the_decode_loops_batches_and_each_gets_what_it_gets_alon
     batch of eight, the loop's steps decode windows of both jobs together, and each job's
     transcript is the one it gets alone."""
     audio = load_audio(shared_audio(LONG_11_MIN))
-    first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    first, second = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
     gate = CountingGate()
-    with Engine(fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60), decoder=gate) as engine:
+    with Engine(
+        fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60),
+        decoder=gate,
+    ) as engine:
         alone = [fingerprint(engine.transcribe(first)), fingerprint(engine.transcribe(second))]
         assert max(gate.rows) == 4  # four sections each: alone, a job fills half the batch
         gate.rows.clear()

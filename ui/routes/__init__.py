@@ -17,6 +17,7 @@ Every request goes through the `JobManager`, the synchronous ones too: the uploa
 job are on disk before the job is queued, so an accepted request is never lost, and every
 front end shares one set of limits, one history and one metric set.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -31,8 +32,13 @@ from ui.routes import health, v1
 from ui.routes.dependencies import api_caller
 
 
-def add_routes(app: FastAPI, engine: Engine, settings: Settings, jobs: Optional[JobManager] = None,
-               metrics: Optional[Metrics] = None) -> None:
+def add_routes(
+    app: FastAPI,
+    engine: Engine,
+    settings: Settings,
+    jobs: JobManager | None = None,
+    metrics: Metrics | None = None,
+) -> None:
     """Register /v1, /healthz, /livez and /metrics on `app` (Gradio's FastAPI app), with the
     state their dependencies read in `app.state`.
 

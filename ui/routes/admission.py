@@ -11,12 +11,12 @@ and leaves no partial file); then the form and the model (ui/routes/readiness.py
 audio's declared length (ffprobe, before decoding), and room in the queue again at submit.
 A full queue is 429 with Retry-After: when the running job nearest its end should finish.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
-from typing import Optional
 
 import anyio
 from fastapi import Request
@@ -24,8 +24,15 @@ from fastapi import Request
 from engine import JobHandle, JobOptions, JobStatus, QueueFull, Settings
 from jobs import JobManager, has_room, is_disk_full
 from ui.openai_compat import UNEXPECTED, ApiError, api_error, kind_of
-from ui.routes.uploads import (FORM_OVERHEAD_BYTES, MIB, UPLOAD_HEADROOM_BYTES, Upload, out_of_space,
-                               receive_form, too_large)
+from ui.routes.uploads import (
+    FORM_OVERHEAD_BYTES,
+    MIB,
+    UPLOAD_HEADROOM_BYTES,
+    Upload,
+    out_of_space,
+    receive_form,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,12 @@ async def receive_upload(request: Request, jobs: JobManager, settings: Settings)
     """Read the multipart form, the file into data_dir/uploads, enforcing max_upload_mb and
     the room left on data_dir's disk."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, "Send the audio as multipart/form-data with a 'file' field.",
-                       code="invalid_request", param="file")
+        raise ApiError(
+            400,
+            "Send the audio as multipart/form-data with a 'file' field.",
+            code="invalid_request",
+            param="file",
+        )
     limit = int(settings.max_upload_mb * MIB)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
@@ -45,18 +56,21 @@ async def receive_upload(request: Request, jobs: JobManager, settings: Settings)
     if not jobs.has_room():  # nor read, stored and probed for a queue that cannot take it
         raise queue_full(jobs)
     if declared.isdigit() and not await anyio.to_thread.run_sync(
-            has_room, jobs.upload_dir, int(declared) + UPLOAD_HEADROOM_BYTES):
+        has_room, jobs.upload_dir, int(declared) + UPLOAD_HEADROOM_BYTES
+    ):
         log.warning("An upload of %s bytes does not fit on the disk of data_dir; refused with 507", declared)
         raise out_of_space()
-    return await receive_form(request, jobs.new_upload_path, limit, settings.max_upload_mb,
-                              settings.upload_idle_timeout_s)
+    return await receive_form(
+        request, jobs.new_upload_path, limit, settings.max_upload_mb, settings.upload_idle_timeout_s
+    )
 
 
 async def submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: JobOptions) -> JobHandle:
     """Store and queue the job (in a thread: ffprobe, file move, database commit)."""
     try:
-        return await anyio.to_thread.run_sync(lambda: jobs.submit(upload.path, options, name=upload.name,
-                                                                  owner=owner, source=source, move=True))
+        return await anyio.to_thread.run_sync(
+            lambda: jobs.submit(upload.path, options, name=upload.name, owner=owner, source=source, move=True)
+        )
     except QueueFull as exc:
         raise queue_full(jobs, exc) from None
     except Exception as exc:
@@ -68,11 +82,13 @@ async def submit(jobs: JobManager, upload: Upload, source: str, owner: str, opti
         raise api_error(exc) from None
 
 
-def queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError:
+def queue_full(jobs: JobManager, error: QueueFull | None = None) -> ApiError:
     """429 in OpenAI's shape, with the seconds until the queue should have room in Retry-After."""
     status = jobs.engine.status()
-    error = error or QueueFull(f"the queue is full ({status.queue_size} jobs waiting, "
-                               f"{status.busy_workers} running); try again in a minute")
+    error = error or QueueFull(
+        f"the queue is full ({status.queue_size} jobs waiting, "
+        f"{status.busy_workers} running); try again in a minute"
+    )
     return api_error(error, headers={"Retry-After": str(_retry_after_s(jobs))})
 
 

@@ -5,6 +5,7 @@ segments complete: ui/routes/streaming.py). Each request is a durable job all th
 upload and its row are on disk before it is queued, so a client cut off by a restart finds
 its result under GET /v1/jobs; the id is also in the X-Job-Id header.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,19 +27,38 @@ router = APIRouter(route_class=OpenAIRoute)
 
 
 @router.post("/audio/transcriptions")
-async def transcriptions(request: Request, engine: EngineDep, jobs: JobsDep, settings: SettingsDep,
-                         owner: OwnerDep, subtitles: SubtitlesDep) -> Response:
+async def transcriptions(
+    request: Request,
+    engine: EngineDep,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    subtitles: SubtitlesDep,
+) -> Response:
     return await _transcribe_now(request, "transcribe", engine, jobs, settings, owner, subtitles)
 
 
 @router.post("/audio/translations")
-async def translations(request: Request, engine: EngineDep, jobs: JobsDep, settings: SettingsDep,
-                       owner: OwnerDep, subtitles: SubtitlesDep) -> Response:
+async def translations(
+    request: Request,
+    engine: EngineDep,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    subtitles: SubtitlesDep,
+) -> Response:
     return await _transcribe_now(request, "translate", engine, jobs, settings, owner, subtitles)
 
 
-async def _transcribe_now(request: Request, task: str, engine: Engine, jobs: JobManager, settings: Settings,
-                          owner: str, subtitles: SubtitleOptions) -> Response:
+async def _transcribe_now(
+    request: Request,
+    task: str,
+    engine: Engine,
+    jobs: JobManager,
+    settings: Settings,
+    owner: str,
+    subtitles: SubtitleOptions,
+) -> Response:
     upload = await receive_upload(request, jobs, settings)
     try:
         form = parse_form(upload.fields, streams=task == "transcribe")

@@ -7,6 +7,7 @@ the caller its API key names.
 Every function here is `async`: FastAPI runs a plain `def` dependency in a worker thread,
 and these only read an attribute.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -54,8 +55,12 @@ async def api_caller(request: Request) -> str:
     wrong key. Every /v1 route depends on it, /metrics and /healthz with protect_metrics."""
     name = request.app.state.api_keys.caller(request.headers.get("authorization", ""))
     if name is None:
-        raise ApiError(401, "Missing or wrong API key: send it as \"Authorization: Bearer <key>\".",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            'Missing or wrong API key: send it as "Authorization: Bearer <key>".',
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return name
 
 

@@ -3,9 +3,8 @@
 Open to anyone unless protect_metrics is set, then they need an API key as /v1 does
 (`add_routes` adds the key check to this router).
 """
-from __future__ import annotations
 
-from typing import Dict, List
+from __future__ import annotations
 
 import anyio
 from fastapi import APIRouter
@@ -28,18 +27,28 @@ async def healthz(engine: EngineDep, settings: SettingsDep, jobs: JobsDep) -> Re
     disk = await anyio.to_thread.run_sync(disk_space, jobs.store.data_dir, settings.min_free_disk_mb)
     warning = disk.warning()
     reasons = await _reasons_unavailable(status, engine, jobs)
-    model = {"name": engine.model_names.public(status.model.model), "state": status.model.state,
-             "error": without_paths(status.model.error, engine) or None}
-    body = {"status": "unavailable" if reasons else "ok", "reasons": reasons, "model": model,
-            "device": status.device, "workers": status.workers, "busy_workers": status.busy_workers,
-            "queue_length": status.queue_length, "queue_size": status.queue_size,
-            "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes, "low": disk.low},
-            "warnings": [warning] if warning else []}
+    model = {
+        "name": engine.model_names.public(status.model.model),
+        "state": status.model.state,
+        "error": without_paths(status.model.error, engine) or None,
+    }
+    body = {
+        "status": "unavailable" if reasons else "ok",
+        "reasons": reasons,
+        "model": model,
+        "device": status.device,
+        "workers": status.workers,
+        "busy_workers": status.busy_workers,
+        "queue_length": status.queue_length,
+        "queue_size": status.queue_size,
+        "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes, "low": disk.low},
+        "warnings": [warning] if warning else [],
+    }
     return JSONResponse(body, status_code=503 if reasons else 200)
 
 
 @router.get("/livez")
-async def livez() -> Dict:
+async def livez() -> dict:
     """Liveness: the process answers. A failed model is not cured by a restart loop, so a
     liveness probe must not kill the server for what /healthz (readiness) reports."""
     return {"status": "alive"}
@@ -51,7 +60,7 @@ async def prometheus_metrics(metrics: MetricsDep) -> Response:
     return Response(body, media_type=content_type)
 
 
-async def _reasons_unavailable(status: EngineStatus, engine: Engine, jobs: JobManager) -> List[str]:
+async def _reasons_unavailable(status: EngineStatus, engine: Engine, jobs: JobManager) -> list[str]:
     """Why the server cannot serve: the default model failed to load, the job store cannot be read."""
     reasons = []
     if status.model.state == "failed":

@@ -4,6 +4,7 @@ A model that is offered but still loading, or that failed to load, is 503 in Ope
 (model_loading with Retry-After, model_failed with the reason); the reason never shows a
 path of the server, only the models' ids (`without_paths`, which /healthz uses too).
 """
+
 from __future__ import annotations
 
 from engine import Engine, InvalidRequest, JobOptions
@@ -25,11 +26,20 @@ def prepared_options(form: TranscriptionForm, task: str, engine: Engine, wait_fo
     state = engine.status().model
     asks_default = options.model == engine.model_names.public(state.model)  # the state is the default's
     if asks_default and state.state == "failed":
-        raise ApiError(503, f"The model {options.model!r} failed to load: "
-                            f"{without_paths(state.error, engine)}", type="server_error", code="model_failed")
+        raise ApiError(
+            503,
+            f"The model {options.model!r} failed to load: {without_paths(state.error, engine)}",
+            type="server_error",
+            code="model_failed",
+        )
     if asks_default and state.state == "loading" and not wait_for_model:
-        raise ApiError(503, "The model is still loading; try again shortly.", type="server_error",
-                       code="model_loading", headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
+        raise ApiError(
+            503,
+            "The model is still loading; try again shortly.",
+            type="server_error",
+            code="model_loading",
+            headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+        )
     return options
 
 

@@ -4,9 +4,10 @@ A route class rather than app-wide exception handlers: those would change the an
 Gradio's own routes too, and Starlette freezes them when the app starts, which it may
 already have done when the routes are added.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,8 +32,9 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 param = str(first.get("loc", ["", ""])[-1]) or None
-                error = ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value",
-                                 param=param)
+                error = ApiError(
+                    400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value", param=param
+                )
             except HTTPException as exc:
                 error = ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
             request.app.state.metrics.refused(error)
