@@ -11,7 +11,7 @@ For tests and other programs, `serve(settings)` does the same without blocking:
     server = serve(load_settings("config.yaml", {"model": "/models/x.pt"}), port=0)  # 0 = any free port
     server.url        # "http://127.0.0.1:54321/"
     server.engine     # the Engine (server.engine.status().model.state: loading / ready / failed)
-    server.app        # Gradio's FastAPI app, with ui.http_api's routes on it
+    server.app        # Gradio's FastAPI app, with ui.routes' routes on it
     server.close()    # stop serving, cancel running jobs, free the models
 """
 
@@ -41,9 +41,9 @@ from jobs import (
     StorageError,
     open_store,
 )
-from ui import http_api
 from ui.access import exposure_warnings
 from ui.page import CSS_PATH, RecentJobs, build_page, upload_guard, use_private_cache
+from ui.routes import add_routes
 
 log = logging.getLogger("app")
 
@@ -127,7 +127,7 @@ def serve(
         auth = parse_auth(settings.auth)
         for warning in exposure_warnings(settings):  # what is open to whom beyond this machine
             log.warning(warning)
-        routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings, jobs=jobs))
+        routes = _RoutesAtStartup(lambda app: add_routes(app, engine, settings, jobs=jobs))
         try:
             app, local_url, share_url = demo.launch(
                 server_name=settings.host,

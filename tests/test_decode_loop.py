@@ -239,7 +239,7 @@ def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(
         running = engine.submit(other)
         assert wait_for(lambda: engine.loop.live_streams == 4)
         job = engine.submit(streamed)
-        job.stream_text()  # what ui/openai_stream does for stream=true
+        job.stream_text()  # what ui/routes/streaming does for stream=true
         assert wait_for(lambda: engine.loop.live_streams == 8), "both jobs' sections should be in the loop"
         watch.gate.set()
         together = fingerprint(job.result(120))
