@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
-import whisper.audio
 
 # The errors live in engine.errors; they are re-exported here, where callers look for them.
 from engine.audio.errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio,  # noqa: F401
                                  FfmpegMissing, INSTALL_HINT, NotAudio, TruncatedAudio)
+from engine.audio import SAMPLE_RATE  # noqa: F401  (re-exported: 16 kHz, what every whisper model expects)
 
-SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16000, what every whisper model expects
 BYTES_PER_SAMPLE = 2  # ffmpeg writes signed 16-bit little-endian PCM into the pipe
 INT16_SCALE = 32768.0  # int16 -> [-1, 1)
 

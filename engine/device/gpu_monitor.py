@@ -28,9 +28,10 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from engine.device import MIB
+
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 NO_GPU_REASON = "No NVIDIA GPU: running on the CPU"
 
 
