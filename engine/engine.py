@@ -22,18 +22,16 @@ from whisper.tokenizer import get_tokenizer
 from engine.audio.files import SAMPLE_RATE, check_audio, check_length, load_audio
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_device
-from engine.decoding.decode_loop import MODEL_LOCK, DecodeLoop
-from engine.decoding.fast_decode import decode_rows
+from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop
 from engine.device.gpu_monitor import GpuMonitor
 from engine.languages import LANGUAGES, normalise_language
 from engine.models.names import ModelNames, english_only_by_name
 from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
-from engine.decoding.options import DecodeOptions
+from engine.decoding.options import TranscribeOptions
 from engine.results import TranscriptionResult
 from engine.audio.sections import plan_sections
 from engine.settings import Settings
 from engine.decoding.stream import SectionStream, log_mel_spectrogram
-from engine.decoding.transcriber import Decoder
 from engine.audio.vad import SpeechMap, VadOptions, speech_map
 from engine.worker import JobHandle, TranscriptionWorker
 from engine.errors import InvalidRequest  # raised here; callers import it from here too
@@ -73,7 +71,7 @@ def refuse_unsupported(model_id: str, language: Optional[str], task: str) -> Non
 class TranscriptionRequest:
     audio: AudioInput  # path to anything ffmpeg reads, or float32 16 kHz mono samples
     model: str  # one of settings.allowed_models
-    options: DecodeOptions
+    options: TranscribeOptions
     name: str = ""  # file name to show and to name downloads after
 
 
@@ -113,10 +111,11 @@ class Engine:
 
     `Engine(settings)` loads and warms the default model before returning; with
     `background=True` it returns at once and `status().model` tells how loading goes.
+    `before_step` is for tests: a hook into the running decode (engine.decoding.decode_loop).
     """
 
     def __init__(self, settings: Settings, *, load: bool = True, background: bool = False,
-                 decoder: Decoder = decode_rows):
+                 before_step: Optional[BeforeStep] = None):
         apply_alloc_conf(settings.cuda_alloc_conf)
         self.settings = settings
         self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
@@ -128,7 +127,8 @@ class Engine:
         self.models = ModelCache(self._load_model, settings.model_cache_size, self.plan.device,
                                  on_load=lambda name: self.listeners.emit("model_loaded", name),
                                  on_release=self._on_release)
-        self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb, decoder)
+        self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb,
+                               before_step)
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
         self.worker = TranscriptionWorker(self._run_job, settings.workers, settings.queue_size,
                                           prepare_thread=single_threaded_here if on_cpu else None)
@@ -267,7 +267,7 @@ class Engine:
                 raise FileNotFoundError(f"No such audio file: {path.name}")
             check_audio(path, s.max_audio_duration_s)
             name = name or path.name
-        options = DecodeOptions(
+        options = TranscribeOptions(
             task=task, language=language, initial_prompt=initial_prompt or s.initial_prompt,
             condition_on_previous_text=s.condition_on_previous_text, temperatures=temperatures,
             max_new_tokens=max_new_tokens or s.max_new_tokens,
@@ -338,7 +338,7 @@ class Engine:
                  len(audio) / SAMPLE_RATE, len(speech.chunks), time.perf_counter() - started)
         return speech
 
-    def _language(self, model, model_id: str, audio: np.ndarray, sections, options: DecodeOptions) -> str:
+    def _language(self, model, model_id: str, audio: np.ndarray, sections, options: TranscribeOptions) -> str:
         """The request's language; English for an English-only model; else detected once,
         as whisper.transcribe does, from the first 30 s of the recording."""
         if not model.is_multilingual:  # first loaded by this job: the check make_request could not do

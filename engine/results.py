@@ -35,7 +35,7 @@ class Segment:
     no_speech_prob: float = 0.0
     words: Optional[List[Word]] = None  # only with word timestamps
     seek: int = 0  # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
-    logprobs: Optional[List[TokenLogprob]] = None  # per text token, only when asked (DecodeOptions.logprobs); not in whisper's files
+    logprobs: Optional[List[TokenLogprob]] = None  # per text token, only when asked (TranscribeOptions.logprobs); not in whisper's files
 
 
 @dataclass

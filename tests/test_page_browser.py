@@ -48,7 +48,7 @@ def server(micro_checkpoint, second_checkpoint, tmp_path_factory):
     # Two workers and room for one waiting job: a third tab waits, a fourth is refused.
     settings = fast_settings(micro_checkpoint, models=[str(second_checkpoint)], workers=2, queue_size=1,
                              data_dir=str(tmp_path_factory.mktemp("page") / "data"))
-    server = serve(settings, engine=Engine(settings, decoder=GATE, background=True), port=0)
+    server = serve(settings, engine=Engine(settings, before_step=GATE, background=True), port=0)
     yield server
     GATE.set()
     server.close()

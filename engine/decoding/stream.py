@@ -29,7 +29,7 @@ from whisper.timing import WordTiming
 from whisper.tokenizer import Tokenizer
 
 from engine.audio.energy import is_silent
-from engine.decoding.options import DecodeOptions, is_no_speech
+from engine.decoding.options import TranscribeOptions, is_no_speech
 from engine.results import Segment, TokenLogprob, Word
 from engine.audio.vad import SpeechMap
 from engine.decoding.word_timing import add_word_timestamps, text_tokens_of
@@ -50,7 +50,7 @@ class StreamWindow:
 class SectionStream:
     """The seek state of one section: audio, seek, previous text, segments so far."""
 
-    def __init__(self, audio: np.ndarray, offset_s: float, options: DecodeOptions, tokenizer: Tokenizer,
+    def __init__(self, audio: np.ndarray, offset_s: float, options: TranscribeOptions, tokenizer: Tokenizer,
                  n_mels: int, speech: Optional[SpeechMap] = None):
         self.audio = audio  # the section's samples (a view into the recording, or into its speech with VAD)
         self.offset_s = offset_s  # where the section starts in the recording (in the speech kept, with VAD)
