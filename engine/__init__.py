@@ -11,9 +11,10 @@ from engine.device import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CO
 from engine.audio.files import SAMPLE_RATE, check_audio, check_ffmpeg, load_audio
 from engine.engine import Engine, EngineStatus, ModelState, TranscriptionRequest
 from engine.errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, DeviceError, EmptyAudio,
-                           EngineError, FfmpegMissing, InvalidRequest, JobCancelled, ModelLoadError, NotAudio,
+                           EngineError, FfmpegMissing, InvalidRequest, JobCancelled, ModelLoadError, ModelNotOffered, NotAudio,
                            QueueFull, SettingsError, TruncatedAudio, WindowTooLarge, WorkerShutDown, error_class)
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
+from engine.job_options import JobOptions
 from engine.languages import LANGUAGES, language_choices, normalise_language
 from engine.models.names import OPENAI_ALIASES, model_id
 from engine.models.cache import ReleaseReport

@@ -19,12 +19,13 @@ import whisper
 from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.tokenizer import get_tokenizer
 
-from engine.audio.files import SAMPLE_RATE, check_audio, check_length, load_audio
+from engine.audio.files import SAMPLE_RATE, AudioInfo, check_audio, check_length, load_audio
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_device
 from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop
 from engine.device.gpu_monitor import GpuMonitor
-from engine.languages import LANGUAGES, normalise_language
+from engine.job_options import JobOptions
+from engine.languages import LANGUAGES
 from engine.models.names import ModelNames, english_only_by_name
 from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
 from engine.decoding.options import TranscribeOptions
@@ -34,12 +35,11 @@ from engine.settings import Settings
 from engine.decoding.stream import SectionStream, log_mel_spectrogram
 from engine.audio.vad import SpeechMap, VadOptions, speech_map
 from engine.worker import JobHandle, TranscriptionWorker
-from engine.errors import InvalidRequest  # raised here; callers import it from here too
+from engine.errors import InvalidRequest, ModelNotOffered  # raised here; callers import them from here too
 
 log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray]
-TASKS = ("transcribe", "translate")
 
 
 def completed_in_order(streams: Sequence[SectionStream]) -> List:
@@ -69,10 +69,20 @@ def refuse_unsupported(model_id: str, language: Optional[str], task: str) -> Non
 
 @dataclass(frozen=True)
 class TranscriptionRequest:
+    """One job as the worker runs it."""
+
     audio: AudioInput  # path to anything ffmpeg reads, or float32 16 kHz mono samples
-    model: str  # one of settings.allowed_models
-    options: TranscribeOptions
+    model: str  # the configured value (whisper name or path) the model cache loads
+    options: JobOptions  # what the user asked for, the model named by its id (Engine.prepare)
+    decoding: TranscribeOptions  # `options` with the config's values filled in
     name: str = ""  # file name to show and to name downloads after
+    info: Optional[AudioInfo] = None  # the file's probe at submit, so the job does not probe it again
+
+
+def _options(options: Optional[JobOptions], fields: dict) -> JobOptions:
+    if options is not None and fields:
+        raise TypeError("pass JobOptions or its fields as keywords, not both")
+    return options if options is not None else JobOptions(**fields)
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ class Engine:
         self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb,
                                before_step)
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
-        self.worker = TranscriptionWorker(self._run_job, settings.workers, settings.queue_size,
+        self.worker = TranscriptionWorker(self._run, settings.workers, settings.queue_size,
                                           prepare_thread=single_threaded_here if on_cpu else None)
         self._closed = threading.Event()
         if settings.idle_release_s > 0:
@@ -205,83 +215,67 @@ class Engine:
                 self.models.release_idle(idle_s, self.settings.idle_action)
 
     # -- jobs --------------------------------------------------------------------------------
-    def submit(self, audio: AudioInput, *, language: Optional[str] = None, task: Optional[str] = None,
-               model: Optional[str] = None, initial_prompt: Optional[str] = None, word_timestamps: bool = False,
-               temperature: Union[None, float, Sequence[float]] = None, max_new_tokens: Optional[int] = None,
-               vad: Optional[bool] = None, logprobs: bool = False, name: str = "",
-               job_id: Optional[str] = None) -> JobHandle:
+    def submit(self, audio: AudioInput, options: Optional[JobOptions] = None, *, name: str = "",
+               job_id: Optional[str] = None, **fields) -> JobHandle:
         """Queue a recording; returns at once with a handle (raises QueueFull when full).
 
-        Options left as None take the config's values. A file that is not audio, empty or too
-        long raises the matching AudioError here, before it takes a place in the queue.
+        `options` (or, for short, its fields as keywords) says what to do; a None field takes
+        the config's value. Options this server cannot honour raise InvalidRequest, and a file
+        that is not audio, empty or too long the matching AudioError, here, before the job
+        takes a place in the queue.
         """
-        request = self.make_request(audio, language=language, task=task, model=model,
-                                    initial_prompt=initial_prompt, word_timestamps=word_timestamps,
-                                    temperature=temperature, max_new_tokens=max_new_tokens, vad=vad,
-                                    logprobs=logprobs, name=name)
+        request = self._request(audio, _options(options, fields), name)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
 
-    def transcribe(self, audio: AudioInput, **options) -> TranscriptionResult:
+    def transcribe(self, audio: AudioInput, options: Optional[JobOptions] = None, **fields) -> TranscriptionResult:
         """Submit and wait."""
-        return self.submit(audio, **options).result()
+        return self.submit(audio, _options(options, fields)).result()
 
-    def make_request(self, audio: AudioInput, *, language=None, task=None, model=None, initial_prompt=None,
-                     word_timestamps=False, temperature=None, max_new_tokens=None, vad=None, logprobs=False,
-                     name="") -> TranscriptionRequest:
-        """Validate options and the file's header; raises InvalidRequest or an AudioError."""
-        s = self.settings
-        try:
-            language = normalise_language(language) if language is not None else s.language
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-        task = task or s.task
-        if task not in TASKS:
-            raise InvalidRequest(f"task: must be one of {', '.join(TASKS)}, got {task!r}")
-        asked = model
-        model = self.model_names.resolve(model)  # an id, an OpenAI alias or a configured value
-        if model is None:
-            raise InvalidRequest(f"model: {asked!r} is not offered here; choose one of "
-                                 f"{', '.join(self.model_names.ids)}")
-        english_only = english_only_by_name(model)
-        if english_only is None and model in self._multilingual:
-            english_only = not self._multilingual[model]
+    def prepare(self, options: JobOptions) -> JobOptions:
+        """`options` with the model named by its public id (an alias or None gives the default's)
+        and the config's task when none was asked for, checked against what that model can do;
+        InvalidRequest otherwise. Boundaries call it to answer a bad request at once; the job
+        manager stores what it returns."""
+        spec = self.model_names.resolve(options.model)  # an id, an OpenAI alias or None
+        if spec is None:
+            raise ModelNotOffered(self.model_names.not_offered(options.model))
+        model_id = self.model_names.public(spec)
+        english_only = english_only_by_name(spec)
+        if english_only is None and spec in self._multilingual:
+            english_only = not self._multilingual[spec]
+        task = options.task or self.settings.task
         if english_only:  # when still unknown (not loaded yet), the job checks once the model is loaded
-            refuse_unsupported(self.model_names.public(model), language, task)
-        if temperature is None:
-            temperatures = tuple(s.temperatures)
-        elif isinstance(temperature, (int, float)):
-            temperatures = (float(temperature),)
-        else:
-            temperatures = tuple(float(t) for t in temperature)
-        if not temperatures or any(not 0 <= t <= 2 for t in temperatures):
-            raise InvalidRequest("temperature: must be between 0 and 2")
-        if max_new_tokens is not None and not 1 <= max_new_tokens <= 448:
-            raise InvalidRequest("max_new_tokens: must be between 1 and 448")
+            refuse_unsupported(model_id, options.language, task)
+        return replace(options, model=model_id, task=task)
+
+    def _request(self, audio: AudioInput, options: JobOptions, name: str) -> TranscriptionRequest:
+        """The job as the worker runs it: options prepared, the file probed (once per job: the
+        probe's answer goes on to load_audio), the decoding options filled from the config."""
+        options = self.prepare(options)
+        info = None
         if isinstance(audio, np.ndarray):
             check_length(audio, name or "the recording")
         else:
-            path = Path(audio)
-            if not path.is_file():
-                raise FileNotFoundError(f"No such audio file: {path.name}")
-            check_audio(path, s.max_audio_duration_s)
-            name = name or path.name
-        options = TranscribeOptions(
-            task=task, language=language, initial_prompt=initial_prompt or s.initial_prompt,
-            condition_on_previous_text=s.condition_on_previous_text, temperatures=temperatures,
-            max_new_tokens=max_new_tokens or s.max_new_tokens,
-            compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
-            no_speech_threshold=s.no_speech_threshold, word_timestamps=word_timestamps, logprobs=bool(logprobs),
-            hallucination_silence_threshold=s.hallucination_silence_threshold,
-            silence_threshold_db=s.silence_threshold_db, vad=s.vad if vad is None else bool(vad),
-        )
-        return TranscriptionRequest(audio, model, options, name)
+            info = check_audio(audio, self.settings.max_audio_duration_s)
+            name = name or Path(audio).name
+        return TranscriptionRequest(audio, self.model_names.resolve(options.model), options,
+                                    self._decoding(options), name, info)
 
-    def _run_job(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
-        """A worker's job: `_run`, its result naming the model by its public id, not its path."""
-        result = self._run(request, handle)
-        return replace(result, model=self.model_names.public(request.model))
+    def _decoding(self, options: JobOptions) -> TranscribeOptions:
+        s = self.settings
+        return TranscribeOptions(
+            task=options.task or s.task, language=options.language if options.language is not None else s.language,
+            initial_prompt=options.initial_prompt or s.initial_prompt,
+            condition_on_previous_text=s.condition_on_previous_text,
+            temperatures=options.temperature or tuple(s.temperatures),
+            max_new_tokens=options.max_new_tokens or s.max_new_tokens,
+            compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
+            no_speech_threshold=s.no_speech_threshold, word_timestamps=options.word_timestamps,
+            logprobs=options.logprobs, hallucination_silence_threshold=s.hallucination_silence_threshold,
+            silence_threshold_db=s.silence_threshold_db, vad=s.vad if options.vad is None else options.vad,
+        )
 
     def _run(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
         started = time.perf_counter()
@@ -289,11 +283,11 @@ class Engine:
         if isinstance(request.audio, np.ndarray):
             audio = np.asarray(request.audio, dtype=np.float32)
         else:
-            audio = load_audio(request.audio, max_duration_s=s.max_audio_duration_s)
+            audio = load_audio(request.audio, max_duration_s=s.max_audio_duration_s, info=request.info)
         duration = len(audio) / SAMPLE_RATE
         handle.set_progress(0.0, duration)
         handle.checkpoint()
-        options = request.options
+        options = request.decoding
         speech = self._speech(audio) if options.vad else None
         if speech is not None:
             audio = speech.keep(audio)  # only the speech is decoded; times go back through `speech`
@@ -308,7 +302,7 @@ class Engine:
                 self._state = ModelState("ready", request.model)
             sections = plan_sections(audio, s.batch_size, min_section_s=s.min_section_s,
                                      joins=speech.joins if speech else None)
-            language = self._language(model, self.model_names.public(request.model), audio, sections, options)
+            language = self._language(model, request.options.model, audio, sections, options)
             tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                       language=language, task=options.task)
             streams = [SectionStream(audio[section.start:section.end], section.start_s, options, tokenizer,
@@ -321,7 +315,7 @@ class Engine:
                     enumerate(segment for stream in streams for segment in stream.segments)]
         result = TranscriptionResult(
             segments=segments, language=language, duration=duration, task=options.task,
-            model=request.model, windows=sum(st.windows_decoded for st in streams),
+            model=request.options.model, windows=sum(st.windows_decoded for st in streams),
             tokens_decoded=sum(st.tokens_decoded for st in streams), fallbacks=sum(st.fallbacks for st in streams),
             processing_s=time.perf_counter() - started,
         )
@@ -341,7 +335,7 @@ class Engine:
     def _language(self, model, model_id: str, audio: np.ndarray, sections, options: TranscribeOptions) -> str:
         """The request's language; English for an English-only model; else detected once,
         as whisper.transcribe does, from the first 30 s of the recording."""
-        if not model.is_multilingual:  # first loaded by this job: the check make_request could not do
+        if not model.is_multilingual:  # first loaded by this job: the check `prepare` could not do
             refuse_unsupported(model_id, options.language, options.task)
         if options.language is not None:
             return options.language

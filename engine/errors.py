@@ -10,6 +10,7 @@
     │   ├── AudioTooShort            under 0.1 s
     │   └── AudioTooLong             over max_audio_duration_s (duration_s, max_duration_s)
     ├── InvalidRequest               an option is wrong (also a ValueError); param from "name: ..."
+    │   └── ModelNotOffered          the model asked for is not one this server offers
     ├── QueueFull                    the queue is full: try again later
     ├── WorkerShutDown               the server is stopping and takes no job
     ├── JobCancelled                 the job was cancelled before it finished
@@ -106,6 +107,10 @@ class InvalidRequest(EngineError, ValueError):
     def __init__(self, message: str = "", *, param: Optional[str] = None):
         name = message.split(":", 1)[0] if ":" in message else None
         super().__init__(message, param=param or (name if name and name.isidentifier() else None))
+
+
+class ModelNotOffered(InvalidRequest):
+    """The model asked for is none of the configured ones (by id) nor an OpenAI alias."""
 
 
 class QueueFull(EngineError, RuntimeError):

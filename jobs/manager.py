@@ -1,7 +1,7 @@
 """JobManager: durable jobs. Stored before they are queued, queued again after a crash.
 
     jobs = JobManager(engine).start()      # purges expired jobs, re-queues unfinished ones
-    handle = jobs.submit("talk.mp3", name="talk.mp3", language="en")   # an engine JobHandle
+    handle = jobs.submit("talk.mp3", JobOptions(language="en"), name="talk.mp3")  # an engine JobHandle
     jobs.get(handle.id)                    # JobInfo: stored row + live status/progress
     jobs.close()
 
@@ -47,6 +47,7 @@ from engine.audio.files import AudioError
 from jobs.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
                            is_disk_full, private_dir)
 from engine.engine import Engine, InvalidRequest
+from engine.job_options import JobOptions
 from jobs.store import JobRecord, JobStore
 from engine.results import TranscriptionResult
 from engine.settings import Settings
@@ -60,9 +61,6 @@ AUDIO_EXTENSIONS = frozenset({
     ".wav", ".mp3", ".m4a", ".mp4", ".flac", ".ogg", ".oga", ".opus", ".webm", ".mpeg", ".mpga",
     ".aac", ".wma", ".mkv", ".mov", ".avi", ".aif", ".aiff", ".amr", ".3gp", ".caf",
 })
-# Keyword options a job may carry: stored as JSON and passed to Engine.submit unchanged.
-SUBMIT_OPTIONS = ("language", "task", "model", "initial_prompt", "word_timestamps", "temperature",
-                  "max_new_tokens", "logprobs", "vad")
 FEED_INTERVAL_S = 0.5  # how often waiting recovered jobs try for room in the queue
 PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
 ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted
@@ -225,18 +223,19 @@ class JobManager:
             self.store.close()
 
     # -- submitting ------------------------------------------------------------------------------
-    def submit(self, audio: Audio, *, name: str = "", owner: Optional[str] = None, source: str = "page",
-               move: bool = False, **options) -> JobHandle:
+    def submit(self, audio: Audio, options: Optional[JobOptions] = None, *, name: str = "",
+               owner: Optional[str] = None, source: str = "page", move: bool = False, **fields) -> JobHandle:
         """Store the recording and the job, then queue it; returns the engine's JobHandle.
 
         `audio` is a path (copied, or renamed when `move` and it lies on the same disk) or
-        the file's bytes. Raises what `Engine.submit` raises (QueueFull, InvalidRequest,
-        an AudioError, FileNotFoundError), or DiskFull when the recording or its row cannot
-        be stored; then nothing of the job is kept.
+        the file's bytes; `options` (or its fields as keywords) is stored as the engine
+        prepared it (the model by its id). Raises what `Engine.submit` raises (QueueFull,
+        InvalidRequest, an AudioError, FileNotFoundError), or DiskFull when the recording or
+        its row cannot be stored; then nothing of the job is kept.
         """
-        unknown = set(options) - set(SUBMIT_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        if options is not None and fields:
+            raise TypeError("pass JobOptions or its fields as keywords, not both")
+        options = self.engine.prepare(options if options is not None else JobOptions(**fields))
         if not isinstance(audio, bytes) and not Path(audio).is_file():
             raise FileNotFoundError(f"No such audio file: {Path(audio).name}")
         # Only the last component of a client's name is kept, and only to show it.
@@ -244,7 +243,7 @@ class JobManager:
         job_id = uuid.uuid4().hex[:12]
         stored = self.audio_dir / f"{job_id}{stored_extension(name)}"
         record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
-                           source=source, options=dict(options), audio=stored.name)
+                           source=source, options=options, audio=stored.name)
         added = False
         try:
             self._store_audio(audio, stored, move)
@@ -291,7 +290,7 @@ class JobManager:
 
     def _hand_to_engine(self, record: JobRecord) -> JobHandle:
         audio = self.audio_dir / (record.audio or "")
-        handle = self.engine.submit(str(audio), name=record.name, job_id=record.id, **record.options)
+        handle = self.engine.submit(str(audio), record.options, name=record.name, job_id=record.id)
         with self._lock:
             self._live[record.id] = handle
         handle.add_start_callback(self._on_started)  # these run at once if it already started / finished

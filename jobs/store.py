@@ -22,11 +22,12 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
+from engine.job_options import JobOptions
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class JobRecord:
     name: str = ""  # the client's file name, for display and download names only, never a path
     owner: Optional[str] = None  # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key name>" (API)
     source: str = "api"  # "api" | "jobs" | "page": which front end submitted it
-    options: Dict[str, Any] = field(default_factory=dict)  # keyword arguments for Engine.submit
+    options: JobOptions = field(default_factory=JobOptions)  # what was asked; a JSON object in the row
     audio: Optional[str] = None  # file name inside data_dir/audio (server-chosen); None once deleted
     result: Optional[Dict[str, Any]] = None  # `result_to_dict(TranscriptionResult)` once done
     error: Optional[str] = None  # the failure's message, written for people
@@ -315,12 +316,12 @@ class JobStore:
 
     @staticmethod
     def _to_row(record: JobRecord) -> Dict[str, Any]:
-        return {k: _encode(k, v) for k, v in asdict(record).items()}
+        return {f.name: _encode(f.name, getattr(record, f.name)) for f in fields(record)}
 
     @staticmethod
     def _from_row(row: sqlite3.Row) -> JobRecord:
         data = dict(row)
-        data["options"] = json.loads(data["options"] or "{}")
+        data["options"] = JobOptions.from_json(json.loads(data["options"] or "{}"))
         data["result"] = None if data["result"] is None else json.loads(data["result"])
         return JobRecord(**data)
 
@@ -347,4 +348,6 @@ _JSON_COLUMNS = ("options", "result")  # stored as JSON text
 
 
 def _encode(column: str, value: Any) -> Any:
+    if isinstance(value, JobOptions):
+        value = value.to_json()
     return json.dumps(value) if column in _JSON_COLUMNS and value is not None else value

@@ -111,7 +111,7 @@ def test_prompt_and_temperature_reach_the_job(client, server, jfk):
     prompt = "Minutes of the Kubernetes meeting, with Dr. Nguyen."
     _, files, _ = client.predict(handle_file(str(jfk)), prompt=prompt, temperature=0.6, api_name="/transcribe")
     stored = next(r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac")
-    assert stored.options["initial_prompt"] == prompt and stored.options["temperature"] == 0.6
+    assert stored.options.initial_prompt == prompt and stored.options.temperature == (0.6,)
     result = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text(encoding="utf-8"))
     segments = result_from_dict({k: v for k, v in result.items() if k != "text"}).segments
     assert segments and all(s.temperature == 0.6 for s in segments)  # sampled at exactly that temperature
@@ -119,7 +119,7 @@ def test_prompt_and_temperature_reach_the_job(client, server, jfk):
     # Empty fields and 0 keep the config's prompt and fallback ladder, as the HTTP form does.
     client.predict(handle_file(str(jfk)), prompt="  ", temperature=0, api_name="/transcribe")
     stored = next(r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac")
-    assert "initial_prompt" not in stored.options and "temperature" not in stored.options
+    assert stored.options.initial_prompt is None and stored.options.temperature is None
     for bad in (1.5, -0.1):
         with pytest.raises(AppError, match=r"Temperature: must be a number from 0 to 1"):
             client.predict(handle_file(str(jfk)), temperature=bad, api_name="/transcribe")

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import JFK, DecodeGate, fast_settings, shared_audio
-from engine import Engine, InvalidRequest
+from engine import Engine, InvalidRequest, JobOptions
 from engine.models.names import ModelNames
 
 GATE = DecodeGate(timeout_s=60)
@@ -76,7 +76,7 @@ def test_english_only_model_refuses_other_languages_and_translation(english_only
 
     # the engine says the same to any front end
     with pytest.raises(InvalidRequest, match="English-only"):
-        english_only.engine.make_request(shared_audio(JFK), language="fr")
+        english_only.engine.prepare(JobOptions(language="fr"))
 
 
 def test_the_page_shows_the_refusal(english_only):

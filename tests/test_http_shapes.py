@@ -6,7 +6,7 @@ import json
 import pytest
 from openai.types.audio import Transcription, TranscriptionVerbose
 
-from engine import AudioTooLong, InvalidRequest, NotAudio, QueueFull, Segment, TranscriptionResult, Word
+from engine import AudioTooLong, InvalidRequest, JobOptions, NotAudio, QueueFull, Segment, TranscriptionResult, Word
 from jobs.store import JobRecord, result_to_dict
 from jobs.manager import JobInfo
 from ui.openai_compat import (ApiError, api_error, content_disposition, job_body, parse_form, transcription_response,
@@ -25,12 +25,12 @@ def test_form_defaults_and_aliases():
     form = parse_form({"model": ["whisper-1"], "language": [""], "timestamp_granularities[]": ["word", "segment"],
                        "response_format": ["verbose_json"]})
     assert form.words and form.language is None
-    options = form.submit_options("transcribe", "large-v3")
-    assert options == {"task": "transcribe", "model": "large-v3", "word_timestamps": True}
+    options = form.job_options("transcribe")
+    assert options == JobOptions(model="whisper-1", task="transcribe", word_timestamps=True)
     # temperature 0 = the server's fallback ladder (OpenAI's meaning); above 0 = exactly that
-    assert "temperature" not in parse_form({"temperature": ["0"]}).submit_options("transcribe", "m")
-    assert parse_form({"temperature": ["0.4"], "prompt": ["Names"]}).submit_options("translate", "m") == {
-        "task": "translate", "model": "m", "temperature": 0.4, "initial_prompt": "Names"}
+    assert parse_form({"temperature": ["0"]}).job_options("transcribe").temperature is None
+    assert parse_form({"temperature": ["0.4"], "prompt": ["Names"]}).job_options("translate") == JobOptions(
+        task="translate", temperature=(0.4,), initial_prompt="Names")
 
 
 @pytest.mark.parametrize("fields, param", [
@@ -92,10 +92,10 @@ def test_engine_errors_map_to_honest_codes(error, status, code, param):
 
 def test_job_body_shows_error_and_result():
     record = JobRecord("a" * 12, 1.0, "failed", name="x.wav", error="not audio", error_type="NotAudio",
-                       options={"task": "transcribe", "model": "m"})
+                       options=JobOptions(task="transcribe", model="m"))
     body = job_body(JobInfo(record, "failed", 0, 0.0, 0, 0))
     assert body["error"]["code"] == "invalid_file_format" and body["result"] is None
-    done = JobRecord("b" * 12, 1.0, "done", options={"word_timestamps": True},
+    done = JobRecord("b" * 12, 1.0, "done", options=JobOptions(word_timestamps=True),
                      result=result_to_dict(_result()))
     body = job_body(JobInfo(done, "done", 0, 1.0, 0, 0))
     assert body["result"]["text"] == "Ask not what" and len(body["result"]["words"]) == 3

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import JFK, fast_settings, shared_audio
-from engine import Engine, NotAudio, QueueFull
+from engine import Engine, JobOptions, NotAudio, QueueFull
 from jobs.store import JobRecord, JobStore
 from jobs.manager import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
 
@@ -75,7 +75,9 @@ def test_job_is_stored_before_it_runs_and_result_after(jobs, jfk):
     GATE.clear()
     handle = jobs.submit(jfk, name="jfk.flac", language="en", word_timestamps=True)
     record = jobs.store.get(handle.id)  # committed before submit returned, while nothing has run
-    assert record.status == "queued" and record.options == {"language": "en", "word_timestamps": True}
+    assert record.status == "queued"  # the options as the engine prepared them: the model by its id, the task
+    assert record.options == JobOptions(model=jobs.engine.model_names.default_id, language="en", task="transcribe",
+                                        word_timestamps=True)
     assert (jobs.audio_dir / record.audio).is_file() and record.audio == f"{handle.id}.flac"
     assert jfk.is_file()  # copied, the caller's file is untouched
     GATE.set()
@@ -180,7 +182,7 @@ def left_by_a_killed_server(store: JobStore, jfk, rows) -> Path:
     for job_id, later_s, status, name, attempts in rows:
         shutil.copyfile(jfk, audio_dir / f"{job_id}.flac")
         store.add(JobRecord(job_id, time.time() + later_s, status, name=name, audio=f"{job_id}.flac",
-                            options={"language": "en"}, attempts=attempts))
+                            options=JobOptions(language="en"), attempts=attempts))
     return audio_dir
 
 

@@ -10,7 +10,7 @@ import pytest
 from gradio.context import LocalContext
 
 from conftest import JFK, fast_settings, shared_audio
-from engine import Engine
+from engine import Engine, JobOptions
 from jobs.store import JobStore
 from jobs.manager import JobManager
 from ui.recent_jobs import RecentJobs
@@ -41,7 +41,7 @@ def submit_from_page(recent: RecentJobs, request: gr.Request, audio: Path):
     """What the page's Transcribe handler does: submit while Gradio holds the request."""
     token = LocalContext.request.set(request)
     try:
-        return recent.submit(str(audio), language="en", name=audio.name)
+        return recent.submit(str(audio), JobOptions(language="en"), name=audio.name)
     finally:
         LocalContext.request.reset(token)
 

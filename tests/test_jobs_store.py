@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine import Segment, TranscriptionResult, Word
+from engine import JobOptions, Segment, TranscriptionResult, Word
 from jobs.store import JobRecord, JobStore, result_from_dict, result_to_dict
 
 
@@ -26,12 +26,12 @@ def test_result_round_trips_through_json():
 
 def test_rows_survive_reopening(tmp_path):
     store = JobStore(tmp_path)
-    store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options={"language": "en"}, audio="x.mp3"))
+    store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options=JobOptions(language="en"), audio="x.mp3"))
     store.close()  # what a crash leaves: the committed row, nothing in memory
 
     reopened = JobStore(tmp_path)
     record = reopened.get("a" * 12)
-    assert record.status == "queued" and record.options == {"language": "en"} and record.audio == "x.mp3"
+    assert record.status == "queued" and record.options == JobOptions(language="en") and record.audio == "x.mp3"
     assert [r.id for r in reopened.unfinished()] == ["a" * 12]
     # WAL mode: readers never wait for a writer.
     assert reopened._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

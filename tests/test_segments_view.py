@@ -7,9 +7,9 @@ import re
 import gradio as gr
 import pytest
 
-from engine import Segment, TranscriptionResult, Word
+from engine import JobOptions, Segment, TranscriptionResult, Word
 from output.subtitles import SubtitleOptions
-from ui.transcribe_handler import clock, decoding_options, notice_html, segments_html, subtitle_options, word_time
+from ui.transcribe_handler import clock, notice_html, page_options, segments_html, subtitle_options, word_time
 
 
 def _result(words: bool) -> TranscriptionResult:
@@ -61,13 +61,17 @@ def test_subtitle_fields_become_options_and_bad_values_are_named():
             subtitle_options(defaults, *args)
 
 
-def test_prompt_and_temperature_fields_become_options_as_the_http_form_maps_them():
-    assert decoding_options() == {} and decoding_options("", None) == {} and decoding_options("  ", 0) == {}
-    assert decoding_options(" Dr. Nguyen ", 0.4) == {"initial_prompt": "Dr. Nguyen", "temperature": 0.4}
-    assert decoding_options(None, 1) == {"temperature": 1.0}
+def test_the_page_fields_become_options_as_the_http_form_maps_them():
+    assert page_options() == JobOptions()
+    assert page_options("", "", "", False, None, "  ", 0) == JobOptions()  # empty fields keep the config's
+    assert page_options("auto", prompt=" Dr. Nguyen ", temperature=0.4) == JobOptions(
+        initial_prompt="Dr. Nguyen", temperature=(0.4,))
+    assert page_options("French", "translate", "tiny", True, temperature=1).language == "fr"
+    assert page_options(vad=True, configured_vad=True).vad is None  # as configured: the config decides
+    assert page_options(vad=False, configured_vad=True).vad is False
     for bad in (1.01, -0.5, float("nan"), "warm"):
         with pytest.raises(gr.Error, match="Temperature: must be a number from 0 to 1"):
-            decoding_options(None, bad)
+            page_options(temperature=bad)
 
 
 def test_a_refusal_notice_escapes_its_text():

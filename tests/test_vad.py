@@ -159,5 +159,5 @@ def test_a_request_can_turn_vad_off(engine, clips):
 def test_the_api_form_carries_vad_to_the_job():
     from ui.openai_compat import parse_form
 
-    assert parse_form({"vad": ["false"]}).submit_options("transcribe", "tiny.en")["vad"] is False
-    assert "vad" not in parse_form({"vad": [""]}).submit_options("transcribe", "tiny.en")  # empty = the config's
+    assert parse_form({"vad": ["false"]}).job_options("transcribe").vad is False
+    assert parse_form({"vad": [""]}).job_options("transcribe").vad is None  # empty = the config's

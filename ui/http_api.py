@@ -46,7 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from engine import Engine, JobHandle, JobStatus, OPENAI_ALIASES, QueueFull, Settings
+from engine import OPENAI_ALIASES, Engine, InvalidRequest, JobHandle, JobOptions, JobStatus, QueueFull, Settings
 from jobs import JobInfo, JobManager, disk_space, has_room, is_disk_full
 from output import FORMATS, SubtitleOptions, render, safe_basename
 from ui.access import KeyRing, api_owner, caller_dependency
@@ -135,7 +135,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         upload = await _receive(request, jobs, settings)
         try:
             form = parse_form(upload.fields, streams=task == "transcribe")
-            options = _options(form, task, settings, engine, wait_for_model=False)
+            options = _options(form, task, engine, wait_for_model=False)
             handle = await _submit(jobs, upload, source="api", owner=_owner(request), options=options)
         finally:
             upload.path.unlink(missing_ok=True)  # gone already once the job took it
@@ -172,7 +172,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         upload = await _receive(request, jobs, settings)
         try:
             form = parse_form(upload.fields, job=True, streams=False)
-            options = _options(form, form.task or "transcribe", settings, engine, wait_for_model=True)
+            options = _options(form, form.task or "transcribe", engine, wait_for_model=True)
             handle = await _submit(jobs, upload, source="jobs", owner=_owner(request), options=options)
         finally:
             upload.path.unlink(missing_ok=True)
@@ -335,23 +335,24 @@ def _without_path(message: str, engine: Engine) -> str:
     return message
 
 
-def _options(form: TranscriptionForm, task: str, settings: Settings, engine: Engine, wait_for_model: bool) -> Dict:
-    """Engine options from the form; 400 for a model not offered, 503 when the model is not ready.
+def _options(form: TranscriptionForm, task: str, engine: Engine, wait_for_model: bool) -> JobOptions:
+    """The job the form asks for, prepared by the engine (400 for a model not offered or an
+    option it cannot do); 503 when the model is not ready.
 
     A durable job may wait in the queue while the model loads (`wait_for_model`); a request
     that holds its connection open gets 503 and Retry-After instead."""
-    model = engine.model_names.resolve(form.model)
-    if model is None:
-        raise _unknown_model(form.model, engine.model_names)
-    model_id = engine.model_names.public(model)
+    try:
+        options = engine.prepare(form.job_options(task))
+    except InvalidRequest as exc:
+        raise api_error(exc) from None
     state = engine.status().model
-    if model == state.model and state.state == "failed":
-        raise ApiError(503, f"The model {model_id!r} failed to load: {_without_path(state.error, engine)}",
+    if options.model == engine.model_names.public(state.model) and state.state == "failed":
+        raise ApiError(503, f"The model {options.model!r} failed to load: {_without_path(state.error, engine)}",
                        type="server_error", code="model_failed")
-    if model == state.model and state.state == "loading" and not wait_for_model:
+    if options.model == engine.model_names.public(state.model) and state.state == "loading" and not wait_for_model:
         raise ApiError(503, "The model is still loading; try again shortly.", type="server_error",
                        code="model_loading", headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
-    return form.submit_options(task, model_id)
+    return options
 
 
 def _queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError:
@@ -380,11 +381,11 @@ def _retry_after_s(jobs: JobManager) -> int:
     return int(min(RETRY_AFTER_MAX_S, max(1, math.ceil(min(estimates)))))
 
 
-async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: Dict) -> JobHandle:
+async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: JobOptions) -> JobHandle:
     """Store and queue the job (in a thread: ffprobe, file move, database commit)."""
     try:
         return await anyio.to_thread.run_sync(
-            lambda: jobs.submit(upload.path, name=upload.name, owner=owner, source=source, move=True, **options))
+            lambda: jobs.submit(upload.path, options, name=upload.name, owner=owner, source=source, move=True))
     except QueueFull as exc:
         raise _queue_full(jobs, exc) from None
     except Exception as exc:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine import (LANGUAGES, AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio, EngineError,
-                    FfmpegMissing, InvalidRequest, JobCancelled, ModelLoadError, NotAudio, QueueFull, Segment,
+                    FfmpegMissing, InvalidRequest, JobCancelled, JobOptions, ModelLoadError, ModelNotOffered, NotAudio, QueueFull, Segment,
                     TranscriptionResult, TruncatedAudio, WindowTooLarge, WorkerShutDown, error_class)
 from jobs import JobInfo, JobRecord, OutOfDiskSpace
 from output import SubtitleOptions, render
@@ -84,6 +84,7 @@ ERROR_KINDS: Dict[type, ErrorKind] = {
     AudioTooShort: ErrorKind(400, "audio_too_short"),
     AudioFileNotFound: ErrorKind(400, "file_not_found"),
     AudioError: ErrorKind(400, "invalid_file"),
+    ModelNotOffered: ErrorKind(400, "model_not_found"),
     InvalidRequest: ErrorKind(400, "invalid_value"),
     FileNotFoundError: ErrorKind(400, "file_not_found"),
     QueueFull: ErrorKind(429, "rate_limit_exceeded", "requests"),
@@ -174,24 +175,11 @@ class TranscriptionForm(BaseModel):
     def logprobs(self) -> bool:
         return "logprobs" in self.include
 
-    def submit_options(self, task: str, model: str) -> Dict[str, Any]:
-        """Keyword arguments for Engine.submit / JobManager.submit; `model` is the id the form's
-        model (or alias) resolved to, always stored with the job: it says which model produced
-        the result."""
-        options: Dict[str, Any] = {"task": task, "model": model}
-        if self.language is not None:
-            options["language"] = self.language
-        if self.prompt is not None:
-            options["initial_prompt"] = self.prompt
-        if self.temperature:
-            options["temperature"] = self.temperature
-        if self.words:
-            options["word_timestamps"] = True
-        if self.logprobs:
-            options["logprobs"] = True
-        if self.vad is not None:
-            options["vad"] = self.vad
-        return options
+    def job_options(self, task: str) -> JobOptions:
+        """The job this form asks for; `task` is the route's (or, for /v1/jobs, the form's)."""
+        return JobOptions(model=self.model, language=self.language, task=task, initial_prompt=self.prompt,
+                          temperature=self.temperature or None, word_timestamps=self.words,
+                          logprobs=self.logprobs, vad=self.vad)
 
 
 def parse_form(fields: Dict[str, List[str]], job: bool = False, streams: bool = True) -> TranscriptionForm:
@@ -306,7 +294,7 @@ def job_body(info: JobInfo, with_result: bool = True,
     """A job as GET /v1/jobs/{id} answers it; `public_model` names the model by its id
     (engine.model_names), for rows stored with a path by older versions."""
     record: JobRecord = info.record
-    options = record.options
+    options: JobOptions = record.options
     body: Dict[str, Any] = {
         "id": record.id,
         "object": "transcription.job",
@@ -315,10 +303,10 @@ def job_body(info: JobInfo, with_result: bool = True,
         "created_at": record.created_at,
         "started_at": info.started_at,
         "finished_at": record.finished_at if info.finished else None,
-        "model": public_model(options.get("model")),
-        "task": options.get("task", "transcribe"),
+        "model": public_model(options.model),
+        "task": options.task or "transcribe",
         # asked for, or once done the one spoken (detected when none was asked for)
-        "language": (record.result or {}).get("language") or options.get("language"),
+        "language": (record.result or {}).get("language") or options.language,
         "queue_position": info.queue_position,
         "progress": round(info.progress, 4),
         "seconds_done": round(info.seconds_done, 2),
@@ -334,7 +322,7 @@ def job_body(info: JobInfo, with_result: bool = True,
     if with_result and info.status == "done":
         result = info.result()
         if result is not None:
-            body["result"] = verbose_json(result, True, bool(options.get("word_timestamps")))
+            body["result"] = verbose_json(result, True, options.word_timestamps)
     return body
 
 

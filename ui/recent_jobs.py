@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 import gradio as gr
 from gradio.context import LocalContext
 
-from engine import JobHandle
+from engine import JobHandle, JobOptions
 from output import SubtitleOptions, write_files
 from jobs import JobInfo, JobManager
 from ui.transcribe_handler import DownloadDir, gradio_cache
@@ -110,14 +110,14 @@ class RecentJobs:
         return path.read_text().strip()
 
     # -- submitting -------------------------------------------------------------------------
-    def submit(self, audio, **options) -> JobHandle:
+    def submit(self, audio, options: JobOptions, name: str = "") -> JobHandle:
         """JobManager.submit for the page: the job belongs to whoever sent it (see module doc)."""
         request = LocalContext.request.get(None)
         owner = _owner_from(request, "")
         if owner is None and request is not None:
             with self._lock:
                 owner = self._sessions.get(getattr(request, "session_hash", None) or "")
-        return self.jobs.submit(audio, owner=owner, source="page", **options)
+        return self.jobs.submit(audio, options, name=name, owner=owner, source="page")
 
     def cancel(self, handle: JobHandle) -> None:
         """The page's Cancel: through the job manager, so the job is stored as cancelled by its user."""

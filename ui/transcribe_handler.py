@@ -1,8 +1,8 @@
 """What the Transcribe and Cancel buttons do: submit, follow the job, return text and files.
 
-`make_transcribe(engine, submit)` builds the event function. `submit` is the one place a
-recording enters the engine (`engine.submit` by default; a durable job manager with the
-same signature returning a `JobHandle` can replace it). Every failure a user can act on
+`make_transcribe(engine, submit)` builds the event function. `submit(audio, JobOptions,
+name=...)` is the one place a recording enters the engine (`engine.submit` by default; the
+durable job manager's, through ui/recent_jobs.py, on the app's page). Every failure a user can act on
 becomes a `gr.Error` carrying the engine's own message, which is written for people:
 gradio_client gets it as its AppError; the page shows it under the Transcribe button until
 the next action (a `notices` handoff, ui/page.py), not as a toast that fades.
@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from engine import Engine, EngineError, JobCancelled, JobHandle, QueueFull, TranscriptionResult
+from engine import Engine, EngineError, JobCancelled, JobHandle, JobOptions, QueueFull, TranscriptionResult
 from jobs import OutOfDiskSpace, is_disk_full
 from output import SubtitleOptions, write_files
 
@@ -225,19 +225,20 @@ def subtitle_options(defaults: SubtitleOptions, max_line_width=None, max_lines=N
         per_segment=defaults.per_segment if per_segment is None else bool(per_segment))
 
 
-def decoding_options(prompt: Optional[str] = None, temperature=None) -> Dict[str, object]:
-    """The page's prompt and temperature fields as Engine.submit options, mapped as the HTTP
-    form's `prompt` and `temperature` (ui/openai_compat.py): an empty prompt keeps the config's
-    initial_prompt; an empty or 0 temperature keeps the fallback ladder. A temperature out of
-    range is a gr.Error naming the field."""
-    options: Dict[str, object] = {}
-    if prompt is not None and str(prompt).strip():
-        options["initial_prompt"] = str(prompt).strip()
+def page_options(language: Optional[str] = None, task: Optional[str] = None, model: Optional[str] = None,
+                 word_timestamps: bool = False, vad: Optional[bool] = None, prompt: Optional[str] = None,
+                 temperature=None, configured_vad: bool = False) -> JobOptions:
+    """The page's fields as the job's options, mapped as the HTTP form's (ui/openai_compat.py):
+    "auto" or no language = detect it; an empty prompt keeps the config's initial_prompt; an
+    empty or 0 temperature keeps the fallback ladder; the VAD box is passed only where it
+    differs from the config (`configured_vad`). A temperature out of range is a gr.Error
+    naming the field."""
     temperature = _number(temperature, "Temperature", *TEMPERATURE_RANGE, None, whole=False,
                           title="Advanced options")
-    if temperature:
-        options["temperature"] = temperature
-    return options
+    return JobOptions(model=model or None, language=None if language in (None, "", AUTO_LANGUAGE) else language,
+                      task=task or None, initial_prompt=str(prompt).strip() if prompt else None,
+                      temperature=temperature or None, word_timestamps=bool(word_timestamps),
+                      vad=None if vad is None or bool(vad) == configured_vad else bool(vad))
 
 
 def notice_html(title: str, message: str) -> str:
@@ -348,19 +349,13 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
                            print_exception=False)
         subtitles = subtitle_options(SubtitleOptions.from_settings(engine.settings), max_line_width, max_lines,
                                      max_cue_s, per_segment)
-        options = decoding_options(prompt, temperature)
-        if word_timestamps:
-            options["word_timestamps"] = True
-        # Only a choice that differs from the config is passed (None = the config's value).
-        if vad is not None and bool(vad) != engine.settings.vad:
-            options["vad"] = bool(vad)
-        model = model or default_model
+        options = page_options(language, task, model or default_model, word_timestamps, vad, prompt,
+                               temperature, configured_vad=engine.settings.vad)
         name = Path(audio).name
         call = sessions.begin(session)
         handle = None
         try:
-            handle = submit(audio, language=None if language in (None, "", AUTO_LANGUAGE) else language,
-                            task=task or None, model=model, name=name, **options)
+            handle = submit(audio, options, name=name)
             sessions.started(call, handle)
             result = follow(handle, progress, engine, call)
         except JobCancelled:

@@ -184,7 +184,8 @@ def too_short(name: str, duration_s: float) -> AudioTooShort:
                          f"{MIN_DURATION_S} s. Record or upload a longer clip.")
 
 
-def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.ndarray:
+def load_audio(path: PathLike, max_duration_s: Optional[float] = None,
+               info: Optional[AudioInfo] = None) -> np.ndarray:
     """Decode the first audio track of `path` to float32 mono at SAMPLE_RATE, values in [-1, 1].
 
     max_duration_s: refuse longer recordings (AudioTooLong) before spending time and memory
@@ -192,10 +193,15 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None) -> np.nda
     milliseconds. None accepts any length (memory: 6 bytes per sample while converting,
     about 350 MB per hour of audio).
 
+    info: what check_audio said of this file already (a job probes its file once, at submit).
+
     Raises the AudioError subclasses described in this module's docstring.
     """
     path = os.fspath(path)
-    info = check_audio(path, max_duration_s)
+    if info is None:
+        info = check_audio(path, max_duration_s)
+    else:  # it may have gone since (a job waits in the queue): the same error as the probe's
+        _existing_nonempty_file(path)
     # One second past the limit is enough to prove a file too long when it did not say.
     decode_limit_s = None if max_duration_s is None else max_duration_s + 1
     pcm, returncode, stderr = _decode_pcm16(path, decode_limit_s)
