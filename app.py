@@ -14,6 +14,7 @@ For tests and other programs, `serve(settings)` does the same without blocking:
     server.app        # Gradio's FastAPI app, with ui.http_api's routes on it
     server.close()    # stop serving, cancel running jobs, free the models
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,23 +24,28 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a self-hosted server
 
-import gradio as gr  # noqa: E402
+import gradio as gr
 
-from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings  # noqa: E402
-from jobs import JobStore  # noqa: E402
-from jobs import JobManager, StorageError, open_store  # noqa: E402
-from ui import http_api  # noqa: E402
-from ui.access import exposure_warnings  # noqa: E402
-from ui.recent_jobs import RecentJobs  # noqa: E402
-from ui.page import CSS_PATH, build_page  # noqa: E402
-from ui.page_files import upload_guard, use_private_cache  # noqa: E402
+from engine import DeviceError, Engine, FfmpegMissing, Settings, SettingsError, check_ffmpeg, load_settings
+from jobs import (
+    JobManager,
+    JobStore,
+    StorageError,
+    open_store,
+)
+from ui import http_api
+from ui.access import exposure_warnings
+from ui.page import CSS_PATH, build_page
+from ui.page_files import upload_guard, use_private_cache
+from ui.recent_jobs import RecentJobs
 
 log = logging.getLogger("app")
 
@@ -55,7 +61,7 @@ class Server:
     engine: Engine
     app: Any  # gradio.routes.App, a FastAPI subclass
     url: str  # local URL, ending in "/"
-    share_url: Optional[str]  # public *.gradio.live link, None when not asked or not available
+    share_url: str | None  # public *.gradio.live link, None when not asked or not available
 
     def close(self, drain: bool = False) -> None:
         """Stop serving; cancel running jobs (or finish them, drain=True); free the models."""
@@ -68,7 +74,7 @@ class Server:
         if downloads is not None:
             downloads.cleanup()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -81,16 +87,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def parse_auth(auth: Optional[str]):
-    """"user:password" -> ("user", "password") for Gradio's launch(auth=...)."""
+def parse_auth(auth: str | None):
+    """ "user:password" -> ("user", "password") for Gradio's launch(auth=...)."""
     if not auth:
         return None
     user, _, password = auth.partition(":")
     return user, password
 
 
-def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional[int] = None,
-          quiet: bool = True, store: Optional[JobStore] = None) -> Server:
+def serve(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    port: int | None = None,
+    quiet: bool = True,
+    store: JobStore | None = None,
+) -> Server:
     """Start the engine (unless given one), build and launch the page with the HTTP routes;
     returns once the server answers. `port` overrides settings.port; 0 picks a free port.
     `store` is the jobs database in settings.data_dir when already opened (`open_store`).
@@ -120,18 +132,31 @@ def serve(settings: Settings, *, engine: Optional[Engine] = None, port: Optional
         routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings, jobs=jobs))
         try:
             app, local_url, share_url = demo.launch(
-                server_name=settings.host, server_port=port, share=settings.share, auth=auth,
+                server_name=settings.host,
+                server_port=port,
+                share=settings.share,
+                auth=auth,
                 auth_message="Log in to use the speech-to-text server." if auth else None,
-                prevent_thread_lock=True, quiet=quiet, ssr_mode=False, show_error=True, max_threads=threads,
-                max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
-                footer_links=["api", "settings"], theme=gr.themes.Soft(),
-                app_kwargs={"lifespan": routes.lifespan, "middleware": [upload_guard(settings, page_cache)]})
+                prevent_thread_lock=True,
+                quiet=quiet,
+                ssr_mode=False,
+                show_error=True,
+                max_threads=threads,
+                max_file_size=f"{settings.max_upload_mb:g}mb",
+                css_paths=[CSS_PATH],
+                footer_links=["api", "settings"],
+                theme=gr.themes.Soft(),
+                app_kwargs={"lifespan": routes.lifespan, "middleware": [upload_guard(settings, page_cache)]},
+            )
         except Exception:
             routes.raise_error()  # the real reason, not Gradio's "cannot find empty port"
             raise
         if settings.share and not share_url:
-            log.warning("No public share link could be created (no internet, or the tunnel is blocked); "
-                        "serving locally at %s only.", local_url)
+            log.warning(
+                "No public share link could be created (no internet, or the tunnel is blocked); "
+                "serving locally at %s only.",
+                local_url,
+            )
     except BaseException:
         if jobs is not None:
             jobs.close()
@@ -154,7 +179,7 @@ class _RoutesAtStartup:
 
     def __init__(self, add: Callable[[Any], Any]):
         self.add = add
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -170,13 +195,23 @@ class _RoutesAtStartup:
             raise self.error
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Speech-to-text web app (openai-whisper behind a Gradio page).")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML configuration file (default: %(default)s)")
-    parser.add_argument("--host", help="address to listen on, e.g. 0.0.0.0 for the local network (config: host)")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Speech-to-text web app (openai-whisper behind a Gradio page)."
+    )
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="YAML configuration file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--host", help="address to listen on, e.g. 0.0.0.0 for the local network (config: host)"
+    )
     parser.add_argument("--port", type=int, help="port to listen on (config: port)")
-    parser.add_argument("--share", action="store_true", default=None,
-                        help="also ask Gradio for a public link; needs internet (config: share)")
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        default=None,
+        help="also ask Gradio for a public link; needs internet (config: share)",
+    )
     parser.add_argument("--model", help="model name or checkpoint path (config: model)")
     return parser.parse_args(argv)
 
@@ -185,12 +220,13 @@ def _stop_on_sigterm(signum, frame):  # docker stop / systemd: the same clean st
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        settings = load_settings(args.config, {"host": args.host, "port": args.port, "share": args.share,
-                                               "model": args.model})
+        settings = load_settings(
+            args.config, {"host": args.host, "port": args.port, "share": args.share, "model": args.model}
+        )
     except SettingsError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
@@ -216,12 +252,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     except OSError as exc:  # port taken, address not available
-        print(f"Cannot serve on {settings.host}:{settings.port}: {exc}. Choose another with --port.", file=sys.stderr)
+        print(
+            f"Cannot serve on {settings.host}:{settings.port}: {exc}. Choose another with --port.",
+            file=sys.stderr,
+        )
         return 1
     print(f"Serving on {server.url}" + (f" and {server.share_url}" if server.share_url else ""), flush=True)
     print("The model loads in the background; the page shows when it is ready. Ctrl-C stops.", flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    # even when started with SIGINT ignored (`cmd &`)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(0.5)

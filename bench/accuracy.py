@@ -6,6 +6,7 @@ recording's reference after whisper's EnglishTextNormalizer. Default decoding se
 otherwise (temperature fallback, guards on), CPU fp32, the engine at `batch_size: 8`.
 The README's Accuracy table comes from this command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,10 @@ from bench.inputs import SHARED_AUDIO, tiny_en_dir
 from bench.wer import word_error_rate
 from engine import Engine, load_audio, load_settings
 
-RECORDINGS = [SHARED_AUDIO / "long" / "lj050_0159_5min.mp3", SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"]
+RECORDINGS = [
+    SHARED_AUDIO / "long" / "lj050_0159_5min.mp3",
+    SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3",
+]
 
 
 def main(argv=None) -> None:
@@ -29,15 +33,29 @@ def main(argv=None) -> None:
         audio = load_audio(recording)
         reference = recording.with_suffix(".txt").read_text()
         for condition in (True, False):
-            settings = load_settings(None, dict(model=model_dir, device="cpu", precision="fp32", warm_up=False,
-                                                batch_size=args.batch_size, condition_on_previous_text=condition),
-                                     environ={})
+            settings = load_settings(
+                None,
+                dict(
+                    model=model_dir,
+                    device="cpu",
+                    precision="fp32",
+                    warm_up=False,
+                    batch_size=args.batch_size,
+                    condition_on_previous_text=condition,
+                ),
+                environ={},
+            )
             with Engine(settings) as engine:
                 ours = engine.transcribe(audio).text
                 with engine.models.lease(model_dir) as model:
-                    theirs = whisper.transcribe(model, audio, fp16=False, condition_on_previous_text=condition)["text"]
-            print(f"| {recording.name} | {str(condition).lower()} | {word_error_rate(reference, ours):.2f} | "
-                  f"{word_error_rate(reference, theirs):.2f} |", flush=True)
+                    theirs = whisper.transcribe(
+                        model, audio, fp16=False, condition_on_previous_text=condition
+                    )["text"]
+            print(
+                f"| {recording.name} | {str(condition).lower()} | {word_error_rate(reference, ours):.2f} | "
+                f"{word_error_rate(reference, theirs):.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Three steps, none of which downloads anything:
 `check_tensors` then reads CTranslate2's `model.bin` and compares a few tensors with the
 original checkpoint, bit for bit, so a wrong mapping cannot pass unnoticed.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import torch
@@ -77,13 +78,18 @@ def write_tokenizer_json(n_vocab: int, out_dir: Path) -> Path:
             return encoding._mergeable_ranks
 
     path = out_dir / "tokenizer.json"
-    _Ranks(vocab_file="(whisper's bundled vocabulary)", pattern=encoding._pat_str,
-           extra_special_tokens=encoding._special_tokens).converted().save(str(path))
+    _Ranks(
+        vocab_file="(whisper's bundled vocabulary)",
+        pattern=encoding._pat_str,
+        extra_special_tokens=encoding._special_tokens,
+    ).converted().save(str(path))
 
     built = Tokenizer.from_file(str(path))
     for token, token_id in encoding._special_tokens.items():
         if built.token_to_id(token) != token_id:
-            raise RuntimeError(f"tokenizer.json: {token} has id {built.token_to_id(token)}, whisper says {token_id}")
+            raise RuntimeError(
+                f"tokenizer.json: {token} has id {built.token_to_id(token)}, whisper says {token_id}"
+            )
     sample = " The Commission recommends that prompt and favorable consideration be given, 1964."
     if built.encode(sample, add_special_tokens=False).ids != encoding.encode(sample):
         raise RuntimeError("tokenizer.json does not encode like whisper's tiktoken vocabulary")
@@ -99,12 +105,21 @@ def write_transformers_model(checkpoint: Path, out_dir: Path) -> Path:
     tokenizer = _whisper_tokenizer(dims["n_vocab"])
     eot = tokenizer.eot
     config = WhisperConfig(
-        vocab_size=dims["n_vocab"], num_mel_bins=dims["n_mels"], d_model=dims["n_audio_state"],
-        encoder_layers=dims["n_audio_layer"], encoder_attention_heads=dims["n_audio_head"],
-        decoder_layers=dims["n_text_layer"], decoder_attention_heads=dims["n_text_head"],
-        encoder_ffn_dim=4 * dims["n_audio_state"], decoder_ffn_dim=4 * dims["n_text_state"],
-        max_source_positions=dims["n_audio_ctx"], max_target_positions=dims["n_text_ctx"],
-        decoder_start_token_id=tokenizer.sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+        vocab_size=dims["n_vocab"],
+        num_mel_bins=dims["n_mels"],
+        d_model=dims["n_audio_state"],
+        encoder_layers=dims["n_audio_layer"],
+        encoder_attention_heads=dims["n_audio_head"],
+        decoder_layers=dims["n_text_layer"],
+        decoder_attention_heads=dims["n_text_head"],
+        encoder_ffn_dim=4 * dims["n_audio_state"],
+        decoder_ffn_dim=4 * dims["n_text_state"],
+        max_source_positions=dims["n_audio_ctx"],
+        max_target_positions=dims["n_text_ctx"],
+        decoder_start_token_id=tokenizer.sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
     )
     model = WhisperForConditionalGeneration(config)
     state = {hf_name(k): v for k, v in saved["model_state_dict"].items()}
@@ -115,19 +130,37 @@ def write_transformers_model(checkpoint: Path, out_dir: Path) -> Path:
     model.tie_weights()
     languages = tokenizer.all_language_tokens
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=tokenizer.sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        suppress_tokens=list(tokenizer.non_speech_tokens), begin_suppress_tokens=tokenizer.encode(" ") + [eot],
-        lang_to_id={tokenizer.decode([t]): t for t in languages}, no_timestamps_token_id=tokenizer.no_timestamps,
+        decoder_start_token_id=tokenizer.sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        suppress_tokens=list(tokenizer.non_speech_tokens),
+        begin_suppress_tokens=tokenizer.encode(" ") + [eot],
+        lang_to_id={tokenizer.decode([t]): t for t in languages},
+        no_timestamps_token_id=tokenizer.no_timestamps,
         max_length=dims["n_text_ctx"],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     write_tokenizer_json(dims["n_vocab"], out_dir)
-    (out_dir / "preprocessor_config.json").write_text(json.dumps({
-        "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": dims["n_mels"], "hop_length": 160,
-        "chunk_length": 30, "n_fft": 400, "n_samples": 480000, "nb_max_frames": 3000, "padding_side": "right",
-        "padding_value": 0.0, "return_attention_mask": False, "sampling_rate": 16000,
-    }, indent=2))
+    (out_dir / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "feature_extractor_type": "WhisperFeatureExtractor",
+                "feature_size": dims["n_mels"],
+                "hop_length": 160,
+                "chunk_length": 30,
+                "n_fft": 400,
+                "n_samples": 480000,
+                "nb_max_frames": 3000,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": False,
+                "sampling_rate": 16000,
+            },
+            indent=2,
+        )
+    )
     return out_dir
 
 
@@ -137,9 +170,25 @@ def convert(checkpoint: Path, out_dir: Path) -> Path:
         return out_dir
     hf_dir = out_dir.with_name(out_dir.name + "-transformers")
     write_transformers_model(checkpoint, hf_dir)
-    converter = shutil.which("ct2-transformers-converter") or str(Path(sys.executable).with_name("ct2-transformers-converter"))
-    subprocess.run([converter, "--model", str(hf_dir), "--output_dir", str(out_dir), "--quantization", "float32",
-                    "--copy_files", "tokenizer.json", "preprocessor_config.json", "--force"], check=True)
+    converter = shutil.which("ct2-transformers-converter") or str(
+        Path(sys.executable).with_name("ct2-transformers-converter")
+    )
+    subprocess.run(
+        [
+            converter,
+            "--model",
+            str(hf_dir),
+            "--output_dir",
+            str(out_dir),
+            "--quantization",
+            "float32",
+            "--copy_files",
+            "tokenizer.json",
+            "preprocessor_config.json",
+            "--force",
+        ],
+        check=True,
+    )
     check_tensors(checkpoint, out_dir)
     shutil.rmtree(hf_dir)
     return out_dir
@@ -149,8 +198,9 @@ def convert(checkpoint: Path, out_dir: Path) -> Path:
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16)
 
 
-def read_ct2_variables(model_bin: Path) -> Iterator[Tuple[str, np.ndarray]]:
+def read_ct2_variables(model_bin: Path) -> Iterator[tuple[str, np.ndarray]]:
     with open(model_bin, "rb") as f:
+
         def string() -> str:
             (length,) = struct.unpack("H", f.read(2))
             return f.read(length)[:-1].decode()
@@ -166,21 +216,26 @@ def read_ct2_variables(model_bin: Path) -> Iterator[Tuple[str, np.ndarray]]:
             (dtype,) = struct.unpack("B", f.read(1))
             (size,) = struct.unpack("I", f.read(4))
             data = f.read(size)
-            yield name, (np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape) if dtype < len(_DTYPES) else None)
+            yield (
+                name,
+                (np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(shape) if dtype < len(_DTYPES) else None),
+            )
 
 
-def check_tensors(checkpoint: Path, ct2_dir: Path) -> Dict[str, bool]:
+def check_tensors(checkpoint: Path, ct2_dir: Path) -> dict[str, bool]:
     """Compare a few CTranslate2 tensors with the whisper checkpoint; raise on any difference."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model_state_dict"]
     wanted = {
         "encoder/conv1/weight": state["encoder.conv1.weight"],
         "encoder/position_encodings/encodings": state["encoder.positional_embedding"],
         "encoder/layer_0/self_attention/linear_0/weight": torch.cat(
-            [state[f"encoder.blocks.0.attn.{p}.weight"] for p in ("query", "key", "value")]),
+            [state[f"encoder.blocks.0.attn.{p}.weight"] for p in ("query", "key", "value")]
+        ),
         "decoder/embeddings/weight": state["decoder.token_embedding.weight"],
         "decoder/position_encodings/encodings": state["decoder.positional_embedding"],
         "decoder/layer_0/attention/linear_1/weight": torch.cat(
-            [state[f"decoder.blocks.0.cross_attn.{p}.weight"] for p in ("key", "value")]),
+            [state[f"decoder.blocks.0.cross_attn.{p}.weight"] for p in ("key", "value")]
+        ),
     }
     found = {name: array for name, array in read_ct2_variables(ct2_dir / "model.bin") if name in wanted}
     results = {}

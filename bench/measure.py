@@ -3,6 +3,7 @@
 Kept apart from bench/runners.py (how each implementation is run) so the report and the
 tests can read a measurement without importing any of the implementations.
 """
+
 from __future__ import annotations
 
 import gc
@@ -10,8 +11,8 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -25,18 +26,19 @@ class Measurement:
     tokens: int  # tokens sampled, fallback re-decodes included
     peak_rss_mb: float  # peak resident host memory of the worker process (loading included)
     text: str = ""  # the transcript (the two-jobs run: the first job's)
-    wer: Optional[float] = None  # % against the input's reference; None without one (random weights)
-    job_wall_s: Optional[List[float]] = None  # concurrent jobs: each job's time from submission to result
-    weights_mb: Optional[float] = None  # CUDA: allocated right after loading = resident weights
-    peak_allocated_mb: Optional[float] = None  # CUDA, PyTorch's counters (torch implementations)
-    peak_reserved_mb: Optional[float] = None
-    gpu_process_peak_mb: Optional[float] = None  # CUDA, NVML: the whole process (context, CTranslate2 included)
-    reserved_after_release_mb: Optional[float] = None  # CUDA: reserved after the model is released
-    gpu_after_release_mb: Optional[float] = None  # CUDA, NVML, after release
-    load: Optional[float] = None  # the machine's 1-minute load average when the run ended
-    notes: List[str] = field(default_factory=list)
+    wer: float | None = None  # % against the input's reference; None without one (random weights)
+    job_wall_s: list[float] | None = None  # concurrent jobs: each job's time from submission to result
+    weights_mb: float | None = None  # CUDA: allocated right after loading = resident weights
+    peak_allocated_mb: float | None = None  # CUDA, PyTorch's counters (torch implementations)
+    peak_reserved_mb: float | None = None
+    # CUDA, NVML: the whole process (context, CTranslate2 included)
+    gpu_process_peak_mb: float | None = None
+    reserved_after_release_mb: float | None = None  # CUDA: reserved after the model is released
+    gpu_after_release_mb: float | None = None  # CUDA, NVML, after release
+    load: float | None = None  # the machine's 1-minute load average when the run ended
+    notes: list[str] = field(default_factory=list)
 
-    def to_json(self) -> Dict:
+    def to_json(self) -> dict:
         return asdict(self)
 
 
@@ -44,6 +46,7 @@ class Measurement:
 class DecodeCount:
     """Decode calls counted at each library's decode boundary, so the table shows the work
     each implementation actually did: windows, fallback re-decodes and sampled tokens."""
+
     windows: int = 0
     fallbacks: int = 0
     tokens: int = 0
@@ -82,7 +85,7 @@ class NvmlPeak:
     """This process's GPU memory as NVML sees it (what nvidia-smi shows), sampled every 20 ms."""
 
     def __init__(self):
-        self.peak_mb: Optional[float] = None
+        self.peak_mb: float | None = None
         self._stop = threading.Event()
         try:
             import pynvml
@@ -93,7 +96,7 @@ class NvmlPeak:
         except Exception:  # no NVML: the column stays empty
             self._nvml = None
 
-    def now_mb(self) -> Optional[float]:
+    def now_mb(self) -> float | None:
         if self._nvml is None:
             return None
         try:
@@ -103,7 +106,7 @@ class NvmlPeak:
         used = [p.usedGpuMemory for p in processes if p.pid == os.getpid() and p.usedGpuMemory is not None]
         return sum(used) / 2**20 if used else 0.0
 
-    def __enter__(self) -> "NvmlPeak":
+    def __enter__(self) -> NvmlPeak:
         def sample() -> None:
             while not self._stop.wait(0.02):
                 value = self.now_mb()
@@ -119,7 +122,7 @@ class NvmlPeak:
         self._thread.join()
 
 
-def timed(run: Callable[[], None], cuda: bool) -> Tuple[float, float, Optional[NvmlPeak]]:
+def timed(run: Callable[[], None], cuda: bool) -> tuple[float, float, NvmlPeak | None]:
     """(wall s, cpu s, NVML sampler or None) of run(); on CUDA PyTorch's peaks are reset first."""
     nvml = NvmlPeak() if cuda else None
     if cuda:

@@ -23,6 +23,7 @@ Inputs are built with ffmpeg in the work directory (never in the repository):
 `--engine-root DIR` imports `engine` from another checkout (e.g. `git archive` of an older
 commit), so a change can be compared with the code before it in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "MEMORY-RESULT "
@@ -66,7 +66,7 @@ class PeakSampler:
         while not self._stop.wait(SAMPLE_S):
             self.peak = max(self.peak, rss_mb())
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 
@@ -80,7 +80,7 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
-def build_inputs(work_dir: Path) -> Dict[str, Path]:
+def build_inputs(work_dir: Path) -> dict[str, Path]:
     """The three recordings, written once in `work_dir` and reused by later runs."""
     sys.path.insert(0, str(REPO))
     from bench.inputs import recording
@@ -88,8 +88,21 @@ def build_inputs(work_dir: Path) -> Dict[str, Path]:
     work_dir.mkdir(parents=True, exist_ok=True)
     undeclared = work_dir / "silence-7h-no-xing.mp3"
     if not undeclared.is_file():
-        _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "25200", "-c:a", "libmp3lame", "-b:a", "8k",
-                "-write_xing", "0", str(undeclared) + ".partial.mp3")
+        _ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=8000:cl=mono",
+            "-t",
+            "25200",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "8k",
+            "-write_xing",
+            "0",
+            str(undeclared) + ".partial.mp3",
+        )
         os.rename(str(undeclared) + ".partial.mp3", undeclared)
     silent = work_dir / "silence-3h.flac"
     if not silent.is_file():
@@ -98,14 +111,15 @@ def build_inputs(work_dir: Path) -> Dict[str, Path]:
     return {"refused-7h": undeclared, "silence-3h": silent, "speech-1h": recording("hour", work_dir)}
 
 
-def run_case(case: str, path: Path, weights: str, work_dir: Path) -> Dict:
+def run_case(case: str, path: Path, weights: str, work_dir: Path) -> dict:
     """One case in this process (the `--case` child)."""
-    from engine import Engine, load_settings  # from --engine-root, put first on sys.path by main()
     from bench.inputs import JFK
+    from engine import Engine, load_settings  # from --engine-root, put first on sys.path by main()
 
     model = _weights(weights, work_dir)
     values = dict(model=str(model), device="cpu", precision="fp32", workers=1, vad=case.endswith("-vad"))
-    if weights == "micro":  # random weights fail every guard: one short greedy decode per window is enough here
+    # random weights fail every guard: one short greedy decode per window is enough here
+    if weights == "micro":
         values.update(temperatures=[0.0], max_new_tokens=24)
     settings = load_settings(None, values, environ={})
     engine = Engine(settings)
@@ -113,8 +127,8 @@ def run_case(case: str, path: Path, weights: str, work_dir: Path) -> Dict:
     gc.collect()
     gc.disable()  # what stays after a job must be freed by reference counting alone
     baseline = rss_mb()
-    held: List[object] = []  # handles and errors, as a waiting client or the job manager keeps them
-    after: List[float] = []
+    held: list[object] = []  # handles and errors, as a waiting client or the job manager keeps them
+    after: list[float] = []
     started = time.perf_counter()
     outcome = ""
     with PeakSampler() as sampler:
@@ -134,9 +148,15 @@ def run_case(case: str, path: Path, weights: str, work_dir: Path) -> Dict:
     gc.collect()
     after_gc = rss_mb() - baseline
     engine.close()
-    return dict(case=case, outcome=outcome, seconds=round(seconds, 1), baseline_mb=round(baseline),
-                peak_mb=round(sampler.peak - baseline), after_mb=[round(a) for a in after],
-                after_gc_mb=round(after_gc))
+    return dict(
+        case=case,
+        outcome=outcome,
+        seconds=round(seconds, 1),
+        baseline_mb=round(baseline),
+        peak_mb=round(sampler.peak - baseline),
+        after_mb=[round(a) for a in after],
+        after_gc_mb=round(after_gc),
+    )
 
 
 def _weights(weights: str, work_dir: Path) -> Path:
@@ -153,13 +173,26 @@ def _weights(weights: str, work_dir: Path) -> Path:
     return path
 
 
-def _child(case: str, path: Path, args) -> Dict:
-    command = [sys.executable, "-m", "bench.memory", "--case", case, "--input", str(path), "--weights",
-               args.weights, "--work-dir", str(args.work_dir), "--engine-root", str(args.engine_root)]
+def _child(case: str, path: Path, args) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.memory",
+        "--case",
+        case,
+        "--input",
+        str(path),
+        "--weights",
+        args.weights,
+        "--work-dir",
+        str(args.work_dir),
+        "--engine-root",
+        str(args.engine_root),
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     raise RuntimeError(f"case {case} failed:\n{done.stderr[-3000:]}")
 
 
@@ -168,26 +201,37 @@ def main(argv=None) -> None:
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES))
     parser.add_argument("--weights", choices=("tiny.en", "micro"), default="tiny.en")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "whisper-bench")
-    parser.add_argument("--engine-root", type=Path, default=REPO, help="the checkout whose engine is measured")
+    parser.add_argument(
+        "--engine-root", type=Path, default=REPO, help="the checkout whose engine is measured"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.engine_root = args.engine_root.resolve()
     if args.case:  # the child: one case, one line of JSON
         sys.path.insert(0, str(args.engine_root))
-        print(RESULT_PREFIX + json.dumps(run_case(args.case, args.input, args.weights, args.work_dir)), flush=True)
+        print(
+            RESULT_PREFIX + json.dumps(run_case(args.case, args.input, args.weights, args.work_dir)),
+            flush=True,
+        )
         return
     inputs = build_inputs(args.work_dir)
-    print(f"engine from {args.engine_root}; weights {args.weights}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| case | outcome | s | peak MB over baseline | after MB (each request) | after gc MB | baseline MB |")
+    print(
+        f"engine from {args.engine_root}; weights {args.weights}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(
+        "| case | outcome | s | peak MB over baseline | after MB (each request) | after gc MB | baseline MB |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for case in args.cases.split(","):
         source = inputs[case.rsplit("-", 1)[0] if case != "refused-7h" else case]
         r = _child(case, source, args)
-        print(f"| {case} | {r['outcome']} | {r['seconds']} | {r['peak_mb']:,} | "
-              f"{' / '.join(f'{a:,}' for a in r['after_mb'])} | {r['after_gc_mb']:,} | {r['baseline_mb']:,} |",
-              flush=True)
+        print(
+            f"| {case} | {r['outcome']} | {r['seconds']} | {r['peak_mb']:,} | "
+            f"{' / '.join(f'{a:,}' for a in r['after_mb'])} | {r['after_gc_mb']:,} | {r['baseline_mb']:,} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ wrapped for the run, so nothing here changes what is measured:
 Set OMP_WAIT_POLICY=PASSIVE in the environment on a machine other work keeps busy (see
 docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,21 +37,31 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from bench.inputs import recording, tiny_en_dir  # noqa: E402
-from bench.runners import Spec, engine_settings  # noqa: E402
+from bench.inputs import recording, tiny_en_dir
+from bench.runners import Spec, engine_settings
 
-TIMES: Dict[str, float] = collections.defaultdict(float)
+TIMES: dict[str, float] = collections.defaultdict(float)
 _LOCK = threading.Lock()  # the decode loop's thread and the job's thread both add times
 
-ORDER = ["audio decoding", "voice activity", "section planning", "log-mel", "window slicing", "encoder",
-         "cross-attention keys, values", "decoder blocks", "output projection", "token selection",
-         "fallback re-decodes", "stream bookkeeping"]
+ORDER = [
+    "audio decoding",
+    "voice activity",
+    "section planning",
+    "log-mel",
+    "window slicing",
+    "encoder",
+    "cross-attention keys, values",
+    "decoder blocks",
+    "output projection",
+    "token selection",
+    "fallback re-decodes",
+    "stream bookkeeping",
+]
 
 
 def _timed(name: str, function):
@@ -62,19 +73,26 @@ def _timed(name: str, function):
         finally:
             with _LOCK:
                 TIMES[name] += time.perf_counter() - started
+
     return wrapper
 
 
-def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: int = 16,
-            threads: int = os.cpu_count() or 1) -> Tuple[float, List[Tuple[str, float]], Dict[str, int]]:
+def profile(
+    model: str,
+    audio_path: Path,
+    precision: str = "fp32",
+    batch_size: int = 16,
+    threads: int = os.cpu_count() or 1,
+) -> tuple[float, list[tuple[str, float]], dict[str, int]]:
     """(total seconds, [(stage, seconds)], counts) for one engine run on CPU."""
     import whisper
 
-    from engine import Engine, engine as engine_module
+    from engine import Engine
+    from engine import engine as engine_module
     from engine.decoding import decode_loop, fast_decode
     from engine.decoding.stream import SectionStream
 
-    sections: List[int] = []
+    sections: list[int] = []
     greedy = fast_decode.GreedyDecode
 
     def plan_sections(audio, *args, **kwargs):
@@ -104,12 +122,19 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
     for owner, name, label in patches:
         setattr(owner, name, _timed(label, getattr(owner, name)))
     torch.set_num_threads(threads)
-    spec = Spec(impl="engine", audio=str(audio_path), model=model, ct2_dir=model, device="cpu",
-                batch_size=batch_size, threads=threads)
+    spec = Spec(
+        impl="engine",
+        audio=str(audio_path),
+        model=model,
+        ct2_dir=model,
+        device="cpu",
+        batch_size=batch_size,
+        threads=threads,
+    )
     engine = Engine(engine_settings(spec, precision))
     try:
         # warm-up: 30 s, so one-time set-up is not counted as a stage
-        engine.transcribe(whisper.audio.load_audio(str(audio_path))[:30 * 16000])
+        engine.transcribe(whisper.audio.load_audio(str(audio_path))[: 30 * 16000])
         TIMES.clear()
         sections.clear()
         started = time.perf_counter()
@@ -120,15 +145,25 @@ def profile(model: str, audio_path: Path, precision: str = "fp32", batch_size: i
         for owner, name, original in saved:
             setattr(owner, name, original)
     # admit and step contain the encoder and the decoder's matmuls
-    TIMES["token selection"] = TIMES.pop("greedy decode", 0.0) - sum(TIMES[name] for name in (
-        "encoder", "cross-attention keys, values", "decoder blocks", "output projection"))
+    TIMES["token selection"] = TIMES.pop("greedy decode", 0.0) - sum(
+        TIMES[name]
+        for name in ("encoder", "cross-attention keys, values", "decoder blocks", "output projection")
+    )
     stages = [(name, TIMES[name]) for name in ORDER]
     stages.append(("other (decode loop, batching, job)", total - sum(t for _, t in stages)))
-    return total, stages, {"sections": sections[0] if sections else 0, "windows": result.windows,
-                           "fallbacks": result.fallbacks, "tokens": result.tokens_decoded}
+    return (
+        total,
+        stages,
+        {
+            "sections": sections[0] if sections else 0,
+            "windows": result.windows,
+            "fallbacks": result.fallbacks,
+            "tokens": result.tokens_decoded,
+        },
+    )
 
 
-def table(total: float, stages: List[Tuple[str, float]]) -> str:
+def table(total: float, stages: list[tuple[str, float]]) -> str:
     lines = ["| stage | seconds | share |", "|---|---:|---:|"]
     lines += [f"| {name} | {seconds:.2f} | {100 * seconds / total:.0f}% |" for name, seconds in stages]
     lines.append(f"| **total** | **{total:.2f}** | 100% |")
@@ -138,20 +173,25 @@ def table(total: float, stages: List[Tuple[str, float]]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
-    parser.add_argument("--model", default=None, help="CTranslate2 directory or .pt checkpoint (default: tiny.en)")
+    parser.add_argument(
+        "--model", default=None, help="CTranslate2 directory or .pt checkpoint (default: tiny.en)"
+    )
     parser.add_argument("--input", default="11min", choices=["jfk", "11min", "hour"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "whisper-bench")
     args = parser.parse_args(argv)
     model = args.model or str(tiny_en_dir())
-    total, stages, counts = profile(model, recording(args.input, args.work_dir), args.precision, args.batch_size,
-                                    args.threads)
+    total, stages, counts = profile(
+        model, recording(args.input, args.work_dir), args.precision, args.batch_size, args.threads
+    )
     name = "tiny.en" if args.model is None else Path(model).name
-    print(f"engine, {name}, {args.precision}, {args.input}, batch {args.batch_size}, "
-          f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback re-decodes), "
-          f"{counts['tokens']} tokens, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    print(
+        f"engine, {name}, {args.precision}, {args.input}, batch {args.batch_size}, "
+        f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback re-decodes), "
+        f"{counts['tokens']} tokens, {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    )
     print(table(total, stages))
 
 

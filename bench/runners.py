@@ -27,18 +27,25 @@ to the cap. Their text has no meaning, so there is no WER.
 Model loading and a 30 s warm-up are not timed. Windows, fallback re-decodes and tokens
 are counted at each library's decode call (bench.measure.DecodeCount).
 """
+
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 
-from bench.measure import (DecodeCount, Measurement, cuda_after_release, cuda_allocated_mb, cuda_peaks, peak_rss_mb,
-                           timed)
+from bench.measure import (
+    DecodeCount,
+    Measurement,
+    cuda_after_release,
+    cuda_allocated_mb,
+    cuda_peaks,
+    peak_rss_mb,
+    timed,
+)
 
 SAMPLE_RATE = 16000
 WARM_UP_S = 30
@@ -47,10 +54,11 @@ WARM_UP_S = 30
 @dataclass(frozen=True)
 class Decoding:
     """The long-form settings stock whisper and the engine get (faster-whisper's match them)."""
-    temperatures: Tuple[float, ...]  # fallback ladder, first = greedy
-    compression_ratio_threshold: Optional[float]  # above: too repetitive, decode hotter
-    logprob_threshold: Optional[float]  # below: too unsure, decode hotter
-    no_speech_threshold: Optional[float]  # above (and unsure): the window is silence
+
+    temperatures: tuple[float, ...]  # fallback ladder, first = greedy
+    compression_ratio_threshold: float | None  # above: too repetitive, decode hotter
+    logprob_threshold: float | None  # below: too unsure, decode hotter
+    no_speech_threshold: float | None  # above (and unsure): the window is silence
     condition_on_previous_text: bool  # previous text as each window's prompt
     without_timestamps_batched: bool  # faster-whisper's batched pipeline: text tokens only
 
@@ -71,9 +79,9 @@ class Spec:
     batch_size: int  # the engine's and faster-whisper's batched pipeline's
     threads: int  # CPU threads for torch and CTranslate2
     weights: str = "real"  # a key of SETTINGS
-    reference: Optional[str] = None  # the reference transcript's file; None: no WER
+    reference: str | None = None  # the reference transcript's file; None: no WER
     max_new_tokens: int = 224  # stock and the engine; whisper's default sample_len
-    memory_threshold_mb: Optional[float] = None  # the engine's gpu_memory_threshold_mb (concurrent-jobs run)
+    memory_threshold_mb: float | None = None  # the engine's gpu_memory_threshold_mb (concurrent-jobs run)
 
 
 # -- (a) stock openai-whisper -----------------------------------------------------------------
@@ -108,16 +116,33 @@ def run_whisper(spec: Spec, audio: np.ndarray) -> Measurement:
     model = load_whisper_model(spec.model, spec.device)
     weights = cuda_allocated_mb() if cuda else None
     d = SETTINGS[spec.weights]
-    options = dict(language="en", temperature=d.temperatures, compression_ratio_threshold=d.compression_ratio_threshold,
-                   logprob_threshold=d.logprob_threshold, no_speech_threshold=d.no_speech_threshold,
-                   condition_on_previous_text=d.condition_on_previous_text, fp16=cuda,
-                   sample_len=spec.max_new_tokens, verbose=None)
-    whisper.transcribe(model, audio[:WARM_UP_S * SAMPLE_RATE], **options)
+    options = dict(
+        language="en",
+        temperature=d.temperatures,
+        compression_ratio_threshold=d.compression_ratio_threshold,
+        logprob_threshold=d.logprob_threshold,
+        no_speech_threshold=d.no_speech_threshold,
+        condition_on_previous_text=d.condition_on_previous_text,
+        fp16=cuda,
+        sample_len=spec.max_new_tokens,
+        verbose=None,
+    )
+    whisper.transcribe(model, audio[: WARM_UP_S * SAMPLE_RATE], **options)
     count.reset()
     result = {}
     wall, cpu, nvml = timed(lambda: result.update(whisper.transcribe(model, audio, **options)), cuda)
-    m = Measurement(spec.impl, wall, cpu, len(audio) / SAMPLE_RATE, count.windows, count.fallbacks, count.tokens,
-                    0.0, text=result["text"].strip(), weights_mb=weights)
+    m = Measurement(
+        spec.impl,
+        wall,
+        cpu,
+        len(audio) / SAMPLE_RATE,
+        count.windows,
+        count.fallbacks,
+        count.tokens,
+        0.0,
+        text=result["text"].strip(),
+        weights_mb=weights,
+    )
     if cuda:
         cuda_peaks(m)
         m.gpu_process_peak_mb = nvml.peak_mb
@@ -131,24 +156,37 @@ def engine_settings(spec: Spec, precision: str, workers: int = 1):
     from engine import load_settings
 
     d = SETTINGS[spec.weights]
-    return load_settings(None, dict(
-        model=spec.model, device=spec.device, precision=precision, batch_size=spec.batch_size,
-        max_new_tokens=spec.max_new_tokens, temperatures=list(d.temperatures),
-        compression_ratio_threshold=d.compression_ratio_threshold, logprob_threshold=d.logprob_threshold,
-        no_speech_threshold=d.no_speech_threshold, condition_on_previous_text=d.condition_on_previous_text,
-        language="en", workers=workers, warm_up=True, gpu_memory_threshold_mb=spec.memory_threshold_mb,
-        max_audio_duration_s=4 * 3600,
-    ), environ={})
+    return load_settings(
+        None,
+        dict(
+            model=spec.model,
+            device=spec.device,
+            precision=precision,
+            batch_size=spec.batch_size,
+            max_new_tokens=spec.max_new_tokens,
+            temperatures=list(d.temperatures),
+            compression_ratio_threshold=d.compression_ratio_threshold,
+            logprob_threshold=d.logprob_threshold,
+            no_speech_threshold=d.no_speech_threshold,
+            condition_on_previous_text=d.condition_on_previous_text,
+            language="en",
+            workers=workers,
+            warm_up=True,
+            gpu_memory_threshold_mb=spec.memory_threshold_mb,
+            max_audio_duration_s=4 * 3600,
+        ),
+        environ={},
+    )
 
 
-def run_engine(spec: Spec, audio: np.ndarray, precision: str, stock_decode: bool = False,
-               jobs: int = 1) -> Measurement:
+def run_engine(
+    spec: Spec, audio: np.ndarray, precision: str, stock_decode: bool = False, jobs: int = 1
+) -> Measurement:
     """`jobs` > 1: that many copies of the recording submitted at once to one engine with as
     many workers, so the decode loop batches their sections together. `stock_decode`: stock
     whisper.decode in place of the engine's greedy decoder (bench/stock_decode.py)."""
-    from engine import Engine
-
     from bench.stock_decode import use_stock_decode
+    from engine import Engine
 
     count = DecodeCount()  # the work done, from the jobs' results
     cuda = spec.device == "cuda"
@@ -156,7 +194,7 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, stock_decode: bool
     if stock_decode:
         use_stock_decode(engine)
     weights = cuda_allocated_mb() if cuda else None
-    engine.transcribe(audio[:WARM_UP_S * SAMPLE_RATE])
+    engine.transcribe(audio[: WARM_UP_S * SAMPLE_RATE])
     count.reset()
     handles = []
 
@@ -171,8 +209,18 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, stock_decode: bool
         count.windows += result.windows
         count.fallbacks += result.fallbacks
         count.tokens += result.tokens_decoded
-    m = Measurement(spec.impl, wall, cpu, jobs * len(audio) / SAMPLE_RATE, count.windows, count.fallbacks,
-                    count.tokens, 0.0, text=results[0].text, weights_mb=weights)
+    m = Measurement(
+        spec.impl,
+        wall,
+        cpu,
+        jobs * len(audio) / SAMPLE_RATE,
+        count.windows,
+        count.fallbacks,
+        count.tokens,
+        0.0,
+        text=results[0].text,
+        weights_mb=weights,
+    )
     if jobs > 1:
         m.job_wall_s = [h.finished_at - h.submitted_at for h in handles]
         if len({r.text for r in results}) > 1:
@@ -202,8 +250,11 @@ class _CountingGenerate:
 
     def generate(self, *args, **kwargs):
         results = self._inner.generate(*args, **kwargs)
-        self.count.add(len(results), sum(len(r.sequences_ids[0]) for r in results),
-                       kwargs.get("sampling_temperature", 0.0))
+        self.count.add(
+            len(results),
+            sum(len(r.sequences_ids[0]) for r in results),
+            kwargs.get("sampling_temperature", 0.0),
+        )
         return results
 
 
@@ -217,32 +268,48 @@ def faster_whisper_options(weights: str, batched: bool, batch_size: int) -> dict
             return options  # its own defaults: VAD chunks, no previous text, no timestamps, first temperature
     else:
         options.update(best_of=1, vad_filter=False)
-    return dict(options, temperature=list(d.temperatures), compression_ratio_threshold=d.compression_ratio_threshold,
-                log_prob_threshold=d.logprob_threshold, no_speech_threshold=d.no_speech_threshold,
-                condition_on_previous_text=d.condition_on_previous_text,
-                without_timestamps=d.without_timestamps_batched if batched else False)
+    return dict(
+        options,
+        temperature=list(d.temperatures),
+        compression_ratio_threshold=d.compression_ratio_threshold,
+        log_prob_threshold=d.logprob_threshold,
+        no_speech_threshold=d.no_speech_threshold,
+        condition_on_previous_text=d.condition_on_previous_text,
+        without_timestamps=d.without_timestamps_batched if batched else False,
+    )
 
 
 def run_faster_whisper(spec: Spec, audio: np.ndarray, compute_type: str, batched: bool) -> Measurement:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    model = WhisperModel(spec.ct2_dir, device=spec.device, compute_type=compute_type, cpu_threads=spec.threads)
+    model = WhisperModel(
+        spec.ct2_dir, device=spec.device, compute_type=compute_type, cpu_threads=spec.threads
+    )
     count = DecodeCount()
     model.model = _CountingGenerate(model.model, count)
     options = faster_whisper_options(spec.weights, batched, spec.batch_size)
     transcriber = BatchedInferencePipeline(model) if batched else model
-    texts: List[str] = []
+    texts: list[str] = []
 
     def transcribe(samples) -> None:
         segments, _ = transcriber.transcribe(samples, **options)
         texts.append("".join(s.text for s in segments).strip())  # segments are generated lazily
 
-    transcribe(audio[:WARM_UP_S * SAMPLE_RATE])
+    transcribe(audio[: WARM_UP_S * SAMPLE_RATE])
     count.reset()
     cuda = spec.device == "cuda"
     wall, cpu, nvml = timed(lambda: transcribe(audio), cuda)
-    m = Measurement(spec.impl, wall, cpu, len(audio) / SAMPLE_RATE, count.windows, count.fallbacks, count.tokens,
-                    0.0, text=texts[-1])
+    m = Measurement(
+        spec.impl,
+        wall,
+        cpu,
+        len(audio) / SAMPLE_RATE,
+        count.windows,
+        count.fallbacks,
+        count.tokens,
+        0.0,
+        text=texts[-1],
+    )
     if cuda:
         m.gpu_process_peak_mb = nvml.peak_mb
         del model, transcriber, transcribe  # the closure holds the model too
@@ -264,10 +331,16 @@ RUNNERS = {
     "engine": ("engine", "fp32", _engine_runner("fp32")),
     "engine-fp16": ("engine", "fp16", _engine_runner("fp16")),
     "engine-int8": ("engine", "int8", _engine_runner("int8")),
-    "engine-whisper-decode": ("engine, stock `whisper.decode`", "fp32",
-                              _engine_runner("fp32", stock_decode=True)),
-    "engine-whisper-decode-fp16": ("engine, stock `whisper.decode`", "fp16",
-                                   _engine_runner("fp16", stock_decode=True)),
+    "engine-whisper-decode": (
+        "engine, stock `whisper.decode`",
+        "fp32",
+        _engine_runner("fp32", stock_decode=True),
+    ),
+    "engine-whisper-decode-fp16": (
+        "engine, stock `whisper.decode`",
+        "fp16",
+        _engine_runner("fp16", stock_decode=True),
+    ),
     "engine-fp16-2jobs": ("engine, two one-hour jobs at once", "fp16", _engine_runner("fp16", jobs=2)),
     "fw-fp32": ("faster-whisper `WhisperModel`", "fp32", _fw_runner("float32", False)),
     "fw-int8": ("faster-whisper `WhisperModel`", "int8", _fw_runner("int8", False)),
@@ -275,8 +348,11 @@ RUNNERS = {
     "fw-batched-fp32": ("faster-whisper `BatchedInferencePipeline`", "fp32", _fw_runner("float32", True)),
     "fw-batched-int8": ("faster-whisper `BatchedInferencePipeline`", "int8", _fw_runner("int8", True)),
     "fw-batched-fp16": ("faster-whisper `BatchedInferencePipeline`", "fp16", _fw_runner("float16", True)),
-    "fw-batched-int8-fp16": ("faster-whisper `BatchedInferencePipeline`", "int8_float16",
-                             _fw_runner("int8_float16", True)),
+    "fw-batched-int8-fp16": (
+        "faster-whisper `BatchedInferencePipeline`",
+        "int8_float16",
+        _fw_runner("int8_float16", True),
+    ),
 }
 
 

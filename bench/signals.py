@@ -1,6 +1,7 @@
 """Stretches without speech, made here (no recordings of music ship with the repo): what a
 meeting holds between its talks, for the voice-activity benchmark and the tests that
 check nothing is invented there. float32, 16 kHz, mono, like engine.load_audio's output."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ def silence(seconds: float) -> np.ndarray:
 
 def noise(seconds: float, level: float = 0.05, seed: int = 0) -> np.ndarray:
     """White noise at `level` RMS (0.05: a loud fan or a busy room, -26 dBFS)."""
-    return (level * np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)
+    return (level * np.random.default_rng(seed).standard_normal(int(seconds * SAMPLE_RATE))).astype(
+        np.float32
+    )
 
 
 def music(seconds: float, note_s: float = 0.5, level: float = 0.2) -> np.ndarray:
@@ -29,7 +32,7 @@ def music(seconds: float, note_s: float = 0.5, level: float = 0.2) -> np.ndarray
         span = slice(start, min(start + note_samples, len(t)))
         f = NOTES_HZ[index % len(NOTES_HZ)]
         phase = 2 * np.pi * f * t[span]
-        out[span] = level * envelope[:span.stop - span.start] * (np.sin(phase) + 0.5 * np.sin(2 * phase))
+        out[span] = level * envelope[: span.stop - span.start] * (np.sin(phase) + 0.5 * np.sin(2 * phase))
     return out.astype(np.float32)
 
 

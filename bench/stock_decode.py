@@ -6,15 +6,16 @@ join and leave; `DecodeLoop.start_decode` makes each one. `use_stock_decode` has
 whole) through openai-whisper's own batched `whisper.decode`. Sections, batching, prompts,
 fallback and word timing stay the engine's, so the difference measured is the decoder's.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Optional, Sequence
 
 from engine.decoding.whole_decode import WholeDecode
 
 
-def whisper_decode_rows(model, mel, options, prompts: Sequence[Optional[Sequence[int]]]) -> list:
+def whisper_decode_rows(model, mel, options, prompts: Sequence[Sequence[int] | None]) -> list:
     """openai-whisper's own batched `whisper.decode` in the signature of the engine's
     `engine.decoding.fast_decode.decode_rows`: whisper.decode takes one prompt for a whole batch,
     so the rows are decoded in one call per distinct prompt. Without previous text (random

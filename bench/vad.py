@@ -10,6 +10,7 @@ minute of noise between the halves (reference: the 5-minute file's). Stock
 `whisper.transcribe` runs on the built recording too, for its WER and time.
 The README's voice-activity table comes from this command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,28 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     model_dir = str(tiny_en_dir())
-    recordings = [("5 min", load_audio(FIVE_MIN), FIVE_MIN.with_suffix(".txt").read_text()),
-                  ("11 min", load_audio(ELEVEN_MIN), ELEVEN_MIN.with_suffix(".txt").read_text()),
-                  ("5 min + 1 min music + 1 min noise", built_recording(), FIVE_MIN.with_suffix(".txt").read_text())]
-    print("| recording | run | WER % | time s | windows | speech kept s |\n|---|---|---:|---:|---:|---:|", flush=True)
+    recordings = [
+        ("5 min", load_audio(FIVE_MIN), FIVE_MIN.with_suffix(".txt").read_text()),
+        ("11 min", load_audio(ELEVEN_MIN), ELEVEN_MIN.with_suffix(".txt").read_text()),
+        ("5 min + 1 min music + 1 min noise", built_recording(), FIVE_MIN.with_suffix(".txt").read_text()),
+    ]
+    print(
+        "| recording | run | WER % | time s | windows | speech kept s |\n|---|---|---:|---:|---:|---:|",
+        flush=True,
+    )
     for vad in (False, True):
-        settings = load_settings(None, dict(model=model_dir, device="cpu", precision="fp32", warm_up=False,
-                                            batch_size=args.batch_size, vad=vad), environ={})
+        settings = load_settings(
+            None,
+            dict(
+                model=model_dir,
+                device="cpu",
+                precision="fp32",
+                warm_up=False,
+                batch_size=args.batch_size,
+                vad=vad,
+            ),
+            environ={},
+        )
         with Engine(settings) as engine:
             engine.transcribe(np.zeros(16000, dtype=np.float32))  # load the detector and the kernels
             for name, audio, reference in recordings:
@@ -57,17 +73,29 @@ def main(argv=None) -> None:
                 result = engine.transcribe(audio)
                 elapsed = time.perf_counter() - started
                 kept = speech_map(audio).speech_samples / 16000 if vad else len(audio) / 16000
-                print(f"| {name} ({len(audio) / 16000:.0f} s) | engine, vad {str(vad).lower()} | "
-                      f"{word_error_rate(reference, result.text):.2f} | {elapsed:.1f} | {result.windows} | "
-                      f"{kept:.0f} |", flush=True)
+                print(
+                    f"| {name} ({len(audio) / 16000:.0f} s) | engine, vad {str(vad).lower()} | "
+                    f"{word_error_rate(reference, result.text):.2f} | {elapsed:.1f} | {result.windows} | "
+                    f"{kept:.0f} |",
+                    flush=True,
+                )
     name, audio, reference = recordings[-1]
-    with Engine(load_settings(None, dict(model=model_dir, device="cpu", precision="fp32", warm_up=False),
-                              environ={})) as engine, engine.models.lease(model_dir) as model:
+    with (
+        Engine(
+            load_settings(
+                None, dict(model=model_dir, device="cpu", precision="fp32", warm_up=False), environ={}
+            )
+        ) as engine,
+        engine.models.lease(model_dir) as model,
+    ):
         torch.manual_seed(0)
         started = time.perf_counter()
         text = whisper.transcribe(model, audio, fp16=False)["text"]
-        print(f"| {name} ({len(audio) / 16000:.0f} s) | stock whisper.transcribe | "
-              f"{word_error_rate(reference, text):.2f} | {time.perf_counter() - started:.1f} | | |", flush=True)
+        print(
+            f"| {name} ({len(audio) / 16000:.0f} s) | stock whisper.transcribe | "
+            f"{word_error_rate(reference, text):.2f} | {time.perf_counter() - started:.1f} | | |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

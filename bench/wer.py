@@ -2,6 +2,7 @@
 `EnglishTextNormalizer` (case, punctuation, numbers and spellings made uniform, so "Mr."
 against "Mister" or "1963" against "nineteen sixty-three" is not an error), then jiwer's WER.
 """
+
 from __future__ import annotations
 
 import functools

@@ -7,6 +7,7 @@ otherwise: VAD, temperature fallback and guards on; CPU fp32, `batch_size: 8`); 
 words in percent of the run without them, and the word error rate of both runs.
 The README's word-timestamp figures come from this command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,10 @@ from bench.inputs import SHARED_AUDIO, tiny_en_dir
 from bench.wer import word_error_rate
 from engine import Engine, load_audio, load_settings
 
-RECORDINGS = [SHARED_AUDIO / "long" / "lj050_0159_5min.mp3", SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"]
+RECORDINGS = [
+    SHARED_AUDIO / "long" / "lj050_0159_5min.mp3",
+    SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3",
+]
 
 
 def main(argv=None) -> None:
@@ -30,14 +34,27 @@ def main(argv=None) -> None:
     parser.add_argument("--hallucination-silence-threshold", type=float, default=None)
     args = parser.parse_args(argv)
     model_dir = str(tiny_en_dir())
-    print("| recording | run | no words s | words s | cost | WER % (no words / words) |\n"
-          "|---|---|---:|---:|---:|---:|", flush=True)
+    print(
+        "| recording | run | no words s | words s | cost | WER % (no words / words) |\n"
+        "|---|---|---:|---:|---:|---:|",
+        flush=True,
+    )
     threshold = args.hallucination_silence_threshold
-    settings = load_settings(None, dict(model=model_dir, device="cpu", precision="fp32", warm_up=False,
-                                        batch_size=args.batch_size, hallucination_silence_threshold=threshold),
-                             environ={})
+    settings = load_settings(
+        None,
+        dict(
+            model=model_dir,
+            device="cpu",
+            precision="fp32",
+            warm_up=False,
+            batch_size=args.batch_size,
+            hallucination_silence_threshold=threshold,
+        ),
+        environ={},
+    )
     with Engine(settings) as engine:
-        engine.transcribe(np.zeros(16000, dtype=np.float32), word_timestamps=True)  # load the detector, warm up
+        # load the detector, warm up
+        engine.transcribe(np.zeros(16000, dtype=np.float32), word_timestamps=True)
         for recording in RECORDINGS:
             audio, reference = load_audio(recording), recording.with_suffix(".txt").read_text()
             times, errors = [], []
@@ -57,16 +74,20 @@ def main(argv=None) -> None:
             for words in (False, True):
                 torch.manual_seed(0)
                 started = time.perf_counter()
-                text = whisper.transcribe(model, audio, fp16=False, word_timestamps=words,
-                                          hallucination_silence_threshold=threshold)["text"]
+                text = whisper.transcribe(
+                    model, audio, fp16=False, word_timestamps=words, hallucination_silence_threshold=threshold
+                )["text"]
                 times.append(time.perf_counter() - started)
                 errors.append(word_error_rate(reference, text))
             _row(recording.name, "stock whisper.transcribe", times, errors)
 
 
 def _row(name: str, run: str, times, errors) -> None:
-    print(f"| {name} | {run} | {times[0]:.1f} | {times[1]:.1f} | {100 * (times[1] / times[0] - 1):+.0f} % | "
-          f"{errors[0]:.2f} / {errors[1]:.2f} |", flush=True)
+    print(
+        f"| {name} | {run} | {times[0]:.1f} | {times[1]:.1f} | {100 * (times[1] / times[0] - 1):+.0f} % | "
+        f"{errors[0]:.2f} / {errors[1]:.2f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ A fresh process per measurement keeps peak host memory and CUDA counters per
 implementation and leaves nothing warm (caches, allocator pools) for the next one.
 The result is printed as one line starting with RESULT_PREFIX.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `engine` from this checkout
 
-from bench.runners import Spec, run  # noqa: E402
+from bench.runners import Spec, run
 
 RESULT_PREFIX = "BENCH-RESULT "
 

@@ -3,15 +3,17 @@
 It owns the device plan, the model cache, the worker queue and the GPU monitor, and turns
 "this file, these options" into a job whose result is a `TranscriptionResult`.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -20,33 +22,33 @@ from whisper.audio import N_FRAMES, N_SAMPLES
 from whisper.tokenizer import get_tokenizer
 
 from engine.audio.files import SAMPLE_RATE, AudioInfo, check_audio, check_length, load_audio
+from engine.audio.sections import plan_sections
+from engine.audio.vad import SpeechMap, VadOptions, speech_map
+from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop
+from engine.decoding.options import TranscribeOptions
+from engine.decoding.stream import SectionStream, log_mel_spectrogram
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_device
-from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop
 from engine.device.gpu_monitor import GpuMonitor
+from engine.errors import InvalidRequest, ModelNotOffered  # raised here; callers import them from here too
 from engine.job_options import JobOptions
 from engine.languages import LANGUAGES
-from engine.models.names import ModelNames, english_only_by_name
 from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
-from engine.decoding.options import TranscribeOptions
+from engine.models.names import ModelNames, english_only_by_name
 from engine.results import TranscriptionResult
-from engine.audio.sections import plan_sections
 from engine.settings import Settings
-from engine.decoding.stream import SectionStream, log_mel_spectrogram
-from engine.audio.vad import SpeechMap, VadOptions, speech_map
 from engine.worker import JobHandle, TranscriptionWorker
-from engine.errors import InvalidRequest, ModelNotOffered  # raised here; callers import them from here too
 
 log = logging.getLogger(__name__)
 
 AudioInput = Union[str, os.PathLike, np.ndarray]
 
 
-def completed_in_order(streams: Sequence[SectionStream]) -> List:
+def completed_in_order(streams: Sequence[SectionStream]) -> list:
     """The segments of `streams` (sections in recording order) that no later decode can precede:
     every segment of each finished section, then those so far of the first unfinished one.
     The job's handle calls it at each progress report, between the decode loop's steps."""
-    segments: List = []
+    segments: list = []
     for stream in streams:
         segments.extend(list(stream.segments))
         if not stream.finished:
@@ -54,17 +56,21 @@ def completed_in_order(streams: Sequence[SectionStream]) -> List:
     return segments
 
 
-def refuse_unsupported(model_id: str, language: Optional[str], task: str) -> None:
+def refuse_unsupported(model_id: str, language: str | None, task: str) -> None:
     """InvalidRequest for what an English-only model cannot do (whisper would silently ignore
     the language and the task and write English anyway)."""
     if task == "translate":
-        raise InvalidRequest(f"task: {model_id} is an English-only model and cannot translate; its transcript is "
-                             "English already (use task=transcribe), or choose a multilingual model for speech in "
-                             "other languages")
+        raise InvalidRequest(
+            f"task: {model_id} is an English-only model and cannot translate; its transcript is "
+            "English already (use task=transcribe), or choose a multilingual model for speech in "
+            "other languages"
+        )
     if language not in (None, "en"):
-        raise InvalidRequest(f"language: {model_id} is an English-only model and cannot transcribe "
-                             f"{LANGUAGES.get(language, language).title()}; choose a multilingual model, or "
-                             "language en (or detection)")
+        raise InvalidRequest(
+            f"language: {model_id} is an English-only model and cannot transcribe "
+            f"{LANGUAGES.get(language, language).title()}; choose a multilingual model, or "
+            "language en (or detection)"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,10 @@ class TranscriptionRequest:
     options: JobOptions  # what the user asked for, the model named by its id (Engine.prepare)
     decoding: TranscribeOptions  # `options` with the config's values filled in
     name: str = ""  # file name to show and to name downloads after
-    info: Optional[AudioInfo] = None  # the file's probe at submit, so the job does not probe it again
+    info: AudioInfo | None = None  # the file's probe at submit, so the job does not probe it again
 
 
-def _options(options: Optional[JobOptions], fields: dict) -> JobOptions:
+def _options(options: JobOptions | None, fields: dict) -> JobOptions:
     if options is not None and fields:
         raise TypeError("pass JobOptions or its fields as keywords, not both")
     return options if options is not None else JobOptions(**fields)
@@ -96,7 +102,7 @@ class ModelState:
 class EngineStatus:
     model: ModelState
     device: str  # e.g. "cuda:0 (NVIDIA H200), fp16" or "cpu, fp32"
-    loaded: List[ModelInfo]
+    loaded: list[ModelInfo]
     busy_workers: int
     workers: int
     queue_length: int
@@ -106,7 +112,8 @@ class EngineStatus:
 @dataclass
 class _Listeners:
     """Callbacks for metrics and logs: (event, payload)."""
-    callbacks: List[Callable[[str, object], None]] = field(default_factory=list)
+
+    callbacks: list[Callable[[str, object], None]] = field(default_factory=list)
 
     def emit(self, event: str, payload: object) -> None:
         for callback in list(self.callbacks):
@@ -124,8 +131,14 @@ class Engine:
     `before_step` is for tests: a hook into the running decode (engine.decoding.decode_loop).
     """
 
-    def __init__(self, settings: Settings, *, load: bool = True, background: bool = False,
-                 before_step: Optional[BeforeStep] = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        load: bool = True,
+        background: bool = False,
+        before_step: BeforeStep | None = None,
+    ):
         apply_alloc_conf(settings.cuda_alloc_conf)
         self.settings = settings
         self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
@@ -134,14 +147,23 @@ class Engine:
         self.model_names = ModelNames(settings.allowed_models)  # public ids: names, never server paths
         self._multilingual: dict = {}  # configured model -> model.is_multilingual, learned when it loads
         self._state = ModelState("not loaded", settings.model)
-        self.models = ModelCache(self._load_model, settings.model_cache_size, self.plan.device,
-                                 on_load=lambda name: self.listeners.emit("model_loaded", name),
-                                 on_release=self._on_release)
-        self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb,
-                               before_step)
+        self.models = ModelCache(
+            self._load_model,
+            settings.model_cache_size,
+            self.plan.device,
+            on_load=lambda name: self.listeners.emit("model_loaded", name),
+            on_release=self._on_release,
+        )
+        self.loop = DecodeLoop(
+            self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb, before_step
+        )
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
-        self.worker = TranscriptionWorker(self._run, settings.workers, settings.queue_size,
-                                          prepare_thread=single_threaded_here if on_cpu else None)
+        self.worker = TranscriptionWorker(
+            self._run,
+            settings.workers,
+            settings.queue_size,
+            prepare_thread=single_threaded_here if on_cpu else None,
+        )
         self._closed = threading.Event()
         if settings.idle_release_s > 0:
             threading.Thread(target=self._release_when_idle, name="idle-release", daemon=True).start()
@@ -152,7 +174,7 @@ class Engine:
                 self.load()
 
     # -- models ----------------------------------------------------------------------------
-    def load(self, name: Optional[str] = None) -> None:
+    def load(self, name: str | None = None) -> None:
         """Load (and warm up) a model now; the default one unless named. Errors are kept in
         `status().model` for the default model and re-raised."""
         name = name or self.settings.model
@@ -190,8 +212,9 @@ class Engine:
 
     def _warm_up(self, model) -> None:
         """One tiny decode, so kernels are compiled and buffers allocated before a user waits."""
-        mel = whisper.log_mel_spectrogram(torch.zeros(whisper.audio.N_SAMPLES), n_mels=model.dims.n_mels,
-                                          device=self.plan.device).to(torch.float16 if self.plan.fp16 else torch.float32)
+        mel = whisper.log_mel_spectrogram(
+            torch.zeros(whisper.audio.N_SAMPLES), n_mels=model.dims.n_mels, device=self.plan.device
+        ).to(torch.float16 if self.plan.fp16 else torch.float32)
         options = whisper.DecodingOptions(language="en", sample_len=2, fp16=self.plan.fp16)
         with MODEL_LOCK, torch.inference_mode():
             whisper.decode(model, mel[None], options)
@@ -201,7 +224,7 @@ class Engine:
             self._state = ModelState("released", name)
         self.listeners.emit("model_released", name)
 
-    def release(self, wait: bool = False, timeout: Optional[float] = None) -> ReleaseReport:
+    def release(self, wait: bool = False, timeout: float | None = None) -> ReleaseReport:
         """Free the GPU memory held by models. A model in use by a job is freed when that job
         finishes (or, with `wait`, before this returns); the next request loads it again."""
         report = self.models.release(wait=wait, timeout=timeout)
@@ -215,8 +238,15 @@ class Engine:
                 self.models.release_idle(idle_s, self.settings.idle_action)
 
     # -- jobs --------------------------------------------------------------------------------
-    def submit(self, audio: AudioInput, options: Optional[JobOptions] = None, *, name: str = "",
-               job_id: Optional[str] = None, **fields) -> JobHandle:
+    def submit(
+        self,
+        audio: AudioInput,
+        options: JobOptions | None = None,
+        *,
+        name: str = "",
+        job_id: str | None = None,
+        **fields,
+    ) -> JobHandle:
         """Queue a recording; returns at once with a handle (raises QueueFull when full).
 
         `options` (or, for short, its fields as keywords) says what to do; a None field takes
@@ -229,7 +259,9 @@ class Engine:
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
 
-    def transcribe(self, audio: AudioInput, options: Optional[JobOptions] = None, **fields) -> TranscriptionResult:
+    def transcribe(
+        self, audio: AudioInput, options: JobOptions | None = None, **fields
+    ) -> TranscriptionResult:
         """Submit and wait."""
         return self.submit(audio, _options(options, fields)).result()
 
@@ -260,21 +292,27 @@ class Engine:
         else:
             info = check_audio(audio, self.settings.max_audio_duration_s)
             name = name or Path(audio).name
-        return TranscriptionRequest(audio, self.model_names.resolve(options.model), options,
-                                    self._decoding(options), name, info)
+        return TranscriptionRequest(
+            audio, self.model_names.resolve(options.model), options, self._decoding(options), name, info
+        )
 
     def _decoding(self, options: JobOptions) -> TranscribeOptions:
         s = self.settings
         return TranscribeOptions(
-            task=options.task or s.task, language=options.language if options.language is not None else s.language,
+            task=options.task or s.task,
+            language=options.language if options.language is not None else s.language,
             initial_prompt=options.initial_prompt or s.initial_prompt,
             condition_on_previous_text=s.condition_on_previous_text,
             temperatures=options.temperature or tuple(s.temperatures),
             max_new_tokens=options.max_new_tokens or s.max_new_tokens,
-            compression_ratio_threshold=s.compression_ratio_threshold, logprob_threshold=s.logprob_threshold,
-            no_speech_threshold=s.no_speech_threshold, word_timestamps=options.word_timestamps,
-            logprobs=options.logprobs, hallucination_silence_threshold=s.hallucination_silence_threshold,
-            silence_threshold_db=s.silence_threshold_db, vad=s.vad if options.vad is None else options.vad,
+            compression_ratio_threshold=s.compression_ratio_threshold,
+            logprob_threshold=s.logprob_threshold,
+            no_speech_threshold=s.no_speech_threshold,
+            word_timestamps=options.word_timestamps,
+            logprobs=options.logprobs,
+            hallucination_silence_threshold=s.hallucination_silence_threshold,
+            silence_threshold_db=s.silence_threshold_db,
+            vad=s.vad if options.vad is None else options.vad,
         )
 
     def _run(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
@@ -300,36 +338,73 @@ class Engine:
         with self.models.lease(request.model) as model:
             if request.model == s.model:
                 self._state = ModelState("ready", request.model)
-            sections = plan_sections(audio, s.batch_size, min_section_s=s.min_section_s,
-                                     joins=speech.joins if speech else None)
+            sections = plan_sections(
+                audio, s.batch_size, min_section_s=s.min_section_s, joins=speech.joins if speech else None
+            )
             language = self._language(model, request.options.model, audio, sections, options)
-            tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
-                                      language=language, task=options.task)
-            streams = [SectionStream(audio[section.start:section.end], section.start_s, options, tokenizer,
-                                     model.dims.n_mels, speech)
-                       for section in sections]
+            tokenizer = get_tokenizer(
+                model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
+            )
+            streams = [
+                SectionStream(
+                    audio[section.start : section.end],
+                    section.start_s,
+                    options,
+                    tokenizer,
+                    model.dims.n_mels,
+                    speech,
+                )
+                for section in sections
+            ]
             handle.show_segments(lambda: completed_in_order(streams))  # for clients that stream the text
-            self.loop.run(model, streams, options, language, cancelled=handle.cancel_requested,
-                          on_progress=on_progress, streaming=handle.streams_text)
-        segments = [replace(segment, id=i) for i, segment in
-                    enumerate(segment for stream in streams for segment in stream.segments)]
+            self.loop.run(
+                model,
+                streams,
+                options,
+                language,
+                cancelled=handle.cancel_requested,
+                on_progress=on_progress,
+                streaming=handle.streams_text,
+            )
+        segments = [
+            replace(segment, id=i)
+            for i, segment in enumerate(segment for stream in streams for segment in stream.segments)
+        ]
         result = TranscriptionResult(
-            segments=segments, language=language, duration=duration, task=options.task,
-            model=request.options.model, windows=sum(st.windows_decoded for st in streams),
-            tokens_decoded=sum(st.tokens_decoded for st in streams), fallbacks=sum(st.fallbacks for st in streams),
+            segments=segments,
+            language=language,
+            duration=duration,
+            task=options.task,
+            model=request.options.model,
+            windows=sum(st.windows_decoded for st in streams),
+            tokens_decoded=sum(st.tokens_decoded for st in streams),
+            fallbacks=sum(st.fallbacks for st in streams),
             processing_s=time.perf_counter() - started,
         )
-        log.info("Job %s: %.1f s of audio (%.1f s of it speech decoded) in %.1f s (%d sections, %d windows, "
-                 "%d segments)", handle.id, duration, heard, result.processing_s, len(sections), result.windows,
-                 len(segments))
+        log.info(
+            "Job %s: %.1f s of audio (%.1f s of it speech decoded) in %.1f s (%d sections, %d windows, "
+            "%d segments)",
+            handle.id,
+            duration,
+            heard,
+            result.processing_s,
+            len(sections),
+            result.windows,
+            len(segments),
+        )
         return result
 
     def _speech(self, audio: np.ndarray) -> SpeechMap:
         s = self.settings
         started = time.perf_counter()
         speech = speech_map(audio, VadOptions(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s))
-        log.info("Voice activity: %.1f s of speech in %.1f s, %d stretches (%.1f s)", speech.speech_samples / SAMPLE_RATE,
-                 len(audio) / SAMPLE_RATE, len(speech.chunks), time.perf_counter() - started)
+        log.info(
+            "Voice activity: %.1f s of speech in %.1f s, %d stretches (%.1f s)",
+            speech.speech_samples / SAMPLE_RATE,
+            len(audio) / SAMPLE_RATE,
+            len(speech.chunks),
+            time.perf_counter() - started,
+        )
         return speech
 
     def _language(self, model, model_id: str, audio: np.ndarray, sections, options: TranscribeOptions) -> str:
@@ -342,9 +417,13 @@ class Engine:
         if not model.is_multilingual or not sections:
             return "en"
         first = sections[0]
-        mel = log_mel_spectrogram(audio[first.start:first.end], model.dims.n_mels, padding=N_SAMPLES)
+        mel = log_mel_spectrogram(audio[first.start : first.end], model.dims.n_mels, padding=N_SAMPLES)
         device = next(model.parameters()).device
-        mel = whisper.pad_or_trim(mel, N_FRAMES).to(device).to(torch.float16 if self.plan.fp16 else torch.float32)
+        mel = (
+            whisper.pad_or_trim(mel, N_FRAMES)
+            .to(device)
+            .to(torch.float16 if self.plan.fp16 else torch.float32)
+        )
         with MODEL_LOCK, torch.inference_mode():
             _, probs = model.detect_language(mel)
         language = max(probs, key=probs.get)
@@ -353,17 +432,24 @@ class Engine:
 
     # -- state -------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
-        return EngineStatus(self._state, self.plan.description, self.models.loaded(), self.worker.busy,
-                            self.worker.workers, self.worker.queue_length, self.worker.queue_size)
+        return EngineStatus(
+            self._state,
+            self.plan.description,
+            self.models.loaded(),
+            self.worker.busy,
+            self.worker.workers,
+            self.worker.queue_length,
+            self.worker.queue_size,
+        )
 
-    def close(self, drain: bool = True, timeout: Optional[float] = None) -> None:
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking jobs, finish (drain) or fail the accepted ones, free the models."""
         self._closed.set()
         self.worker.shutdown(drain=drain, timeout=timeout)
         self.loop.close()
         self.models.release(wait=True, timeout=timeout)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -26,9 +26,8 @@ EngineError, so code that catches those keeps working. The front ends map these 
 their names) to HTTP codes and page messages in one table (ui/openai_compat.py); a stored job
 keeps its error's class name, which `error_class` turns back into the class.
 """
-from __future__ import annotations
 
-from typing import Dict, Optional
+from __future__ import annotations
 
 INSTALL_HINT = (
     "Install ffmpeg (it includes ffprobe) and restart the app: "
@@ -42,9 +41,9 @@ class EngineError(Exception):
     """str(e) is a sentence for the person who caused it; `param`, when one option or field is
     to blame, names it (the HTTP API's error `param`)."""
 
-    param: Optional[str] = None  # the class's default; an instance may name its own
+    param: str | None = None  # the class's default; an instance may name its own
 
-    def __init__(self, message: str = "", *, param: Optional[str] = None):
+    def __init__(self, message: str = "", *, param: str | None = None):
         super().__init__(message)
         if param is not None:
             self.param = param
@@ -80,7 +79,7 @@ class NotAudio(AudioError):
 class TruncatedAudio(AudioError):
     """The file ends early or is damaged: less audio came out than it declares."""
 
-    def __init__(self, message: str, *, declared_s: Optional[float] = None, decoded_s: Optional[float] = None):
+    def __init__(self, message: str, *, declared_s: float | None = None, decoded_s: float | None = None):
         super().__init__(message)
         self.declared_s = declared_s  # length the file claims, None when it does not say
         self.decoded_s = decoded_s  # length that could actually be decoded
@@ -93,7 +92,7 @@ class AudioTooShort(AudioError):
 class AudioTooLong(AudioError):
     """Longer than the configured maximum; detected without decoding the whole file."""
 
-    def __init__(self, message: str, *, duration_s: Optional[float] = None, max_duration_s: Optional[float] = None):
+    def __init__(self, message: str, *, duration_s: float | None = None, max_duration_s: float | None = None):
         super().__init__(message)
         self.duration_s = duration_s  # declared length, or a lower bound when decoding had to stop
         self.max_duration_s = max_duration_s
@@ -104,7 +103,7 @@ class InvalidRequest(EngineError, ValueError):
     """A request option is wrong (unknown language, model not allowed, ...). Its message starts
     with the option's name ("task: must be one of ..."), which is its `param` unless given."""
 
-    def __init__(self, message: str = "", *, param: Optional[str] = None):
+    def __init__(self, message: str = "", *, param: str | None = None):
         name = message.split(":", 1)[0] if ":" in message else None
         super().__init__(message, param=param or (name if name and name.isidentifier() else None))
 
@@ -150,13 +149,13 @@ class QuantisedModelError(Ct2FormatError):
     """The weights are int8/int16; openai-whisper needs them in a float type."""
 
 
-def _family(base: type) -> Dict[str, type]:
+def _family(base: type) -> dict[str, type]:
     found = {base.__name__: base}
     for sub in base.__subclasses__():
         found.update(_family(sub))
     return found
 
 
-def error_class(name: str) -> Optional[type]:
+def error_class(name: str) -> type | None:
     """The engine error class of that name (as a stored job keeps it), None for any other name."""
     return _family(EngineError).get(name)

@@ -1,14 +1,13 @@
 """Language names and codes as whisper knows them."""
-from __future__ import annotations
 
-from typing import Dict, Optional
+from __future__ import annotations
 
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 AUTO = "auto"  # what the UI and the API send for "detect the language"
 
 
-def normalise_language(value: Optional[str]) -> Optional[str]:
+def normalise_language(value: str | None) -> str | None:
     """'English', 'en' or 'EN' -> 'en'; None, '' or 'auto' -> None (detect). ValueError otherwise."""
     if value is None:
         return None
@@ -25,6 +24,6 @@ def normalise_language(value: Optional[str]) -> Optional[str]:
     )
 
 
-def language_choices() -> Dict[str, str]:
+def language_choices() -> dict[str, str]:
     """Display name -> code, sorted by name, for drop-downs."""
     return {name.title(): code for code, name in sorted(LANGUAGES.items(), key=lambda kv: kv[1])}

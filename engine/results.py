@@ -1,8 +1,8 @@
 """What a transcription produces: plain dataclasses shared by every engine module and the UI."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
 
 
 @dataclass
@@ -19,7 +19,7 @@ class TokenLogprob:
 
     token: str  # the token's text (a piece of a character when one is split over tokens: see bytes)
     logprob: float  # natural log of its probability when it was chosen
-    bytes: List[int]  # its UTF-8 bytes
+    bytes: list[int]  # its UTF-8 bytes
 
 
 @dataclass
@@ -28,19 +28,21 @@ class Segment:
     start: float  # seconds from the start of the recording (absolute, not window-relative)
     end: float
     text: str
-    tokens: List[int] = field(default_factory=list)  # text tokens, no timestamp/special tokens
+    tokens: list[int] = field(default_factory=list)  # text tokens, no timestamp/special tokens
     temperature: float = 0.0  # temperature of the decode this segment came from
     avg_logprob: float = 0.0
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
-    words: Optional[List[Word]] = None  # only with word timestamps
-    seek: int = 0  # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
-    logprobs: Optional[List[TokenLogprob]] = None  # per text token, only when asked (TranscribeOptions.logprobs); not in whisper's files
+    words: list[Word] | None = None  # only with word timestamps
+    # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
+    seek: int = 0
+    # per text token, only when asked (TranscribeOptions.logprobs); not in whisper's files
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
 class TranscriptionResult:
-    segments: List[Segment]
+    segments: list[Segment]
     language: str  # language code used for decoding (given or detected)
     duration: float  # seconds of audio in the recording
     task: str = "transcribe"

@@ -5,12 +5,14 @@ Every key lives in `config.yaml` (documented there); environment variables named
 override the file. Anything wrong fails at start-up with one line that names the key and
 what it accepts, never with a traceback later.
 """
+
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,71 +27,98 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- model and device -------------------------------------------------------------
-    model: str = "large-v3"  # whisper model name (downloaded to the whisper cache), .pt checkpoint path or faster-whisper (CTranslate2) directory
-    models: List[str] = Field(default_factory=list)  # further models users may pick; `model` is always allowed
-    download_root: Optional[str] = None  # where named models are downloaded; None = whisper's cache (~/.cache/whisper)
+    # whisper model name (downloaded to the whisper cache), .pt checkpoint path or faster-whisper (CTranslate2) directory
+    model: str = "large-v3"
+    # further models users may pick; `model` is always allowed
+    models: list[str] = Field(default_factory=list)
+    # where named models are downloaded; None = whisper's cache (~/.cache/whisper)
+    download_root: str | None = None
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto = cuda when an NVIDIA GPU is visible, else cpu
     device_index: int = Field(0, ge=0)  # which GPU (cuda:N), counted after CUDA_VISIBLE_DEVICES
     precision: Literal["fp16", "fp32", "int8"] = "fp16"  # resident weights; fp16 halves GPU memory
-    cuda_alloc_conf: Optional[str] = "max_split_size_mb:128"  # PYTORCH_CUDA_ALLOC_CONF unless the environment sets it
-    model_cache_size: int = Field(2, ge=1)  # models kept resident at once (LRU); each large-v3 costs ~3.1 GB in fp16
+    # PYTORCH_CUDA_ALLOC_CONF unless the environment sets it
+    cuda_alloc_conf: str | None = "max_split_size_mb:128"
+    # models kept resident at once (LRU); each large-v3 costs ~3.1 GB in fp16
+    model_cache_size: int = Field(2, ge=1)
     warm_up: bool = True  # run a tiny decode after loading so the first request is not slow
     idle_release_s: float = Field(0, ge=0)  # free model memory after this many idle seconds; 0 = never
-    idle_action: Literal["release", "offload"] = "release"  # release = drop weights; offload = move them to host RAM
+    # release = drop weights; offload = move them to host RAM
+    idle_action: Literal["release", "offload"] = "release"
 
     # --- work queue ---------------------------------------------------------------------
-    workers: int = Field(2, ge=1)  # jobs processed at once; model calls are serialised, audio decoding overlaps
+    # jobs processed at once; model calls are serialised, audio decoding overlaps
+    workers: int = Field(2, ge=1)
     queue_size: int = Field(16, ge=1)  # jobs waiting beyond those running; more are refused with "queue full"
 
     # --- decoding ------------------------------------------------------------------------
-    batch_size: int = Field(8, ge=1)  # 30 s windows decoded together (a recording is cut into this many sections); more = faster, more GPU memory
-    min_section_s: float = Field(MIN_SECTION_S, ge=30)  # shortest section a recording is cut into; shorter = more rows of one job side by side, more partly empty windows
-    condition_on_previous_text: bool = True  # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less consistent style
-    max_new_tokens: int = Field(224, ge=1, le=448)  # cap on tokens decoded per window (whisper's default: 224)
-    language: Optional[str] = None  # language code or name; null = detect from the first window with speech
-    task: Literal["transcribe", "translate"] = "transcribe"  # translate = speech in any language to English text
-    initial_prompt: Optional[str] = None  # context for the first window of every section (names, spelling, style)
-    temperatures: List[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # fallback ladder
-    compression_ratio_threshold: Optional[float] = 2.4  # re-decode a window hotter when its text is this repetitive
-    logprob_threshold: Optional[float] = -1.0  # ... or when its average token log-probability is below this
-    no_speech_threshold: Optional[float] = 0.6  # treat a window as silent above this no-speech probability
-    silence_threshold_db: float = -50.0  # windows whose loudest 20 ms is below this dBFS are skipped as silence
-    hallucination_silence_threshold: Optional[float] = Field(None, gt=0)  # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's option; drops real words too, so off)
-    vad: bool = True  # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach the model)
+    # 30 s windows decoded together (a recording is cut into this many sections); more = faster, more GPU memory
+    batch_size: int = Field(8, ge=1)
+    # shortest section a recording is cut into; shorter = more rows of one job side by side, more partly empty windows
+    min_section_s: float = Field(MIN_SECTION_S, ge=30)
+    # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less consistent style
+    condition_on_previous_text: bool = True
+    # cap on tokens decoded per window (whisper's default: 224)
+    max_new_tokens: int = Field(224, ge=1, le=448)
+    language: str | None = None  # language code or name; null = detect from the first window with speech
+    # translate = speech in any language to English text
+    task: Literal["transcribe", "translate"] = "transcribe"
+    # context for the first window of every section (names, spelling, style)
+    initial_prompt: str | None = None
+    # fallback ladder
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    # re-decode a window hotter when its text is this repetitive
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0  # ... or when its average token log-probability is below this
+    no_speech_threshold: float | None = 0.6  # treat a window as silent above this no-speech probability
+    # windows whose loudest 20 ms is below this dBFS are skipped as silence
+    silence_threshold_db: float = -50.0
+    # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's option; drops real words too, so off)
+    hallucination_silence_threshold: float | None = Field(None, gt=0)
+    # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach the model)
+    vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)  # speech probability above which a 32 ms frame is speech
     vad_min_silence_s: float = Field(2.0, ge=0.1)  # gaps without speech shorter than this are decoded anyway
-    vad_speech_pad_s: float = Field(0.4, ge=0)  # audio kept around each stretch of speech, so no word is clipped
+    # audio kept around each stretch of speech, so no word is clipped
+    vad_speech_pad_s: float = Field(0.4, ge=0)
 
     # --- limits and monitoring ----------------------------------------------------------
-    gpu_memory_threshold_mb: Optional[float] = Field(None, gt=0)  # warn when a GPU uses more than this; null = never
+    # warn when a GPU uses more than this; null = never
+    gpu_memory_threshold_mb: float | None = Field(None, gt=0)
     max_audio_duration_s: float = Field(6 * 3600, gt=0)  # longer recordings are refused before decoding
     max_upload_mb: float = Field(1024, gt=0)  # larger uploads are refused (HTTP 413)
-    upload_idle_timeout_s: float = Field(30, gt=0)  # an upload sending nothing this long is dropped (HTTP 408)
+    # an upload sending nothing this long is dropped (HTTP 408)
+    upload_idle_timeout_s: float = Field(30, gt=0)
     page_files_max_mb: float = Field(8192, gt=0)  # the page's uploads and downloads kept at once; more is 507
-    min_free_disk_mb: float = Field(1024, ge=0)  # /healthz, /metrics warn when less is free under data_dir; 0 = never
+    # /healthz, /metrics warn when less is free under data_dir; 0 = never
+    min_free_disk_mb: float = Field(1024, ge=0)
 
     # --- subtitles (srt, vtt; output.subtitles) -----------------------------------------
-    subtitle_max_line_width: int = Field(42, ge=1)  # characters per line; only a single longer word exceeds it
+    # characters per line; only a single longer word exceeds it
+    subtitle_max_line_width: int = Field(42, ge=1)
     subtitle_max_lines: int = Field(2, ge=1)  # lines per cue
     subtitle_max_cue_s: float = Field(7.0, gt=0)  # longest time one cue stays on screen
-    subtitle_per_segment: bool = False  # true = whisper's plain files: one cue per segment, one line, no limits
+    # true = whisper's plain files: one cue per segment, one line, no limits
+    subtitle_per_segment: bool = False
 
     # --- web page and HTTP --------------------------------------------------------------
     host: str = "127.0.0.1"  # 0.0.0.0 to serve the local network
     port: int = Field(7860, ge=1, le=65535)
     share: bool = False  # ask Gradio for a public *.gradio.live link
-    auth: Optional[str] = None  # "user:password" protects the page; env WHISPER_APP_AUTH also works
-    api_key: Optional[str] = None  # one key, named "default": required as "Authorization: Bearer KEY" on /v1 routes when set
-    api_keys: Dict[str, str] = Field(default_factory=dict)  # name -> key; each key sees only the jobs it created
+    auth: str | None = None  # "user:password" protects the page; env WHISPER_APP_AUTH also works
+    # one key, named "default": required as "Authorization: Bearer KEY" on /v1 routes when set
+    api_key: str | None = None
+    # name -> key; each key sees only the jobs it created
+    api_keys: dict[str, str] = Field(default_factory=dict)
     protect_metrics: bool = False  # also require the API key on /metrics and /healthz
-    data_dir: str = "data"  # jobs database and uploaded audio for durable jobs; relative = beside the config file
+    # jobs database and uploaded audio for durable jobs; relative = beside the config file
+    data_dir: str = "data"
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
     # A job the server stopped in (killed, out of memory) this many times is failed at the next
     # start instead of run again, so one that kills the process cannot do it at every start.
     max_attempts: int = Field(3, ge=1)
 
     @model_validator(mode="after")
-    def _check_combinations(self) -> "Settings":
+    def _check_combinations(self) -> Settings:
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError("temperatures: must be a non-empty list of numbers >= 0, e.g. [0.0, 0.2, 0.4]")
         if self.auth is not None and ":" not in self.auth:
@@ -100,7 +129,9 @@ class Settings(BaseModel):
         if self.api_key and "default" in self.api_keys:
             raise ValueError('api_keys: the name "default" is taken by api_key; rename that entry')
         if len(set(keys.values())) != len(keys):
-            raise ValueError("api_keys: two names share one key; each key must be different (it says whose jobs are whose)")
+            raise ValueError(
+                "api_keys: two names share one key; each key must be different (it says whose jobs are whose)"
+            )
         if self.language is not None:
             from engine.languages import normalise_language
 
@@ -108,12 +139,12 @@ class Settings(BaseModel):
         return self
 
     @property
-    def named_api_keys(self) -> Dict[str, str]:
+    def named_api_keys(self) -> dict[str, str]:
         """Every API key by its owner's name: `api_key` (as "default") and `api_keys`; {} = the API is open."""
         return {**({"default": self.api_key} if self.api_key else {}), **self.api_keys}
 
     @property
-    def allowed_models(self) -> List[str]:
+    def allowed_models(self) -> list[str]:
         """The default model first, then the others the config lets users pick."""
         return list(dict.fromkeys([self.model, *self.models]))
 
@@ -142,7 +173,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
     overrides = {}
     for name, raw in environ.items():
         if name.startswith(ENV_PREFIX):
-            key = name[len(ENV_PREFIX):].lower()
+            key = name[len(ENV_PREFIX) :].lower()
             value = yaml.safe_load(raw) if raw.strip() else None
             # A model path or an auth string must stay text even if it looks like a number.
             overrides[key] = raw if key in ("model", "auth", "api_key", "initial_prompt") else value
@@ -150,9 +181,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
 
 
 def load_settings(
-    path: Union[str, os.PathLike, None] = "config.yaml",
-    overrides: Optional[Mapping[str, Any]] = None,
-    environ: Optional[Mapping[str, str]] = None,
+    path: str | os.PathLike | None = "config.yaml",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Read the YAML file (None = defaults only), then environment variables, then `overrides`.
 
@@ -182,5 +213,9 @@ def load_settings(
         settings = Settings(**values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, source)) from None
-    base = Path(path).resolve().parent if path is not None and settings.data_dir == from_file_data_dir else Path.cwd()
+    base = (
+        Path(path).resolve().parent
+        if path is not None and settings.data_dir == from_file_data_dir
+        else Path.cwd()
+    )
     return settings.model_copy(update={"data_dir": str(base / Path(settings.data_dir).expanduser())})

@@ -4,6 +4,7 @@ Bounded so a shared server degrades by refusing new work at once (`QueueFull`) i
 piling up recordings until memory runs out. Every accepted job ends in exactly one of
 done / failed / cancelled, and its handle says which, shutdown included.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -12,10 +13,11 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any
 
 # re-exported: callers find them beside the worker that raises them
 from engine.errors import JobCancelled, QueueFull, WorkerShutDown
@@ -34,23 +36,23 @@ class JobStatus(str, Enum):
 class JobHandle:
     """What `submit` returns: live status, queue position, progress, result, cancel."""
 
-    def __init__(self, worker: "TranscriptionWorker", request: Any, job_id: str):
+    def __init__(self, worker: TranscriptionWorker, request: Any, job_id: str):
         self.id = job_id
         self.request = request
         self.submitted_at = time.time()
-        self.started_at: Optional[float] = None
-        self.finished_at: Optional[float] = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
         self.status = JobStatus.QUEUED
         self.seconds_done = 0.0  # of the recording, decoded or skipped as silence
         self.seconds_total = 0.0  # the recording's length, once its audio is read
         self._worker = worker
         self._future: Future = Future()
         self._cancel_requested = threading.Event()
-        self._segment_source: Optional[Callable[[], List[Any]]] = None  # see show_segments
-        self._segments: List[Any] = []  # segments completed so far, as of the last progress report
+        self._segment_source: Callable[[], list[Any]] | None = None  # see show_segments
+        self._segments: list[Any] = []  # segments completed so far, as of the last progress report
         self._text_streamed = threading.Event()  # see stream_text
         self._start_lock = threading.Lock()
-        self._start_callbacks: Optional[List[Callable[["JobHandle"], None]]] = []  # None once started
+        self._start_callbacks: list[Callable[[JobHandle], None]] | None = []  # None once started
 
     # -- live state ----------------------------------------------------------------------
     @property
@@ -66,29 +68,29 @@ class JobHandle:
         return self._worker.position(self)
 
     @property
-    def queue_wait_s(self) -> Optional[float]:
+    def queue_wait_s(self) -> float | None:
         return None if self.started_at is None else self.started_at - self.submitted_at
 
     def done(self) -> bool:
         return self._future.done()
 
-    def result(self, timeout: Optional[float] = None) -> Any:
+    def result(self, timeout: float | None = None) -> Any:
         """Block for the result; raises the job's exception, JobCancelled, or TimeoutError."""
         try:
             return self._future.result(timeout)
         except FutureTimeout:
             raise TimeoutError(f"job {self.id} not finished after {timeout} s") from None
 
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
             return self._future.exception(timeout)
         except FutureTimeout:
             raise TimeoutError(f"job {self.id} not finished after {timeout} s") from None
 
-    def add_done_callback(self, fn: Callable[["JobHandle"], None]) -> None:
+    def add_done_callback(self, fn: Callable[[JobHandle], None]) -> None:
         self._future.add_done_callback(lambda _: fn(self))
 
-    def add_start_callback(self, fn: Callable[["JobHandle"], None]) -> None:
+    def add_start_callback(self, fn: Callable[[JobHandle], None]) -> None:
         """Call fn(handle) when a worker starts the job, in that worker's thread before the job
         runs (here and now if it has started already; never for a job that never starts)."""
         with self._start_lock:
@@ -125,7 +127,7 @@ class JobHandle:
         """Whether cancel() was called: the decode loop drops the job's windows at its next step."""
         return self._cancel_requested.is_set()
 
-    def segments_so_far(self) -> List[Any]:
+    def segments_so_far(self) -> list[Any]:
         """The segments completed so far, in recording order (each section's only once those
         before it are complete), for a client that streams the text while the job runs."""
         return self._segments
@@ -138,7 +140,7 @@ class JobHandle:
     def streams_text(self) -> bool:
         return self._text_streamed.is_set()
 
-    def show_segments(self, source: Callable[[], List[Any]]) -> None:
+    def show_segments(self, source: Callable[[], list[Any]]) -> None:
         """The running job says where its completed segments can be read. `source` is called at
         each progress report, which the decode loop makes between steps, when no stream is
         half-way through taking a window's result, so each snapshot is consistent."""
@@ -150,7 +152,7 @@ class JobHandle:
         if self._segment_source is not None:
             self._segments = self._segment_source()
 
-    def _finish(self, status: JobStatus, result: Any = None, error: Optional[BaseException] = None) -> None:
+    def _finish(self, status: JobStatus, result: Any = None, error: BaseException | None = None) -> None:
         self.status = status
         self._segment_source = None  # it holds the job's streams, audio included: not past the job's end
         self.finished_at = time.time()
@@ -171,27 +173,34 @@ class TranscriptionWorker:
     being decoded at once.
     """
 
-    def __init__(self, run: Callable[[Any, JobHandle], Any], workers: int = 2, queue_size: int = 16,
-                 name: str = "transcription", prepare_thread: Optional[Callable[[], None]] = None):
+    def __init__(
+        self,
+        run: Callable[[Any, JobHandle], Any],
+        workers: int = 2,
+        queue_size: int = 16,
+        name: str = "transcription",
+        prepare_thread: Callable[[], None] | None = None,
+    ):
         if workers < 1 or queue_size < 1:
             raise ValueError("workers and queue_size must be at least 1")
         self._run = run
         self._prepare_thread = prepare_thread  # called first in each worker thread (the engine: one CPU core)
         self.workers = workers
         self.queue_size = queue_size
-        self._queue: Deque[JobHandle] = deque()
-        self._running: List[JobHandle] = []
+        self._queue: deque[JobHandle] = deque()
+        self._running: list[JobHandle] = []
         self._cond = threading.Condition()
         self._accepting = True
         self._stopping = False
         self._ids = itertools.count(1)
-        self._threads = [threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(workers)
+        ]
         for thread in self._threads:
             thread.start()
 
     # -- submitting ------------------------------------------------------------------------
-    def submit(self, request: Any, job_id: Optional[str] = None) -> JobHandle:
+    def submit(self, request: Any, job_id: str | None = None) -> JobHandle:
         """Queue a job; raises QueueFull at once when `queue_size` jobs are waiting."""
         with self._cond:
             if not self._accepting:
@@ -221,7 +230,7 @@ class TranscriptionWorker:
     def busy(self) -> int:
         return len(self._running)
 
-    def jobs(self) -> List[JobHandle]:
+    def jobs(self) -> list[JobHandle]:
         """Running jobs first, then waiting ones in queue order."""
         with self._cond:
             return [*self._running, *self._queue]
@@ -262,7 +271,7 @@ class TranscriptionWorker:
                     self._running.remove(handle)
                     self._cond.notify_all()
 
-    def shutdown(self, drain: bool = True, timeout: Optional[float] = None) -> None:
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking jobs. drain=True finishes every accepted job first; drain=False fails
         the waiting ones with WorkerShutDown and cancels the running ones at their next batch."""
         with self._cond:
@@ -270,7 +279,8 @@ class TranscriptionWorker:
             if not drain:
                 while self._queue:
                     self._queue.popleft()._finish(
-                        JobStatus.FAILED, error=WorkerShutDown("the server shut down before this job started"))
+                        JobStatus.FAILED, error=WorkerShutDown("the server shut down before this job started")
+                    )
                 for handle in self._running:
                     handle._cancel_requested.set()
             self._stopping = True

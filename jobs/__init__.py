@@ -5,6 +5,7 @@ Between the front ends and the engine: it submits to `engine.Engine` and the eng
 imports it. The bounded queue that runs jobs (engine/worker.py) stays in the engine, whose
 facade hands out its JobHandles: durability is this package's concern, execution the engine's.
 """
+
 from jobs.data_dir import DataDirInUse, DataDirUnwritable, DiskFull, StorageError, is_disk_full
 from jobs.disk import DiskSpace, OutOfDiskSpace, disk_space, has_room
 from jobs.manager import ANONYMOUS_CALLER, JobInfo, JobManager, api_owner, open_store

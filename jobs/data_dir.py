@@ -13,6 +13,7 @@ and host only to name them in the refusal.
 Private: recordings and transcripts are the most private thing the server keeps, so what it
 creates here is 0600 (files) and 0700 (folders), and what it finds looser is tightened.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +25,6 @@ import socket
 import sqlite3
 import stat
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ _UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 class StorageError(RuntimeError):
     """data_dir cannot be used as it is; the message names the folder or file and what to do.
 
-        StorageError
-         +-- DataDirInUse        another process holds the folder
-         +-- DataDirUnwritable   read-only file system, or no permission
-         +-- DiskFull            no space left on the folder's disk
+    StorageError
+     +-- DataDirInUse        another process holds the folder
+     +-- DataDirUnwritable   read-only file system, or no permission
+     +-- DiskFull            no space left on the folder's disk
     """
 
 
@@ -58,7 +58,7 @@ class DiskFull(StorageError):
     """The disk under data_dir has no space left."""
 
 
-def is_disk_full(error: Optional[BaseException], folder: Optional[Path] = None) -> bool:
+def is_disk_full(error: BaseException | None, folder: Path | None = None) -> bool:
     """Whether `error`, or an error it was raised from, says the disk or a quota is full:
     DiskFull, ENOSPC / EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full"); or, for an
     I/O error of SQLite's (it maps the -shm file, and reports that as "disk I/O error"), whether
@@ -72,7 +72,7 @@ def is_disk_full(error: Optional[BaseException], folder: Optional[Path] = None) 
     return False
 
 
-def _says_disk_full(error: BaseException, folder: Optional[Path]) -> bool:
+def _says_disk_full(error: BaseException, folder: Path | None) -> bool:
     if isinstance(error, DiskFull):
         return True
     if isinstance(error, OSError):
@@ -90,21 +90,28 @@ def _says_disk_full(error: BaseException, folder: Optional[Path]) -> bool:
     return False
 
 
-def storage_error(error: BaseException, data_dir: Path, file: Optional[Path] = None) -> StorageError:
+def storage_error(error: BaseException, data_dir: Path, file: Path | None = None) -> StorageError:
     """The StorageError an OS or SQLite error on data_dir (or its `file`) stands for, saying what
     to do about it."""
     where = f"data_dir {data_dir.resolve()}"
     what = f"{file.name}: {error}" if file is not None else str(error)
     if is_disk_full(error, data_dir if data_dir.is_dir() else None):
-        return DiskFull(f"The disk of {where} is full ({error}): free some space there, or set data_dir "
-                        "to a folder on another disk, and start again.")
+        return DiskFull(
+            f"The disk of {where} is full ({error}): free some space there, or set data_dir "
+            "to a folder on another disk, and start again."
+        )
     name = getattr(error, "sqlite_errorname", "")
     if (isinstance(error, OSError) and error.errno in _UNWRITABLE_ERRNOS) or name in (
-            "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"):
+        "SQLITE_READONLY",
+        "SQLITE_CANTOPEN",
+        "SQLITE_PERM",
+        "SQLITE_AUTH",
+    ):
         return DataDirUnwritable(
             f"Cannot write to {where} ({what}): the server keeps its jobs there. Make the folder "
             f"writable for user {_user()} (is it on a read-only mount?), or set data_dir (config.yaml or "
-            "WHISPER_APP_DATA_DIR) to a writable folder, and start again.")
+            "WHISPER_APP_DATA_DIR) to a writable folder, and start again."
+        )
     return StorageError(f"Cannot use {where} ({what}).")
 
 
@@ -122,7 +129,7 @@ def tighten(path: Path) -> None:
         log.warning("Could not make %s private to this user (%s); others on this host may read it", path, exc)
 
 
-def private_dir(path: Path, data_dir: Optional[Path] = None) -> Path:
+def private_dir(path: Path, data_dir: Path | None = None) -> Path:
     """Create the folder (0700) if absent, tighten it if present; returns it. Raises StorageError
     naming `data_dir` (the folder itself when None)."""
     try:
@@ -140,7 +147,7 @@ class DataDirLock:
         self.path = private_dir(Path(data_dir))
         self.file = self.path / LOCK_NAME
         try:
-            self._fd: Optional[int] = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+            self._fd: int | None = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         except OSError as exc:
             raise storage_error(exc, self.path, self.file) from None
         tighten(self.file)
@@ -153,10 +160,14 @@ class DataDirLock:
                 f"data_dir {self.path.resolve()} is in use by another server ({holder}, "
                 f"holding {LOCK_NAME}): "
                 "two servers on one data_dir would run each other's jobs again and overwrite their results. "
-                "Stop that one first, or give this server its own data_dir.") from None
+                "Stop that one first, or give this server its own data_dir."
+            ) from None
         except OSError as exc:  # a file system without locks (some network or FUSE mounts)
-            log.warning("Cannot lock %s (%s): nothing stops a second server from using the same data_dir",
-                        self.file, exc)
+            log.warning(
+                "Cannot lock %s (%s): nothing stops a second server from using the same data_dir",
+                self.file,
+                exc,
+            )
         self._write_holder()
 
     def _write_holder(self) -> None:

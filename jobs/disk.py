@@ -7,13 +7,13 @@ front ends answer it with a clear "out of disk space" (HTTP 507) and keep servin
 a traceback; /healthz and /metrics warn before it happens. Which errors mean a full disk is
 `jobs.data_dir.is_disk_full`'s to say.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Optional, Union
 
 MIB = 1024 * 1024
 
@@ -22,8 +22,10 @@ class OutOfDiskSpace(OSError):
     """The server's disk (or the user's quota on it) is full; the message is written for people."""
 
     def __init__(self, what: str = "the upload could not be stored"):
-        super().__init__(errno.ENOSPC, f"The server is out of disk space: {what}. Try again later, "
-                                       "once space has been freed.")
+        super().__init__(
+            errno.ENOSPC,
+            f"The server is out of disk space: {what}. Try again later, once space has been freed.",
+        )
 
     def __str__(self) -> str:
         return self.strerror
@@ -41,20 +43,22 @@ class DiskSpace:
     def low(self) -> bool:
         return self.free_bytes < self.min_free_bytes
 
-    def warning(self) -> Optional[str]:
+    def warning(self) -> str | None:
         """One line for /healthz when space is low, else None."""
         if not self.low:
             return None
-        return (f"Low disk space under data_dir: {self.free_bytes / MIB:,.0f} MB free, below "
-                f"min_free_disk_mb ({self.min_free_bytes / MIB:,.0f} MB); uploads are refused once it "
-                "is full.")
+        return (
+            f"Low disk space under data_dir: {self.free_bytes / MIB:,.0f} MB free, below "
+            f"min_free_disk_mb ({self.min_free_bytes / MIB:,.0f} MB); uploads are refused once it "
+            "is full."
+        )
 
 
-def disk_space(path: Union[str, os.PathLike], min_free_mb: float = 0) -> DiskSpace:
+def disk_space(path: str | os.PathLike, min_free_mb: float = 0) -> DiskSpace:
     usage = shutil.disk_usage(path)
     return DiskSpace(usage.free, usage.total, int(min_free_mb * MIB))
 
 
-def has_room(path: Union[str, os.PathLike], nbytes: int) -> bool:
+def has_room(path: str | os.PathLike, nbytes: int) -> bool:
     """Whether `nbytes` more would fit under `path` now."""
     return shutil.disk_usage(path).free >= nbytes

@@ -28,6 +28,7 @@ use, and recordings are the bulky (hours = hundreds of MB) and most private part
 them for `job_retention_days` would multiply disk use for nothing. Rows (results) are
 deleted after `job_retention_days`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,26 +42,54 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Deque, Dict, List, Optional, Set, Union
+from typing import Union
 
 from engine.audio.files import AudioError
-from jobs.data_dir import (PRIVATE_FILE, DataDirInUse, DataDirUnwritable, DiskFull, StorageError,  # noqa: F401
-                           is_disk_full, private_dir)
 from engine.engine import Engine, InvalidRequest
 from engine.job_options import JobOptions
-from jobs.store import JobRecord, JobStore
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
+from jobs.data_dir import (  # noqa: F401
+    PRIVATE_FILE,
+    DataDirInUse,
+    DataDirUnwritable,
+    DiskFull,
+    StorageError,
+    is_disk_full,
+    private_dir,
+)
+from jobs.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
 # Extensions a stored recording may keep (ffmpeg does not need one, but it is a hint for
 # formats without a clear header, and a name a person can recognise). Anything else: none.
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".mp3", ".m4a", ".mp4", ".flac", ".ogg", ".oga", ".opus", ".webm", ".mpeg", ".mpga",
-    ".aac", ".wma", ".mkv", ".mov", ".avi", ".aif", ".aiff", ".amr", ".3gp", ".caf",
-})
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav",
+        ".mp3",
+        ".m4a",
+        ".mp4",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".webm",
+        ".mpeg",
+        ".mpga",
+        ".aac",
+        ".wma",
+        ".mkv",
+        ".mov",
+        ".avi",
+        ".aif",
+        ".aiff",
+        ".amr",
+        ".3gp",
+        ".caf",
+    }
+)
 FEED_INTERVAL_S = 0.5  # how often waiting recovered jobs try for room in the queue
 PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
 ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted
@@ -78,13 +107,14 @@ def api_owner(key_name: str) -> str:
     return f"api:{key_name}"
 
 
-def legacy_api_owner(key_names: List[str]) -> Optional[str]:
+def legacy_api_owner(key_names: list[str]) -> str | None:
     """Who gets the ownerless API jobs of a database from before keys had names: the config's
     only key (then as now, its holder saw them all), "anonymous" when the API is open, none
     when there are several keys (their jobs cannot be told apart)."""
     if not key_names:
         return api_owner(ANONYMOUS_CALLER)
     return api_owner(key_names[0]) if len(key_names) == 1 else None
+
 
 Audio = Union[str, os.PathLike, bytes]
 
@@ -104,7 +134,7 @@ class JobInfo:
     progress: float  # 0..1, windows decoded over windows planned
     seconds_done: float  # seconds of the recording decoded so far (0 when not running)
     seconds_total: float  # the recording's length (0 until its audio is read)
-    started_at: Optional[float] = None  # unix time a worker started it (live, or as stored)
+    started_at: float | None = None  # unix time a worker started it (live, or as stored)
 
     @property
     def id(self) -> str:
@@ -114,7 +144,7 @@ class JobInfo:
     def finished(self) -> bool:
         return self.status in ("done", "failed", "cancelled")
 
-    def result(self) -> Optional[TranscriptionResult]:
+    def result(self) -> TranscriptionResult | None:
         return self.record.transcription()
 
 
@@ -134,7 +164,8 @@ def _in_client_terms(error: BaseException, record: JobRecord, audio_dir: Path) -
         return error
     message = error.args[0]
     stored = audio_dir / record.audio
-    for path in sorted({str(stored.resolve()), str(stored), record.audio}, key=len, reverse=True):  # longest first
+    # longest first
+    for path in sorted({str(stored.resolve()), str(stored), record.audio}, key=len, reverse=True):
         message = message.replace(path, record.name or f"job {record.id}")
     error.args = (message, *error.args[1:])
     return error
@@ -145,10 +176,10 @@ class _Outcome:
     """A finished job's row as it is to be written; kept while the write fails (disk full)."""
 
     handle: JobHandle
-    record: Optional[JobRecord]  # the row as read when the job finished (None until read)
+    record: JobRecord | None  # the row as read when the job finished (None until read)
     status: str
-    result: Optional[TranscriptionResult]
-    error: Optional[BaseException]
+    result: TranscriptionResult | None
+    error: BaseException | None
     tries: int = 0
 
 
@@ -161,8 +192,14 @@ class JobManager:
     stops on shutdown stay queued for the next start instead of being marked failed.
     """
 
-    def __init__(self, engine: Engine, store: Optional[JobStore] = None, *,
-                 retention_days: Optional[float] = None, max_attempts: Optional[int] = None):
+    def __init__(
+        self,
+        engine: Engine,
+        store: JobStore | None = None,
+        *,
+        retention_days: float | None = None,
+        max_attempts: int | None = None,
+    ):
         self.engine = engine
         self.store = store or open_store(engine.settings)
         try:
@@ -175,19 +212,19 @@ class JobManager:
             raise
         self.retention_s = (retention_days or engine.settings.job_retention_days) * 86400
         self.max_attempts = max_attempts or engine.settings.max_attempts
-        self._live: Dict[str, JobHandle] = {}  # jobs the engine holds, until their row is written
-        self._unwritten: Dict[str, _Outcome] = {}  # finished, the write failed (disk full): retried
-        self._pending: Deque[str] = deque()  # recovered jobs waiting for room in the queue
-        self._user_cancelled: Set[str] = set()  # cancel() was asked (vs. stopped by shutdown)
-        self._durations: Deque[float] = deque(maxlen=RECENT_DURATIONS)
+        self._live: dict[str, JobHandle] = {}  # jobs the engine holds, until their row is written
+        self._unwritten: dict[str, _Outcome] = {}  # finished, the write failed (disk full): retried
+        self._pending: deque[str] = deque()  # recovered jobs waiting for room in the queue
+        self._user_cancelled: set[str] = set()  # cancel() was asked (vs. stopped by shutdown)
+        self._durations: deque[float] = deque(maxlen=RECENT_DURATIONS)
         self._lock = threading.RLock()  # held for every write, so each reads what the last one left
         self._feed_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False  # the store is closed: outcomes are no longer written
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     # -- life cycle --------------------------------------------------------------------------
-    def start(self) -> "JobManager":
+    def start(self) -> JobManager:
         """Delete expired jobs, queue the unfinished ones again, start background feeding."""
         self.purge_expired()
         recovered = self.recover()
@@ -214,17 +251,32 @@ class JobManager:
                     if job_id not in self._unwritten:
                         self.store.requeue(job_id, count_attempt=False)
             except Exception as exc:  # the disk is full: those starts stay counted
-                log.warning("Could not put the running jobs back in the queue (%s); they run again at the "
-                            "next start, each start counted", exc)
+                log.warning(
+                    "Could not put the running jobs back in the queue (%s); they run again at the "
+                    "next start, each start counted",
+                    exc,
+                )
             for job_id in self._unwritten:
-                log.warning("Job %s finished but its result could not be written before shutdown; "
-                            "it runs again at the next start", job_id)
+                log.warning(
+                    "Job %s finished but its result could not be written before shutdown; "
+                    "it runs again at the next start",
+                    job_id,
+                )
             self._closed = True
             self.store.close()
 
     # -- submitting ------------------------------------------------------------------------------
-    def submit(self, audio: Audio, options: Optional[JobOptions] = None, *, name: str = "",
-               owner: Optional[str] = None, source: str = "page", move: bool = False, **fields) -> JobHandle:
+    def submit(
+        self,
+        audio: Audio,
+        options: JobOptions | None = None,
+        *,
+        name: str = "",
+        owner: str | None = None,
+        source: str = "page",
+        move: bool = False,
+        **fields,
+    ) -> JobHandle:
         """Store the recording and the job, then queue it; returns the engine's JobHandle.
 
         `audio` is a path (copied, or renamed when `move` and it lies on the same disk) or
@@ -242,8 +294,16 @@ class JobManager:
         name = re.split(r"[\\/]", name or ("" if isinstance(audio, bytes) else Path(audio).name))[-1]
         job_id = uuid.uuid4().hex[:12]
         stored = self.audio_dir / f"{job_id}{stored_extension(name)}"
-        record = JobRecord(id=job_id, created_at=time.time(), status="queued", name=name, owner=owner,
-                           source=source, options=options, audio=stored.name)
+        record = JobRecord(
+            id=job_id,
+            created_at=time.time(),
+            status="queued",
+            name=name,
+            owner=owner,
+            source=source,
+            options=options,
+            audio=stored.name,
+        )
         added = False
         try:
             self._store_audio(audio, stored, move)
@@ -255,12 +315,17 @@ class JobManager:
                 try:
                     self.store.delete(job_id)
                 except Exception as delete_error:  # disk full: the row stays, and runs at the next start
-                    log.warning("Job %s was refused (%s) but its row could not be deleted (%s)",
-                                job_id, exc, delete_error)
+                    log.warning(
+                        "Job %s was refused (%s) but its row could not be deleted (%s)",
+                        job_id,
+                        exc,
+                        delete_error,
+                    )
             stored.unlink(missing_ok=True)
             if is_disk_full(exc, self.store.data_dir):
-                raise DiskFull("The server is out of disk space and cannot store the recording; "
-                               "try again later.") from None
+                raise DiskFull(
+                    "The server is out of disk space and cannot store the recording; try again later."
+                ) from None
             raise _in_client_terms(exc, record, self.audio_dir)
 
     def has_room(self) -> bool:
@@ -314,7 +379,8 @@ class JobManager:
             self._user_cancelled.discard(handle.id)
         error = None if handle.status is JobStatus.DONE else handle.exception()
         stopped_by_shutdown = isinstance(error, WorkerShutDown) or (
-            handle.status is JobStatus.CANCELLED and not asked and self._closing.is_set())
+            handle.status is JobStatus.CANCELLED and not asked and self._closing.is_set()
+        )
         if stopped_by_shutdown:  # the row stays unfinished: the next start runs it again
             with self._lock:
                 self._live.pop(handle.id, None)
@@ -338,14 +404,24 @@ class JobManager:
             if outcome.status == "done":  # its start may not have been written (disk full then)
                 self.store.mark_running(handle.id, handle.started_at)
             error = outcome.error
-            applied = self.store.finish(handle.id, outcome.status, result=outcome.result,
-                                        error=None if error is None else str(error),
-                                        error_type=None if error is None else type(error).__name__,
-                                        started_at=handle.started_at, finished_at=handle.finished_at)
+            applied = self.store.finish(
+                handle.id,
+                outcome.status,
+                result=outcome.result,
+                error=None if error is None else str(error),
+                error_type=None if error is None else type(error).__name__,
+                started_at=handle.started_at,
+                finished_at=handle.finished_at,
+            )
         except Exception as exc:
             if handle.id not in self._unwritten:
-                log.warning("Job %s finished but its result cannot be written to %s (%s); it is kept in "
-                            "memory and written as soon as that works again", handle.id, self.store.path, exc)
+                log.warning(
+                    "Job %s finished but its result cannot be written to %s (%s); it is kept in "
+                    "memory and written as soon as that works again",
+                    handle.id,
+                    self.store.path,
+                    exc,
+                )
             self._unwritten[handle.id] = outcome
             return
         self._unwritten.pop(handle.id, None)
@@ -377,12 +453,20 @@ class JobManager:
             queued = []
             for record in records:
                 if record.attempts >= self.max_attempts:
-                    log.warning("Job %s was interrupted %d times; it is failed, not started again",
-                                record.id, record.attempts)
-                    self._finish_without_engine(record, "failed", JobInterrupted(
-                        f"This job was interrupted {record.attempts} times (the server stopped while it ran) "
-                        "and is not started again: send the recording again to retry. If the server keeps "
-                        "stopping on it, it may be running out of memory on this recording."))
+                    log.warning(
+                        "Job %s was interrupted %d times; it is failed, not started again",
+                        record.id,
+                        record.attempts,
+                    )
+                    self._finish_without_engine(
+                        record,
+                        "failed",
+                        JobInterrupted(
+                            f"This job was interrupted {record.attempts} times (the server stopped while it ran) "
+                            "and is not started again: send the recording again to retry. If the server keeps "
+                            "stopping on it, it may be running out of memory on this recording."
+                        ),
+                    )
                     continue
                 self.store.requeue(record.id)  # running -> queued: the previous server stopped in it
                 queued.append(record.id)
@@ -436,13 +520,14 @@ class JobManager:
                 log.exception("Job maintenance failed")
 
     # -- reading ------------------------------------------------------------------------------------
-    def get(self, job_id: str) -> Optional[JobInfo]:
+    def get(self, job_id: str) -> JobInfo | None:
         """The job's stored row merged with its live state; None for an unknown id."""
         record = self.store.get(job_id)
         return None if record is None else self._info(record)
 
-    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False,
-               after: Optional[str] = None) -> List[JobInfo]:
+    def recent(
+        self, owner: str | None = None, limit: int = 20, any_owner: bool = False, after: str | None = None
+    ) -> list[JobInfo]:
         """Newest first: one owner's jobs, or everyone's with `any_owner`; `after` a job id: the
         ones listed after it."""
         return [self._info(r) for r in self.store.recent(owner, limit, any_owner, after)]
@@ -458,13 +543,27 @@ class JobManager:
             pending_index = self._pending.index(record.id) if record.id in self._pending else None
         if handle is not None and not record.finished:
             if handle.done():  # finished a moment ago; its row is being written
-                return JobInfo(record, JobStatus.RUNNING.value, 0, 1.0, handle.seconds_done, handle.seconds_total,
-                               handle.started_at)
+                return JobInfo(
+                    record,
+                    JobStatus.RUNNING.value,
+                    0,
+                    1.0,
+                    handle.seconds_done,
+                    handle.seconds_total,
+                    handle.started_at,
+                )
             status = handle.status.value
             if status == JobStatus.RUNNING.value and handle.cancel_requested():
                 status = "cancelling"  # the decode loop drops its windows at its next step
-            return JobInfo(record, status, handle.queue_position, handle.progress,
-                           handle.seconds_done, handle.seconds_total, handle.started_at)
+            return JobInfo(
+                record,
+                status,
+                handle.queue_position,
+                handle.progress,
+                handle.seconds_done,
+                handle.seconds_total,
+                handle.started_at,
+            )
         if pending_index is not None:
             position = self.engine.status().queue_length + pending_index + 1
             return JobInfo(record, "queued", position, 0.0, 0, 0)
@@ -474,7 +573,7 @@ class JobManager:
         return JobInfo(record, record.status, 0, 0.0, 0, 0, record.started_at)
 
     # -- cancelling --------------------------------------------------------------------------------
-    def cancel(self, job_id: str) -> Optional[JobInfo]:
+    def cancel(self, job_id: str) -> JobInfo | None:
         """Cancel an unfinished job (a running one stops within one step of the decode loop and
         reads "cancelling" until it has).
         Returns the job afterwards (unchanged if it had finished); None for an unknown id.
@@ -518,7 +617,7 @@ class JobManager:
             (self.audio_dir / record.audio).unlink(missing_ok=True)
 
     # -- housekeeping -------------------------------------------------------------------------------
-    def purge_expired(self, now: Optional[float] = None) -> int:
+    def purge_expired(self, now: float | None = None) -> int:
         """Delete jobs finished more than `retention_s` ago, and stray files; returns jobs deleted."""
         now = time.time() if now is None else now
         expired = self.store.finished_before(now - self.retention_s)

@@ -14,6 +14,7 @@ second server on the same folder refuses to start instead of running its jobs ag
 Results are stored as JSON of the whole `TranscriptionResult` (segments, words, timings),
 so any format can be rendered again later without the audio.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
-from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 from engine.job_options import JobOptions
 from engine.results import Segment, TokenLogprob, TranscriptionResult, Word
+from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ UNFINISHED = ("queued", "running")  # rows a restart must queue again
 FINISHED = ("done", "failed", "cancelled")
 # Each status a row may move to, and the statuses it may come from. Nothing leaves a finished
 # status: a late writer (a second run, a cancel, a retried write) cannot overwrite a result.
-TRANSITIONS: Dict[str, Tuple[str, ...]] = {
+TRANSITIONS: dict[str, tuple[str, ...]] = {
     "running": ("queued",),  # a worker started it
     "queued": ("running",),  # it stopped unfinished (the server stopped): it runs again
     "done": ("running",),
@@ -78,38 +79,44 @@ class JobRecord:
     created_at: float  # unix time the job was accepted
     status: str  # "queued" | "running" | "done" | "failed" | "cancelled"
     name: str = ""  # the client's file name, for display and download names only, never a path
-    owner: Optional[str] = None  # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key name>" (API)
+    # who may see it: "browser:<id>" / "user:<login>" (page), "api:<key name>" (API)
+    owner: str | None = None
     source: str = "api"  # "api" | "jobs" | "page": which front end submitted it
     options: JobOptions = field(default_factory=JobOptions)  # what was asked; a JSON object in the row
-    audio: Optional[str] = None  # file name inside data_dir/audio (server-chosen); None once deleted
-    result: Optional[Dict[str, Any]] = None  # `result_to_dict(TranscriptionResult)` once done
-    error: Optional[str] = None  # the failure's message, written for people
-    error_type: Optional[str] = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
-    started_at: Optional[float] = None  # unix time a worker started it (last attempt)
-    finished_at: Optional[float] = None  # unix time it reached done/failed/cancelled
+    audio: str | None = None  # file name inside data_dir/audio (server-chosen); None once deleted
+    result: dict[str, Any] | None = None  # `result_to_dict(TranscriptionResult)` once done
+    error: str | None = None  # the failure's message, written for people
+    error_type: str | None = None  # exception class name (NotAudio, QueueFull, ...) to map to HTTP codes
+    started_at: float | None = None  # unix time a worker started it (last attempt)
+    finished_at: float | None = None  # unix time it reached done/failed/cancelled
     attempts: int = 0  # times a worker started it, less those a clean shutdown stopped (max_attempts caps it)
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
-    def transcription(self) -> Optional[TranscriptionResult]:
+    def transcription(self) -> TranscriptionResult | None:
         return None if self.result is None else result_from_dict(self.result)
 
 
-def result_to_dict(result: TranscriptionResult) -> Dict[str, Any]:
+def result_to_dict(result: TranscriptionResult) -> dict[str, Any]:
     """Every field of the result (asdict), numpy floats made plain so JSON takes them."""
     return json.loads(json.dumps(asdict(result), default=float))
 
 
-def result_from_dict(data: Dict[str, Any]) -> TranscriptionResult:
+def result_from_dict(data: dict[str, Any]) -> TranscriptionResult:
     segments = []
     for raw in data.get("segments", []):
         raw = dict(raw)
         words = raw.pop("words", None)
         logprobs = raw.pop("logprobs", None)
-        segments.append(Segment(**raw, words=None if words is None else [Word(**w) for w in words],
-                                logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs]))
+        segments.append(
+            Segment(
+                **raw,
+                words=None if words is None else [Word(**w) for w in words],
+                logprobs=None if logprobs is None else [TokenLogprob(**p) for p in logprobs],
+            )
+        )
     fields = {k: v for k, v in data.items() if k != "segments"}
     return TranscriptionResult(segments=segments, **fields)
 
@@ -128,7 +135,7 @@ class JobStore:
     when that is None, stay ownerless: readable by no API key, still run and expired as usual.
     """
 
-    def __init__(self, data_dir: Path | str, legacy_api_owner: Optional[str] = None):
+    def __init__(self, data_dir: Path | str, legacy_api_owner: str | None = None):
         self._owner = DataDirLock(data_dir)
         self.data_dir = self._owner.path
         self.path = self.data_dir / DB_NAME
@@ -139,7 +146,7 @@ class JobStore:
             self._owner.release()
             raise
 
-    def _open(self, legacy_api_owner: Optional[str]) -> sqlite3.Connection:
+    def _open(self, legacy_api_owner: str | None) -> sqlite3.Connection:
         try:
             return self._connect(legacy_api_owner)
         except sqlite3.DatabaseError as exc:
@@ -147,12 +154,17 @@ class JobStore:
                 raise storage_error(exc, self.data_dir, self.path) from None
             reason = exc
         aside = self._move_aside()
-        log.warning("The jobs database %s is damaged (%s): moved it to %s and started a new, empty one. "
-                    "The jobs stored in it are not in the new database (their results can only be "
-                    "read from the moved file).", self.path, reason, aside.name)
+        log.warning(
+            "The jobs database %s is damaged (%s): moved it to %s and started a new, empty one. "
+            "The jobs stored in it are not in the new database (their results can only be "
+            "read from the moved file).",
+            self.path,
+            reason,
+            aside.name,
+        )
         return self._connect(legacy_api_owner)
 
-    def _connect(self, legacy_api_owner: Optional[str]) -> sqlite3.Connection:
+    def _connect(self, legacy_api_owner: str | None) -> sqlite3.Connection:
         try:
             # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
@@ -182,7 +194,7 @@ class JobStore:
             tighten(path)
         return db
 
-    def _files(self) -> List[Path]:
+    def _files(self) -> list[Path]:
         return [self.path, *(self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))]
 
     def _move_aside(self) -> Path:
@@ -220,12 +232,14 @@ class JobStore:
             raise ValueError("status changes go through mark_running, requeue or finish")
         return bool(changes) and self._write(job_id, UNFINISHED, changes)
 
-    def mark_running(self, job_id: str, started_at: Optional[float] = None) -> bool:
+    def mark_running(self, job_id: str, started_at: float | None = None) -> bool:
         """queued -> running: a worker started the job; counts the attempt. Whether it applied."""
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND status = 'queued'", (started_at or time.time(), job_id))
+                "WHERE id = ? AND status = 'queued'",
+                (started_at or time.time(), job_id),
+            )
         return cursor.rowcount == 1
 
     def requeue(self, job_id: str, *, count_attempt: bool = True) -> bool:
@@ -235,31 +249,48 @@ class JobStore:
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE jobs SET status = 'queued', attempts = MAX(0, attempts - ?) "
-                "WHERE id = ? AND status = 'running'", (0 if count_attempt else 1, job_id))
+                "WHERE id = ? AND status = 'running'",
+                (0 if count_attempt else 1, job_id),
+            )
         return cursor.rowcount == 1
 
-    def finish(self, job_id: str, status: str, *, result: Optional[TranscriptionResult] = None,
-               error: Optional[str] = None, error_type: Optional[str] = None,
-               started_at: Optional[float] = None, finished_at: Optional[float] = None) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        result: TranscriptionResult | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+    ) -> bool:
         """Record the outcome, if the row is in a state it may come from (done: running;
         failed, cancelled: queued or running); returns whether it applied (False: finished
         already, or gone). The row forgets its recording in the same write (a finished job
         keeps none; the caller deletes the file after), so no reader sees one without the other."""
         if status not in FINISHED:
             raise ValueError(f"not a final status: {status!r}")
-        changes = dict(result=None if result is None else result_to_dict(result), error=error,
-                       error_type=error_type, finished_at=finished_at or time.time(), audio=None)
+        changes = dict(
+            result=None if result is None else result_to_dict(result),
+            error=error,
+            error_type=error_type,
+            finished_at=finished_at or time.time(),
+            audio=None,
+        )
         if started_at is not None:
             changes["started_at"] = started_at
         return self._write(job_id, TRANSITIONS[status], {"status": status, **changes})
 
-    def _write(self, job_id: str, from_states: Tuple[str, ...], changes: Dict[str, Any]) -> bool:
+    def _write(self, job_id: str, from_states: tuple[str, ...], changes: dict[str, Any]) -> bool:
         values = {k: _encode(k, v) for k, v in changes.items()}
         assignments = ", ".join(f"{k} = ?" for k in values)
         marks = ",".join("?" * len(from_states))
         with self._lock:
-            cursor = self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
-                                      (*values.values(), job_id, *from_states))
+            cursor = self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({marks})",
+                (*values.values(), job_id, *from_states),
+            )
         return cursor.rowcount == 1
 
     def delete(self, job_id: str) -> None:
@@ -271,21 +302,26 @@ class JobStore:
         is still running is never deleted behind its worker."""
         marks = ",".join("?" * len(FINISHED))
         with self._lock:
-            cursor = self._db.execute(f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *FINISHED))
+            cursor = self._db.execute(
+                f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *FINISHED)
+            )
         return cursor.rowcount == 1
 
     # -- reading ---------------------------------------------------------------------------
-    def get(self, job_id: str) -> Optional[JobRecord]:
+    def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._from_row(row)
 
-    def unfinished(self) -> List[JobRecord]:
+    def unfinished(self) -> list[JobRecord]:
         """Queued and running rows, oldest first: the order a restart queues them again."""
-        return self._select(f"status IN ({','.join('?' * len(UNFINISHED))}) ORDER BY created_at, rowid", UNFINISHED)
+        return self._select(
+            f"status IN ({','.join('?' * len(UNFINISHED))}) ORDER BY created_at, rowid", UNFINISHED
+        )
 
-    def recent(self, owner: Optional[str] = None, limit: int = 20, any_owner: bool = False,
-               after: Optional[str] = None) -> List[JobRecord]:
+    def recent(
+        self, owner: str | None = None, limit: int = 20, any_owner: bool = False, after: str | None = None
+    ) -> list[JobRecord]:
         """Newest first; one owner's jobs (None = jobs without an owner) or everyone's. `after`:
         only those listed after that job (the next page), by (created_at, rowid), so jobs
         added meanwhile do not shift the pages."""
@@ -295,8 +331,10 @@ class JobStore:
             params += (after,)
         return self._select(f"{where} ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit))
 
-    def finished_before(self, cutoff: float) -> List[JobRecord]:
-        return self._select(f"status IN ({','.join('?' * len(FINISHED))}) AND finished_at < ?", (*FINISHED, cutoff))
+    def finished_before(self, cutoff: float) -> list[JobRecord]:
+        return self._select(
+            f"status IN ({','.join('?' * len(FINISHED))}) AND finished_at < ?", (*FINISHED, cutoff)
+        )
 
     def audio_in_use(self) -> set:
         """File names under data_dir/audio that an unfinished job still needs."""
@@ -309,13 +347,13 @@ class JobStore:
         self._owner.release()
 
     # -- rows <-> records ----------------------------------------------------------------------
-    def _select(self, where: str, params: tuple) -> List[JobRecord]:
+    def _select(self, where: str, params: tuple) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM jobs WHERE {where}", params).fetchall()
         return [self._from_row(row) for row in rows]
 
     @staticmethod
-    def _to_row(record: JobRecord) -> Dict[str, Any]:
+    def _to_row(record: JobRecord) -> dict[str, Any]:
         return {f.name: _encode(f.name, getattr(record, f.name)) for f in fields(record)}
 
     @staticmethod
@@ -326,13 +364,14 @@ class JobStore:
         return JobRecord(**data)
 
 
-def _migrate(db: sqlite3.Connection, legacy_api_owner: Optional[str]) -> None:
+def _migrate(db: sqlite3.Connection, legacy_api_owner: str | None) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < 1:
         db.execute("BEGIN IMMEDIATE")
         if legacy_api_owner is not None:
-            db.execute("UPDATE jobs SET owner = ? WHERE owner IS NULL AND source != 'page'",
-                       (legacy_api_owner,))
+            db.execute(
+                "UPDATE jobs SET owner = ? WHERE owner IS NULL AND source != 'page'", (legacy_api_owner,)
+            )
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
 

@@ -3,6 +3,6 @@
 Above the engine and below the front ends: it reads `engine.results` and nothing else of the
 engine, and the engine never imports it.
 """
-from output.formats import FORMATS, render, write_files
-from output.formats import safe_basename
+
+from output.formats import FORMATS, render, safe_basename, write_files
 from output.subtitles import SubtitleOptions

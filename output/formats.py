@@ -10,12 +10,14 @@ segment, byte for byte what `whisper audio.mp3 --output_format srt` (no word tim
 writes for the result. Whisper's own word options (`max_line_width=...`), when a caller
 passes them, give whisper's own layout, as its command line does.
 """
+
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, Optional, TextIO
+from typing import TextIO
 
 from whisper.utils import get_writer
 
@@ -32,11 +34,11 @@ def render(
     result: TranscriptionResult,
     fmt: str,
     *,
-    max_line_width: Optional[int] = None,
-    max_line_count: Optional[int] = None,
+    max_line_width: int | None = None,
+    max_line_count: int | None = None,
     highlight_words: bool = False,
-    max_words_per_line: Optional[int] = None,
-    subtitles: Optional[SubtitleOptions] = None,
+    max_words_per_line: int | None = None,
+    subtitles: SubtitleOptions | None = None,
 ) -> str:
     """The transcript as text in one of FORMATS.
 
@@ -49,8 +51,13 @@ def render(
     """
     fmt = _check_format(fmt)
     buffer = io.StringIO()
-    _write(result, fmt, buffer, _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line),
-           subtitles or SubtitleOptions())
+    _write(
+        result,
+        fmt,
+        buffer,
+        _writer_options(max_line_width, max_line_count, highlight_words, max_words_per_line),
+        subtitles or SubtitleOptions(),
+    )
     return buffer.getvalue()
 
 
@@ -60,12 +67,12 @@ def write_files(
     basename: str,
     formats: Iterable[str] = FORMATS,
     *,
-    max_line_width: Optional[int] = None,
-    max_line_count: Optional[int] = None,
+    max_line_width: int | None = None,
+    max_line_count: int | None = None,
     highlight_words: bool = False,
-    max_words_per_line: Optional[int] = None,
-    subtitles: Optional[SubtitleOptions] = None,
-) -> Dict[str, Path]:
+    max_words_per_line: int | None = None,
+    subtitles: SubtitleOptions | None = None,
+) -> dict[str, Path]:
     """Write one file per format into `out_dir` (created if missing); returns {fmt: path}.
 
     `basename` may come from a client (an upload's file name), so it is reduced to a plain
@@ -80,7 +87,7 @@ def write_files(
     directory.mkdir(parents=True, exist_ok=True)
     stem = safe_basename(basename)
 
-    paths: Dict[str, Path] = {}
+    paths: dict[str, Path] = {}
     for fmt in dict.fromkeys(formats):  # each format once, in the order asked
         path = directory / f"{stem}.{fmt}"
         # Belt and braces: safe_basename already rules this out.
@@ -115,10 +122,10 @@ def _check_format(fmt: str) -> str:
 
 
 def _writer_options(
-    max_line_width: Optional[int],
-    max_line_count: Optional[int],
+    max_line_width: int | None,
+    max_line_count: int | None,
     highlight_words: bool,
-    max_words_per_line: Optional[int],
+    max_words_per_line: int | None,
 ) -> dict:
     # The `options` dict whisper's writers read, keyed as its command-line flags are.
     return {
@@ -129,11 +136,14 @@ def _writer_options(
     }
 
 
-def _write(result: TranscriptionResult, fmt: str, file: TextIO, options: dict, subtitles: SubtitleOptions) -> None:
+def _write(
+    result: TranscriptionResult, fmt: str, file: TextIO, options: dict, subtitles: SubtitleOptions
+) -> None:
     result_dict = result.to_dict()
     if fmt in SUBTITLE_FORMATS:
         whisper_layout = options["highlight_words"] or any(
-            options[key] is not None for key in ("max_line_width", "max_line_count", "max_words_per_line"))
+            options[key] is not None for key in ("max_line_width", "max_line_count", "max_words_per_line")
+        )
         if whisper_layout:
             result_dict = _for_subtitles(result_dict)
         elif subtitles.per_segment:
@@ -160,5 +170,8 @@ def _for_subtitles(result_dict: dict) -> dict:
 
 def _without_words(result_dict: dict) -> dict:
     """The result with no word timings: whisper's writers then write one cue per segment."""
-    stripped = [{key: value for key, value in segment.items() if key != "words"} for segment in result_dict["segments"]]
+    stripped = [
+        {key: value for key, value in segment.items() if key != "words"}
+        for segment in result_dict["segments"]
+    ]
     return {**result_dict, "segments": stripped}

@@ -34,12 +34,13 @@ character then, as whisper itself splits them for word timings.
 The cues go to whisper's own srt/vtt writers as pseudo-segments (`as_segments`), so file
 format, timestamps and escaping stay whisper's.
 """
+
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
 
 from engine.results import TranscriptionResult
 
@@ -58,17 +59,21 @@ CLAUSE_BREAK_COST = 2.0  # a cue ends at ", ; :"
 SEGMENT_BREAK_COST = 3.0  # ... at the end of a whisper segment without punctuation
 WORD_BREAK_COST = 6.0  # ... between two words mid-sentence (less the longer the pause there)
 SHORT_CUE_COST = 2.0  # a cue with no text at all; falls to 0 at half a line
-INNER_PAUSE_COST = 1.5  # per PAUSE_S of each pause >= PAUSE_S inside a cue: more than a cue costs, so cues split there
+# per PAUSE_S of each pause >= PAUSE_S inside a cue: more than a cue costs, so cues split there
+INNER_PAUSE_COST = 1.5
 STRADDLE_COST = 2.0  # a cue that ends one sentence, starts the next and stops in its middle
-FRAGMENT_COST = 4.0  # a cue shorter than MIN_FRAGMENT_S cut mid-sentence without a pause ("The Commission recommends")
-PUNCTUATION_LINE_BONUS = 0.25  # a line break after punctuation may leave lines this fraction of the width less even
+# a cue shorter than MIN_FRAGMENT_S cut mid-sentence without a pause ("The Commission recommends")
+FRAGMENT_COST = 4.0
+# a line break after punctuation may leave lines this fraction of the width less even
+PUNCTUATION_LINE_BONUS = 0.25
 
 
 @dataclass(frozen=True)
 class SubtitleOptions:
     """How srt and vtt files are laid out (settings `subtitle_*`)."""
 
-    max_line_width: int = 42  # characters per line; only a single longer word exceeds it, on a line of its own
+    # characters per line; only a single longer word exceeds it, on a line of its own
+    max_line_width: int = 42
     max_lines: int = 2  # lines per cue
     max_cue_s: float = 7.0  # longest time one cue stays on screen, in seconds
     per_segment: bool = False  # true = whisper's plain layout: one cue per segment, one line, no limits
@@ -82,17 +87,21 @@ class SubtitleOptions:
             raise ValueError(f"max_cue_s: must be > 0 seconds, got {self.max_cue_s!r}")
 
     @classmethod
-    def from_settings(cls, settings) -> "SubtitleOptions":
+    def from_settings(cls, settings) -> SubtitleOptions:
         """The options a `Settings` object configures (its `subtitle_*` keys)."""
-        return cls(max_line_width=settings.subtitle_max_line_width, max_lines=settings.subtitle_max_lines,
-                   max_cue_s=settings.subtitle_max_cue_s, per_segment=settings.subtitle_per_segment)
+        return cls(
+            max_line_width=settings.subtitle_max_line_width,
+            max_lines=settings.subtitle_max_lines,
+            max_cue_s=settings.subtitle_max_cue_s,
+            per_segment=settings.subtitle_per_segment,
+        )
 
 
 @dataclass(frozen=True)
 class Cue:
     start: float  # seconds from the start of the recording
     end: float
-    lines: Tuple[str, ...]  # the text, one string per line, no surrounding spaces
+    lines: tuple[str, ...]  # the text, one string per line, no surrounding spaces
 
     @property
     def text(self) -> str:
@@ -107,7 +116,7 @@ class _Word:
     segment_end: bool  # the last word of a whisper segment
 
 
-def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOptions()) -> List[Cue]:
+def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOptions()) -> list[Cue]:
     """The result's words laid out as subtitle cues within `options`' limits (see the module's doc)."""
     words = _words(result)
     if not words:
@@ -128,14 +137,14 @@ def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOp
     return cues
 
 
-def as_segments(cues: Sequence[Cue]) -> List[dict]:
+def as_segments(cues: Sequence[Cue]) -> list[dict]:
     """Cues as the segments whisper's srt/vtt writers read: one cue each, lines joined by "\\n".
 
     No "words" key, so the writers keep each one as it is (and turn "-->" into "->")."""
     return [{"id": i, "start": cue.start, "end": cue.end, "text": cue.text} for i, cue in enumerate(cues)]
 
 
-def wrap_lines(texts: Sequence[str], width: int) -> List[str]:
+def wrap_lines(texts: Sequence[str], width: int) -> list[str]:
     """Words (with their leading spaces) as the fewest lines of at most `width` characters,
     balanced: the widest line as short as it can be, where a line break that does not follow
     punctuation counts as PUNCTUATION_LINE_BONUS * width characters more. A word longer than
@@ -173,10 +182,10 @@ def wrap_lines(texts: Sequence[str], width: int) -> List[str]:
 
 
 # --- words ---------------------------------------------------------------------------------------------
-def _words(result: TranscriptionResult) -> List[_Word]:
+def _words(result: TranscriptionResult) -> list[_Word]:
     """Every word of the result with its times; interpolated where a segment has no word timings."""
     no_spaces = result.language in NO_SPACE_LANGUAGES
-    words: List[_Word] = []
+    words: list[_Word] = []
     for segment in result.segments:
         if segment.words:
             timed = [(w.word, w.start, w.end) for w in segment.words if w.word.strip()]
@@ -187,7 +196,7 @@ def _words(result: TranscriptionResult) -> List[_Word]:
     return words
 
 
-def _interpolated(text: str, start: float, end: float, no_spaces: bool) -> List[Tuple[str, float, float]]:
+def _interpolated(text: str, start: float, end: float, no_spaces: bool) -> list[tuple[str, float, float]]:
     """The segment's words, its time shared out by character count (approximate, not measured)."""
     pieces = _split_no_spaces(text) if no_spaces else re.findall(r"\s*\S+", text)
     total = sum(len(p.strip()) for p in pieces)
@@ -195,16 +204,17 @@ def _interpolated(text: str, start: float, end: float, no_spaces: bool) -> List[
         return []
     duration, done, timed = max(0.0, end - start), 0, []
     for piece in pieces:
-        piece = " " + piece.strip() if piece[0].isspace() else piece  # a tab or newline in the text is a space on screen
+        # a tab or newline in the text is a space on screen
+        piece = " " + piece.strip() if piece[0].isspace() else piece
         begin = start + duration * done / total
         done += len(piece.strip())
         timed.append((piece, begin, start + duration * done / total))
     return timed
 
 
-def _split_no_spaces(text: str) -> List[str]:
+def _split_no_spaces(text: str) -> list[str]:
     """Characters, each with the spaces before it; punctuation stays with the character before it."""
-    pieces: List[str] = []
+    pieces: list[str] = []
     for piece in re.findall(r"\s*\S", text):
         if pieces and unicodedata.category(piece[-1]).startswith("P") and not piece[0].isspace():
             pieces[-1] += piece
@@ -214,12 +224,13 @@ def _split_no_spaces(text: str) -> List[str]:
 
 
 # --- cues ----------------------------------------------------------------------------------------------
-def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> List[int]:
+def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> list[int]:
     """Indices where cues start (the first, 0, left out): the cheapest layout within the limits."""
     n = len(words)
     half_line = options.max_line_width / 2
     gaps = [max(0.0, words[i + 1].start - words[i].end) for i in range(n - 1)] + [0.0]
-    pauses_before, ends_before = [0.0], [0]  # [i]: seconds of pauses >= PAUSE_S, sentence ends, after words[:i]
+    # [i]: seconds of pauses >= PAUSE_S, sentence ends, after words[:i]
+    pauses_before, ends_before = [0.0], [0]
     for word, gap in zip(words, gaps):
         pauses_before.append(pauses_before[-1] + (gap if gap >= PAUSE_S else 0.0))
         ends_before.append(ends_before[-1] + bool(SENTENCE_END.search(word.text)))
@@ -246,11 +257,21 @@ def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> List[int]:
             chars += len(text.strip())
             inner_pauses = pauses_before[last] - pauses_before[first]  # after words[first:last]
             straddles = cut_cost[last] > 0 and ends_before[last] > ends_before[first]
-            fragment = (last + 1 < n and latest_end - words[first].start < MIN_FRAGMENT_S
-                        and gaps[last] < PAUSE_S and not SENTENCE_END.search(text))
-            cost = (best[first] + CUE_COST + cut_cost[last] + INNER_PAUSE_COST * inner_pauses / PAUSE_S
-                    + STRADDLE_COST * straddles + SHORT_CUE_COST * max(0.0, 1 - chars / half_line)
-                    + FRAGMENT_COST * fragment)
+            fragment = (
+                last + 1 < n
+                and latest_end - words[first].start < MIN_FRAGMENT_S
+                and gaps[last] < PAUSE_S
+                and not SENTENCE_END.search(text)
+            )
+            cost = (
+                best[first]
+                + CUE_COST
+                + cut_cost[last]
+                + INNER_PAUSE_COST * inner_pauses / PAUSE_S
+                + STRADDLE_COST * straddles
+                + SHORT_CUE_COST * max(0.0, 1 - chars / half_line)
+                + FRAGMENT_COST * fragment
+            )
             if cost < best[last + 1]:
                 best[last + 1], back[last + 1] = cost, first
     cuts, i = [], n
@@ -278,8 +299,8 @@ def _line(texts: Sequence[str]) -> str:
     return "".join(texts).strip()
 
 
-def _greedy_lines(texts: Sequence[str], width: int) -> List[str]:
-    lines: List[List[str]] = [[]]
+def _greedy_lines(texts: Sequence[str], width: int) -> list[str]:
+    lines: list[list[str]] = [[]]
     for text in texts:
         if lines[-1] and len(_line(lines[-1])) + len(text) > width:
             lines.append([])

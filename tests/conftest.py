@@ -1,4 +1,5 @@
 """Shared fixtures: small random whisper checkpoints, the real recordings, fast settings."""
+
 from __future__ import annotations
 
 import sys
@@ -25,12 +26,19 @@ def window_mels(audio, n_mels: int = 80):
     import whisper
 
     step = whisper.audio.N_SAMPLES
-    return torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(audio[start:start + step])),
-                                                    n_mels=n_mels) for start in range(0, len(audio), step)])
+    return torch.stack(
+        [
+            whisper.log_mel_spectrogram(
+                whisper.pad_or_trim(torch.from_numpy(audio[start : start + step])), n_mels=n_mels
+            )
+            for start in range(0, len(audio), step)
+        ]
+    )
 
 
 def srt_cues(srt: str):
     """(start, end, lines) of each cue of an srt file, times in seconds."""
+
     def seconds(stamp):
         h, m, s = stamp.replace(",", ".").split(":")
         return 3600 * int(h) + 60 * int(m) + float(s)
@@ -71,9 +79,18 @@ def fast_settings(model: Path | str, **overrides):
     """CPU fp32, greedy only, guards off, a small token cap: fast and deterministic."""
     from engine import load_settings
 
-    values = dict(model=str(model), device="cpu", precision="fp32", temperatures=[0.0], max_new_tokens=24,
-                  compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None,
-                  warm_up=False, vad=False)  # VAD has its own tests; synthetic tones are not speech
+    values = dict(
+        model=str(model),
+        device="cpu",
+        precision="fp32",
+        temperatures=[0.0],
+        max_new_tokens=24,
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        no_speech_threshold=None,
+        warm_up=False,
+        vad=False,
+    )  # VAD has its own tests; synthetic tones are not speech
     values.update(overrides)
     return load_settings(None, values, environ={})
 

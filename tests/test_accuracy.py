@@ -7,6 +7,7 @@ decode), by at most 0.3 points on the long recordings (several sections decoded 
 side, in batches). Random weights cannot show this: they never end a window early, which is
 exactly where words used to be lost.
 """
+
 import jiwer
 import pytest
 import whisper
@@ -20,8 +21,13 @@ LIBRISPEECH = SHARED_AUDIO / "librispeech"
 LONG_SLACK = 0.3  # WER points the engine may lie above stock on a long recording
 normalise = EnglishTextNormalizer()
 # whisper's defaults: the temperature ladder, its guards, the previous text as the prompt
-DEFAULTS = dict(temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], max_new_tokens=224, compression_ratio_threshold=2.4,
-                logprob_threshold=-1.0, no_speech_threshold=0.6)
+DEFAULTS = dict(
+    temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    max_new_tokens=224,
+    compression_ratio_threshold=2.4,
+    logprob_threshold=-1.0,
+    no_speech_threshold=0.6,
+)
 
 
 def wer(references, hypotheses) -> float:
@@ -81,6 +87,9 @@ def test_base_detects_the_language_and_translates(base_model_dir):
         translated = engine.transcribe(audio, task="translate")
         assert translated.task == "translate" and wer([reference], [translated.text]) < 25
         with engine.models.lease(str(base_model_dir)) as model:
-            assert normalise(translated.text) == normalise(stock(model, audio, task="translate", language="en"))
-        german = engine.transcribe(audio, language="de")  # told the wrong language, whisper still writes something
+            assert normalise(translated.text) == normalise(
+                stock(model, audio, task="translate", language="en")
+            )
+        # told the wrong language, whisper still writes something
+        german = engine.transcribe(audio, language="de")
         assert german.language == "de" and german.text.strip()

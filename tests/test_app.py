@@ -2,6 +2,7 @@
 as a program would drive it (/transcribe), plus `python app.py` itself as a user starts it
 (flags, share without internet, login, a model that cannot load, Ctrl-C), and the sidebar's
 HTML from fake GPU readings."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ GATE = DecodeGate(timeout_s=60)  # decoding waits on it, so a test can hold a jo
 def server(micro_checkpoint, tmp_path_factory):
     from app import serve
 
-    settings = fast_settings(micro_checkpoint, workers=1, queue_size=1,
-                             data_dir=str(tmp_path_factory.mktemp("app") / "data"))
+    settings = fast_settings(
+        micro_checkpoint, workers=1, queue_size=1, data_dir=str(tmp_path_factory.mktemp("app") / "data")
+    )
     server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
@@ -37,8 +39,12 @@ def server(micro_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server, tmp_path_factory):
-    return Client(server.url, verbose=False, analytics_enabled=False,
-                  download_files=str(tmp_path_factory.mktemp("downloads")))
+    return Client(
+        server.url,
+        verbose=False,
+        analytics_enabled=False,
+        download_files=str(tmp_path_factory.mktemp("downloads")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +54,12 @@ def jfk():
 
 # --- the page through gradio_client ---------------------------------------------------------
 
+
 def test_transcribe_returns_text_and_files(client, jfk):
     text, files, details = client.predict(handle_file(str(jfk)), api_name="/transcribe")
     assert isinstance(text, str) and "-->" in text  # timestamps are on by default
-    assert sorted(Path(f).suffix for f in files) == [".json", ".srt", ".tsv", ".txt", ".vtt"]  # as the API offers
+    # as the API offers
+    assert sorted(Path(f).suffix for f in files) == [".json", ".srt", ".tsv", ".txt", ".vtt"]
     tsv = next(Path(f) for f in files if f.endswith(".tsv")).read_text(encoding="utf-8")
     assert tsv.startswith("start\tend\ttext\n")
     assert all(Path(f).stem == "jfk" for f in files)
@@ -61,8 +69,9 @@ def test_transcribe_returns_text_and_files(client, jfk):
 
 
 def test_options_by_name(client, jfk):
-    text, files, details = client.predict(handle_file(str(jfk)), language="en", task="translate",
-                                          timestamps=False, api_name="/transcribe")
+    text, files, details = client.predict(
+        handle_file(str(jfk)), language="en", task="translate", timestamps=False, api_name="/transcribe"
+    )
     assert "-->" not in text
     assert "Language: **en**" in details
     assert len(files) == 5
@@ -72,12 +81,26 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
     api = client.view_api(return_format="dict", print_info=False)
     assert list(api["named_endpoints"]) == ["/transcribe"]  # timer and release button stay private
     parameters = api["named_endpoints"]["/transcribe"]["parameters"]
-    assert [p["parameter_name"] for p in parameters] == ["audio", "language", "task", "timestamps", "model",
-                                                         "word_timestamps", "vad", "max_line_width", "max_lines",
-                                                         "max_cue_s", "per_segment", "prompt", "temperature"]
+    assert [p["parameter_name"] for p in parameters] == [
+        "audio",
+        "language",
+        "task",
+        "timestamps",
+        "model",
+        "word_timestamps",
+        "vad",
+        "max_line_width",
+        "max_lines",
+        "max_cue_s",
+        "per_segment",
+        "prompt",
+        "temperature",
+    ]
     assert not parameters[0]["parameter_has_default"]
     assert all(p["parameter_has_default"] for p in parameters[1:])
-    assert parameters[4]["parameter_default"] == server.engine.model_names.public(server.engine.settings.model)
+    assert parameters[4]["parameter_default"] == server.engine.model_names.public(
+        server.engine.settings.model
+    )
 
 
 def test_the_engines_queue_is_where_transcriptions_wait(server):
@@ -109,8 +132,12 @@ def test_prompt_and_temperature_reach_the_job(client, server, jfk):
     from jobs.store import result_from_dict
 
     prompt = "Minutes of the Kubernetes meeting, with Dr. Nguyen."
-    _, files, _ = client.predict(handle_file(str(jfk)), prompt=prompt, temperature=0.6, api_name="/transcribe")
-    stored = next(r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac")
+    _, files, _ = client.predict(
+        handle_file(str(jfk)), prompt=prompt, temperature=0.6, api_name="/transcribe"
+    )
+    stored = next(
+        r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac"
+    )
     assert stored.options.initial_prompt == prompt and stored.options.temperature == (0.6,)
     result = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text(encoding="utf-8"))
     segments = result_from_dict({k: v for k, v in result.items() if k != "text"}).segments
@@ -118,7 +145,9 @@ def test_prompt_and_temperature_reach_the_job(client, server, jfk):
 
     # Empty fields and 0 keep the config's prompt and fallback ladder, as the HTTP form does.
     client.predict(handle_file(str(jfk)), prompt="  ", temperature=0, api_name="/transcribe")
-    stored = next(r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac")
+    stored = next(
+        r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == "jfk.flac"
+    )
     assert stored.options.initial_prompt is None and stored.options.temperature is None
     for bad in (1.5, -0.1):
         with pytest.raises(AppError, match=r"Temperature: must be a number from 0 to 1"):
@@ -155,11 +184,17 @@ def test_a_second_request_waits_in_the_engines_queue_and_sees_its_place(client, 
         first = client.submit(handle_file(str(jfk)), api_name="/transcribe")
         _until(lambda: engine.status().busy_workers == 1, "the first job to run")
         # The running job's progress bar counts seconds of audio.
-        _until(lambda: any(unit.unit == "s of audio" for unit in first.status().progress_data or []),
-               "progress in seconds of audio")
+        _until(
+            lambda: any(unit.unit == "s of audio" for unit in first.status().progress_data or []),
+            "progress in seconds of audio",
+        )
         second = client.submit(handle_file(str(jfk)), api_name="/transcribe")
-        _until(lambda: any(unit.desc == "Waiting in queue: position 1" for unit in second.status().progress_data or []),
-               "the second request to show its place in the engine's queue")
+        _until(
+            lambda: any(
+                unit.desc == "Waiting in queue: position 1" for unit in second.status().progress_data or []
+            ),
+            "the second request to show its place in the engine's queue",
+        )
         assert engine.status().queue_length == 1  # it waits in the engine's queue, not Gradio's
     finally:
         GATE.set()
@@ -173,12 +208,19 @@ def test_http_routes_answer_as_soon_as_serve_returns(server):
 
 # --- python app.py ---------------------------------------------------------------------------
 
+
 def _app_process(args, env_extra=None, log_path=None):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env_extra or {})}
     env = {k: v for k, v in env.items() if not k.startswith("WHISPER_APP_") or k in (env_extra or {})}
     log = open(log_path, "w") if log_path else subprocess.PIPE
-    return subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path):
@@ -197,11 +239,16 @@ def test_app_serves_shares_offline_with_login_reports_a_failed_model_and_stops_o
 
     port = free_port()
     config = tmp_path / "config.yaml"
-    config.write_text(f"model: {tmp_path / 'missing.pt'}\ndevice: cpu\nprecision: fp32\nshare: false\n"
-                      f"data_dir: {tmp_path / 'data'}\n")
+    config.write_text(
+        f"model: {tmp_path / 'missing.pt'}\ndevice: cpu\nprecision: fp32\nshare: false\n"
+        f"data_dir: {tmp_path / 'data'}\n"
+    )
     log_path = tmp_path / "app.log"
-    process = _app_process(["--config", str(config), "--port", str(port), "--share"],
-                           env_extra={"WHISPER_APP_AUTH": "ada:secret"}, log_path=log_path)
+    process = _app_process(
+        ["--config", str(config), "--port", str(port), "--share"],
+        env_extra={"WHISPER_APP_AUTH": "ada:secret"},
+        log_path=log_path,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -234,21 +281,42 @@ def test_app_serves_shares_offline_with_login_reports_a_failed_model_and_stops_o
 
 # --- the sidebar's HTML ----------------------------------------------------------------------
 
+
 def _status(state="ready", error="", loaded=()):
-    return EngineStatus(model=ModelState(state, "/models/large-v3.pt", error), device="cuda:0 (NVIDIA H200), fp16",
-                        loaded=list(loaded), busy_workers=1, workers=2, queue_length=3, queue_size=16)
+    return EngineStatus(
+        model=ModelState(state, "/models/large-v3.pt", error),
+        device="cuda:0 (NVIDIA H200), fp16",
+        loaded=list(loaded),
+        busy_workers=1,
+        workers=2,
+        queue_length=3,
+        queue_size=16,
+    )
 
 
 def _gpu(index, used, total=143771.0, above=False):
-    return GpuReading(index=index, name="NVIDIA H200 <x>", used_mb=used, total_mb=total, free_mb=total - used,
-                      utilization=37.0, source="gputil", above_threshold=above)
+    return GpuReading(
+        index=index,
+        name="NVIDIA H200 <x>",
+        used_mb=used,
+        total_mb=total,
+        free_mb=total - used,
+        utilization=37.0,
+        source="gputil",
+        above_threshold=above,
+    )
 
 
 def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
     from ui.sidebar import gpu_panel_html
 
-    snapshot = GpuSnapshot(gpus=[_gpu(0, 120000.0, above=True), _gpu(1, 3200.0)], reason="",
-                           process_allocated_mb=3100.0, process_reserved_mb=3500.0, threshold_mb=100000.0)
+    snapshot = GpuSnapshot(
+        gpus=[_gpu(0, 120000.0, above=True), _gpu(1, 3200.0)],
+        reason="",
+        process_allocated_mb=3100.0,
+        process_reserved_mb=3500.0,
+        threshold_mb=100000.0,
+    )
     html = gpu_panel_html(snapshot, _status())
     assert "GPU 0 &middot; NVIDIA H200 &lt;x&gt;" in html and "GPU 1" in html  # names are escaped
     assert "120,000 / 143,771 MB used" in html and "Utilisation 37 %" in html
@@ -260,8 +328,13 @@ def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
 def test_sidebar_without_gpu_says_so_instead_of_numbers():
     from ui.sidebar import gpu_panel_html
 
-    snapshot = GpuSnapshot(gpus=[], reason="No NVIDIA GPU detected, running on CPU", process_allocated_mb=0.0,
-                           process_reserved_mb=0.0, threshold_mb=None)
+    snapshot = GpuSnapshot(
+        gpus=[],
+        reason="No NVIDIA GPU detected, running on CPU",
+        process_allocated_mb=0.0,
+        process_reserved_mb=0.0,
+        threshold_mb=None,
+    )
     html = gpu_panel_html(snapshot, _status())
     assert "No NVIDIA GPU detected, running on CPU" in html
     assert "MB used" not in html and "gpu-warning" not in html
@@ -270,7 +343,9 @@ def test_sidebar_without_gpu_says_so_instead_of_numbers():
 def test_model_state_failed_shows_the_reason_and_what_to_do():
     from ui.sidebar import model_state_html
 
-    html = model_state_html(_status("failed", "Could not download model 'large-v3' <offline>; set model: ..."))
+    html = model_state_html(
+        _status("failed", "Could not download model 'large-v3' <offline>; set model: ...")
+    )
     assert "large-v3" in html and "/models/" not in html  # a checkpoint shows by its id (the stem)
     assert "&lt;offline&gt;" in html and "restart" in html
     assert "is loading" in model_state_html(_status("loading"))
@@ -289,8 +364,14 @@ def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
     from ui.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
-    text = release_markdown(ReleaseReport(["/models/small.pt"], [], 0.0, 0.0), none, none, on_gpu=False,
-                            rss_before_mb=2400.0, rss_after_mb=900.0)
+    text = release_markdown(
+        ReleaseReport(["/models/small.pt"], [], 0.0, 0.0),
+        none,
+        none,
+        on_gpu=False,
+        rss_before_mb=2400.0,
+        rss_after_mb=900.0,
+    )
     assert "Released small from memory" in text and "(RSS): 2,400 MB → 900 MB" in text
     assert "GPU" not in text and "0 MB → 0 MB" not in text and "->" not in text
 
@@ -302,8 +383,10 @@ def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finish
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport([], ["/models/tiny.en.pt"], 0.0, 0.0), none, none, on_gpu=False)
     assert "No model was in memory" not in text
-    assert "Nothing was released yet: tiny.en is in use by a running transcription and will be released as soon " \
-           "as it finishes." in text
+    assert (
+        "Nothing was released yet: tiny.en is in use by a running transcription and will be released as soon "
+        "as it finishes." in text
+    )
     both = release_markdown(ReleaseReport(["small"], ["tiny.en"], 0.0, 0.0), none, none, on_gpu=False)
     assert "Released small from memory.** tiny.en is in use" in both
 

@@ -6,6 +6,7 @@ sidebar, releases GPU memory, and takes the README's screenshot.
 The screenshot goes to tests/.artifacts/screenshot.png; with UPDATE_SCREENSHOT=1 it also
 replaces docs/screenshot.png, the one the README shows.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def browser(playwright, tmp_path_factory):
     args = ["--disable-quic", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
     if JFK_WAV.is_file():
         args.append(f"--use-file-for-fake-audio-capture={JFK_WAV}")
-    context = launch(playwright, tmp_path_factory.mktemp("chromium-profile"), args, permissions=["microphone"])
+    context = launch(
+        playwright, tmp_path_factory.mktemp("chromium-profile"), args, permissions=["microphone"]
+    )
     yield context
     context.close()
 
@@ -61,8 +64,10 @@ def transcribe_and_wait(page) -> str:
     # An earlier refusal still on screen is marked: only a new one (or the transcript) ends the wait.
     page.evaluate("document.querySelector('#transcribe-notice .notice-error')?.setAttribute('data-seen', '')")
     page.click("#transcribe-button")
-    page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0"
-                           " || document.querySelector('#transcribe-notice .notice-error:not([data-seen])') !== null")
+    page.wait_for_function(
+        "document.querySelector('#transcript textarea').value.length > 0"
+        " || document.querySelector('#transcribe-notice .notice-error:not([data-seen])') !== null"
+    )
     refusals = page.locator("#transcribe-notice .notice-error:not([data-seen])").all_inner_texts()
     assert not refusals, f"the page showed an error: {refusals}"
     page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
@@ -76,7 +81,8 @@ def test_upload_transcribe_download_and_screenshot(page, server):
     text = transcribe_and_wait(page)
     assert "-->" in text
     downloads = page.locator("#downloads").inner_text()
-    for name in ("jfk.txt", "jfk.srt", "jfk.vtt", "jfk.tsv", "jfk.json"):  # every result format the API offers
+    # every result format the API offers
+    for name in ("jfk.txt", "jfk.srt", "jfk.vtt", "jfk.tsv", "jfk.json"):
         assert name.split(".")[1] in downloads
     assert "11.0 s of audio" in page.inner_text("#details")
 

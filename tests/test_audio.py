@@ -1,9 +1,9 @@
 """engine.audio.files on files made here with ffmpeg (never committed), plus the shared real recordings."""
+
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
@@ -30,16 +30,20 @@ TINY_VIDEO = ["-f", "lavfi", "-i", "testsrc=duration=3:size=64x48:rate=10"]
 
 def make(path: Path, *args: str) -> Path:
     """Write `path` with ffmpeg; args are everything between `ffmpeg -y` and the output name."""
-    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args, str(path)],
-                   check=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args, str(path)], check=True
+    )
     return path
 
 
 def make_piped(path: Path, container: str, *args: str) -> Path:
     """Write through a pipe, as a browser or a live recorder does: the header cannot say the length."""
     with open(path, "wb") as out:
-        subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *args, "-f", container,
-                        "pipe:1"], stdout=out, check=True)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *args, "-f", container, "pipe:1"],
+            stdout=out,
+            check=True,
+        )
     return path
 
 
@@ -76,7 +80,10 @@ FORMATS = {
     "ogg/opus": ("tone.ogg", [*SINE, "-c:a", "libopus"]),
     "webm/opus 48k stereo": ("tone.webm", [*SINE, "-ac", "2", "-ar", "48000", "-c:a", "libopus"]),
     "mp4 video with sound": ("clip.mp4", [*TINY_VIDEO, *SINE, "-c:v", "mpeg4", "-c:a", "aac", "-shortest"]),
-    "mkv video with sound": ("clip.mkv", [*TINY_VIDEO, *SINE, "-c:v", "mpeg4", "-c:a", "libopus", "-shortest"]),
+    "mkv video with sound": (
+        "clip.mkv",
+        [*TINY_VIDEO, *SINE, "-c:v", "mpeg4", "-c:a", "libopus", "-shortest"],
+    ),
 }
 
 
@@ -119,6 +126,7 @@ def test_silence_is_not_an_error(tmp_path: Path):
 
 
 # --- files that cannot become audio ---------------------------------------------------------
+
 
 def test_missing_path_is_both_an_audio_error_and_file_not_found(tmp_path: Path):
     with pytest.raises(AudioFileNotFound, match="no file") as caught:
@@ -205,6 +213,7 @@ def test_file_cut_right_after_its_header_is_truncated(tmp_path: Path):
 
 # --- length limit ---------------------------------------------------------------------------
 
+
 def ten_minutes(path: Path, *codec: str) -> Path:
     return make(path, "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "600", *codec)
 
@@ -224,9 +233,11 @@ def test_too_long_is_refused_from_the_header_without_decoding(tmp_path: Path, mo
 
 def test_too_long_without_declared_length_stops_decoding_just_past_the_limit(tmp_path: Path, monkeypatch):
     # A WAV written through a pipe says "unknown" in its size fields; ffprobe can only guess.
-    path = make_piped(tmp_path / "stream.wav", "wav", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "600")
+    path = make_piped(
+        tmp_path / "stream.wav", "wav", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "600"
+    )
     assert probe(path).duration_s is None
-    limits: List[float] = []
+    limits: list[float] = []
     real_decode = audio._decode_pcm16
 
     def spy(path_arg, limit_s):
@@ -252,6 +263,7 @@ def test_limit_must_be_positive(tmp_path: Path):
 
 # --- ffmpeg missing -------------------------------------------------------------------------
 
+
 def test_missing_ffmpeg_says_how_to_install(tmp_path: Path, monkeypatch):
     path = make(tmp_path / "tone.flac", *SINE)
     empty_dir = tmp_path / "empty_bin"
@@ -261,7 +273,12 @@ def test_missing_ffmpeg_says_how_to_install(tmp_path: Path, monkeypatch):
     with pytest.raises(FfmpegMissing) as caught:
         load_audio(path)
     message = str(caught.value)
-    for hint in ("apt-get install ffmpeg", "brew install ffmpeg", "conda install -c conda-forge ffmpeg", "winget"):
+    for hint in (
+        "apt-get install ffmpeg",
+        "brew install ffmpeg",
+        "conda install -c conda-forge ffmpeg",
+        "winget",
+    ):
         assert hint in message
     with pytest.raises(FfmpegMissing):
         audio.check_ffmpeg()  # the failure was not cached as success, nor the other way round
@@ -269,7 +286,7 @@ def test_missing_ffmpeg_says_how_to_install(tmp_path: Path, monkeypatch):
 
 def test_ffmpeg_found_is_remembered(monkeypatch):
     audio.check_ffmpeg()
-    calls: List[str] = []
+    calls: list[str] = []
     monkeypatch.setattr(audio.shutil, "which", lambda tool: calls.append(tool))
     audio.check_ffmpeg()
     assert calls == []
@@ -277,11 +294,14 @@ def test_ffmpeg_found_is_remembered(monkeypatch):
 
 # --- real recordings ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["jfk/jfk.flac", "jfk/jfk.mp3"])
 def test_real_recording_loads(name: str):
     path = SHARED_AUDIO / name
     if not path.exists():
-        pytest.skip(f"shared recordings not found at {SHARED_AUDIO} (they live beside the project, not in it)")
+        pytest.skip(
+            f"shared recordings not found at {SHARED_AUDIO} (they live beside the project, not in it)"
+        )
     samples = load_audio(path)
     assert_whisper_ready(samples, 11.0)
     assert np.abs(samples).max() > 0.3  # speech, not silence

@@ -5,6 +5,7 @@ float32 samples), in bytes, independently of the allocator's pools and of other 
 figures are exact, so the bounds can be tight. `python -m bench.memory` measures the same
 for hours of audio, in resident memory.
 """
+
 from __future__ import annotations
 
 import gc
@@ -28,8 +29,21 @@ FLOAT32_BYTES = MINUTES * 60 * SAMPLE_RATE * 4
 def silent_mp3_without_length(path: Path) -> Path:
     """Ten minutes of silence in an mp3 without a Xing header: ffprobe can only guess its length
     from the bitrate, so nothing but decoding it can tell it is too long."""
-    make(path, "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", str(MINUTES * 60), "-c:a", "libmp3lame",
-         "-b:a", "8k", "-write_xing", "0")
+    make(
+        path,
+        "-f",
+        "lavfi",
+        "-i",
+        "anullsrc=r=8000:cl=mono",
+        "-t",
+        str(MINUTES * 60),
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "8k",
+        "-write_xing",
+        "0",
+    )
     assert probe(path).duration_s is None
     return path
 
@@ -67,7 +81,8 @@ def test_a_refused_recording_keeps_no_samples_alive(tmp_path: Path, traced):
     held, peak = tracemalloc.get_traced_memory()
     pcm_bytes = (LIMIT_S + 1) * SAMPLE_RATE * 2
     assert peak - before >= pcm_bytes  # it did decode up to just past the limit...
-    assert held - before < pcm_bytes / 20, f"the refusal keeps {(held - before) / 2**20:.1f} MiB"  # ...and let go
+    # ...and let go
+    assert held - before < pcm_bytes / 20, f"the refusal keeps {(held - before) / 2**20:.1f} MiB"
     assert error.duration_s == pytest.approx(LIMIT_S + 1, abs=0.1)
 
 
@@ -93,8 +108,9 @@ def test_a_refused_job_leaves_no_samples_in_the_server(tmp_path: Path, micro_che
             handle.result(timeout=120)
         assert handle.status.value == "failed"
         held, _ = tracemalloc.get_traced_memory()
-        assert held - before < (LIMIT_S * SAMPLE_RATE * 2) / 20, \
+        assert held - before < (LIMIT_S * SAMPLE_RATE * 2) / 20, (
             f"the failed job keeps {(held - before) / 2**20:.1f} MiB"
+        )
     finally:
         engine.close()
 

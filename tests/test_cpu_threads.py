@@ -1,6 +1,7 @@
 """On CPU only the decode loop's thread runs torch on every core (engine.device.cpu_threads): a
 second thread running multi-threaded ops halves the decoder's speed. These tests hold the
 thread counts that make that true; the speed itself is measured by `python -m bench`."""
+
 import subprocess
 import sys
 import textwrap
@@ -33,12 +34,16 @@ def test_a_single_threaded_thread_leaves_the_others_their_cores(two_threads):
 
     assert cpu_threads.in_passing_thread(one_core_then_ask) == 1
     assert torch.get_num_threads() == 2  # this thread
-    assert cpu_threads.in_passing_thread(torch.get_num_threads) == 2  # a new thread, such as the decode loop's
+    # a new thread, such as the decode loop's
+    assert cpu_threads.in_passing_thread(torch.get_num_threads) == 2
 
 
 def test_job_threads_run_on_one_core(two_threads):
-    worker = TranscriptionWorker(lambda request, handle: torch.get_num_threads(), workers=2,
-                                 prepare_thread=cpu_threads.single_threaded_here)
+    worker = TranscriptionWorker(
+        lambda request, handle: torch.get_num_threads(),
+        workers=2,
+        prepare_thread=cpu_threads.single_threaded_here,
+    )
     try:
         assert [worker.submit(None).result(timeout=30) for _ in range(4)] == [1] * 4
     finally:
@@ -72,6 +77,8 @@ def test_loading_the_voice_activity_model_keeps_the_process_thread_count():
             thread.start()
             thread.join()
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2"]

@@ -1,5 +1,6 @@
 """faster-whisper's CTranslate2 directories read as openai-whisper models: real tiny.en and base
 weights (tests/real_models.py) must transcribe the JFK clip word for word."""
+
 import base64
 import gzip
 import json
@@ -14,18 +15,43 @@ from whisper.normalizers import EnglishTextNormalizer
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, ModelLoadError
-from engine.models.ct2_weights import (Ct2FormatError, QuantisedModelError, is_ct2_model_dir, read_ct2_model,
-                                       read_model_bin)
 from engine.device.cuda import DevicePlan
 from engine.models.cache import load_model
+from engine.models.ct2_weights import (
+    Ct2FormatError,
+    QuantisedModelError,
+    is_ct2_model_dir,
+    read_ct2_model,
+    read_model_bin,
+)
 from real_models import MODEL_DIRS, load_real_model
 
 CPU32 = DevicePlan(torch.device("cpu"), "fp32", "cpu, fp32")
 DIMS = {
-    "tiny.en": ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-                               n_vocab=51864, n_text_ctx=448, n_text_state=384, n_text_head=6, n_text_layer=4),
-    "base": ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=512, n_audio_head=8, n_audio_layer=6,
-                            n_vocab=51865, n_text_ctx=448, n_text_state=512, n_text_head=8, n_text_layer=6),
+    "tiny.en": ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=384,
+        n_audio_head=6,
+        n_audio_layer=4,
+        n_vocab=51864,
+        n_text_ctx=448,
+        n_text_state=384,
+        n_text_head=6,
+        n_text_layer=4,
+    ),
+    "base": ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=512,
+        n_audio_head=8,
+        n_audio_layer=6,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=512,
+        n_text_head=8,
+        n_text_layer=6,
+    ),
 }
 normalise = EnglishTextNormalizer()
 
@@ -35,7 +61,14 @@ def reference_text() -> str:
 
 
 # -- a writer mirroring ctranslate2's ModelSpec._serialize, for files the packages do not ship --
-TYPE_IDS = {torch.float32: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.float16: 4, torch.bfloat16: 5}
+TYPE_IDS = {
+    torch.float32: 0,
+    torch.int8: 1,
+    torch.int16: 2,
+    torch.int32: 3,
+    torch.float16: 4,
+    torch.bfloat16: 5,
+}
 
 
 def write_model_bin(path, variables, aliases=None, spec="WhisperSpec", revision=3, version=6):
@@ -47,7 +80,11 @@ def write_model_bin(path, variables, aliases=None, spec="WhisperSpec", revision=
         f.write(struct.pack("<I", version) + string(spec) + struct.pack("<II", revision, len(variables)))
         for name, tensor in variables.items():
             data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            f.write(string(name) + struct.pack("<B", tensor.dim()) + struct.pack(f"<{tensor.dim()}I", *tensor.shape))
+            f.write(
+                string(name)
+                + struct.pack("<B", tensor.dim())
+                + struct.pack(f"<{tensor.dim()}I", *tensor.shape)
+            )
             f.write(struct.pack("<BI", TYPE_IDS[tensor.dtype], len(data)) + data)
         f.write(struct.pack("<I", len(aliases or {})))
         for alias, name in (aliases or {}).items():
@@ -99,8 +136,9 @@ def test_encoder_positions_are_whispers_sinusoids():
 
 
 def test_word_timestamps_use_the_models_heads():
-    result = whisper.transcribe(load_real_model("tiny.en"), str(shared_audio(JFK)), temperature=0, fp16=False,
-                                word_timestamps=True)
+    result = whisper.transcribe(
+        load_real_model("tiny.en"), str(shared_audio(JFK)), temperature=0, fp16=False, word_timestamps=True
+    )
     words = [w for s in result["segments"] for w in s["words"]]
     assert normalise("".join(w["word"] for w in words)) == reference_text()
     assert all(a["end"] <= b["start"] + 1e-6 and a["start"] <= a["end"] for a, b in zip(words, words[1:]))
@@ -145,14 +183,18 @@ def test_reader_reads_every_byte_of_the_file(tiny_en_model_dir, tmp_path):
     ct2 = read_model_bin(original)
     assert (ct2.binary_version, ct2.spec, ct2.revision) == (6, "WhisperSpec", 3)
     assert ct2.aliases == {"decoder/projection/weight": "decoder/embeddings/weight"}
-    write_model_bin(tmp_path / "model.bin", ct2.variables, ct2.aliases, ct2.spec, ct2.revision, ct2.binary_version)
+    write_model_bin(
+        tmp_path / "model.bin", ct2.variables, ct2.aliases, ct2.spec, ct2.revision, ct2.binary_version
+    )
     assert (tmp_path / "model.bin").read_bytes() == original.read_bytes()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_float32_and_bfloat16_files_load(tiny_en_model_dir, tmp_path, dtype):
     ct2 = read_model_bin(tiny_en_model_dir / "model.bin")
-    variables = {name: t.to(dtype) if t.dim() and t.is_floating_point() else t for name, t in ct2.variables.items()}
+    variables = {
+        name: t.to(dtype) if t.dim() and t.is_floating_point() else t for name, t in ct2.variables.items()
+    }
     write_model_bin(tmp_path / "model.bin", variables, ct2.aliases)
     shutil.copy(tiny_en_model_dir / "config.json", tmp_path / "config.json")
     model, reference = read_ct2_model(tmp_path).state_dict(), load_real_model("tiny.en").state_dict()
@@ -162,11 +204,14 @@ def test_float32_and_bfloat16_files_load(tiny_en_model_dir, tmp_path, dtype):
 
 
 def test_quantised_directory_is_refused_with_the_way_out(tmp_path):
-    quantised = fake_model_dir(tmp_path / "int8", {  # as ct2-transformers-converter --quantization int8 stores it
-        "decoder/embeddings/weight": torch.tensor([[12, -127], [64, 3]], dtype=torch.int8),
-        "decoder/embeddings/weight_scale": torch.tensor([41.5, 70.0]),
-        "encoder/num_heads": torch.tensor(6, dtype=torch.int16),
-    })
+    quantised = fake_model_dir(
+        tmp_path / "int8",
+        {  # as ct2-transformers-converter --quantization int8 stores it
+            "decoder/embeddings/weight": torch.tensor([[12, -127], [64, 3]], dtype=torch.int8),
+            "decoder/embeddings/weight_scale": torch.tensor([41.5, 70.0]),
+            "encoder/num_heads": torch.tensor(6, dtype=torch.int16),
+        },
+    )
     with pytest.raises(QuantisedModelError, match="int8 weights"):
         read_ct2_model(quantised)
     with pytest.raises(ModelLoadError) as error:
@@ -176,8 +221,9 @@ def test_quantised_directory_is_refused_with_the_way_out(tmp_path):
 
 
 def test_other_ct2_models_and_broken_files_are_refused(tiny_en_model_dir, tmp_path):
-    translator = fake_model_dir(tmp_path / "mt", {"encoder/num_heads": torch.tensor(8, dtype=torch.int16)},
-                                spec="TransformerSpec")
+    translator = fake_model_dir(
+        tmp_path / "mt", {"encoder/num_heads": torch.tensor(8, dtype=torch.int16)}, spec="TransformerSpec"
+    )
     with pytest.raises(ModelLoadError, match="TransformerSpec model, not a Whisper model"):
         load_model(str(translator), CPU32)
 

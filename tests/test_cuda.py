@@ -1,4 +1,5 @@
 """CUDA set-up at import time: allocator settings, TF32, device choice."""
+
 import logging
 import os
 import subprocess
@@ -10,15 +11,18 @@ from conftest import ROOT
 from engine import DeviceError, load_settings
 from engine.device.cuda import plan_device
 
-PRINT_STATE = ("import os, engine, torch; print(os.environ['PYTORCH_CUDA_ALLOC_CONF']); "
-               "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)")
+PRINT_STATE = (
+    "import os, engine, torch; print(os.environ['PYTORCH_CUDA_ALLOC_CONF']); "
+    "print(torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)"
+)
 
 
 def run_import(env_extra):
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
     env.update(env_extra)
-    out = subprocess.run([sys.executable, "-c", PRINT_STATE], cwd=ROOT, env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PRINT_STATE], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     return out.stdout.split("\n")
 
 
@@ -29,7 +33,9 @@ def test_import_sets_allocator_conf_and_tf32():
 
 
 def test_user_allocator_conf_wins():
-    assert run_import({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})[0] == "expandable_segments:True"
+    assert (
+        run_import({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})[0] == "expandable_segments:True"
+    )
 
 
 def test_cuda_asked_without_gpu_is_a_clear_error():

@@ -1,6 +1,7 @@
 """data_dir at start-up, as an operator meets it: a second server on the same folder refuses to
 start (and starts once the first is killed), and a read-only or full data_dir stops `python
 app.py` with one line naming the folder and what to do, never a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,14 @@ from small_disk import fill, small_disk
 def _app(config, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_APP_")}
     command = [sys.executable, str(ROOT / "app.py"), "--config", str(config), "--port", str(port)]
-    return subprocess.Popen(command,
-                            cwd=ROOT, env={**env, "GRADIO_ANALYTICS_ENABLED": "False"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**env, "GRADIO_ANALYTICS_ENABLED": "False"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _config(tmp_path, data_dir, model) -> os.PathLike:
@@ -77,8 +83,8 @@ def test_a_second_server_on_the_same_data_dir_refuses_until_the_first_is_killed(
 
 def test_a_read_only_data_dir_stops_the_start_with_one_line(micro_checkpoint, tmp_path):
     from app import free_port, serve
-    from jobs.store import JobStore
     from jobs.manager import DataDirUnwritable
+    from jobs.store import JobStore
 
     with small_disk(5) as root:
         JobStore(root / "data").close()  # a data_dir with its database, then mounted read-only

@@ -8,6 +8,7 @@ job gone within a step, the model lock let go between steps, progress that moves
 window, and a streaming job's first section ahead of its others. An allocation failure
 halving the batch is tests/test_memory.py's.
 """
+
 import threading
 import time
 
@@ -17,7 +18,6 @@ from conftest import LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
 from engine import Engine, JobCancelled, load_audio
 from engine.decoding.decode_loop import ModelLock
 from test_worker import fingerprint, wait_for
-
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
@@ -55,7 +55,7 @@ def test_two_jobs_share_the_running_decode_and_each_gets_what_it_gets_alone(micr
     """Two users' jobs fill one batch instead of taking turns: with four sections each and a
     batch of eight, alone a job fills half the running decode, together they fill it."""
     watch = WatchedDecode()
-    first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    first, second = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
     settings = fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)
     with Engine(settings, before_step=watch) as engine:
         alone = [fingerprint(engine.transcribe(first)), fingerprint(engine.transcribe(second))]
@@ -76,7 +76,7 @@ def test_a_sampled_job_never_joins_a_greedy_decode(micro_checkpoint, audio):
     # A running decode decodes at one temperature; a job asking for temperature 1.0 that
     # joined a greedy one would be decoded at 0 and get the greedy transcript without a word said.
     watch = WatchedDecode()
-    first, second = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    first, second = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
     settings = fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)
     with Engine(settings, before_step=watch) as engine:
         greedy = fingerprint(engine.transcribe(second))
@@ -87,16 +87,20 @@ def test_a_sampled_job_never_joins_a_greedy_decode(micro_checkpoint, audio):
         watch.gate.set()
         results = [job.result(120) for job in jobs]
     assert max(len(jobs) for jobs in watch.steps) == 1, "a sampled row was decoded in the greedy decode"
-    assert fingerprint(results[1]) != greedy, "the job asked for temperature 1.0 and got the greedy transcript"
+    assert fingerprint(results[1]) != greedy, (
+        "the job asked for temperature 1.0 and got the greedy transcript"
+    )
 
 
 def test_a_cancelled_job_leaves_the_running_decode_within_one_step(micro_checkpoint, audio):
     watch = WatchedDecode()
     settings = fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60)
     with Engine(settings, before_step=watch) as engine:
-        running = engine.submit(audio[:16000 * 250])
-        other = engine.submit(audio[16000 * 300:16000 * 550])
-        assert wait_for(lambda: len(watch.steps) > 3 and len(watch.steps[-1]) == 2), "the jobs never shared a step"
+        running = engine.submit(audio[: 16000 * 250])
+        other = engine.submit(audio[16000 * 300 : 16000 * 550])
+        assert wait_for(lambda: len(watch.steps) > 3 and len(watch.steps[-1]) == 2), (
+            "the jobs never shared a step"
+        )
         watch.gate.clear()
         time.sleep(0.2)  # the loop now waits at the gate, inside a step
         steps_before = len(watch.steps)
@@ -106,7 +110,9 @@ def test_a_cancelled_job_leaves_the_running_decode_within_one_step(micro_checkpo
             running.result(60)
         assert other.result(120).segments
     # the job's `cancelled` is its handle's cancel_requested
-    with_cancelled = [jobs for jobs in watch.steps[steps_before:] if any(j.cancelled.__self__ is running for j in jobs)]
+    with_cancelled = [
+        jobs for jobs in watch.steps[steps_before:] if any(j.cancelled.__self__ is running for j in jobs)
+    ]
     assert len(with_cancelled) <= 1, f"the cancelled job's rows went on for {len(with_cancelled)} steps"
 
 
@@ -134,11 +140,16 @@ def test_the_loop_lets_a_waiting_thread_have_the_model_between_steps():
         thread.join()
 
 
-
 def _rows(decode):
     """(handle, section index, windows decoded by that job's first section) of each row."""
-    return [(entry.job.cancelled.__self__, entry.job.streams.index(entry.stream),
-             entry.job.streams[0].windows_decoded) for entry in decode.live_tags()]
+    return [
+        (
+            entry.job.cancelled.__self__,
+            entry.job.streams.index(entry.stream),
+            entry.job.streams[0].windows_decoded,
+        )
+        for entry in decode.live_tags()
+    ]
 
 
 def test_progress_moves_inside_the_first_window_before_a_second_section_joins(tiny_en_model_dir):
@@ -152,11 +163,14 @@ def test_progress_moves_inside_the_first_window_before_a_second_section_joins(ti
     def look(decode):
         entries = decode.live_tags()
         streams = entries[0].job.streams
-        return (handles[0].seconds_done, sum(stream.windows_decoded for stream in streams),
-                {streams.index(entry.stream) for entry in entries})
+        return (
+            handles[0].seconds_done,
+            sum(stream.windows_decoded for stream in streams),
+            {streams.index(entry.stream) for entry in entries},
+        )
 
     watch = WatchedDecode(look)
-    audio = load_audio(shared_audio(FIVE_MIN))[:16000 * 100]
+    audio = load_audio(shared_audio(FIVE_MIN))[: 16000 * 100]
     settings = fast_settings(tiny_en_model_dir, batch_size=2, max_new_tokens=224, language="en")
     with Engine(settings, before_step=watch) as engine:
         watch.gate.clear()
@@ -177,7 +191,7 @@ def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_
     go out in recording order) has its first section decoded alone until its first window is
     done, and that section never waits for a row; its transcript is what it is alone."""
     watch = WatchedDecode(_rows)
-    other, streamed = audio[:16000 * 250], audio[16000 * 300:16000 * 550]
+    other, streamed = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
     settings = fast_settings(micro_checkpoint, workers=2, batch_size=4, language="en", min_section_s=60)
     with Engine(settings, before_step=watch) as engine:
         alone = fingerprint(engine.transcribe(streamed))
@@ -192,12 +206,16 @@ def test_a_streaming_jobs_first_section_keeps_a_row_while_rows_are_scarce(micro_
         together = fingerprint(job.result(120))
         running.result(120)
     assert together == alone
-    mine = [[(section, first_done) for handle, section, first_done in rows if handle is job]
-            for rows in watch.seen]
+    mine = [
+        [(section, first_done) for handle, section, first_done in rows if handle is job]
+        for rows in watch.seen
+    ]
     present = [i for i, rows in enumerate(mine) if any(section == 0 for section, _ in rows)]
-    assert any(first_done >= 1 for i in present for section, first_done in mine[i] if section == 0), \
+    assert any(first_done >= 1 for i in present for section, first_done in mine[i] if section == 0), (
         "the first section should have more than one window"
+    )
     assert present == list(range(present[0], present[-1] + 1)), "the first section waited for a row"
-    assert all(first_done >= 1 for rows in mine for section, first_done in rows if section > 0), \
+    assert all(first_done >= 1 for rows in mine for section, first_done in rows if section > 0), (
         "a later section was decoded before the first section's first window was done"
+    )
     assert any(section > 0 for rows in mine for section, _ in rows)

@@ -1,4 +1,5 @@
 """engine.audio.energy and engine.audio.sections on synthetic audio: levels, silence, pauses to cut in."""
+
 import numpy as np
 
 from engine.audio.energy import frame_energy, is_silent
@@ -82,4 +83,6 @@ def test_an_hour_is_cut_into_even_sections_in_pauses():
     lengths = [s.duration_s for s in sections]
     assert max(lengths) - min(lengths) < 3600 / 16 / 2
     for section in sections[1:]:
-        assert any(a <= section.start_s <= b for a, b in gaps), f"cut at {section.start_s:.2f} s is not in a pause"
+        assert any(a <= section.start_s <= b for a, b in gaps), (
+            f"cut at {section.start_s:.2f} s is not in a pause"
+        )

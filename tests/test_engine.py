@@ -1,4 +1,5 @@
 """The engine end to end on random checkpoints and real recordings: structure, never words."""
+
 import subprocess
 import time
 
@@ -6,8 +7,16 @@ import numpy as np
 import pytest
 
 from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
-from engine import (AudioTooLong, EmptyAudio, Engine, InvalidRequest, JobStatus, NotAudio, TruncatedAudio,
-                    load_audio)
+from engine import (
+    AudioTooLong,
+    EmptyAudio,
+    Engine,
+    InvalidRequest,
+    JobStatus,
+    NotAudio,
+    TruncatedAudio,
+    load_audio,
+)
 from engine.audio.sections import plan_sections
 from output import FORMATS, write_files
 
@@ -58,7 +67,9 @@ def test_eleven_minutes_end_to_end_covers_the_audio(engine):
     assert len(set(seen)) >= 4, "progress moves with every step of the decode loop"
     # Every section contributes text inside its own stretch of the recording.
     for section in sections:
-        inside = [s for s in result.segments if section.start_s <= s.start < section.start_s + section.duration_s]
+        inside = [
+            s for s in result.segments if section.start_s <= s.start < section.start_s + section.duration_s
+        ]
         assert inside, f"no text from the section at {section.start_s:.1f} s"
     assert result.segments[0].start < 30 and result.segments[-1].end > result.duration - 30
 
@@ -74,8 +85,10 @@ def test_silence_gives_an_empty_transcript_without_decoding(engine, tmp_path):
     result = engine.transcribe(np.zeros(16000 * 75, dtype=np.float32))
     assert result.segments == [] and result.text == "" and result.windows == 0
     hiss = tmp_path / "hiss.wav"  # -70 dBFS noise: silence to a listener
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anoisesrc=a=0.0003:d=20", "-ar", "44100",
-                    str(hiss)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anoisesrc=a=0.0003:d=20", "-ar", "44100", str(hiss)],
+        check=True,
+    )
     assert engine.transcribe(hiss).segments == []
 
 
@@ -86,7 +99,6 @@ def test_language_task_and_prompt_reach_the_decoder(engine):
     assert engine.transcribe(path, language="German").language == "de"
     translated = engine.transcribe(path, task="translate", language="en")
     assert translated.task == "translate"
-
 
 
 def test_the_initial_prompt_is_the_first_windows_context(micro_checkpoint, monkeypatch):

@@ -1,5 +1,6 @@
 """One error family (engine/errors.py): every error the engine raises is in it, carries the
 user's message and the option to blame, and is found again by the name a stored job keeps."""
+
 from __future__ import annotations
 
 import importlib
@@ -16,7 +17,11 @@ def engine_exceptions() -> set:
     found = set()
     for module in pkgutil.walk_packages(engine.__path__, "engine."):
         for value in vars(importlib.import_module(module.name)).values():
-            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__.startswith("engine"):
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("engine")
+            ):
                 found.add(value)
     return found
 
@@ -24,8 +29,11 @@ def engine_exceptions() -> set:
 def test_every_error_the_engine_defines_is_in_the_family():
     classes = engine_exceptions()
     assert len(classes) >= 15
-    outside = sorted(cls.__qualname__ + " in " + cls.__module__ for cls in classes
-                     if cls.__module__ != "engine.errors" or not issubclass(cls, EngineError))
+    outside = sorted(
+        cls.__qualname__ + " in " + cls.__module__
+        for cls in classes
+        if cls.__module__ != "engine.errors" or not issubclass(cls, EngineError)
+    )
     assert not outside, outside
 
 
@@ -47,7 +55,8 @@ def test_the_error_names_the_option_to_blame():
     refused = api_error(InvalidRequest("initial_prompt: too long"))
     assert (refused.status, refused.param) == (400, "prompt")  # OpenAI's name for it
     assert api_error(QueueFull("the queue is full")).status == 429
-    assert isinstance(QueueFull("x"), RuntimeError) and isinstance(InvalidRequest("x"), ValueError)  # as before
+    # as before
+    assert isinstance(QueueFull("x"), RuntimeError) and isinstance(InvalidRequest("x"), ValueError)
 
 
 @pytest.mark.parametrize("cls", sorted(ERROR_KINDS, key=lambda c: c.__name__))

@@ -6,6 +6,7 @@ no-speech probability) that stock `whisper.decode` gives that window alone, from
 log-mel. Then the paths the recording does not reach: rows that end early and leave the
 batch, prompts, no timestamps, the context limit, and the hand-over to whisper.decode.
 """
+
 import dataclasses
 import math
 
@@ -36,8 +37,12 @@ def varied_mels():
 
 
 def _same(a, b) -> bool:
-    return (a.tokens == b.tokens and a.text == b.text and math.isclose(a.avg_logprob, b.avg_logprob, abs_tol=1e-4)
-            and math.isclose(a.no_speech_prob, b.no_speech_prob, rel_tol=1e-3, abs_tol=1e-7))
+    return (
+        a.tokens == b.tokens
+        and a.text == b.text
+        and math.isclose(a.avg_logprob, b.avg_logprob, abs_tol=1e-4)
+        and math.isclose(a.no_speech_prob, b.no_speech_prob, rel_tol=1e-3, abs_tol=1e-7)
+    )
 
 
 def test_every_window_of_the_recording_decodes_as_whisper_decode_alone():
@@ -55,7 +60,9 @@ def test_every_window_of_the_recording_decodes_as_whisper_decode_alone():
 def test_rows_that_end_early_leave_the_batch_and_keep_their_tokens(micro, varied_mels, monkeypatch):
     kept = []
     compact = fast_decode.GreedyDecode._compact
-    monkeypatch.setattr(fast_decode.GreedyDecode, "_compact", lambda self: (kept.append(len(self)), compact(self)))
+    monkeypatch.setattr(
+        fast_decode.GreedyDecode, "_compact", lambda self: (kept.append(len(self)), compact(self))
+    )
     expected = whisper.decode(micro, varied_mels, GREEDY)
     got = fast_decode.decode(micro, varied_mels, GREEDY)
     assert sorted(len(r.tokens) for r in expected)[0] < 10 < max(len(r.tokens) for r in expected)
@@ -63,16 +70,20 @@ def test_rows_that_end_early_leave_the_batch_and_keep_their_tokens(micro, varied
     assert all(_same(a, b) for a, b in zip(expected, got))
 
 
-@pytest.mark.parametrize("change", [
-    dict(prompt="The Secret Service should not and does not plan"),
-    dict(without_timestamps=True),
-    dict(max_initial_timestamp=None),
-    dict(suppress_blank=False),
-    dict(suppress_tokens=""),
-    dict(suppress_tokens=[220, 1000, -1]),
-    dict(task="translate", language="de"),
-    dict(prompt=list(range(1000, 1300)), sample_len=224),  # runs into the 448-token context
-], ids=lambda change: ",".join(change))
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(prompt="The Secret Service should not and does not plan"),
+        dict(without_timestamps=True),
+        dict(max_initial_timestamp=None),
+        dict(suppress_blank=False),
+        dict(suppress_tokens=""),
+        dict(suppress_tokens=[220, 1000, -1]),
+        dict(task="translate", language="de"),
+        dict(prompt=list(range(1000, 1300)), sample_len=224),  # runs into the 448-token context
+    ],
+    ids=lambda change: ",".join(change),
+)
 def test_options_mean_what_they_mean_in_whisper(micro, varied_mels, change):
     options = dataclasses.replace(GREEDY, **{"sample_len": 40, **change})
     expected = whisper.decode(micro, varied_mels, options)
@@ -85,8 +96,9 @@ def test_one_mel_gives_one_result_and_features_are_accepted(micro, varied_mels):
     single = fast_decode.decode(micro, varied_mels[0], GREEDY)
     assert single.tokens == whisper.decode(micro, varied_mels[0], GREEDY).tokens
     features = micro.encoder(varied_mels[:2])
-    assert [r.tokens for r in fast_decode.decode(micro, features, GREEDY)] == \
-        [r.tokens for r in whisper.decode(micro, varied_mels[:2], GREEDY)]
+    assert [r.tokens for r in fast_decode.decode(micro, features, GREEDY)] == [
+        r.tokens for r in whisper.decode(micro, varied_mels[:2], GREEDY)
+    ]
 
 
 def test_encoder_runs_a_few_windows_at_a_time_on_cpu_with_the_same_output(micro, varied_mels):
@@ -94,12 +106,17 @@ def test_encoder_runs_a_few_windows_at_a_time_on_cpu_with_the_same_output(micro,
     assert torch.allclose(fast_decode.encode(micro, varied_mels, fp16=False), together, atol=1e-5)
 
 
-@pytest.mark.parametrize("change", [dict(temperature=0.5), dict(language=None), dict(beam_size=2),
-                                    dict(prefix="Hello")], ids=lambda change: ",".join(change))
+@pytest.mark.parametrize(
+    "change",
+    [dict(temperature=0.5), dict(language=None), dict(beam_size=2), dict(prefix="Hello")],
+    ids=lambda change: ",".join(change),
+)
 def test_what_it_does_not_do_goes_to_whisper_decode(micro, varied_mels, change, monkeypatch):
     calls = []
     original = whisper.decode
-    monkeypatch.setattr(whisper, "decode", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    monkeypatch.setattr(
+        whisper, "decode", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    )
     fast_decode.decode(micro, varied_mels[:1], dataclasses.replace(GREEDY, sample_len=8, **change))
     assert calls == [1]
 
@@ -108,8 +125,16 @@ def test_rows_with_their_own_prompts_decode_as_whisper_decode_alone(micro, varie
     """The streams of different sections share a batch, each conditioned on its own previous
     text: prompts of different lengths (none, short, long enough to be trimmed) in one batch."""
     tokenizer = whisper.tokenizer.get_tokenizer(False)
-    prompts = [None, tokenizer.encode(" Hello there."), list(range(100, 400)), [50400, 220, 50450],
-               None, tokenizer.encode(" And so, my fellow Americans"), list(range(500, 520)), [1, 2, 3]]
+    prompts = [
+        None,
+        tokenizer.encode(" Hello there."),
+        list(range(100, 400)),
+        [50400, 220, 50450],
+        None,
+        tokenizer.encode(" And so, my fellow Americans"),
+        list(range(500, 520)),
+        [1, 2, 3],
+    ]
     options = dataclasses.replace(GREEDY, sample_len=40)
     got = fast_decode.decode_rows(micro, varied_mels, options, prompts)
     for row, (mel, prompt) in enumerate(zip(varied_mels, prompts)):
@@ -125,7 +150,9 @@ def test_rows_with_prompts_at_the_context_limit_stop_where_whisper_stops(micro, 
     prompts = [list(range(1000, 1300)), None]
     got = fast_decode.decode_rows(micro, varied_mels[:2], options, prompts)
     for row, prompt in enumerate(prompts):
-        assert _same(got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))
+        assert _same(
+            got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt))
+        )
 
 
 @pytest.mark.parametrize("prompted", [False, True], ids=["same start", "own prompts"])
@@ -134,11 +161,15 @@ def test_the_cuda_path_runs_on_the_cpu_with_whisper_decodes_tokens(micro, varied
     every few steps) runs here in fp32 against whisper.decode, then in fp16 tensors."""
     monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
     tokenizer = whisper.tokenizer.get_tokenizer(False)
-    prompts = [tokenizer.encode(" Hello there.") if prompted and i % 2 else None for i in range(len(varied_mels))]
+    prompts = [
+        tokenizer.encode(" Hello there.") if prompted and i % 2 else None for i in range(len(varied_mels))
+    ]
     options = dataclasses.replace(GREEDY, sample_len=30)
     got = fast_decode.decode_rows(micro, varied_mels, options, prompts)
     for row, prompt in enumerate(prompts):
-        assert _same(got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))
+        assert _same(
+            got[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt))
+        )
     half = build_model("micro").half()
     for module in half.modules():  # CUDA's layer norm takes fp16 weights with fp32 input; the CPU's does not
         if isinstance(module, torch.nn.LayerNorm):
@@ -148,7 +179,9 @@ def test_the_cuda_path_runs_on_the_cpu_with_whisper_decodes_tokens(micro, varied
 
 
 @pytest.mark.parametrize("host", [True, False], ids=["cpu path", "cuda path"])
-def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(micro, varied_mels, monkeypatch, host):
+def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(
+    micro, varied_mels, monkeypatch, host
+):
     """The decode loop refills a row as soon as its window ends: windows that join a running
     decode (into a freed slot or after the last), at other positions and with their own
     prompts, get the tokens whisper.decode gives each alone; a dropped row never comes back."""
@@ -156,8 +189,16 @@ def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(micro, v
         monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
     tokenizer = whisper.tokenizer.get_tokenizer(False)
     # the first rows need a short cache; a row with a prompt trimmed to 223 tokens joins later and longer
-    prompts = [None, tokenizer.encode(" Hello there."), [1, 2, 3], None, [50400, 220, 50450],
-               list(range(100, 400)), tokenizer.encode(" And so, my fellow Americans"), None]
+    prompts = [
+        None,
+        tokenizer.encode(" Hello there."),
+        [1, 2, 3],
+        None,
+        [50400, 220, 50450],
+        list(range(100, 400)),
+        tokenizer.encode(" And so, my fellow Americans"),
+        None,
+    ]
     options = dataclasses.replace(GREEDY, sample_len=40)
     decode = fast_decode.GreedyDecode(micro, options)
     decode.admit(varied_mels[:3], prompts[:3], [0, 1, 2])
@@ -190,4 +231,6 @@ def test_a_row_with_a_longer_prompt_joining_grows_the_caches(micro, varied_mels)
     while len(decode):
         results.update(decode.step())
     for row, prompt in enumerate(prompts):
-        assert _same(results[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt)))
+        assert _same(
+            results[row], whisper.decode(micro, varied_mels[row], dataclasses.replace(options, prompt=prompt))
+        )

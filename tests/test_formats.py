@@ -2,15 +2,16 @@
 
 The cue layout itself (line widths, cue lengths, where cues are cut) is tested in test_subtitles.py;
 here: the files' format, and which layout srt and vtt get."""
+
 import json
 import re
 
 import pytest
 
 from conftest import srt_cues
-from output.formats import FORMATS, render, safe_basename, write_files
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import Settings
+from output.formats import FORMATS, render, safe_basename, write_files
 from output.subtitles import SubtitleOptions
 
 PLAIN = SubtitleOptions(per_segment=True)  # whisper's plain files: one cue per segment
@@ -141,7 +142,11 @@ def long_segment_result(words: bool) -> TranscriptionResult:
     """One 12 s segment of 100 characters in three sentences, with or without word timings."""
     text = " The first sentence is here. Then a second one follows it closely. And the third ends it all."
     pieces = text.split(" ")[1:]
-    timed = [Word(f" {p}", 0.5 + 0.6 * i, 0.5 + 0.6 * i + 0.5, 0.9) for i, p in enumerate(pieces)] if words else None
+    timed = (
+        [Word(f" {p}", 0.5 + 0.6 * i, 0.5 + 0.6 * i + 0.5, 0.9) for i, p in enumerate(pieces)]
+        if words
+        else None
+    )
     return make_result([Segment(id=0, start=0.5, end=12.5, text=text, words=timed)])
 
 
@@ -163,7 +168,9 @@ def test_vtt_gets_the_same_cues_as_srt():
     vtt = render(result, "vtt")
     srt = render(result, "srt")
     assert vtt.count("-->") == srt.count("-->")
-    texts = lambda text: [line for line in text.splitlines() if line and "-->" not in line and not line.isdigit()]  # noqa: E731
+    texts = lambda text: [
+        line for line in text.splitlines() if line and "-->" not in line and not line.isdigit()
+    ]
     assert texts(vtt)[1:] == texts(srt) and texts(vtt)[0] == "WEBVTT"
 
 
@@ -175,13 +182,16 @@ def test_arrow_in_text_is_escaped_as_whisper_does():
 def test_other_formats_ignore_subtitle_options():
     narrow = SubtitleOptions(max_line_width=5, max_lines=1, max_cue_s=0.5)
     for fmt in ("txt", "tsv", "json"):
-        assert render(long_segment_result(True), fmt, subtitles=narrow) == render(long_segment_result(True), fmt)
+        assert render(long_segment_result(True), fmt, subtitles=narrow) == render(
+            long_segment_result(True), fmt
+        )
 
 
 def test_settings_defaults_are_the_subtitle_defaults():
     assert SubtitleOptions.from_settings(Settings()) == SubtitleOptions()
-    configured = Settings(subtitle_max_line_width=30, subtitle_max_lines=1, subtitle_max_cue_s=4.5,
-                          subtitle_per_segment=True)
+    configured = Settings(
+        subtitle_max_line_width=30, subtitle_max_lines=1, subtitle_max_cue_s=4.5, subtitle_per_segment=True
+    )
     assert SubtitleOptions.from_settings(configured) == SubtitleOptions(30, 1, 4.5, True)
 
 
@@ -193,7 +203,8 @@ def test_write_files_subset_and_bad_format_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "hostile", ["../../etc/passwd", "..\\..\\windows\\system32", "/abs/path/x", "..", "", "a/b/../../..", "~root"]
+    "hostile",
+    ["../../etc/passwd", "..\\..\\windows\\system32", "/abs/path/x", "..", "", "a/b/../../..", "~root"],
 )
 def test_basename_cannot_leave_out_dir(tmp_path, hostile):
     out_dir = tmp_path / "out"

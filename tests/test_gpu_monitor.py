@@ -1,4 +1,5 @@
 """GPU monitor: the real sources on this machine, and fake readings for the threshold logic."""
+
 import sys
 from types import SimpleNamespace
 
@@ -9,7 +10,9 @@ from engine.device.gpu_monitor import NO_GPU_REASON, GpuMonitor, RawReading
 
 
 def reading(index=0, used_mb=41230.0, total_mb=81920.0, source="fake", **fields):
-    return RawReading(index, f"Fake GPU {index}", used_mb, total_mb, total_mb - used_mb, 50.0, source, **fields)
+    return RawReading(
+        index, f"Fake GPU {index}", used_mb, total_mb, total_mb - used_mb, 50.0, source, **fields
+    )
 
 
 def readers_of(*results):
@@ -84,7 +87,9 @@ def test_negative_threshold_is_refused():
 
 
 def test_failing_or_empty_reader_falls_through_to_next():
-    readers = readers_of(RuntimeError("nvidia-smi broke"), [], [reading(source="third")], [reading(source="fourth")])
+    readers = readers_of(
+        RuntimeError("nvidia-smi broke"), [], [reading(source="third")], [reading(source="fourth")]
+    )
     snapshot = GpuMonitor(readers=readers).snapshot()
     assert [gpu.source for gpu in snapshot.gpus] == ["third"]
     assert snapshot.reason == ""
@@ -109,9 +114,18 @@ def test_device_indices_limit_the_readings():
 
 
 def test_fields_carried_from_the_source():
-    gpu = GpuMonitor(threshold_mb=1, readers=readers_of([reading(used_mb=1000, total_mb=4000)])).snapshot().gpus[0]
+    gpu = (
+        GpuMonitor(threshold_mb=1, readers=readers_of([reading(used_mb=1000, total_mb=4000)]))
+        .snapshot()
+        .gpus[0]
+    )
     assert (gpu.name, gpu.used_mb, gpu.total_mb, gpu.free_mb, gpu.utilization, gpu.source) == (
-        "Fake GPU 0", 1000, 4000, 3000, 50.0, "fake"
+        "Fake GPU 0",
+        1000,
+        4000,
+        3000,
+        50.0,
+        "fake",
     )
 
 
@@ -139,10 +153,18 @@ def test_physical_numbers_follow_cuda_visible_devices(monkeypatch, visible, expe
 def test_gputil_figures_are_converted(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     nan = float("nan")
-    gpu = SimpleNamespace(id=0, uuid="GPU-a", name="A100", load=nan, memoryUsed=1000.0, memoryTotal=4000.0, memoryFree=3000.0)
+    gpu = SimpleNamespace(
+        id=0, uuid="GPU-a", name="A100", load=nan, memoryUsed=1000.0, memoryTotal=4000.0, memoryFree=3000.0
+    )
     monkeypatch.setattr(gpu_monitor, "_gputil_module", SimpleNamespace(getGPUs=lambda: [gpu]))
     [raw] = gpu_monitor.read_gputil()
-    assert (raw.used_mb, raw.total_mb, raw.free_mb, raw.utilization, raw.source) == (1000, 4000, 3000, None, "gputil")
+    assert (raw.used_mb, raw.total_mb, raw.free_mb, raw.utilization, raw.source) == (
+        1000,
+        4000,
+        3000,
+        None,
+        "gputil",
+    )
 
     gpu.load, gpu.memoryUsed = 0.25, nan  # nvidia-smi printed [N/A] for memory: let NVML answer
     with pytest.raises(ValueError):
@@ -169,7 +191,9 @@ def test_nvml_figures_are_converted(monkeypatch):
         nvmlInit=lambda: None,
         nvmlDeviceGetCount=lambda: 2,
         nvmlDeviceGetHandleByIndex=lambda index: index,
-        nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(used=1000 * mib, total=4000 * mib, free=3000 * mib),
+        nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(
+            used=1000 * mib, total=4000 * mib, free=3000 * mib
+        ),
         nvmlDeviceGetUtilizationRates=utilization,
         nvmlDeviceGetName=lambda handle: b"H100" if handle == 0 else "H200",
         nvmlDeviceGetUUID=lambda handle: f"GPU-{handle}",

@@ -1,6 +1,7 @@
 """Whose jobs are whose on the HTTP API, on the real app over 127.0.0.1: with two named keys
 each key sees only its own jobs (sync requests included) and another key's job is 404; with
 no key every caller is "anonymous"; serving beyond loopback says what is open to whom."""
+
 from __future__ import annotations
 
 import logging
@@ -36,7 +37,9 @@ def client_for(server, key=None) -> httpx.Client:
 def two_keys(micro_checkpoint, tmp_path_factory):
     from app import serve
 
-    settings = fast_settings(micro_checkpoint, api_keys=KEYS, data_dir=str(tmp_path_factory.mktemp("keys") / "data"))
+    settings = fast_settings(
+        micro_checkpoint, api_keys=KEYS, data_dir=str(tmp_path_factory.mktemp("keys") / "data")
+    )
     server = serve(settings, engine=Engine(settings), port=0)  # the model loaded before the first request
     yield server
     server.close()
@@ -56,8 +59,11 @@ def test_each_key_sees_only_its_own_jobs(two_keys):
         assert job["id"] in listed and sync_id in listed and bobs["id"] not in listed
         assert [j["id"] for j in bob.get("/v1/jobs").json()["data"]] == [bobs["id"]]
         for other in (job["id"], sync_id):  # someone else's job is "not found", as an unknown id is
-            for method, path in [("GET", f"/v1/jobs/{other}"), ("GET", f"/v1/jobs/{other}/result"),
-                                 ("DELETE", f"/v1/jobs/{other}")]:
+            for method, path in [
+                ("GET", f"/v1/jobs/{other}"),
+                ("GET", f"/v1/jobs/{other}/result"),
+                ("DELETE", f"/v1/jobs/{other}"),
+            ]:
                 response = bob.request(method, path)
                 assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
         assert alice.get(f"/v1/jobs/{sync_id}").json()["result"]["text"] == sync.json()["text"]
@@ -71,8 +77,11 @@ def test_each_key_sees_only_its_own_jobs(two_keys):
         assert client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", data)).text is not None
     with client_for(two_keys, "carol-key") as carol, client_for(two_keys) as nobody:
         assert carol.get("/v1/jobs").status_code == 401 and nobody.get("/v1/jobs").status_code == 401
-        refused = [line for line in nobody.get("/metrics").text.splitlines()
-                   if line.startswith('whisper_requests_refused_total{reason="unauthorized"}')]
+        refused = [
+            line
+            for line in nobody.get("/metrics").text.splitlines()
+            if line.startswith('whisper_requests_refused_total{reason="unauthorized"}')
+        ]
         assert float(refused[0].split()[-1]) >= 2  # counted by reason
     # the key is never stored, only its name
     store = two_keys.app.state.jobs.store
@@ -81,7 +90,9 @@ def test_each_key_sees_only_its_own_jobs(two_keys):
     assert KEYS["alice"].encode() not in store.path.read_bytes()
 
 
-def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(micro_checkpoint, tmp_path, caplog):
+def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(
+    micro_checkpoint, tmp_path, caplog
+):
     from app import serve
 
     settings = fast_settings(micro_checkpoint, host="0.0.0.0", data_dir=str(tmp_path / "data"))
@@ -93,8 +104,10 @@ def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(mic
         assert "No login (auth) is set" in warnings and "/transcribe" in warnings
         port = server.url.rstrip("/").rsplit(":", 1)[1]
         data = shared_audio(JFK).read_bytes()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as one, \
-                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as other:
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as one,
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as other,
+        ):
             job = one.post("/v1/jobs", files={"file": ("a.flac", data)}).json()
             assert wait_done(other, job["id"])["status"] == "done"  # anyone who reaches the port
             assert job["id"] in [j["id"] for j in other.get("/v1/jobs").json()["data"]]
@@ -105,8 +118,11 @@ def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(mic
 
 def test_warnings_say_what_is_open_to_whom():
     def warnings(**values):
-        return " ".join(exposure_warnings(load_settings(None, {"device": "cpu", "precision": "fp32", **values},
-                                                        environ={})))
+        return " ".join(
+            exposure_warnings(
+                load_settings(None, {"device": "cpu", "precision": "fp32", **values}, environ={})
+            )
+        )
 
     assert warnings() == ""  # loopback only: nothing is open to anyone else
     assert warnings(host="::1", api_key="k") == ""
@@ -127,8 +143,10 @@ def test_key_settings_are_checked():
     assert settings.named_api_keys == {"default": "k0", "alice": "k1"}
     env = load_settings(None, base, environ={"WHISPER_APP_API_KEYS": "{alice: k1, bob: k2}"})
     assert env.named_api_keys == {"alice": "k1", "bob": "k2"}
-    for bad, words in [({"api_keys": {"a": "same", "b": "same"}}, "share one key"),
-                       ({"api_keys": {"a": ""}}, "non-empty"),
-                       ({"api_key": "k", "api_keys": {"default": "x"}}, '"default" is taken')]:
+    for bad, words in [
+        ({"api_keys": {"a": "same", "b": "same"}}, "share one key"),
+        ({"api_keys": {"a": ""}}, "non-empty"),
+        ({"api_key": "k", "api_keys": {"default": "x"}}, '"default" is taken'),
+    ]:
         with pytest.raises(SettingsError, match=words):
             load_settings(None, {**base, **bad}, environ={})

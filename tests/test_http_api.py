@@ -1,6 +1,7 @@
 """The HTTP API on the real app (app.serve: Gradio's server, one port), with the official
 `openai` client and plain HTTP: every format, translations, models, the job API, errors in
 OpenAI's shape with honest codes, limits, the API key, /healthz and /metrics."""
+
 from __future__ import annotations
 
 import threading
@@ -24,8 +25,15 @@ GATE = DecodeGate(timeout_s=30)  # decoding waits on it: tests hold jobs running
 def server(micro_checkpoint, tmp_path_factory):
     from app import serve
 
-    settings = fast_settings(micro_checkpoint, workers=1, queue_size=3, api_key=KEY, max_upload_mb=3,
-                             max_audio_duration_s=60, data_dir=str(tmp_path_factory.mktemp("http") / "data"))
+    settings = fast_settings(
+        micro_checkpoint,
+        workers=1,
+        queue_size=3,
+        api_key=KEY,
+        max_upload_mb=3,
+        max_audio_duration_s=60,
+        data_dir=str(tmp_path_factory.mktemp("http") / "data"),
+    )
     server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
@@ -40,8 +48,9 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url.rstrip("/"), headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=60) as http:
+    with httpx.Client(
+        base_url=server.url.rstrip("/"), headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    ) as http:
         yield http
 
 
@@ -78,10 +87,13 @@ def wait_job(http: httpx.Client, job_id: str, statuses=("done", "failed", "cance
 
 # --- OpenAI-compatible routes, through the official client ----------------------------------------
 
+
 def test_every_response_format_with_the_openai_client(client, jfk):
     def create(fmt, **extra):
         with open(jfk, "rb") as file:
-            return client.audio.transcriptions.create(model="whisper-1", file=file, response_format=fmt, **extra)
+            return client.audio.transcriptions.create(
+                model="whisper-1", file=file, response_format=fmt, **extra
+            )
 
     assert isinstance(create("json").text, str)
     text = create("text")
@@ -101,23 +113,35 @@ def test_every_response_format_with_the_openai_client(client, jfk):
 
 def test_word_timestamps(client, jfk):
     with open(jfk, "rb") as file:
-        verbose = client.audio.transcriptions.create(model="whisper-1", file=file, response_format="verbose_json",
-                                                     timestamp_granularities=["word", "segment"])
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1",
+            file=file,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
     assert verbose.words and verbose.segments
-    assert all(0 <= w.start <= w.end <= verbose.duration + 0.01 and w.word == w.word.strip() for w in verbose.words)
+    assert all(
+        0 <= w.start <= w.end <= verbose.duration + 0.01 and w.word == w.word.strip() for w in verbose.words
+    )
     with open(jfk, "rb") as file:
-        only_words = client.audio.transcriptions.create(model="whisper-1", file=file, response_format="verbose_json",
-                                                        timestamp_granularities=["word"])
+        only_words = client.audio.transcriptions.create(
+            model="whisper-1", file=file, response_format="verbose_json", timestamp_granularities=["word"]
+        )
     assert only_words.words and only_words.segments is None
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the client marks whisper-1 translations deprecated
+# the client marks whisper-1 translations deprecated
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_translations(client, jfk):
     with open(jfk, "rb") as file:
-        verbose = client.audio.translations.create(model="whisper-1", file=file, response_format="verbose_json")
+        verbose = client.audio.translations.create(
+            model="whisper-1", file=file, response_format="verbose_json"
+        )
     assert verbose.segments is not None and verbose.duration == pytest.approx(11.0, abs=0.1)
     with open(jfk, "rb") as file:
-        assert client.audio.translations.create(model="whisper-1", file=file, response_format="srt").startswith("1\n")
+        assert client.audio.translations.create(
+            model="whisper-1", file=file, response_format="srt"
+        ).startswith("1\n")
 
 
 def test_models(client, server, http, jfk):
@@ -127,15 +151,20 @@ def test_models(client, server, http, jfk):
     whisper_1 = http.get("/v1/models/whisper-1").json()
     assert whisper_1["alias_of"] == "micro" and whisper_1["default"] is True
     assert_openai_error(http.get("/v1/models/gpt-9"), 404, "model_not_found", "model")
-    for model in ("micro", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):  # OpenAI's newer names: the default too
+    # OpenAI's newer names: the default too
+    for model in ("micro", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):
         with open(jfk, "rb") as file:
             assert client.audio.transcriptions.create(model=model, file=file).text is not None
     path = str(server.engine.settings.model)
     with open(jfk, "rb") as file:
         job = http.post("/v1/jobs", files={"file": file}).json()
     done = wait_job(http, job["id"])
-    answers = [http.get("/v1/models").text, http.get("/healthz").text, str(done),
-               http.get(f"/v1/jobs/{job['id']}/result", params={"format": "json"}).text]
+    answers = [
+        http.get("/v1/models").text,
+        http.get("/healthz").text,
+        str(done),
+        http.get(f"/v1/jobs/{job['id']}/result", params={"format": "json"}).text,
+    ]
     assert done["model"] == "micro" and not [a for a in answers if path in a or "/tmp" in a]
     with open(jfk, "rb") as file:
         response = http.post("/v1/audio/transcriptions", files={"file": file}, data={"model": "gpt-9"})
@@ -164,10 +193,16 @@ def test_the_configured_path_is_not_a_model_id_and_never_shown(server, http, jfk
 
 # --- errors and limits -------------------------------------------------------------------------------
 
+
 def test_api_key_is_required_on_v1(server, jfk):
     with httpx.Client(base_url=server.url.rstrip("/")) as anonymous:
-        for method, path in [("GET", "/v1/models"), ("POST", "/v1/audio/transcriptions"), ("GET", "/v1/jobs"),
-                             ("DELETE", "/v1/jobs/0123456789ab"), ("GET", "/v1/anything")]:
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/audio/transcriptions"),
+            ("GET", "/v1/jobs"),
+            ("DELETE", "/v1/jobs/0123456789ab"),
+            ("GET", "/v1/anything"),
+        ]:
             response = anonymous.request(method, path)
             assert_openai_error(response, 401, "invalid_api_key")
             assert response.headers["www-authenticate"] == "Bearer"
@@ -182,17 +217,24 @@ def test_api_key_is_required_on_v1(server, jfk):
 
 def test_not_audio_and_bad_parameters_are_400(client, http, jfk):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.audio.transcriptions.create(model="whisper-1", file=("notes.mp3", b"plain text, not sound" * 50))
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("notes.mp3", b"plain text, not sound" * 50)
+        )
     assert caught.value.code == "invalid_file_format" and "notes.mp3" in caught.value.message
     with pytest.raises(openai.BadRequestError, match="empty"):
         client.audio.transcriptions.create(model="whisper-1", file=("empty.wav", b""))
     with open(jfk, "rb") as file:
         data = file.read()
-    for fields, param in [({"response_format": "docx"}, "response_format"), ({"temperature": "7"}, "temperature"),
-                          ({"language": "klingon"}, "language")]:
+    for fields, param in [
+        ({"response_format": "docx"}, "response_format"),
+        ({"temperature": "7"}, "temperature"),
+        ({"language": "klingon"}, "language"),
+    ]:
         response = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)}, data=fields)
         assert_openai_error(response, 400, "invalid_value", param)
-    assert_openai_error(http.post("/v1/audio/transcriptions", data={"model": "whisper-1"}), 400, "invalid_request")
+    assert_openai_error(
+        http.post("/v1/audio/transcriptions", data={"model": "whisper-1"}), 400, "invalid_request"
+    )
     assert_openai_error(http.post("/v1/audio/transcriptions", json={"file": "x"}), 400, "invalid_request")
 
 
@@ -213,15 +255,20 @@ def test_uploads_over_the_limit_are_413(http):
     boundary = "limit-test-boundary"
 
     def streamed():  # chunked, no Content-Length: the limit must hold while reading
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
-               "Content-Type: audio/wav\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
         for _ in range(64):
             yield b"\0" * 65536
         yield f"\r\n--{boundary}--\r\n".encode()
 
     try:
-        response = http.post("/v1/jobs", content=streamed(),
-                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = http.post(
+            "/v1/jobs",
+            content=streamed(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
         assert_openai_error(response, 413, "file_too_large")
     except httpx.TransportError:
         pass  # the server may close the connection at the limit before the client finished sending
@@ -234,8 +281,11 @@ def test_queue_full_is_429_with_retry_after_and_health_stays_up(client, http, se
     GATE.clear()  # one job runs and holds the worker; three fill the queue
     ids = [http.post("/v1/jobs", files={"file": ("jfk.flac", data)}).json()["id"] for _ in range(4)]
     waiter = {}
-    sync = threading.Thread(target=lambda: waiter.update(r=http.post("/v1/audio/transcriptions",
-                                                                     files={"file": ("jfk.flac", data)})))
+    sync = threading.Thread(
+        target=lambda: waiter.update(
+            r=http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)})
+        )
+    )
     sync.start()  # a fifth request while the queue is full
     sync.join(30)
     assert_openai_error(waiter["r"], 429, "rate_limit_exceeded")
@@ -252,10 +302,14 @@ def test_queue_full_is_429_with_retry_after_and_health_stays_up(client, http, se
 
 # --- durable jobs -------------------------------------------------------------------------------------
 
+
 def test_job_lifecycle(http, jfk):
     with open(jfk, "rb") as file:
-        response = http.post("/v1/jobs", files={"file": ("JFK speech.flac", file)},
-                             data={"language": "en", "timestamp_granularities[]": "word"})
+        response = http.post(
+            "/v1/jobs",
+            files={"file": ("JFK speech.flac", file)},
+            data={"language": "en", "timestamp_granularities[]": "word"},
+        )
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["object"] == "transcription.job" and job["status"] in ("queued", "running", "done")
@@ -263,18 +317,25 @@ def test_job_lifecycle(http, jfk):
     done = wait_job(http, job["id"])
     assert done["status"] == "done" and done["progress"] == 1.0 and done["error"] is None
     # a finished job keeps the numbers it ended with
-    assert done["seconds_done"] == done["seconds_total"] == pytest.approx(done["result"]["duration"], abs=0.01)
+    assert (
+        done["seconds_done"] == done["seconds_total"] == pytest.approx(done["result"]["duration"], abs=0.01)
+    )
     assert done["seconds_total"] > 10
     assert done["result"]["language"] == "english" and done["result"]["words"]
     for fmt, start in [("srt", "1\n"), ("vtt", "WEBVTT"), ("txt", ""), ("json", "{"), ("tsv", "start\t")]:
         result = http.get(f"/v1/jobs/{job['id']}/result", params={"format": fmt})
         assert result.status_code == 200 and result.text.startswith(start)
         assert f'filename="JFK_speech.{fmt}"' in result.headers["content-disposition"]
-    assert_openai_error(http.get(f"/v1/jobs/{job['id']}/result", params={"format": "exe"}), 400, "invalid_value")
+    assert_openai_error(
+        http.get(f"/v1/jobs/{job['id']}/result", params={"format": "exe"}), 400, "invalid_value"
+    )
     assert job["id"] in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
     deleted = http.delete(f"/v1/jobs/{job['id']}")  # a finished job is deleted, result and all
-    assert deleted.status_code == 200 and deleted.json() == {"id": job["id"], "object": "transcription.job.deleted",
-                                                             "deleted": True}
+    assert deleted.status_code == 200 and deleted.json() == {
+        "id": job["id"],
+        "object": "transcription.job.deleted",
+        "deleted": True,
+    }
     assert_openai_error(http.get(f"/v1/jobs/{job['id']}"), 404, "job_not_found")
     assert_openai_error(http.get(f"/v1/jobs/{job['id']}/result"), 404, "job_not_found")
     assert job["id"] not in [j["id"] for j in http.get("/v1/jobs").json()["data"]]
@@ -301,18 +362,25 @@ def test_the_job_list_pages_with_after_and_has_more(http, jfk):
             break
         assert page["last_id"] == page["data"][-1]["id"]
         after = page["last_id"]
-    assert newest_first[:3] == ids[::-1] and len(set(newest_first)) == len(newest_first)  # each once, in order
+    # each once, in order
+    assert newest_first[:3] == ids[::-1] and len(set(newest_first)) == len(newest_first)
     everything = http.get("/v1/jobs", params={"limit": 100}).json()
     assert [job["id"] for job in everything["data"]] == newest_first and not everything["has_more"]
     assert_openai_error(http.get("/v1/jobs", params={"limit": 0}), 400, "invalid_value", param="limit")
     assert_openai_error(http.get("/v1/jobs", params={"limit": 101}), 400, "invalid_value", param="limit")
-    assert_openai_error(http.get("/v1/jobs", params={"after": "0123456789ab"}), 404, "job_not_found", param="after")
+    assert_openai_error(
+        http.get("/v1/jobs", params={"after": "0123456789ab"}), 404, "job_not_found", param="after"
+    )
 
 
 def test_a_streamed_request_names_its_job_before_it_is_decoded(http, jfk):
     GATE.clear()  # nothing is decoded until the headers have been read
-    with open(jfk, "rb") as file, http.stream("POST", "/v1/audio/transcriptions", files={"file": file},
-                                              data={"stream": "true"}) as response:
+    with (
+        open(jfk, "rb") as file,
+        http.stream(
+            "POST", "/v1/audio/transcriptions", files={"file": file}, data={"stream": "true"}
+        ) as response,
+    ):
         job_id = response.headers["x-job-id"]
         assert http.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
         GATE.set()
@@ -350,8 +418,15 @@ def test_healthz_and_metrics(server):
         assert health.status_code == 200 and health.json()["model"]["state"] == "ready"
         metrics = anonymous.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    for name in ["whisper_jobs_total{outcome=\"done\"}", "whisper_queue_length", "whisper_workers_busy",
-                 "whisper_job_duration_seconds_bucket", "whisper_queue_wait_seconds_bucket",
-                 "whisper_audio_seconds_total", "whisper_realtime_factor_bucket", "whisper_model_state",
-                 "process_resident_memory_bytes"]:
+    for name in [
+        'whisper_jobs_total{outcome="done"}',
+        "whisper_queue_length",
+        "whisper_workers_busy",
+        "whisper_job_duration_seconds_bucket",
+        "whisper_queue_wait_seconds_bucket",
+        "whisper_audio_seconds_total",
+        "whisper_realtime_factor_bucket",
+        "whisper_model_state",
+        "process_resident_memory_bytes",
+    ]:
         assert name in metrics.text

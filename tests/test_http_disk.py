@@ -2,6 +2,7 @@
 with 507 in OpenAI's shape and leave nothing in data_dir/uploads, the page says the server is
 out of disk space, /healthz and /metrics report the low disk, the server keeps serving, and the
 same upload transcribes once space is back."""
+
 from __future__ import annotations
 
 import logging
@@ -33,25 +34,32 @@ def assert_out_of_space(response: httpx.Response) -> None:
 
 def chunked(data: bytes, boundary: str):
     """A multipart body without Content-Length: the space check must hold while it streams in."""
-    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="jfk.flac"\r\n'
-           "Content-Type: audio/flac\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="jfk.flac"\r\n'
+        "Content-Type: audio/flac\r\n\r\n"
+    ).encode()
     for start in range(0, len(data), 64 * 1024):
-        yield data[start:start + 64 * 1024]
+        yield data[start : start + 64 * 1024]
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
-def test_a_full_disk_is_507_and_the_same_upload_works_once_space_is_back(micro_checkpoint, tmp_path,
-                                                                          monkeypatch, caplog):
-    from app import serve
+def test_a_full_disk_is_507_and_the_same_upload_works_once_space_is_back(
+    micro_checkpoint, tmp_path, monkeypatch, caplog
+):
     from gradio_client import Client, handle_file
+
+    from app import serve
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "page-cache"))  # page uploads: not on the small disk
     data = shared_audio(JFK).read_bytes()  # 1.15 MB
     with small_disk(20) as root:
-        settings = fast_settings(micro_checkpoint, workers=1, queue_size=2, min_free_disk_mb=8,
-                                 data_dir=str(root / "data"))
-        with serve(settings, port=0) as server, \
-                httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http:
+        settings = fast_settings(
+            micro_checkpoint, workers=1, queue_size=2, min_free_disk_mb=8, data_dir=str(root / "data")
+        )
+        with (
+            serve(settings, port=0) as server,
+            httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http,
+        ):
             uploads = server.app.state.jobs.upload_dir
             health = http.get("/healthz").json()
             assert health["disk"]["low"] is False and health["warnings"] == []
@@ -61,8 +69,11 @@ def test_a_full_disk_is_507_and_the_same_upload_works_once_space_is_back(micro_c
                 for route in ("/v1/audio/transcriptions", "/v1/jobs"):
                     # with Content-Length: refused before reading
                     assert_out_of_space(http.post(route, files={"file": ("jfk.flac", data)}))
-                    response = http.post(route, content=chunked(data, "b"),  # streamed: ENOSPC while writing
-                                         headers={"Content-Type": "multipart/form-data; boundary=b"})
+                    response = http.post(
+                        route,
+                        content=chunked(data, "b"),  # streamed: ENOSPC while writing
+                        headers={"Content-Type": "multipart/form-data; boundary=b"},
+                    )
                     assert_out_of_space(response)
                     assert list(uploads.iterdir()) == []  # no partial file
                 page = Client(server.url, verbose=False)
@@ -83,8 +94,11 @@ def test_a_full_disk_is_507_and_the_same_upload_works_once_space_is_back(micro_c
             response = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)})
             assert response.status_code == 200, response.text
             assert response.json()["text"]
-            job = http.post("/v1/jobs", content=chunked(data, "b"),
-                            headers={"Content-Type": "multipart/form-data; boundary=b"})
+            job = http.post(
+                "/v1/jobs",
+                content=chunked(data, "b"),
+                headers={"Content-Type": "multipart/form-data; boundary=b"},
+            )
             assert job.status_code == 202, job.text
             text, _, _ = page.predict(handle_file(str(JFK)), api_name="/transcribe")
             assert text

@@ -8,6 +8,7 @@
 
 Bounded: 30 requests, one server process (started twice), every wait has a deadline.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,19 @@ class ServerProcess:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), "--config", str(self.config), "--port", str(self.port)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+                [
+                    sys.executable,
+                    str(ROOT / "app.py"),
+                    "--config",
+                    str(self.config),
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"server exited:\n{self.log.read_text()[-3000:]}"
@@ -85,12 +97,26 @@ def server(micro_checkpoint, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("load")
     config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": str(micro_checkpoint), "device": "cpu", "precision": "fp32", "warm_up": False,
-        "temperatures": [0.0], "max_new_tokens": 24, "compression_ratio_threshold": None,
-        "logprob_threshold": None, "no_speech_threshold": None, "language": "en",
-        "workers": 2, "queue_size": 8, "batch_size": 1, "data_dir": str(folder / "data"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(micro_checkpoint),
+                "device": "cpu",
+                "precision": "fp32",
+                "warm_up": False,
+                "temperatures": [0.0],
+                "max_new_tokens": 24,
+                "compression_ratio_threshold": None,
+                "logprob_threshold": None,
+                "no_speech_threshold": None,
+                "language": "en",
+                "workers": 2,
+                "queue_size": 8,
+                "batch_size": 1,
+                "data_dir": str(folder / "data"),
+            }
+        )
+    )
     process = ServerProcess(config, free_port(), folder / "server.log")
     process.start()
     yield process
@@ -98,8 +124,12 @@ def server(micro_checkpoint, tmp_path_factory):
 
 
 def transcribe(url: str, data: bytes, name: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (name, data)},
-                      data={"response_format": "verbose_json"}, timeout=300)
+    return httpx.post(
+        f"{url}/v1/audio/transcriptions",
+        files={"file": (name, data)},
+        data={"response_format": "verbose_json"},
+        timeout=300,
+    )
 
 
 def test_thirty_simultaneous_requests_complete_or_get_429(server):
@@ -150,8 +180,11 @@ def test_thirty_simultaneous_requests_complete_or_get_429(server):
 
     ok = [r for r in responses if isinstance(r, httpx.Response) and r.status_code == 200]
     refused = [r for r in responses if isinstance(r, httpx.Response) and r.status_code == 429]
-    assert len(ok) + len(refused) == REQUESTS, [r if not isinstance(r, httpx.Response) else (r.status_code, r.text)
-                                                for r in responses if r not in ok and r not in refused]
+    assert len(ok) + len(refused) == REQUESTS, [
+        r if not isinstance(r, httpx.Response) else (r.status_code, r.text)
+        for r in responses
+        if r not in ok and r not in refused
+    ]
     for response in ok:
         body = response.json()
         assert body["duration"] == pytest.approx(300.8, abs=1) and isinstance(body["segments"], list)
@@ -160,15 +193,19 @@ def test_thirty_simultaneous_requests_complete_or_get_429(server):
         assert int(response.headers["retry-after"]) >= 1
     assert len(ok) >= 10  # 2 running + 8 queued are always accepted
     assert not health_failures and len(health_checks) >= 3, (health_failures, len(health_checks))
-    print(f"\n{len(ok)} completed, {len(refused)} refused with 429 in {elapsed:.1f} s; "
-          f"{len(health_checks)} health checks, all 200")
+    print(
+        f"\n{len(ok)} completed, {len(refused)} refused with 429 in {elapsed:.1f} s; "
+        f"{len(health_checks)} health checks, all 200"
+    )
 
     time.sleep(2)  # the last jobs' callbacks and file deletions
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert "whisper_queue_length 0.0" in metrics and "whisper_workers_busy 0.0" in metrics
     after_rss = server.rss_bytes()
-    print(f"server RSS idle {idle_rss / 2**20:.0f} MiB, after the load {after_rss / 2**20:.0f} MiB "
-          f"(margin {RSS_MARGIN_BYTES / 2**20:.0f} MiB)")
+    print(
+        f"server RSS idle {idle_rss / 2**20:.0f} MiB, after the load {after_rss / 2**20:.0f} MiB "
+        f"(margin {RSS_MARGIN_BYTES / 2**20:.0f} MiB)"
+    )
     assert after_rss <= idle_rss + RSS_MARGIN_BYTES
     uploads = list((Path(yaml.safe_load(server.config.read_text())["data_dir"]) / "uploads").iterdir())
     assert uploads == []  # no upload left behind, refused ones included

@@ -2,6 +2,7 @@
 client against the real app on 127.0.0.1 (real tiny.en), in json and in a stream; the greedy
 decoder's values are those a forced re-run through the same logit rules gives, and a
 temperature-fallback re-decode carries its own tokens' values."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ from engine.decoding.fast_decode import decode_rows, decode_whole
 def real(tiny_en_model_dir, tmp_path_factory):
     from app import serve
 
-    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224,
-                             data_dir=str(tmp_path_factory.mktemp("logprobs") / "data"))
+    settings = fast_settings(
+        tiny_en_model_dir, max_new_tokens=224, data_dir=str(tmp_path_factory.mktemp("logprobs") / "data")
+    )
     server = serve(settings, engine=Engine(settings), port=0)
     yield server
     server.close()
@@ -34,13 +36,15 @@ def real(tiny_en_model_dir, tmp_path_factory):
 def test_json_with_logprobs_through_the_openai_client(real):
     client = openai.OpenAI(base_url=real.url + "v1", api_key="none", max_retries=0, timeout=120)
     with open(shared_audio(JFK), "rb") as file:
-        raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=file,
-                                                                   response_format="json", include=["logprobs"])
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=file, response_format="json", include=["logprobs"]
+        )
     result = raw.parse()
     assert result.logprobs and "country" in result.text.lower()
     assert "".join(p.token for p in result.logprobs).strip() == result.text  # every text token, in order
     for p in result.logprobs:
-        assert bytes(int(b) for b in p.bytes).decode("utf-8", errors="replace") == p.token  # the client types them float
+        # the client types them float
+        assert bytes(int(b) for b in p.bytes).decode("utf-8", errors="replace") == p.token
         assert -30 < p.logprob <= 0
     assert sum(math.exp(p.logprob) for p in result.logprobs) / len(result.logprobs) > 0.5  # real speech, sure
     with httpx.Client(base_url=real.url.rstrip("/"), timeout=30) as http:
@@ -48,8 +52,11 @@ def test_json_with_logprobs_through_the_openai_client(real):
         stored = http.get(f"/v1/jobs/{job_id}/result", params={"format": "json"}).json()
         assert "logprobs" not in json.dumps(stored)  # whisper's own json file is unchanged
         with open(shared_audio(JFK), "rb") as file:  # OpenAI gives them with json only
-            refused = http.post("/v1/audio/transcriptions", files={"file": file},
-                                data={"response_format": "verbose_json", "include[]": "logprobs"})
+            refused = http.post(
+                "/v1/audio/transcriptions",
+                files={"file": file},
+                data={"response_format": "verbose_json", "include[]": "logprobs"},
+            )
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "include"
     with open(shared_audio(JFK), "rb") as file:  # without include: none
         assert client.audio.transcriptions.create(model="whisper-1", file=file).logprobs is None
@@ -58,8 +65,11 @@ def test_json_with_logprobs_through_the_openai_client(real):
 def test_stream_with_logprobs(real):
     client = openai.OpenAI(base_url=real.url + "v1", api_key="none", max_retries=0, timeout=120)
     with open(shared_audio(JFK), "rb") as file:
-        events = list(client.audio.transcriptions.create(model="whisper-1", file=file, stream=True,
-                                                         include=["logprobs"]))
+        events = list(
+            client.audio.transcriptions.create(
+                model="whisper-1", file=file, stream=True, include=["logprobs"]
+            )
+        )
     deltas, done = events[:-1], events[-1]
     assert deltas and all(e.logprobs for e in deltas)
     assert [p.token for e in deltas for p in e.logprobs] == [p.token for p in done.logprobs]
@@ -89,4 +99,4 @@ def test_greedy_values_are_what_a_forced_rerun_gives_and_fallback_rows_carry_the
         assert hot.temperature == 0.8 and len(hot.token_logprobs) == len(hot.tokens)
         assert all(math.isfinite(v) and v <= 0 for v in hot.token_logprobs)
         if hot.tokens != greedy.tokens:  # sampled tokens: their own values, not the greedy run's
-            assert hot.token_logprobs != greedy.token_logprobs[:len(hot.token_logprobs)]
+            assert hot.token_logprobs != greedy.token_logprobs[: len(hot.token_logprobs)]

@@ -2,6 +2,7 @@
 translation on an English-only model (real tiny.en weights; API 400 and the page's message),
 a wrong method (405 with Allow), a full queue (429 before the upload is read), and every
 refusal counted in /metrics by reason; model ids that would collide stay apart."""
+
 from __future__ import annotations
 
 import time
@@ -34,8 +35,13 @@ def english_only(tiny_en_model_dir, micro_checkpoint, tmp_path_factory):
     micro (multilingual) is offered beside it."""
     from app import serve
 
-    settings = fast_settings(tiny_en_model_dir, models=[str(micro_checkpoint)], workers=1, queue_size=1,
-                             data_dir=str(tmp_path_factory.mktemp("refusals") / "data"))
+    settings = fast_settings(
+        tiny_en_model_dir,
+        models=[str(micro_checkpoint)],
+        workers=1,
+        queue_size=1,
+        data_dir=str(tmp_path_factory.mktemp("refusals") / "data"),
+    )
     server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
@@ -71,8 +77,10 @@ def test_english_only_model_refuses_other_languages_and_translation(english_only
     text = client.audio.transcriptions.create(model="model", file=("jfk.flac", data), language="en").text
     assert "country" in text.lower()
     after = refusals(http)
-    assert after[("whisper_requests_refused_total", "invalid")] == \
-        before[("whisper_requests_refused_total", "invalid")] + 3
+    assert (
+        after[("whisper_requests_refused_total", "invalid")]
+        == before[("whisper_requests_refused_total", "invalid")] + 3
+    )
 
     # the engine says the same to any front end
     with pytest.raises(InvalidRequest, match="English-only"):
@@ -84,25 +92,41 @@ def test_the_page_shows_the_refusal(english_only):
 
     page = Client(english_only.url, verbose=False)
     with pytest.raises(Exception, match="English-only model and cannot translate"):
-        page.predict(handle_file(str(shared_audio(JFK))), language="auto", task="translate", timestamps=True,
-                     api_name="/transcribe")
+        page.predict(
+            handle_file(str(shared_audio(JFK))),
+            language="auto",
+            task="translate",
+            timestamps=True,
+            api_name="/transcribe",
+        )
 
 
-def test_an_english_only_model_not_yet_loaded_is_refused_once_it_loads(micro_checkpoint, tiny_en_model_dir, tmp_path):
+def test_an_english_only_model_not_yet_loaded_is_refused_once_it_loads(
+    micro_checkpoint, tiny_en_model_dir, tmp_path
+):
     """The name "model" says nothing; the job learns from the loaded weights and fails with
     InvalidRequest (a 400 for a synchronous request), then the next request is refused at once."""
     from app import serve
 
-    settings = fast_settings(micro_checkpoint, models=[str(tiny_en_model_dir)], data_dir=str(tmp_path / "data"))
-    with serve(settings, port=0) as server, httpx.Client(base_url=server.url.rstrip("/"), timeout=120) as http:
+    settings = fast_settings(
+        micro_checkpoint, models=[str(tiny_en_model_dir)], data_dir=str(tmp_path / "data")
+    )
+    with (
+        serve(settings, port=0) as server,
+        httpx.Client(base_url=server.url.rstrip("/"), timeout=120) as http,
+    ):
         data = shared_audio(JFK).read_bytes()
         for _ in range(2):
-            response = http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", data)},
-                                 data={"model": "model", "language": "es"})
+            response = http.post(
+                "/v1/audio/transcriptions",
+                files={"file": ("jfk.flac", data)},
+                data={"model": "model", "language": "es"},
+            )
             assert response.status_code == 400, response.text
             assert "language: model is an English-only model" in response.json()["error"]["message"]  # named
         failed = refusals(http)
-        assert failed[("whisper_jobs_failed_total", "invalid_value")] == 1  # the first ran; the second never did
+        # the first ran; the second never did
+        assert failed[("whisper_jobs_failed_total", "invalid_value")] == 1
 
 
 def test_jobs_refusals_say_what_the_jobs_route_does(http):
@@ -112,16 +136,22 @@ def test_jobs_refusals_say_what_the_jobs_route_does(http):
     stream = http.post("/v1/jobs", files={"file": ("jfk.flac", data)}, data={"stream": "true"})
     assert stream.status_code == 400 and "translations" not in stream.json()["error"]["message"]
     assert "/v1/jobs answers at once with a job to poll" in stream.json()["error"]["message"]
-    logprobs = http.post("/v1/jobs", files={"file": ("jfk.flac", data)},
-                         data={"include[]": "logprobs", "response_format": "json"})
+    logprobs = http.post(
+        "/v1/jobs",
+        files={"file": ("jfk.flac", data)},
+        data={"include[]": "logprobs", "response_format": "json"},
+    )
     assert logprobs.status_code == 400 and logprobs.json()["error"]["param"] == "include"
     assert "not by /v1/jobs" in logprobs.json()["error"]["message"]
 
 
 def test_wrong_method_is_405_with_allow(http):
-    for method, path, allow in [("PUT", "/v1/jobs", "GET, POST"), ("GET", "/v1/audio/transcriptions", "POST"),
-                                ("POST", "/v1/jobs/0123456789ab", "DELETE, GET"),
-                                ("DELETE", "/v1/models", "GET")]:
+    for method, path, allow in [
+        ("PUT", "/v1/jobs", "GET, POST"),
+        ("GET", "/v1/audio/transcriptions", "POST"),
+        ("POST", "/v1/jobs/0123456789ab", "DELETE, GET"),
+        ("DELETE", "/v1/models", "GET"),
+    ]:
         response = http.request(method, path)
         assert response.status_code == 405, (method, path, response.text)
         assert response.headers["allow"] == allow and response.json()["error"]["code"] == "method_not_allowed"
@@ -159,8 +189,10 @@ def test_a_full_queue_refuses_before_the_upload_is_read(english_only, http, tmp_
         elapsed = time.monotonic() - started
     print(f"\n429 for a 77 MB upload on a full queue after {elapsed:.2f} s")
     assert elapsed < 2.0 and list(uploads.iterdir()) == []  # nothing of it was stored
-    assert refusals(http)[("whisper_requests_refused_total", "queue_full")] >= \
-        before[("whisper_requests_refused_total", "queue_full")] + 1
+    assert (
+        refusals(http)[("whisper_requests_refused_total", "queue_full")]
+        >= before[("whisper_requests_refused_total", "queue_full")] + 1
+    )
     GATE.set()
     for job_id in (running["id"], waiting.json()["id"]):
         deadline = time.monotonic() + 120
@@ -170,8 +202,15 @@ def test_a_full_queue_refuses_before_the_upload_is_read(english_only, http, tmp_
 
 
 def test_models_with_the_same_name_stay_apart():
-    names = ModelNames(["/a/large-v3.pt", "large-v3", "/b/large-v3.pt", "/m/whisper-1.pt",
-                        "/hf/models--Systran--faster-whisper-tiny.en/snapshots/" + "0" * 40])
+    names = ModelNames(
+        [
+            "/a/large-v3.pt",
+            "large-v3",
+            "/b/large-v3.pt",
+            "/m/whisper-1.pt",
+            "/hf/models--Systran--faster-whisper-tiny.en/snapshots/" + "0" * 40,
+        ]
+    )
     assert names.ids == ["large-v3", "large-v3-2", "large-v3-3", "whisper-1-2", "faster-whisper-tiny.en"]
     assert names.resolve("large-v3-3") == "/b/large-v3.pt" and names.resolve("whisper-1") == "/a/large-v3.pt"
     # a configured path is no id: refused as any other path is, so the answer confirms nothing

@@ -1,5 +1,6 @@
 """The routes while the model loads or after it failed (503), and the API key on /metrics and
 /healthz: a bare FastAPI app with ui.http_api's routes, in process (no server, no port)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -103,7 +104,9 @@ def test_loading_model_is_503_for_requests_while_jobs_wait(micro_checkpoint, tmp
 
 @pytest.mark.parametrize("protect", [True, False])
 def test_metrics_and_health_protected_by_config(micro_checkpoint, tmp_path, protect):
-    settings = fast_settings(micro_checkpoint, api_key="k", protect_metrics=protect, data_dir=str(tmp_path / "data"))
+    settings = fast_settings(
+        micro_checkpoint, api_key="k", protect_metrics=protect, data_dir=str(tmp_path / "data")
+    )
     engine = Engine(settings, load=False)
     with serving(engine) as (app, client):
         for path in ("/metrics", "/healthz"):
@@ -113,9 +116,16 @@ def test_metrics_and_health_protected_by_config(micro_checkpoint, tmp_path, prot
 
 
 def test_api_key_from_the_environment(micro_checkpoint, tmp_path):
-    settings = load_settings(None, {"model": str(micro_checkpoint), "device": "cpu", "precision": "fp32",
-                                    "data_dir": str(tmp_path / "data")},
-                             environ={"WHISPER_APP_API_KEY": "from-env"})
+    settings = load_settings(
+        None,
+        {
+            "model": str(micro_checkpoint),
+            "device": "cpu",
+            "precision": "fp32",
+            "data_dir": str(tmp_path / "data"),
+        },
+        environ={"WHISPER_APP_API_KEY": "from-env"},
+    )
     engine = Engine(settings, load=False)
     with serving(engine) as (app, client):
         assert client.get("/v1/models").status_code == 401

@@ -1,6 +1,7 @@
 """stream=true on the real app over 127.0.0.1, through the official `openai` client: OpenAI's
 transcript.text.delta events as segments complete, in order, then transcript.text.done with
 the whole text; a client that leaves mid-stream does not lose the job; translations refuse."""
+
 from __future__ import annotations
 
 import time
@@ -31,8 +32,12 @@ def real(tiny_en_model_dir, tmp_path_factory):
     """Real tiny.en; batch_size 1, so a recording is one section decoded window after window."""
     from app import serve
 
-    settings = fast_settings(tiny_en_model_dir, batch_size=1, max_new_tokens=224,
-                             data_dir=str(tmp_path_factory.mktemp("stream") / "data"))
+    settings = fast_settings(
+        tiny_en_model_dir,
+        batch_size=1,
+        max_new_tokens=224,
+        data_dir=str(tmp_path_factory.mktemp("stream") / "data"),
+    )
     server = serve(settings, engine=Engine(settings), port=0)
     yield server
     server.close()
@@ -73,10 +78,13 @@ def test_text_starts_while_most_of_a_long_recording_is_still_to_decode(tiny_en_m
     now gets a head start: its text comes while most of the recording is still to decode."""
     from app import serve
 
-    settings = fast_settings(tiny_en_model_dir, batch_size=8, max_new_tokens=224,
-                             data_dir=str(tmp_path / "data"))
-    with serve(settings, engine=Engine(settings), port=0) as server, \
-            httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http:
+    settings = fast_settings(
+        tiny_en_model_dir, batch_size=8, max_new_tokens=224, data_dir=str(tmp_path / "data")
+    )
+    with (
+        serve(settings, engine=Engine(settings), port=0) as server,
+        httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http,
+    ):
         client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=300)
         with open(shared_audio(FIVE_MIN), "rb") as file:
             stream = client.audio.transcriptions.create(model="whisper-1", file=file, stream=True)
@@ -94,14 +102,20 @@ def test_text_starts_while_most_of_a_long_recording_is_still_to_decode(tiny_en_m
 def test_stream_with_response_format_text_and_refusals(real):
     client = openai.OpenAI(base_url=real.url + "v1", api_key="none", max_retries=0, timeout=120)
     data = shared_audio(JFK).read_bytes()
-    events = list(client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", data), stream=True,
-                                                     response_format="text"))
+    events = list(
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("jfk.flac", data), stream=True, response_format="text"
+        )
+    )
     assert events[-1].type == "transcript.text.done" and "country" in events[-1].text
     with pytest.raises(openai.BadRequestError, match="stream"):
-        client.audio.transcriptions.create(model="whisper-1", file=("jfk.flac", data), stream=True,
-                                           response_format="srt")
+        client.audio.transcriptions.create(
+            model="whisper-1", file=("jfk.flac", data), stream=True, response_format="srt"
+        )
     with httpx.Client(base_url=real.url.rstrip("/"), timeout=30) as http:
-        response = http.post("/v1/audio/translations", files={"file": ("jfk.flac", data)}, data={"stream": "true"})
+        response = http.post(
+            "/v1/audio/translations", files={"file": ("jfk.flac", data)}, data={"stream": "true"}
+        )
     assert response.status_code == 400 and response.json()["error"]["param"] == "stream"
     assert "translations do not" in response.json()["error"]["message"]
 
@@ -122,7 +136,10 @@ def test_a_client_that_leaves_mid_stream_does_not_lose_the_job(micro_checkpoint,
                 assert '"transcript.text.delta"' in first or '"transcript.text.done"' in first
             # the connection is closed here, long before the job's 10 windows are decoded
             deadline = time.monotonic() + 120
-            while (job := http.get(f"{server.url}v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            while (job := http.get(f"{server.url}v1/jobs/{job_id}").json())["status"] in (
+                "queued",
+                "running",
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert job["status"] == "done" and job["result"]["duration"] == pytest.approx(300.8, abs=1)

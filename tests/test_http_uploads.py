@@ -2,6 +2,7 @@
 name, a client that declares more than it sends (408 after upload_idle_timeout_s), a client
 that leaves mid-upload (one INFO line, no traceback), each leaving nothing in data_dir/uploads;
 and a Retry-After that follows the running job's real progress."""
+
 from __future__ import annotations
 
 import logging
@@ -23,9 +24,14 @@ IDLE_TIMEOUT_S = 1.0
 def server(micro_checkpoint, tmp_path_factory):
     from app import serve
 
-    settings = fast_settings(micro_checkpoint, workers=1, queue_size=1, max_upload_mb=4,
-                             upload_idle_timeout_s=IDLE_TIMEOUT_S,
-                             data_dir=str(tmp_path_factory.mktemp("uploads") / "data"))
+    settings = fast_settings(
+        micro_checkpoint,
+        workers=1,
+        queue_size=1,
+        max_upload_mb=4,
+        upload_idle_timeout_s=IDLE_TIMEOUT_S,
+        data_dir=str(tmp_path_factory.mktemp("uploads") / "data"),
+    )
     with serve(settings, engine=Engine(settings), port=0) as server:
         yield server
 
@@ -48,9 +54,14 @@ def until_empty(server, timeout: float = 10.0) -> None:
 
 
 def multipart(boundary: str, disposition: str, data: bytes) -> bytes:
-    return (f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + \
-        f"\r\n--{boundary}--\r\n".encode()
+    return (
+        (
+            f"--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
 
 def test_a_file_part_without_a_file_name_is_the_file(http):
@@ -60,8 +71,11 @@ def test_a_file_part_without_a_file_name_is_the_file(http):
     assert response.status_code == 200, response.text
     assert response.json()["text"]
     boundary = "empty-name"
-    response = http.post("/v1/jobs", content=multipart(boundary, 'name="file"; filename=""', data),
-                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = http.post(
+        "/v1/jobs",
+        content=multipart(boundary, 'name="file"; filename=""', data),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 202, response.text
     assert "/" not in response.json()["name"]  # no client name: the server's own, never a path
 
@@ -70,8 +84,10 @@ def raw_request(server, path: str, declared: int, body: bytes) -> socket.socket:
     """A POST that declares `declared` bytes and sends only `body`, on a socket left open."""
     host, port = server.url.split("//")[1].rstrip("/").split(":")
     sock = socket.create_connection((host, int(port)), timeout=IDLE_TIMEOUT_S + 20)
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n"
-            "Content-Type: multipart/form-data; boundary=cut\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {declared}\r\n"
+        "Content-Type: multipart/form-data; boundary=cut\r\n\r\n"
+    )
     sock.sendall(head.encode() + body)
     return sock
 
@@ -82,8 +98,11 @@ def read_answer(sock: socket.socket) -> str:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, body = data.split(b"\r\n\r\n", 1)
-    length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n")
-                      if line.startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length")
+        )
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return (head + b"\r\n\r\n" + body).decode(errors="replace")
@@ -119,10 +138,12 @@ def test_a_client_leaving_mid_upload_is_one_info_line_and_leaves_nothing(server,
                 time.sleep(0.05)
     finally:
         uvicorn.removeHandler(caplog.handler)
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
-        [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+    ]
     left = [r for r in caplog.records if "left during its upload" in r.getMessage()]
     assert [r.levelno for r in left] == [logging.INFO, logging.INFO] and not any(r.exc_info for r in left)
+
 
 class HoldAfter:
     """A `before_step` hook that lets `free` steps of the running decode go at full speed, then
@@ -147,10 +168,13 @@ def test_retry_after_follows_the_running_job(micro_checkpoint, tmp_path):
 
     five_min = shared_audio(FIVE_MIN)
     hold = HoldAfter(free=1 << 30)  # free until the short jobs are done
-    settings = fast_settings(micro_checkpoint, workers=1, queue_size=1, batch_size=1,
-                             data_dir=str(tmp_path / "data"))
-    with serve(settings, engine=Engine(settings, before_step=hold), port=0) as server, \
-            httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http:
+    settings = fast_settings(
+        micro_checkpoint, workers=1, queue_size=1, batch_size=1, data_dir=str(tmp_path / "data")
+    )
+    with (
+        serve(settings, engine=Engine(settings, before_step=hold), port=0) as server,
+        httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http,
+    ):
         jfk = shared_audio(JFK).read_bytes()
         for _ in range(2):  # short jobs: the average job takes well under a second
             assert http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}).status_code == 200
@@ -169,7 +193,9 @@ def test_retry_after_follows_the_running_job(micro_checkpoint, tmp_path):
         retry_after = int(refused.headers["retry-after"])
         elapsed = time.time() - job["started_at"]
         pace = job["seconds_total"] / job["seconds_done"]  # at least this many times the time so far
-        print(f"\nRetry-After {retry_after} s after {elapsed:.1f} s, {job['seconds_done']:.0f} of "
-              f"{job['seconds_total']:.0f} s done")
+        print(
+            f"\nRetry-After {retry_after} s after {elapsed:.1f} s, {job['seconds_done']:.0f} of "
+            f"{job['seconds_total']:.0f} s done"
+        )
         assert retry_after >= 0.8 * elapsed * (pace - 1) and retry_after > 10
         hold.release.set()

@@ -1,5 +1,6 @@
 """precision: int8 — PyTorch dynamic quantisation on CPU (output projection included),
 bitsandbytes on CUDA when installed, a clear start-up error when not."""
+
 import pytest
 import torch
 import whisper
@@ -7,16 +8,18 @@ import whisper
 from conftest import LONG_11_MIN, fast_settings, shared_audio, window_mels
 from engine import DeviceError, Engine, load_audio
 from engine.decoding import fast_decode
-from engine.models import cpu_attention, quantize
 from engine.device import cuda
 from engine.device.cuda import DevicePlan, plan_device
+from engine.models import cpu_attention, quantize
 from engine.models.cache import load_model
 
 CPU_INT8 = DevicePlan(torch.device("cpu"), "int8", "cpu, int8")
 CPU_FP32 = DevicePlan(torch.device("cpu"), "fp32", "cpu, fp32")
 
 
-def test_encoder_cross_attention_inputs_and_output_projection_are_int8_the_decoder_blocks_fp32(micro_checkpoint):
+def test_encoder_cross_attention_inputs_and_output_projection_are_int8_the_decoder_blocks_fp32(
+    micro_checkpoint,
+):
     model = load_model(str(micro_checkpoint), CPU_INT8)
     dynamic = torch.ao.nn.quantized.dynamic.Linear
     projection = model.decoder.int8_output_projection
@@ -28,8 +31,16 @@ def test_encoder_cross_attention_inputs_and_output_projection_are_int8_the_decod
     assert encoder_layers and all(isinstance(m, dynamic) for m in encoder_layers)
     for block in model.decoder.blocks:
         assert isinstance(block.cross_attn.key, dynamic) and isinstance(block.cross_attn.value, dynamic)
-        fp32 = [block.attn.query, block.attn.key, block.attn.value, block.attn.out, block.cross_attn.query,
-                block.cross_attn.out, block.mlp[0], block.mlp[2]]
+        fp32 = [
+            block.attn.query,
+            block.attn.key,
+            block.attn.value,
+            block.attn.out,
+            block.cross_attn.query,
+            block.cross_attn.out,
+            block.mlp[0],
+            block.mlp[2],
+        ]
         assert all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in fp32)
     fp32 = load_model(str(micro_checkpoint), CPU_FP32)
     x = torch.randn(4, model.dims.n_text_state)
@@ -102,14 +113,20 @@ def test_int8_predicts_the_tokens_fp32_predicts(micro_checkpoint, monkeypatch):
     # bf16 attention is used only where AMX makes it pay; its accuracy is checked on any CPU
     monkeypatch.setattr(cpu_attention, "fast_bf16", lambda: True)
     int8_bf16_attention = load_model(str(micro_checkpoint), CPU_INT8)
-    assert all(isinstance(b.attn, cpu_attention.Bf16SelfAttention) for b in int8_bf16_attention.encoder.blocks)
+    assert all(
+        isinstance(b.attn, cpu_attention.Bf16SelfAttention) for b in int8_bf16_attention.encoder.blocks
+    )
     bf16_features, _ = _teacher_forced(int8_bf16_attention, mels, tokens)
     monkeypatch.setattr(cpu_attention, "fast_bf16", lambda: False)
     int8_fp32_attention = load_model(str(micro_checkpoint), CPU_INT8)
-    assert not any(isinstance(b.attn, cpu_attention.Bf16SelfAttention) for b in int8_fp32_attention.encoder.blocks)
+    assert not any(
+        isinstance(b.attn, cpu_attention.Bf16SelfAttention) for b in int8_fp32_attention.encoder.blocks
+    )
     plain_features, _ = _teacher_forced(int8_fp32_attention, mels, tokens)
     error, plain_error = (_relative_error(f, reference_features) for f in (bf16_features, plain_features))
-    assert error <= 1.1 * plain_error, f"bf16 attention: encoder error {error:.4f} against {plain_error:.4f} without"
+    assert error <= 1.1 * plain_error, (
+        f"bf16 attention: encoder error {error:.4f} against {plain_error:.4f} without"
+    )
 
 
 def test_int8_follows_fp32_closely_on_real_weights(tiny_en_model_dir):
@@ -138,7 +155,9 @@ def test_int8_encoder_attention_stays_fp32_without_amx(micro_checkpoint):
     assert not any(isinstance(block.attn, cpu_attention.Bf16SelfAttention) for block in model.encoder.blocks)
 
 
-@pytest.mark.skipif(not cpu_attention.fast_bf16(), reason="this CPU has no AMX, so int8 keeps fp32 encoder attention")
+@pytest.mark.skipif(
+    not cpu_attention.fast_bf16(), reason="this CPU has no AMX, so int8 keeps fp32 encoder attention"
+)
 def test_int8_encoder_attention_runs_in_bf16_where_the_cpu_has_amx(micro_checkpoint):
     model = load_model(str(micro_checkpoint), CPU_INT8)
     assert all(isinstance(block.attn, cpu_attention.Bf16SelfAttention) for block in model.encoder.blocks)

@@ -1,4 +1,5 @@
 """JobOptions: one typed request, built at the boundary, stored as JSON, read back typed."""
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,16 @@ def engine(micro_checkpoint):
         yield engine
 
 
-@pytest.mark.parametrize("fields, param", [
-    ({"task": "summarise"}, "task"),
-    ({"temperature": 2.5}, "temperature"),
-    ({"temperature": ()}, "temperature"),
-    ({"max_new_tokens": 449}, "max_new_tokens"),
-    ({"language": "klingon"}, "language"),
-])
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"task": "summarise"}, "task"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": ()}, "temperature"),
+        ({"max_new_tokens": 449}, "max_new_tokens"),
+        ({"language": "klingon"}, "language"),
+    ],
+)
 def test_a_bad_option_is_refused_when_the_options_are_built_naming_it(fields, param):
     with pytest.raises(InvalidRequest) as refused:
         JobOptions(**fields)
@@ -41,7 +45,12 @@ def test_options_are_kept_in_one_form_whatever_the_boundary_sent():
 def test_stored_options_say_only_what_was_asked_and_read_back_the_same():
     options = JobOptions(model="tiny.en", language="en", temperature=(0.0, 0.5), word_timestamps=True)
     stored = json.loads(json.dumps(options.to_json()))
-    assert stored == {"model": "tiny.en", "language": "en", "temperature": [0.0, 0.5], "word_timestamps": True}
+    assert stored == {
+        "model": "tiny.en",
+        "language": "en",
+        "temperature": [0.0, 0.5],
+        "word_timestamps": True,
+    }
     assert JobOptions.from_json(stored) == options
     # a row written by a newer version, with an option this one does not know, still runs
     assert JobOptions.from_json({**stored, "speakers": 3}) == options
@@ -68,15 +77,24 @@ def test_a_job_is_stored_with_its_prepared_options_and_its_file_is_probed_once(e
     monkeypatch.setattr(files, "_run_tool", counting)
     jobs = JobManager(engine, JobStore(tmp_path)).start()
     try:
-        handle = jobs.submit(shared_audio(JFK), JobOptions(model="whisper-1", temperature=0.0), name="jfk.flac")
+        handle = jobs.submit(
+            shared_audio(JFK), JobOptions(model="whisper-1", temperature=0.0), name="jfk.flac"
+        )
         result = handle.result(timeout=120)
         assert result.model == engine.model_names.default_id
         assert len(probes) == 1  # at submit; the job reads the file by what that probe said
-        row = sqlite3.connect(tmp_path / "jobs.sqlite3").execute(
-            "SELECT options FROM jobs WHERE id = ?", (handle.id,)).fetchone()
-        assert json.loads(row[0]) == {"model": engine.model_names.default_id, "task": "transcribe",
-                                      "temperature": [0.0]}
-        assert jobs.get(handle.id).record.options == JobOptions(model=engine.model_names.default_id,
-                                                                task="transcribe", temperature=(0.0,))
+        row = (
+            sqlite3.connect(tmp_path / "jobs.sqlite3")
+            .execute("SELECT options FROM jobs WHERE id = ?", (handle.id,))
+            .fetchone()
+        )
+        assert json.loads(row[0]) == {
+            "model": engine.model_names.default_id,
+            "task": "transcribe",
+            "temperature": [0.0],
+        }
+        assert jobs.get(handle.id).record.options == JobOptions(
+            model=engine.model_names.default_id, task="transcribe", temperature=(0.0,)
+        )
     finally:
         jobs.close()

@@ -1,5 +1,6 @@
 """JobManager on a real Engine (micro checkpoint): stored before queued, recovered after a stop,
 pending when the queue is full, cancellable, purged after retention; client names never paths."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions, NotAudio, QueueFull
-from jobs.store import JobRecord, JobStore
 from jobs.manager import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
+from jobs.store import JobRecord, JobStore
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as long as they need
@@ -76,8 +77,9 @@ def test_job_is_stored_before_it_runs_and_result_after(jobs, jfk):
     handle = jobs.submit(jfk, name="jfk.flac", language="en", word_timestamps=True)
     record = jobs.store.get(handle.id)  # committed before submit returned, while nothing has run
     assert record.status == "queued"  # the options as the engine prepared them: the model by its id, the task
-    assert record.options == JobOptions(model=jobs.engine.model_names.default_id, language="en", task="transcribe",
-                                        word_timestamps=True)
+    assert record.options == JobOptions(
+        model=jobs.engine.model_names.default_id, language="en", task="transcribe", word_timestamps=True
+    )
     assert (jobs.audio_dir / record.audio).is_file() and record.audio == f"{handle.id}.flac"
     assert jfk.is_file()  # copied, the caller's file is untouched
     GATE.set()
@@ -93,8 +95,13 @@ def test_job_is_stored_before_it_runs_and_result_after(jobs, jfk):
 
 def test_client_names_never_become_paths(jobs, jfk):
     data = jfk.read_bytes()
-    for name, extension in [("../../etc/passwd.FLAC", ".flac"), ("C:\\Users\\x\\talk.mp3", ".mp3"),
-                            ("evil.sh", ""), ("..", ""), ("", "")]:
+    for name, extension in [
+        ("../../etc/passwd.FLAC", ".flac"),
+        ("C:\\Users\\x\\talk.mp3", ".mp3"),
+        ("evil.sh", ""),
+        ("..", ""),
+        ("", ""),
+    ]:
         handle = jobs.submit(data, name=name)
         record = jobs.store.get(handle.id)
         assert record.audio == f"{handle.id}{extension}"
@@ -104,8 +111,14 @@ def test_client_names_never_become_paths(jobs, jfk):
     # Nothing was written anywhere but the database and the audio folder, emptied at the end.
     wait_until(lambda: not any(jobs.audio_dir.iterdir()), what="recordings to be deleted")
     written = {str(p.relative_to(jobs.store.data_dir)) for p in jobs.store.data_dir.rglob("*")}
-    assert written <= {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "owner.lock", "audio",
-                       "uploads"}
+    assert written <= {
+        "jobs.sqlite3",
+        "jobs.sqlite3-wal",
+        "jobs.sqlite3-shm",
+        "owner.lock",
+        "audio",
+        "uploads",
+    }
 
 
 def test_refused_jobs_leave_nothing_behind(jobs, jfk, engine):
@@ -181,15 +194,26 @@ def left_by_a_killed_server(store: JobStore, jfk, rows) -> Path:
     audio_dir.mkdir()
     for job_id, later_s, status, name, attempts in rows:
         shutil.copyfile(jfk, audio_dir / f"{job_id}.flac")
-        store.add(JobRecord(job_id, time.time() + later_s, status, name=name, audio=f"{job_id}.flac",
-                            options=JobOptions(language="en"), attempts=attempts))
+        store.add(
+            JobRecord(
+                job_id,
+                time.time() + later_s,
+                status,
+                name=name,
+                audio=f"{job_id}.flac",
+                options=JobOptions(language="en"),
+                attempts=attempts,
+            )
+        )
     return audio_dir
 
 
 def test_recovery_waits_for_room_instead_of_dropping(micro_checkpoint, tmp_path, jfk):
     store = JobStore(tmp_path / "data")
     ids = [f"{i:012x}" for i in range(6)]
-    left_by_a_killed_server(store, jfk, [(job_id, i, "queued", f"{i}.flac", 1) for i, job_id in enumerate(ids)])
+    left_by_a_killed_server(
+        store, jfk, [(job_id, i, "queued", f"{i}.flac", 1) for i, job_id in enumerate(ids)]
+    )
     store.add(JobRecord("f" * 12, time.time() + 9, "queued", name="gone.flac", audio="ffffffffffff.flac"))
     engine = make_engine(micro_checkpoint, queue_size=1)
     GATE.clear()
@@ -238,6 +262,7 @@ def test_retry_after_follows_recent_job_durations(jobs, jfk):
 
 
 # --- the row's life cycle: guarded state changes, the cancel race, capped re-runs -----------------
+
 
 def test_the_row_says_running_once_a_worker_starts_it_and_counts_starts(jobs, jfk):
     GATE.clear()
@@ -300,8 +325,9 @@ def test_a_cancel_that_lands_as_the_job_finishes_keeps_its_result(engine, tmp_pa
 
 def test_a_job_the_server_stopped_in_max_attempts_times_is_failed(micro_checkpoint, tmp_path, jfk):
     store = JobStore(tmp_path / "data")
-    audio_dir = left_by_a_killed_server(store, jfk, [("a" * 12, 0, "running", "a.flac", 3),
-                                                     ("b" * 12, 0, "running", "b.flac", 2)])
+    audio_dir = left_by_a_killed_server(
+        store, jfk, [("a" * 12, 0, "running", "a.flac", 3), ("b" * 12, 0, "running", "b.flac", 2)]
+    )
     engine = make_engine(micro_checkpoint)
     jobs = JobManager(engine, store).start()  # max_attempts: 3, the default
     try:
@@ -334,6 +360,7 @@ def test_a_job_error_names_the_clients_file_or_the_job_never_a_server_path(jobs,
 
 
 # --- a full disk: the result is kept and written once there is room ---------------------------
+
 
 def test_a_result_that_cannot_be_written_is_written_when_space_returns(engine, jfk):
     from small_disk import fill, small_disk
@@ -374,8 +401,11 @@ def test_recordings_and_their_folders_are_readable_by_this_user_only(engine, tmp
         upload = jobs.new_upload_path("b.flac")
         shutil.copyfile(jfk, upload)
         os.chmod(upload, 0o644)  # received with the process's umask
-        handles = [jobs.submit(jfk, name="a.flac"), jobs.submit(upload, name="b.flac", move=True),
-                   jobs.submit(jfk.read_bytes(), name="c.flac")]
+        handles = [
+            jobs.submit(jfk, name="a.flac"),
+            jobs.submit(upload, name="b.flac", move=True),
+            jobs.submit(jfk.read_bytes(), name="c.flac"),
+        ]
         recordings = [jobs.audio_dir / jobs.store.get(h.id).audio for h in handles]
         mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
         assert [mode(p) for p in (data_dir, jobs.audio_dir, jobs.upload_dir)] == [0o700] * 3

@@ -2,8 +2,8 @@
 Python package, as tests/test_app_browser.py): a transcription appears in the list, is still
 there after a reload, its files can be downloaded again, another browser sees none of it, and
 Delete forgets it."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 
@@ -17,7 +17,9 @@ pytestmark = needs_chromium
 def server(micro_checkpoint, tmp_path_factory):
     from app import serve
 
-    server = serve(fast_settings(micro_checkpoint, data_dir=str(tmp_path_factory.mktemp("recent") / "data")), port=0)
+    server = serve(
+        fast_settings(micro_checkpoint, data_dir=str(tmp_path_factory.mktemp("recent") / "data")), port=0
+    )
     yield server
     server.close()
 

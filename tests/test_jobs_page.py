@@ -1,5 +1,6 @@
 """ui.recent_jobs: page recordings become durable jobs owned by a browser id or a login; the list
 shows each owner only their own jobs, survives a restart, and downloads a result again."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,8 @@ from gradio.context import LocalContext
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions
-from jobs.store import JobStore
 from jobs.manager import JobManager
+from jobs.store import JobStore
 from ui.recent_jobs import RecentJobs
 
 

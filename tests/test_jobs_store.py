@@ -1,4 +1,5 @@
 """JobStore: rows survive a reopen (what a restart sees), results round-trip, queries."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -14,9 +15,17 @@ from jobs.store import JobRecord, JobStore, result_from_dict, result_to_dict
 def _result() -> TranscriptionResult:
     words = [Word(" hello", 0.0, 0.4, 0.9), Word(" world", 0.4, 0.9, 0.8)]
     return TranscriptionResult(
-        segments=[Segment(0, 0.0, 0.9, " hello world", [1, 2], 0.0, -0.3, 1.1, 0.01, words),
-                  Segment(1, 1.0, 2.0, " again", [3], 0.2, -0.5, 1.0, 0.02)],
-        language="en", duration=2.0, model="micro", windows=1, tokens_decoded=7, processing_s=0.5)
+        segments=[
+            Segment(0, 0.0, 0.9, " hello world", [1, 2], 0.0, -0.3, 1.1, 0.01, words),
+            Segment(1, 1.0, 2.0, " again", [3], 0.2, -0.5, 1.0, 0.02),
+        ],
+        language="en",
+        duration=2.0,
+        model="micro",
+        windows=1,
+        tokens_decoded=7,
+        processing_s=0.5,
+    )
 
 
 def test_result_round_trips_through_json():
@@ -26,12 +35,18 @@ def test_result_round_trips_through_json():
 
 def test_rows_survive_reopening(tmp_path):
     store = JobStore(tmp_path)
-    store.add(JobRecord("a" * 12, time.time(), "queued", name="talk.mp3", options=JobOptions(language="en"), audio="x.mp3"))
+    store.add(
+        JobRecord(
+            "a" * 12, time.time(), "queued", name="talk.mp3", options=JobOptions(language="en"), audio="x.mp3"
+        )
+    )
     store.close()  # what a crash leaves: the committed row, nothing in memory
 
     reopened = JobStore(tmp_path)
     record = reopened.get("a" * 12)
-    assert record.status == "queued" and record.options == JobOptions(language="en") and record.audio == "x.mp3"
+    assert (
+        record.status == "queued" and record.options == JobOptions(language="en") and record.audio == "x.mp3"
+    )
     assert [r.id for r in reopened.unfinished()] == ["a" * 12]
     # WAL mode: readers never wait for a writer.
     assert reopened._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -98,10 +113,16 @@ def test_a_database_from_before_named_keys_opens_and_its_api_jobs_get_the_only_k
 
     old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # the layout as the previous version left it
     old.executescript(_SCHEMA)
-    old.execute("INSERT INTO jobs (id, created_at, status, owner, source) VALUES ('a00000000000', 1, 'done', NULL, 'api')")
-    old.execute("INSERT INTO jobs (id, created_at, status, owner, source) VALUES ('b00000000000', 2, 'done', NULL, 'jobs')")
-    old.execute("INSERT INTO jobs (id, created_at, status, owner, source) "
-                "VALUES ('c00000000000', 3, 'done', 'browser:x', 'page')")
+    old.execute(
+        "INSERT INTO jobs (id, created_at, status, owner, source) VALUES ('a00000000000', 1, 'done', NULL, 'api')"
+    )
+    old.execute(
+        "INSERT INTO jobs (id, created_at, status, owner, source) VALUES ('b00000000000', 2, 'done', NULL, 'jobs')"
+    )
+    old.execute(
+        "INSERT INTO jobs (id, created_at, status, owner, source) "
+        "VALUES ('c00000000000', 3, 'done', 'browser:x', 'page')"
+    )
     old.commit()
     old.close()
     store = JobStore(tmp_path, legacy_api_owner="api:default")
@@ -130,7 +151,13 @@ def test_a_row_moves_forward_only_and_a_finished_row_is_never_written_again(tmp_
         store.update(job, status="queued")
     row = store.get(job)
     assert (row.status, row.transcription(), row.error, row.audio, row.attempts, row.finished_at) == (
-        "done", _result(), None, None, 1, 3.0)
+        "done",
+        _result(),
+        None,
+        None,
+        1,
+        3.0,
+    )
 
 
 def test_requeue_after_a_clean_stop_takes_the_start_back(tmp_path):
@@ -193,13 +220,22 @@ def test_the_database_and_data_dir_are_private_even_when_they_were_not(tmp_path)
     store = JobStore(data_dir)
     store.add(JobRecord("c" * 12, 2.0, "queued"))
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data_dir, *data_dir.iterdir()]}
-    assert modes == {"data": 0o700, "jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600,
-                     "jobs.sqlite3-shm": 0o600, "owner.lock": 0o600}
+    assert modes == {
+        "data": 0o700,
+        "jobs.sqlite3": 0o600,
+        "jobs.sqlite3-wal": 0o600,
+        "jobs.sqlite3-shm": 0o600,
+        "owner.lock": 0o600,
+    }
     leftover.close()
     store.close()
 
     fresh = tmp_path / "fresh"  # and a new one is created so
     JobStore(fresh).add(JobRecord("d" * 12, 3.0, "queued"))
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in [fresh, *fresh.iterdir()]} == {
-        "fresh": 0o700, "jobs.sqlite3": 0o600, "jobs.sqlite3-wal": 0o600, "jobs.sqlite3-shm": 0o600,
-        "owner.lock": 0o600}
+        "fresh": 0o700,
+        "jobs.sqlite3": 0o600,
+        "jobs.sqlite3-wal": 0o600,
+        "jobs.sqlite3-shm": 0o600,
+        "owner.lock": 0o600,
+    }

@@ -9,6 +9,7 @@
 
 Every import counts, those inside functions too: a lazy import is still an edge.
 """
+
 from __future__ import annotations
 
 import ast
@@ -23,9 +24,12 @@ LEAVES = ("engine.results", "engine.errors", "engine.languages")
 # what each subpackage of the engine may import from the rest of the engine
 # the modules and subpackages inside the three packages (`engine.audio`, `jobs.store`, ...): `from
 # engine import Engine` also records "engine.Engine", a name, which is fine
-PACKAGE_MODULES = {f"{package}.{path.stem if path.suffix else path.name}" for package in ("engine", "jobs", "output")
-                   for path in (ROOT / package).iterdir() if path.name != "__init__.py"
-                   and (path.suffix == ".py" or (path / "__init__.py").exists())}
+PACKAGE_MODULES = {
+    f"{package}.{path.stem if path.suffix else path.name}"
+    for package in ("engine", "jobs", "output")
+    for path in (ROOT / package).iterdir()
+    if path.name != "__init__.py" and (path.suffix == ".py" or (path / "__init__.py").exists())
+}
 ALLOWED = {
     "engine.device": (),
     "engine.audio": ("engine.device",),
@@ -65,8 +69,12 @@ def within(name: str, package: str) -> bool:
 
 
 def test_the_engine_imports_no_front_end():
-    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "jobs", "output", "app", "bench", "tests"))
-           for module, names in graph("engine").items()}
+    bad = {
+        module: sorted(
+            name for name in names if name.split(".")[0] in ("ui", "jobs", "output", "app", "bench", "tests")
+        )
+        for module, names in graph("engine").items()
+    }
     assert not {m: n for m, n in bad.items() if n}, bad
 
 
@@ -101,8 +109,11 @@ def test_output_reads_only_the_engine_s_results():
 
 
 def test_jobs_and_output_import_no_front_end():
-    bad = {module: sorted(name for name in names if name.split(".")[0] in ("ui", "app", "bench", "tests"))
-           for folder in ("jobs", "output") for module, names in graph(folder).items()}
+    bad = {
+        module: sorted(name for name in names if name.split(".")[0] in ("ui", "app", "bench", "tests"))
+        for folder in ("jobs", "output")
+        for module, names in graph(folder).items()
+    }
     assert not {m: n for m, n in bad.items() if n}, bad
 
 
@@ -110,8 +121,12 @@ def test_the_front_ends_import_only_the_packages_public_faces():
     # ui/ and app.py name `engine`, `jobs` and `output`, never a module inside them
     inner = {}
     for module, names in {**graph("ui"), "app": imports(ROOT / "app.py")}.items():
-        deep = sorted(name for name in names if name.split(".")[0] in ("engine", "jobs", "output")
-                      and ".".join(name.split(".")[:2]) in PACKAGE_MODULES)
+        deep = sorted(
+            name
+            for name in names
+            if name.split(".")[0] in ("engine", "jobs", "output")
+            and ".".join(name.split(".")[:2]) in PACKAGE_MODULES
+        )
         if deep:
             inner[module] = deep
     assert not inner, inner

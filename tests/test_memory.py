@@ -5,6 +5,7 @@ out-of-memory error is raised in the running decode (the decode loop's `before_s
 whenever it holds more than N windows: the job must still finish with exactly the segments
 of a run without the fault, and with N = 0 fail with WindowTooLarge's message.
 """
+
 import logging
 
 import numpy as np
@@ -38,14 +39,18 @@ COST = window_cost_mb(LARGE_V3, 2, 224)
 HEADROOM = memory.HEADROOM_MB
 
 
-@pytest.mark.parametrize("free_mb, used_mb, cached_mb, threshold_mb, expected", [
-    (80_000, 3100, 0, None, 16),  # plenty: the configured batch size
-    (HEADROOM + 4.5 * COST, 3100, 0, None, 4),  # room for four windows after the headroom
-    (100, 3100, 0, None, 1),  # nothing free: still one window (which then fails clearly if it must)
-    (80_000, 3100, 0, 3100 + HEADROOM + 6.5 * COST, 6),  # the threshold, not the device, is the limit
-    (HEADROOM + 2.5 * COST, 3100, 5 * COST, None, 7),  # what PyTorch holds unused is usable too
-    (80_000, 3100 + 5 * COST, 5 * COST, 3100 + HEADROOM + 6.5 * COST, 6),  # ... also under the threshold
-], ids=["plenty", "four fit", "none fit", "threshold", "cached", "cached under threshold"])
+@pytest.mark.parametrize(
+    "free_mb, used_mb, cached_mb, threshold_mb, expected",
+    [
+        (80_000, 3100, 0, None, 16),  # plenty: the configured batch size
+        (HEADROOM + 4.5 * COST, 3100, 0, None, 4),  # room for four windows after the headroom
+        (100, 3100, 0, None, 1),  # nothing free: still one window (which then fails clearly if it must)
+        (80_000, 3100, 0, 3100 + HEADROOM + 6.5 * COST, 6),  # the threshold, not the device, is the limit
+        (HEADROOM + 2.5 * COST, 3100, 5 * COST, None, 7),  # what PyTorch holds unused is usable too
+        (80_000, 3100 + 5 * COST, 5 * COST, 3100 + HEADROOM + 6.5 * COST, 6),  # ... also under the threshold
+    ],
+    ids=["plenty", "four fit", "none fit", "threshold", "cached", "cached under threshold"],
+)
 def test_batch_size_follows_free_memory_and_threshold(free_mb, used_mb, cached_mb, threshold_mb, expected):
     reading = _reading(free_mb, total_mb=free_mb + used_mb, cached_mb=cached_mb)
     assert fit_batch_size(16, LARGE_V3, CUDA, 2, 224, threshold_mb, read=reading) == expected
@@ -96,12 +101,14 @@ def test_an_oom_halves_the_batch_and_retries_the_same_windows(micro_checkpoint, 
     assert len(failing.failed) == 1, "the halved batch should have fitted"
     failed_at = failing.failed[0]
     assert failing.sizes[failed_at] == 5  # one more than fits...
-    assert max(failing.sizes[failed_at + 1:]) == 2  # ...halved, and the loop keeps the size that fitted
+    assert max(failing.sizes[failed_at + 1 :]) == 2  # ...halved, and the loop keeps the size that fitted
     assert _fields(recovered.segments) == _fields(clean.segments)
     assert recovered.windows == clean.windows
 
 
-def test_when_not_even_one_window_fits_the_job_fails_saying_so_and_the_engine_goes_on(micro_checkpoint, recording):
+def test_when_not_even_one_window_fits_the_job_fails_saying_so_and_the_engine_goes_on(
+    micro_checkpoint, recording
+):
     failing = FailAbove(0)
     with Engine(fast_settings(micro_checkpoint, batch_size=8), before_step=failing) as engine:
         with pytest.raises(WindowTooLarge, match="single 30 s window"):
@@ -121,23 +128,32 @@ def test_the_fitted_size_bounds_the_running_decode(micro_checkpoint, recording, 
 def test_the_threshold_reaches_the_decode_loop(micro_checkpoint, monkeypatch):
     seen = []
     original = memory.fit_batch_size
-    monkeypatch.setattr(decode_loop, "fit_batch_size",
-                        lambda *args, **kwargs: seen.append(args[5]) or original(*args, **kwargs))
+    monkeypatch.setattr(
+        decode_loop,
+        "fit_batch_size",
+        lambda *args, **kwargs: seen.append(args[5]) or original(*args, **kwargs),
+    )
     with Engine(fast_settings(micro_checkpoint, gpu_memory_threshold_mb=5200)) as engine:
-        engine.transcribe(np.zeros(16000, dtype=np.float32) + 0.01 * np.sin(np.arange(16000, dtype=np.float32)))
+        engine.transcribe(
+            np.zeros(16000, dtype=np.float32) + 0.01 * np.sin(np.arange(16000, dtype=np.float32))
+        )
     assert seen and set(seen) == {5200}
 
 
 # -- on a GPU, for real --------------------------------------------------------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("windows_that_fit, expect_failure", [(3.5, False), (0.3, True)], ids=["halves", "too large"])
-def test_a_real_cuda_oom_halves_the_batch_or_fails_clearly(recording, tmp_path, monkeypatch, caplog,
-                                                           windows_that_fit, expect_failure):
+@pytest.mark.parametrize(
+    "windows_that_fit, expect_failure", [(3.5, False), (0.3, True)], ids=["halves", "too large"]
+)
+def test_a_real_cuda_oom_halves_the_batch_or_fails_clearly(
+    recording, tmp_path, monkeypatch, caplog, windows_that_fit, expect_failure
+):
     """A per-process memory cap leaves room for a few windows of a wide model; the fitter is
     told nothing (so the batch starts too big) and CUDA's own allocator raises."""
     from checkpoints import write_checkpoint
 
-    DIMS["wide4"] = dict(DIMS["large-v3"], n_audio_layer=4, n_text_layer=4)  # large-v3 width, few layers: fast
+    # large-v3 width, few layers: fast
+    DIMS["wide4"] = dict(DIMS["large-v3"], n_audio_layer=4, n_text_layer=4)
     try:
         checkpoint = write_checkpoint(tmp_path / "wide4.pt", "wide4", lively=False)
     finally:

@@ -1,4 +1,5 @@
 """ui.metrics: Prometheus text that parses, levels read at scrape time, events counted as they happen."""
+
 from __future__ import annotations
 
 import pytest
@@ -71,7 +72,9 @@ def test_jobs_durations_audio_and_model_events_are_counted(engine):
     assert value(samples, "whisper_job_duration_seconds_count") == 1
     assert value(samples, "whisper_queue_wait_seconds_count") == 1
     assert value(samples, "whisper_realtime_factor_count") == 1
-    assert value(samples, "whisper_realtime_factor_sum") == pytest.approx(result.processing_s / result.duration)
+    assert value(samples, "whisper_realtime_factor_sum") == pytest.approx(
+        result.processing_s / result.duration
+    )
     model = "micro"  # the id of .../micro.pt
     assert value(samples, "whisper_model_releases_total", model=model) == 1
     assert value(samples, "whisper_model_loads_total", model=model) == 1

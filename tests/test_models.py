@@ -1,4 +1,5 @@
 """Loading, half precision, the LRU cache and safe release."""
+
 import gc
 import threading
 import time
@@ -64,13 +65,16 @@ def test_failed_download_explains_the_offline_route(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def three_checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lru")
-    return [str(write_checkpoint(folder / f"m{seed}.pt", "micro", lively=False, seed=seed)) for seed in range(3)]
+    return [
+        str(write_checkpoint(folder / f"m{seed}.pt", "micro", lively=False, seed=seed)) for seed in range(3)
+    ]
 
 
 def make_cache(capacity, loads):
     def loader(name):
         loads.append(name)
         return load_model(name, CPU32)
+
     return ModelCache(loader, capacity, torch.device("cpu"))
 
 

@@ -10,6 +10,7 @@ waiting job).
 Each state's screenshot goes to tests/.artifacts/; with UPDATE_SCREENSHOT=1 it also replaces
 the copy in docs/ that the README shows.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,11 @@ pytestmark = needs_chromium
 LONG_5_MIN = LONG_11_MIN.parent / "lj050_0159_5min.mp3"  # long enough that jobs overlap and run several steps
 PHONE = {"width": 390, "height": 844}
 GATE = DecodeGate(timeout_s=120)  # decoding waits on it: a test holds jobs running while it looks
-LONG_ERROR = ("The recording 'quarterly-board-meeting-minutes-final-v2-recorded-on-the-phone.m4a' is cut off: "
-              "ffmpeg stopped at 12:31 of 58:02 (Invalid data found when processing input); upload the whole file "
-              "again, or convert it first with: ffmpeg -i meeting.m4a meeting.wav")
+LONG_ERROR = (
+    "The recording 'quarterly-board-meeting-minutes-final-v2-recorded-on-the-phone.m4a' is cut off: "
+    "ffmpeg stopped at 12:31 of 58:02 (Invalid data found when processing input); upload the whole file "
+    "again, or convert it first with: ffmpeg -i meeting.m4a meeting.wav"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,13 @@ def server(micro_checkpoint, second_checkpoint, tmp_path_factory):
     from engine import Engine
 
     # Two workers and room for one waiting job: a third tab waits, a fourth is refused.
-    settings = fast_settings(micro_checkpoint, models=[str(second_checkpoint)], workers=2, queue_size=1,
-                             data_dir=str(tmp_path_factory.mktemp("page") / "data"))
+    settings = fast_settings(
+        micro_checkpoint,
+        models=[str(second_checkpoint)],
+        workers=2,
+        queue_size=1,
+        data_dir=str(tmp_path_factory.mktemp("page") / "data"),
+    )
     server = serve(settings, engine=Engine(settings, before_step=GATE, background=True), port=0)
     yield server
     GATE.set()
@@ -106,9 +114,12 @@ def error_badges(page):
 
 def overflowing(page, selector):
     """Elements inside `selector` whose content is wider than their box (hidden behind a scroll)."""
-    return page.evaluate("""(selector) => [...document.querySelectorAll(selector + ' *')]
+    return page.evaluate(
+        """(selector) => [...document.querySelectorAll(selector + ' *')]
         .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
-        .map(e => `${e.tagName}.${e.className} ${e.scrollWidth}>${e.clientWidth}`)""", selector)
+        .map(e => `${e.tagName}.${e.className} ${e.scrollWidth}>${e.clientWidth}`)""",
+        selector,
+    )
 
 
 def until(condition, what, timeout=60.0):
@@ -135,7 +146,8 @@ def test_phone_width_sidebar_is_a_drawer_with_its_arrow_on_screen(browser, serve
     page.wait_for_timeout(500)
     panel = sidebar.bounding_box()
     box = toggle.bounding_box()
-    assert panel["x"] >= -1 and panel["x"] + panel["width"] <= 0.86 * PHONE["width"]  # the page shows beside it
+    # the page shows beside it
+    assert panel["x"] >= -1 and panel["x"] + panel["width"] <= 0.86 * PHONE["width"]
     assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]  # the close arrow entirely on screen
     assert sidebar.locator("#gpu-panel").is_visible()
     screenshot(page, "page-phone-sidebar.png")
@@ -151,8 +163,9 @@ def test_phone_in_dark_mode_shows_whole_choices_and_the_whole_sidebar_arrow(brow
     # The drop-downs show their whole choice ("Detect automatically", not "Detect automa").
     for selector in ("#language input", "#model input"):
         assert page.input_value(selector)
-        width = page.evaluate("(s) => { const e = document.querySelector(s); return [e.scrollWidth, e.clientWidth]; }",
-                              selector)
+        width = page.evaluate(
+            "(s) => { const e = document.querySelector(s); return [e.scrollWidth, e.clientWidth]; }", selector
+        )
         assert width[0] <= width[1], (selector, width)
     assert page.input_value("#language input") == "Detect automatically"
     assert overflowing(page, "#timestamps") == []  # its label is not cut either
@@ -229,7 +242,8 @@ def test_a_new_run_clears_the_previous_result(browser, server):
 
 def _contrast(page, selector):
     """WCAG contrast ratio of an element's text against the background of the nearest box that has one."""
-    return page.evaluate("""(selector) => {
+    return page.evaluate(
+        """(selector) => {
         const rgb = s => s.match(/[\\d.]+/g).slice(0, 4).map(Number);
         const lum = ([r, g, b]) => { const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
                                      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
@@ -237,7 +251,9 @@ def _contrast(page, selector):
         let box = el, bg = null;
         while (box) { const c = rgb(getComputedStyle(box).backgroundColor); if (c.length < 4 || c[3] > 0) { bg = c; break; } box = box.parentElement; }
         const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(bg)].sort((x, y) => y - x);
-        return (a + 0.05) / (b + 0.05); }""", selector)
+        return (a + 0.05) / (b + 0.05); }""",
+        selector,
+    )
 
 
 def test_dark_mode_banner_is_legible(browser, server):
@@ -285,9 +301,17 @@ def test_recent_jobs_fit_their_box_and_show_whole_errors(browser, server):
     store = server.app.state.jobs.store
     done = next(r for r in store.recent(None, 50, any_owner=True) if r.name == "jfk.flac" and r.owner)
     # A job of this browser that failed with a long message (as a cut-off upload does).
-    failed = JobRecord(id=uuid.uuid4().hex[:12], created_at=time.time(), status="failed", source="page",
-                       owner=done.owner, name="quarterly-board-meeting-minutes-final-v2-recorded-on-the-phone.m4a",
-                       error=LONG_ERROR, error_type="TruncatedAudio", finished_at=time.time())
+    failed = JobRecord(
+        id=uuid.uuid4().hex[:12],
+        created_at=time.time(),
+        status="failed",
+        source="page",
+        owner=done.owner,
+        name="quarterly-board-meeting-minutes-final-v2-recorded-on-the-phone.m4a",
+        error=LONG_ERROR,
+        error_type="TruncatedAudio",
+        finished_at=time.time(),
+    )
     store.add(failed)
 
     for viewport, name in ((DESKTOP, "page-recent-jobs.png"), (PHONE, "page-recent-jobs-phone.png")):
@@ -363,7 +387,9 @@ def test_cancel_a_running_job_and_the_app_keeps_serving(browser, server):
     details = page.inner_text("#details")
     assert re.search(r"stopped after \d+ of \d+ s of audio", details), details
     screenshot(page, "page-cancelled.png")
-    stored = [r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == LONG_5_MIN.name]
+    stored = [
+        r for r in server.app.state.jobs.store.recent(None, 50, any_owner=True) if r.name == LONG_5_MIN.name
+    ]
     assert stored and stored[0].status == "cancelled"
     until(lambda: server.engine.status().busy_workers == 0, "the worker to be free")
 

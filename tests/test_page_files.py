@@ -2,6 +2,7 @@
 readable by the server's user only (0600 files, 0700 folders), after a real transcription through
 gradio_client; Gradio's upload route, open without `auth`, is bounded (page_files_max_mb, the
 disk's free space, a stalled or departing client) and leaves no partial file."""
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,10 @@ def modes(folder: Path) -> dict:
 
 
 def test_the_page_s_files_are_private(micro_checkpoint, tmp_path):
-    from app import serve
     from gradio.utils import get_upload_folder
     from gradio_client import Client, handle_file
+
+    from app import serve
 
     settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
     with serve(settings, port=0) as server:
@@ -43,8 +45,11 @@ def test_the_page_s_files_are_private(micro_checkpoint, tmp_path):
         found = {**modes(cache), **modes(server.demo.downloads.root)}
         names = {path.name for path in found}
         assert "jfk.flac" in names and "jfk.srt" in names  # the cached recording and a download
-        loose = {str(path): oct(mode) for path, (folder, mode) in found.items()
-                 if mode != (0o700 if folder else 0o600)}
+        loose = {
+            str(path): oct(mode)
+            for path, (folder, mode) in found.items()
+            if mode != (0o700 if folder else 0o600)
+        }
         assert not loose, loose
         downloads = [path for path in found if path.suffix == ".srt"]
         assert len(downloads) == 1  # served where it was written: Gradio made no second copy
@@ -65,10 +70,13 @@ def test_page_uploads_are_bounded_and_leave_nothing_partial(micro_checkpoint, tm
     with small_disk(20) as root:
         cache = root / "page-cache"
         monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # this server's cache, on a small disk
-        settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"), page_files_max_mb=3,
-                                 upload_idle_timeout_s=1)
-        with serve(settings, port=0) as server, \
-                httpx.Client(base_url=server.url.rstrip("/"), timeout=30) as http:
+        settings = fast_settings(
+            micro_checkpoint, data_dir=str(tmp_path / "data"), page_files_max_mb=3, upload_idle_timeout_s=1
+        )
+        with (
+            serve(settings, port=0) as server,
+            httpx.Client(base_url=server.url.rstrip("/"), timeout=30) as http,
+        ):
             uvicorn = logging.getLogger("uvicorn")  # uvicorn's loggers do not propagate to the root
             uvicorn.addHandler(caplog.handler)
             try:
@@ -87,7 +95,6 @@ def test_page_uploads_are_bounded_and_leave_nothing_partial(micro_checkpoint, tm
             refused = upload(http, data[:-2])  # would pass 3 MB
             assert refused.status_code == 507 and "page uploads" in refused.text and "3.0 MB" in refused.text
 
-
             for held in cache.iterdir():  # room under the cap again; now the disk is what is short
                 if held.is_dir():
                     for path in held.iterdir():
@@ -98,9 +105,12 @@ def test_page_uploads_are_bounded_and_leave_nothing_partial(micro_checkpoint, tm
             boundary = "b"  # streamed, no Content-Length: the disk fills while Gradio writes it
             head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.flac"\r\n\r\n'
             body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
-            chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
-            full = http.post("/gradio_api/upload", content=chunks,
-                             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+            full = http.post(
+                "/gradio_api/upload",
+                content=chunks,
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
             assert full.status_code == 507 and "out of disk space" in full.text
             assert not temporary_files(cache)
             filler.unlink()
@@ -110,10 +120,16 @@ def test_page_uploads_are_bounded_and_leave_nothing_partial(micro_checkpoint, tm
 def _raw_upload(server, data: bytes) -> socket.socket:
     host, port = server.url.split("//")[1].rstrip("/").split(":")
     sock = socket.create_connection((host, int(port)), timeout=20)
-    part = b'--cut\r\nContent-Disposition: form-data; name="files"; filename="cut.flac"\r\n\r\n' + \
-        data[:300_000]
-    sock.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data) + 500}\r\n"
-                  "Content-Type: multipart/form-data; boundary=cut\r\n\r\n").encode() + part)
+    part = (
+        b'--cut\r\nContent-Disposition: form-data; name="files"; filename="cut.flac"\r\n\r\n' + data[:300_000]
+    )
+    sock.sendall(
+        (
+            f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data) + 500}\r\n"
+            "Content-Type: multipart/form-data; boundary=cut\r\n\r\n"
+        ).encode()
+        + part
+    )
     return sock
 
 
@@ -134,4 +150,3 @@ def _until(condition, what: str, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"never: {what}"
         time.sleep(0.05)
-

@@ -1,5 +1,6 @@
 """The page's segments view and subtitle fields as plain functions (no server, no browser;
 tests/test_transcript_browser.py drives them in Chromium)."""
+
 from __future__ import annotations
 
 import re
@@ -14,12 +15,25 @@ from ui.transcribe_handler import clock, notice_html, page_options, segments_htm
 
 def _result(words: bool) -> TranscriptionResult:
     first_words = [Word(" <b>Hi</b>", 0.5, 0.9, 0.9), Word(" &amp;", 0.9, 1.2, 0.9)] if words else None
-    return TranscriptionResult(segments=[
-        Segment(0, 0.5, 1.2, ' <b>Hi</b> &amp;', words=first_words),
-        Segment(1, 83.25, 3725.0, ' "quoted" <script>alert(1)</script>',
-                words=[Word(' "quoted"', 83.25, 84.0, 0.8), Word(" <script>alert(1)</script>", 84.0, 3725.0, 0.7)]
-                if words else None),
-    ], language="en", duration=3726.0)
+    return TranscriptionResult(
+        segments=[
+            Segment(0, 0.5, 1.2, " <b>Hi</b> &amp;", words=first_words),
+            Segment(
+                1,
+                83.25,
+                3725.0,
+                ' "quoted" <script>alert(1)</script>',
+                words=[
+                    Word(' "quoted"', 83.25, 84.0, 0.8),
+                    Word(" <script>alert(1)</script>", 84.0, 3725.0, 0.7),
+                ]
+                if words
+                else None,
+            ),
+        ],
+        language="en",
+        duration=3726.0,
+    )
 
 
 def test_segments_carry_their_start_and_escape_all_text():
@@ -54,9 +68,13 @@ def test_subtitle_fields_become_options_and_bad_values_are_named():
     defaults = SubtitleOptions(42, 2, 7.0, False)
     assert subtitle_options(defaults) == defaults  # empty fields keep the config's values
     assert subtitle_options(defaults, 20.0, 1, 3.5, True) == SubtitleOptions(20, 1, 3.5, True)
-    for args, field in (((5,), "Max characters per line"), ((20.5,), "Max characters per line"),
-                        ((20, 0), "Max lines per cue"), ((20, 2, 0.1), "Max seconds per cue"),
-                        ((20, 2, float("nan")), "Max seconds per cue")):
+    for args, field in (
+        ((5,), "Max characters per line"),
+        ((20.5,), "Max characters per line"),
+        ((20, 0), "Max lines per cue"),
+        ((20, 2, 0.1), "Max seconds per cue"),
+        ((20, 2, float("nan")), "Max seconds per cue"),
+    ):
         with pytest.raises(gr.Error, match=field):
             subtitle_options(defaults, *args)
 
@@ -65,7 +83,8 @@ def test_the_page_fields_become_options_as_the_http_form_maps_them():
     assert page_options() == JobOptions()
     assert page_options("", "", "", False, None, "  ", 0) == JobOptions()  # empty fields keep the config's
     assert page_options("auto", prompt=" Dr. Nguyen ", temperature=0.4) == JobOptions(
-        initial_prompt="Dr. Nguyen", temperature=(0.4,))
+        initial_prompt="Dr. Nguyen", temperature=(0.4,)
+    )
     assert page_options("French", "translate", "tiny", True, temperature=1).language == "fr"
     assert page_options(vad=True, configured_vad=True).vad is None  # as configured: the config decides
     assert page_options(vad=False, configured_vad=True).vad is False

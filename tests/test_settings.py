@@ -1,4 +1,5 @@
 """config.yaml as a typed object: names, comments, one-line errors, overrides."""
+
 import logging
 import re
 
@@ -8,15 +9,32 @@ from conftest import ROOT
 from engine import Settings, SettingsError, load_settings
 from engine.device.cuda import plan_device
 
-REQUIRED_KEYS = ["model", "device", "device_index", "precision", "workers", "queue_size", "batch_size",
-                 "condition_on_previous_text", "max_new_tokens", "language", "task",
-                 "gpu_memory_threshold_mb", "idle_release_s", "model_cache_size"]
+REQUIRED_KEYS = [
+    "model",
+    "device",
+    "device_index",
+    "precision",
+    "workers",
+    "queue_size",
+    "batch_size",
+    "condition_on_previous_text",
+    "max_new_tokens",
+    "language",
+    "task",
+    "gpu_memory_threshold_mb",
+    "idle_release_s",
+    "model_cache_size",
+]
 
 
 def test_config_file_has_every_required_key_commented():
     text = (ROOT / "config.yaml").read_text()
     settings = load_settings(ROOT / "config.yaml", environ={})
-    assert settings.workers == 2 and settings.condition_on_previous_text is True and settings.model_cache_size == 2
+    assert (
+        settings.workers == 2
+        and settings.condition_on_previous_text is True
+        and settings.model_cache_size == 2
+    )
     keys = {}
     for line in text.splitlines():
         match = re.match(r"^([a-z_]+):", line)
@@ -28,17 +46,20 @@ def test_config_file_has_every_required_key_commented():
     assert not uncommented, f"keys without a comment: {uncommented}"
 
 
-@pytest.mark.parametrize("values, names", [
-    ({"wokers": 2}, ["wokers", "workers"]),
-    ({"workers": -1}, ["workers"]),
-    ({"workers": "two"}, ["workers"]),
-    ({"precision": "fp8"}, ["precision", "fp16", "fp32"]),
-    ({"device": "tpu"}, ["device", "auto", "cuda", "cpu"]),
-    ({"task": "summarise"}, ["task", "transcribe", "translate"]),
-    ({"language": "klingon"}, ["language"]),
-    ({"condition_on_previous_text": "sometimes"}, ["condition_on_previous_text"]),
-    ({"queue_size": 0}, ["queue_size"]),
-])
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        ({"wokers": 2}, ["wokers", "workers"]),
+        ({"workers": -1}, ["workers"]),
+        ({"workers": "two"}, ["workers"]),
+        ({"precision": "fp8"}, ["precision", "fp16", "fp32"]),
+        ({"device": "tpu"}, ["device", "auto", "cuda", "cpu"]),
+        ({"task": "summarise"}, ["task", "transcribe", "translate"]),
+        ({"language": "klingon"}, ["language"]),
+        ({"condition_on_previous_text": "sometimes"}, ["condition_on_previous_text"]),
+        ({"queue_size": 0}, ["queue_size"]),
+    ],
+)
 def test_bad_value_fails_with_one_line_naming_the_key(tmp_path, values, names):
     config = tmp_path / "config.yaml"
     config.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
@@ -64,7 +85,9 @@ def test_environment_and_flags_override_the_file(tmp_path):
     config.write_text("workers: 3\nmodel: small\n")
     settings = load_settings(config, environ={"WHISPER_APP_WORKERS": "4", "WHISPER_APP_MODEL": "/m/1.pt"})
     assert settings.workers == 4 and settings.model == "/m/1.pt"
-    settings = load_settings(config, overrides={"workers": 5, "port": None}, environ={"WHISPER_APP_WORKERS": "4"})
+    settings = load_settings(
+        config, overrides={"workers": 5, "port": None}, environ={"WHISPER_APP_WORKERS": "4"}
+    )
     assert settings.workers == 5 and settings.port == 7860  # an unset flag (None) does not override
     with pytest.raises(SettingsError, match="workers"):
         load_settings(config, environ={"WHISPER_APP_WORKERS": "-2"})
@@ -73,6 +96,7 @@ def test_environment_and_flags_override_the_file(tmp_path):
 def test_language_names_are_normalised():
     assert load_settings(None, {"language": "English"}, environ={}).language == "English"
     from engine import normalise_language
+
     assert normalise_language("English") == "en" and normalise_language("auto") is None
 
 
@@ -97,4 +121,6 @@ def test_relative_data_dir_lies_beside_the_config_file_whatever_the_working_dire
     # From the environment or a flag, a relative path means the shell's working directory.
     env = {"WHISPER_APP_DATA_DIR": "mine"}
     assert load_settings(config, environ=env).data_dir == str(elsewhere / "mine")
-    assert load_settings(config, {"data_dir": str(tmp_path / "abs")}, environ={}).data_dir == str(tmp_path / "abs")
+    assert load_settings(config, {"data_dir": str(tmp_path / "abs")}, environ={}).data_dir == str(
+        tmp_path / "abs"
+    )

@@ -8,6 +8,7 @@ random ones, with and without `condition_on_previous_text`. Whisper's own output
 trimmed where it runs past the audio (segments "heard" in the zero padding are dropped and
 ends clipped to the recording, which the engine does on purpose).
 """
+
 import numpy as np
 import pytest
 import whisper
@@ -21,35 +22,60 @@ GUARDS = dict(compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech
 
 def whisper_segments(model, audio, condition: bool, max_new_tokens=None, words=False, **options):
     options.update(sample_len=max_new_tokens) if max_new_tokens else None
-    result = whisper.transcribe(model, audio, temperature=0.0, fp16=False, condition_on_previous_text=condition,
-                                word_timestamps=words, **GUARDS, **options)
+    result = whisper.transcribe(
+        model,
+        audio,
+        temperature=0.0,
+        fp16=False,
+        condition_on_previous_text=condition,
+        word_timestamps=words,
+        **GUARDS,
+        **options,
+    )
     duration = len(audio) / 16000
 
     def inside(value, segment):  # the engine keeps each word inside its segment (and the recording)
         return round(min(max(value, segment["start"]), min(segment["end"], duration)), 2)
 
-    return [(s["seek"], round(s["start"], 2), round(min(s["end"], duration), 2), s["text"],
-             [(w["word"], inside(w["start"], s), inside(w["end"], s)) for w in s["words"]] if words else None)
-            for s in result["segments"] if s["text"].strip() and s["start"] < duration]
+    return [
+        (
+            s["seek"],
+            round(s["start"], 2),
+            round(min(s["end"], duration), 2),
+            s["text"],
+            [(w["word"], inside(w["start"], s), inside(w["end"], s)) for w in s["words"]] if words else None,
+        )
+        for s in result["segments"]
+        if s["text"].strip() and s["start"] < duration
+    ]
 
 
 def engine_segments(engine, audio, words=False):
-    return [(s.seek, round(s.start, 2), round(s.end, 2), s.text,
-             [(w.word, round(w.start, 2), round(w.end, 2)) for w in s.words] if words else None)
-            for s in engine.transcribe(audio, word_timestamps=words).segments]
+    return [
+        (
+            s.seek,
+            round(s.start, 2),
+            round(s.end, 2),
+            s.text,
+            [(w.word, round(w.start, 2), round(w.end, 2)) for w in s.words] if words else None,
+        )
+        for s in engine.transcribe(audio, word_timestamps=words).segments
+    ]
 
 
 @pytest.fixture(scope="module")
 def forty_seconds():
     """40 s of read speech: more than one window, the first ending mid-sentence, still one section."""
-    audio = load_audio(shared_audio(LONG_11_MIN))[16000 * 100:16000 * 140]
+    audio = load_audio(shared_audio(LONG_11_MIN))[16000 * 100 : 16000 * 140]
     assert len(plan_sections(audio, 8)) == 1 and len(audio) / 16000 < MIN_SECTION_S
     return audio
 
 
 @pytest.mark.parametrize("condition", [True, False], ids=["conditioned", "unconditioned"])
 def test_real_tiny_en_one_section_is_whisper_transcribe(tiny_en_model_dir, forty_seconds, condition):
-    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224, condition_on_previous_text=condition, **GUARDS)
+    settings = fast_settings(
+        tiny_en_model_dir, max_new_tokens=224, condition_on_previous_text=condition, **GUARDS
+    )
     with Engine(settings) as engine:
         with engine.models.lease(str(tiny_en_model_dir)) as model:
             expected = whisper_segments(model, forty_seconds, condition)
@@ -58,7 +84,9 @@ def test_real_tiny_en_one_section_is_whisper_transcribe(tiny_en_model_dir, forty
     assert got == expected
 
 
-def test_real_tiny_en_word_timestamps_and_their_seek_are_whisper_transcribes(tiny_en_model_dir, forty_seconds):
+def test_real_tiny_en_word_timestamps_and_their_seek_are_whisper_transcribes(
+    tiny_en_model_dir, forty_seconds
+):
     """With word timestamps whisper moves seek to the last word's end: the same here."""
     with Engine(fast_settings(tiny_en_model_dir, max_new_tokens=224, **GUARDS)) as engine:
         with engine.models.lease(str(tiny_en_model_dir)) as model:
@@ -76,7 +104,9 @@ def test_real_tiny_en_hallucination_silence_threshold_is_whisper_transcribes(tin
 
     jfk = load_audio(shared_audio(JFK))
     audio = np.concatenate([jfk, music(20.0), jfk[: 16000 * 5]])
-    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224, hallucination_silence_threshold=2.0, **GUARDS)
+    settings = fast_settings(
+        tiny_en_model_dir, max_new_tokens=224, hallucination_silence_threshold=2.0, **GUARDS
+    )
     with Engine(settings) as engine:
         with engine.models.lease(str(tiny_en_model_dir)) as model:
             expected = whisper_segments(model, audio, True, words=True, hallucination_silence_threshold=2.0)

@@ -1,5 +1,6 @@
 """Subtitle cues (output.subtitles): limits, where cues are cut, times; hand-made word lists, then
 the 11-minute recording on real tiny.en weights with word timestamps."""
+
 import dataclasses
 import math
 import re
@@ -8,9 +9,9 @@ import statistics
 import pytest
 
 from conftest import srt_cues
-from output.formats import render
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import SettingsError, load_settings
+from output.formats import render
 from output.subtitles import MIN_CUE_S, MIN_FRAGMENT_S, SENTENCE_END, SubtitleOptions, make_cues, wrap_lines
 
 DEFAULT = SubtitleOptions()
@@ -29,8 +30,16 @@ def timed(text: str, start: float = 0.0, step: float = 0.4, pauses=None):
 
 def result_of(*word_lists, language="en", text_only=False) -> TranscriptionResult:
     """One segment per word list; `text_only` drops the word timings (word timestamps off)."""
-    segments = [Segment(id=i, start=w[0].start, end=w[-1].end, text="".join(x.word for x in w),
-                        words=None if text_only else w) for i, w in enumerate(word_lists)]
+    segments = [
+        Segment(
+            id=i,
+            start=w[0].start,
+            end=w[-1].end,
+            text="".join(x.word for x in w),
+            words=None if text_only else w,
+        )
+        for i, w in enumerate(word_lists)
+    ]
     return TranscriptionResult(segments=segments, language=language, duration=segments[-1].end + 1)
 
 
@@ -40,7 +49,8 @@ def check(cues, result, options=DEFAULT):
     for k, cue in enumerate(cues):
         assert 1 <= len(cue.lines) <= options.max_lines, cue
         for line in cue.lines:
-            assert len(line) <= options.max_line_width or " " not in line, cue  # only a single word may be wider
+            # only a single word may be wider
+            assert len(line) <= options.max_line_width or " " not in line, cue
             assert line == line.strip() and line
         assert 0 < cue.end - cue.start <= options.max_cue_s + 1e-9, cue
         if k + 1 < len(cues):
@@ -52,14 +62,19 @@ def first_words(cues):
     return [cue.lines[0].split()[0] for cue in cues]
 
 
-LOREM = ("We met on Tuesday to talk about the budget for the coming year and what it means for the "
-         "team. Everyone agreed that the travel money was too small, the hardware money too large, "
-         "and the training money about right. Then the chair asked whether anyone had questions. "
-         "Nobody did. The meeting ended early and we all went home to write the minutes of it.")
+LOREM = (
+    "We met on Tuesday to talk about the budget for the coming year and what it means for the "
+    "team. Everyone agreed that the travel money was too small, the hardware money too large, "
+    "and the training money about right. Then the chair asked whether anyone had questions. "
+    "Nobody did. The meeting ended early and we all went home to write the minutes of it."
+)
 
 
-@pytest.mark.parametrize("options", [DEFAULT, SubtitleOptions(30, 1, 3.0), SubtitleOptions(20, 3, 5.0),
-                                     SubtitleOptions(42, 2, 1.0)], ids=str)
+@pytest.mark.parametrize(
+    "options",
+    [DEFAULT, SubtitleOptions(30, 1, 3.0), SubtitleOptions(20, 3, 5.0), SubtitleOptions(42, 2, 1.0)],
+    ids=str,
+)
 def test_cues_stay_within_the_limits(options):
     result = result_of(timed(LOREM))
     check(make_cues(result, options), result, options)
@@ -81,8 +96,11 @@ def test_short_sentences_share_a_cue():
 
 def test_a_long_pause_cuts_the_cue():
     # one sentence of 70 characters: it fits one cue (two lines, 5.2 s) but for the 1.5 s pause after "up"
-    words = timed("so we picked it up and then after a long while we carried it down the hill", step=0.3,
-                  pauses={5: 1.5})
+    words = timed(
+        "so we picked it up and then after a long while we carried it down the hill",
+        step=0.3,
+        pauses={5: 1.5},
+    )
     result = result_of(words)
     cues = make_cues(result)
     check(cues, result)
@@ -90,8 +108,10 @@ def test_a_long_pause_cuts_the_cue():
 
 
 def test_a_clause_end_is_the_next_best_cut():
-    words = timed("the committee that met on Tuesday approved the budget for next year, but it asked the "
-                  "treasurer for a second opinion on the hardware")
+    words = timed(
+        "the committee that met on Tuesday approved the budget for next year, but it asked the "
+        "treasurer for a second opinion on the hardware"
+    )
     result = result_of(words)
     cues = make_cues(result)
     check(cues, result)
@@ -99,8 +119,12 @@ def test_a_clause_end_is_the_next_best_cut():
 
 
 def test_without_punctuation_the_longest_pause_wins():
-    words = timed("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-                  "sixteen seventeen eighteen nineteen twenty", step=0.3, pauses={12: 0.6, 7: 0.2})
+    words = timed(
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty",
+        step=0.3,
+        pauses={12: 0.6, 7: 0.2},
+    )
     result = result_of(words)
     cues = make_cues(result)
     check(cues, result)
@@ -110,8 +134,10 @@ def test_without_punctuation_the_longest_pause_wins():
 def test_no_tiny_orphan_after_a_forced_cut():
     # 24 words, 95 characters, no punctuation, even timing: one cue cannot hold it, and "a lamp" alone
     # at the end would be an orphan: both cues get at least half a line
-    words = timed("the old man walked slowly along the river bank with his dog and his cat and his bird "
-                  "and a lamp", step=0.25)
+    words = timed(
+        "the old man walked slowly along the river bank with his dog and his cat and his bird and a lamp",
+        step=0.25,
+    )
     result = result_of(words)
     cues = make_cues(result)
     check(cues, result)
@@ -122,12 +148,16 @@ def test_cues_flow_across_segments():
     first = timed("This sentence starts in one segment", start=0.0)
     second = timed("and ends in the next one.", start=first[-1].end + 0.05)
     result = result_of(first, second)
-    assert [c.lines for c in make_cues(result)] == [("This sentence starts in one", "segment and ends in the next one.")]
+    assert [c.lines for c in make_cues(result)] == [
+        ("This sentence starts in one", "segment and ends in the next one.")
+    ]
 
 
 def test_lines_are_balanced_and_prefer_punctuation():
-    assert wrap_lines([f" {w}" for w in "aaaa bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj".split()], 42) \
-        == ["aaaa bbbb cccc dddd eeee", "ffff gggg hhhh iiii jjjj"]
+    assert wrap_lines([f" {w}" for w in "aaaa bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj".split()], 42) == [
+        "aaaa bbbb cccc dddd eeee",
+        "ffff gggg hhhh iiii jjjj",
+    ]
     texts = [f" {w}" for w in "Well, I think we should go now, because it is late".split()]
     assert wrap_lines(texts, 42) == ["Well, I think we should go now,", "because it is late"]
     texts = [f" {w}" for w in "We left at noon. They stayed until the evening".split()]
@@ -146,7 +176,11 @@ def test_a_word_wider_than_a_line_gets_its_own_line():
 
 
 def test_a_word_longer_than_a_cue_is_clamped():
-    words = [Word(" Hello", 0.0, 0.5, 0.9), Word(" wooooorld.", 0.6, 12.0, 0.9), Word(" Next.", 12.5, 13.0, 0.9)]
+    words = [
+        Word(" Hello", 0.0, 0.5, 0.9),
+        Word(" wooooorld.", 0.6, 12.0, 0.9),
+        Word(" Next.", 12.5, 13.0, 0.9),
+    ]
     result = result_of(words)
     cues = make_cues(result)
     check(cues, result)
@@ -156,7 +190,10 @@ def test_a_word_longer_than_a_cue_is_clamped():
 def test_cue_ends_never_overlap_the_next_cue():
     # word timings that step back across segments, and zero-length words
     first = timed("This is the end of a long first sentence. And a second one follows it here.", step=0.5)
-    second = [Word(" Then", first[-1].end - 0.3, first[-1].end - 0.3, 0.9), Word(" more.", first[-1].end, first[-1].end, 0.9)]
+    second = [
+        Word(" Then", first[-1].end - 0.3, first[-1].end - 0.3, 0.9),
+        Word(" more.", first[-1].end, first[-1].end, 0.9),
+    ]
     result = result_of(first, second)
     cues = make_cues(result)
     check(cues, result)
@@ -164,7 +201,9 @@ def test_cue_ends_never_overlap_the_next_cue():
 
 
 def test_a_short_cue_is_shown_long_enough_when_there_is_room():
-    result = result_of([Word(" Hi.", 1.0, 1.1, 0.9)], [Word(" Later", 5.0, 5.4, 0.9), Word(" on.", 5.5, 5.9, 0.9)])
+    result = result_of(
+        [Word(" Hi.", 1.0, 1.1, 0.9)], [Word(" Later", 5.0, 5.4, 0.9), Word(" on.", 5.5, 5.9, 0.9)]
+    )
     cues = make_cues(result)
     assert cues[0].end - cues[0].start == pytest.approx(MIN_CUE_S)
 
@@ -174,7 +213,9 @@ def test_without_word_timings_times_are_interpolated_within_the_limits():
     assert all(s.words is None for s in result.segments)
     cues = make_cues(result)
     check(cues, result)
-    assert cues[0].start == result.segments[0].start and cues[-1].end == pytest.approx(result.segments[-1].end)
+    assert cues[0].start == result.segments[0].start and cues[-1].end == pytest.approx(
+        result.segments[-1].end
+    )
     assert all(c.end <= result.segments[0].end or c.start >= result.segments[1].start for c in cues)
 
 
@@ -200,15 +241,30 @@ def test_empty_results_give_no_cues():
     assert make_cues(TranscriptionResult([Segment(0, 0.0, 1.0, " ")], "en", 1.0)) == []
 
 
-@pytest.mark.parametrize("bad", [dict(max_line_width=0), dict(max_lines=0), dict(max_cue_s=0), dict(max_cue_s=-1),
-                                 dict(max_line_width=4.5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_line_width=0),
+        dict(max_lines=0),
+        dict(max_cue_s=0),
+        dict(max_cue_s=-1),
+        dict(max_line_width=4.5),
+    ],
+)
 def test_options_are_checked(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SubtitleOptions(**bad)
 
 
-@pytest.mark.parametrize("key, value", [("subtitle_max_line_width", 0), ("subtitle_max_lines", -1),
-                                        ("subtitle_max_cue_s", 0), ("subtitle_per_segment", "maybe")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("subtitle_max_line_width", 0),
+        ("subtitle_max_lines", -1),
+        ("subtitle_max_cue_s", 0),
+        ("subtitle_per_segment", "maybe"),
+    ],
+)
 def test_settings_name_a_bad_subtitle_key(key, value):
     with pytest.raises(SettingsError, match=key):
         load_settings(None, {key: value}, environ={})
@@ -222,15 +278,19 @@ def figures(cues, width=42):
     mid = sum(1 for (_, _, before), _ in zip(cues, cues[1:]) if not SENTENCE_END.search(before[-1]))
     words = [(word, k) for k, (*_, lines) in enumerate(cues) for word in " ".join(lines).split()]
     sentence_starts = [0] + [i + 1 for i, (word, _) in enumerate(words[:-1]) if SENTENCE_END.search(word)]
-    return dict(cues=len(cues), median_chars=statistics.median(len(" ".join(lines)) for *_, lines in cues),
-                median_s=round(statistics.median(end - start for start, end, _ in cues), 2),
-                longest_line=max(len(line) for *_, lines in cues for line in lines),
-                over_width=sum(1 for *_, lines in cues if any(len(line) > width for line in lines)),
-                most_lines=max(len(lines) for *_, lines in cues),
-                longest_s=round(max(end - start for start, end, _ in cues), 3),
-                over_7s=sum(1 for start, end, _ in cues if end - start > 7.0), mid_sentence=mid,
-                sentences=len(sentence_starts),
-                sentences_starting_a_cue=sum(1 for i in sentence_starts if i == 0 or words[i - 1][1] != words[i][1]))
+    return dict(
+        cues=len(cues),
+        median_chars=statistics.median(len(" ".join(lines)) for *_, lines in cues),
+        median_s=round(statistics.median(end - start for start, end, _ in cues), 2),
+        longest_line=max(len(line) for *_, lines in cues for line in lines),
+        over_width=sum(1 for *_, lines in cues if any(len(line) > width for line in lines)),
+        most_lines=max(len(lines) for *_, lines in cues),
+        longest_s=round(max(end - start for start, end, _ in cues), 3),
+        over_7s=sum(1 for start, end, _ in cues if end - start > 7.0),
+        mid_sentence=mid,
+        sentences=len(sentence_starts),
+        sentences_starting_a_cue=sum(1 for i in sentence_starts if i == 0 or words[i - 1][1] != words[i][1]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +320,9 @@ def forced_cuts(text: str, cue_chars: int = 2 * 42 + 1) -> int:
     (n + 1) / (cue_chars + 1) cues (a cut also drops the space between two words)."""
     words = text.split()
     starts = [0] + [i + 1 for i, word in enumerate(words[:-1]) if SENTENCE_END.search(word)] + [len(words)]
-    return sum(math.ceil((len(" ".join(words[a:b])) + 1) / (cue_chars + 1)) - 1 for a, b in zip(starts, starts[1:]))
+    return sum(
+        math.ceil((len(" ".join(words[a:b])) + 1) / (cue_chars + 1)) - 1 for a, b in zip(starts, starts[1:])
+    )
 
 
 def test_eleven_minutes_real_weights_no_cue_over_the_limits(eleven_minutes_with_words):
@@ -271,18 +333,24 @@ def test_eleven_minutes_real_weights_no_cue_over_the_limits(eleven_minutes_with_
     plain = srt_cues(render(result, "srt", subtitles=SubtitleOptions(per_segment=True)))
     ours, cue_words = check_srt(cues, result)
     before = figures(plain)
-    print(f"\n11 min, tiny.en, word timestamps: cues {ours}\n  per segment (subtitle_per_segment: true): {before}"
-          f"\n  cues forced to start mid-sentence by the sentences' length alone: at least {forced_cuts(result.text)}")
+    print(
+        f"\n11 min, tiny.en, word timestamps: cues {ours}\n  per segment (subtitle_per_segment: true): {before}"
+        f"\n  cues forced to start mid-sentence by the sentences' length alone: at least {forced_cuts(result.text)}"
+    )
     # sentences longer than one cue must be cut (most of this recording's are), but a sentence
     # starts a cue of its own far more often than with one cue per segment
     assert ours["sentences_starting_a_cue"] >= 0.9 * ours["sentences"]
     assert ours["sentences_starting_a_cue"] > before["sentences_starting_a_cue"]
     vtt = render(result, "vtt")
     assert vtt.count(" --> ") == len(cues)
-    assert re.sub(r"\s+", " ", " ".join(line for line in vtt.splitlines()[1:] if "-->" not in line)).split() \
+    assert (
+        re.sub(r"\s+", " ", " ".join(line for line in vtt.splitlines()[1:] if "-->" not in line)).split()
         == cue_words
+    )
     # the same transcript without word timings (the page's jobs): interpolated times, the same limits
-    wordless = dataclasses.replace(result, segments=[dataclasses.replace(s, words=None) for s in result.segments])
+    wordless = dataclasses.replace(
+        result, segments=[dataclasses.replace(s, words=None) for s in result.segments]
+    )
     interpolated, _ = check_srt(srt_cues(render(wordless, "srt")), wordless)
     print(f"  without word timings: {interpolated}")
 
@@ -291,8 +359,12 @@ def test_a_sentence_start_is_not_left_as_a_cue_too_short_to_read():
     """Whisper often ends a segment after a sentence's first words ("The Secret Service should");
     on the 5-minute LJSpeech file seven such fragments were cues of 1.4-1.8 s."""
     lead = timed("The Secret Service should", start=0.0, step=0.33)
-    rest = timed("not and does not plan to develop its own intelligence gathering facilities to duplicate "
-                 "the existing facilities of other federal agencies.", start=lead[-1].end + 0.05, step=0.3)
+    rest = timed(
+        "not and does not plan to develop its own intelligence gathering facilities to duplicate "
+        "the existing facilities of other federal agencies.",
+        start=lead[-1].end + 0.05,
+        step=0.3,
+    )
     result = result_of(lead, rest)
     cues = make_cues(result)
     check(cues, result)

@@ -8,6 +8,7 @@ subtitles are tested on real weights elsewhere; this checks that the page asks f
 shows them and hands them on. The screenshot of the segments view with word times goes to
 tests/.artifacts/page-segments.png; with UPDATE_SCREENSHOT=1 also to docs/, for the README.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def server(micro_checkpoint, tmp_path_factory):
     from app import serve
 
     # More tokens than fast_settings' 24, so the 11 s recording gives several segments.
-    settings = fast_settings(micro_checkpoint, max_new_tokens=64,
-                             data_dir=str(tmp_path_factory.mktemp("transcript") / "data"))
+    settings = fast_settings(
+        micro_checkpoint, max_new_tokens=64, data_dir=str(tmp_path_factory.mktemp("transcript") / "data")
+    )
     server = serve(settings, port=0)
     yield server
     server.close()
@@ -42,8 +44,11 @@ def real_server(tiny_en_model_dir, tmp_path_factory):
     where a random model's one-word segments would show little."""
     from app import serve
 
-    settings = fast_settings(tiny_en_model_dir, max_new_tokens=224,
-                             data_dir=str(tmp_path_factory.mktemp("transcript-real") / "data"))
+    settings = fast_settings(
+        tiny_en_model_dir,
+        max_new_tokens=224,
+        data_dir=str(tmp_path_factory.mktemp("transcript-real") / "data"),
+    )
     server = serve(settings, port=0)
     yield server
     server.close()
@@ -73,8 +78,10 @@ def transcribe(page):
     # An earlier refusal still on screen is marked: only a new one (or the transcript) ends the wait.
     page.evaluate("document.querySelector('#transcribe-notice .notice-error')?.setAttribute('data-seen', '')")
     page.click("#transcribe-button")
-    page.wait_for_function("document.querySelector('#transcript textarea').value.length > 0"
-                           " || document.querySelector('#transcribe-notice .notice-error:not([data-seen])') !== null")
+    page.wait_for_function(
+        "document.querySelector('#transcript textarea').value.length > 0"
+        " || document.querySelector('#transcribe-notice .notice-error:not([data-seen])') !== null"
+    )
     refusals = page.locator("#transcribe-notice .notice-error:not([data-seen])").all_inner_texts()
     assert not refusals, f"the page showed an error: {refusals}"
     page.wait_for_function("document.querySelectorAll('#downloads a').length >= 4")
@@ -110,7 +117,9 @@ def wait_player_at(page, start, slack=1.5):
     page.wait_for_function(
         "([start, slack]) => { const p = window.sttRecordingPlayer();"
         " return p !== null && p.currentTime >= start - 0.05 && p.currentTime <= start + slack; }",
-        arg=[start, slack], timeout=10_000)
+        arg=[start, slack],
+        timeout=10_000,
+    )
 
 
 def screenshot(page, name, locator, docs=True):
@@ -131,10 +140,16 @@ def test_click_a_segment_to_play_the_recording_from_its_start(page):
     result = json.loads(download(page, ".json"))
     starts = [float(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.start)")]
     assert starts == pytest.approx([s["start"] for s in result["segments"]], abs=1e-3)
-    for row, segment in zip(rows.all(), result["segments"]):  # each row: its start as [hh:mm:ss], then its text
+    # each row: its start as [hh:mm:ss], then its text
+    for row, segment in zip(rows.all(), result["segments"]):
         whole = int(segment["start"])
-        assert row.locator(".segment-time").inner_text() == f"[{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}]"
-        assert " ".join(row.locator(".segment-text").inner_text().split()) == " ".join(segment["text"].split())
+        assert (
+            row.locator(".segment-time").inner_text()
+            == f"[{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}]"
+        )
+        assert " ".join(row.locator(".segment-text").inner_text().split()) == " ".join(
+            segment["text"].split()
+        )
     assert page.locator("#segments .word").count() == 0  # no word timestamps asked
     assert page.input_value("#transcript textarea").count("-->") == len(starts)  # the copyable text stays
 
@@ -172,14 +187,19 @@ def test_word_timestamps_on_the_page_and_in_the_json(page):
     times = shown.locator(".word-time").all_inner_texts()
     assert texts == [w["word"].strip() for w in words]
     assert times == [f"{w['start']:.1f}" for w in words]  # seconds with a tenth (m:ss.s past a minute)
-    assert all(re.fullmatch(r"\d+:\d\d\.\d{3} – \d+:\d\d\.\d{3}", t)
-               for t in shown.evaluate_all("words => words.map(w => w.title)"))
+    assert all(
+        re.fullmatch(r"\d+:\d\d\.\d{3} – \d+:\d\d\.\d{3}", t)
+        for t in shown.evaluate_all("words => words.map(w => w.title)")
+    )
 
     # The srt takes its times from the words: every cue starts with a word.
     srt = download(page, ".srt")
     cue_starts = [_seconds(m) for m in re.findall(r"^(\d\d:\d\d:\d\d,\d\d\d) --> ", srt, re.M)]
     word_starts = {round(w["start"], 2) for w in words}
-    assert cue_starts and all(round(t, 2) in word_starts for t in cue_starts), (cue_starts, sorted(word_starts))
+    assert cue_starts and all(round(t, 2) in word_starts for t in cue_starts), (
+        cue_starts,
+        sorted(word_starts),
+    )
 
     target = len(words) // 2  # a word in the middle: the player goes to its start
     shown.nth(target).click()
@@ -225,11 +245,14 @@ def test_subtitle_options_shape_the_srt(page, server):
     srt = download(page, ".srt")
     narrow = SubtitleOptions(max_line_width=12, max_lines=1, max_cue_s=2.0)
     assert srt == render(result, "srt", subtitles=narrow)  # the page's choices reached the writer...
-    assert srt != render(result, "srt", subtitles=SubtitleOptions.from_settings(settings))  # ... and they make a difference here
+    # ... and they make a difference here
+    assert srt != render(result, "srt", subtitles=SubtitleOptions.from_settings(settings))
     cues = _cues(srt)
     assert cues and all(len(cue) == 2 for cue in cues)  # one line each
     assert all(len(cue[1]) <= 12 or " " not in cue[1] for cue in cues), cues
-    assert all(_seconds(cue[0].split(" --> ")[1]) - _seconds(cue[0].split(" --> ")[0]) <= 2.0 + 1e-3 for cue in cues)
+    assert all(
+        _seconds(cue[0].split(" --> ")[1]) - _seconds(cue[0].split(" --> ")[0]) <= 2.0 + 1e-3 for cue in cues
+    )
     assert download(page, ".vtt") == render(result, "vtt", subtitles=narrow)
 
     # Plain: one cue per segment, whatever its length (the same recording gives the same result).
@@ -238,10 +261,13 @@ def test_subtitle_options_shape_the_srt(page, server):
     assert plain != srt
     page.click("#transcribe-button")
     # (The previous files go when the run starts; wait for the new srt, then compare.)
-    page.wait_for_function("(plain) => { const a = [...document.querySelectorAll('#downloads a')]"
-                           ".find(a => a.href.endsWith('.srt'));"
-                           " return a && fetch(a.href).then(r => r.text()).then(t => t === plain); }",
-                           arg=plain, polling=500)
+    page.wait_for_function(
+        "(plain) => { const a = [...document.querySelectorAll('#downloads a')]"
+        ".find(a => a.href.endsWith('.srt'));"
+        " return a && fetch(a.href).then(r => r.text()).then(t => t === plain); }",
+        arg=plain,
+        polling=500,
+    )
     assert len(_cues(plain)) == len(result.segments)
 
 
@@ -322,7 +348,9 @@ def test_progress_moves_from_the_first_seconds_of_a_long_job(playwright, real_se
                 if len(shown) == 2:
                     screenshot(page, "page-progress.png", page.locator("body"))
             time.sleep(0.05)
-        print(f"\nthe bar said, in s of audio: {[done for done, _ in shown]} of {shown[0][1] if shown else '?'}")
+        print(
+            f"\nthe bar said, in s of audio: {[done for done, _ in shown]} of {shown[0][1] if shown else '?'}"
+        )
         assert shown, "the bar never showed a figure above 0 before the transcript"
         first_done, total = shown[0]
         assert total == pytest.approx(301, abs=1)

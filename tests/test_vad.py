@@ -5,6 +5,7 @@ words where nobody speaks; the speech around it is transcribed in full, at the r
 times. Audio shorter than 0.1 s is refused. The SpeechMap arithmetic that takes times back
 to the recording is checked on its own.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -23,8 +24,13 @@ from engine.audio.vad import SpeechMap, speech_map
 
 LIBRI = SHARED_AUDIO / "librispeech" / "1089-134686-0000.flac"
 GAP_S = 60.0
-WHISPER_DEFAULTS = dict(temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], max_new_tokens=224,
-                        compression_ratio_threshold=2.4, logprob_threshold=-1.0, no_speech_threshold=0.6)
+WHISPER_DEFAULTS = dict(
+    temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    max_new_tokens=224,
+    compression_ratio_threshold=2.4,
+    logprob_threshold=-1.0,
+    no_speech_threshold=0.6,
+)
 normalise = EnglishTextNormalizer()
 
 
@@ -50,7 +56,9 @@ def clips_alone_wer(engine, clips):
     ("flower" for "flour"), which a minute between them must not add to."""
     jfk, libri, reference = clips
     torch.manual_seed(0)
-    return jiwer.wer(normalise(reference), normalise(engine.transcribe(jfk).text + " " + engine.transcribe(libri).text))
+    return jiwer.wer(
+        normalise(reference), normalise(engine.transcribe(jfk).text + " " + engine.transcribe(libri).text)
+    )
 
 
 # -- the arithmetic ------------------------------------------------------------------------
@@ -91,8 +99,10 @@ def test_the_detector_keeps_the_speech_and_drops_the_minute_without_it(clips):
 
 def test_loading_the_detector_keeps_torch_s_thread_count():
     # silero_vad's import sets torch to one thread, process-wide: the decoder would run at half speed
-    code = ("import numpy, torch; torch.set_num_threads(2); from engine.audio.vad import speech_map; "
-            "speech_map(numpy.zeros(16000, numpy.float32)); print(torch.get_num_threads())")
+    code = (
+        "import numpy, torch; torch.set_num_threads(2); from engine.audio.vad import speech_map; "
+        "speech_map(numpy.zeros(16000, numpy.float32)); print(torch.get_num_threads())"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "2", out.stderr
 
@@ -107,14 +117,16 @@ def test_a_minute_without_speech_gives_no_words(engine, kind):
 
 
 @pytest.mark.parametrize("kind", sorted(NON_SPEECH))
-def test_speech_around_a_minute_without_it_is_transcribed_in_full_at_the_recording_s_times(engine, clips, kind,
-                                                                                           clips_alone_wer):
+def test_speech_around_a_minute_without_it_is_transcribed_in_full_at_the_recording_s_times(
+    engine, clips, kind, clips_alone_wer
+):
     jfk, libri, reference = clips
     second_starts = (len(jfk) + GAP_S * SAMPLE_RATE) / SAMPLE_RATE
     torch.manual_seed(0)
     result = engine.transcribe(np.concatenate([jfk, NON_SPEECH[kind](GAP_S), libri]), word_timestamps=True)
     error = jiwer.wer(normalise(reference), normalise(result.text))
-    assert error <= clips_alone_wer + 0.05, (kind, error, clips_alone_wer, result.text)  # at most 2 words of 50
+    # at most 2 words of 50
+    assert error <= clips_alone_wer + 0.05, (kind, error, clips_alone_wer, result.text)
     first_ends = len(jfk) / SAMPLE_RATE
     for segment in result.segments:  # nothing said where nobody speaks
         assert segment.end <= first_ends + 0.5 or segment.start >= second_starts - 0.5, (kind, segment)
@@ -124,11 +136,15 @@ def test_speech_around_a_minute_without_it_is_transcribed_in_full_at_the_recordi
     assert second and "stew for dinner" in " ".join(s.text for s in second)
 
 
-def test_without_vad_the_energy_threshold_still_skips_a_silent_minute(tiny_en_model_dir, clips, clips_alone_wer):
+def test_without_vad_the_energy_threshold_still_skips_a_silent_minute(
+    tiny_en_model_dir, clips, clips_alone_wer
+):
     jfk, libri, reference = clips
     with Engine(fast_settings(tiny_en_model_dir, vad=False, **WHISPER_DEFAULTS)) as engine:
         torch.manual_seed(0)
-        result = engine.transcribe(np.concatenate([jfk, NON_SPEECH["silence"](GAP_S), libri]), word_timestamps=True)
+        result = engine.transcribe(
+            np.concatenate([jfk, NON_SPEECH["silence"](GAP_S), libri]), word_timestamps=True
+        )
     assert jiwer.wer(normalise(reference), normalise(result.text)) <= clips_alone_wer + 0.05
     gap = (len(jfk) / SAMPLE_RATE + 1, len(jfk) / SAMPLE_RATE + GAP_S - 1)
     # (a segment may still *start* in the silence, at its window's start, as whisper's do; its words do not)
@@ -140,8 +156,10 @@ def test_audio_shorter_than_a_tenth_of_a_second_is_refused(engine, tmp_path):
     with pytest.raises(AudioTooShort, match="too short.*0.1 s"):
         engine.transcribe(np.zeros(800, dtype=np.float32))  # 0.05 s
     clip = tmp_path / "click.wav"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=0.05",
-                    str(clip)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=0.05", str(clip)],
+        check=True,
+    )
     with pytest.raises(AudioTooShort):
         engine.submit(clip)  # refused before it takes a place in the queue
     assert engine.transcribe(np.zeros(1600, dtype=np.float32)).text == ""  # 0.1 s is accepted

@@ -5,6 +5,7 @@ every segment's words, joined, give its text; they are in order, inside their se
 inside the recording. One section gives whisper.transcribe's words exactly
 (tests/test_stream.py); here the batch is what is under test.
 """
+
 import pytest
 
 from conftest import SHARED_AUDIO, fast_settings, shared_audio
@@ -15,7 +16,7 @@ FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
 @pytest.fixture(scope="module")
 def result(tiny_en_model_dir):
-    audio = load_audio(shared_audio(FIVE_MIN))[:16000 * 150]
+    audio = load_audio(shared_audio(FIVE_MIN))[: 16000 * 150]
     settings = fast_settings(tiny_en_model_dir, max_new_tokens=224, batch_size=4, min_section_s=30)
     with Engine(settings) as engine:
         return engine.transcribe(audio, word_timestamps=True)

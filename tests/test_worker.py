@@ -1,4 +1,5 @@
 """TranscriptionWorker through the real engine: concurrency, overflow, cancel, failure, release, shutdown."""
+
 import shutil
 import time
 
@@ -38,8 +39,9 @@ def test_two_workers_run_two_jobs_at_once_with_the_results_each_gives_alone(engi
 
     first = engine.submit(long_path, language="en")
     second = engine.submit(short_path, language="de")
-    assert wait_for(lambda: first.status is JobStatus.RUNNING and second.status is JobStatus.RUNNING
-                    or first.done()), "both jobs should run at the same time"
+    assert wait_for(
+        lambda: first.status is JobStatus.RUNNING and second.status is JobStatus.RUNNING or first.done()
+    ), "both jobs should run at the same time"
     assert second.status in (JobStatus.RUNNING, JobStatus.DONE) and not first.done()
     assert fingerprint(first.result(120)) == fingerprint(alone_long)
     assert fingerprint(second.result(120)) == fingerprint(alone_short)

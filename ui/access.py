@@ -9,11 +9,12 @@ itself is never written anywhere. With no key configured, every API caller is
 Page jobs belong to their browser ("browser:<id>") or login ("user:<name>"), so no API key
 can reach them and no page user can reach an API job.
 """
+
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 from fastapi import Request
 
@@ -25,7 +26,7 @@ from jobs import api_owner  # noqa: F401  (the routes name owners through this m
 class KeyRing:
     """The configured API keys by name; `name_of(token)` is the caller's name or None."""
 
-    def __init__(self, keys_by_name: Dict[str, str]):
+    def __init__(self, keys_by_name: dict[str, str]):
         self._keys = [(name, key.encode()) for name, key in keys_by_name.items()]
 
     @property
@@ -33,7 +34,7 @@ class KeyRing:
         """No key configured: every caller is anonymous."""
         return not self._keys
 
-    def name_of(self, token: str) -> Optional[str]:
+    def name_of(self, token: str) -> str | None:
         presented = token.encode()
         found = None
         for name, key in self._keys:  # every key compared, so the time says nothing about which matched
@@ -69,7 +70,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def exposure_warnings(settings: Settings) -> List[str]:
+def exposure_warnings(settings: Settings) -> list[str]:
     """Sentences saying what is open to whom, when the server is reachable beyond this machine
     (a non-loopback `host`, or `share`) without the protection a reader would expect."""
     if is_loopback(settings.host) and not settings.share:
@@ -80,14 +81,18 @@ def exposure_warnings(settings: Settings) -> List[str]:
         warnings.append(
             f"No API key is set and the server is reachable on {where}: anyone who reaches it can use the HTTP API "
             "(/v1) to transcribe, and can list, read and cancel every job sent through the API, with its "
-            "transcript; /metrics and /healthz are open too. Set api_keys (or api_key) in the config.")
+            "transcript; /metrics and /healthz are open too. Set api_keys (or api_key) in the config."
+        )
     if settings.auth is None:
         warnings.append(
             f"No login (auth) is set and the server is reachable on {where}: anyone who reaches it can use the "
             "page and its /transcribe endpoint (gradio_client) to transcribe on this server"
             + (", whatever the API key" if settings.named_api_keys else "")
-            + ". Set auth: \"user:password\" in the config (or WHISPER_APP_AUTH).")
+            + '. Set auth: "user:password" in the config (or WHISPER_APP_AUTH).'
+        )
     if settings.named_api_keys and not settings.protect_metrics:
-        warnings.append(f"/metrics and /healthz answer anyone on {where} (queue, GPU and job counts); "
-                        "set protect_metrics: true to require an API key.")
+        warnings.append(
+            f"/metrics and /healthz answer anyone on {where} (queue, GPU and job counts); "
+            "set protect_metrics: true to require an API key."
+        )
     return warnings

@@ -29,6 +29,7 @@ The routes use a route class that turns every error into that shape itself, inst
 app-wide exception handlers: those would change the answers of Gradio's own routes too,
 and Starlette freezes them when the app starts, which it may already have done.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,9 +37,9 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Set
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -46,16 +47,42 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from engine import OPENAI_ALIASES, Engine, InvalidRequest, JobHandle, JobOptions, JobStatus, QueueFull, Settings
+from engine import (
+    OPENAI_ALIASES,
+    Engine,
+    InvalidRequest,
+    JobHandle,
+    JobOptions,
+    JobStatus,
+    QueueFull,
+    Settings,
+)
 from jobs import JobInfo, JobManager, disk_space, has_room, is_disk_full
 from output import FORMATS, SubtitleOptions, render, safe_basename
 from ui.access import KeyRing, api_owner, caller_dependency
 from ui.metrics import Metrics
+from ui.openai_compat import (
+    OPENAI_DEFAULT_MODEL,
+    UNEXPECTED,
+    ApiError,
+    TranscriptionForm,
+    api_error,
+    content_disposition,
+    job_body,
+    kind_of,
+    parse_form,
+    transcription_response,
+)
 from ui.openai_stream import streaming_response
-from ui.uploads import (FORM_OVERHEAD_BYTES, MIB, UPLOAD_HEADROOM_BYTES, Upload, out_of_space, receive_form,
-                        too_large)
-from ui.openai_compat import (OPENAI_DEFAULT_MODEL, UNEXPECTED, ApiError, TranscriptionForm, api_error, content_disposition,
-                              job_body, kind_of, parse_form, transcription_response)
+from ui.uploads import (
+    FORM_OVERHEAD_BYTES,
+    MIB,
+    UPLOAD_HEADROOM_BYTES,
+    Upload,
+    out_of_space,
+    receive_form,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +91,20 @@ LOADING_RETRY_AFTER_S = 10  # a model loads in seconds to a minute
 RETRY_AFTER_MAX_S = 3600  # the longest wait a refused client is told; a running job's estimate can be hours
 LIST_LIMIT, MAX_LIST_LIMIT = 20, 100  # GET /v1/jobs: jobs per page by default, at most (as OpenAI's lists)
 RESULT_FORMATS = {**{f: f for f in FORMATS}, "text": "txt"}  # ?format= of the result download
-RESULT_MEDIA_TYPES = {"txt": "text/plain", "srt": "text/plain", "vtt": "text/vtt", "tsv": "text/tab-separated-values",
-                      "json": "application/json"}
+RESULT_MEDIA_TYPES = {
+    "txt": "text/plain",
+    "srt": "text/plain",
+    "vtt": "text/vtt",
+    "tsv": "text/tab-separated-values",
+    "json": "application/json",
+}
 
 
 class OpenAIRoute(APIRoute):
     """Answers ApiError, FastAPI's validation errors and HTTPException in OpenAI's error shape,
     and tells `on_error` (the metrics' refusal counter, set by `build_router`) about each."""
 
-    on_error: Optional[Callable[[ApiError], None]] = None
+    on_error: Callable[[ApiError], None] | None = None
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -85,8 +117,9 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}
                 param = str(first.get("loc", ["", ""])[-1]) or None
-                error = ApiError(400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value",
-                                 param=param)
+                error = ApiError(
+                    400, f"{param}: {first.get('msg', 'invalid value')}", code="invalid_value", param=param
+                )
             except HTTPException as exc:
                 error = ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
             if self.on_error is not None:
@@ -96,8 +129,13 @@ class OpenAIRoute(APIRoute):
         return handle
 
 
-def add_routes(app: FastAPI, engine: Engine, settings: Settings, jobs: Optional[JobManager] = None,
-               metrics: Optional[Metrics] = None) -> APIRouter:
+def add_routes(
+    app: FastAPI,
+    engine: Engine,
+    settings: Settings,
+    jobs: JobManager | None = None,
+    metrics: Metrics | None = None,
+) -> APIRouter:
     """Register /v1, /healthz and /metrics on `app` (Gradio's FastAPI app).
 
     `jobs` is the app's JobManager (started); without one, a JobManager on
@@ -119,8 +157,9 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
     keys = KeyRing(settings.named_api_keys)
     require_key = Depends(caller_dependency(keys, _unauthorized))
     v1 = APIRouter(prefix="/v1", route_class=route_class, dependencies=[require_key])
-    open_routes = APIRouter(route_class=route_class,
-                            dependencies=[require_key] if settings.protect_metrics else [])
+    open_routes = APIRouter(
+        route_class=route_class, dependencies=[require_key] if settings.protect_metrics else []
+    )
 
     # -- OpenAI-compatible ------------------------------------------------------------------
     @v1.post("/audio/transcriptions")
@@ -149,19 +188,24 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
 
     names = engine.model_names
 
-    def model_entry(model_id: str) -> Dict:
+    def model_entry(model_id: str) -> dict:
         alias = model_id in OPENAI_ALIASES
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "openai-whisper",
-                "default": alias or model_id == names.default_id,
-                "alias_of": names.default_id if alias else None}
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "openai-whisper",
+            "default": alias or model_id == names.default_id,
+            "alias_of": names.default_id if alias else None,
+        }
 
     @v1.get("/models")
-    async def models() -> Dict:
+    async def models() -> dict:
         """The configured models by id, the default first, then whisper-1 (OpenAI's name) as its alias."""
         return {"object": "list", "data": [model_entry(i) for i in [*names.ids, OPENAI_DEFAULT_MODEL]]}
 
     @v1.get("/models/{model_id:path}")
-    async def model(model_id: str) -> Dict:
+    async def model(model_id: str) -> dict:
         if model_id not in names.by_id and model_id not in OPENAI_ALIASES:
             raise _unknown_model(model_id, names, status=404)
         return model_entry(model_id)
@@ -177,48 +221,69 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         finally:
             upload.path.unlink(missing_ok=True)
         info = jobs.get(handle.id)
-        return JSONResponse(job_body(info, public_model=names.public), status_code=202,
-                            headers={"Location": f"/v1/jobs/{handle.id}"})
+        return JSONResponse(
+            job_body(info, public_model=names.public),
+            status_code=202,
+            headers={"Location": f"/v1/jobs/{handle.id}"},
+        )
 
     @v1.get("/jobs")
-    async def list_jobs(request: Request, limit: int = LIST_LIMIT, after: Optional[str] = None) -> Dict:
+    async def list_jobs(request: Request, limit: int = LIST_LIMIT, after: str | None = None) -> dict:
         """The caller's own jobs (newest first), sent with its key; the page's jobs belong to
         their browsers or logins and are listed only on the page. Pages as OpenAI's lists do:
         `limit` (1-100), `after` the last id of the previous page, `has_more`."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise ApiError(400, f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}", code="invalid_value",
-                           param="limit")
+            raise ApiError(
+                400,
+                f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}",
+                code="invalid_value",
+                param="limit",
+            )
         owner = _owner(request)
         if after is not None:
             await _job(jobs, after, owner, param="after")  # a cursor must be one of the caller's jobs
         infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=owner, limit=limit + 1, after=after))
         data = [job_body(info, with_result=False, public_model=names.public) for info in infos[:limit]]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": len(infos) > limit}
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(infos) > limit,
+        }
 
     @v1.get("/jobs/{job_id}")
-    async def get_job(request: Request, job_id: str) -> Dict:
+    async def get_job(request: Request, job_id: str) -> dict:
         return job_body(await _job(jobs, job_id, _owner(request)), public_model=names.public)
 
     @v1.get("/jobs/{job_id}/result")
     async def job_result(request: Request, job_id: str, format: str = "txt") -> Response:
         fmt = RESULT_FORMATS.get(format.lower().lstrip("."))
         if fmt is None:
-            raise ApiError(400, f"format: choose one of {', '.join(FORMATS)}, got {format!r}", code="invalid_value",
-                           param="format")
+            raise ApiError(
+                400,
+                f"format: choose one of {', '.join(FORMATS)}, got {format!r}",
+                code="invalid_value",
+                param="format",
+            )
         info = await _job(jobs, job_id, _owner(request))
         if info.status != "done":
             code = {"failed": "job_failed", "cancelled": "job_cancelled"}.get(info.status, "job_not_finished")
             detail = f": {info.record.error}" if info.record.error else ""
-            raise ApiError(409, f"Job {job_id} is {info.status}{detail}; there is no result to download.", code=code)
+            raise ApiError(
+                409, f"Job {job_id} is {info.status}{detail}; there is no result to download.", code=code
+            )
         result = info.result()
         result = replace(result, model=names.public(result.model))  # rows from before ids may hold a path
         stem = safe_basename(Path(info.record.name).stem or job_id)
-        return PlainTextResponse(render(result, fmt, subtitles=subtitles), media_type=RESULT_MEDIA_TYPES[fmt],
-                                 headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")})
+        return PlainTextResponse(
+            render(result, fmt, subtitles=subtitles),
+            media_type=RESULT_MEDIA_TYPES[fmt],
+            headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")},
+        )
 
     @v1.delete("/jobs/{job_id}")
-    async def cancel_or_delete_job(request: Request, job_id: str) -> Dict:
+    async def cancel_or_delete_job(request: Request, job_id: str) -> dict:
         """An unfinished job is cancelled (answered with the job); a finished one is deleted with
         its result, as OpenAI deletes a file: {"id", "object", "deleted": true}."""
         info = await _job(jobs, job_id, _owner(request))
@@ -232,21 +297,26 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
 
     known_routes = [route for route in v1.routes if isinstance(route, APIRoute)]
 
-    @v1.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    @v1.api_route(
+        "/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+    )
     async def unknown(request: Request, path: str) -> Response:
-        allowed: Set[str] = set()
+        allowed: set[str] = set()
         for route in known_routes:  # the path exists, for other methods: 405 and what it allows
             if route.path_regex.match(request.url.path):
                 allowed |= route.methods
         if allowed:
-            raise ApiError(405, f"{request.method} is not allowed on {request.url.path}; use "
-                                f"{' or '.join(sorted(allowed))}.", code="method_not_allowed",
-                           headers={"Allow": ", ".join(sorted(allowed))})
+            raise ApiError(
+                405,
+                f"{request.method} is not allowed on {request.url.path}; use {' or '.join(sorted(allowed))}.",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(sorted(allowed))},
+            )
         raise ApiError(404, f"There is no route /v1/{path} on this server.", code="unknown_url")
 
     # -- health and metrics ---------------------------------------------------------------------
     @open_routes.get("/healthz")
-    async def healthz() -> Dict:
+    async def healthz() -> dict:
         status = engine.status()
         disk = await anyio.to_thread.run_sync(disk_space, jobs.store.data_dir, settings.min_free_disk_mb)
         warning = disk.warning()
@@ -256,18 +326,27 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
         store_error = await anyio.to_thread.run_sync(_store_error, jobs)
         if store_error:
             problems.append(f"the job store cannot be read ({store_error})")
-        model = {"name": names.public(status.model.model), "state": status.model.state,
-                 "error": _without_path(status.model.error, engine) or None}
-        body = {"status": "unavailable" if problems else "ok", "reasons": problems, "model": model,
-                "device": status.device, "workers": status.workers, "busy_workers": status.busy_workers,
-                "queue_length": status.queue_length, "queue_size": status.queue_size,
-                "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes,
-                         "low": disk.low},
-                "warnings": [warning] if warning else []}
+        model = {
+            "name": names.public(status.model.model),
+            "state": status.model.state,
+            "error": _without_path(status.model.error, engine) or None,
+        }
+        body = {
+            "status": "unavailable" if problems else "ok",
+            "reasons": problems,
+            "model": model,
+            "device": status.device,
+            "workers": status.workers,
+            "busy_workers": status.busy_workers,
+            "queue_length": status.queue_length,
+            "queue_size": status.queue_size,
+            "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes, "low": disk.low},
+            "warnings": [warning] if warning else [],
+        }
         return JSONResponse(body, status_code=503 if problems else 200)
 
     @open_routes.get("/livez")
-    async def livez() -> Dict:
+    async def livez() -> dict:
         """Liveness: the process answers. A failed model is not cured by a restart loop, so a
         liveness probe must not kill the server for what /healthz (readiness) reports."""
         return {"status": "alive"}
@@ -285,6 +364,7 @@ def build_router(engine: Engine, settings: Settings, jobs: JobManager, metrics: 
 
 # --- pieces of the routes ----------------------------------------------------------------------
 
+
 def _store_error(jobs: JobManager) -> str:
     """Why the job store cannot be read, or "" when it can: one tiny query."""
     try:
@@ -295,8 +375,12 @@ def _store_error(jobs: JobManager) -> str:
 
 
 def _unauthorized() -> ApiError:
-    return ApiError(401, "Missing or wrong API key: send it as \"Authorization: Bearer <key>\".",
-                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return ApiError(
+        401,
+        'Missing or wrong API key: send it as "Authorization: Bearer <key>".',
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def _owner(request: Request) -> str:
@@ -308,8 +392,12 @@ async def _receive(request: Request, jobs: JobManager, settings: Settings) -> Up
     """Read the multipart form, the file into data_dir/uploads, enforcing max_upload_mb and
     the room left on data_dir's disk."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, "Send the audio as multipart/form-data with a 'file' field.", code="invalid_request",
-                       param="file")
+        raise ApiError(
+            400,
+            "Send the audio as multipart/form-data with a 'file' field.",
+            code="invalid_request",
+            param="file",
+        )
     limit = int(settings.max_upload_mb * MIB)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
@@ -317,14 +405,16 @@ async def _receive(request: Request, jobs: JobManager, settings: Settings) -> Up
     if not jobs.has_room():  # nor read, stored and probed for a queue that cannot take it
         raise _queue_full(jobs)
     if declared.isdigit() and not await anyio.to_thread.run_sync(
-            has_room, jobs.upload_dir, int(declared) + UPLOAD_HEADROOM_BYTES):
+        has_room, jobs.upload_dir, int(declared) + UPLOAD_HEADROOM_BYTES
+    ):
         log.warning("An upload of %s bytes does not fit on the disk of data_dir; refused with 507", declared)
         raise out_of_space()
-    return await receive_form(request, jobs.new_upload_path, limit, settings.max_upload_mb,
-                              settings.upload_idle_timeout_s)
+    return await receive_form(
+        request, jobs.new_upload_path, limit, settings.max_upload_mb, settings.upload_idle_timeout_s
+    )
 
 
-def _unknown_model(model: Optional[str], names, status: int = 400) -> ApiError:
+def _unknown_model(model: str | None, names, status: int = 400) -> ApiError:
     return ApiError(status, names.not_offered(model), code="model_not_found", param="model")
 
 
@@ -347,18 +437,33 @@ def _options(form: TranscriptionForm, task: str, engine: Engine, wait_for_model:
         raise api_error(exc) from None
     state = engine.status().model
     if options.model == engine.model_names.public(state.model) and state.state == "failed":
-        raise ApiError(503, f"The model {options.model!r} failed to load: {_without_path(state.error, engine)}",
-                       type="server_error", code="model_failed")
-    if options.model == engine.model_names.public(state.model) and state.state == "loading" and not wait_for_model:
-        raise ApiError(503, "The model is still loading; try again shortly.", type="server_error",
-                       code="model_loading", headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
+        raise ApiError(
+            503,
+            f"The model {options.model!r} failed to load: {_without_path(state.error, engine)}",
+            type="server_error",
+            code="model_failed",
+        )
+    if (
+        options.model == engine.model_names.public(state.model)
+        and state.state == "loading"
+        and not wait_for_model
+    ):
+        raise ApiError(
+            503,
+            "The model is still loading; try again shortly.",
+            type="server_error",
+            code="model_loading",
+            headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+        )
     return options
 
 
-def _queue_full(jobs: JobManager, error: Optional[QueueFull] = None) -> ApiError:
+def _queue_full(jobs: JobManager, error: QueueFull | None = None) -> ApiError:
     status = jobs.engine.status()
-    error = error or QueueFull(f"the queue is full ({status.queue_size} jobs waiting, {status.busy_workers} running); "
-                               "try again in a minute")
+    error = error or QueueFull(
+        f"the queue is full ({status.queue_size} jobs waiting, {status.busy_workers} running); "
+        "try again in a minute"
+    )
     return api_error(error, headers={"Retry-After": str(_retry_after_s(jobs))})
 
 
@@ -381,11 +486,14 @@ def _retry_after_s(jobs: JobManager) -> int:
     return int(min(RETRY_AFTER_MAX_S, max(1, math.ceil(min(estimates)))))
 
 
-async def _submit(jobs: JobManager, upload: Upload, source: str, owner: str, options: JobOptions) -> JobHandle:
+async def _submit(
+    jobs: JobManager, upload: Upload, source: str, owner: str, options: JobOptions
+) -> JobHandle:
     """Store and queue the job (in a thread: ffprobe, file move, database commit)."""
     try:
         return await anyio.to_thread.run_sync(
-            lambda: jobs.submit(upload.path, options, name=upload.name, owner=owner, source=source, move=True))
+            lambda: jobs.submit(upload.path, options, name=upload.name, owner=owner, source=source, move=True)
+        )
     except QueueFull as exc:
         raise _queue_full(jobs, exc) from None
     except Exception as exc:
@@ -418,6 +526,10 @@ async def _job(jobs: JobManager, job_id: str, owner: str, param: str = "job_id")
     cannot be probed for existence."""
     info = await anyio.to_thread.run_sync(jobs.get, job_id) if JOB_ID.match(job_id) else None
     if info is None or info.record.owner != owner:
-        raise ApiError(404, f"No job with id {job_id!r} (finished jobs are kept for a limited time).",
-                       code="job_not_found", param=param)
+        raise ApiError(
+            404,
+            f"No job with id {job_id!r} (finished jobs are kept for a limited time).",
+            code="job_not_found",
+            param=param,
+        )
     return info

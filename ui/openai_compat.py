@@ -12,18 +12,40 @@ own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcr
 - srt, vtt      subtitles, written by openai-whisper's own writers (output.formats)
 - errors        {"error": {"message", "type", "param", "code"}} with an honest status code
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine import (LANGUAGES, AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio, EngineError,
-                    FfmpegMissing, InvalidRequest, JobCancelled, JobOptions, ModelLoadError, ModelNotOffered, NotAudio, QueueFull, Segment,
-                    TranscriptionResult, TruncatedAudio, WindowTooLarge, WorkerShutDown, error_class)
+from engine import (
+    LANGUAGES,
+    AudioError,
+    AudioFileNotFound,
+    AudioTooLong,
+    AudioTooShort,
+    EmptyAudio,
+    EngineError,
+    FfmpegMissing,
+    InvalidRequest,
+    JobCancelled,
+    JobOptions,
+    ModelLoadError,
+    ModelNotOffered,
+    NotAudio,
+    QueueFull,
+    Segment,
+    TranscriptionResult,
+    TruncatedAudio,
+    WindowTooLarge,
+    WorkerShutDown,
+    error_class,
+)
 from jobs import JobInfo, JobRecord, OutOfDiskSpace
 from output import SubtitleOptions, render
 
@@ -34,12 +56,20 @@ MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}  # 
 
 # --- errors ---------------------------------------------------------------------------------------
 
+
 class ApiError(Exception):
     """An error answered in OpenAI's shape; raise it anywhere in a route."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: Optional[str] = None, param: Optional[str] = None,
-                 headers: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status  # HTTP status code
         self.message = message  # a sentence for the person reading the client's error
@@ -56,14 +86,14 @@ class ApiError(Exception):
             return REFUSAL_REASONS[self.code]
         return STATUS_REASONS.get(self.status, "invalid" if 400 <= self.status < 500 else "server_error")
 
-    def body(self) -> Dict[str, Any]:
+    def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.code, self.param)
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def error_body(message: str, type: str, code: Optional[str], param: Optional[str] = None) -> Dict[str, Any]:
+def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -75,7 +105,7 @@ class ErrorKind:
 
 
 # The errors a front end answers, by class; a subclass not listed takes its nearest listed base's.
-ERROR_KINDS: Dict[type, ErrorKind] = {
+ERROR_KINDS: dict[type, ErrorKind] = {
     FfmpegMissing: ErrorKind(500, "ffmpeg_missing", "server_error"),
     NotAudio: ErrorKind(400, "invalid_file_format"),
     EmptyAudio: ErrorKind(400, "empty_file"),
@@ -97,19 +127,37 @@ ERROR_KINDS: Dict[type, ErrorKind] = {
 UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 
 # Refusal reasons for /metrics: a handful of fixed label values, never a client's text.
-REFUSAL_REASONS: Dict[str, str] = {
-    "invalid_api_key": "unauthorized", "file_too_large": "too_large", "rate_limit_exceeded": "queue_full",
-    "invalid_file_format": "not_audio", "empty_file": "not_audio", "truncated_file": "not_audio",
-    "invalid_file": "not_audio", "audio_too_long": "too_long", "audio_too_short": "too_short", "model_not_found": "unknown_model",
-    "model_loading": "model_unavailable", "model_failed": "model_unavailable",
-    "model_not_available": "model_unavailable", "shutting_down": "shutting_down",
-    "unsupported_language": "unsupported", "unsupported_value": "unsupported",
-    "insufficient_storage": "out_of_space", "request_timeout": "timeout",
+REFUSAL_REASONS: dict[str, str] = {
+    "invalid_api_key": "unauthorized",
+    "file_too_large": "too_large",
+    "rate_limit_exceeded": "queue_full",
+    "invalid_file_format": "not_audio",
+    "empty_file": "not_audio",
+    "truncated_file": "not_audio",
+    "invalid_file": "not_audio",
+    "audio_too_long": "too_long",
+    "audio_too_short": "too_short",
+    "model_not_found": "unknown_model",
+    "model_loading": "model_unavailable",
+    "model_failed": "model_unavailable",
+    "model_not_available": "model_unavailable",
+    "shutting_down": "shutting_down",
+    "unsupported_language": "unsupported",
+    "unsupported_value": "unsupported",
+    "insufficient_storage": "out_of_space",
+    "request_timeout": "timeout",
     "client_disconnected": "client_left",
 }
-STATUS_REASONS: Dict[int, str] = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-                                  413: "too_large", 429: "queue_full", 503: "unavailable",
-                                  507: "out_of_space"}
+STATUS_REASONS: dict[int, str] = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    429: "queue_full",
+    503: "unavailable",
+    507: "out_of_space",
+}
 
 
 def kind_of(error: BaseException) -> ErrorKind:
@@ -120,12 +168,14 @@ def kind_of_class(cls: type) -> ErrorKind:
     return next((ERROR_KINDS[base] for base in cls.__mro__ if base in ERROR_KINDS), UNEXPECTED)
 
 
-def stored_error_class(name: str) -> Optional[type]:
+def stored_error_class(name: str) -> type | None:
     """The class a stored job's `error_type` names: an engine error, or one of the table's."""
     return error_class(name) or next((cls for cls in ERROR_KINDS if cls.__name__ == name), None)
 
 
-def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None, accepted: bool = False) -> ApiError:
+def api_error(
+    error: BaseException, headers: dict[str, str] | None = None, accepted: bool = False
+) -> ApiError:
     """The ApiError for an exception from the engine or the job manager; `accepted` when the
     job had been accepted (then it is a failed job in /metrics, not a refused request)."""
     kind = kind_of(error)
@@ -141,23 +191,28 @@ def api_error(error: BaseException, headers: Optional[Dict[str, str]] = None, ac
 
 # --- the request's form -------------------------------------------------------------------------
 
+
 class TranscriptionForm(BaseModel):
     """The multipart fields of /v1/audio/transcriptions, /translations and /v1/jobs, besides `file`."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    model: Optional[str] = None  # a model id from /v1/models; whisper-1, gpt-4o(-mini)-transcribe or empty = the default
-    language: Optional[str] = None  # ISO-639-1 code (or a name) of the speech; empty = detect
-    prompt: Optional[str] = None  # context text for every window: names, spelling, style
+    # a model id from /v1/models; whisper-1, gpt-4o(-mini)-transcribe or empty = the default
+    model: str | None = None
+    language: str | None = None  # ISO-639-1 code (or a name) of the speech; empty = detect
+    prompt: str | None = None  # context text for every window: names, spelling, style
     response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
     # 0 or absent = the server's fallback ladder (greedy, hotter only where a guard fails), as
     # OpenAI documents; above 0 = sample at exactly this temperature
-    temperature: Optional[float] = Field(None, ge=0, le=1)
-    timestamp_granularities: List[Literal["segment", "word"]] = Field(default_factory=list)
-    task: Optional[Literal["transcribe", "translate"]] = None  # /v1/jobs only; the audio routes imply it
-    stream: bool = False  # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
-    include: List[Literal["logprobs"]] = Field(default_factory=list)  # "logprobs": per-token log-probabilities (json only)
-    vad: Optional[bool] = None  # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
+    temperature: float | None = Field(None, ge=0, le=1)
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=list)
+    task: Literal["transcribe", "translate"] | None = None  # /v1/jobs only; the audio routes imply it
+    # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
+    stream: bool = False
+    # "logprobs": per-token log-probabilities (json only)
+    include: list[Literal["logprobs"]] = Field(default_factory=list)
+    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
+    vad: bool | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -177,18 +232,25 @@ class TranscriptionForm(BaseModel):
 
     def job_options(self, task: str) -> JobOptions:
         """The job this form asks for; `task` is the route's (or, for /v1/jobs, the form's)."""
-        return JobOptions(model=self.model, language=self.language, task=task, initial_prompt=self.prompt,
-                          temperature=self.temperature or None, word_timestamps=self.words,
-                          logprobs=self.logprobs, vad=self.vad)
+        return JobOptions(
+            model=self.model,
+            language=self.language,
+            task=task,
+            initial_prompt=self.prompt,
+            temperature=self.temperature or None,
+            word_timestamps=self.words,
+            logprobs=self.logprobs,
+            vad=self.vad,
+        )
 
 
-def parse_form(fields: Dict[str, List[str]], job: bool = False, streams: bool = True) -> TranscriptionForm:
+def parse_form(fields: dict[str, list[str]], job: bool = False, streams: bool = True) -> TranscriptionForm:
     """Validate the text fields; ApiError 400 naming the field when one is wrong.
 
     `job`: for /v1/jobs, where response_format does not apply (the result is fetched later
     in any format), so word timestamps do not depend on it. `streams`: whether the route
     can answer stream=true (OpenAI streams transcriptions only)."""
-    values: Dict[str, Any] = {k: v[-1] for k, v in fields.items() if v}
+    values: dict[str, Any] = {k: v[-1] for k, v in fields.items() if v}
     for name in ("timestamp_granularities", "include"):  # list fields, "name[]" as OpenAI's client sends them
         values.pop(f"{name}[]", None)
         values[name] = [v for v in fields.get(f"{name}[]", []) + fields.get(name, []) if v]
@@ -197,64 +259,97 @@ def parse_form(fields: Dict[str, List[str]], job: bool = False, streams: bool = 
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
-        raise ApiError(400, f"{param}: {first['msg']} (got {first.get('input')!r})", code="invalid_value",
-                       param=param) from None
+        raise ApiError(
+            400, f"{param}: {first['msg']} (got {first.get('input')!r})", code="invalid_value", param=param
+        ) from None
     if form.stream and job:
-        raise ApiError(400, "stream: /v1/jobs answers at once with a job to poll (GET /v1/jobs/{id}); send "
-                            "stream=false, or stream from /v1/audio/transcriptions", code="unsupported_value",
-                       param="stream")
+        raise ApiError(
+            400,
+            "stream: /v1/jobs answers at once with a job to poll (GET /v1/jobs/{id}); send "
+            "stream=false, or stream from /v1/audio/transcriptions",
+            code="unsupported_value",
+            param="stream",
+        )
     if form.stream and not streams:
-        raise ApiError(400, "stream: only /v1/audio/transcriptions streams (OpenAI's translations do not); "
-                            "send stream=false", code="unsupported_value", param="stream")
+        raise ApiError(
+            400,
+            "stream: only /v1/audio/transcriptions streams (OpenAI's translations do not); send stream=false",
+            code="unsupported_value",
+            param="stream",
+        )
     if form.stream and form.response_format not in ("json", "text"):
-        raise ApiError(400, "stream: a stream carries text events; use response_format json or text with stream=true",
-                       code="unsupported_value", param="response_format")
+        raise ApiError(
+            400,
+            "stream: a stream carries text events; use response_format json or text with stream=true",
+            code="unsupported_value",
+            param="response_format",
+        )
     if form.logprobs and job:
-        raise ApiError(400, "include: logprobs are returned only by /v1/audio/transcriptions (with "
-                            "response_format=json), not by /v1/jobs", code="unsupported_value", param="include")
+        raise ApiError(
+            400,
+            "include: logprobs are returned only by /v1/audio/transcriptions (with "
+            "response_format=json), not by /v1/jobs",
+            code="unsupported_value",
+            param="include",
+        )
     if form.logprobs and form.response_format != "json":
-        raise ApiError(400, "include: logprobs are only returned with response_format=json (as OpenAI does)",
-                       code="unsupported_value", param="include")
+        raise ApiError(
+            400,
+            "include: logprobs are only returned with response_format=json (as OpenAI does)",
+            code="unsupported_value",
+            param="include",
+        )
     if form.words and form.response_format != "verbose_json" and not job:
-        raise ApiError(400, "timestamp_granularities: word timestamps need response_format=verbose_json",
-                       code="invalid_value", param="timestamp_granularities")
+        raise ApiError(
+            400,
+            "timestamp_granularities: word timestamps need response_format=verbose_json",
+            code="invalid_value",
+            param="timestamp_granularities",
+        )
     return form
 
 
 # --- responses ------------------------------------------------------------------------------------
+
 
 def language_name(code: str) -> str:
     """'en' -> 'english', as OpenAI's verbose_json reports it."""
     return LANGUAGES.get(code, code or "")
 
 
-def usage(result: TranscriptionResult) -> Dict[str, Any]:
+def usage(result: TranscriptionResult) -> dict[str, Any]:
     return {"type": "duration", "seconds": math.ceil(result.duration)}
 
 
-def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool = False) -> Dict[str, Any]:
-    body: Dict[str, Any] = {
+def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "task": result.task,
         "language": language_name(result.language),
         "duration": float(result.duration),
         "text": result.text,
     }
     if segments:
-        body["segments"] = [{
-            "id": s.id,
-            "seek": s.seek,  # frame where the segment's window starts, as whisper and OpenAI give it
-            "start": float(s.start),
-            "end": float(s.end),
-            "text": s.text,
-            "tokens": list(s.tokens),
-            "temperature": float(s.temperature),
-            "avg_logprob": float(s.avg_logprob),
-            "compression_ratio": float(s.compression_ratio),
-            "no_speech_prob": float(s.no_speech_prob),
-        } for s in result.segments]
+        body["segments"] = [
+            {
+                "id": s.id,
+                "seek": s.seek,  # frame where the segment's window starts, as whisper and OpenAI give it
+                "start": float(s.start),
+                "end": float(s.end),
+                "text": s.text,
+                "tokens": list(s.tokens),
+                "temperature": float(s.temperature),
+                "avg_logprob": float(s.avg_logprob),
+                "compression_ratio": float(s.compression_ratio),
+                "no_speech_prob": float(s.no_speech_prob),
+            }
+            for s in result.segments
+        ]
     if words:
-        body["words"] = [{"word": w.word.strip(), "start": float(w.start), "end": float(w.end)}
-                         for s in result.segments for w in (s.words or [])]
+        body["words"] = [
+            {"word": w.word.strip(), "start": float(w.start), "end": float(w.end)}
+            for s in result.segments
+            for w in (s.words or [])
+        ]
     body["usage"] = usage(result)
     return body
 
@@ -262,22 +357,32 @@ def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool
 LOGPROB_FLOOR = -1e4  # stands in for -inf (a token the logit rules had ruled out), which JSON cannot carry
 
 
-def segment_logprobs(segment: Segment) -> List[Dict[str, Any]]:
+def segment_logprobs(segment: Segment) -> list[dict[str, Any]]:
     """OpenAI's per-token log-probabilities of a segment's text tokens: {token, logprob, bytes},
     the tokens exactly as decoded (the first one keeps its leading space, as its bytes do)."""
-    return [{"token": p.token, "logprob": float(p.logprob) if math.isfinite(p.logprob) else LOGPROB_FLOOR,
-             "bytes": list(p.bytes)} for p in (segment.logprobs or [])]
+    return [
+        {
+            "token": p.token,
+            "logprob": float(p.logprob) if math.isfinite(p.logprob) else LOGPROB_FLOOR,
+            "bytes": list(p.bytes),
+        }
+        for p in (segment.logprobs or [])
+    ]
 
 
-def result_logprobs(result: TranscriptionResult) -> List[Dict[str, Any]]:
+def result_logprobs(result: TranscriptionResult) -> list[dict[str, Any]]:
     return [p for s in result.segments for p in segment_logprobs(s)]
 
 
-def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
-                           headers: Optional[Dict[str, str]] = None, subtitles: Optional[SubtitleOptions] = None) -> Response:
+def transcription_response(
+    result: TranscriptionResult,
+    form: TranscriptionForm,
+    headers: dict[str, str] | None = None,
+    subtitles: SubtitleOptions | None = None,
+) -> Response:
     fmt = form.response_format
     if fmt == "json":
-        body: Dict[str, Any] = {"text": result.text}
+        body: dict[str, Any] = {"text": result.text}
         if form.logprobs:
             body["logprobs"] = result_logprobs(result)
         body["usage"] = usage(result)
@@ -285,17 +390,19 @@ def transcription_response(result: TranscriptionResult, form: TranscriptionForm,
     if fmt == "verbose_json":
         segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
         return JSONResponse(verbose_json(result, segments, form.words), headers=headers)
-    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)  # srt/vtt layout from the settings
+    # srt/vtt layout from the settings
+    text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
-def job_body(info: JobInfo, with_result: bool = True,
-             public_model: Callable[[Optional[str]], str] = lambda m: m or "") -> Dict[str, Any]:
+def job_body(
+    info: JobInfo, with_result: bool = True, public_model: Callable[[str | None], str] = lambda m: m or ""
+) -> dict[str, Any]:
     """A job as GET /v1/jobs/{id} answers it; `public_model` names the model by its id
     (engine.model_names), for rows stored with a path by older versions."""
     record: JobRecord = info.record
     options: JobOptions = record.options
-    body: Dict[str, Any] = {
+    body: dict[str, Any] = {
         "id": record.id,
         "object": "transcription.job",
         "status": info.status,
@@ -331,12 +438,12 @@ def content_disposition(filename: str) -> str:
     from urllib.parse import quote
 
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-    return f'attachment; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(filename)}'
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
-def split_fields(items: List[Tuple[str, Any]]) -> Dict[str, List[str]]:
+def split_fields(items: list[tuple[str, Any]]) -> dict[str, list[str]]:
     """Form items -> {name: [values]} for the text fields only."""
-    fields: Dict[str, List[str]] = {}
+    fields: dict[str, list[str]] = {}
     for key, value in items:
         if isinstance(value, str):
             fields.setdefault(key, []).append(value)

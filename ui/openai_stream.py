@@ -16,11 +16,13 @@ mid-stream stops only the stream, never the job, and can fetch the result later.
 after the stream has started comes as one event `{"error": {...}}` in OpenAI's error shape,
 which the official client raises as an APIError.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Dict, List
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 
@@ -30,7 +32,7 @@ from ui.openai_compat import api_error, result_logprobs, segment_logprobs
 POLL_S = 0.1  # how often the stream looks for newly completed segments; a step of the decode loop is longer
 
 
-def event(body: Dict[str, Any]) -> bytes:
+def event(body: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
@@ -42,12 +44,13 @@ class _Deltas:
         self.sent_segments = 0
         self.sent_text = ""
 
-    def new(self, segments: List[Segment]) -> List[Dict[str, Any]]:
+    def new(self, segments: list[Segment]) -> list[dict[str, Any]]:
         events = []
-        for segment in segments[self.sent_segments:]:
-            delta = segment.text if self.sent_text else segment.text.lstrip()  # the text starts without a space
+        for segment in segments[self.sent_segments :]:
+            # the text starts without a space
+            delta = segment.text if self.sent_text else segment.text.lstrip()
             if delta:
-                body: Dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
+                body: dict[str, Any] = {"type": "transcript.text.delta", "delta": delta}
                 if self.logprobs:
                     body["logprobs"] = segment_logprobs(segment)
                 events.append(body)
@@ -55,8 +58,8 @@ class _Deltas:
         self.sent_segments = max(self.sent_segments, len(segments))
         return events
 
-    def done(self, result: TranscriptionResult) -> Dict[str, Any]:
-        body: Dict[str, Any] = {"type": "transcript.text.done", "text": result.text}
+    def done(self, result: TranscriptionResult) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "transcript.text.done", "text": result.text}
         if self.logprobs:
             body["logprobs"] = result_logprobs(result)
         return body
@@ -80,5 +83,8 @@ async def _events(handle: JobHandle, logprobs: bool) -> AsyncIterator[bytes]:
 def streaming_response(handle: JobHandle, logprobs: bool) -> StreamingResponse:
     """The job's text as server-sent events; see the module docstring."""
     handle.stream_text()  # the decode loop favours the section whose text goes out next
-    return StreamingResponse(_events(handle, logprobs), media_type="text/event-stream",
-                             headers={"X-Job-Id": handle.id, "Cache-Control": "no-cache"})
+    return StreamingResponse(
+        _events(handle, logprobs),
+        media_type="text/event-stream",
+        headers={"X-Job-Id": handle.id, "Cache-Control": "no-cache"},
+    )

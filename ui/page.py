@@ -10,21 +10,42 @@ Gradio's limit at the worker count, a third user waited in Gradio's queue instea
 Gradio's bare "queue: 1/1".) Waiting costs a handler thread each; `app.serve` sizes
 Gradio's thread pool for workers + queue_size of them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import gradio as gr
 from gradio.events import Dependency
 
 from engine import Engine, language_choices
 
-from .sidebar import (REFRESH_S, gpu_panel_html, model_choices, model_label, model_state_html, process_rss_mb,
-                      release_label, release_markdown, sidebar_title)
-from .transcribe_handler import (AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, TEMPERATURE_RANGE,
-                                 Cancel, DownloadDir, SessionHandoff, SessionJobs, Submit, make_transcribe,
-                                 notice_html)
+from .sidebar import (
+    REFRESH_S,
+    gpu_panel_html,
+    model_choices,
+    model_label,
+    model_state_html,
+    process_rss_mb,
+    release_label,
+    release_markdown,
+    sidebar_title,
+)
+from .transcribe_handler import (
+    AUTO_LANGUAGE,
+    CUE_S_RANGE,
+    LINE_WIDTH_RANGE,
+    LINES_RANGE,
+    TEMPERATURE_RANGE,
+    Cancel,
+    DownloadDir,
+    SessionHandoff,
+    SessionJobs,
+    Submit,
+    make_transcribe,
+    notice_html,
+)
 
 TRANSCRIBE_CONCURRENCY_ID = "transcribe"  # no limit: the engine's queue decides who waits (module doc)
 RELEASE_CONCURRENCY_ID = "release"  # one release at a time
@@ -86,8 +107,12 @@ CLOSE_SIDEBAR_WHEN_NARROW_JS = f"""() => {{
 }}"""
 
 
-def build_page(engine: Engine, submit: Optional[Submit] = None,
-               extra: Optional[Callable[[Dependency], None]] = None, cancel: Optional[Cancel] = None) -> gr.Blocks:
+def build_page(
+    engine: Engine,
+    submit: Submit | None = None,
+    extra: Callable[[Dependency], None] | None = None,
+    cancel: Cancel | None = None,
+) -> gr.Blocks:
     """The page for `engine`.
 
     `submit` replaces `engine.submit` (same signature, returns a JobHandle) for recordings
@@ -105,21 +130,26 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
 
     names = engine.model_names
 
-    def refresh(selected: Optional[str] = None):
+    def refresh(selected: str | None = None):
         status = engine.status()
-        return gpu_panel_html(engine.monitor.snapshot(), status), model_state_html(status, names.resolve(selected))
+        return gpu_panel_html(engine.monitor.snapshot(), status), model_state_html(
+            status, names.resolve(selected)
+        )
 
-    def show_model(selected: Optional[str]):
+    def show_model(selected: str | None):
         return model_state_html(engine.status(), names.resolve(selected))
 
-    def release(selected: Optional[str] = None):
+    def release(selected: str | None = None):
         selected = names.resolve(selected)
         before, rss_before = engine.monitor.snapshot(), process_rss_mb()
         report = engine.release()
         after, rss_after = engine.monitor.snapshot(), process_rss_mb()
         status = engine.status()
-        return (release_markdown(report, before, after, on_gpu, rss_before, rss_after), gpu_panel_html(after, status),
-                model_state_html(status, selected))
+        return (
+            release_markdown(report, before, after, on_gpu, rss_before, rss_after),
+            gpu_panel_html(after, status),
+            model_state_html(status, selected),
+        )
 
     def start_run(request: gr.Request):
         """A new Transcribe press: the previous result and message go, so the progress is not
@@ -135,8 +165,9 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
         """After a refusal: its message under the button, the outputs out of their error state."""
         notice = notices.take(getattr(request, "session_hash", None) or "")
         if notice is None:  # refused by Gradio itself, before the handler ran: its toast says why
-            notice = notice_html("Cannot transcribe this recording",
-                                 "The request was refused before it started.")
+            notice = notice_html(
+                "Cannot transcribe this recording", "The request was refused before it started."
+            )
         return notice, gr.skip(), gr.skip(), gr.skip()
 
     def cancel_jobs(request: gr.Request):
@@ -153,77 +184,134 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
             release_button = gr.Button(release_label(on_gpu), variant="secondary", elem_id="release-button")
             release_report = gr.Markdown(elem_id="release-report")
 
-        gr.Markdown(f"# {TITLE}\nUpload a recording or record one with your microphone, then press "
-                    "**Transcribe**. Long recordings are cut into sections at their pauses and decoded side by side.",
-                    elem_id="page-intro")
+        gr.Markdown(
+            f"# {TITLE}\nUpload a recording or record one with your microphone, then press "
+            "**Transcribe**. Long recordings are cut into sections at their pauses and decoded side by side.",
+            elem_id="page-intro",
+        )
         model_state = gr.HTML(elem_id="model-state-container")
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Recording",
-                                 elem_id="audio-input")
+                audio = gr.Audio(
+                    sources=["upload", "microphone"],
+                    type="filepath",
+                    label="Recording",
+                    elem_id="audio-input",
+                )
                 with gr.Row():
                     language = gr.Dropdown(
                         [("Detect automatically", AUTO_LANGUAGE), *language_choices().items()],
-                        value=settings.language or AUTO_LANGUAGE, label="Language", elem_id="language",
-                        min_width=CHOICE_MIN_PX)
-                    task = gr.Radio(["transcribe", "translate"], value=settings.task, label="Task",
-                                    info="translate = into English", elem_id="task")
+                        value=settings.language or AUTO_LANGUAGE,
+                        label="Language",
+                        elem_id="language",
+                        min_width=CHOICE_MIN_PX,
+                    )
+                    task = gr.Radio(
+                        ["transcribe", "translate"],
+                        value=settings.task,
+                        label="Task",
+                        info="translate = into English",
+                        elem_id="task",
+                    )
                 with gr.Row():
                     timestamps = gr.Checkbox(value=True, label="Timestamps", elem_id="timestamps")
                     # ids, never the configured paths: the page's configuration reaches every browser
-                    model = gr.Dropdown(model_choices(names.ids), value=names.public(settings.model), label="Model",
-                                        interactive=len(settings.allowed_models) > 1, elem_id="model",
-                                        min_width=CHOICE_MIN_PX)
+                    model = gr.Dropdown(
+                        model_choices(names.ids),
+                        value=names.public(settings.model),
+                        label="Model",
+                        interactive=len(settings.allowed_models) > 1,
+                        elem_id="model",
+                        min_width=CHOICE_MIN_PX,
+                    )
                 with gr.Accordion("Advanced options", open=False, elem_id="advanced-options"):
                     with gr.Row():
                         word_timestamps = gr.Checkbox(
-                            value=False, label="Word timestamps", elem_id="word-timestamps",
+                            value=False,
+                            label="Word timestamps",
+                            elem_id="word-timestamps",
                             info="Times for every word: shown in the segments view and kept in the json download; "
-                                 "srt/vtt cues then start and end with their words. Without it the subtitle times "
-                                 "are estimated from the segments' times. A little slower.")
+                            "srt/vtt cues then start and end with their words. Without it the subtitle times "
+                            "are estimated from the segments' times. A little slower.",
+                        )
                         vad = gr.Checkbox(
-                            value=settings.vad, label="Skip non-speech (voice activity detection)", elem_id="vad",
-                            info="Decode only what sounds like speech: music, noise and long silences are skipped.")
+                            value=settings.vad,
+                            label="Skip non-speech (voice activity detection)",
+                            elem_id="vad",
+                            info="Decode only what sounds like speech: music, noise and long silences are skipped.",
+                        )
                     with gr.Row():
                         prompt = gr.Textbox(
-                            label="Initial prompt", lines=2, max_lines=6, scale=3, elem_id="prompt",
+                            label="Initial prompt",
+                            lines=2,
+                            max_lines=6,
+                            scale=3,
+                            elem_id="prompt",
                             placeholder="e.g. Kubernetes meeting, with Dr. Nguyen and Siobhán.",
                             info="Text the model reads before the recording: names, spelling and style "
-                                 "to follow. Empty: the config's initial_prompt.")
+                            "to follow. Empty: the config's initial_prompt.",
+                        )
                         temperature = gr.Number(
-                            value=0, label="Temperature", step=0.1, scale=1, elem_id="temperature",
+                            value=0,
+                            label="Temperature",
+                            step=0.1,
+                            scale=1,
+                            elem_id="temperature",
                             info=f"{TEMPERATURE_RANGE[0]:g} to {TEMPERATURE_RANGE[1]:g}. 0 or empty: greedy, "
-                                 "hotter only where a window fails a check (the config's fallback ladder); "
-                                 "above 0: sampled at exactly this temperature.")
+                            "hotter only where a window fails a check (the config's fallback ladder); "
+                            "above 0: sampled at exactly this temperature.",
+                        )
                     gr.Markdown("**Subtitles** (the srt and vtt downloads)")
                     with gr.Row():
-                        max_line_width = gr.Number(value=settings.subtitle_max_line_width, precision=0,
-                                                   label="Max characters per line", elem_id="subtitle-width",
-                                                   info=f"{LINE_WIDTH_RANGE[0]} to {LINE_WIDTH_RANGE[1]}")
-                        max_lines = gr.Number(value=settings.subtitle_max_lines, precision=0,
-                                              label="Max lines per cue", elem_id="subtitle-lines",
-                                              info=f"{LINES_RANGE[0]} to {LINES_RANGE[1]}")
-                        max_cue_s = gr.Number(value=settings.subtitle_max_cue_s, label="Max seconds per cue",
-                                              elem_id="subtitle-seconds",
-                                              info=f"{CUE_S_RANGE[0]:g} to {CUE_S_RANGE[1]:g}")
-                    per_segment = gr.Checkbox(value=settings.subtitle_per_segment,
-                                              label="One cue per segment (plain)", elem_id="subtitle-per-segment",
-                                              info="Whisper's own files: each segment one cue on one line, "
-                                                   "whatever its length; the limits above are then ignored.")
+                        max_line_width = gr.Number(
+                            value=settings.subtitle_max_line_width,
+                            precision=0,
+                            label="Max characters per line",
+                            elem_id="subtitle-width",
+                            info=f"{LINE_WIDTH_RANGE[0]} to {LINE_WIDTH_RANGE[1]}",
+                        )
+                        max_lines = gr.Number(
+                            value=settings.subtitle_max_lines,
+                            precision=0,
+                            label="Max lines per cue",
+                            elem_id="subtitle-lines",
+                            info=f"{LINES_RANGE[0]} to {LINES_RANGE[1]}",
+                        )
+                        max_cue_s = gr.Number(
+                            value=settings.subtitle_max_cue_s,
+                            label="Max seconds per cue",
+                            elem_id="subtitle-seconds",
+                            info=f"{CUE_S_RANGE[0]:g} to {CUE_S_RANGE[1]:g}",
+                        )
+                    per_segment = gr.Checkbox(
+                        value=settings.subtitle_per_segment,
+                        label="One cue per segment (plain)",
+                        elem_id="subtitle-per-segment",
+                        info="Whisper's own files: each segment one cue on one line, "
+                        "whatever its length; the limits above are then ignored.",
+                    )
                 with gr.Row():
-                    transcribe_button = gr.Button("Transcribe", variant="primary", scale=3,
-                                                  elem_id="transcribe-button")
+                    transcribe_button = gr.Button(
+                        "Transcribe", variant="primary", scale=3, elem_id="transcribe-button"
+                    )
                     cancel_button = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel-button")
                 # A refusal stays here, beside the button that asked, until the next Transcribe.
                 notice = gr.HTML(elem_id="transcribe-notice")
             with gr.Column(scale=1):
-                transcript = gr.Textbox(label="Transcript", lines=14, max_lines=40, buttons=["copy"],
-                                        interactive=False, elem_id="transcript")
+                transcript = gr.Textbox(
+                    label="Transcript",
+                    lines=14,
+                    max_lines=40,
+                    buttons=["copy"],
+                    interactive=False,
+                    elem_id="transcript",
+                )
                 segments = gr.HTML(elem_id="segments")
                 details = gr.Markdown(label="Details", elem_id="details")
-                files = gr.File(label="Downloads", file_count="multiple",
-                                interactive=False, elem_id="downloads")
+                files = gr.File(
+                    label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
+                )
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
         # Three steps: the previous result is cleared at once; the transcription; then, in a
@@ -231,22 +319,51 @@ def build_page(engine: Engine, submit: Optional[Submit] = None,
         # /transcribe endpoint still returns (text, files, details) to gradio_client, and a
         # refusal is its AppError there.
         transcribe_event = transcribe_button.click(
-            start_run, outputs=[transcript, files, details, segments, notice], **quick).then(
-            transcribe, inputs=[audio, language, task, timestamps, model, word_timestamps, vad, max_line_width,
-                                max_lines, max_cue_s, per_segment, prompt, temperature],
+            start_run, outputs=[transcript, files, details, segments, notice], **quick
+        ).then(
+            transcribe,
+            inputs=[
+                audio,
+                language,
+                task,
+                timestamps,
+                model,
+                word_timestamps,
+                vad,
+                max_line_width,
+                max_lines,
+                max_cue_s,
+                per_segment,
+                prompt,
+                temperature,
+            ],
             outputs=[transcript, files, details],
-            api_name="transcribe", api_description="Transcribe (or translate) a recording: text, files, details.",
-            concurrency_limit=None, concurrency_id=TRANSCRIBE_CONCURRENCY_ID)
+            api_name="transcribe",
+            api_description="Transcribe (or translate) a recording: text, files, details.",
+            concurrency_limit=None,
+            concurrency_id=TRANSCRIBE_CONCURRENCY_ID,
+        )
         transcribe_event.success(show_segments, outputs=[segments], **quick)
         # The failed step's outputs are in Gradio's error state (a red "Error" with no text):
         # this step's update of them ends it, and the message shows under the button.
         transcribe_event.failure(show_refusal, outputs=[notice, transcript, files, details], **quick)
         # Cancel stops this tab's queued or running job. Its own unlimited concurrency group:
         # it never waits behind transcriptions (queued only so that its message can show).
-        cancel_button.click(cancel_jobs, show_progress="hidden", api_visibility="private",
-                            concurrency_limit=None, concurrency_id="cancel")
-        release_button.click(release, inputs=[model], outputs=[release_report, gpu_panel, model_state],
-                             api_visibility="private", concurrency_limit=1, concurrency_id=RELEASE_CONCURRENCY_ID)
+        cancel_button.click(
+            cancel_jobs,
+            show_progress="hidden",
+            api_visibility="private",
+            concurrency_limit=None,
+            concurrency_id="cancel",
+        )
+        release_button.click(
+            release,
+            inputs=[model],
+            outputs=[release_report, gpu_panel, model_state],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id=RELEASE_CONCURRENCY_ID,
+        )
         model.change(show_model, inputs=[model], outputs=[model_state], **quick)
         audio.change(lambda: "", outputs=[notice], **quick)  # a new recording: the old refusal is moot
 

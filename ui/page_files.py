@@ -23,6 +23,7 @@ traceback and keeps the partial file. The guard refuses an upload that would tak
 files past `page_files_max_mb` or not fit on the disk (507, plain text, which the page shows
 as "HTTP 507: ..."), drops one that stops sending (408), and deletes what a failed one left.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Optional
 
 import anyio
 from starlette.middleware import Middleware
@@ -147,15 +147,18 @@ class PageUploadGuard:
             if isinstance(exc, ClientDisconnect):
                 log.info("A client left during its page upload; its partial upload was deleted")
                 return
-            stop = exc if isinstance(exc, _Stop) else _Stop(507, str(OutOfDiskSpace("the recording could "
-                                                                                    "not be stored")))
+            stop = (
+                exc
+                if isinstance(exc, _Stop)
+                else _Stop(507, str(OutOfDiskSpace("the recording could not be stored")))
+            )
             log.warning("A page upload was stopped (%d): %s", stop.status, stop.message)
             if not answered:
                 await PlainTextResponse(stop.message, status_code=stop.status)(scope, receive, send)
         finally:
             self.in_flight -= 1
 
-    def _refusal(self, held: int, declared: int) -> Optional[_Stop]:
+    def _refusal(self, held: int, declared: int) -> _Stop | None:
         if held + declared > self.max_bytes:
             return _Stop(507, self._full_message(held))
         if not has_room(self.cache, declared + HEADROOM_BYTES):
@@ -163,8 +166,10 @@ class PageUploadGuard:
         return None
 
     def _full_message(self, held: int) -> str:
-        return (f"The server holds as many page uploads as it keeps ({_mb(held)} of {_mb(self.max_bytes)}); "
-                "older ones expire within a day. Try again later.")
+        return (
+            f"The server holds as many page uploads as it keeps ({_mb(held)} of {_mb(self.max_bytes)}); "
+            "older ones expire within a day. Try again later."
+        )
 
     def _body(self, receive: Receive, held: int) -> Receive:
         """`receive`, stopped with 408 when nothing comes for idle_timeout_s and with 507 once the
@@ -208,5 +213,9 @@ class PageUploadGuard:
 
 def upload_guard(settings: Settings, cache: Path) -> Middleware:
     """The guard for launch(app_kwargs={"middleware": [...]}), Gradio 6's public hook into its app."""
-    return Middleware(PageUploadGuard, cache=cache, max_bytes=int(settings.page_files_max_mb * MIB),
-                      idle_timeout_s=settings.upload_idle_timeout_s)
+    return Middleware(
+        PageUploadGuard,
+        cache=cache,
+        max_bytes=int(settings.page_files_max_mb * MIB),
+        idle_timeout_s=settings.upload_idle_timeout_s,
+    )

@@ -12,6 +12,7 @@ browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its 
 nobody else's. The id is encrypted with a secret kept in data_dir, so it stays readable
 across restarts. Jobs sent through the HTTP API have no owner and are not listed here.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,14 +25,13 @@ import uuid
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import gradio as gr
 from gradio.context import LocalContext
 
 from engine import JobHandle, JobOptions
-from output import SubtitleOptions, write_files
 from jobs import JobInfo, JobManager
+from output import SubtitleOptions, write_files
 from ui.transcribe_handler import DownloadDir, gradio_cache
 
 from .transcribe_handler import DOWNLOAD_FORMATS  # the same files as under the transcript
@@ -44,7 +44,7 @@ MAX_SESSIONS = 10_000  # page loads remembered (session -> owner) for attributin
 LIMIT = 20  # jobs listed
 
 
-def _owner_from(request: Optional[gr.Request], browser_id: str) -> Optional[str]:
+def _owner_from(request: gr.Request | None, browser_id: str) -> str | None:
     username = getattr(request, "username", None) if request is not None else None
     if username:
         return f"user:{username}"
@@ -61,7 +61,7 @@ def _status_text(info: JobInfo) -> str:
     return info.status
 
 
-def table_html(rows: List[List[str]]) -> str:
+def table_html(rows: list[list[str]]) -> str:
     """The list as an HTML table that fits its box: cells wrap (a failure's whole message
     included) instead of scrolling sideways, and on a phone each job is a block of labelled
     lines (assets/app.css). Every cell is escaped: file names and errors come from outside."""
@@ -69,9 +69,15 @@ def table_html(rows: List[List[str]]) -> str:
         return '<div class="jobs-none">No recordings yet.</div>'
     head = "".join(f'<th class="col-{i}">{html.escape(HEADERS[i])}</th>' for i in SHOWN_COLUMNS)
     body = "".join(
-        "<tr>" + "".join(f'<td class="col-{i}" data-label="{html.escape(HEADERS[i], quote=True)}">'
-                         f"{html.escape(str(row[i]))}</td>" for i in SHOWN_COLUMNS) + "</tr>"
-        for row in rows)
+        "<tr>"
+        + "".join(
+            f'<td class="col-{i}" data-label="{html.escape(HEADERS[i], quote=True)}">'
+            f"{html.escape(str(row[i]))}</td>"
+            for i in SHOWN_COLUMNS
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f'<table class="jobs-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -84,7 +90,9 @@ def _audio_text(info: JobInfo) -> str:
 
 
 def _choice_label(info: JobInfo) -> str:
-    label = f"{info.record.name or info.id} · {time.strftime('%H:%M', time.localtime(info.record.created_at))}"
+    label = (
+        f"{info.record.name or info.id} · {time.strftime('%H:%M', time.localtime(info.record.created_at))}"
+    )
     return label if info.status == "done" else f"{label} ({info.status})"
 
 
@@ -95,11 +103,12 @@ class RecentJobs:
         self.jobs = jobs
         self.limit = limit
         self.secret = self._secret(jobs.store.data_dir)
-        self._sessions: "OrderedDict[str, str]" = OrderedDict()  # Gradio session hash -> owner
+        self._sessions: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> owner
         self._lock = threading.Lock()
         # inside Gradio's cache, so Gradio serves the files there instead of copying them
         self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-", dir=gradio_cache()))
-        self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)  # at exit at the latest
+        # at exit at the latest
+        self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)
 
     @staticmethod
     def _secret(data_dir: Path) -> str:
@@ -123,7 +132,7 @@ class RecentJobs:
         """The page's Cancel: through the job manager, so the job is stored as cancelled by its user."""
         self.jobs.cancel(handle.id)
 
-    def _remember(self, request: Optional[gr.Request], owner: Optional[str]) -> None:
+    def _remember(self, request: gr.Request | None, owner: str | None) -> None:
         session = getattr(request, "session_hash", None) if request is not None else None
         if not session or not owner:
             return
@@ -134,22 +143,30 @@ class RecentJobs:
                 self._sessions.popitem(last=False)
 
     # -- the list ---------------------------------------------------------------------------
-    def rows(self, owner: Optional[str]) -> Tuple[List[List[str]], List[Tuple[str, str]]]:
+    def rows(self, owner: str | None) -> tuple[list[list[str]], list[tuple[str, str]]]:
         """Table rows and the download choices (finished jobs) for `owner`."""
         if owner is None:
             return [], []
         infos = self.jobs.recent(owner, self.limit)
-        rows = [[time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)), i.record.name or "(recording)",
-                 _status_text(i), _audio_text(i), i.id] for i in infos]
+        rows = [
+            [
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(i.record.created_at)),
+                i.record.name or "(recording)",
+                _status_text(i),
+                _audio_text(i),
+                i.id,
+            ]
+            for i in infos
+        ]
         choices = [(_choice_label(i), i.id) for i in infos if i.finished]
         return rows, choices
 
-    def _owned(self, job_id: Optional[str], owner: Optional[str]) -> Optional[JobInfo]:
+    def _owned(self, job_id: str | None, owner: str | None) -> JobInfo | None:
         """One of `owner`'s jobs; None for an unknown id or anyone else's."""
         info = self.jobs.get(job_id) if job_id else None
         return info if info is not None and owner is not None and info.record.owner == owner else None
 
-    def files(self, job_id: Optional[str], owner: Optional[str]) -> List[str]:
+    def files(self, job_id: str | None, owner: str | None) -> list[str]:
         """The result files of one of `owner`'s finished jobs; [] for anyone else's."""
         info = self._owned(job_id, owner)
         if info is None or info.status != "done":
@@ -157,10 +174,17 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
-        return DownloadDir.private(write_files(info.result(), folder, stem, DOWNLOAD_FORMATS,
-                                               subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings)))
+        return DownloadDir.private(
+            write_files(
+                info.result(),
+                folder,
+                stem,
+                DOWNLOAD_FORMATS,
+                subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings),
+            )
+        )
 
-    def delete(self, job_id: Optional[str], owner: Optional[str]) -> bool:
+    def delete(self, job_id: str | None, owner: str | None) -> bool:
         """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""
         info = self._owned(job_id, owner)
         if info is None or not info.finished:
@@ -173,15 +197,21 @@ class RecentJobs:
         """Add the list to the gr.Blocks being built (call inside its `with` block)."""
         browser_id = gr.BrowserState("", storage_key=STORAGE_KEY, secret=self.secret)
         with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
-            gr.Markdown(f"Your last {self.limit} recordings, kept for "
-                        f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files "
-                        "again, or to delete it (its transcript and files) now.")
+            gr.Markdown(
+                f"Your last {self.limit} recordings, kept for "
+                f"{self.jobs.retention_s / 86400:g} days. Pick a finished one to download its files "
+                "again, or to delete it (its transcript and files) now."
+            )
             table = gr.HTML(table_html([]), elem_id="recent-jobs-table")
             with gr.Row():
-                choice = gr.Dropdown(label="Finished job", choices=[], value=None, elem_id="recent-job-choice")
+                choice = gr.Dropdown(
+                    label="Finished job", choices=[], value=None, elem_id="recent-job-choice"
+                )
                 refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
                 delete = gr.Button("Delete", size="sm", variant="stop", elem_id="recent-job-delete")
-            files = gr.File(label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files")
+            files = gr.File(
+                label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files"
+            )
 
         quick = dict(queue=False, show_progress="hidden", api_visibility="private")
         self._refresh_io = dict(fn=self._refresh_event, inputs=[browser_id], outputs=[table, choice], **quick)
@@ -222,7 +252,7 @@ class RecentJobs:
         rows, choices = self._on_refresh(stored_id, request)
         return table_html(rows), choices
 
-    def _delete_event(self, job_id: Optional[str], stored_id: str, request: gr.Request):
+    def _delete_event(self, job_id: str | None, stored_id: str, request: gr.Request):
         owner = _owner_from(request, stored_id)
         if not job_id:
             gr.Info("Pick a finished job to delete first.", title="Nothing chosen")
@@ -231,7 +261,7 @@ class RecentJobs:
         rows, choices = self.rows(owner)
         return table_html(rows), gr.Dropdown(choices=choices, value=None), []
 
-    def _on_choice(self, job_id: Optional[str], stored_id: str, request: gr.Request):
+    def _on_choice(self, job_id: str | None, stored_id: str, request: gr.Request):
         return self.files(job_id, _owner_from(request, stored_id))
 
     def cleanup(self) -> None:

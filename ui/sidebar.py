@@ -4,11 +4,12 @@ Pure functions of a `GpuSnapshot` and an `EngineStatus`, so they are tested with
 server; the page calls them from a `gr.Timer` every `REFRESH_S` seconds. Every value that
 can come from outside (GPU names, model paths, error messages) is escaped.
 """
+
 from __future__ import annotations
 
 import html
 import os
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from engine import EngineStatus, GpuSnapshot, ReleaseReport, model_id
 
@@ -24,7 +25,7 @@ def release_label(on_gpu: bool) -> str:
     return "Release GPU memory" if on_gpu else "Release model memory"
 
 
-def process_rss_mb() -> Optional[float]:
+def process_rss_mb() -> float | None:
     """This process's resident memory (RSS) in MiB; None where it cannot be read."""
     try:
         import psutil  # optional; /proc answers on Linux without it
@@ -52,8 +53,10 @@ def model_label(name: str) -> str:
 def _bar(fraction: float, warn: bool) -> str:
     percent = max(0.0, min(100.0, fraction * 100.0))
     kind = " warn" if warn else ""
-    return (f'<div class="gpu-bar{kind}" role="progressbar" aria-valuenow="{percent:.0f}" '
-            f'aria-valuemin="0" aria-valuemax="100"><div style="width:{percent:.1f}%"></div></div>')
+    return (
+        f'<div class="gpu-bar{kind}" role="progressbar" aria-valuenow="{percent:.0f}" '
+        f'aria-valuemin="0" aria-valuemax="100"><div style="width:{percent:.1f}%"></div></div>'
+    )
 
 
 def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
@@ -70,7 +73,7 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
                 f'<div class="gpu-card{" warn" if gpu.above_threshold else ""}" data-gpu="{gpu.index}">'
                 f'<div class="gpu-name">GPU {gpu.index} &middot; {_e(gpu.name)}</div>'
                 f'<div class="gpu-mem">{gpu.used_mb:,.0f} / {gpu.total_mb:,.0f} MB used ({fraction:.0%})</div>'
-                f'{_bar(fraction, gpu.above_threshold)}'
+                f"{_bar(fraction, gpu.above_threshold)}"
                 f'<div class="gpu-util">Utilisation {utilisation}</div>'
                 "</div>"
             )
@@ -111,7 +114,7 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
     return "".join(parts)
 
 
-def model_state_html(status: EngineStatus, selected: Optional[str] = None) -> str:
+def model_state_html(status: EngineStatus, selected: str | None = None) -> str:
     """The line above the form: is the model loading, ready, failed (why, what to do), released.
 
     `selected` is the model picked in the page's drop-down; the line is about that one. The
@@ -135,19 +138,27 @@ def model_state_html(status: EngineStatus, selected: Optional[str] = None) -> st
     elif state.state == "released":
         body = f"Model <b>{name}</b> was released from memory; the next transcription loads it again."
     elif state.state == "failed":
-        body = (f"Model <b>{name}</b> could not be loaded: {_e(state.error)}<br>"
-                "Fix the configuration and restart the app (python app.py).")
+        body = (
+            f"Model <b>{name}</b> could not be loaded: {_e(state.error)}<br>"
+            "Fix the configuration and restart the app (python app.py)."
+        )
     else:
         body = f"Model <b>{name}</b>: {_e(state.state)}"
     return f'<div class="model-state state-{_e(state.state.replace(" ", "-"))}" id="model-state">{body}</div>'
 
 
-def _total_used(snapshot: GpuSnapshot) -> Optional[float]:
+def _total_used(snapshot: GpuSnapshot) -> float | None:
     return sum(gpu.used_mb for gpu in snapshot.gpus) if snapshot.gpus else None
 
 
-def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnapshot, on_gpu: bool = True,
-                     rss_before_mb: Optional[float] = None, rss_after_mb: Optional[float] = None) -> str:
+def release_markdown(
+    report: ReleaseReport,
+    before: GpuSnapshot,
+    after: GpuSnapshot,
+    on_gpu: bool = True,
+    rss_before_mb: float | None = None,
+    rss_after_mb: float | None = None,
+) -> str:
     """What the release button did, with the memory before and after: GPU memory on a GPU,
     the process's resident memory (RSS) on a CPU, where GPU figures would read 0 -> 0."""
     lines = [release_headline(report)]
@@ -155,7 +166,9 @@ def release_markdown(report: ReleaseReport, before: GpuSnapshot, after: GpuSnaps
         used_before, used_after = _total_used(before), _total_used(after)
         if used_before is not None and used_after is not None:
             lines.append(f"GPU memory used: {used_before:,.0f} MB → {used_after:,.0f} MB")
-        lines.append(f"This process reserved: {report.reserved_before_mb:,.0f} MB → {report.reserved_after_mb:,.0f} MB")
+        lines.append(
+            f"This process reserved: {report.reserved_before_mb:,.0f} MB → {report.reserved_after_mb:,.0f} MB"
+        )
         if not before.gpus:
             lines.append(before.reason)
         return "\n\n".join(lines)
@@ -170,8 +183,11 @@ def release_headline(report: ReleaseReport) -> str:
     released = _md(", ".join(model_label(name) for name in report.released))
     deferred = _md(", ".join(model_label(name) for name in report.deferred))
     verb = "are" if len(report.deferred) > 1 else "is"
-    later = (f"{deferred} {verb} in use by a running transcription and will be released as soon as it "
-             "finishes.") if deferred else ""
+    later = (
+        (f"{deferred} {verb} in use by a running transcription and will be released as soon as it finishes.")
+        if deferred
+        else ""
+    )
     if released:
         return f"**Released {released} from memory.**" + (f" {later}" if later else "")
     if later:

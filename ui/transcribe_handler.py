@@ -10,6 +10,7 @@ the next action (a `notices` handoff, ui/page.py), not as a toast that fades.
 `SessionJobs` remembers which jobs each page session (a browser tab) has in flight, so its
 Cancel button stops that tab's job, queued or running, and nobody else's.
 """
+
 from __future__ import annotations
 
 import html
@@ -20,8 +21,8 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
 
 import gradio as gr
 
@@ -53,7 +54,7 @@ class _Call:
     """One Transcribe press being served: its job once submitted, and whether Cancel was pressed."""
 
     def __init__(self):
-        self.handle: Optional[JobHandle] = None
+        self.handle: JobHandle | None = None
         self.cancelled = False
 
 
@@ -65,9 +66,9 @@ class SessionJobs:
     (`JobHandle.cancel` by default; a job manager's cancel records it as cancelled by the user).
     """
 
-    def __init__(self, cancel: Optional[Cancel] = None):
+    def __init__(self, cancel: Cancel | None = None):
         self._cancel = cancel or (lambda handle: handle.cancel())
-        self._calls: Dict[str, List[_Call]] = {}
+        self._calls: dict[str, list[_Call]] = {}
         self._lock = threading.Lock()
 
     def begin(self, session: str) -> _Call:
@@ -116,7 +117,7 @@ class SessionHandoff:
     KEEP_VIEW_S = 600.0
 
     def __init__(self):
-        self._views: "OrderedDict[str, Tuple[float, str]]" = OrderedDict()
+        self._views: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, session: str, view: str) -> None:
@@ -124,11 +125,13 @@ class SessionHandoff:
         with self._lock:
             self._views.pop(session, None)
             self._views[session] = (now, view)
-            while self._views and (len(self._views) > self.MAX_VIEWS
-                                   or next(iter(self._views.values()))[0] < now - self.KEEP_VIEW_S):
+            while self._views and (
+                len(self._views) > self.MAX_VIEWS
+                or next(iter(self._views.values()))[0] < now - self.KEEP_VIEW_S
+            ):
                 self._views.popitem(last=False)
 
-    def take(self, session: str) -> Optional[str]:
+    def take(self, session: str) -> str | None:
         with self._lock:
             entry = self._views.pop(session, None)
         return None if entry is None else entry[1]
@@ -147,8 +150,10 @@ def format_timestamp(seconds: float) -> str:
 def transcript_text(result: TranscriptionResult, timestamps: bool) -> str:
     if not timestamps:
         return result.text
-    return "\n".join(f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}]  {s.text.strip()}"
-                     for s in result.segments)
+    return "\n".join(
+        f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}]  {s.text.strip()}"
+        for s in result.segments
+    )
 
 
 def clock(seconds: float) -> str:
@@ -168,7 +173,7 @@ def word_time(seconds: float) -> str:
     return f"{minutes}:{secs:0>4}" if minutes else secs
 
 
-def segments_html(result: Optional[TranscriptionResult]) -> str:
+def segments_html(result: TranscriptionResult | None) -> str:
     """The transcript as clickable segments: each with its start time, and, with word
     timestamps, each word with its own time under it. Every element carries its start in
     `data-start`; the page's script (ui/page.py SEEK_JS) plays the recording from there on a
@@ -185,20 +190,28 @@ def segments_html(result: Optional[TranscriptionResult]) -> str:
                 f'<span class="word" data-start="{w.start:.3f}" title="{format_timestamp(w.start)} – '
                 f'{format_timestamp(w.end)}"><span class="word-text">{html.escape(w.word.strip())}</span>'
                 f'<span class="word-time">{word_time(w.start)}</span></span> '
-                for w in segment.words if w.word.strip())
+                for w in segment.words
+                if w.word.strip()
+            )
         else:
             text = html.escape(segment.text.strip())
-        rows.append(f'<div class="segment" data-start="{start}" tabindex="0" role="button" '
-                    f'title="Play from {format_timestamp(segment.start)}">'
-                    f'<span class="segment-time">{clock(segment.start)}</span> '
-                    f'<span class="segment-text">{text.rstrip()}</span></div>')
-    hint = "Click a segment" + (" or a word" if any(s.words for s in result.segments) else "") + \
-        " to play the recording from there."
+        rows.append(
+            f'<div class="segment" data-start="{start}" tabindex="0" role="button" '
+            f'title="Play from {format_timestamp(segment.start)}">'
+            f'<span class="segment-time">{clock(segment.start)}</span> '
+            f'<span class="segment-text">{text.rstrip()}</span></div>'
+        )
+    hint = (
+        "Click a segment"
+        + (" or a word" if any(s.words for s in result.segments) else "")
+        + " to play the recording from there."
+    )
     return f'<div class="segments"><div class="segments-hint">{hint}</div>{"".join(rows)}</div>'
 
 
-def _number(value, label: str, low: float, high: float, default, whole: bool,
-            title: str = "Subtitle options"):
+def _number(
+    value, label: str, low: float, high: float, default, whole: bool, title: str = "Subtitle options"
+):
     """A page field's number checked against [low, high]; empty gives the default."""
     if value is None or value == "":
         return default
@@ -208,50 +221,75 @@ def _number(value, label: str, low: float, high: float, default, whole: bool,
         number = math.nan
     if math.isnan(number) or (whole and number != int(number)) or not low <= number <= high:
         kind = "a whole number" if whole else "a number"
-        raise gr.Error(f"{label}: must be {kind} from {low:g} to {high:g}, got {value!r}.", title=title,
-                       print_exception=False)
+        raise gr.Error(
+            f"{label}: must be {kind} from {low:g} to {high:g}, got {value!r}.",
+            title=title,
+            print_exception=False,
+        )
     return int(number) if whole else number
 
 
-def subtitle_options(defaults: SubtitleOptions, max_line_width=None, max_lines=None, max_cue_s=None,
-                     per_segment=None) -> SubtitleOptions:
+def subtitle_options(
+    defaults: SubtitleOptions, max_line_width=None, max_lines=None, max_cue_s=None, per_segment=None
+) -> SubtitleOptions:
     """The page's subtitle fields as SubtitleOptions (empty fields keep `defaults`); a value
     out of range is a gr.Error naming the field."""
     return SubtitleOptions(
-        max_line_width=_number(max_line_width, "Max characters per line", *LINE_WIDTH_RANGE, defaults.max_line_width,
-                               whole=True),
+        max_line_width=_number(
+            max_line_width, "Max characters per line", *LINE_WIDTH_RANGE, defaults.max_line_width, whole=True
+        ),
         max_lines=_number(max_lines, "Max lines per cue", *LINES_RANGE, defaults.max_lines, whole=True),
         max_cue_s=_number(max_cue_s, "Max seconds per cue", *CUE_S_RANGE, defaults.max_cue_s, whole=False),
-        per_segment=defaults.per_segment if per_segment is None else bool(per_segment))
+        per_segment=defaults.per_segment if per_segment is None else bool(per_segment),
+    )
 
 
-def page_options(language: Optional[str] = None, task: Optional[str] = None, model: Optional[str] = None,
-                 word_timestamps: bool = False, vad: Optional[bool] = None, prompt: Optional[str] = None,
-                 temperature=None, configured_vad: bool = False) -> JobOptions:
+def page_options(
+    language: str | None = None,
+    task: str | None = None,
+    model: str | None = None,
+    word_timestamps: bool = False,
+    vad: bool | None = None,
+    prompt: str | None = None,
+    temperature=None,
+    configured_vad: bool = False,
+) -> JobOptions:
     """The page's fields as the job's options, mapped as the HTTP form's (ui/openai_compat.py):
     "auto" or no language = detect it; an empty prompt keeps the config's initial_prompt; an
     empty or 0 temperature keeps the fallback ladder; the VAD box is passed only where it
     differs from the config (`configured_vad`). A temperature out of range is a gr.Error
     naming the field."""
-    temperature = _number(temperature, "Temperature", *TEMPERATURE_RANGE, None, whole=False,
-                          title="Advanced options")
-    return JobOptions(model=model or None, language=None if language in (None, "", AUTO_LANGUAGE) else language,
-                      task=task or None, initial_prompt=str(prompt).strip() if prompt else None,
-                      temperature=temperature or None, word_timestamps=bool(word_timestamps),
-                      vad=None if vad is None or bool(vad) == configured_vad else bool(vad))
+    temperature = _number(
+        temperature, "Temperature", *TEMPERATURE_RANGE, None, whole=False, title="Advanced options"
+    )
+    return JobOptions(
+        model=model or None,
+        language=None if language in (None, "", AUTO_LANGUAGE) else language,
+        task=task or None,
+        initial_prompt=str(prompt).strip() if prompt else None,
+        temperature=temperature or None,
+        word_timestamps=bool(word_timestamps),
+        vad=None if vad is None or bool(vad) == configured_vad else bool(vad),
+    )
 
 
 def notice_html(title: str, message: str) -> str:
     """A refusal as the page shows it under the Transcribe button (escaped: messages carry file names)."""
-    return (f'<div class="transcribe-notice notice-error" role="alert">'
-            f'<strong>{html.escape(title)}.</strong> {html.escape(message)}</div>')
+    return (
+        f'<div class="transcribe-notice notice-error" role="alert">'
+        f"<strong>{html.escape(title)}.</strong> {html.escape(message)}</div>"
+    )
 
 
 def details_markdown(result: TranscriptionResult, model_label: str) -> str:
     speed = result.duration / result.processing_s if result.processing_s > 0 else 0.0
-    facts = [f"Language: **{result.language or 'unknown'}**", f"{result.duration:.1f} s of audio",
-             f"done in {result.processing_s:.1f} s ({speed:.1f}× real time)", f"model {model_label}",
-             f"{len(result.segments)} segment{'s' if len(result.segments) != 1 else ''}"]
+    facts = [
+        f"Language: **{result.language or 'unknown'}**",
+        f"{result.duration:.1f} s of audio",
+        f"done in {result.processing_s:.1f} s ({speed:.1f}× real time)",
+        f"model {model_label}",
+        f"{len(result.segments)} segment{'s' if len(result.segments) != 1 else ''}",
+    ]
     line = " · ".join(facts)
     return line if result.segments else line + "\n\n**No speech detected.**"
 
@@ -265,7 +303,7 @@ class DownloadDir:
         self.root = Path(tempfile.mkdtemp(prefix="whisper-app-downloads-", dir=gradio_cache()))
 
     @staticmethod
-    def private(files: Dict[str, Path]) -> List[str]:
+    def private(files: dict[str, Path]) -> list[str]:
         """The written files as paths for gr.File, readable by the server's user only."""
         for path in files.values():
             path.chmod(0o600)
@@ -297,7 +335,7 @@ def gradio_cache() -> Path:
     return folder
 
 
-def follow(handle: JobHandle, progress, engine: Engine, call: Optional[_Call] = None) -> TranscriptionResult:
+def follow(handle: JobHandle, progress, engine: Engine, call: _Call | None = None) -> TranscriptionResult:
     """Wait for the job while moving the progress bar; returns its result or raises its error."""
     finished = threading.Event()
     handle.add_done_callback(lambda _: finished.set())
@@ -308,8 +346,11 @@ def follow(handle: JobHandle, progress, engine: Engine, call: Optional[_Call] = 
         elif position:
             progress(0.0, desc=f"Waiting in queue: position {position}")
         elif handle.seconds_total:
-            progress((round(handle.seconds_done), round(handle.seconds_total)), desc="Transcribing",
-                     unit="s of audio")
+            progress(
+                (round(handle.seconds_done), round(handle.seconds_total)),
+                desc="Transcribing",
+                unit="s of audio",
+            )
         elif engine.status().model.state == "loading":
             progress(0.0, desc="Loading the model")
         else:
@@ -317,7 +358,7 @@ def follow(handle: JobHandle, progress, engine: Engine, call: Optional[_Call] = 
     return handle.result()
 
 
-def cancelled_markdown(handle: Optional[JobHandle]) -> str:
+def cancelled_markdown(handle: JobHandle | None) -> str:
     """The details line of a cancelled job."""
     line = "**Cancelled.** The transcription was stopped"
     if handle is not None and handle.seconds_total:
@@ -327,9 +368,15 @@ def cancelled_markdown(handle: Optional[JobHandle]) -> str:
     return line + "; nothing was kept. Press **Transcribe** to start again."
 
 
-def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Submit] = None,
-                    model_label: Callable[[str], str] = str, sessions: Optional[SessionJobs] = None,
-                    views: Optional[SessionHandoff] = None, notices: Optional[SessionHandoff] = None):
+def make_transcribe(
+    engine: Engine,
+    downloads: DownloadDir,
+    submit: Submit | None = None,
+    model_label: Callable[[str], str] = str,
+    sessions: SessionJobs | None = None,
+    views: SessionHandoff | None = None,
+    notices: SessionHandoff | None = None,
+):
     """The Transcribe event function (also `/transcribe` for gradio_client). With `sessions`,
     each call is registered under its page session so that session's Cancel can stop it; with
     `views`, its segments view is left there for the page to show (`views.take(session)`);
@@ -340,17 +387,42 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
     views = views or SessionHandoff()
     default_model = engine.model_names.default_id  # an id: a configured path is not a model id
 
-    def run(session: str, audio: Optional[str], language: str, task: str, timestamps: bool,
-            model: Optional[str], word_timestamps: bool, vad: Optional[bool], max_line_width, max_lines,
-            max_cue_s, per_segment: Optional[bool], prompt: Optional[str], temperature,
-            progress) -> Tuple[str, List[str], str]:
+    def run(
+        session: str,
+        audio: str | None,
+        language: str,
+        task: str,
+        timestamps: bool,
+        model: str | None,
+        word_timestamps: bool,
+        vad: bool | None,
+        max_line_width,
+        max_lines,
+        max_cue_s,
+        per_segment: bool | None,
+        prompt: str | None,
+        temperature,
+        progress,
+    ) -> tuple[str, list[str], str]:
         if not audio:
-            raise gr.Error("Upload a recording or record one with the microphone first.", title="No audio",
-                           print_exception=False)
-        subtitles = subtitle_options(SubtitleOptions.from_settings(engine.settings), max_line_width, max_lines,
-                                     max_cue_s, per_segment)
-        options = page_options(language, task, model or default_model, word_timestamps, vad, prompt,
-                               temperature, configured_vad=engine.settings.vad)
+            raise gr.Error(
+                "Upload a recording or record one with the microphone first.",
+                title="No audio",
+                print_exception=False,
+            )
+        subtitles = subtitle_options(
+            SubtitleOptions.from_settings(engine.settings), max_line_width, max_lines, max_cue_s, per_segment
+        )
+        options = page_options(
+            language,
+            task,
+            model or default_model,
+            word_timestamps,
+            vad,
+            prompt,
+            temperature,
+            configured_vad=engine.settings.vad,
+        )
         name = Path(audio).name
         call = sessions.begin(session)
         handle = None
@@ -360,45 +432,82 @@ def make_transcribe(engine: Engine, downloads: DownloadDir, submit: Optional[Sub
             result = follow(handle, progress, engine, call)
         except JobCancelled:
             if not call.cancelled:  # stopped by the server (shutting down), not by this page
-                raise gr.Error("The job was stopped by the server.", title="Cannot transcribe this recording",
-                               print_exception=False) from None
+                raise gr.Error(
+                    "The job was stopped by the server.",
+                    title="Cannot transcribe this recording",
+                    print_exception=False,
+                ) from None
             gr.Info("The transcription was cancelled.", title="Cancelled")
             views.put(session, "")
             return "", [], cancelled_markdown(handle)
         except QueueFull as exc:
             raise gr.Error(f"The server is busy: {exc}", title="Queue full", print_exception=False) from None
         except USER_ERRORS as exc:
-            raise gr.Error(str(exc), title="Cannot transcribe this recording", print_exception=False) from None
+            raise gr.Error(
+                str(exc), title="Cannot transcribe this recording", print_exception=False
+            ) from None
         except Exception as exc:  # a bug or an environment problem: log it, keep the page alive
             if is_disk_full(exc):  # the job manager could not store the recording; passes once space is freed
                 log.warning("A page recording could not be stored, data_dir's disk is full (%s)", exc)
-                raise gr.Error(str(OutOfDiskSpace("the recording could not be stored")),
-                               title="Out of disk space", print_exception=False) from None
+                raise gr.Error(
+                    str(OutOfDiskSpace("the recording could not be stored")),
+                    title="Out of disk space",
+                    print_exception=False,
+                ) from None
             log.exception("Transcription of %s failed", name)
             raise gr.Error(f"Transcription failed: {type(exc).__name__}: {exc}", title="Error") from None
         finally:
             sessions.end(session, call)
 
         progress(1.0, desc="Writing files")
-        files = write_files(result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS,
-                            subtitles=subtitles)
+        files = write_files(
+            result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS, subtitles=subtitles
+        )
         views.put(session, segments_html(result))
-        return (transcript_text(result, bool(timestamps)), downloads.private(files),
-                details_markdown(result, model_label(model)))
+        return (
+            transcript_text(result, bool(timestamps)),
+            downloads.private(files),
+            details_markdown(result, model_label(model)),
+        )
 
-    def transcribe(audio: Optional[str], language: str = AUTO_LANGUAGE, task: str = "transcribe",
-                   timestamps: bool = True, model: Optional[str] = None, word_timestamps: bool = False,
-                   vad: Optional[bool] = None, max_line_width: Optional[float] = None,
-                   max_lines: Optional[float] = None, max_cue_s: Optional[float] = None,
-                   per_segment: Optional[bool] = None, prompt: Optional[str] = None,
-                   temperature: Optional[float] = None, request: gr.Request = None,
-                   progress=gr.Progress()) -> Tuple[str, List[str], str]:
+    def transcribe(
+        audio: str | None,
+        language: str = AUTO_LANGUAGE,
+        task: str = "transcribe",
+        timestamps: bool = True,
+        model: str | None = None,
+        word_timestamps: bool = False,
+        vad: bool | None = None,
+        max_line_width: float | None = None,
+        max_lines: float | None = None,
+        max_cue_s: float | None = None,
+        per_segment: bool | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        request: gr.Request = None,
+        progress=gr.Progress(),
+    ) -> tuple[str, list[str], str]:
         """Returns the transcript, the files and the details line; the segments view goes to
         `views`, a refusal's message to `notices`."""
         session = getattr(request, "session_hash", None) or ""
         try:
-            return run(session, audio, language, task, timestamps, model, word_timestamps, vad,
-                       max_line_width, max_lines, max_cue_s, per_segment, prompt, temperature, progress)
+            return run(
+                session,
+                audio,
+                language,
+                task,
+                timestamps,
+                model,
+                word_timestamps,
+                vad,
+                max_line_width,
+                max_lines,
+                max_cue_s,
+                per_segment,
+                prompt,
+                temperature,
+                progress,
+            )
         except gr.Error as error:  # every refusal, whichever line raised it
             if notices is not None:
                 notices.put(session, notice_html(error.title, error.message))

@@ -7,6 +7,7 @@ pass for a pause between words.
 
 Pure functions over numpy arrays: no torch, no model, so they are cheap to test and to reuse.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,9 @@ def _smoothed_db(mean_square: np.ndarray, width: int) -> np.ndarray:
     return 10.0 * np.log10(average + 1e-20)
 
 
-def quietest_cut(level_db: np.ndarray, frame_length: int, lo: int, hi: int, quiet_enough_db: float = -np.inf) -> int:
+def quietest_cut(
+    level_db: np.ndarray, frame_length: int, lo: int, hi: int, quiet_enough_db: float = -np.inf
+) -> int:
     """The sample in [lo, hi] where cutting disturbs the least speech.
 
     Candidate cuts are frame centres. Among the frames that are (near-)quietest, or at most

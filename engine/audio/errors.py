@@ -1,4 +1,14 @@
 """The errors a recording can cause; they live in engine.errors with the rest of the family and
 are re-exported here, beside the audio code that raises them."""
-from engine.errors import (INSTALL_HINT, AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort,  # noqa: F401
-                           EmptyAudio, FfmpegMissing, NotAudio, TruncatedAudio)
+
+from engine.errors import (  # noqa: F401
+    INSTALL_HINT,
+    AudioError,
+    AudioFileNotFound,
+    AudioTooLong,
+    AudioTooShort,
+    EmptyAudio,
+    FfmpegMissing,
+    NotAudio,
+    TruncatedAudio,
+)

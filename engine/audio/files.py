@@ -25,6 +25,7 @@ Rules, in the order they are applied:
   `AudioTooShort`; Whisper would answer a click with an invented word.
 - silence is not an error: it loads as (near-)zero samples; the engine decides what to do.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,14 +38,24 @@ import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Union
 
 import numpy as np
 
+from engine.audio import SAMPLE_RATE
+
 # The errors live in engine.errors; they are re-exported here, where callers look for them.
-from engine.audio.errors import (AudioError, AudioFileNotFound, AudioTooLong, AudioTooShort, EmptyAudio,  # noqa: F401
-                                 FfmpegMissing, INSTALL_HINT, NotAudio, TruncatedAudio)
-from engine.audio import SAMPLE_RATE  # noqa: F401  (re-exported: 16 kHz, what every whisper model expects)
+from engine.audio.errors import (
+    INSTALL_HINT,
+    AudioError,
+    AudioFileNotFound,
+    AudioTooLong,
+    AudioTooShort,
+    EmptyAudio,
+    FfmpegMissing,
+    NotAudio,
+    TruncatedAudio,
+)
 
 BYTES_PER_SAMPLE = 2  # ffmpeg writes signed 16-bit little-endian PCM into the pipe
 INT16_SCALE = 32768.0  # int16 -> [-1, 1)
@@ -67,16 +78,16 @@ PathLike = Union[str, os.PathLike]  # what load_audio and probe accept
 class AudioInfo:
     # length of the first audio track as the file declares it; None when it does not say
     # (browser webm, piped streams) or ffprobe could only guess it from the bitrate
-    duration_s: Optional[float]
-    sample_rate: Optional[int]  # of the first audio track, before resampling
-    channels: Optional[int]  # of the first audio track, before down-mixing
-    codec: Optional[str]  # ffprobe's codec_name of the first audio track, e.g. "opus", "pcm_s16le"
+    duration_s: float | None
+    sample_rate: int | None  # of the first audio track, before resampling
+    channels: int | None  # of the first audio track, before down-mixing
+    codec: str | None  # ffprobe's codec_name of the first audio track, e.g. "opus", "pcm_s16le"
     has_audio: bool  # at least one audio track; the first is the one load_audio decodes
     has_video: bool = False  # a moving-picture track (cover art attached to a song does not count)
     container: str = ""  # ffprobe's format_name, e.g. "wav", "matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_ffmpeg() -> None:
     """Raise FfmpegMissing unless both ffmpeg and ffprobe are on PATH.
 
@@ -89,10 +100,12 @@ def check_ffmpeg() -> None:
         raise _ffmpeg_missing(missing)
 
 
-def _ffmpeg_missing(tools: List[str]) -> FfmpegMissing:
+def _ffmpeg_missing(tools: list[str]) -> FfmpegMissing:
     verb = "is" if len(tools) == 1 else "are"
-    return FfmpegMissing(f"This server cannot read audio because {' and '.join(tools)} {verb} not installed "
-                         f"or not on the PATH. {INSTALL_HINT}")
+    return FfmpegMissing(
+        f"This server cannot read audio because {' and '.join(tools)} {verb} not installed "
+        f"or not on the PATH. {INSTALL_HINT}"
+    )
 
 
 def probe(path: PathLike) -> AudioInfo:
@@ -104,8 +117,17 @@ def probe(path: PathLike) -> AudioInfo:
     """
     path = _existing_nonempty_file(path)
     check_ffmpeg()
-    command = ["ffprobe", "-hide_banner", "-v", "warning", "-of", "json", "-show_format", "-show_streams",
-               _ffmpeg_input(path)]
+    command = [
+        "ffprobe",
+        "-hide_banner",
+        "-v",
+        "warning",
+        "-of",
+        "json",
+        "-show_format",
+        "-show_streams",
+        _ffmpeg_input(path),
+    ]
     result = _run_tool(command)
     stderr = result.stderr.decode("utf-8", errors="replace")
     if result.returncode != 0:
@@ -116,27 +138,35 @@ def probe(path: PathLike) -> AudioInfo:
                 "recording or an unfinished download leaves behind. Upload the complete file again."
             )
         if reason.endswith("End of file"):  # ffmpeg knew the format, then the file ran out
-            raise TruncatedAudio(f"'{_name(path)}' ends before any sound: the file is cut off. "
-                                 "Upload the complete file again.")
-        raise NotAudio(f"'{_name(path)}' is not an audio or video file that ffmpeg can read "
-                       f"(ffmpeg says: {reason}). {_SUPPORTED_HINT}")
+            raise TruncatedAudio(
+                f"'{_name(path)}' ends before any sound: the file is cut off. Upload the complete file again."
+            )
+        raise NotAudio(
+            f"'{_name(path)}' is not an audio or video file that ffmpeg can read "
+            f"(ffmpeg says: {reason}). {_SUPPORTED_HINT}"
+        )
     try:
         described = json.loads(result.stdout or b"{}")
     except json.JSONDecodeError as error:  # should not happen with -of json; still no traceback
         raise NotAudio(f"ffprobe gave an unreadable description of '{_name(path)}' ({error}).") from None
 
-    streams: List[dict] = described.get("streams", [])
+    streams: list[dict] = described.get("streams", [])
     container_info: dict = described.get("format", {})
     container = str(container_info.get("format_name", ""))
     audio_streams = [s for s in streams if s.get("codec_type") == "audio"]
-    has_video = any(s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
-                    for s in streams) and not _is_picture_or_text(container)
+    has_video = any(
+        s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic") for s in streams
+    ) and not _is_picture_or_text(container)
     if not audio_streams:
         return AudioInfo(None, None, None, None, has_audio=False, has_video=has_video, container=container)
 
     audio = audio_streams[0]
-    duration_s = _declared_duration(audio, container_info, only_stream=len(streams) == 1,
-                                    guessed="Estimating duration from bitrate" in stderr)
+    duration_s = _declared_duration(
+        audio,
+        container_info,
+        only_stream=len(streams) == 1,
+        guessed="Estimating duration from bitrate" in stderr,
+    )
     if container == "wav":
         # ffmpeg clamps a WAV's length to what is on disk, which hides truncation; the
         # header's data size is what the writer meant to write.
@@ -152,7 +182,7 @@ def probe(path: PathLike) -> AudioInfo:
     )
 
 
-def check_audio(path: PathLike, max_duration_s: Optional[float] = None) -> AudioInfo:
+def check_audio(path: PathLike, max_duration_s: float | None = None) -> AudioInfo:
     """Everything that can be told from the headers: the file exists, is not empty, has a
     sound track, and (when it declares its length) is not longer than max_duration_s.
     Cheap, so a server can refuse a bad upload before it takes a place in the queue."""
@@ -161,9 +191,13 @@ def check_audio(path: PathLike, max_duration_s: Optional[float] = None) -> Audio
     info = probe(path)  # also checks that the file exists, is not empty and ffmpeg is there
     if not info.has_audio:
         if info.has_video:
-            raise NotAudio(f"'{_name(path)}' is a video without a sound track, so there is nothing to "
-                           "transcribe. Upload a file that has sound.")
-        raise NotAudio(f"'{_name(path)}' has no sound track, so there is nothing to transcribe. {_SUPPORTED_HINT}")
+            raise NotAudio(
+                f"'{_name(path)}' is a video without a sound track, so there is nothing to "
+                "transcribe. Upload a file that has sound."
+            )
+        raise NotAudio(
+            f"'{_name(path)}' has no sound track, so there is nothing to transcribe. {_SUPPORTED_HINT}"
+        )
     if max_duration_s is not None and info.duration_s is not None and info.duration_s > max_duration_s:
         raise _too_long(os.fspath(path), info.duration_s, max_duration_s, at_least=False)
     if info.duration_s is not None and info.duration_s + TOO_SHORT_TOLERANCE_S < MIN_DURATION_S:
@@ -180,12 +214,15 @@ def check_length(audio: np.ndarray, name: str = "the recording") -> None:
 
 
 def too_short(name: str, duration_s: float) -> AudioTooShort:
-    return AudioTooShort(f"'{name}' is too short: {duration_s:.2f} s of audio, and the minimum is "
-                         f"{MIN_DURATION_S} s. Record or upload a longer clip.")
+    return AudioTooShort(
+        f"'{name}' is too short: {duration_s:.2f} s of audio, and the minimum is "
+        f"{MIN_DURATION_S} s. Record or upload a longer clip."
+    )
 
 
-def load_audio(path: PathLike, max_duration_s: Optional[float] = None,
-               info: Optional[AudioInfo] = None) -> np.ndarray:
+def load_audio(
+    path: PathLike, max_duration_s: float | None = None, info: AudioInfo | None = None
+) -> np.ndarray:
     """Decode the first audio track of `path` to float32 mono at SAMPLE_RATE, values in [-1, 1].
 
     max_duration_s: refuse longer recordings (AudioTooLong) before spending time and memory
@@ -205,7 +242,9 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None,
     # One second past the limit is enough to prove a file too long when it did not say.
     decode_limit_s = None if max_duration_s is None else max_duration_s + 1
     pcm, returncode, stderr = _decode_pcm16(path, decode_limit_s)
-    refusal = _refusal(path, info, len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE, returncode, stderr, max_duration_s)
+    refusal = _refusal(
+        path, info, len(pcm) / BYTES_PER_SAMPLE / SAMPLE_RATE, returncode, stderr, max_duration_s
+    )
     if refusal is not None:
         # A raised error's traceback keeps this frame alive for as long as the job's error is
         # kept (a waiting client, the job list): without this it would keep hours of samples.
@@ -220,37 +259,53 @@ def load_audio(path: PathLike, max_duration_s: Optional[float] = None,
     return audio
 
 
-def _refusal(path: str, info: AudioInfo, decoded_s: float, returncode: int, stderr: str,
-             max_duration_s: Optional[float]) -> Optional[AudioError]:
+def _refusal(
+    path: str, info: AudioInfo, decoded_s: float, returncode: int, stderr: str, max_duration_s: float | None
+) -> AudioError | None:
     """Why the decoded samples cannot be used, or None; given their length only, so that the
     error, once raised, holds no reference to them."""
     reason = _ffmpeg_reason(stderr, path)
 
     if returncode != 0 and decoded_s == 0:
-        return NotAudio(f"ffmpeg could not decode the sound in '{_name(path)}' (ffmpeg says: {reason}). "
-                        f"{_SUPPORTED_HINT}")
+        return NotAudio(
+            f"ffmpeg could not decode the sound in '{_name(path)}' (ffmpeg says: {reason}). {_SUPPORTED_HINT}"
+        )
     if returncode != 0:
         return TruncatedAudio(
             f"'{_name(path)}' is cut off or damaged: ffmpeg stopped after {_describe_seconds(decoded_s)} "
-            f"(ffmpeg says: {reason}). Upload the complete file again.", declared_s=info.duration_s,
-            decoded_s=decoded_s)
+            f"(ffmpeg says: {reason}). Upload the complete file again.",
+            declared_s=info.duration_s,
+            decoded_s=decoded_s,
+        )
     if decoded_s == 0:
         if (info.duration_s or 0) > TRUNCATION_TOLERANCE_S or reason:
             return TruncatedAudio(
                 f"'{_name(path)}' is cut off or damaged: no sound could be decoded from it"
-                + (f" although it should last {_describe_seconds(info.duration_s)}" if info.duration_s else "")
-                + (f" (ffmpeg says: {reason})" if reason else "") + ". Upload the complete file again.",
-                declared_s=info.duration_s, decoded_s=0.0)
-        return EmptyAudio(f"'{_name(path)}' has an audio track with no sound samples in it. "
-                          "The recording probably did not start; record or export it again.")
+                + (
+                    f" although it should last {_describe_seconds(info.duration_s)}"
+                    if info.duration_s
+                    else ""
+                )
+                + (f" (ffmpeg says: {reason})" if reason else "")
+                + ". Upload the complete file again.",
+                declared_s=info.duration_s,
+                decoded_s=0.0,
+            )
+        return EmptyAudio(
+            f"'{_name(path)}' has an audio track with no sound samples in it. "
+            "The recording probably did not start; record or export it again."
+        )
     if max_duration_s is not None and decoded_s > max_duration_s:
         return _too_long(path, decoded_s, max_duration_s, at_least=True)
     if info.duration_s is not None and _is_truncated(info.duration_s, decoded_s):
         return TruncatedAudio(
             f"'{_name(path)}' is cut off or damaged: it should last {_describe_seconds(info.duration_s)} but only "
-            f"{_describe_seconds(decoded_s)} could be read" + (f" (ffmpeg says: {reason})" if reason else "")
+            f"{_describe_seconds(decoded_s)} could be read"
+            + (f" (ffmpeg says: {reason})" if reason else "")
             + ". The upload or the recording probably did not finish; upload the complete file again.",
-            declared_s=info.duration_s, decoded_s=decoded_s)
+            declared_s=info.duration_s,
+            decoded_s=decoded_s,
+        )
     return None
 
 
@@ -264,8 +319,10 @@ def _existing_nonempty_file(path: PathLike) -> str:
     if os.path.isdir(path):
         raise NotAudio(f"'{path}' is a folder, not an audio file. Choose a file inside it.")
     if os.path.getsize(path) == 0:
-        raise EmptyAudio(f"'{_name(path)}' is empty (0 bytes). The upload or the recording probably failed; "
-                         "record or upload it again.")
+        raise EmptyAudio(
+            f"'{_name(path)}' is empty (0 bytes). The upload or the recording probably failed; "
+            "record or upload it again."
+        )
     return path
 
 
@@ -275,7 +332,7 @@ def _ffmpeg_input(path: str) -> str:
     return "file:" + os.path.abspath(path)
 
 
-def _run_tool(command: List[str]) -> subprocess.CompletedProcess:
+def _run_tool(command: list[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(command, capture_output=True, stdin=subprocess.DEVNULL)
     except FileNotFoundError:  # removed from PATH after check_ffmpeg cached its answer
@@ -283,12 +340,25 @@ def _run_tool(command: List[str]) -> subprocess.CompletedProcess:
         raise _ffmpeg_missing([command[0]]) from None
 
 
-def _decode_pcm16(path: str, limit_s: Optional[float]) -> Tuple[bytearray, int, str]:
+def _decode_pcm16(path: str, limit_s: float | None) -> tuple[bytearray, int, str]:
     """Run ffmpeg and collect its s16le output; returns (pcm bytes, exit code, stderr text)."""
     check_ffmpeg()
-    command = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0",
-               "-i", _ffmpeg_input(path),
-               "-map", "0:a:0", "-vn", "-sn", "-dn"]  # the first audio track only, so videos work
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "0",
+        "-i",
+        _ffmpeg_input(path),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+    ]  # the first audio track only, so videos work
     if limit_s is not None:
         command += ["-t", f"{limit_s:.3f}"]
     command += ["-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-"]
@@ -296,8 +366,9 @@ def _decode_pcm16(path: str, limit_s: Optional[float]) -> Tuple[bytearray, int, 
     # frame, and a full stderr pipe would stall it while we wait on stdout.
     with tempfile.TemporaryFile() as stderr_file:
         try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=stderr_file)
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file
+            )
         except FileNotFoundError:
             check_ffmpeg.cache_clear()
             raise _ffmpeg_missing(["ffmpeg"]) from None
@@ -315,7 +386,7 @@ def _decode_pcm16(path: str, limit_s: Optional[float]) -> Tuple[bytearray, int, 
     return pcm, returncode, stderr
 
 
-def _declared_duration(audio: dict, container_info: dict, only_stream: bool, guessed: bool) -> Optional[float]:
+def _declared_duration(audio: dict, container_info: dict, only_stream: bool, guessed: bool) -> float | None:
     """The audio track's own length, or the container's when the track is all there is."""
     if guessed:  # ffprobe derived it from file size and bitrate: says nothing about truncation
         return None
@@ -327,7 +398,7 @@ def _declared_duration(audio: dict, container_info: dict, only_stream: bool, gue
     return _seconds(container_info.get("duration")) if only_stream else None
 
 
-def _wav_declared_duration(path: str) -> Optional[float]:
+def _wav_declared_duration(path: str) -> float | None:
     """Length the RIFF header promises (data size / bytes per second), None if unknown."""
     try:
         with open(path, "rb") as handle:
@@ -366,12 +437,15 @@ def _too_long(path: str, duration_s: float, max_duration_s: float, at_least: boo
     return AudioTooLong(
         f"'{_name(path)}' lasts {length}; this server accepts recordings of up to "
         f"{_describe_seconds(max_duration_s)}. Split it into shorter parts, or ask the administrator to raise "
-        "the maximum duration.", duration_s=duration_s, max_duration_s=max_duration_s)
+        "the maximum duration.",
+        duration_s=duration_s,
+        max_duration_s=max_duration_s,
+    )
 
 
 def _ffmpeg_reason(stderr: str, path: str) -> str:
     """The last distinct lines of ffmpeg's complaint, short, without addresses or full paths."""
-    lines: List[str] = []
+    lines: list[str] = []
     for line in stderr.splitlines():
         line = re.sub(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*", "", line.strip())  # "[flac @ 0x55...] "
         line = line.replace("file:" + os.path.abspath(path), _name(path)).replace(path, _name(path))
@@ -388,12 +462,12 @@ def _is_picture_or_text(container: str) -> bool:
     return container in ("image2", "tty") or container.endswith("_pipe")
 
 
-def _tag(stream: dict, key: str) -> Optional[str]:
+def _tag(stream: dict, key: str) -> str | None:
     tags = stream.get("tags") or {}
     return next((value for name, value in tags.items() if name.upper() == key), None)
 
 
-def _seconds(value: object) -> Optional[float]:
+def _seconds(value: object) -> float | None:
     """ffprobe durations: "3.000000", or matroska's "00:00:03.008000000" tag; None if absent."""
     if value in (None, "", "N/A"):
         return None
@@ -409,7 +483,7 @@ def _seconds(value: object) -> Optional[float]:
     return result if math.isfinite(result) and result >= 0 else None
 
 
-def _int_or_none(value: object) -> Optional[int]:
+def _int_or_none(value: object) -> int | None:
     try:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -9,16 +9,18 @@ across a seam. As many sections as the batch has rows, none shorter than
 
 Pure numpy over the energy that engine.audio.energy computes; no torch, no model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
 
 import numpy as np
 
 from engine.audio.energy import FRAME_S, SAMPLE_RATE, pause_level, quietest_cut, smoothed_level_db
 
-MIN_SECTION_S = 42.0  # over one window: whisper's seek needs room to carry a sentence over; see settings.min_section_s
+# over one window: whisper's seek needs room to carry a sentence over; see settings.min_section_s
+MIN_SECTION_S = 42.0
 SEARCH_FRACTION = 0.25  # a cut may move this fraction of a section's length from its even target
 
 
@@ -37,8 +39,13 @@ class Section:
         return (self.end - self.start) / self.sample_rate
 
 
-def plan_sections(audio: np.ndarray, sections: int, sample_rate: int = SAMPLE_RATE,
-                  min_section_s: float = MIN_SECTION_S, joins: Optional[Sequence[int]] = None) -> List[Section]:
+def plan_sections(
+    audio: np.ndarray,
+    sections: int,
+    sample_rate: int = SAMPLE_RATE,
+    min_section_s: float = MIN_SECTION_S,
+    joins: Sequence[int] | None = None,
+) -> list[Section]:
     """At most `sections` sections of at least `min_section_s`, tiling `audio` in order.
 
     `joins` are samples where the voice activity detector removed a stretch without speech
@@ -66,12 +73,13 @@ def plan_sections(audio: np.ndarray, sections: int, sample_rate: int = SAMPLE_RA
     return [Section(a, b, sample_rate) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def _longest_pause(quiet: np.ndarray, level_db: np.ndarray, frame_length: int, lo: int, hi: int,
-                   target: int) -> int:
+def _longest_pause(
+    quiet: np.ndarray, level_db: np.ndarray, frame_length: int, lo: int, hi: int, target: int
+) -> int:
     """The middle of the longest run of quiet frames in [lo, hi] (the one nearest `target`
     among equals); the quietest point there when nothing is quiet (music, unbroken speech)."""
     first, last = max(lo // frame_length, 0), min(hi // frame_length, len(quiet) - 1)
-    window = quiet[first:last + 1].astype(np.int8)
+    window = quiet[first : last + 1].astype(np.int8)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], window, [0]))))
     starts, ends = edges[::2], edges[1::2]  # runs [start, end) of quiet frames
     if len(starts) == 0:

@@ -18,13 +18,13 @@ one long run only in a piece's first frames, and the speech stretches found by a
 0.2 s at their edges (measured on speech after a minute of music), inside the 0.4 s of
 padding around each.
 """
+
 from __future__ import annotations
 
 import bisect
 import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -50,11 +50,12 @@ class VadOptions:
 class SpeechMap:
     """Speech stretches of a recording, `[(start, end), ...]` in samples, in order and
     disjoint, and the arithmetic between the recording and their concatenation."""
-    chunks: Tuple[Tuple[int, int], ...]
+
+    chunks: tuple[tuple[int, int], ...]
     sample_rate: int = SAMPLE_RATE
 
     @cached_property
-    def _ends(self) -> List[int]:
+    def _ends(self) -> list[int]:
         """Where each stretch ends in the concatenation (samples): every mapping reads it."""
         return np.cumsum([end - start for start, end in self.chunks]).astype(int).tolist()
 
@@ -63,7 +64,7 @@ class SpeechMap:
         return self._ends[-1] if self.chunks else 0
 
     @property
-    def joins(self) -> List[int]:
+    def joins(self) -> list[int]:
         """Samples of the concatenation where one stretch ends and the next begins."""
         return self._ends[:-1]
 
@@ -82,7 +83,7 @@ class SpeechMap:
         index = self._chunk_at(sample, is_end)
         return (self.chunks[index][0] + sample - self._kept_before(index)) / self.sample_rate
 
-    def span_to_recording(self, start: float, end: float) -> Tuple[float, float]:
+    def span_to_recording(self, start: float, end: float) -> tuple[float, float]:
         """A segment's or a word's times (of the concatenation) as times of the recording.
 
         Whisper's timestamps are approximate: a segment that ends a stretch often ends a few
@@ -95,6 +96,7 @@ class SpeechMap:
         rate = self.sample_rate
         first, last = self._chunk_at(start * rate, False), self._chunk_at(end * rate, True)
         if first != last:
+
             def overlap(index: int) -> float:
                 return min(end * rate, self._ends[index]) - max(start * rate, self._kept_before(index))
 
@@ -120,9 +122,14 @@ def speech_map(audio: np.ndarray, options: VadOptions = VadOptions()) -> SpeechM
     from silero_vad import get_speech_timestamps_from_probs
 
     stamps = get_speech_timestamps_from_probs(
-        probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=options.threshold, min_speech_duration_ms=0,
-        min_silence_duration_ms=int(options.min_silence_s * 1000), speech_pad_ms=int(options.speech_pad_s * 1000),
-        audio_length_samples=len(audio))
+        probs.tolist(),
+        sampling_rate=SAMPLE_RATE,
+        threshold=options.threshold,
+        min_speech_duration_ms=0,
+        min_silence_duration_ms=int(options.min_silence_s * 1000),
+        speech_pad_ms=int(options.speech_pad_s * 1000),
+        audio_length_samples=len(audio),
+    )
     return SpeechMap(tuple((int(s["start"]), int(s["end"])) for s in stamps if s["end"] > s["start"]))
 
 
@@ -140,18 +147,20 @@ def speech_probabilities(audio: np.ndarray) -> np.ndarray:
     probs = np.empty(frames_total, dtype=np.float32)
     with _model_lock, torch.inference_mode():
         for first in range(0, len(starts), ROWS_PER_PASS):
-            group = starts[first:first + ROWS_PER_PASS]
+            group = starts[first : first + ROWS_PER_PASS]
             batch = torch.zeros(len(group), WARM_FRAMES + piece_frames, FRAME)
             for row, start in enumerate(group):
                 lo = max(0, start - WARM_FRAMES)
-                piece = samples[lo * FRAME:(start + piece_frames) * FRAME]
+                piece = samples[lo * FRAME : (start + piece_frames) * FRAME]
                 at = (WARM_FRAMES - (start - lo)) * FRAME  # the recording's first piece has no warm-up: zeros
-                batch[row].view(-1)[at:at + len(piece)] = piece
+                batch[row].view(-1)[at : at + len(piece)] = piece
             model.reset_states()
-            out = torch.stack([model(batch[:, step], SAMPLE_RATE)[:, 0] for step in range(batch.shape[1])], dim=1)
+            out = torch.stack(
+                [model(batch[:, step], SAMPLE_RATE)[:, 0] for step in range(batch.shape[1])], dim=1
+            )
             for row, start in enumerate(group):
                 count = min(piece_frames, frames_total - start)
-                probs[start:start + count] = out[row, WARM_FRAMES:WARM_FRAMES + count].numpy()
+                probs[start : start + count] = out[row, WARM_FRAMES : WARM_FRAMES + count].numpy()
     return probs
 
 
@@ -169,6 +178,7 @@ def _load_silero():
     threads = torch.get_num_threads()
     try:
         import silero_vad  # its import sets torch to one thread for the whole process ...
+
         return silero_vad.load_silero_vad()
     finally:
         torch.set_num_threads(threads)  # ... which would halve the decoder's speed on a CPU

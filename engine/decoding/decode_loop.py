@@ -37,6 +37,7 @@ the same windows tried again; a single window that cannot fit fails its job with
 holding the model lock: the one place tests act on the decode users get, to hold a step
 (a gate), slow it, or raise torch.OutOfMemoryError to take the out-of-memory path.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -44,8 +45,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Union
 
 import torch
 from whisper.audio import FRAMES_PER_SECOND
@@ -80,7 +82,7 @@ class ModelLock:
         self._waiting = 0
         self._count = threading.Lock()
 
-    def __enter__(self) -> "ModelLock":
+    def __enter__(self) -> ModelLock:
         with self._count:
             self._waiting += 1
         self._lock.acquire()
@@ -118,26 +120,31 @@ class _Job:
     model: Whisper
     options: TranscribeOptions
     language: str
-    streams: List[SectionStream]
+    streams: list[SectionStream]
     cancelled: Callable[[], bool]  # polled before each step
     on_progress: Callable[[float, float], None]  # (seconds done, seconds in all)
     streaming: Callable[[], bool] = lambda: False  # whether a client reads the text as it comes
     # how far into its window in the running decode each stream's timestamps have come, in
     # seconds; keyed by the stream, not held by its _Live (which points back here): a cycle
     # would keep the job's streams, and its whole recording, until the periodic collector ran
-    into_window: Dict[SectionStream, float] = field(default_factory=dict)
+    into_window: dict[SectionStream, float] = field(default_factory=dict)
     reported_s: float = 0.0  # the most seconds reported done: progress never goes back
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
     @property
-    def batch_key(self) -> Tuple:
+    def batch_key(self) -> tuple:
         """Rows of jobs with equal keys may share a batch. A running decode decodes at one
         temperature, so a job whose first decode samples never joins a greedy one."""
-        return (id(self.model), self.options.task, self.language, self.options.max_new_tokens,
-                self.options.temperatures[0])
+        return (
+            id(self.model),
+            self.options.task,
+            self.language,
+            self.options.max_new_tokens,
+            self.options.temperatures[0],
+        )
 
-    def earliest(self) -> Optional[SectionStream]:
+    def earliest(self) -> SectionStream | None:
         """The first section, in recording order, that is not finished."""
         return next((stream for stream in self.streams if not stream.finished), None)
 
@@ -205,15 +212,21 @@ class DecodeLoop:
     with stock whisper.decode replaces it (bench/stock_decode.py).
     """
 
-    def __init__(self, fp16: bool, batch_size: int, memory_threshold_mb: Optional[float] = None,
-                 before_step: Optional[BeforeStep] = None, lock: ModelLock = MODEL_LOCK):
+    def __init__(
+        self,
+        fp16: bool,
+        batch_size: int,
+        memory_threshold_mb: float | None = None,
+        before_step: BeforeStep | None = None,
+        lock: ModelLock = MODEL_LOCK,
+    ):
         self.fp16 = fp16
         self.batch_size = batch_size
         self.memory_threshold_mb = memory_threshold_mb
         self.before_step = before_step
         self.start_decode: Callable[[Whisper, DecodingOptions], RunningDecode] = start_decode
         self._lock = lock
-        self._live: Deque[_Live] = deque()
+        self._live: deque[_Live] = deque()
         self._cond = threading.Condition()
         self._limit = batch_size  # lowered by an out-of-memory error until the loop is idle
         self._closed = False
@@ -221,10 +234,16 @@ class DecodeLoop:
         self._thread.start()
 
     # -- jobs' side --------------------------------------------------------------------------
-    def run(self, model: Whisper, streams: List[SectionStream], options: TranscribeOptions, language: str,
-            cancelled: Callable[[], bool] = lambda: False,
-            on_progress: Callable[[float, float], None] = lambda done, total: None,
-            streaming: Callable[[], bool] = lambda: False) -> None:
+    def run(
+        self,
+        model: Whisper,
+        streams: list[SectionStream],
+        options: TranscribeOptions,
+        language: str,
+        cancelled: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[float, float], None] = lambda done, total: None,
+        streaming: Callable[[], bool] = lambda: False,
+    ) -> None:
         """Decode `streams` (a recording's sections, in order) to their ends; raises the step's
         error, or JobCancelled once `cancelled()` turns true (the streams leave the loop at its
         next step). While `streaming()` is true, the earliest unfinished section comes first."""
@@ -272,7 +291,7 @@ class DecodeLoop:
             # and through them its whole recording, alive.
             del candidates
 
-    def _wait_for_work(self) -> Optional[List[_Live]]:
+    def _wait_for_work(self) -> list[_Live] | None:
         """The live streams that may share the next batch (those of the longest-waiting
         stream's kind), once there are any; None when the loop is closed."""
         with self._cond:
@@ -289,7 +308,7 @@ class DecodeLoop:
                 return_freed_host_memory()
                 self._cond.wait()
 
-    def _account(self, served: List[_Live]) -> None:
+    def _account(self, served: list[_Live]) -> None:
         """Bookkeeping after a step (caller holds the condition): served streams go to the back
         of the line or leave when finished, jobs hear of their progress, finished and failed jobs leave."""
         for entry in served:
@@ -308,24 +327,35 @@ class DecodeLoop:
     # -- a running decode that rows join and leave -------------------------------------------
     def _first_options(self, job: _Job) -> DecodingOptions:
         """A window's first decode: at the first temperature of the job's ladder (0: greedy)."""
-        return DecodingOptions(task=job.options.task, language=job.language,
-                               temperature=job.options.temperatures[0], sample_len=job.options.max_new_tokens,
-                               fp16=self.fp16)
+        return DecodingOptions(
+            task=job.options.task,
+            language=job.language,
+            temperature=job.options.temperatures[0],
+            sample_len=job.options.max_new_tokens,
+            fp16=self.fp16,
+        )
 
     def _limit_now(self, job: _Job) -> int:
         model = job.model
-        return fit_batch_size(self._limit, model.dims, next(model.parameters()).device, 2 if self.fp16 else 4,
-                              job.options.max_new_tokens, self.memory_threshold_mb, _prompt_tokens(job))
+        return fit_batch_size(
+            self._limit,
+            model.dims,
+            next(model.parameters()).device,
+            2 if self.fp16 else 4,
+            job.options.max_new_tokens,
+            self.memory_threshold_mb,
+            _prompt_tokens(job),
+        )
 
-    def _decode_continuously(self, candidates: List[_Live]) -> None:
+    def _decode_continuously(self, candidates: list[_Live]) -> None:
         """Run one decode until no row is left: between its steps, rows whose window ended hand
         their result to their stream, and waiting streams of the same kind join (none while a
         stream of another kind waits, so that kind gets the next decode)."""
         job = candidates[0].job
         key, model = job.batch_key, job.model
-        rows: Dict[_Live, StreamWindow] = {}  # the entries in the decode, and the window each decodes
-        ended: List[Tuple[_Live, object]] = []
-        joining: List[_Live] = []
+        rows: dict[_Live, StreamWindow] = {}  # the entries in the decode, and the window each decodes
+        ended: list[tuple[_Live, object]] = []
+        joining: list[_Live] = []
         try:
             with self._lock:
                 limit = self._limit_now(job)
@@ -372,7 +402,7 @@ class DecodeLoop:
                 self._remove(in_decode[0].job)
 
     @staticmethod
-    def _room(model: Whisper, rows: Dict[_Live, StreamWindow], limit: int) -> int:
+    def _room(model: Whisper, rows: dict[_Live, StreamWindow], limit: int) -> int:
         """How many windows may join before the next step. On a CPU one: its encoder pass takes
         as long as a dozen token steps, and windows joining one by one keep the rows already in
         the decode (and the progress they report) moving meanwhile. On a GPU a batch of them
@@ -380,7 +410,7 @@ class DecodeLoop:
         room = limit - len(rows)
         return min(room, 1) if next(model.parameters()).device.type == "cpu" else room
 
-    def _joining(self, key: Tuple, rows: Dict[_Live, StreamWindow], room: int) -> List[_Live]:
+    def _joining(self, key: tuple, rows: dict[_Live, StreamWindow], room: int) -> list[_Live]:
         """Waiting streams of this kind that may join the decode now (caller holds the condition)."""
         waiting = [entry for entry in self._live if entry not in rows and not entry.job.cancelled()]
         if any(entry.job.batch_key != key for entry in waiting):
@@ -388,14 +418,14 @@ class DecodeLoop:
         return self._ready(waiting, room)
 
     @staticmethod
-    def _ready(waiting: List[_Live], room: int) -> List[_Live]:
+    def _ready(waiting: list[_Live], room: int) -> list[_Live]:
         """Of `waiting` (longest-waiting first), the `room` that join: the sections streaming
         clients wait for first, then the line's order; none a job holds back for its head start."""
         ready = [entry for entry in waiting if not entry.job.holds_back(entry.stream)]
         ready.sort(key=lambda entry: not entry.job.favours(entry.stream))  # stable: the line's order within
-        return ready[:max(room, 0)]
+        return ready[: max(room, 0)]
 
-    def _follow_windows(self, decode: RunningDecode, rows: Dict[_Live, StreamWindow]) -> None:
+    def _follow_windows(self, decode: RunningDecode, rows: dict[_Live, StreamWindow]) -> None:
         """How far each row has come into its window, and the jobs' progress with it: at every step
         on a CPU (looking costs nothing there); on a GPU every few steps, and at every step
         while a job waits for its first progress to end its head start."""
@@ -406,16 +436,18 @@ class DecodeLoop:
         for entry, index in decode.timestamps_reached():
             window = rows.get(entry)
             if window is not None:
-                entry.job.into_window[entry.stream] = min(max(index, 0) * TIME_PRECISION,
-                                                          window.frames / FRAMES_PER_SECOND)
+                entry.job.into_window[entry.stream] = min(
+                    max(index, 0) * TIME_PRECISION, window.frames / FRAMES_PER_SECOND
+                )
         for job in jobs:
             job.report_progress()
 
-    def _admit(self, decode: RunningDecode, joining: List[_Live],
-               rows: Dict[_Live, StreamWindow]) -> List[_Live]:
+    def _admit(
+        self, decode: RunningDecode, joining: list[_Live], rows: dict[_Live, StreamWindow]
+    ) -> list[_Live]:
         """Each joining stream's next window into the decode; returns the entries served
         (streams that turned out to be finished included)."""
-        batch: List[Tuple[_Live, StreamWindow]] = []
+        batch: list[tuple[_Live, StreamWindow]] = []
         for entry in joining:
             window = entry.stream.next_window()  # None: the rest of the section is silence
             if window is not None:
@@ -423,12 +455,20 @@ class DecodeLoop:
         if batch:
             rows.update(batch)  # first: if the decode runs out of memory, these windows count as in it
             device = next(decode.model.parameters()).device
-            decode.admit(torch.stack([w.mel for _, w in batch]).to(device), [w.prompt for _, w in batch],
-                         [entry for entry, _ in batch])
+            decode.admit(
+                torch.stack([w.mel for _, w in batch]).to(device),
+                [w.prompt for _, w in batch],
+                [entry for entry, _ in batch],
+            )
         return [entry for entry in joining if entry not in rows]
 
-    def _finish_rows(self, model: Whisper, language: str, ended: List[Tuple[_Live, object]],
-                     rows: Dict[_Live, StreamWindow]) -> List[_Live]:
+    def _finish_rows(
+        self,
+        model: Whisper,
+        language: str,
+        ended: list[tuple[_Live, object]],
+        rows: dict[_Live, StreamWindow],
+    ) -> list[_Live]:
         """Rows whose window ended: fallback re-decodes, word timing, and their streams advance."""
         if not ended:
             return []
@@ -436,27 +476,38 @@ class DecodeLoop:
         for entry, _ in finished:
             entry.job.into_window.pop(entry.stream, None)  # its stream's seek moves instead
         with torch.inference_mode():
-            results = fall_back(model, [window for _, window in finished], [entry.job.options for entry, _ in finished],
-                                [result for _, result in ended], language, self.fp16)
+            results = fall_back(
+                model,
+                [window for _, window in finished],
+                [entry.job.options for entry, _ in finished],
+                [result for _, result in ended],
+                language,
+                self.fp16,
+            )
             self._advance_streams(model, finished, results)
         return [entry for entry, _ in finished]
 
-    def _advance_streams(self, model: Whisper, rows: List[Tuple[_Live, StreamWindow]],
-                         results: List[DecodingResult]) -> None:
+    def _advance_streams(
+        self, model: Whisper, rows: list[tuple[_Live, StreamWindow]], results: list[DecodingResult]
+    ) -> None:
         """Word timing for the decoded windows that want it (batched passes), then each stream
         takes its window's result. Timing comes first: if it runs out of memory, no stream has
         moved."""
-        wanted = [i for i, ((entry, _), result) in enumerate(zip(rows, results))
-                  if entry.stream.needs_alignment(result)]
-        timings = align_windows(model, [(rows[i][0].stream.tokenizer, results[i], rows[i][1].frames)
-                                        for i in wanted])
-        alignments: List[Optional[list]] = [None] * len(rows)
+        wanted = [
+            i
+            for i, ((entry, _), result) in enumerate(zip(rows, results))
+            if entry.stream.needs_alignment(result)
+        ]
+        timings = align_windows(
+            model, [(rows[i][0].stream.tokenizer, results[i], rows[i][1].frames) for i in wanted]
+        )
+        alignments: list[list | None] = [None] * len(rows)
         for i, timing in zip(wanted, timings):
             alignments[i] = timing
         for (entry, window), result, alignment in zip(rows, results, alignments):
             entry.stream.advance(window, result, alignment)
 
-    def _out_of_memory(self, model: Whisper, entries: List[_Live]) -> None:
+    def _out_of_memory(self, model: Whisper, entries: list[_Live]) -> None:
         """After CUDA ran out of memory decoding the windows of `entries` (their streams have
         not moved): hand the cache back, then halve the batch limit so the same windows are
         decoded again in smaller batches, or fail the job whose single window cannot fit."""

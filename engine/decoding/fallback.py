@@ -7,10 +7,11 @@ computed, until it passes or the ladder ends; the rows that fail at the same tem
 are decoded together, each with its own prompt. The decode loop calls `fall_back` for the
 rows whose window has just ended in the running decode.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 from whisper.decoding import DecodingOptions, DecodingResult
@@ -21,8 +22,14 @@ from engine.decoding.options import TranscribeOptions, needs_fallback
 from engine.decoding.stream import StreamWindow
 
 
-def fall_back(model: Whisper, windows: Sequence[StreamWindow], options: Sequence[TranscribeOptions],
-              results: List[DecodingResult], language: str, fp16: bool) -> List[DecodingResult]:
+def fall_back(
+    model: Whisper,
+    windows: Sequence[StreamWindow],
+    options: Sequence[TranscribeOptions],
+    results: list[DecodingResult],
+    language: str,
+    fp16: bool,
+) -> list[DecodingResult]:
     """whisper.transcribe's temperature fallback after a first decode (`results`, in place):
     the rows that fail a guard are decoded again at their next temperature, from the encoder
     output already computed, until they pass or the ladder ends. All rows share the task, the
@@ -41,18 +48,31 @@ def _needs_another(result: DecodingResult, options: TranscribeOptions, attempt: 
     return attempt < len(options.temperatures) and needs_fallback(result, options)
 
 
-def _decode_attempt(model: Whisper, features: torch.Tensor, windows: Sequence[StreamWindow],
-                    options: Sequence[TranscribeOptions], language: str, fp16: bool,
-                    results: List[DecodingResult], rows: List[int], attempt: int) -> None:
+def _decode_attempt(
+    model: Whisper,
+    features: torch.Tensor,
+    windows: Sequence[StreamWindow],
+    options: Sequence[TranscribeOptions],
+    language: str,
+    fp16: bool,
+    results: list[DecodingResult],
+    rows: list[int],
+    attempt: int,
+) -> None:
     """Decode `rows` (into `results`) at each one's temperature number `attempt`, from their
     encoder outputs (`features`, one per row of the batch)."""
     first = options[0]
-    by_temperature: Dict[float, List[int]] = defaultdict(list)
+    by_temperature: dict[float, list[int]] = defaultdict(list)
     for row in rows:
         by_temperature[options[row].temperatures[attempt]].append(row)
     for temperature, group in by_temperature.items():
-        decoding = DecodingOptions(task=first.task, language=language, temperature=temperature,
-                                   sample_len=first.max_new_tokens, fp16=fp16)
+        decoding = DecodingOptions(
+            task=first.task,
+            language=language,
+            temperature=temperature,
+            sample_len=first.max_new_tokens,
+            fp16=fp16,
+        )
         decoded = decode_rows(model, features[group], decoding, [windows[r].prompt for r in group])
         for row, result in zip(group, decoded):
             results[row] = result

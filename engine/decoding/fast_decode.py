@@ -28,24 +28,32 @@ tests/test_fast_decode.py holds it to that on a real recording.
 Everything else (temperatures above 0, beam search, prefixes, language detection,
 word-timing's SDPA switch) goes to `whisper.decode` unchanged.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 import whisper
 from torch import Tensor
-from whisper.decoding import (ApplyTimestampRules, DecodingOptions, DecodingResult, DecodingTask, SuppressBlank,
-                              SuppressTokens)
+from whisper.decoding import (
+    ApplyTimestampRules,
+    DecodingOptions,
+    DecodingResult,
+    DecodingTask,
+    SuppressBlank,
+    SuppressTokens,
+)
 from whisper.model import MultiHeadAttention, Whisper
 from whisper.utils import compression_ratio
 
 # windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1 and 2 equal, more
 # slower), and int8's dynamic quantisation scales a pass's activations together: one keeps each window's own
 CPU_ENCODER_BATCH = 1
-CUDA_SYNC_EVERY = 8  # token steps between looks at "which rows are finished" on CUDA (each look stalls the GPU)
+# token steps between looks at "which rows are finished" on CUDA (each look stalls the GPU)
+CUDA_SYNC_EVERY = 8
 COMPACT_FRACTION = 8  # drop finished rows once they are at least 1/8 of the batch (each drop moves some rows)
 
 
@@ -53,15 +61,22 @@ COMPACT_FRACTION = 8  # drop finished rows once they are at least 1/8 of the bat
 class TokenDecodingResult(DecodingResult):
     """whisper's DecodingResult with the log-probability of each of its `tokens`."""
 
-    token_logprobs: List[float] = field(default_factory=list)  # of tokens[i], after the logit rules, as chosen
+    # of tokens[i], after the logit rules, as chosen
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 def supports(options: DecodingOptions) -> bool:
     """Whether `decode` does this itself; otherwise it hands over to `whisper.decode`."""
-    return (options.temperature == 0 and options.beam_size is None and options.best_of is None
-            and not options.prefix and options.language is not None
-            and options.task in ("transcribe", "translate")
-            and whisper.model.SDPA_AVAILABLE and MultiHeadAttention.use_sdpa)
+    return (
+        options.temperature == 0
+        and options.beam_size is None
+        and options.best_of is None
+        and not options.prefix
+        and options.language is not None
+        and options.task in ("transcribe", "translate")
+        and whisper.model.SDPA_AVAILABLE
+        and MultiHeadAttention.use_sdpa
+    )
 
 
 @torch.inference_mode()
@@ -77,8 +92,9 @@ def decode(model: Whisper, mel: Tensor, options: DecodingOptions = DecodingOptio
 
 
 @torch.inference_mode()
-def decode_rows(model: Whisper, mel: Tensor, options: DecodingOptions,
-                prompts: Sequence[Optional[Sequence[int]]]) -> List[DecodingResult]:
+def decode_rows(
+    model: Whisper, mel: Tensor, options: DecodingOptions, prompts: Sequence[Sequence[int] | None]
+) -> list[DecodingResult]:
     """Decode a batch whose rows each have their own prompt (previous text as tokens, or
     None): row i gives what `whisper.decode(model, mel[i], replace(options, prompt=prompts[i]))`
     gives. This is how the streams of different sections and jobs share one batch while each
@@ -89,13 +105,20 @@ def decode_rows(model: Whisper, mel: Tensor, options: DecodingOptions,
         raise ValueError(f"{len(mel)} rows but {len(prompts)} prompts")
     if supports(options):
         return decode_whole(model, options, mel, prompts)
-    results = [whisper.decode(model, row, replace(options, prompt=list(prompt) if prompt else None))
-               for row, prompt in zip(mel, prompts)]
+    results = [
+        whisper.decode(model, row, replace(options, prompt=list(prompt) if prompt else None))
+        for row, prompt in zip(mel, prompts)
+    ]
     return _with_token_logprobs(model, mel, options, prompts, results)
 
 
-def _with_token_logprobs(model: Whisper, mel: Tensor, options: DecodingOptions,
-                         prompts: Sequence[Optional[Sequence[int]]], results: List[DecodingResult]) -> List:
+def _with_token_logprobs(
+    model: Whisper,
+    mel: Tensor,
+    options: DecodingOptions,
+    prompts: Sequence[Sequence[int] | None],
+    results: list[DecodingResult],
+) -> list:
     """`results` of a sampled re-decode, each with its own tokens' log-probabilities: one greedy
     pass that takes each row's sampled token instead of the likeliest, through the same logit
     rules, gives the values whisper's sampler saw (it too takes log_softmax of the filtered
@@ -104,8 +127,12 @@ def _with_token_logprobs(model: Whisper, mel: Tensor, options: DecodingOptions,
     if not supports(greedy):  # beam search and other whisper-only paths: without per-token values
         return results
     forced = decode_whole(model, greedy, mel, prompts, forced=[list(r.tokens) for r in results])
-    return [TokenDecodingResult(**{f.name: getattr(r, f.name) for f in fields(DecodingResult)},
-                                token_logprobs=f.token_logprobs) for r, f in zip(results, forced)]
+    return [
+        TokenDecodingResult(
+            **{f.name: getattr(r, f.name) for f in fields(DecodingResult)}, token_logprobs=f.token_logprobs
+        )
+        for r, f in zip(results, forced)
+    ]
 
 
 def encode(model: Whisper, mel: Tensor, fp16: bool) -> Tensor:
@@ -152,16 +179,18 @@ class GreedyDecode:
     and free slots are dropped once they are 1/8 of the batch (each drop copies the caches).
     """
 
-    ROW_LISTS = ("tags", "begins", "no_speech", "features", "deadlines")  # host-side lists, one entry per slot
+    # host-side lists, one entry per slot
+    ROW_LISTS = ("tags", "begins", "no_speech", "features", "deadlines")
 
     def __init__(self, model: Whisper, options: DecodingOptions, forcing: bool = False):
         task = DecodingTask(model, options)
         self.model, self.options, self.tokenizer = model, options, task.tokenizer
         self.sample_len, self.n_ctx = task.sample_len, task.n_ctx
-        self.forcing = forcing  # rows come with the tokens to take (a sampled decode's), to read their log-probs
-        self.suppress: List[int] = []
-        self.blank: Optional[List[int]] = None
-        self.timestamps: Optional[ApplyTimestampRules] = None
+        # rows come with the tokens to take (a sampled decode's), to read their log-probs
+        self.forcing = forcing
+        self.suppress: list[int] = []
+        self.blank: list[int] | None = None
+        self.timestamps: ApplyTimestampRules | None = None
         for rule in task.logit_filters:
             if isinstance(rule, SuppressBlank):
                 self.blank = self.tokenizer.encode(" ") + [self.tokenizer.eot]
@@ -178,14 +207,14 @@ class GreedyDecode:
         self.ts_columns = torch.arange(self.tokenizer.timestamp_begin, vocab, device=device)
         self.always, self.first = self._static_masks(vocab, device)
         self.cross_scale = (model.dims.n_text_state // model.dims.n_text_head) ** -0.5  # SDPA's default scale
-        self.rows: Dict[str, Tensor] = {}
+        self.rows: dict[str, Tensor] = {}
         # host-side, one entry per slot
-        self.tags: List[object] = []  # the caller's handle of each row, given back with its result
-        self.begins: List[int] = []  # where each row's sampled tokens start (after its prompt)
-        self.no_speech: List[float] = []
-        self.features: List[Tensor] = []  # each row's encoder output, for its result (fallbacks reuse it)
-        self.deadlines: List[int] = []  # the step by which each row has surely ended (its token cap)
-        self.free: List[int] = []  # slots whose row has ended and been returned
+        self.tags: list[object] = []  # the caller's handle of each row, given back with its result
+        self.begins: list[int] = []  # where each row's sampled tokens start (after its prompt)
+        self.no_speech: list[float] = []
+        self.features: list[Tensor] = []  # each row's encoder output, for its result (fallbacks reuse it)
+        self.deadlines: list[int] = []  # the step by which each row has surely ended (its token cap)
+        self.free: list[int] = []  # slots whose row has ended and been returned
         self.step_count = 0
         self.aligned = False  # every row at one position (admitted together): one offset, no mask
         self.position = 0  # that position, when aligned
@@ -195,20 +224,25 @@ class GreedyDecode:
         """Rows still decoding (not yet returned by `step`)."""
         return len(self.tags) - len(self.free)
 
-    def live_tags(self) -> List[object]:
+    def live_tags(self) -> list[object]:
         """The tags of the rows still decoding, in slot order."""
         free = set(self.free)
         return [tag for slot, tag in enumerate(self.tags) if slot not in free]
 
     # -- rows joining ------------------------------------------------------------------
-    def _initial_tokens(self, prompt: Optional[Sequence[int]]) -> List[int]:
+    def _initial_tokens(self, prompt: Sequence[int] | None) -> list[int]:
         """[previous text] start-of-transcript, language, task: whisper's own, per prompt."""
         options = replace(self.options, prompt=list(prompt)) if prompt else self.options
         return list(DecodingTask(self.model, options).initial_tokens)
 
     @torch.inference_mode()
-    def admit(self, mel: Tensor, prompts: Sequence[Optional[Sequence[int]]], tags: Sequence[object],
-              forced: Optional[Sequence[Sequence[int]]] = None) -> None:
+    def admit(
+        self,
+        mel: Tensor,
+        prompts: Sequence[Sequence[int] | None],
+        tags: Sequence[object],
+        forced: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         """Add a row per log-mel (or encoder output): encode, prefill its prompt, take its
         first token. `forced` (with `forcing`): each row's tokens to take instead of the likeliest."""
         if len(mel) == 0:
@@ -224,9 +258,11 @@ class GreedyDecode:
         steps = [min(self.sample_len, self.n_ctx + 1 - begin) for begin in begins]
         # keys and values for the positions the rows will feed (their prompts and all but the last token)
         capacity = min(self.n_ctx, max(begin + row_steps for begin, row_steps in zip(begins, steps)))
-        new: Dict[str, Tensor] = {}
+        new: dict[str, Tensor] = {}
         for layer, block in enumerate(model.decoder.blocks):
-            new[f"cross_k{layer}"], new[f"cross_v{layer}"] = self._cross_keys_values(block.cross_attn, features)
+            new[f"cross_k{layer}"], new[f"cross_v{layer}"] = self._cross_keys_values(
+                block.cross_attn, features
+            )
             # Rows at different positions attend over slots others have filled and they have
             # not yet: masked out, but a masked 0 times uninitialised NaN is still NaN, so zeros.
             new[f"keys{layer}"] = features.new_zeros(count, capacity, n_state)
@@ -234,11 +270,12 @@ class GreedyDecode:
         # one column past the context: rows that are done keep writing end-of-text there
         tokens = torch.full((count, self.n_ctx + 2), eot, dtype=torch.long, device=device)
         for row, row_initial in enumerate(initial):
-            tokens[row, :len(row_initial)] = torch.tensor(row_initial, device=device)
+            tokens[row, : len(row_initial)] = torch.tensor(row_initial, device=device)
         at = torch.arange(count, device=device)
         begin = torch.tensor(begins, device=device)
         new.update(
-            tokens=tokens, positions=begin,  # where each row writes its next token
+            tokens=tokens,
+            positions=begin,  # where each row writes its next token
             taken=torch.zeros(count, dtype=torch.long, device=device),  # tokens sampled so far
             row_steps=torch.tensor(steps, device=device),  # each row's cap
             sum_logprobs=torch.zeros(count, device=device),
@@ -252,26 +289,37 @@ class GreedyDecode:
         if self.forcing:
             forced_tokens = torch.full((count, self.sample_len), eot, dtype=torch.long, device=device)
             for row, row_tokens in enumerate(forced or []):
-                row_tokens = list(row_tokens)[:self.sample_len]
-                forced_tokens[row, :len(row_tokens)] = torch.tensor(row_tokens, dtype=torch.long, device=device)
+                row_tokens = list(row_tokens)[: self.sample_len]
+                forced_tokens[row, : len(row_tokens)] = torch.tensor(
+                    row_tokens, dtype=torch.long, device=device
+                )
             new["forced"] = forced_tokens
 
         # every row's start at once (shorter ones padded after their end, which the causal
         # mask keeps out of their view); the logits of each row's last token sample its first
         # one, those at its start-of-transcript give no_speech_prob
-        states = self._forward(new, tokens[:, :max(begins)], 0)
+        states = self._forward(new, tokens[:, : max(begins)], 0)
         logits = self._logits(states[at, begin - 1])
         no_speech = [float("nan")] * count
         if tokenizer.no_speech is not None:
             sots = torch.tensor([row.index(tokenizer.sot) for row in initial], device=device)
-            no_speech = self._logits(states[at, sots]).float().softmax(dim=-1)[:, tokenizer.no_speech].tolist()
+            no_speech = (
+                self._logits(states[at, sots]).float().softmax(dim=-1)[:, tokenizer.no_speech].tolist()
+            )
         logits.masked_fill_(self.first, -float("inf"))
         self._choose(new, logits, first=True)
         deadlines = [self.step_count + row_steps - 1 for row_steps in steps]
         self._place(new, list(tags), begins, no_speech, list(features), deadlines)
 
-    def _place(self, new: Dict[str, Tensor], tags: List[object], begins: List[int], no_speech: List[float],
-               features: List[Tensor], deadlines: List[int]) -> None:
+    def _place(
+        self,
+        new: dict[str, Tensor],
+        tags: list[object],
+        begins: list[int],
+        no_speech: list[float],
+        features: list[Tensor],
+        deadlines: list[int],
+    ) -> None:
         """Put admitted rows into free slots, the rest after the last slot."""
         if len(self) == 0:  # a fresh batch (anything left is ended and returned)
             self.rows, self.tags, self.begins, self.no_speech = new, tags, begins, no_speech
@@ -286,11 +334,11 @@ class GreedyDecode:
                 self.rows[name] = F.pad(self.rows[name], (0, 0, 0, need - have))
             elif have > need:
                 new[name] = F.pad(new[name], (0, 0, 0, have - need))
-        slots, self.free = self.free[:len(tags)], self.free[len(tags):]
+        slots, self.free = self.free[: len(tags)], self.free[len(tags) :]
         if slots:
             index = torch.tensor(slots, device=self.rows["tokens"].device)
             for name, value in new.items():
-                self.rows[name].index_copy_(0, index, value[:len(slots)])
+                self.rows[name].index_copy_(0, index, value[: len(slots)])
             for i, slot in enumerate(slots):
                 self.tags[slot], self.begins[slot], self.no_speech[slot] = tags[i], begins[i], no_speech[i]
                 self.features[slot], self.deadlines[slot] = features[i], deadlines[i]
@@ -312,7 +360,7 @@ class GreedyDecode:
             self.rows["finished"][torch.tensor(slots, device=self.rows["finished"].device)] = True
             self.free = sorted(self.free + slots)
 
-    def timestamps_reached(self) -> List[Tuple[object, int]]:
+    def timestamps_reached(self) -> list[tuple[object, int]]:
         """(tag, index) of each row still decoding: its latest timestamp token as an index into
         its window (1 per 20 ms; -1 before any). Timestamps never decrease, so a row at <|12.40|>
         has decoded its window up to 12.4 s; the decode loop's progress counts that."""
@@ -323,7 +371,7 @@ class GreedyDecode:
         return [(tag, index) for slot, (tag, index) in enumerate(zip(self.tags, latest)) if slot not in free]
 
     # -- the masks whisper's logit filters apply, as tensors ---------------------------
-    def _static_masks(self, vocab: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    def _static_masks(self, vocab: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """Ids set to -inf whatever was sampled: (every step, first step). The every-step ones
         are a short list (index_fill_ touches only those columns), the first step's a mask."""
         always = list(self.suppress)
@@ -338,10 +386,10 @@ class GreedyDecode:
             tb = self.tokenizer.timestamp_begin
             first[:tb] = True  # the first sampled token is a timestamp
             if rules.max_initial_timestamp_index is not None:
-                first[tb + rules.max_initial_timestamp_index + 1:] = True
+                first[tb + rules.max_initial_timestamp_index + 1 :] = True
         return torch.tensor(sorted(set(always)), dtype=torch.long, device=device), first
 
-    def _timestamp_rules(self, logits: Tensor, rows: Dict[str, Tensor]) -> None:
+    def _timestamp_rules(self, logits: Tensor, rows: dict[str, Tensor]) -> None:
         """ApplyTimestampRules' per-row part, for every row at once (from the second token on).
         Only the timestamp slice and the text slice of the logits are touched."""
         tb, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
@@ -355,7 +403,7 @@ class GreedyDecode:
         closed_pair = (last & penultimate)[:, None]
         logits[:, tb:].masked_fill_(closed_pair | (self.ts_columns < bound[:, None]), -float("inf"))
 
-    def _prefer_timestamps(self, logits: Tensor) -> Tuple[Tensor, Tensor]:
+    def _prefer_timestamps(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Rows whose timestamps together outweigh every text token may only sample a
         timestamp. Returns the log-probs before that, and which rows it forced."""
         tb = self.tokenizer.timestamp_begin
@@ -366,7 +414,7 @@ class GreedyDecode:
         logits[:, :tb].masked_fill_(forced[:, None], -float("inf"))
         return logprobs, forced
 
-    def _choose(self, rows: Dict[str, Tensor], logits: Tensor, first: bool) -> None:
+    def _choose(self, rows: dict[str, Tensor], logits: Tensor, first: bool) -> None:
         """The rest of whisper's logit filters, the token each row takes, and its bookkeeping."""
         eot = self.tokenizer.eot
         if not first:
@@ -399,8 +447,9 @@ class GreedyDecode:
         rows["finished"] = finished | (next_tokens == eot) | (taken >= rows["row_steps"])
 
     # -- the decoder, with caches in `rows` --------------------------------------------
-    def _forward(self, rows: Dict[str, Tensor], tokens: Tensor, offset: int,
-                 positions: Optional[Tensor] = None) -> Tensor:
+    def _forward(
+        self, rows: dict[str, Tensor], tokens: Tensor, offset: int, positions: Tensor | None = None
+    ) -> Tensor:
         """Decoder blocks on `tokens` at positions offset.. (caches filled as it goes);
         returns the final layer-normed states, (batch, len(tokens), state).
 
@@ -410,7 +459,7 @@ class GreedyDecode:
         decoder = self.model.decoder
         n = tokens.shape[1]
         if positions is None:
-            x = decoder.token_embedding(tokens) + decoder.positional_embedding[offset:offset + n]
+            x = decoder.token_embedding(tokens) + decoder.positional_embedding[offset : offset + n]
             end, mask, index = offset + n, None, None
         else:
             x = decoder.token_embedding(tokens) + decoder.positional_embedding[positions][:, None]
@@ -430,9 +479,13 @@ class GreedyDecode:
             else:
                 keys[index, positions] = attn.key(h)[:, 0]
                 values[index, positions] = attn.value(h)[:, 0]
-            a = F.scaled_dot_product_attention(_heads(q, heads), _heads(keys[:, :end], heads),
-                                               _heads(values[:, :end], heads), attn_mask=mask,
-                                               is_causal=n > 1 and mask is None)
+            a = F.scaled_dot_product_attention(
+                _heads(q, heads),
+                _heads(keys[:, :end], heads),
+                _heads(values[:, :end], heads),
+                attn_mask=mask,
+                is_causal=n > 1 and mask is None,
+            )
             x = x + attn.out(_merge(a))
             cross = block.cross_attn
             q = _heads(cross.query(block.cross_attn_ln(x)), heads)
@@ -444,7 +497,7 @@ class GreedyDecode:
             x = x + block.mlp(block.mlp_ln(x))
         return decoder.ln(x)
 
-    def _cross_keys_values(self, cross: MultiHeadAttention, features: Tensor) -> Tuple[Tensor, Tensor]:
+    def _cross_keys_values(self, cross: MultiHeadAttention, features: Tensor) -> tuple[Tensor, Tensor]:
         """One block's cross-attention keys and values, computed once per row. On CPU the
         keys are stored transposed and both contiguous, so each token step's two matmuls read
         them in order (they are most of the memory a step reads)."""
@@ -464,7 +517,7 @@ class GreedyDecode:
 
     # -- token steps -------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> List[Tuple[object, "TokenDecodingResult"]]:
+    def step(self) -> list[tuple[object, TokenDecodingResult]]:
         """One token for every row; returns (tag, result) of the rows that ended. On CUDA
         the host looks at which rows ended only every few steps (each look stalls the GPU),
         and whenever a row reaches its cap."""
@@ -476,7 +529,7 @@ class GreedyDecode:
         capacity = rows["keys0"].shape[1]
         if self.aligned and self.position <= capacity:
             p = self.position
-            x = self._forward(rows, rows["tokens"][:, p - 1:p], p - 1)
+            x = self._forward(rows, rows["tokens"][:, p - 1 : p], p - 1)
             self.position += 1
         else:
             self.aligned = False
@@ -495,16 +548,25 @@ class GreedyDecode:
         free = set(self.free)
         return min(d for slot, d in enumerate(self.deadlines) if slot not in free)
 
-    def _collect(self) -> List[Tuple[object, "TokenDecodingResult"]]:
+    def _collect(self) -> list[tuple[object, TokenDecodingResult]]:
         """The rows that ended since the last look, as results; their slots become free."""
         self._since_look = 0
         ended = [slot for slot in self.rows["finished"].nonzero()[:, 0].tolist() if slot not in self.free]
         results = []
         for slot in ended:
             begin, taken = self.begins[slot], int(self.rows["taken"][slot])
-            results.append((self.tags[slot], self._result(
-                self.features[slot], self.rows["tokens"][slot, begin:begin + taken].tolist(),
-                float(self.rows["sum_logprobs"][slot]), self.no_speech[slot], self.rows["token_logprobs"][slot])))
+            results.append(
+                (
+                    self.tags[slot],
+                    self._result(
+                        self.features[slot],
+                        self.rows["tokens"][slot, begin : begin + taken].tolist(),
+                        float(self.rows["sum_logprobs"][slot]),
+                        self.no_speech[slot],
+                        self.rows["token_logprobs"][slot],
+                    ),
+                )
+            )
         self.free = sorted(self.free + ended)
         return results
 
@@ -519,7 +581,9 @@ class GreedyDecode:
         movers = [slot for slot in range(live, len(self.tags)) if slot not in free]
         if holes:
             device = self.rows["tokens"].device
-            source, target = (torch.tensor(slots, dtype=torch.long, device=device) for slots in (movers, holes))
+            source, target = (
+                torch.tensor(slots, dtype=torch.long, device=device) for slots in (movers, holes)
+            )
             for value in self.rows.values():
                 value.index_copy_(0, target, value.index_select(0, source))
             for name in self.ROW_LISTS:
@@ -531,26 +595,41 @@ class GreedyDecode:
             setattr(self, name, getattr(self, name)[:live])
         self.free = []
 
-    def _result(self, features: Tensor, sampled: List[int], sum_logprob: float, no_speech_prob: float,
-                row_logprobs: Tensor) -> TokenDecodingResult:
+    def _result(
+        self,
+        features: Tensor,
+        sampled: list[int],
+        sum_logprob: float,
+        no_speech_prob: float,
+        row_logprobs: Tensor,
+    ) -> TokenDecodingResult:
         eot = self.tokenizer.eot
-        tokens = sampled[:sampled.index(eot)] if eot in sampled else sampled
+        tokens = sampled[: sampled.index(eot)] if eot in sampled else sampled
         text = self.tokenizer.decode(tokens).strip()
         return TokenDecodingResult(
-            audio_features=features, language=self.options.language, tokens=tokens, text=text,
-            avg_logprob=sum_logprob / (len(tokens) + 1), no_speech_prob=no_speech_prob,
-            temperature=self.options.temperature, compression_ratio=compression_ratio(text),
-            token_logprobs=row_logprobs[:len(tokens)].tolist(),
+            audio_features=features,
+            language=self.options.language,
+            tokens=tokens,
+            text=text,
+            avg_logprob=sum_logprob / (len(tokens) + 1),
+            no_speech_prob=no_speech_prob,
+            temperature=self.options.temperature,
+            compression_ratio=compression_ratio(text),
+            token_logprobs=row_logprobs[: len(tokens)].tolist(),
         )
 
 
-def decode_whole(model: Whisper, options: DecodingOptions, mel: Tensor,
-                 prompts: Optional[Sequence[Optional[Sequence[int]]]] = None,
-                 forced: Optional[Sequence[Sequence[int]]] = None) -> List[TokenDecodingResult]:
+def decode_whole(
+    model: Whisper,
+    options: DecodingOptions,
+    mel: Tensor,
+    prompts: Sequence[Sequence[int] | None] | None = None,
+    forced: Sequence[Sequence[int]] | None = None,
+) -> list[TokenDecodingResult]:
     """Every row of `mel` decoded to its end in one GreedyDecode: one result per row, in order."""
     decode = GreedyDecode(model, options, forcing=forced is not None)
     decode.admit(mel, prompts if prompts is not None else [None] * len(mel), list(range(len(mel))), forced)
-    results: Dict[int, TokenDecodingResult] = {}
+    results: dict[int, TokenDecodingResult] = {}
     while len(decode):
         results.update(decode.step())
     return [results[row] for row in range(len(mel))]

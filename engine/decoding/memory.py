@@ -13,11 +13,12 @@ estimate is deliberately plain; when it is wrong anyway, the decode loop's out-o
 handling halves the batch and retries (engine.decoding.decode_loop), so an estimate only
 needs to be roughly right. On CPU the configured `batch_size` is used as is.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from whisper.audio import N_FRAMES
@@ -28,7 +29,8 @@ from engine.device import MIB
 log = logging.getLogger(__name__)
 
 HEADROOM_MB = 256.0  # left free for cuBLAS workspaces, allocator rounding and the next batch's mels
-ENCODER_ACTIVATIONS = 10  # live (ctx x state) tensors inside an encoder block: x, norm, q, k, v, out, 4x-wide MLP
+# live (ctx x state) tensors inside an encoder block: x, norm, q, k, v, out, 4x-wide MLP
+ENCODER_ACTIVATIONS = 10
 STEP_VOCAB_TENSORS = 4  # float32 (batch x vocab) tensors alive during a token step: logits, log-probs, masks
 PROMPT_TOKENS = 4  # start-of-transcript, language, task, and a timestamp: the tokens before the sampled ones
 
@@ -46,10 +48,13 @@ def read_gpu_memory(device: torch.device) -> GpuMemory:
     return GpuMemory(free / MIB, total / MIB, cached / MIB)
 
 
-def window_cost_mb(dims: ModelDimensions, dtype_bytes: int, max_new_tokens: int, prompt_tokens: int = 0) -> float:
+def window_cost_mb(
+    dims: ModelDimensions, dtype_bytes: int, max_new_tokens: int, prompt_tokens: int = 0
+) -> float:
     """GPU memory one window needs while its batch is encoded and decoded (MB)."""
     mel = dims.n_mels * N_FRAMES * (4 + dtype_bytes)  # float32 log-mel and its cast copy
-    features = dims.n_audio_ctx * dims.n_audio_state * dtype_bytes  # encoder output, kept for fallback re-decodes
+    # encoder output, kept for fallback re-decodes
+    features = dims.n_audio_ctx * dims.n_audio_state * dtype_bytes
     encoder = ENCODER_ACTIVATIONS * features  # transient, per block; gone before the decoder starts
     cross = 2 * dims.n_text_layer * dims.n_audio_ctx * dims.n_text_state * dtype_bytes
     text_len = min(dims.n_text_ctx, PROMPT_TOKENS + prompt_tokens + max_new_tokens)
@@ -58,7 +63,7 @@ def window_cost_mb(dims: ModelDimensions, dtype_bytes: int, max_new_tokens: int,
     return (mel + features + max(encoder, cross + self_attention + step)) / MIB
 
 
-def available_mb(memory: GpuMemory, threshold_mb: Optional[float]) -> float:
+def available_mb(memory: GpuMemory, threshold_mb: float | None) -> float:
     """Memory this process may still fill with batches (MB), before the headroom."""
     available = memory.free_mb + memory.cached_mb
     if threshold_mb is not None:
@@ -67,9 +72,16 @@ def available_mb(memory: GpuMemory, threshold_mb: Optional[float]) -> float:
     return available
 
 
-def fit_batch_size(requested: int, dims: ModelDimensions, device: torch.device, dtype_bytes: int,
-                   max_new_tokens: int, threshold_mb: Optional[float] = None, prompt_tokens: int = 0,
-                   read: Callable[[torch.device], GpuMemory] = read_gpu_memory) -> int:
+def fit_batch_size(
+    requested: int,
+    dims: ModelDimensions,
+    device: torch.device,
+    dtype_bytes: int,
+    max_new_tokens: int,
+    threshold_mb: float | None = None,
+    prompt_tokens: int = 0,
+    read: Callable[[torch.device], GpuMemory] = read_gpu_memory,
+) -> int:
     """The batch size to use now: `requested` on CPU; on CUDA at most what fits (at least 1,
     so a window that cannot fit is tried and fails with a clear WindowTooLarge)."""
     if device.type != "cuda":
@@ -79,15 +91,23 @@ def fit_batch_size(requested: int, dims: ModelDimensions, device: torch.device, 
     budget = available_mb(memory, threshold_mb) - HEADROOM_MB
     fits = max(1, min(requested, int(budget // cost)))
     if fits < requested:
-        log.info("Batch of %d windows instead of %d: %.0f MB usable, ~%.0f MB per window%s", fits, requested,
-                 max(budget, 0.0), cost, f" (gpu_memory_threshold_mb={threshold_mb:g})" if threshold_mb else "")
+        log.info(
+            "Batch of %d windows instead of %d: %.0f MB usable, ~%.0f MB per window%s",
+            fits,
+            requested,
+            max(budget, 0.0),
+            cost,
+            f" (gpu_memory_threshold_mb={threshold_mb:g})" if threshold_mb else "",
+        )
     return fits
 
 
 def too_large_message(model: Whisper, fp16: bool, max_new_tokens: int) -> str:
     """Why a job fails when CUDA ran out of memory on a batch of one window."""
-    message = ("GPU out of memory while decoding a single 30 s window, so no batch size can work: "
-               "free GPU memory (other processes, other models) or use a smaller model")
+    message = (
+        "GPU out of memory while decoding a single 30 s window, so no batch size can work: "
+        "free GPU memory (other processes, other models) or use a smaller model"
+    )
     device = next(model.parameters()).device
     if device.type == "cuda":
         need = window_cost_mb(model.dims, 2 if fp16 else 4, max_new_tokens)

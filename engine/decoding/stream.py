@@ -15,10 +15,10 @@ are slices of it, and the no-speech skip, the segment slicing, the seek rules, t
 reset and the word-timestamp seek are `whisper.transcribe`'s, in the same order. A
 recording that is one section gives `whisper.transcribe`'s segments (tests/test_stream.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ from whisper.timing import WordTiming
 from whisper.tokenizer import Tokenizer
 
 from engine.audio.energy import is_silent
-from engine.decoding.options import TranscribeOptions, is_no_speech
-from engine.results import Segment, TokenLogprob, Word
 from engine.audio.vad import SpeechMap
+from engine.decoding.options import TranscribeOptions, is_no_speech
 from engine.decoding.word_timing import add_word_timestamps, text_tokens_of
+from engine.results import Segment, TokenLogprob, Word
 
 INPUT_STRIDE = 2  # mel frames per output token (N_FRAMES / n_audio_ctx)
 TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp token: 0.02
@@ -41,8 +41,9 @@ TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # seconds per timestam
 @dataclass(frozen=True)
 class StreamWindow:
     """What a stream asks to have decoded next."""
+
     mel: torch.Tensor  # (n_mels, N_FRAMES) float32 on the CPU, zero-padded past the section's end
-    prompt: List[int]  # previous text (timestamps included), whisper's `prompt` for this window
+    prompt: list[int]  # previous text (timestamps included), whisper's `prompt` for this window
     seek: int  # mel frame (10 ms) in the section where the window starts
     frames: int  # frames of real audio in it (<= N_FRAMES)
 
@@ -50,8 +51,15 @@ class StreamWindow:
 class SectionStream:
     """The seek state of one section: audio, seek, previous text, segments so far."""
 
-    def __init__(self, audio: np.ndarray, offset_s: float, options: TranscribeOptions, tokenizer: Tokenizer,
-                 n_mels: int, speech: Optional[SpeechMap] = None):
+    def __init__(
+        self,
+        audio: np.ndarray,
+        offset_s: float,
+        options: TranscribeOptions,
+        tokenizer: Tokenizer,
+        n_mels: int,
+        speech: SpeechMap | None = None,
+    ):
         self.audio = audio  # the section's samples (a view into the recording, or into its speech with VAD)
         self.offset_s = offset_s  # where the section starts in the recording (in the speech kept, with VAD)
         self.speech = speech  # with VAD: the stretches kept, to take times back to the recording's
@@ -60,12 +68,12 @@ class SectionStream:
         self.mel = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
         self.content_frames = self.mel.shape[-1] - N_FRAMES
         self.seek = 0
-        self.all_tokens: List[int] = []
+        self.all_tokens: list[int] = []
         if options.initial_prompt:
             self.all_tokens = tokenizer.encode(" " + options.initial_prompt.strip())
         self.prompt_reset_since = 0
         self.last_speech_timestamp = 0.0
-        self.segments: List[Segment] = []
+        self.segments: list[Segment] = []
         self.windows_decoded = 0
         self.tokens_decoded = 0  # of each window's accepted decode
         self.fallbacks = 0  # hotter re-decodes before a window's accepted one
@@ -83,22 +91,23 @@ class SectionStream:
     def finished(self) -> bool:
         return self.seek >= self.content_frames
 
-    def next_window(self) -> Optional[StreamWindow]:
+    def next_window(self) -> StreamWindow | None:
         """The window at `seek`, or None when the section is done. Windows whose audio is
         quieter than `silence_threshold_db` are skipped here, undecoded: given silence,
         Whisper invents text ("Thank you."), and the honest transcript of silence is empty."""
         while not self.finished:
             frames = min(N_FRAMES, self.content_frames - self.seek)
-            samples = self.audio[self.seek * HOP_LENGTH:(self.seek + frames) * HOP_LENGTH]
+            samples = self.audio[self.seek * HOP_LENGTH : (self.seek + frames) * HOP_LENGTH]
             if is_silent(samples, self.options.silence_threshold_db):
                 self.seek += frames
                 continue
-            mel = whisper.pad_or_trim(self.mel[:, self.seek:self.seek + frames], N_FRAMES)
-            return StreamWindow(mel, self.all_tokens[self.prompt_reset_since:], self.seek, frames)
+            mel = whisper.pad_or_trim(self.mel[:, self.seek : self.seek + frames], N_FRAMES)
+            return StreamWindow(mel, self.all_tokens[self.prompt_reset_since :], self.seek, frames)
         return None
 
-    def advance(self, window: StreamWindow, result: DecodingResult,
-                alignment: Optional[List[WordTiming]] = None) -> None:
+    def advance(
+        self, window: StreamWindow, result: DecodingResult, alignment: list[WordTiming] | None = None
+    ) -> None:
         """Take the decoded `window` and move `seek` as whisper.transcribe does. With word
         timestamps, `alignment` is the window's word timing (engine.decoding.word_timing.align_rows,
         computed for the whole batch); `needs_alignment` says which windows need one."""
@@ -113,19 +122,26 @@ class SectionStream:
         previous_seek = self.seek
         time_offset = window.seek / FRAMES_PER_SECOND
         tokens = torch.tensor(result.tokens)
-        current: List[dict] = []
+        current: list[dict] = []
 
-        token_logprobs = getattr(result, "token_logprobs", None) or []  # engine.decoding.fast_decode's, one per token
+        # engine.decoding.fast_decode's, one per token
+        token_logprobs = getattr(result, "token_logprobs", None) or []
         cursor = [0]  # segments are consecutive slices of `tokens`, from the first
 
         def new_segment(start: float, end: float, segment_tokens: torch.Tensor) -> dict:
             token_list = segment_tokens.tolist()
             text_tokens = text_tokens_of(token_list, tokenizer)
-            values = token_logprobs[cursor[0]:cursor[0] + len(token_list)]
+            values = token_logprobs[cursor[0] : cursor[0] + len(token_list)]
             cursor[0] += len(token_list)
-            return {"seek": window.seek, "start": start, "end": end, "text": tokenizer.decode(text_tokens),
-                    "tokens": token_list, "text_tokens": text_tokens,
-                    "text_logprobs": [v for t, v in zip(token_list, values) if t < tokenizer.eot]}
+            return {
+                "seek": window.seek,
+                "start": start,
+                "end": end,
+                "text": tokenizer.decode(text_tokens),
+                "tokens": token_list,
+                "text_tokens": text_tokens,
+                "text_logprobs": [v for t, v in zip(token_list, values) if t < tokenizer.eot],
+            }
 
         timestamp_tokens = tokens.ge(tokenizer.timestamp_begin)
         single_timestamp_ending = timestamp_tokens[-2:].tolist() == [False, True]
@@ -139,8 +155,11 @@ class SectionStream:
                 sliced = tokens[last_slice:current_slice]
                 start = sliced[0].item() - tokenizer.timestamp_begin
                 end = sliced[-1].item() - tokenizer.timestamp_begin
-                current.append(new_segment(time_offset + start * TIME_PRECISION,
-                                           time_offset + end * TIME_PRECISION, sliced))
+                current.append(
+                    new_segment(
+                        time_offset + start * TIME_PRECISION, time_offset + end * TIME_PRECISION, sliced
+                    )
+                )
                 last_slice = current_slice
             if single_timestamp_ending:  # no speech after the last timestamp
                 self.seek += window.frames
@@ -182,8 +201,9 @@ class SectionStream:
         """Whether `advance` will want word timings for this decoded window."""
         return self.options.word_timestamps and not is_no_speech(result, self.options)
 
-    def _skip_hallucinations(self, current: List[dict], window: StreamWindow, previous_seek: int,
-                             single_timestamp_ending: bool) -> bool:
+    def _skip_hallucinations(
+        self, current: list[dict], window: StreamWindow, previous_seek: int, single_timestamp_ending: bool
+    ) -> bool:
         """whisper.transcribe's `hallucination_silence_threshold`: a segment whose words are
         improbable, too short or too long (`_is_anomaly`) and that silence surrounds is what
         Whisper writes when it hears nothing: drop it and everything after it in the window,
@@ -212,12 +232,20 @@ class SectionStream:
             if not segment["words"]:
                 continue
             if _is_anomaly(segment):
-                next_segment = next((s for s in current[index + 1:] if s["words"]), None)
-                next_start = next_segment["words"][0]["start"] if next_segment else time_offset + segment_duration
-                silence_before = (segment["start"] - last_end > threshold or segment["start"] < threshold
-                                  or segment["start"] - time_offset < 2.0)
-                silence_after = (next_start - segment["end"] > threshold or _is_anomaly(next_segment)
-                                 or window_end_time - segment["end"] < 2.0)
+                next_segment = next((s for s in current[index + 1 :] if s["words"]), None)
+                next_start = (
+                    next_segment["words"][0]["start"] if next_segment else time_offset + segment_duration
+                )
+                silence_before = (
+                    segment["start"] - last_end > threshold
+                    or segment["start"] < threshold
+                    or segment["start"] - time_offset < 2.0
+                )
+                silence_after = (
+                    next_start - segment["end"] > threshold
+                    or _is_anomaly(next_segment)
+                    or window_end_time - segment["end"] < 2.0
+                )
                 if silence_before and silence_after:
                     self.seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
                     if self.duration_s - segment["end"] < threshold:
@@ -234,31 +262,54 @@ class SectionStream:
         window_start = round(offset * FRAMES_PER_SECOND) + d["seek"]
         words = None
         if "words" in d:
-            words = [Word(w["word"], *self._to_recording(w["start"] + offset, w["end"] + offset),
-                          float(w["probability"])) for w in d["words"]]
+            words = [
+                Word(
+                    w["word"],
+                    *self._to_recording(w["start"] + offset, w["end"] + offset),
+                    float(w["probability"]),
+                )
+                for w in d["words"]
+            ]
         if self.speech is not None:
-            window_start = round(self.speech.to_recording(window_start / FRAMES_PER_SECOND) * FRAMES_PER_SECOND)
+            window_start = round(
+                self.speech.to_recording(window_start / FRAMES_PER_SECOND) * FRAMES_PER_SECOND
+            )
             if words:  # narrowed separately, a segment and its words may disagree at a join
                 start, end = min(start, words[0].start), max(end, words[-1].end)
         if words:
             # Whisper lets a first word it finds "too long" start before its segment, and a last
             # word run past the recording's end; its own rule prefers the segment's times then.
-            words = [replace(w, start=min(max(w.start, start), end), end=max(min(w.end, end), start)) for w in words]
-        return Segment(id=0, seek=window_start, start=start, end=end, text=d["text"],
-                       tokens=d["text_tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
-                       compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words,
-                       logprobs=self._logprobs(d) if self.options.logprobs else None)
+            words = [
+                replace(w, start=min(max(w.start, start), end), end=max(min(w.end, end), start))
+                for w in words
+            ]
+        return Segment(
+            id=0,
+            seek=window_start,
+            start=start,
+            end=end,
+            text=d["text"],
+            tokens=d["text_tokens"],
+            temperature=result.temperature,
+            avg_logprob=result.avg_logprob,
+            compression_ratio=result.compression_ratio,
+            no_speech_prob=result.no_speech_prob,
+            words=words,
+            logprobs=self._logprobs(d) if self.options.logprobs else None,
+        )
 
-    def _logprobs(self, d: dict) -> Optional[List[TokenLogprob]]:
+    def _logprobs(self, d: dict) -> list[TokenLogprob] | None:
         """The segment's text tokens with their log-probabilities, as OpenAI's API gives them."""
         values = d.get("text_logprobs") or []
         if len(values) != len(d["text_tokens"]):  # a decoder that does not report them
             return None
         pieces = [self.tokenizer.encoding.decode_single_token_bytes(t) for t in d["text_tokens"]]
-        return [TokenLogprob(piece.decode("utf-8", errors="replace"), float(v), list(piece))
-                for piece, v in zip(pieces, values)]
+        return [
+            TokenLogprob(piece.decode("utf-8", errors="replace"), float(v), list(piece))
+            for piece, v in zip(pieces, values)
+        ]
 
-    def _to_recording(self, start: float, end: float) -> Tuple[float, float]:
+    def _to_recording(self, start: float, end: float) -> tuple[float, float]:
         if self.speech is None:
             return start, end
         return self.speech.span_to_recording(start, end)
@@ -267,10 +318,12 @@ class SectionStream:
 PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"  # whisper.transcribe's, for its anomaly score
 
 
-def _last_end(segments: List[dict]) -> Optional[float]:
+def _last_end(segments: list[dict]) -> float | None:
     """whisper.transcribe's get_end: the last word's end, else the last segment's."""
-    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])),
-                segments[-1]["end"] if segments else None)
+    return next(
+        (w["end"] for s in reversed(segments) for w in reversed(s["words"])),
+        segments[-1]["end"] if segments else None,
+    )
 
 
 def _word_anomaly(word: dict) -> float:
@@ -284,7 +337,7 @@ def _word_anomaly(word: dict) -> float:
     return score
 
 
-def _is_anomaly(segment: Optional[dict]) -> bool:
+def _is_anomaly(segment: dict | None) -> bool:
     """whisper.transcribe's is_segment_anomaly."""
     if segment is None or not segment["words"]:
         return False
@@ -293,8 +346,9 @@ def _is_anomaly(segment: Optional[dict]) -> bool:
     return score >= 3 or score + 0.01 >= len(words)
 
 
-def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0,
-                        frames_per_piece: int = N_FRAMES) -> torch.Tensor:
+def log_mel_spectrogram(
+    audio: np.ndarray, n_mels: int, padding: int = 0, frames_per_piece: int = N_FRAMES
+) -> torch.Tensor:
     """`whisper.log_mel_spectrogram(audio, n_mels, padding=padding)`, the same numbers, with
     the short-time Fourier transform taken a piece at a time.
 
@@ -316,10 +370,9 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int, padding: int = 0,
     mel = torch.empty(n_mels, frames)
     for first in range(0, frames, frames_per_piece):
         last = min(first + frames_per_piece, frames)
-        piece = padded[first * HOP_LENGTH:(last - 1) * HOP_LENGTH + N_FFT]
+        piece = padded[first * HOP_LENGTH : (last - 1) * HOP_LENGTH + N_FFT]
         stft = torch.stft(piece, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
         mel[:, first:last] = filters @ (stft.abs() ** 2)
     log_spec = torch.clamp(mel, min=1e-10).log10()
     log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0
-

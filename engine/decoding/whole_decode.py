@@ -8,9 +8,10 @@ end, through `engine.decoding.fast_decode.decode_rows` (whisper.decode, row by r
 it samples). The loop's scheduling, cancellation, out-of-memory handling and its
 `before_step` hook are the same for both.
 """
+
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from whisper.decoding import DecodingOptions, DecodingResult
@@ -32,18 +33,19 @@ class WholeDecode:
     def __init__(self, model: Whisper, options: DecodingOptions):
         self.model, self.options = model, options
         self.step_count = 0
-        self._mels: List[torch.Tensor] = []
-        self._prompts: List[Optional[Sequence[int]]] = []
-        self._tags: List[object] = []
+        self._mels: list[torch.Tensor] = []
+        self._prompts: list[Sequence[int] | None] = []
+        self._tags: list[object] = []
 
     def __len__(self) -> int:
         return len(self._tags)
 
-    def live_tags(self) -> List[object]:
+    def live_tags(self) -> list[object]:
         return list(self._tags)
 
-    def admit(self, mel: torch.Tensor, prompts: Sequence[Optional[Sequence[int]]],
-              tags: Sequence[object]) -> None:
+    def admit(
+        self, mel: torch.Tensor, prompts: Sequence[Sequence[int] | None], tags: Sequence[object]
+    ) -> None:
         if len(prompts) != len(mel) or len(tags) != len(mel):
             raise ValueError(f"{len(mel)} rows but {len(prompts)} prompts and {len(tags)} tags")
         self._mels.extend(mel)
@@ -57,10 +59,10 @@ class WholeDecode:
         self._prompts = [self._prompts[i] for i in keep]
         self._tags = [self._tags[i] for i in keep]
 
-    def timestamps_reached(self) -> List[Tuple[object, int]]:
+    def timestamps_reached(self) -> list[tuple[object, int]]:
         return []  # no row is part-way through its window between steps
 
-    def step(self) -> List[Tuple[object, DecodingResult]]:
+    def step(self) -> list[tuple[object, DecodingResult]]:
         """Every row decoded to its end: (tag, result) of each."""
         if not self._tags:
             return []

@@ -12,12 +12,13 @@ What happens next is whisper's own code: its arithmetic on the weights (`_timing
 follows `find_alignment` line for line) and its `add_word_timestamps` for the rules that
 turn timings into words (punctuation merged, over-long words cut at pauses, segment ends).
 """
+
 from __future__ import annotations
 
 import types
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,56 +36,72 @@ QK_SCALE = 1.0
 @dataclass(frozen=True)
 class AlignmentRow:
     features: torch.Tensor  # the window's encoder output (n_audio_ctx, n_audio_state), as the decoder had it
-    text_tokens: List[int]  # the window's text tokens, all segments, no timestamps
+    text_tokens: list[int]  # the window's text tokens, all segments, no timestamps
     num_frames: int  # mel frames of real audio in the window
 
 
-def align_rows(model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentRow]) -> List[List[WordTiming]]:
+def align_rows(model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentRow]) -> list[list[WordTiming]]:
     """`whisper.timing.find_alignment` for every row, batched."""
-    timings: List[List[WordTiming]] = [[] for _ in rows]
+    timings: list[list[WordTiming]] = [[] for _ in rows]
     todo = [index for index, row in enumerate(rows) if row.text_tokens]
     for first in range(0, len(todo), ROWS_PER_PASS):
-        group = todo[first:first + ROWS_PER_PASS]
+        group = todo[first : first + ROWS_PER_PASS]
         for index, row_timings in zip(group, _align_group(model, tokenizer, [rows[i] for i in group])):
             timings[index] = row_timings
     return timings
 
 
-def align_windows(model: Whisper,
-                  windows: Sequence[Tuple[Tokenizer, DecodingResult, int]]) -> List[List[WordTiming]]:
+def align_windows(
+    model: Whisper, windows: Sequence[tuple[Tokenizer, DecodingResult, int]]
+) -> list[list[WordTiming]]:
     """Word timings of decoded windows, each given as (its tokenizer, its decode's result, its
     frames of real audio): batched passes over the encoder outputs the decodes used, one set of
     passes per start-of-transcript sequence (a pass shares one)."""
-    timings: List[List[WordTiming]] = [[] for _ in windows]
-    by_prompt: Dict[Tuple[int, ...], List[int]] = defaultdict(list)
+    timings: list[list[WordTiming]] = [[] for _ in windows]
+    by_prompt: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for index, (tokenizer, _, _) in enumerate(windows):
         by_prompt[tuple(tokenizer.sot_sequence)].append(index)
     for indices in by_prompt.values():
         tokenizer = windows[indices[0]][0]
-        rows = [AlignmentRow(result.audio_features, text_tokens_of(result.tokens, tokenizer), frames)
-                for _, result, frames in (windows[i] for i in indices)]
+        rows = [
+            AlignmentRow(result.audio_features, text_tokens_of(result.tokens, tokenizer), frames)
+            for _, result, frames in (windows[i] for i in indices)
+        ]
         for index, row_timings in zip(indices, align_rows(model, tokenizer, rows)):
             timings[index] = row_timings
     return timings
 
 
-def add_word_timestamps(segments: List[dict], alignment: List[WordTiming], tokenizer: Tokenizer,
-                        last_speech_timestamp: float) -> None:
+def add_word_timestamps(
+    segments: list[dict], alignment: list[WordTiming], tokenizer: Tokenizer, last_speech_timestamp: float
+) -> None:
     """whisper.timing.add_word_timestamps on segments whose alignment is already known.
 
     Whisper's function computes the alignment itself (it calls the module's
     `find_alignment`); the same code runs here with that one name bound to the alignment
     at hand, so every rule after it is whisper's, not a copy to keep in step."""
     original = whisper.timing.add_word_timestamps
-    bound = types.FunctionType(original.__code__, {**original.__globals__,
-                                                   "find_alignment": lambda *args, **kwargs: alignment},
-                               original.__name__, original.__defaults__, original.__closure__)
+    bound = types.FunctionType(
+        original.__code__,
+        {**original.__globals__, "find_alignment": lambda *args, **kwargs: alignment},
+        original.__name__,
+        original.__defaults__,
+        original.__closure__,
+    )
     bound.__kwdefaults__ = original.__kwdefaults__
-    bound(segments=segments, model=None, tokenizer=tokenizer, mel=None, num_frames=0,
-          last_speech_timestamp=last_speech_timestamp)
+    bound(
+        segments=segments,
+        model=None,
+        tokenizer=tokenizer,
+        mel=None,
+        num_frames=0,
+        last_speech_timestamp=last_speech_timestamp,
+    )
 
 
-def _align_group(model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentRow]) -> List[List[WordTiming]]:
+def _align_group(
+    model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentRow]
+) -> list[list[WordTiming]]:
     prefix = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
     sequences = [prefix + row.text_tokens + [tokenizer.eot] for row in rows]
     longest = max(len(s) for s in sequences)
@@ -92,18 +109,21 @@ def _align_group(model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentR
     tokens = torch.tensor([s + [tokenizer.eot] * (longest - len(s)) for s in sequences], device=device)
     features = torch.stack([row.features for row in rows])
 
-    heads_by_layer: Dict[int, List[int]] = defaultdict(list)
+    heads_by_layer: dict[int, list[int]] = defaultdict(list)
     for layer, head in model.alignment_heads.indices().T.tolist():
         heads_by_layer[layer].append(head)
-    kept: Dict[int, torch.Tensor] = {}
+    kept: dict[int, torch.Tensor] = {}
 
     def keep_alignment_heads(layer: int):
         def hook(_module, _inputs, outputs):
             kept[layer] = outputs[-1][:, heads_by_layer[layer]].float()  # (rows, heads, tokens, frames)
+
         return hook
 
-    hooks = [model.decoder.blocks[layer].cross_attn.register_forward_hook(keep_alignment_heads(layer))
-             for layer in heads_by_layer]
+    hooks = [
+        model.decoder.blocks[layer].cross_attn.register_forward_hook(keep_alignment_heads(layer))
+        for layer in heads_by_layer
+    ]
     try:
         with torch.no_grad(), disable_sdpa():  # SDPA does not hand out the attention weights
             logits = model.decoder(tokens, features).float()
@@ -112,13 +132,21 @@ def _align_group(model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentR
             hook.remove()
     weights_all = torch.cat([kept[layer] for layer in sorted(heads_by_layer)], dim=1)
     sot = len(tokenizer.sot_sequence)
-    return [_timings(tokenizer, row, weights_all[index, :, :len(sequences[index])],
-                     logits[index, sot:len(sequences[index]), :tokenizer.eot], sot)
-            for index, row in enumerate(rows)]
+    return [
+        _timings(
+            tokenizer,
+            row,
+            weights_all[index, :, : len(sequences[index])],
+            logits[index, sot : len(sequences[index]), : tokenizer.eot],
+            sot,
+        )
+        for index, row in enumerate(rows)
+    ]
 
 
-def _timings(tokenizer: Tokenizer, row: AlignmentRow, weights: torch.Tensor, sampled_logits: torch.Tensor,
-             sot: int) -> List[WordTiming]:
+def _timings(
+    tokenizer: Tokenizer, row: AlignmentRow, weights: torch.Tensor, sampled_logits: torch.Tensor, sot: int
+) -> list[WordTiming]:
     """The rest of `whisper.timing.find_alignment`, on one row's weights and logits."""
     text_tokens = row.text_tokens
     token_probs = sampled_logits.softmax(dim=-1)
@@ -142,13 +170,17 @@ def _timings(tokenizer: Tokenizer, row: AlignmentRow, weights: torch.Tensor, sam
     jump_times = time_indices[jumps] / TOKENS_PER_SECOND
     start_times = jump_times[word_boundaries[:-1]]
     end_times = jump_times[word_boundaries[1:]]
-    word_probabilities = [np.mean(text_token_probs[i:j]) for i, j in zip(word_boundaries[:-1], word_boundaries[1:])]
-    return [WordTiming(word, tokens, start, end, probability)
-            for word, tokens, start, end, probability in zip(words, word_tokens, start_times, end_times,
-                                                            word_probabilities)]
+    word_probabilities = [
+        np.mean(text_token_probs[i:j]) for i, j in zip(word_boundaries[:-1], word_boundaries[1:])
+    ]
+    return [
+        WordTiming(word, tokens, start, end, probability)
+        for word, tokens, start, end, probability in zip(
+            words, word_tokens, start_times, end_times, word_probabilities
+        )
+    ]
 
 
-def text_tokens_of(tokens: Sequence[int], tokenizer: Tokenizer) -> List[int]:
+def text_tokens_of(tokens: Sequence[int], tokenizer: Tokenizer) -> list[int]:
     """What whisper aligns of a decoded window: its text tokens, every segment's, in order."""
     return [token for token in tokens if token < tokenizer.eot]
-

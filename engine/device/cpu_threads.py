@@ -22,13 +22,15 @@ runs whisper) slows the loop in the same way; `app.py`'s main thread runs no tor
 Both counts are set through the libraries torch has loaded (found in /proc/self/maps);
 where they cannot be found (not Linux, a torch built otherwise) this does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
 import functools
 import logging
 import threading
-from typing import Callable, Optional, Tuple, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -38,7 +40,7 @@ T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=1)
-def _thread_count_setters() -> Tuple[Optional[Callable[[int], int]], Optional[Callable[[int], int]]]:
+def _thread_count_setters() -> tuple[Callable[[int], int] | None, Callable[[int], int] | None]:
     """(OpenMP's omp_set_num_threads, MKL's per-thread MKL_Set_Num_Threads_Local), as loaded."""
     try:
         with open("/proc/self/maps") as maps:

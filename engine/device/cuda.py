@@ -12,6 +12,7 @@ huge pages; the engine's CPU run on the 11-minute recording is 3-5% faster (`pyt
 bench --impls engine engine-int8`, with and without). A value the user exported wins
 (`THP_MEM_ALLOC_ENABLE=0` turns it off).
 """
+
 from __future__ import annotations
 
 import gc
@@ -36,6 +37,7 @@ CUDA_INT8_LIBRARY = "bitsandbytes"  # int8 on a GPU; PyTorch's own int8 is CPU-o
 
 def cuda_int8_available() -> bool:
     return importlib.util.find_spec(CUDA_INT8_LIBRARY) is not None
+
 
 # TF32 runs fp32 matmuls and convolutions (mel front end, any fp32 fallback) on tensor cores.
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -84,8 +86,11 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
     if device == "cpu" or (device == "auto" and not has_gpu):
         if precision == "fp16":
             reason = "device: cpu" if device == "cpu" else "No NVIDIA GPU detected"
-            log.warning("%s: running on CPU in fp32 instead of fp16 (fp16 needs a GPU; set precision: fp32 "
-                        "or int8 to silence this)", reason)
+            log.warning(
+                "%s: running on CPU in fp32 instead of fp16 (fp16 needs a GPU; set precision: fp32 "
+                "or int8 to silence this)",
+                reason,
+            )
             precision = "fp32"
         plan = DevicePlan(torch.device("cpu"), precision, f"cpu, {precision}")
         log.info("Whisper runs on %s", plan.description)

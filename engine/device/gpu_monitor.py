@@ -18,6 +18,7 @@ sidebar is the GPU the model runs on. `nvidia-smi` numbers by PCI bus; CUDA by d
 the fastest GPU first, so on a machine with mixed GPU models set
 `CUDA_DEVICE_ORDER=PCI_BUS_ID` for the two numberings to agree.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,8 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, List, Optional, Sequence, Tuple
 
 from engine.device import MIB
 
@@ -44,7 +45,7 @@ class RawReading:
     used_mb: float  # memory in use on the GPU by every process, MiB
     total_mb: float
     free_mb: float
-    utilization: Optional[float] = None  # 0..100 % busy, None when the source cannot tell
+    utilization: float | None = None  # 0..100 % busy, None when the source cannot tell
     source: str = ""  # "gputil" | "nvml" | "torch"
     uuid: str = ""  # "GPU-...", used only to match CUDA_VISIBLE_DEVICES entries given as UUIDs
 
@@ -56,18 +57,18 @@ class GpuReading:
     used_mb: float  # memory in use on the GPU by every process, MiB
     total_mb: float
     free_mb: float
-    utilization: Optional[float]  # 0..100 %, None when the source cannot tell
+    utilization: float | None  # 0..100 %, None when the source cannot tell
     source: str  # "gputil" | "nvml" | "torch"
     above_threshold: bool  # used_mb > threshold_mb (False when no threshold)
 
 
 @dataclass(frozen=True)
 class GpuSnapshot:
-    gpus: List[GpuReading]  # empty when there is no NVIDIA GPU (or none could be read)
+    gpus: list[GpuReading]  # empty when there is no NVIDIA GPU (or none could be read)
     reason: str  # "" when gpus were read; else a plain sentence saying why not
     process_allocated_mb: float  # held by this process's tensors, summed over its GPUs (0 on CPU)
     process_reserved_mb: float  # held by this process's caching allocator (>= allocated)
-    threshold_mb: Optional[float]  # per-GPU used-memory warning level; None = no check
+    threshold_mb: float | None  # per-GPU used-memory warning level; None = no check
 
     @property
     def above_threshold(self) -> bool:
@@ -84,7 +85,7 @@ class GpuSnapshot:
         )
 
 
-Reader = Callable[[], List[RawReading]]
+Reader = Callable[[], list[RawReading]]
 
 
 # --- sources ---------------------------------------------------------------------------
@@ -92,7 +93,7 @@ Reader = Callable[[], List[RawReading]]
 # machine) and raises when the source is there but gave an answer that cannot be used.
 
 _gputil_module = None
-_gputil_import_error: Optional[str] = None
+_gputil_import_error: str | None = None
 
 
 def _import_gputil():
@@ -114,7 +115,7 @@ def _import_gputil():
     return _gputil_module
 
 
-def read_gputil() -> List[RawReading]:
+def read_gputil() -> list[RawReading]:
     GPUtil = _import_gputil()
     if GPUtil is None:
         return []
@@ -147,7 +148,7 @@ _nvml_lock = threading.Lock()
 _nvml_ready = False
 
 
-def read_nvml() -> List[RawReading]:
+def read_nvml() -> list[RawReading]:
     try:
         import pynvml
     except ImportError:
@@ -168,7 +169,7 @@ def read_nvml() -> List[RawReading]:
         handle = pynvml.nvmlDeviceGetHandleByIndex(physical_index)
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         try:
-            utilization: Optional[float] = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            utilization: float | None = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
         except pynvml.NVMLError:  # not supported on MIG instances and some older boards
             utilization = None
         readings.append(
@@ -186,7 +187,7 @@ def read_nvml() -> List[RawReading]:
     return _to_process_numbering(readings)
 
 
-def read_torch() -> List[RawReading]:
+def read_torch() -> list[RawReading]:
     import torch
 
     if not torch.cuda.is_available():
@@ -216,7 +217,7 @@ def read_torch() -> List[RawReading]:
     return readings
 
 
-DEFAULT_READERS: Tuple[Reader, ...] = (read_gputil, read_nvml, read_torch)
+DEFAULT_READERS: tuple[Reader, ...] = (read_gputil, read_nvml, read_torch)
 
 
 def _text(value) -> str:
@@ -224,7 +225,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _to_process_numbering(readings: List[RawReading]) -> List[RawReading]:
+def _to_process_numbering(readings: list[RawReading]) -> list[RawReading]:
     """Keep the GPUs CUDA_VISIBLE_DEVICES lets this process see, numbered as cuda:N.
 
     nvidia-smi and NVML see every GPU of the machine by physical number; this process sees
@@ -239,7 +240,7 @@ def _to_process_numbering(readings: List[RawReading]) -> List[RawReading]:
     entries = [entry.strip() for entry in visible.split(",")]
     if any(entry.startswith("MIG-") for entry in entries):
         return readings
-    kept: List[RawReading] = []
+    kept: list[RawReading] = []
     for entry in entries:
         match = next(
             (
@@ -258,7 +259,7 @@ def _to_process_numbering(readings: List[RawReading]) -> List[RawReading]:
 
 def _reader_name(reader: Reader) -> str:
     name = getattr(reader, "__name__", None) or type(reader).__name__
-    return name[len("read_"):] if name.startswith("read_") else name
+    return name[len("read_") :] if name.startswith("read_") else name
 
 
 # --- the monitor -----------------------------------------------------------------------
@@ -274,21 +275,21 @@ class GpuMonitor:
 
     def __init__(
         self,
-        threshold_mb: Optional[float] = None,
-        readers: Optional[Sequence[Reader]] = None,
-        device_indices: Optional[Sequence[int]] = None,
+        threshold_mb: float | None = None,
+        readers: Sequence[Reader] | None = None,
+        device_indices: Sequence[int] | None = None,
     ):
         if threshold_mb is not None and threshold_mb < 0:
             raise ValueError(f"threshold_mb must be >= 0 or None, got {threshold_mb}")
         self.threshold_mb = threshold_mb
-        self.readers: Tuple[Reader, ...] = tuple(DEFAULT_READERS if readers is None else readers)
+        self.readers: tuple[Reader, ...] = tuple(DEFAULT_READERS if readers is None else readers)
         self.device_indices = None if device_indices is None else frozenset(device_indices)
         self._logged_failures: set = set()  # logged once each: snapshot() runs every 2 s
 
     def snapshot(self) -> GpuSnapshot:
         """Readings from the first source that answers with GPUs. Never raises."""
-        failures: List[str] = []
-        raw: List[RawReading] = []
+        failures: list[str] = []
+        raw: list[RawReading] = []
         for reader in self.readers:
             try:
                 raw = [r for r in reader() if self.device_indices is None or r.index in self.device_indices]
@@ -315,7 +316,7 @@ class GpuMonitor:
             threshold_mb=self.threshold_mb,
         )
 
-    def process_memory(self) -> Tuple[float, float]:
+    def process_memory(self) -> tuple[float, float]:
         """(allocated, reserved) MiB of this process over its GPUs; (0, 0) on CPU. Never raises.
 
         Allocated is what live tensors hold; reserved adds what torch's caching allocator

@@ -5,6 +5,7 @@ leased model is deferred until its last lease returns. Freeing means dropping ev
 reference, `gc.collect()` and `torch.cuda.empty_cache()`, so the memory really goes back
 to the GPU, not just to PyTorch's cache.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,31 +13,31 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import whisper
 from whisper.model import Whisper
 
-from engine.models.ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
 from engine.device import MIB
 from engine.device.cuda import DevicePlan, free_cuda_cache, reserved_mb
 from engine.errors import ModelLoadError
+from engine.models.ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
 
 log = logging.getLogger(__name__)
 
 
 def _offline_hint(name: str) -> str:
     return (
-        f"download a checkpoint on a machine with internet (python -c \"import whisper; "
+        f'download a checkpoint on a machine with internet (python -c "import whisper; '
         f"whisper.load_model('{name}')\" saves it under ~/.cache/whisper/{name}.pt), copy the .pt file here "
         f"and set model: /path/to/{name}.pt in config.yaml (or WHISPER_APP_MODEL=/path/to/{name}.pt)"
     )
 
 
-def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None) -> Whisper:
+def load_model(name: str, plan: DevicePlan, download_root: str | None = None) -> Whisper:
     """Load by official name (downloads once into whisper's cache), by checkpoint path, or from a
     CTranslate2 (faster-whisper) model directory.
 
@@ -54,8 +55,13 @@ def load_model(name: str, plan: DevicePlan, download_root: Optional[str] = None)
 
         model = quantize_int8_cuda(model) if plan.is_cuda else quantize_int8(model)
     model = model.to(plan.device)
-    log.info("Loaded %s on %s in %.1f s (%.0f MB of weights)", name, plan.description,
-             time.perf_counter() - started, weights_mb(model))
+    log.info(
+        "Loaded %s on %s in %.1f s (%.0f MB of weights)",
+        name,
+        plan.description,
+        time.perf_counter() - started,
+        weights_mb(model),
+    )
     return model
 
 
@@ -69,7 +75,7 @@ def _read_ct2(directory: str) -> Whisper:
         raise ModelLoadError(f"Could not read the CTranslate2 model directory {directory!r}: {exc}") from exc
 
 
-def _read_checkpoint(name: str, download_root: Optional[str]) -> Whisper:
+def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
     """An official model by name (downloaded once) or an openai-whisper .pt file, on the CPU."""
     looks_like_path = os.sep in name or name.endswith((".pt", ".pth", ".bin")) or os.path.exists(name)
     if os.path.isdir(name):
@@ -94,11 +100,17 @@ def _read_checkpoint(name: str, download_root: Optional[str]) -> Whisper:
     except (OSError, ConnectionError) as exc:  # urllib's URLError is an OSError
         if looks_like_path:
             raise ModelLoadError(f"Could not read checkpoint {name!r}: {exc}") from exc
-        raise ModelLoadError(f"Could not download model {name!r} ({exc}). Without internet, {_offline_hint(name)}") from exc
+        raise ModelLoadError(
+            f"Could not download model {name!r} ({exc}). Without internet, {_offline_hint(name)}"
+        ) from exc
     except RuntimeError as exc:
         if "SHA256" in str(exc):
-            raise ModelLoadError(f"The downloaded {name!r} is corrupt ({exc}); delete it and retry, or {_offline_hint(name)}") from exc
-        raise ModelLoadError(f"{name!r} is not a valid whisper checkpoint: {str(exc).splitlines()[0]}") from exc
+            raise ModelLoadError(
+                f"The downloaded {name!r} is corrupt ({exc}); delete it and retry, or {_offline_hint(name)}"
+            ) from exc
+        raise ModelLoadError(
+            f"{name!r} is not a valid whisper checkpoint: {str(exc).splitlines()[0]}"
+        ) from exc
     except Exception as exc:  # unpickling errors, missing keys in a foreign file, ...
         raise ModelLoadError(
             f"{name!r} is not a valid whisper checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -114,7 +126,7 @@ def weights_mb(model: torch.nn.Module) -> float:
 @dataclass
 class CachedModel:
     name: str
-    model: Optional[Whisper]  # None once released
+    model: Whisper | None  # None once released
     leases: int = 0  # jobs using it right now
     last_used: float = field(default_factory=time.monotonic)
     release_pending: bool = False  # free it as soon as the last lease returns
@@ -132,8 +144,8 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ReleaseReport:
-    released: List[str]  # models whose memory was freed now
-    deferred: List[str]  # models still in use; freed when their jobs finish
+    released: list[str]  # models whose memory was freed now
+    deferred: list[str]  # models still in use; freed when their jobs finish
     reserved_before_mb: float  # this process's reserved CUDA memory before and after (0 on CPU)
     reserved_after_mb: float
 
@@ -142,7 +154,9 @@ class ReleaseReport:
         parts = [f"Released {', '.join(self.released) or 'nothing'}"]
         if self.deferred:
             parts.append(f"in use, freed when their jobs finish: {', '.join(self.deferred)}")
-        parts.append(f"reserved GPU memory {self.reserved_before_mb:.0f} MB -> {self.reserved_after_mb:.0f} MB")
+        parts.append(
+            f"reserved GPU memory {self.reserved_before_mb:.0f} MB -> {self.reserved_after_mb:.0f} MB"
+        )
         return "; ".join(parts)
 
 
@@ -153,17 +167,22 @@ class ModelCache:
     pins the model for the duration of the `with` block.
     """
 
-    def __init__(self, loader: Callable[[str], Whisper], capacity: int, device: torch.device,
-                 on_load: Callable[[str], None] = lambda name: None,
-                 on_release: Callable[[str], None] = lambda name: None):
+    def __init__(
+        self,
+        loader: Callable[[str], Whisper],
+        capacity: int,
+        device: torch.device,
+        on_load: Callable[[str], None] = lambda name: None,
+        on_release: Callable[[str], None] = lambda name: None,
+    ):
         self._loader = loader
         self._capacity = capacity
         self._device = device
         self._on_load = on_load
         self._on_release = on_release
-        self._entries: "OrderedDict[str, CachedModel]" = OrderedDict()  # oldest first
+        self._entries: OrderedDict[str, CachedModel] = OrderedDict()  # oldest first
         self._lock = threading.Condition()
-        self._loading: Dict[str, threading.Event] = {}
+        self._loading: dict[str, threading.Event] = {}
 
     # -- use ---------------------------------------------------------------------------
     @contextmanager
@@ -236,8 +255,9 @@ class ModelCache:
         log.info("Released model %s", entry.name)
         self._on_release(entry.name)
 
-    def release(self, names: Optional[List[str]] = None, wait: bool = False,
-                timeout: Optional[float] = None) -> ReleaseReport:
+    def release(
+        self, names: list[str] | None = None, wait: bool = False, timeout: float | None = None
+    ) -> ReleaseReport:
         """Free models (all by default). Busy ones are freed when their jobs finish; with
         `wait`, block until they are (or `timeout` passes)."""
         before = reserved_mb(self._device)
@@ -264,7 +284,7 @@ class ModelCache:
         free_cuda_cache()
         return ReleaseReport(released, deferred, before, reserved_mb(self._device))
 
-    def release_idle(self, idle_s: float, action: str = "release") -> List[str]:
+    def release_idle(self, idle_s: float, action: str = "release") -> list[str]:
         """Release (or offload to host memory) models unused for `idle_s` seconds."""
         now = time.monotonic()
         touched = []
@@ -284,11 +304,14 @@ class ModelCache:
         return touched
 
     # -- inspection --------------------------------------------------------------------
-    def loaded(self) -> List[ModelInfo]:
+    def loaded(self) -> list[ModelInfo]:
         now = time.monotonic()
         with self._lock:
-            return [ModelInfo(e.name, e.leases, e.offloaded, weights_mb(e.model), now - e.last_used)
-                    for e in reversed(self._entries.values()) if e.model is not None]
+            return [
+                ModelInfo(e.name, e.leases, e.offloaded, weights_mb(e.model), now - e.last_used)
+                for e in reversed(self._entries.values())
+                if e.model is not None
+            ]
 
     def is_loaded(self, name: str) -> bool:
         with self._lock:

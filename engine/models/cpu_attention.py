@@ -20,9 +20,8 @@ above) and the blocks lose to PyTorch's fused fp32 kernel: the int8 encoder took
 window with them and 187 ms with whisper's own attention (fp32: 225 ms). Such CPUs, and those
 without bf16, keep whisper's attention.
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
@@ -40,21 +39,22 @@ def fast_bf16() -> bool:
 class Bf16SelfAttention(MultiHeadAttention):
     """whisper's MultiHeadAttention with `qkv_attention` in bf16; same parameters, same forward."""
 
-    def qkv_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None
-                      ) -> Tuple[Tensor, Optional[Tensor]]:
+    def qkv_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         if mask is not None:  # causal (decoder) attention is not what this is for
             return super().qkv_attention(q, k, v, mask)
         batch, ctx, state = q.shape
         dtype = q.dtype
         heads, head_dim = self.n_head, state // self.n_head
         # (batch, ctx, state) -> (batch * heads, ctx, head_dim); keys transposed for the matmul
-        q = (q * head_dim ** -0.5).bfloat16().view(batch, ctx, heads, head_dim).transpose(1, 2).flatten(0, 1)
+        q = (q * head_dim**-0.5).bfloat16().view(batch, ctx, heads, head_dim).transpose(1, 2).flatten(0, 1)
         k = k.bfloat16().view(batch, ctx, heads, head_dim).permute(0, 2, 3, 1).flatten(0, 1)
         v = v.bfloat16().view(batch, ctx, heads, head_dim).transpose(1, 2).flatten(0, 1)
         out = torch.empty(batch * heads, ctx, head_dim, dtype=torch.bfloat16)
         for row in range(0, ctx, QUERY_ROWS):
-            scores = torch.bmm(q[:, row:row + QUERY_ROWS], k)
-            out[:, row:row + QUERY_ROWS] = torch.bmm(torch.softmax(scores, dim=-1), v)
+            scores = torch.bmm(q[:, row : row + QUERY_ROWS], k)
+            out[:, row : row + QUERY_ROWS] = torch.bmm(torch.softmax(scores, dim=-1), v)
         out = out.view(batch, heads, ctx, head_dim).transpose(1, 2).reshape(batch, ctx, state)
         return out.to(dtype), None
 

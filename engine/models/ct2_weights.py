@@ -38,6 +38,7 @@ a query, the same for every key, and softmax ignores a constant shift.
 Quantised directories (int8/int16 weights with `*_scale` variables) are refused: rebuilding
 float weights from them would silently give a less accurate model than the user asked for.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Optional, Tuple, Union
+from typing import BinaryIO, Union
 
 import torch
 from whisper.model import ModelDimensions, Whisper
@@ -60,7 +61,14 @@ MODEL_FILE = "model.bin"
 CONFIG_FILE = "config.json"
 SPEC_NAME = "WhisperSpec"
 SUPPORTED_BINARY_VERSIONS = range(4, 7)  # 4 introduced dtype ids; 6 is what CTranslate2 4.x writes
-DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
+DTYPES = {
+    0: torch.float32,
+    1: torch.int8,
+    2: torch.int16,
+    3: torch.int32,
+    4: torch.float16,
+    5: torch.bfloat16,
+}
 WHISPER_HEAD_DIM = 64  # every released Whisper size; used only when a file does not store its head counts
 
 
@@ -71,13 +79,15 @@ class Ct2File:
     binary_version: int
     spec: str  # "WhisperSpec" for Whisper models
     revision: int  # the spec's revision
-    variables: Dict[str, torch.Tensor]  # in file order; scalars are 0-d tensors
-    aliases: Dict[str, str]  # alias -> name of the stored variable it shares
+    variables: dict[str, torch.Tensor]  # in file order; scalars are 0-d tensors
+    aliases: dict[str, str]  # alias -> name of the stored variable it shares
 
-    def resolved(self) -> Dict[str, torch.Tensor]:
+    def resolved(self) -> dict[str, torch.Tensor]:
         """Every name, aliases included, mapped to its tensor."""
-        return {**self.variables, **{alias: self.variables[name] for alias, name in self.aliases.items()
-                                     if name in self.variables}}
+        return {
+            **self.variables,
+            **{alias: self.variables[name] for alias, name in self.aliases.items() if name in self.variables},
+        }
 
 
 def is_ct2_model_dir(path: PathLike) -> bool:
@@ -87,7 +97,7 @@ def is_ct2_model_dir(path: PathLike) -> bool:
 
 
 # -- reading model.bin ------------------------------------------------------------------------
-def _unpack(f: BinaryIO, fmt: str) -> Tuple:
+def _unpack(f: BinaryIO, fmt: str) -> tuple:
     size = struct.calcsize("<" + fmt)
     data = f.read(size)
     if len(data) != size:
@@ -109,14 +119,19 @@ def read_model_bin(path: PathLike) -> Ct2File:
         (version,) = _unpack(f, "I")
         if version not in SUPPORTED_BINARY_VERSIONS:
             newest = SUPPORTED_BINARY_VERSIONS.stop - 1
-            advice = ("written by a CTranslate2 newer than this reader" if version > newest
-                      else "convert the model again with a current ct2-transformers-converter")
-            raise Ct2FormatError(f"{path} has CTranslate2 binary version {version}; this reader knows "
-                                 f"{SUPPORTED_BINARY_VERSIONS.start}-{newest} ({advice})")
+            advice = (
+                "written by a CTranslate2 newer than this reader"
+                if version > newest
+                else "convert the model again with a current ct2-transformers-converter"
+            )
+            raise Ct2FormatError(
+                f"{path} has CTranslate2 binary version {version}; this reader knows "
+                f"{SUPPORTED_BINARY_VERSIONS.start}-{newest} ({advice})"
+            )
         spec = _string(f)
         (revision,) = _unpack(f, "I")
         (count,) = _unpack(f, "I")
-        variables: Dict[str, torch.Tensor] = {}
+        variables: dict[str, torch.Tensor] = {}
         for _ in range(count):
             name = _string(f)
             (rank,) = _unpack(f, "B")
@@ -126,12 +141,17 @@ def read_model_bin(path: PathLike) -> Ct2File:
                 raise Ct2FormatError(f"{path}: variable {name} has unknown dtype id {type_id}")
             dtype = DTYPES[type_id]
             if num_bytes != math.prod(shape) * dtype.itemsize:
-                raise Ct2FormatError(f"{path}: variable {name} of shape {list(shape)} holds {num_bytes} bytes")
+                raise Ct2FormatError(
+                    f"{path}: variable {name} of shape {list(shape)} holds {num_bytes} bytes"
+                )
             data = bytearray(f.read(num_bytes))  # writable, so torch shares it without a warning
             if len(data) != num_bytes:
                 raise Ct2FormatError(f"{path} is truncated inside variable {name}")
-            variables[name] = torch.frombuffer(data, dtype=dtype).reshape(shape) if num_bytes else \
-                torch.empty(shape, dtype=dtype)
+            variables[name] = (
+                torch.frombuffer(data, dtype=dtype).reshape(shape)
+                if num_bytes
+                else torch.empty(shape, dtype=dtype)
+            )
         (alias_count,) = _unpack(f, "I")
         aliases = {}
         for _ in range(alias_count):
@@ -141,11 +161,14 @@ def read_model_bin(path: PathLike) -> Ct2File:
 
 
 # -- mapping to openai-whisper ----------------------------------------------------------------
-def _check_float(variables: Dict[str, torch.Tensor], directory: PathLike) -> None:
+def _check_float(variables: dict[str, torch.Tensor], directory: PathLike) -> None:
     integer = sorted(name for name, t in variables.items() if t.dim() > 0 and not t.dtype.is_floating_point)
     if integer or any(name.endswith("_scale") for name in variables):
-        kind = f"{str(variables[integer[0]].dtype).removeprefix('torch.')} weights, e.g. {integer[0]}" if integer \
+        kind = (
+            f"{str(variables[integer[0]].dtype).removeprefix('torch.')} weights, e.g. {integer[0]}"
+            if integer
             else "weights with quantisation scales"
+        )
         raise QuantisedModelError(
             f"{directory} is a quantised CTranslate2 model ({kind}); openai-whisper needs float weights. "
             "Use a float16 or float32 conversion instead, e.g. ct2-transformers-converter "
@@ -153,12 +176,12 @@ def _check_float(variables: Dict[str, torch.Tensor], directory: PathLike) -> Non
         )
 
 
-def _head_count(variables: Dict[str, torch.Tensor], scope: str, n_state: int) -> int:
+def _head_count(variables: dict[str, torch.Tensor], scope: str, n_state: int) -> int:
     stored = variables.get(f"{scope}/num_heads")
     return int(stored) if stored is not None else n_state // WHISPER_HEAD_DIM
 
 
-def whisper_dims(variables: Dict[str, torch.Tensor]) -> ModelDimensions:
+def whisper_dims(variables: dict[str, torch.Tensor]) -> ModelDimensions:
     """openai-whisper's dimensions, from tensor shapes and the stored head counts."""
 
     def count_layers(scope: str) -> int:
@@ -183,18 +206,27 @@ def whisper_dims(variables: Dict[str, torch.Tensor]) -> ModelDimensions:
     )
 
 
-def _linear(state: Dict[str, torch.Tensor], name: str, variables: Dict[str, torch.Tensor], source: str) -> None:
+def _linear(
+    state: dict[str, torch.Tensor], name: str, variables: dict[str, torch.Tensor], source: str
+) -> None:
     state[f"{name}.weight"] = variables[f"{source}/weight"]
     state[f"{name}.bias"] = variables[f"{source}/bias"]
 
 
-def _layer_norm(state: Dict[str, torch.Tensor], name: str, variables: Dict[str, torch.Tensor], source: str) -> None:
+def _layer_norm(
+    state: dict[str, torch.Tensor], name: str, variables: dict[str, torch.Tensor], source: str
+) -> None:
     state[f"{name}.weight"] = variables[f"{source}/gamma"]
     state[f"{name}.bias"] = variables[f"{source}/beta"]
 
 
-def _split_attention(state: Dict[str, torch.Tensor], name: str, fused_weight: torch.Tensor,
-                     fused_bias: torch.Tensor, parts: List[str]) -> None:
+def _split_attention(
+    state: dict[str, torch.Tensor],
+    name: str,
+    fused_weight: torch.Tensor,
+    fused_bias: torch.Tensor,
+    parts: list[str],
+) -> None:
     """Split fused projections (rows [query; key; value] or [key; value]) into whisper's Linears.
     The key's bias is dropped: whisper's key has none (see the module docstring)."""
     for part, weight, bias in zip(parts, fused_weight.chunk(len(parts)), fused_bias.chunk(len(parts))):
@@ -203,7 +235,7 @@ def _split_attention(state: Dict[str, torch.Tensor], name: str, fused_weight: to
             state[f"{name}.{part}.bias"] = bias
 
 
-def whisper_state_dict(variables: Dict[str, torch.Tensor], dims: ModelDimensions) -> Dict[str, torch.Tensor]:
+def whisper_state_dict(variables: dict[str, torch.Tensor], dims: ModelDimensions) -> dict[str, torch.Tensor]:
     """openai-whisper's state dict (names as `Whisper.state_dict()`) from the CTranslate2 variables."""
     v, state = variables, {}
     # The stored table, not a fresh `sinusoids()`: it is whisper's sinusoids rounded to the file's
@@ -220,15 +252,25 @@ def whisper_state_dict(variables: Dict[str, torch.Tensor], dims: ModelDimensions
         for i in range(n_layers):
             src, dst = f"{side}/layer_{i}", f"{side}.blocks.{i}"
             own = f"{src}/self_attention"
-            _split_attention(state, f"{dst}.attn", v[f"{own}/linear_0/weight"], v[f"{own}/linear_0/bias"],
-                             ["query", "key", "value"])
+            _split_attention(
+                state,
+                f"{dst}.attn",
+                v[f"{own}/linear_0/weight"],
+                v[f"{own}/linear_0/bias"],
+                ["query", "key", "value"],
+            )
             _linear(state, f"{dst}.attn.out", v, f"{own}/linear_1")
             _layer_norm(state, f"{dst}.attn_ln", v, f"{own}/layer_norm")
             if side == "decoder":
                 cross = f"{src}/attention"
                 _linear(state, f"{dst}.cross_attn.query", v, f"{cross}/linear_0")
-                _split_attention(state, f"{dst}.cross_attn", v[f"{cross}/linear_1/weight"],
-                                 v[f"{cross}/linear_1/bias"], ["key", "value"])
+                _split_attention(
+                    state,
+                    f"{dst}.cross_attn",
+                    v[f"{cross}/linear_1/weight"],
+                    v[f"{cross}/linear_1/bias"],
+                    ["key", "value"],
+                )
                 _linear(state, f"{dst}.cross_attn.out", v, f"{cross}/linear_2")
                 _layer_norm(state, f"{dst}.cross_attn_ln", v, f"{cross}/layer_norm")
             _linear(state, f"{dst}.mlp.0", v, f"{src}/ffn/linear_0")
@@ -237,19 +279,23 @@ def whisper_state_dict(variables: Dict[str, torch.Tensor], dims: ModelDimensions
     return state
 
 
-def _check_tied_projection(variables: Dict[str, torch.Tensor], directory: PathLike) -> None:
+def _check_tied_projection(variables: dict[str, torch.Tensor], directory: PathLike) -> None:
     """openai-whisper computes logits with the token embedding; a separate projection cannot be kept."""
     projection = variables.get("decoder/projection/weight")
     embedding = variables["decoder/embeddings/weight"]
     if projection is not None and projection is not embedding and not torch.equal(projection, embedding):
-        raise Ct2FormatError(f"{directory}: the output projection differs from the token embedding; "
-                             "openai-whisper ties the two, so this model cannot be represented")
+        raise Ct2FormatError(
+            f"{directory}: the output projection differs from the token embedding; "
+            "openai-whisper ties the two, so this model cannot be represented"
+        )
     bias = variables.get("decoder/projection/bias")
     if bias is not None and bias.dim() > 0 and bool(bias.any()):
-        raise Ct2FormatError(f"{directory}: the output projection has a bias, which openai-whisper's model lacks")
+        raise Ct2FormatError(
+            f"{directory}: the output projection has a bias, which openai-whisper's model lacks"
+        )
 
 
-def alignment_heads(directory: PathLike, dims: ModelDimensions) -> Optional[torch.Tensor]:
+def alignment_heads(directory: PathLike, dims: ModelDimensions) -> torch.Tensor | None:
     """config.json's `alignment_heads` ([layer, head] pairs) as whisper's sparse bool mask, or
     None when the config names none (whisper then keeps its default, the last half of the layers)."""
     try:
@@ -261,8 +307,10 @@ def alignment_heads(directory: PathLike, dims: ModelDimensions) -> Optional[torc
     mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
     for layer, head in pairs:
         if not (0 <= layer < dims.n_text_layer and 0 <= head < dims.n_text_head):
-            raise Ct2FormatError(f"{directory}/{CONFIG_FILE}: alignment head [{layer}, {head}] is outside the "
-                                 f"decoder's {dims.n_text_layer} layers x {dims.n_text_head} heads")
+            raise Ct2FormatError(
+                f"{directory}/{CONFIG_FILE}: alignment head [{layer}, {head}] is outside the "
+                f"decoder's {dims.n_text_layer} layers x {dims.n_text_head} heads"
+            )
         mask[layer, head] = True
     return mask.to_sparse()
 
@@ -276,10 +324,14 @@ def read_ct2_model(directory: PathLike) -> Whisper:
     """
     directory = Path(directory)
     if not is_ct2_model_dir(directory):
-        raise Ct2FormatError(f"{directory} is not a CTranslate2 model directory (it needs {MODEL_FILE} and {CONFIG_FILE})")
+        raise Ct2FormatError(
+            f"{directory} is not a CTranslate2 model directory (it needs {MODEL_FILE} and {CONFIG_FILE})"
+        )
     ct2 = read_model_bin(directory / MODEL_FILE)
     if ct2.spec != SPEC_NAME:
-        raise Ct2FormatError(f"{directory} holds a CTranslate2 {ct2.spec or 'unnamed'} model, not a Whisper model ({SPEC_NAME})")
+        raise Ct2FormatError(
+            f"{directory} holds a CTranslate2 {ct2.spec or 'unnamed'} model, not a Whisper model ({SPEC_NAME})"
+        )
     variables = ct2.resolved()
     _check_float(variables, directory)
     try:
@@ -287,14 +339,19 @@ def read_ct2_model(directory: PathLike) -> Whisper:
         _check_tied_projection(variables, directory)
         state = whisper_state_dict(variables, dims)
     except KeyError as exc:
-        raise Ct2FormatError(f"{directory}: {MODEL_FILE} lacks the variable {exc.args[0]} a Whisper model has") from exc
+        raise Ct2FormatError(
+            f"{directory}: {MODEL_FILE} lacks the variable {exc.args[0]} a Whisper model has"
+        ) from exc
 
     model = Whisper(dims)
     try:
         model.load_state_dict(state, strict=True)  # copies, casting to the model's float32
     except RuntimeError as exc:  # shapes that do not fit the inferred dimensions
-        raise Ct2FormatError(f"{directory}: the weights do not form a Whisper model ({str(exc).splitlines()[0]})") from exc
+        raise Ct2FormatError(
+            f"{directory}: the weights do not form a Whisper model ({str(exc).splitlines()[0]})"
+        ) from exc
     heads = alignment_heads(directory, dims)
     if heads is not None:
-        model.register_buffer("alignment_heads", heads, persistent=False)  # as Whisper.set_alignment_heads does
+        # as Whisper.set_alignment_heads does
+        model.register_buffer("alignment_heads", heads, persistent=False)
     return model

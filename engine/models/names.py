@@ -18,18 +18,18 @@ takes one of them. A configured value that is not its own id (a path) is not acc
 model either: it would be answered differently from any other path and so confirm where the
 weights live. Jobs stored by older versions with a path are shown by `public`.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
 
 OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")  # served by the default model
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin")
 _SNAPSHOT_HASH = re.compile(r"^[0-9a-f]{40}$")
 
 
-def _whisper_names() -> List[str]:
+def _whisper_names() -> list[str]:
     import whisper
 
     return whisper.available_models()
@@ -40,8 +40,11 @@ def model_id(spec: str) -> str:
     if spec in _whisper_names():
         return spec
     path = Path(spec.rstrip("/\\"))
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--") \
-            and _SNAPSHOT_HASH.match(path.name):
+    if (
+        path.parent.name == "snapshots"
+        and path.parent.parent.name.startswith("models--")
+        and _SNAPSHOT_HASH.match(path.name)
+    ):
         return path.parent.parent.name.split("--")[-1]
     name = path.name
     for suffix in CHECKPOINT_SUFFIXES:
@@ -51,7 +54,7 @@ def model_id(spec: str) -> str:
     return name or "model"
 
 
-def english_only_by_name(model: str) -> Optional[bool]:
+def english_only_by_name(model: str) -> bool | None:
     """What the name alone tells: True for `*.en` (whisper's English-only models, and files or
     directories named after them), False for whisper's multilingual names, None = unknown
     until the weights are loaded (their vocabulary says)."""
@@ -63,8 +66,8 @@ def english_only_by_name(model: str) -> Optional[bool]:
 class ModelNames:
     """The configured models (default first) under their public ids."""
 
-    def __init__(self, specs: List[str]):
-        self.by_id: Dict[str, str] = {}  # public id -> configured value
+    def __init__(self, specs: list[str]):
+        self.by_id: dict[str, str] = {}  # public id -> configured value
         for spec in dict.fromkeys(specs):
             base = candidate = model_id(spec)
             number = 2
@@ -75,24 +78,26 @@ class ModelNames:
         self.default_id = next(iter(self.by_id))
 
     @property
-    def ids(self) -> List[str]:
+    def ids(self) -> list[str]:
         return list(self.by_id)
 
-    def resolve(self, name: Optional[str]) -> Optional[str]:
+    def resolve(self, name: str | None) -> str | None:
         """The configured value for an id or an alias (empty = the default); None for anything
         else, a configured path included."""
         if not name or name in OPENAI_ALIASES:
             return self.by_id[self.default_id]
         return self.by_id.get(name)
 
-    def not_offered(self, name: Optional[str]) -> str:
+    def not_offered(self, name: str | None) -> str:
         """What to tell a client that asked for `name`, which `resolve` refused. A path is not
         echoed, so the answer reads the same for the configured path as for any other."""
         shown = "a file path" if name and re.search(r"[/\\]", name) else repr(name)
-        return (f"model: {shown} is not offered here; choose one of {', '.join(self.ids)} "
-                f"(or {', '.join(OPENAI_ALIASES)} for the default, {self.default_id})")
+        return (
+            f"model: {shown} is not offered here; choose one of {', '.join(self.ids)} "
+            f"(or {', '.join(OPENAI_ALIASES)} for the default, {self.default_id})"
+        )
 
-    def public(self, name: Optional[str]) -> str:
+    def public(self, name: str | None) -> str:
         """The id to show for a model: its id when configured, else (a stored job's model that
         the config no longer offers) what its name alone gives, never a path."""
         if not name:

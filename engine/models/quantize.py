@@ -14,10 +14,10 @@ On CUDA, PyTorch has no int8 matmul for this; bitsandbytes' `Linear8bitLt` (LLM.
 does, when that library is installed. The rest of the model runs in fp16 there. Without
 bitsandbytes the engine refuses `precision: int8` on a GPU at start-up (engine.device.cuda).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import List
 
 import torch
 from torch import nn
@@ -53,7 +53,9 @@ class RowQuantizedLinear(nn.Module):
         super().__init__()
         weight = weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # one per output channel
-        self.register_buffer("weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        )
         self.register_buffer("weight_scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +71,7 @@ def _attach_output_projection(model: nn.Module) -> None:
     model.decoder.int8_output_projection = RowQuantizedLinear(model.decoder.token_embedding.weight)
 
 
-def int8_layer_names(model: nn.Module) -> List[str]:
+def int8_layer_names(model: nn.Module) -> list[str]:
     """The linear layers that go int8 through dynamic quantisation: the encoder's and the
     decoder's cross-attention keys and values (computed once per window); the output
     projection is int8 too (`RowQuantizedLinear`). The decoder blocks' other
@@ -83,7 +85,11 @@ def int8_layer_names(model: nn.Module) -> List[str]:
     mostly the output projection and cross-attention); for large-v3 ~2.9 GB of host memory
     instead of ~0.7 GB, and slower steps."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return [name for name in names if name.startswith("encoder.") or name.endswith(("cross_attn.key", "cross_attn.value"))]
+    return [
+        name
+        for name in names
+        if name.startswith("encoder.") or name.endswith(("cross_attn.key", "cross_attn.value"))
+    ]
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -118,9 +124,16 @@ def quantize_int8_cuda(model: nn.Module) -> nn.Module:
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):
-                int8 = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                           has_fp16_weights=False, threshold=LLM_INT8_THRESHOLD)
-                int8.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+                int8 = bnb.nn.Linear8bitLt(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    has_fp16_weights=False,
+                    threshold=LLM_INT8_THRESHOLD,
+                )
+                int8.weight = bnb.nn.Int8Params(
+                    child.weight.data, requires_grad=False, has_fp16_weights=False
+                )
                 if child.bias is not None:
                     int8.bias = child.bias
                 setattr(module, name, int8)
