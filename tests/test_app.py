@@ -31,7 +31,7 @@ def server(micro_checkpoint, tmp_path_factory):
     settings = fast_settings(
         micro_checkpoint, workers=1, queue_size=1, data_dir=str(tmp_path_factory.mktemp("app") / "data")
     )
-    server = serve(settings, engine=Engine(settings, decoder=GATE), port=0)
+    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
     server.close()

@@ -40,7 +40,8 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-import whisper.audio
+
+from engine.audio import SAMPLE_RATE
 
 # The errors live in engine.errors; they are re-exported here, where callers look for them.
 from engine.audio.errors import (
@@ -55,7 +56,6 @@ from engine.audio.errors import (
     TruncatedAudio,
 )
 
-SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16000, what every whisper model expects
 BYTES_PER_SAMPLE = 2  # ffmpeg writes signed 16-bit little-endian PCM into the pipe
 INT16_SCALE = 32768.0  # int16 -> [-1, 1)
 

@@ -224,6 +224,11 @@ class GreedyDecode:
         """Rows still decoding (not yet returned by `step`)."""
         return len(self.tags) - len(self.free)
 
+    def live_tags(self) -> list[object]:
+        """The tags of the rows still decoding, in slot order."""
+        free = set(self.free)
+        return [tag for slot, tag in enumerate(self.tags) if slot not in free]
+
     # -- rows joining ------------------------------------------------------------------
     def _initial_tokens(self, prompt: Sequence[int] | None) -> list[int]:
         """[previous text] start-of-transcript, language, task: whisper's own, per prompt."""
