@@ -188,7 +188,8 @@ def main(argv=None) -> None:
     name = "tiny.en" if args.model is None else Path(model).name
     print(
         f"engine, {name}, {args.precision}, {args.input}, batch {args.batch_size}, "
-        f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback re-decodes), "
+        f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback "
+        "re-decodes), "
         f"{counts['tokens']} tokens, {torch.get_num_threads()} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )

@@ -455,8 +455,10 @@ class JobManager:
                         record,
                         "failed",
                         JobInterrupted(
-                            f"This job was interrupted {record.attempts} times (the server stopped while it ran) "
-                            "and is not started again: send the recording again to retry. If the server keeps "
+                            f"This job was interrupted {record.attempts} times (the server stopped "
+                            "while it ran) "
+                            "and is not started again: send the recording again to retry. If the "
+                            "server keeps "
                             "stopping on it, it may be running out of memory on this recording."
                         ),
                     )

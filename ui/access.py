@@ -66,13 +66,15 @@ def exposure_warnings(settings: Settings) -> list[str]:
     warnings = []
     if not settings.named_api_keys:
         warnings.append(
-            f"No API key is set and the server is reachable on {where}: anyone who reaches it can use the HTTP API "
+            f"No API key is set and the server is reachable on {where}: anyone who reaches it can use "
+            "the HTTP API "
             "(/v1) to transcribe, and can list, read and cancel every job sent through the API, with its "
             "transcript; /metrics and /healthz are open too. Set api_keys (or api_key) in the config."
         )
     if settings.auth is None:
         warnings.append(
-            f"No login (auth) is set and the server is reachable on {where}: anyone who reaches it can use the "
+            f"No login (auth) is set and the server is reachable on {where}: anyone who reaches it can "
+            "use the "
             "page and its /transcribe endpoint (gradio_client) to transcribe on this server"
             + (", whatever the API key" if settings.named_api_keys else "")
             + '. Set auth: "user:password" in the config (or WHISPER_APP_AUTH).'

@@ -214,7 +214,8 @@ class TranscriptionForm(BaseModel):
     stream: bool = False
     # "logprobs": per-token log-probabilities (json only)
     include: list[Literal["logprobs"]] = Field(default_factory=list)
-    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
+    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's
+    # `vad`
     vad: bool | None = None
 
     @field_validator("*", mode="before")

@@ -47,7 +47,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from whisper.audio import FRAMES_PER_SECOND
@@ -105,7 +104,7 @@ MODEL_LOCK = ModelLock()
 CANCEL_POLL_S = 0.05  # how often a waiting job looks at its cancel flag
 PROGRESS_EVERY_STEPS = 8  # on CUDA, steps between looks at how far the rows have come (each look stalls it)
 
-RunningDecode = Union[GreedyDecode, WholeDecode]
+RunningDecode = GreedyDecode | WholeDecode
 BeforeStep = Callable[[RunningDecode], None]  # see the module's docstring
 
 

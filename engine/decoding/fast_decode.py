@@ -49,7 +49,8 @@ from whisper.decoding import (
 from whisper.model import MultiHeadAttention, Whisper
 from whisper.utils import compression_ratio
 
-# windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1 and 2 equal, more
+# windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1 and 2 equal,
+# more
 # slower), and int8's dynamic quantisation scales a pass's activations together: one keeps each window's own
 CPU_ENCODER_BATCH = 1
 # token steps between looks at "which rows are finished" on CUDA (each look stalls the GPU)
