@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from conftest import JFK, ROOT, DecodeGate, fast_settings, shared_audio
-from engine import Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
+from engine import DeviceStatus, Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
 
 GATE = DecodeGate(timeout_s=60)  # decoding waits on it, so a test can hold a job running
 
@@ -291,6 +291,10 @@ def _status(state="ready", error="", loaded=()):
         workers=2,
         queue_length=3,
         queue_size=16,
+        devices=[
+            DeviceStatus("cuda:0 (NVIDIA H200), fp16", 1, 4, 2, []),
+            DeviceStatus("cuda:1 (NVIDIA H200), fp16", 0, 3, 0, []),
+        ],
     )
 
 
@@ -323,6 +327,9 @@ def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
     assert 'class="gpu-warning"' in html and "above the 100,000 MB threshold" in html
     assert "3,100 MB allocated, 3,500 MB reserved" in html
     assert "Workers busy: <b>1 / 2</b>" in html and "Queue: <b>3 / 16</b>" in html
+    # each device the jobs are placed on, with its jobs and live windows
+    assert "<b>cuda:0 (NVIDIA H200), fp16</b>: 1 running, 2 windows live, 4 done" in html
+    assert "<b>cuda:1 (NVIDIA H200), fp16</b>: 0 running, 0 windows live, 3 done" in html
 
 
 def test_sidebar_without_gpu_says_so_instead_of_numbers():

@@ -113,6 +113,13 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
         f'<div class="gpu-queue">Workers busy: <b>{status.busy_workers} / {status.workers}</b> &middot; '
         f"Queue: <b>{status.queue_length} / {status.queue_size}</b></div>"
     )
+    if len(status.devices) > 1:  # several devices decode (device_index list): where the jobs run
+        rows = "".join(
+            f"<li><b>{_e(d.device)}</b>: {d.running_jobs} running, {d.live_windows} windows live, "
+            f"{d.finished_jobs} done</li>"
+            for d in status.devices
+        )
+        parts.append(f'<ul class="gpu-devices">{rows}</ul>')
     parts.append("</div>")
     return "".join(parts)
 
