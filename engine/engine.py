@@ -85,12 +85,6 @@ class TranscriptionRequest:
     info: AudioInfo | None = None  # the file's probe at submit, so the job does not probe it again
 
 
-def _options(options: JobOptions | None, fields: dict) -> JobOptions:
-    if options is not None and fields:
-        raise TypeError("pass JobOptions or its fields as keywords, not both")
-    return options if options is not None else JobOptions(**fields)
-
-
 @dataclass(frozen=True)
 class ModelState:
     state: str  # "not loaded" | "loading" | "ready" | "failed" | "released"
@@ -290,7 +284,7 @@ class Engine:
         that is not audio, empty or too long the matching AudioError, here, before the job
         takes a place in the queue.
         """
-        request = self._request(audio, _options(options, fields), name)
+        request = self._request(audio, JobOptions.of(options, fields), name)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
@@ -299,7 +293,7 @@ class Engine:
         self, audio: AudioInput, options: JobOptions | None = None, **fields
     ) -> TranscriptionResult:
         """Submit and wait."""
-        return self.submit(audio, _options(options, fields)).result()
+        return self.submit(audio, JobOptions.of(options, fields)).result()
 
     def prepare(self, options: JobOptions) -> JobOptions:
         """`options` with the model named by its public id (an alias or None gives the default's)

@@ -278,9 +278,7 @@ class JobManager:
         InvalidRequest, an AudioError, FileNotFoundError), or DiskFull when the recording or
         its row cannot be stored; then nothing of the job is kept.
         """
-        if options is not None and fields:
-            raise TypeError("pass JobOptions or its fields as keywords, not both")
-        options = self.engine.prepare(options if options is not None else JobOptions(**fields))
+        options = self.engine.prepare(JobOptions.of(options, fields))
         if not isinstance(audio, bytes) and not Path(audio).is_file():
             raise FileNotFoundError(f"No such audio file: {Path(audio).name}")
         # Only the last component of a client's name is kept, and only to show it.
