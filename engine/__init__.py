@@ -9,7 +9,7 @@ engine.release()                                    # GPU memory back, safely
 """
 
 from engine.audio.files import SAMPLE_RATE, check_audio, check_ffmpeg, load_audio
-from engine.device import cuda  # noqa: F401  (first: sets PYTORCH_CUDA_ALLOC_CONF before CUDA starts)
+from engine.device import cuda
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
 from engine.engine import Engine, EngineStatus, ModelState, TranscriptionRequest
 from engine.errors import (
@@ -37,6 +37,7 @@ from engine.job_options import JobOptions
 from engine.languages import LANGUAGES, language_choices, normalise_language
 from engine.models.cache import ReleaseReport
 from engine.models.names import OPENAI_ALIASES, model_id
+from engine.replicas import DeviceStatus
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import Settings, load_settings
 from engine.worker import JobHandle, JobStatus, TranscriptionWorker

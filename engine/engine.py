@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -24,26 +23,25 @@ from whisper.tokenizer import get_tokenizer
 from engine.audio.files import SAMPLE_RATE, AudioInfo, check_audio, check_length, load_audio
 from engine.audio.sections import plan_sections
 from engine.audio.vad import SpeechMap, VadOptions, speech_map
-from engine.decoding.decode_loop import MODEL_LOCK, DecodeLoop
-from engine.decoding.fast_decode import decode_rows
-from engine.decoding.options import DecodeOptions
+from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop, ModelLock
+from engine.decoding.options import TranscribeOptions
 from engine.decoding.stream import SectionStream, log_mel_spectrogram
-from engine.decoding.transcriber import Decoder
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
-from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_device
+from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_devices
 from engine.device.gpu_monitor import GpuMonitor
 from engine.errors import InvalidRequest, ModelNotOffered  # raised here; callers import them from here too
 from engine.job_options import JobOptions
 from engine.languages import LANGUAGES
 from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
 from engine.models.names import ModelNames, english_only_by_name
+from engine.replicas import DeviceReplica, DeviceRouter, DeviceStatus
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobHandle, TranscriptionWorker
 
 log = logging.getLogger(__name__)
 
-AudioInput = Union[str, os.PathLike, np.ndarray]
+AudioInput = str | os.PathLike | np.ndarray
 
 
 def completed_in_order(streams: Sequence[SectionStream]) -> list:
@@ -82,15 +80,9 @@ class TranscriptionRequest:
     audio: AudioInput  # path to anything ffmpeg reads, or float32 16 kHz mono samples
     model: str  # the configured value (whisper name or path) the model cache loads
     options: JobOptions  # what the user asked for, the model named by its id (Engine.prepare)
-    decoding: DecodeOptions  # `options` with the config's values filled in
+    decoding: TranscribeOptions  # `options` with the config's values filled in
     name: str = ""  # file name to show and to name downloads after
     info: AudioInfo | None = None  # the file's probe at submit, so the job does not probe it again
-
-
-def _options(options: JobOptions | None, fields: dict) -> JobOptions:
-    if options is not None and fields:
-        raise TypeError("pass JobOptions or its fields as keywords, not both")
-    return options if options is not None else JobOptions(**fields)
 
 
 @dataclass(frozen=True)
@@ -103,12 +95,13 @@ class ModelState:
 @dataclass(frozen=True)
 class EngineStatus:
     model: ModelState
-    device: str  # e.g. "cuda:0 (NVIDIA H200), fp16" or "cpu, fp32"
-    loaded: list[ModelInfo]
+    device: str  # e.g. "cuda:0 (NVIDIA H200), fp16" or "cpu, fp32"; several joined by "; "
+    loaded: list[ModelInfo]  # every device's resident models
     busy_workers: int
     workers: int
     queue_length: int
     queue_size: int
+    devices: list[DeviceStatus] = field(default_factory=list)  # each device's jobs and live windows
 
 
 @dataclass
@@ -130,6 +123,7 @@ class Engine:
 
     `Engine(settings)` loads and warms the default model before returning; with
     `background=True` it returns at once and `status().model` tells how loading goes.
+    `before_step` is for tests: a hook into the running decode (engine.decoding.decode_loop).
     """
 
     def __init__(
@@ -138,24 +132,22 @@ class Engine:
         *,
         load: bool = True,
         background: bool = False,
-        decoder: Decoder = decode_rows,
+        before_step: BeforeStep | None = None,
     ):
         apply_alloc_conf(settings.cuda_alloc_conf)
         self.settings = settings
-        self.plan: DevicePlan = plan_device(settings.device, settings.device_index, settings.precision)
+        plans = plan_devices(
+            settings.device, settings.device_index, settings.precision, settings.cpu_replicas
+        )
+        self.plan: DevicePlan = plans[0]  # the precision and device type every replica shares
         self.monitor = GpuMonitor(settings.gpu_memory_threshold_mb)
         self.listeners = _Listeners()
         self.model_names = ModelNames(settings.allowed_models)  # public ids: names, never server paths
         self._multilingual: dict = {}  # configured model -> model.is_multilingual, learned when it loads
         self._state = ModelState("not loaded", settings.model)
-        self.models = ModelCache(
-            self._load_model,
-            settings.model_cache_size,
-            self.plan.device,
-            on_load=lambda name: self.listeners.emit("model_loaded", name),
-            on_release=self._on_release,
+        self.devices = DeviceRouter(
+            [self._replica(plan, i, len(plans), before_step) for i, plan in enumerate(plans)]
         )
-        self.loop = DecodeLoop(self.plan.fp16, settings.batch_size, settings.gpu_memory_threshold_mb, decoder)
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
         self.worker = TranscriptionWorker(
             self._run,
@@ -172,6 +164,37 @@ class Engine:
             else:
                 self.load()
 
+    def _replica(
+        self, plan: DevicePlan, index: int, count: int, before_step: BeforeStep | None
+    ) -> DeviceReplica:
+        s = self.settings
+        name = (
+            plan.description
+            if plan.device.type == "cuda" or count == 1
+            else f"{plan.description} #{index + 1}"
+        )
+        # Each GPU steps on its own; CPU replicas share the cores, and so one lock.
+        lock = ModelLock() if plan.device.type == "cuda" and count > 1 else MODEL_LOCK
+        models = ModelCache(
+            lambda model: self._load_model(model, plan, lock),
+            s.model_cache_size,
+            plan.device,
+            on_load=lambda model: self.listeners.emit("model_loaded", model),
+            on_release=self._on_release,
+        )
+        loop = DecodeLoop(plan.fp16, s.batch_size, s.gpu_memory_threshold_mb, before_step, lock=lock)
+        return DeviceReplica(name, plan, models, loop, lock)
+
+    @property
+    def models(self) -> ModelCache:
+        """The first device's model cache (the only one unless several devices are configured)."""
+        return self.devices.replicas[0].models
+
+    @property
+    def loop(self) -> DecodeLoop:
+        """The first device's decode loop (the only one unless several devices are configured)."""
+        return self.devices.replicas[0].loop
+
     # -- models ----------------------------------------------------------------------------
     def load(self, name: str | None = None) -> None:
         """Load (and warm up) a model now; the default one unless named. Errors are kept in
@@ -181,8 +204,9 @@ class Engine:
         if is_default:
             self._state = ModelState("loading", name)
         try:
-            with self.models.lease(name):
-                pass
+            for replica in self.devices.replicas:
+                with replica.models.lease(name):
+                    pass
         except Exception as exc:
             if is_default:
                 self._state = ModelState("failed", name, str(exc))
@@ -197,25 +221,25 @@ class Engine:
         except Exception as exc:
             log.error("Could not load %s: %s", self.settings.model, exc)
 
-    def _load_model(self, name: str):
-        if self.plan.device.type == "cpu":  # its OpenMP team would outlive it in a thread that stays
-            return in_passing_thread(lambda: self._load_and_warm_up(name))
-        return self._load_and_warm_up(name)
+    def _load_model(self, name: str, plan: DevicePlan, lock: ModelLock):
+        if plan.device.type == "cpu":  # its OpenMP team would outlive it in a thread that stays
+            return in_passing_thread(lambda: self._load_and_warm_up(name, plan, lock))
+        return self._load_and_warm_up(name, plan, lock)
 
-    def _load_and_warm_up(self, name: str):
-        model = load_model(name, self.plan, self.settings.download_root)
+    def _load_and_warm_up(self, name: str, plan: DevicePlan, lock: ModelLock):
+        model = load_model(name, plan, self.settings.download_root)
         self._multilingual[name] = model.is_multilingual
         if self.settings.warm_up:
-            self._warm_up(model)
+            self._warm_up(model, plan, lock)
         return model
 
-    def _warm_up(self, model) -> None:
+    def _warm_up(self, model, plan: DevicePlan, lock: ModelLock) -> None:
         """One tiny decode, so kernels are compiled and buffers allocated before a user waits."""
         mel = whisper.log_mel_spectrogram(
-            torch.zeros(whisper.audio.N_SAMPLES), n_mels=model.dims.n_mels, device=self.plan.device
-        ).to(torch.float16 if self.plan.fp16 else torch.float32)
-        options = whisper.DecodingOptions(language="en", sample_len=2, fp16=self.plan.fp16)
-        with MODEL_LOCK, torch.inference_mode():
+            torch.zeros(whisper.audio.N_SAMPLES), n_mels=model.dims.n_mels, device=plan.device
+        ).to(torch.float16 if plan.fp16 else torch.float32)
+        options = whisper.DecodingOptions(language="en", sample_len=2, fp16=plan.fp16)
+        with lock, torch.inference_mode():
             whisper.decode(model, mel[None], options)
 
     def _on_release(self, name: str) -> None:
@@ -226,7 +250,13 @@ class Engine:
     def release(self, wait: bool = False, timeout: float | None = None) -> ReleaseReport:
         """Free the GPU memory held by models. A model in use by a job is freed when that job
         finishes (or, with `wait`, before this returns); the next request loads it again."""
-        report = self.models.release(wait=wait, timeout=timeout)
+        reports = [r.models.release(wait=wait, timeout=timeout) for r in self.devices.replicas]
+        report = ReleaseReport(
+            [name for r in reports for name in r.released],
+            [name for r in reports for name in r.deferred],
+            sum(r.reserved_before_mb for r in reports),
+            sum(r.reserved_after_mb for r in reports),
+        )
         log.info(report.message)
         return report
 
@@ -234,7 +264,8 @@ class Engine:
         idle_s = self.settings.idle_release_s
         while not self._closed.wait(min(5.0, idle_s / 4)):
             if self.worker.busy == 0 and self.worker.queue_length == 0:
-                self.models.release_idle(idle_s, self.settings.idle_action)
+                for replica in self.devices.replicas:
+                    replica.models.release_idle(idle_s, self.settings.idle_action)
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(
@@ -253,7 +284,7 @@ class Engine:
         that is not audio, empty or too long the matching AudioError, here, before the job
         takes a place in the queue.
         """
-        request = self._request(audio, _options(options, fields), name)
+        request = self._request(audio, JobOptions.of(options, fields), name)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
@@ -262,7 +293,7 @@ class Engine:
         self, audio: AudioInput, options: JobOptions | None = None, **fields
     ) -> TranscriptionResult:
         """Submit and wait."""
-        return self.submit(audio, _options(options, fields)).result()
+        return self.submit(audio, JobOptions.of(options, fields)).result()
 
     def prepare(self, options: JobOptions) -> JobOptions:
         """`options` with the model named by its public id (an alias or None gives the default's)
@@ -295,9 +326,9 @@ class Engine:
             audio, self.model_names.resolve(options.model), options, self._decoding(options), name, info
         )
 
-    def _decoding(self, options: JobOptions) -> DecodeOptions:
+    def _decoding(self, options: JobOptions) -> TranscribeOptions:
         s = self.settings
-        return DecodeOptions(
+        return TranscribeOptions(
             task=options.task or s.task,
             language=options.language if options.language is not None else s.language,
             initial_prompt=options.initial_prompt or s.initial_prompt,
@@ -334,13 +365,13 @@ class Engine:
             handle.set_progress(done / total * duration if total else duration, duration)
 
         handle.checkpoint()
-        with self.models.lease(request.model) as model:
+        with self.devices.place() as replica, replica.models.lease(request.model) as model:
             if request.model == s.model:
                 self._state = ModelState("ready", request.model)
             sections = plan_sections(
                 audio, s.batch_size, min_section_s=s.min_section_s, joins=speech.joins if speech else None
             )
-            language = self._language(model, request.options.model, audio, sections, options)
+            language = self._language(model, replica, request.options.model, audio, sections, options)
             tokenizer = get_tokenizer(
                 model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
             )
@@ -356,7 +387,7 @@ class Engine:
                 for section in sections
             ]
             handle.show_segments(lambda: completed_in_order(streams))  # for clients that stream the text
-            self.loop.run(
+            replica.loop.run(
                 model,
                 streams,
                 options,
@@ -406,7 +437,15 @@ class Engine:
         )
         return speech
 
-    def _language(self, model, model_id: str, audio: np.ndarray, sections, options: DecodeOptions) -> str:
+    def _language(
+        self,
+        model,
+        replica: DeviceReplica,
+        model_id: str,
+        audio: np.ndarray,
+        sections,
+        options: TranscribeOptions,
+    ) -> str:
         """The request's language; English for an English-only model; else detected once,
         as whisper.transcribe does, from the first 30 s of the recording."""
         if not model.is_multilingual:  # first loaded by this job: the check `prepare` could not do
@@ -417,13 +456,12 @@ class Engine:
             return "en"
         first = sections[0]
         mel = log_mel_spectrogram(audio[first.start : first.end], model.dims.n_mels, padding=N_SAMPLES)
-        device = next(model.parameters()).device
         mel = (
             whisper.pad_or_trim(mel, N_FRAMES)
-            .to(device)
-            .to(torch.float16 if self.plan.fp16 else torch.float32)
+            .to(replica.plan.device)
+            .to(torch.float16 if replica.plan.fp16 else torch.float32)
         )
-        with MODEL_LOCK, torch.inference_mode():
+        with replica.lock, torch.inference_mode():
             _, probs = model.detect_language(mel)
         language = max(probs, key=probs.get)
         log.info("Detected language: %s", language)
@@ -431,22 +469,25 @@ class Engine:
 
     # -- state -------------------------------------------------------------------------------
     def status(self) -> EngineStatus:
+        replicas = self.devices.replicas
         return EngineStatus(
             self._state,
-            self.plan.description,
-            self.models.loaded(),
+            "; ".join(dict.fromkeys(r.plan.description for r in replicas)),
+            [info for r in replicas for info in r.models.loaded()],
             self.worker.busy,
             self.worker.workers,
             self.worker.queue_length,
             self.worker.queue_size,
+            self.devices.status(),
         )
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking jobs, finish (drain) or fail the accepted ones, free the models."""
         self._closed.set()
         self.worker.shutdown(drain=drain, timeout=timeout)
-        self.loop.close()
-        self.models.release(wait=True, timeout=timeout)
+        for replica in self.devices.replicas:
+            replica.loop.close()
+            replica.models.release(wait=True, timeout=timeout)
 
     def __enter__(self) -> Engine:
         return self

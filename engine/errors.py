@@ -23,6 +23,9 @@
     └── Ct2FormatError               not a CTranslate2 Whisper directory (also a ValueError)
         └── QuantisedModelError      its weights are int8/int16
 
+The job service's errors (storage, a full disk, a job the server kept dying in) are in the same
+family, in jobs/errors.py: the engine does not know the packages above it.
+
 Each used to subclass a builtin (RuntimeError, ValueError) directly; they still do, beside
 EngineError, so code that catches those keeps working. The front ends map these classes (not
 their names) to HTTP codes and page messages in one table (ui/openai_compat.py); a stored job

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,14 +29,19 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- model and device -------------------------------------------------------------
-    # whisper model name (downloaded to the whisper cache), .pt checkpoint path or faster-whisper (CTranslate2) directory
+    # a whisper model name (downloaded once to the whisper cache), a .pt checkpoint's path or a
+    # faster-whisper (CTranslate2) directory
     model: str = "large-v3"
     # further models users may pick; `model` is always allowed
     models: list[str] = Field(default_factory=list)
     # where named models are downloaded; None = whisper's cache (~/.cache/whisper)
     download_root: str | None = None
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto = cuda when an NVIDIA GPU is visible, else cpu
-    device_index: int = Field(0, ge=0)  # which GPU (cuda:N), counted after CUDA_VISIBLE_DEVICES
+    # which GPU(s) decode: an index (cuda:N, counted after CUDA_VISIBLE_DEVICES), a list, or "all";
+    # each gets a resident model replica and a decode loop of its own
+    device_index: int | list[int] | Literal["all"] = 0
+    # without a GPU: model replicas on the CPU, each with its decode loop (they share the cores)
+    cpu_replicas: int = Field(1, ge=1, le=16)
     precision: Literal["fp16", "fp32", "int8"] = "fp16"  # resident weights; fp16 halves GPU memory
     # PYTORCH_CUDA_ALLOC_CONF unless the environment sets it
     cuda_alloc_conf: str | None = "max_split_size_mb:128"
@@ -51,11 +58,14 @@ class Settings(BaseModel):
     queue_size: int = Field(16, ge=1)  # jobs waiting beyond those running; more are refused with "queue full"
 
     # --- decoding ------------------------------------------------------------------------
-    # 30 s windows decoded together (a recording is cut into this many sections); more = faster, more GPU memory
+    # 30 s windows decoded together (a recording is cut into this many sections); more = faster,
+    # more GPU memory
     batch_size: int = Field(8, ge=1)
-    # shortest section a recording is cut into; shorter = more rows of one job side by side, more partly empty windows
+    # shortest section a recording is cut into; shorter = more rows of one job side by side, more
+    # partly empty windows
     min_section_s: float = Field(MIN_SECTION_S, ge=30)
-    # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less consistent style
+    # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less
+    # consistent style
     condition_on_previous_text: bool = True
     # cap on tokens decoded per window (whisper's default: 224)
     max_new_tokens: int = Field(224, ge=1, le=448)
@@ -72,9 +82,11 @@ class Settings(BaseModel):
     no_speech_threshold: float | None = 0.6  # treat a window as silent above this no-speech probability
     # windows whose loudest 20 ms is below this dBFS are skipped as silence
     silence_threshold_db: float = -50.0
-    # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's option; drops real words too, so off)
+    # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's
+    # option; drops real words too, so off)
     hallucination_silence_threshold: float | None = Field(None, gt=0)
-    # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach the model)
+    # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach
+    # the model)
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)  # speech probability above which a 32 ms frame is speech
     vad_min_silence_s: float = Field(2.0, ge=0.1)  # gaps without speech shorter than this are decoded anyway
@@ -112,6 +124,11 @@ class Settings(BaseModel):
     protect_metrics: bool = False  # also require the API key on /metrics and /healthz
     # jobs database and uploaded audio for durable jobs; relative = beside the config file
     data_dir: str = "data"
+    # "" = the SQLite database in data_dir (one server); postgresql://user:password@host:port/db = one
+    # queue in PostgreSQL that several servers (replicas) share. Messages never show its password.
+    job_store: str = ""
+    # a replica's claim on a running job: another takes it this long after
+    job_lease_s: float = Field(30, gt=0)
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
     # A job the server stopped in (killed, out of memory) this many times is failed at the next
     # start instead of run again, so one that kills the process cannot do it at every start.
@@ -132,6 +149,15 @@ class Settings(BaseModel):
             raise ValueError(
                 "api_keys: two names share one key; each key must be different (it says whose jobs are whose)"
             )
+        indices = [self.device_index] if isinstance(self.device_index, int) else self.device_index
+        if indices != "all" and (
+            not indices or any(i < 0 for i in indices) or len(set(indices)) != len(indices)
+        ):
+            raise ValueError(
+                'device_index: must be a GPU index (0), a list of different ones ([0, 1]) or "all"'
+            )
+        if self.job_store:
+            check_job_store(self.job_store)
         if self.language is not None:
             from engine.languages import normalise_language
 
@@ -140,13 +166,38 @@ class Settings(BaseModel):
 
     @property
     def named_api_keys(self) -> dict[str, str]:
-        """Every API key by its owner's name: `api_key` (as "default") and `api_keys`; {} = the API is open."""
+        """Every API key by its owner's name: `api_key` (as "default") and `api_keys`; {} = the
+        API is open."""
         return {**({"default": self.api_key} if self.api_key else {}), **self.api_keys}
 
     @property
     def allowed_models(self) -> list[str]:
         """The default model first, then the others the config lets users pick."""
         return list(dict.fromkeys([self.model, *self.models]))
+
+
+JOB_STORE_SCHEMES = ("postgresql", "postgres")
+
+
+def check_job_store(url: str) -> None:
+    """A ValueError naming `job_store` unless `url` is a PostgreSQL URL with a host (or a host= socket
+    folder) and a database. The message never shows the password: it goes to logs and terminals."""
+    parts = urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0  # a port that is not a number raises
+    except ValueError:
+        port_ok = False
+    host = parts.hostname or "host=" in parts.query
+    if parts.scheme in JOB_STORE_SCHEMES and host and parts.path.strip("/") and port_ok:
+        return
+    # Everything between the user's ':' and the last '@' (a password with an unencoded '#' or '/'
+    # is not one to urlsplit, but is still a password).
+    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@", r"\1:***@", url.strip())
+    raise ValueError(
+        "job_store: must be empty (SQLite in data_dir) or a PostgreSQL URL with a host and a "
+        "database, like postgresql://user:password@host:5432/db, special characters in the "
+        f"password percent-encoded (# as %23) (got {shown!r})"
+    )
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -176,7 +227,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
             key = name[len(ENV_PREFIX) :].lower()
             value = yaml.safe_load(raw) if raw.strip() else None
             # A model path or an auth string must stay text even if it looks like a number.
-            overrides[key] = raw if key in ("model", "auth", "api_key", "initial_prompt") else value
+            text = ("model", "auth", "api_key", "initial_prompt", "job_store")
+            overrides[key] = raw if key in text else value
     return overrides
 
 

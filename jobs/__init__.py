@@ -6,7 +6,16 @@ imports it. The bounded queue that runs jobs (engine/worker.py) stays in the eng
 facade hands out its JobHandles: durability is this package's concern, execution the engine's.
 """
 
-from jobs.data_dir import DataDirInUse, DataDirUnwritable, DiskFull, StorageError, is_disk_full
-from jobs.disk import DiskSpace, OutOfDiskSpace, disk_space, has_room
+from jobs.data_dir import is_disk_full
+from jobs.disk import DiskSpace, disk_space, has_room
+from jobs.errors import (
+    DataDirInUse,
+    DataDirUnwritable,
+    DiskFull,
+    JobInterrupted,
+    OutOfDiskSpace,
+    StorageError,
+    StoreUnavailable,
+)
 from jobs.manager import ANONYMOUS_CALLER, JobInfo, JobManager, api_owner, open_store
-from jobs.store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStore, Progress, new_replica_id, open_job_store

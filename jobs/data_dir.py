@@ -26,6 +26,8 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from jobs.errors import DataDirInUse, DataDirUnwritable, DiskFull, StorageError
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "owner.lock"  # in data_dir: held (flock) by the server that owns the folder
@@ -34,28 +36,6 @@ PRIVATE_DIR = 0o700
 NEARLY_FULL_BYTES = 1 << 20  # less free space than this under data_dir and an I/O error is a full disk
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-class StorageError(RuntimeError):
-    """data_dir cannot be used as it is; the message names the folder or file and what to do.
-
-    StorageError
-     +-- DataDirInUse        another process holds the folder
-     +-- DataDirUnwritable   read-only file system, or no permission
-     +-- DiskFull            no space left on the folder's disk
-    """
-
-
-class DataDirInUse(StorageError):
-    """Another server process owns this data_dir."""
-
-
-class DataDirUnwritable(StorageError):
-    """data_dir (or a file in it) cannot be written."""
-
-
-class DiskFull(StorageError):
-    """The disk under data_dir has no space left."""
 
 
 def is_disk_full(error: BaseException | None, folder: Path | None = None) -> bool:

@@ -10,25 +10,11 @@ a traceback; /healthz and /metrics warn before it happens. Which errors mean a f
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
-
-
-class OutOfDiskSpace(OSError):
-    """The server's disk (or the user's quota on it) is full; the message is written for people."""
-
-    def __init__(self, what: str = "the upload could not be stored"):
-        super().__init__(
-            errno.ENOSPC,
-            f"The server is out of disk space: {what}. Try again later, once space has been freed.",
-        )
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 @dataclass(frozen=True)

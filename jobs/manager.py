@@ -42,7 +42,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from engine.audio.files import AudioError
 from engine.engine import Engine, InvalidRequest
@@ -50,16 +49,9 @@ from engine.job_options import JobOptions
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
-from jobs.data_dir import (  # noqa: F401
-    PRIVATE_FILE,
-    DataDirInUse,
-    DataDirUnwritable,
-    DiskFull,
-    StorageError,
-    is_disk_full,
-    private_dir,
-)
-from jobs.store import JobRecord, JobStore
+from jobs.data_dir import PRIVATE_FILE, is_disk_full, private_dir
+from jobs.errors import DiskFull, JobInterrupted, StorageError
+from jobs.store import JobRecord, JobStore, open_job_store
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +89,6 @@ RECENT_DURATIONS = 20  # finished jobs the Retry-After estimate averages over
 ANONYMOUS_CALLER = "anonymous"  # the API caller's name when no API key is configured
 
 
-class JobInterrupted(RuntimeError):
-    """The server stopped while the job ran, `max_attempts` times: it is not started again."""
-
-
 def api_owner(key_name: str) -> str:
     """The owner stored with a job sent through the API with the key called `key_name`: the
     name, never the key. Page owners are "browser:<id>" or "user:<login>", so they never meet."""
@@ -116,12 +104,17 @@ def legacy_api_owner(key_names: list[str]) -> str | None:
     return api_owner(key_names[0]) if len(key_names) == 1 else None
 
 
-Audio = Union[str, os.PathLike, bytes]
+Audio = str | os.PathLike | bytes
 
 
 def open_store(settings: Settings) -> JobStore:
-    """The JobStore in `settings.data_dir`; raises a StorageError (in use, unwritable, full)."""
-    return JobStore(settings.data_dir, legacy_api_owner(list(settings.named_api_keys)))
+    """The JobStore `settings.job_store` names (SQLite in `settings.data_dir` by default); raises a
+    StorageError (in use, unwritable, full; StoreUnavailable for a PostgreSQL server not answering)."""
+    return open_job_store(
+        settings.job_store,
+        settings.data_dir,
+        legacy_api_owner=legacy_api_owner(list(settings.named_api_keys)),
+    )
 
 
 @dataclass(frozen=True)
@@ -229,7 +222,7 @@ class JobManager:
         self.purge_expired()
         recovered = self.recover()
         if recovered:
-            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.path)
+            log.info("Recovered %d unfinished job(s) from %s", recovered, self.store.location)
         self._thread = threading.Thread(target=self._maintain, name="job-maintenance", daemon=True)
         self._thread.start()
         return self
@@ -247,7 +240,7 @@ class JobManager:
                 return
             self._write_unwritten()
             try:
-                for job_id, handle in self._live.items():
+                for job_id in self._live:
                     if job_id not in self._unwritten:
                         self.store.requeue(job_id, count_attempt=False)
             except Exception as exc:  # the disk is full: those starts stay counted
@@ -285,9 +278,7 @@ class JobManager:
         InvalidRequest, an AudioError, FileNotFoundError), or DiskFull when the recording or
         its row cannot be stored; then nothing of the job is kept.
         """
-        if options is not None and fields:
-            raise TypeError("pass JobOptions or its fields as keywords, not both")
-        options = self.engine.prepare(options if options is not None else JobOptions(**fields))
+        options = self.engine.prepare(JobOptions.of(options, fields))
         if not isinstance(audio, bytes) and not Path(audio).is_file():
             raise FileNotFoundError(f"No such audio file: {Path(audio).name}")
         # Only the last component of a client's name is kept, and only to show it.
@@ -326,7 +317,7 @@ class JobManager:
                 raise DiskFull(
                     "The server is out of disk space and cannot store the recording; try again later."
                 ) from None
-            raise _in_client_terms(exc, record, self.audio_dir)
+            raise _in_client_terms(exc, record, self.audio_dir) from None
 
     def has_room(self) -> bool:
         """Whether the engine's queue could take one more job now (recovered jobs waiting for
@@ -419,7 +410,7 @@ class JobManager:
                     "Job %s finished but its result cannot be written to %s (%s); it is kept in "
                     "memory and written as soon as that works again",
                     handle.id,
-                    self.store.path,
+                    self.store.location,
                     exc,
                 )
             self._unwritten[handle.id] = outcome
@@ -462,8 +453,10 @@ class JobManager:
                         record,
                         "failed",
                         JobInterrupted(
-                            f"This job was interrupted {record.attempts} times (the server stopped while it ran) "
-                            "and is not started again: send the recording again to retry. If the server keeps "
+                            f"This job was interrupted {record.attempts} times (the server stopped "
+                            "while it ran) "
+                            "and is not started again: send the recording again to retry. If the "
+                            "server keeps "
                             "stopping on it, it may be running out of memory on this recording."
                         ),
                     )

@@ -17,6 +17,7 @@ from checkpoints import write_checkpoint  # noqa: E402
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 JFK = SHARED_AUDIO / "jfk" / "jfk.flac"
 LONG_11_MIN = SHARED_AUDIO / "long" / "lj050_0159-0258_full.mp3"
+FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
 
 def window_mels(audio, n_mels: int = 80):
@@ -96,20 +97,18 @@ def fast_settings(model: Path | str, **overrides):
 
 
 class DecodeGate(threading.Event):
-    """A decoder (engine.decoding.fast_decode.decode_rows' signature) that first waits for this event: `clear()` holds
-    jobs running or queued, `set()` lets them go. Open at first."""
+    """A `before_step` hook (engine.decoding.decode_loop) that holds every step of the running
+    decode until this event is set: `clear()` holds jobs running or queued, `set()` lets them
+    go. Open at first."""
 
     def __init__(self, timeout_s: float = 60.0):
         super().__init__()
         self.timeout_s = timeout_s
         self.set()
 
-    def __call__(self, model, mel, options, prompts):
-        from engine.decoding.fast_decode import decode_rows
-
+    def __call__(self, decode) -> None:
         if not self.wait(self.timeout_s):
             raise TimeoutError("test gate never opened")
-        return decode_rows(model, mel, options, prompts)
 
 
 # --- real Whisper weights from installed packages (tests/real_models.py); skip when absent ---
@@ -125,3 +124,22 @@ def base_model_dir() -> Path:
     from real_models import base_dir
 
     return base_dir()
+
+
+# --- a real PostgreSQL server (tests/postgres_server.py); skip when none can be started ---
+@pytest.fixture(scope="session")
+def postgres_server():
+    from postgres_server import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer.start()
+    except Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.new_database()

@@ -42,7 +42,9 @@ def _refusal(config, port: int) -> str:
         output, _ = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"{config} started where it should have refused: {process.communicate()[0]}")
+        raise AssertionError(
+            f"{config} started where it should have refused: {process.communicate()[0]}"
+        ) from None
     assert process.returncode == 1, output
     assert "Traceback" not in output and "terminate called" not in output, output
     assert "Serving on" not in output
@@ -60,7 +62,7 @@ def _wait_for(process: subprocess.Popen, text: str, timeout: float = 120) -> str
 
 def test_a_second_server_on_the_same_data_dir_refuses_until_the_first_is_killed(micro_checkpoint, tmp_path):
     from app import free_port, serve
-    from jobs.manager import DataDirInUse
+    from jobs import DataDirInUse
 
     data_dir = tmp_path / "data"
     config = _config(tmp_path, data_dir, micro_checkpoint)
@@ -83,11 +85,11 @@ def test_a_second_server_on_the_same_data_dir_refuses_until_the_first_is_killed(
 
 def test_a_read_only_data_dir_stops_the_start_with_one_line(micro_checkpoint, tmp_path):
     from app import free_port, serve
-    from jobs.manager import DataDirUnwritable
-    from jobs.store import JobStore
+    from jobs import DataDirUnwritable
+    from jobs.sqlite_store import SqliteJobStore
 
     with small_disk(5) as root:
-        JobStore(root / "data").close()  # a data_dir with its database, then mounted read-only
+        SqliteJobStore(root / "data").close()  # a data_dir with its database, then mounted read-only
         remount = subprocess.run(["mount", "-o", "remount,ro", str(root)], capture_output=True, text=True)
         if remount.returncode != 0:
             pytest.skip(f"cannot remount a tmpfs read-only: {remount.stderr.strip()}")
@@ -100,10 +102,10 @@ def test_a_read_only_data_dir_stops_the_start_with_one_line(micro_checkpoint, tm
 
 def test_a_full_disk_stops_the_start_with_one_line(micro_checkpoint, tmp_path):
     from app import free_port
-    from jobs.store import JobStore
+    from jobs.sqlite_store import SqliteJobStore
 
     with small_disk(5) as root:
-        JobStore(root / "old").close()
+        SqliteJobStore(root / "old").close()
         fill(root)
         for data_dir in (root / "old", root / "new"):  # with its database, and a first start
             line = _refusal(_config(tmp_path, data_dir, micro_checkpoint), free_port())

@@ -441,7 +441,7 @@ def diarized(tiny_en_model_dir):
                     known_speakers=known,
                 )
 
-                def work():
+                def work(conversation=conversation, options=options, probs=probs, worded=worded):
                     found = find_speakers(conversation.audio, options, encoder, probs)
                     return found, assign_speakers(worded, found.turns, found.names)
 

@@ -168,9 +168,10 @@ def test_vtt_gets_the_same_cues_as_srt():
     vtt = render(result, "vtt")
     srt = render(result, "srt")
     assert vtt.count("-->") == srt.count("-->")
-    texts = lambda text: [
-        line for line in text.splitlines() if line and "-->" not in line and not line.isdigit()
-    ]
+
+    def texts(text):
+        return [line for line in text.splitlines() if line and "-->" not in line and not line.isdigit()]
+
     assert texts(vtt)[1:] == texts(srt) and texts(vtt)[0] == "WEBVTT"
 
 

@@ -11,7 +11,7 @@ from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, InvalidRequest, JobOptions, ModelNotOffered
 from engine.audio import files
 from jobs.manager import JobManager
-from jobs.store import JobStore
+from jobs.sqlite_store import SqliteJobStore
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_a_job_is_stored_with_its_prepared_options_and_its_file_is_probed_once(e
         return run_tool(command)
 
     monkeypatch.setattr(files, "_run_tool", counting)
-    jobs = JobManager(engine, JobStore(tmp_path)).start()
+    jobs = JobManager(engine, SqliteJobStore(tmp_path)).start()
     try:
         handle = jobs.submit(
             shared_audio(JFK), JobOptions(model="whisper-1", temperature=0.0), name="jfk.flac"

@@ -13,29 +13,29 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions, NotAudio, QueueFull
-from engine.decoding.fast_decode import decode_rows
 from jobs.manager import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
-from jobs.store import JobRecord, JobStore
+from jobs.sqlite_store import SqliteJobStore
+from jobs.store import JobRecord
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as long as they need
 GATE.set()
 
 
-DECODED = []  # one entry per decoder call (a step of the decode loop, or a fallback re-decode)
+DECODED = []  # the rows of every step of the running decode
 
 
-def gated_decode(model, mel, options, prompts):
+def gated_step(decode) -> None:
+    """The engine's `before_step` hook: each step waits for GATE, then is counted."""
     if not GATE.wait(30):
         raise TimeoutError("test gate never opened")
-    DECODED.append(len(mel))
-    return decode_rows(model, mel, options, prompts)
+    DECODED.append(len(decode))
 
 
 def make_engine(checkpoint, **overrides) -> Engine:
     values = dict(workers=1, queue_size=2, batch_size=1, language="en")
     values.update(overrides)
-    return Engine(fast_settings(checkpoint, **values), decoder=gated_decode)
+    return Engine(fast_settings(checkpoint, **values), before_step=gated_step)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def engine(micro_checkpoint):
 
 @pytest.fixture
 def jobs(engine, tmp_path):
-    manager = JobManager(engine, JobStore(tmp_path / "data")).start()
+    manager = JobManager(engine, SqliteJobStore(tmp_path / "data")).start()
     yield manager
     GATE.set()
     manager.close()
@@ -143,7 +143,7 @@ def test_refused_jobs_leave_nothing_behind(jobs, jfk, engine):
 def test_cancel_queued_and_running_jobs(jobs, jfk):
     five_min = shared_audio(FIVE_MIN)
     GATE.clear()
-    running = jobs.submit(five_min)  # many windows: cancellation lands between batches
+    running = jobs.submit(five_min)  # many windows: cancellation lands between token steps
     wait_until(lambda: running.status.value == "running", what="job to start")
     queued = jobs.submit(jfk)
     assert jobs.get(queued.id).queue_position == 1
@@ -162,7 +162,7 @@ def test_cancel_queued_and_running_jobs(jobs, jfk):
 def test_unfinished_jobs_run_again_after_a_stop(micro_checkpoint, tmp_path, jfk):
     data_dir = tmp_path / "data"
     first_engine = make_engine(micro_checkpoint)
-    first = JobManager(first_engine, JobStore(data_dir)).start()
+    first = JobManager(first_engine, SqliteJobStore(data_dir)).start()
     GATE.clear()
     running = first.submit(jfk, name="a.flac")
     wait_until(lambda: running.status.value == "running", what="job to start")
@@ -171,7 +171,7 @@ def test_unfinished_jobs_run_again_after_a_stop(micro_checkpoint, tmp_path, jfk)
     first.close()
     first_engine.close(drain=False, timeout=10)
     GATE.set()
-    store = JobStore(data_dir)
+    store = SqliteJobStore(data_dir)
     assert {r.id for r in store.unfinished()} == {running.id, waiting.id}  # not marked failed
 
     second_engine = make_engine(micro_checkpoint)
@@ -187,7 +187,7 @@ def test_unfinished_jobs_run_again_after_a_stop(micro_checkpoint, tmp_path, jfk)
         second_engine.close()
 
 
-def left_by_a_killed_server(store: JobStore, jfk, rows) -> Path:
+def left_by_a_killed_server(store: SqliteJobStore, jfk, rows) -> Path:
     """What kill -9 leaves in `store`: unfinished rows and their recordings (copies of `jfk`).
     `rows`: (job id, seconds after now it was created, status, client's name, attempts).
     Returns the recordings' folder."""
@@ -210,7 +210,7 @@ def left_by_a_killed_server(store: JobStore, jfk, rows) -> Path:
 
 
 def test_recovery_waits_for_room_instead_of_dropping(micro_checkpoint, tmp_path, jfk):
-    store = JobStore(tmp_path / "data")
+    store = SqliteJobStore(tmp_path / "data")
     ids = [f"{i:012x}" for i in range(6)]
     left_by_a_killed_server(
         store, jfk, [(job_id, i, "queued", f"{i}.flac", 1) for i, job_id in enumerate(ids)]
@@ -279,10 +279,10 @@ def test_the_row_says_running_once_a_worker_starts_it_and_counts_starts(jobs, jf
         assert wait_finished(jobs, handle.id).record.attempts == 1
 
 
-class ReadThenWait(JobStore):
-    """A JobStore whose next read in the thread that arms it returns only once the job has
+class ReadThenWait(SqliteJobStore):
+    """A SqliteJobStore whose next read in the thread that arms it returns only once the job has
     finished and its row was written (or a second has passed): the interleaving a slow disk
-    gives a cancel that lands as the job ends. The reading and writing are JobStore's own."""
+    gives a cancel that lands as the job ends. The reading and writing are SqliteJobStore's own."""
 
     armed_in = None  # the thread whose next read pauses
     handle = None  # the job that is let go during that pause
@@ -325,7 +325,7 @@ def test_a_cancel_that_lands_as_the_job_finishes_keeps_its_result(engine, tmp_pa
 
 
 def test_a_job_the_server_stopped_in_max_attempts_times_is_failed(micro_checkpoint, tmp_path, jfk):
-    store = JobStore(tmp_path / "data")
+    store = SqliteJobStore(tmp_path / "data")
     audio_dir = left_by_a_killed_server(
         store, jfk, [("a" * 12, 0, "running", "a.flac", 3), ("b" * 12, 0, "running", "b.flac", 2)]
     )
@@ -367,7 +367,7 @@ def test_a_result_that_cannot_be_written_is_written_when_space_returns(engine, j
     from small_disk import fill, small_disk
 
     with small_disk(20) as root:
-        jobs = JobManager(engine, JobStore(root / "data")).start()
+        jobs = JobManager(engine, SqliteJobStore(root / "data")).start()
         try:
             GATE.clear()
             handle = jobs.submit(jfk, name="jfk.flac")
@@ -396,7 +396,7 @@ def test_recordings_and_their_folders_are_readable_by_this_user_only(engine, tmp
     for folder in (data_dir, data_dir / "audio", data_dir / "uploads"):  # as an older version left them
         folder.mkdir(mode=0o755)
         os.chmod(folder, 0o755)
-    jobs = JobManager(engine, JobStore(data_dir)).start()
+    jobs = JobManager(engine, SqliteJobStore(data_dir)).start()
     try:
         GATE.clear()
         upload = jobs.new_upload_path("b.flac")

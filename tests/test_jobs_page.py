@@ -1,4 +1,4 @@
-"""ui.recent_jobs: page recordings become durable jobs owned by a browser id or a login; the list
+"""ui.page.recent_jobs: page recordings become durable jobs owned by a browser id or a login; the list
 shows each owner only their own jobs, survives a restart, and downloads a result again."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from gradio.context import LocalContext
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions
 from jobs.manager import JobManager
-from jobs.store import JobStore
-from ui.recent_jobs import RecentJobs
+from jobs.sqlite_store import SqliteJobStore
+from ui.page.recent_jobs import RecentJobs
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def recent(engine, data_dir):
-    jobs = JobManager(engine, JobStore(data_dir)).start()
+    jobs = JobManager(engine, SqliteJobStore(data_dir)).start()
     recent = RecentJobs(jobs)
     yield recent
     recent.cleanup()
@@ -105,7 +105,7 @@ def test_the_list_survives_a_restart(engine, data_dir, recent):
     secret = recent.secret
     recent.jobs.close()
 
-    restarted = RecentJobs(JobManager(engine, JobStore(data_dir)).start())
+    restarted = RecentJobs(JobManager(engine, SqliteJobStore(data_dir)).start())
     try:
         assert restarted.secret == secret  # the browser's encrypted id stays readable
         rows, _ = restarted._on_refresh(browser_id, gr.Request(session_hash="after-restart"))
@@ -124,7 +124,7 @@ def test_renders_inside_a_page(recent):
 
 
 def test_the_table_escapes_cells_and_keeps_whole_errors():
-    from ui.recent_jobs import table_html
+    from ui.page.recent_jobs import table_html
 
     error = "failed: " + "the recording is cut off <at 12:31> " * 10
     html = table_html([["2026-12-02 10:00", "<b>x</b>.m4a", error, "", "0123456789ab"]])

@@ -124,3 +124,40 @@ def test_relative_data_dir_lies_beside_the_config_file_whatever_the_working_dire
     assert load_settings(config, {"data_dir": str(tmp_path / "abs")}, environ={}).data_dir == str(
         tmp_path / "abs"
     )
+
+
+def test_job_store_defaults_to_sqlite_and_takes_a_postgresql_url_from_the_environment(tmp_path):
+    defaults = load_settings(None, environ={})
+    assert defaults.job_store == "" and defaults.job_lease_s == 30
+    # Kept as text (not parsed as YAML) like the other secrets: a password may hold anything.
+    url = "postgresql://stt:s3cr%23t:x@db.internal:5432/stt?sslmode=require"
+    settings = load_settings(None, environ={"WHISPER_APP_JOB_STORE": url, "WHISPER_APP_JOB_LEASE_S": "12.5"})
+    assert settings.job_store == url and settings.job_lease_s == 12.5
+    assert load_settings(None, {"job_store": "postgres:///stt?host=/run/postgresql"}, environ={}).job_store
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://stt:hunter2@db/stt",
+        "postgresql://stt:hunter2@db",
+        "postgresql://stt:hunter2@:5432/stt",
+        "postgresql://stt:hunter2@db:port/stt",
+        "postgresql://stt:hun#ter2@db/stt",
+        "db.internal:5432",
+    ],
+)
+def test_a_bad_job_store_url_is_one_line_that_never_shows_its_password(tmp_path, url):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"job_store: '{url}'\n")
+    with pytest.raises(SettingsError) as error:
+        load_settings(config, environ={})
+    message = str(error.value)
+    assert "\n" not in message and "job_store: must be empty" in message
+    assert "postgresql://user:password@" in message
+    assert "hunter2" not in message and "hun#ter2" not in message and "ter2" not in message
+
+
+def test_a_lease_must_be_positive():
+    with pytest.raises(SettingsError, match="job_lease_s"):
+        load_settings(None, {"job_lease_s": 0}, environ={})

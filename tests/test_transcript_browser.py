@@ -216,7 +216,6 @@ def _seconds(stamp: str) -> float:
 
 def test_subtitle_options_shape_the_srt(page, server):
     from output import SubtitleOptions, render
-    from output.subtitles import SubtitleOptions
 
     settings = server.engine.settings
     upload(page, shared_audio(JFK))

@@ -1,6 +1,6 @@
 """OpenAI's audio API, as shapes: the request's form fields, the responses, the errors.
 
-Kept apart from the routes (ui/http_api.py) so the mapping can be read and tested on its
+Kept apart from the routes (ui/routes/) so the mapping can be read and tested on its
 own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcriptions`
 (the official `openai` Python package parses what these functions build):
 
@@ -46,7 +46,7 @@ from engine import (
     WorkerShutDown,
     error_class,
 )
-from jobs import JobInfo, JobRecord, OutOfDiskSpace
+from jobs import DiskFull, JobInfo, JobInterrupted, JobRecord, OutOfDiskSpace, StorageError
 from output import SubtitleOptions, render
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -123,6 +123,9 @@ ERROR_KINDS: dict[type, ErrorKind] = {
     WindowTooLarge: ErrorKind(503, "out_of_memory", "server_error"),
     JobCancelled: ErrorKind(409, "cancelled"),
     OutOfDiskSpace: ErrorKind(507, "insufficient_storage", "server_error"),
+    DiskFull: ErrorKind(507, "insufficient_storage", "server_error"),
+    StorageError: ErrorKind(503, "storage_unavailable", "server_error"),
+    JobInterrupted: ErrorKind(500, "job_interrupted", "server_error"),
 }
 UNEXPECTED = ErrorKind(500, "internal_error", "server_error")
 
@@ -207,11 +210,12 @@ class TranscriptionForm(BaseModel):
     temperature: float | None = Field(None, ge=0, le=1)
     timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=list)
     task: Literal["transcribe", "translate"] | None = None  # /v1/jobs only; the audio routes imply it
-    # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
+    # true = server-sent events as segments complete (transcriptions only; ui/routes/streaming.py)
     stream: bool = False
     # "logprobs": per-token log-probabilities (json only)
     include: list[Literal["logprobs"]] = Field(default_factory=list)
-    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
+    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's
+    # `vad`
     vad: bool | None = None
 
     @field_validator("*", mode="before")

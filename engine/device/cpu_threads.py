@@ -5,12 +5,8 @@ parallel region a team of worker threads of its own, kept for as long as that th
 and once a process holds more of them than it has cores it stops letting idle workers spin
 between regions: every region then has to wake its worker from sleep. A decoder step is
 hundreds of small regions, so the decode loop ran at half speed as soon as any other thread
-(a job's voice activity detection, the model load, the warm-up) had run a multi-threaded op.
-Measured on the benchmark machine (2 cores, 2026-12-03):
-
-    a 12x384 by 384x1536 matmul      110-125 us in the only multi-threaded thread, 330-580 us beside another
-    12 windows decoded (tiny.en)     4.1-5.1 s alone, 6.3-10.7 s beside another
-    11 minutes end to end (fp32)     20.6 and 21.5 s with this module, 28.1 and 23.8 s without (interleaved)
+(a job's voice activity detection, the model load, the warm-up) had run a multi-threaded op
+(docs/benchmarks.md, "CPU threads", has the figures).
 
 So on CPU the engine runs its job threads on one core (`single_threaded_here`: OpenMP's and
 MKL's per-thread counts, leaving the process-wide count that the decode loop uses as it is)

@@ -58,8 +58,7 @@ def speaker_labels(order: Sequence[int], speakers: set, names: Mapping[int, str]
 
 def _letters():
     """A .. Z, then AA, AB, ...: OpenAI's labels, never running out."""
-    for letter in string.ascii_uppercase:
-        yield letter
+    yield from string.ascii_uppercase
     for first in string.ascii_uppercase:
         for second in string.ascii_uppercase:
             yield first + second

@@ -7,18 +7,13 @@ is no faster). Plain bf16 matmuls can be: on the machine this was written on, a 
 as two bf16 matmuls around a softmax, a block of query rows at a time so that the block's
 scores stay in cache instead of making a round trip through memory.
 
-Measured on the benchmark machine (2 cores, tiny dimensions): the int8 encoder goes from
-131 to 83 ms per window, and its output stays as close to the fp32 encoder's as the int8
-encoder's already was (relative error 1.44% either way with plain random weights, 0.82%
-with lively ones; tests/test_int8.py): the int8 linear layers, not bf16 attention, set the
-precision of this mode. fp32 keeps whisper's own attention (its tokens
-are held to whisper's exactly).
+The encoder's output stays as close to the fp32 encoder's as the int8 encoder's already was
+(tests/test_int8.py): the int8 linear layers, not bf16 attention, set the precision of this
+mode. fp32 keeps whisper's own attention (its tokens are held to whisper's exactly).
 
-Only AMX makes it pay. On a CPU with AVX-512 BF16 but no AMX (the benchmark machine on
-2026-12-03), the bf16 product is no faster than fp32's (0.97 against 0.93 ms for the shape
-above) and the blocks lose to PyTorch's fused fp32 kernel: the int8 encoder took 295 ms per
-window with them and 187 ms with whisper's own attention (fp32: 225 ms). Such CPUs, and those
-without bf16, keep whisper's attention.
+Only AMX makes it pay: with AVX-512 BF16 alone the bf16 product is no faster than fp32's and
+the blocks lose to PyTorch's fused fp32 kernel, so such CPUs, and those without bf16, keep
+whisper's attention (docs/benchmarks.md, "CPU attention in bf16", has the figures).
 """
 
 from __future__ import annotations

@@ -48,14 +48,14 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import torch
 from whisper.model import ModelDimensions, Whisper
 
 from engine.errors import Ct2FormatError, QuantisedModelError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 MODEL_FILE = "model.bin"
 CONFIG_FILE = "config.json"
@@ -330,7 +330,8 @@ def read_ct2_model(directory: PathLike) -> Whisper:
     ct2 = read_model_bin(directory / MODEL_FILE)
     if ct2.spec != SPEC_NAME:
         raise Ct2FormatError(
-            f"{directory} holds a CTranslate2 {ct2.spec or 'unnamed'} model, not a Whisper model ({SPEC_NAME})"
+            f"{directory} holds a CTranslate2 {ct2.spec or 'unnamed'} model, not a Whisper model "
+            f"({SPEC_NAME})"
         )
     variables = ct2.resolved()
     _check_float(variables, directory)

@@ -43,11 +43,10 @@ def _as_plain_linear(module: nn.Module) -> None:
 class RowQuantizedLinear(nn.Module):
     """`x @ W^T` in int8, activations quantised with one scale per row, weights with one per
     output channel. PyTorch's dynamic quantisation scales a whole activation tensor at once,
-    so in a batch one row's logits would depend on the other rows (measured: 9 of 12 windows
-    of real speech decoded other tokens in int8 alone than in a batch); here each row is
-    quantised on its own, so a window's tokens do not depend on what shares its batch.
-    `torch._int_mm` does the int8 matmul (51,865-wide projection at 16 rows: 1.6 ms
-    against 10 ms in fp32, 2 CPU threads)."""
+    so in a batch one row's logits would depend on the other rows (real speech decoded other
+    tokens alone than in a batch); here each row is quantised on its own, so a window's tokens
+    do not depend on what shares its batch. `torch._int_mm` does the int8 matmul, several
+    times faster than fp32's (docs/benchmarks.md, "int8 on CPU")."""
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
@@ -76,14 +75,10 @@ def int8_layer_names(model: nn.Module) -> list[str]:
     decoder's cross-attention keys and values (computed once per window); the output
     projection is int8 too (`RowQuantizedLinear`). The decoder blocks' other
     layers stay fp32. PyTorch quantises activations with one scale per tensor, and the
-    decoder's residual stream has outlier features that such a scale crushes: on real
-    tiny.en, fed fp32's transcript of every window of the 11-minute recording, int8 picked
-    fp32's next token at 96.6 % of positions with every layer int8 and per-tensor weight
-    scales, and at 98.4 % this way (mean KL from fp32's next-token distribution 0.028 ->
-    0.005); the hour's WER went from 1.83 % to 0.99 %. The price is their fp32 size: for
-    tiny.en 33 MB read per token step instead of 8 MB, no slower measurably (a step is
-    mostly the output projection and cross-attention); for large-v3 ~2.9 GB of host memory
-    instead of ~0.7 GB, and slower steps."""
+    decoder's residual stream has outlier features that such a scale crushes: with them int8
+    the next token departs from fp32's far more often and the word error rate rises
+    (docs/benchmarks.md, "int8 on CPU"). The price is their fp32 size: more host memory and,
+    for large models, slower token steps."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     return [
         name
