@@ -28,11 +28,15 @@ from engine.errors import (
     NotAudio,
     QueueFull,
     SettingsError,
+    SpeakerModelMissing,
+    SpeakerReferenceError,
     TruncatedAudio,
     WindowTooLarge,
     WorkerShutDown,
     error_class,
 )
+from engine.diarization.options import MAX_SPEAKERS
+from engine.diarization.references import SpeakerReference
 from engine.job_options import JobOptions
 from engine.languages import LANGUAGES, language_choices, normalise_language
 from engine.models.cache import ReleaseReport

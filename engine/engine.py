@@ -22,18 +22,20 @@ from whisper.tokenizer import get_tokenizer
 
 from engine.audio.files import SAMPLE_RATE, AudioInfo, check_audio, check_length, load_audio
 from engine.audio.sections import plan_sections
-from engine.audio.vad import SpeechMap, VadOptions, speech_map
+from engine.audio.vad import SpeechMap, VadOptions, speech_map, speech_probabilities
 from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop, ModelLock
 from engine.decoding.options import TranscribeOptions
 from engine.decoding.stream import SectionStream, log_mel_spectrogram
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_devices
 from engine.device.gpu_monitor import GpuMonitor
+from engine.diarization import diarize
 from engine.errors import InvalidRequest, ModelNotOffered  # raised here; callers import them from here too
 from engine.job_options import JobOptions
 from engine.languages import LANGUAGES
 from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
 from engine.models.names import ModelNames, english_only_by_name
+from engine.models.speaker_encoder import is_speaker_model, require_installed
 from engine.replicas import DeviceReplica, DeviceRouter, DeviceStatus
 from engine.results import TranscriptionResult
 from engine.settings import Settings
@@ -228,6 +230,8 @@ class Engine:
 
     def _load_and_warm_up(self, name: str, plan: DevicePlan, lock: ModelLock):
         model = load_model(name, plan, self.settings.download_root)
+        if is_speaker_model(name):  # no language to learn, no decoder to warm: its first batch is cheap
+            return model
         self._multilingual[name] = model.is_multilingual
         if self.settings.warm_up:
             self._warm_up(model, plan, lock)
@@ -310,6 +314,8 @@ class Engine:
         task = options.task or self.settings.task
         if english_only:  # when still unknown (not loaded yet), the job checks once the model is loaded
             refuse_unsupported(model_id, options.language, task)
+        if options.diarize:
+            require_installed(self.settings.speaker_model)  # SpeakerModelMissing now, not after decoding
         return replace(options, model=model_id, task=task)
 
     def _request(self, audio: AudioInput, options: JobOptions, name: str) -> TranscriptionRequest:
@@ -338,7 +344,7 @@ class Engine:
             compression_ratio_threshold=s.compression_ratio_threshold,
             logprob_threshold=s.logprob_threshold,
             no_speech_threshold=s.no_speech_threshold,
-            word_timestamps=options.word_timestamps,
+            word_timestamps=options.word_timestamps or options.diarize,  # speakers are assigned word by word
             logprobs=options.logprobs,
             hallucination_silence_threshold=s.hallucination_silence_threshold,
             silence_threshold_db=s.silence_threshold_db,
@@ -356,7 +362,9 @@ class Engine:
         handle.set_progress(0.0, duration)
         handle.checkpoint()
         options = request.decoding
-        speech = self._speech(audio) if options.vad else None
+        recording = audio  # diarization reads the whole recording, on its own finer speech regions
+        probs = speech_probabilities(audio) if options.vad else None  # the VAD's, reused by diarization
+        speech = self._speech(audio, probs) if options.vad else None
         if speech is not None:
             audio = speech.keep(audio)  # only the speech is decoded; times go back through `speech`
         heard = len(audio) / SAMPLE_RATE
@@ -365,52 +373,60 @@ class Engine:
             handle.set_progress(done / total * duration if total else duration, duration)
 
         handle.checkpoint()
-        with self.devices.place() as replica, replica.models.lease(request.model) as model:
-            if request.model == s.model:
-                self._state = ModelState("ready", request.model)
-            sections = plan_sections(
-                audio, s.batch_size, min_section_s=s.min_section_s, joins=speech.joins if speech else None
-            )
-            language = self._language(model, replica, request.options.model, audio, sections, options)
-            tokenizer = get_tokenizer(
-                model.is_multilingual, num_languages=model.num_languages, language=language, task=options.task
-            )
-            streams = [
-                SectionStream(
-                    audio[section.start : section.end],
-                    section.start_s,
-                    options,
-                    tokenizer,
-                    model.dims.n_mels,
-                    speech,
+        with self.devices.place() as replica:
+            with replica.models.lease(request.model) as model:
+                if request.model == s.model:
+                    self._state = ModelState("ready", request.model)
+                sections = plan_sections(
+                    audio, s.batch_size, min_section_s=s.min_section_s, joins=speech.joins if speech else None
                 )
-                for section in sections
+                language = self._language(model, replica, request.options.model, audio, sections, options)
+                tokenizer = get_tokenizer(
+                    model.is_multilingual,
+                    num_languages=model.num_languages,
+                    language=language,
+                    task=options.task,
+                )
+                streams = [
+                    SectionStream(
+                        audio[section.start : section.end],
+                        section.start_s,
+                        options,
+                        tokenizer,
+                        model.dims.n_mels,
+                        speech,
+                    )
+                    for section in sections
+                ]
+                # for clients that stream the text (a diarized job's segments are final only at its end)
+                handle.show_segments(lambda: completed_in_order(streams))
+                replica.loop.run(
+                    model,
+                    streams,
+                    options,
+                    language,
+                    cancelled=handle.cancel_requested,
+                    on_progress=on_progress,
+                    streaming=handle.streams_text,
+                )
+            segments = [
+                replace(segment, id=i)
+                for i, segment in enumerate(segment for stream in streams for segment in stream.segments)
             ]
-            handle.show_segments(lambda: completed_in_order(streams))  # for clients that stream the text
-            replica.loop.run(
-                model,
-                streams,
-                options,
-                language,
-                cancelled=handle.cancel_requested,
-                on_progress=on_progress,
-                streaming=handle.streams_text,
+            result = TranscriptionResult(
+                segments=segments,
+                language=language,
+                duration=duration,
+                task=options.task,
+                model=request.options.model,
+                windows=sum(st.windows_decoded for st in streams),
+                tokens_decoded=sum(st.tokens_decoded for st in streams),
+                fallbacks=sum(st.fallbacks for st in streams),
             )
-        segments = [
-            replace(segment, id=i)
-            for i, segment in enumerate(segment for stream in streams for segment in stream.segments)
-        ]
-        result = TranscriptionResult(
-            segments=segments,
-            language=language,
-            duration=duration,
-            task=options.task,
-            model=request.options.model,
-            windows=sum(st.windows_decoded for st in streams),
-            tokens_decoded=sum(st.tokens_decoded for st in streams),
-            fallbacks=sum(st.fallbacks for st in streams),
-            processing_s=time.perf_counter() - started,
-        )
+            if request.options.diarize:  # the Whisper lease is returned: Release memory may take it now
+                handle.checkpoint()
+                result = self._diarize(replica, recording, result, request.options, probs, tokenizer.encode)
+        result = replace(result, processing_s=time.perf_counter() - started)
         log.info(
             "Job %s: %.1f s of audio (%.1f s of it speech decoded) in %.1f s (%d sections, %d windows, "
             "%d segments)",
@@ -424,10 +440,42 @@ class Engine:
         )
         return result
 
-    def _speech(self, audio: np.ndarray) -> SpeechMap:
+    def _diarize(
+        self,
+        replica: DeviceReplica,
+        audio: np.ndarray,
+        result: TranscriptionResult,
+        options: JobOptions,
+        probs: np.ndarray | None,
+        encode: Callable[[str], list[int]],
+    ) -> TranscriptionResult:
+        """`result` with its speakers (engine.diarization), by the speaker encoder leased on the
+        job's device: loaded once, kept in the cache, released like the Whisper models."""
+        started = time.perf_counter()
+        with replica.models.lease(self.settings.speaker_model) as encoder:
+            labelled = diarize(
+                audio,
+                result,
+                options.diarization(),
+                encoder,
+                speech_probs=probs,
+                threshold_mb=self.settings.gpu_memory_threshold_mb,
+                encode=encode,
+            )
+        log.info(
+            "Diarization: %d speakers, %d segments (from %d) in %.2f s",
+            len({seg.speaker for seg in labelled.segments}),
+            len(labelled.segments),
+            len(result.segments),
+            time.perf_counter() - started,
+        )
+        return labelled
+
+    def _speech(self, audio: np.ndarray, probs: np.ndarray | None = None) -> SpeechMap:
         s = self.settings
         started = time.perf_counter()
-        speech = speech_map(audio, VadOptions(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s))
+        vad = VadOptions(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s)
+        speech = speech_map(audio, vad, probs)
         log.info(
             "Voice activity: %.1f s of speech in %.1f s, %d stretches (%.1f s)",
             speech.speech_samples / SAMPLE_RATE,

@@ -3,7 +3,8 @@
 The page handler, the OpenAI form and the jobs API each build one at their boundary; the job
 manager stores it with the job as JSON (`to_json` / `from_json`) and the engine decodes by it.
 Building one checks what can be checked without the server's configuration (a known task and
-language, temperatures and token cap in range) and raises InvalidRequest naming the option;
+language, temperatures and token cap in range, speaker counts and reference clips) and raises
+InvalidRequest naming the option;
 `Engine.prepare` then names the model by its public id and checks what that model can do.
 A field left as None takes the server's configured value when the job runs.
 """
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from engine.diarization.options import DiarizationOptions
+from engine.diarization.references import SpeakerReference
 from engine.errors import InvalidRequest
 from engine.languages import normalise_language
 
@@ -33,6 +36,14 @@ class JobOptions:
     max_new_tokens: int | None = None  # cap on the tokens sampled per window; None = the config's
     vad: bool | None = None  # decode only what voice activity detection calls speech; None = the config's
     logprobs: bool = False  # keep each text token's log-probability (the API's include[]=logprobs)
+    # who speaks when: a speaker on every segment and word, segments split where it changes; word
+    # timings are computed for the job (their cost, plus ~0.3 s of CPU per minute of audio)
+    diarize: bool = False
+    num_speakers: int | None = None  # exactly this many speakers (diarize only); None = estimated
+    min_speakers: int | None = None  # at least this many when estimated (diarize only); None = 1
+    max_speakers: int | None = None  # at most this many when estimated (diarize only); None = 20
+    # voices to label by name (2-10 s clips, at most 4); speakers matching none keep letters
+    known_speakers: tuple[SpeakerReference, ...] = ()
 
     def __post_init__(self) -> None:
         if self.language is not None:
@@ -47,12 +58,28 @@ class JobOptions:
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise InvalidRequest(f"max_new_tokens: must be between 1 and {MAX_NEW_TOKENS}")
         object.__setattr__(self, "initial_prompt", self.initial_prompt or None)
+        object.__setattr__(self, "known_speakers", _references(self.known_speakers))
+        if not self.diarize:
+            for name in ("num_speakers", "min_speakers", "max_speakers", "known_speakers"):
+                if getattr(self, name):
+                    raise InvalidRequest(f"{name}: applies only with diarize on")
+        else:
+            self.diarization()  # counts in range, clips 2-10 s: refused now, not when the job runs
+
+    def diarization(self) -> DiarizationOptions:
+        """What diarization is asked for (only meaningful with `diarize`)."""
+        return DiarizationOptions(
+            num_speakers=self.num_speakers,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
+            known_speakers=tuple(reference.known_speaker() for reference in self.known_speakers),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The options as the job's row stores them: only what differs from the defaults, so a
         row reads as what the user asked for."""
         defaults = JobOptions()
-        return {
+        return {  # (asdict turns each SpeakerReference into {"name", "pcm"})
             name: list(value) if isinstance(value, tuple) else value
             for name, value in asdict(self).items()
             if value != getattr(defaults, name)
@@ -79,3 +106,11 @@ def _temperatures(value: float | Sequence[float]) -> tuple[float, ...]:
     if not temperatures or any(not 0 <= t <= 2 for t in temperatures):
         raise InvalidRequest("temperature: must be between 0 and 2")
     return temperatures
+
+
+def _references(value) -> tuple[SpeakerReference, ...]:
+    """Known speakers as SpeakerReferences, from themselves or from a stored row's dicts."""
+    try:
+        return tuple(r if isinstance(r, SpeakerReference) else SpeakerReference(**r) for r in value or ())
+    except TypeError:
+        raise InvalidRequest("known_speakers: each needs a name and a clip") from None

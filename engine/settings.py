@@ -51,6 +51,9 @@ class Settings(BaseModel):
     idle_release_s: float = Field(0, ge=0)  # free model memory after this many idle seconds; 0 = never
     # release = drop weights; offload = move them to host RAM
     idle_action: Literal["release", "offload"] = "release"
+    # the speaker encoder diarization uses, cached beside the Whisper models: GE2E (default; ~0.6 s of
+    # CPU per minute of audio) or CAM++ (stronger on similar voices, ~7x the CPU time)
+    speaker_model: Literal["speaker-encoder-ge2e", "speaker-encoder-campplus"] = "speaker-encoder-ge2e"
 
     # --- work queue ---------------------------------------------------------------------
     # jobs processed at once; model calls are serialised, audio decoding overlaps

