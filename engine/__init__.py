@@ -11,6 +11,8 @@ engine.release()                                    # GPU memory back, safely
 from engine.audio.files import SAMPLE_RATE, check_audio, check_ffmpeg, load_audio
 from engine.device import cuda
 from engine.device.gpu_monitor import GpuMonitor, GpuReading, GpuSnapshot
+from engine.diarization.options import MAX_SPEAKERS
+from engine.diarization.references import SpeakerReference
 from engine.engine import Engine, EngineStatus, ModelState, TranscriptionRequest
 from engine.errors import (
     AudioError,
@@ -35,8 +37,6 @@ from engine.errors import (
     WorkerShutDown,
     error_class,
 )
-from engine.diarization.options import MAX_SPEAKERS
-from engine.diarization.references import SpeakerReference
 from engine.job_options import JobOptions
 from engine.languages import LANGUAGES, language_choices, normalise_language
 from engine.models.cache import ReleaseReport
