@@ -31,6 +31,10 @@ limit still holds, but the times are approximate (exact with word timestamps). L
 written without spaces (Chinese, Japanese, Thai, Lao, Burmese, Cantonese) are split per
 character then, as whisper itself splits them for word timings.
 
+With speakers (diarization), a cue never spans two of them: a change of speaker is a cut the
+layout must make, and `label` (srt's "[A] ") is part of the cue's first line, counted in its
+width, so every limit still holds with the label on screen.
+
 The cues go to whisper's own srt/vtt writers as pseudo-segments (`as_segments`), so file
 format, timestamps and escaping stay whisper's.
 """
@@ -39,8 +43,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from engine.results import TranscriptionResult
 
@@ -101,7 +105,8 @@ class SubtitleOptions:
 class Cue:
     start: float  # seconds from the start of the recording
     end: float
-    lines: tuple[str, ...]  # the text, one string per line, no surrounding spaces
+    lines: tuple[str, ...]  # the text, one string per line, no surrounding spaces (the label included)
+    speaker: str | None = None  # who speaks every word of it (diarization only)
 
     @property
     def text(self) -> str:
@@ -114,13 +119,22 @@ class _Word:
     start: float
     end: float
     segment_end: bool  # the last word of a whisper segment
+    speaker: str | None = None  # its speaker (diarization only): a cue holds one speaker's words
+    label: str = ""  # what a cue starting with it shows first ("[A] "), counted in the line's width
 
 
-def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOptions()) -> list[Cue]:
-    """The result's words laid out as subtitle cues within `options`' limits (see the module's doc)."""
+def make_cues(
+    result: TranscriptionResult,
+    options: SubtitleOptions = SubtitleOptions(),
+    label: Callable[[str], str] | None = None,
+) -> list[Cue]:
+    """The result's words laid out as subtitle cues within `options`' limits (see the module's doc);
+    `label(speaker)`, given, starts each cue with the speaker's visible label."""
     words = _words(result)
     if not words:
         return []
+    if label is not None:  # on screen, the label takes room on the first line of a cue a word starts
+        words = [replace(w, label=label(w.speaker)) if w.speaker else w for w in words]
     cuts = _best_cuts(words, options)
     spans = list(zip([0, *cuts], [*cuts, len(words)]))
     starts = [words[first].start for first, _ in spans]
@@ -132,8 +146,8 @@ def make_cues(result: TranscriptionResult, options: SubtitleOptions = SubtitleOp
         next_start = starts[k + 1] if k + 1 < len(starts) else float("inf")
         end = max(max(w.end for w in words[first:stop]), start + MIN_CUE_S)
         end = max(start, min(end, start + options.max_cue_s, next_start))
-        texts = [w.text for w in words[first:stop]]
-        cues.append(Cue(start, end, tuple(wrap_lines(texts, options.max_line_width))))
+        texts = [words[first].label + words[first].text.lstrip(), *(w.text for w in words[first + 1 : stop])]
+        cues.append(Cue(start, end, tuple(wrap_lines(texts, options.max_line_width)), words[first].speaker))
     return cues
 
 
@@ -193,7 +207,9 @@ def _words(result: TranscriptionResult) -> list[_Word]:
         else:
             timed = _interpolated(segment.text, segment.start, segment.end, no_spaces)
         for k, (text, start, end) in enumerate(timed):
-            words.append(_Word(text, float(start), float(max(end, start)), segment_end=k == len(timed) - 1))
+            words.append(
+                _Word(text, float(start), float(max(end, start)), k == len(timed) - 1, segment.speaker)
+            )
     return words
 
 
@@ -246,6 +262,8 @@ def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> list[int]:
         for last in range(first, n):
             text = words[last].text
             latest_end = max(latest_end, words[last].end)
+            if words[last].speaker != words[first].speaker:  # a cue never spans two speakers
+                break
             if last > first:  # does the cue words[first:last + 1] still fit?
                 if line_len + len(text) > options.max_line_width:
                     lines, line_len = lines + 1, len(text.strip())
@@ -254,7 +272,7 @@ def _best_cuts(words: Sequence[_Word], options: SubtitleOptions) -> list[int]:
                 if lines > options.max_lines or latest_end - words[first].start > options.max_cue_s:
                     break
             else:
-                line_len = len(text.strip())
+                line_len = len(words[first].label + text.strip())
             chars += len(text.strip())
             inner_pauses = pauses_before[last] - pauses_before[first]  # after words[first:last]
             straddles = cut_cost[last] > 0 and ends_before[last] > ends_before[first]
