@@ -10,6 +10,9 @@ own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcr
                  compression_ratio, no_speech_prob}], "words": [{word, start, end}], "usage"}
 - text          the transcript as one paragraph, as OpenAI sends it
 - srt, vtt      subtitles, written by openai-whisper's own writers (output.formats)
+- diarized_json {"task", "duration", "text", "segments": [{type: "transcript.text.segment", id,
+                 start, end, text, speaker}], "usage"}: speakers A, B, ... or known names
+- rttm          not OpenAI's: the speaker turns (a diarized job's)
 - errors        {"error": {"message", "type", "param", "code"}} with an honest status code
 """
 
@@ -24,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine import (
+    DIARIZE_ALIAS,
     LANGUAGES,
     AudioError,
     AudioFileNotFound,
@@ -47,11 +51,11 @@ from engine import (
     error_class,
 )
 from jobs import DiskFull, JobInfo, JobInterrupted, JobRecord, OutOfDiskSpace, StorageError
-from output import SubtitleOptions, render
+from output import SubtitleOptions, has_speakers, render
 
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json", "rttm")
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send; served by the configured default model
-MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}  # OpenAI's own choices
+MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt", "rttm": "text/plain"}
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -204,7 +208,7 @@ class TranscriptionForm(BaseModel):
     model: str | None = None
     language: str | None = None  # ISO-639-1 code (or a name) of the speech; empty = detect
     prompt: str | None = None  # context text for every window: names, spelling, style
-    response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
+    response_format: Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json", "rttm"] = "json"
     # 0 or absent = the server's fallback ladder (greedy, hotter only where a guard fails), as
     # OpenAI documents; above 0 = sample at exactly this temperature
     temperature: float | None = Field(None, ge=0, le=1)
@@ -217,14 +221,37 @@ class TranscriptionForm(BaseModel):
     # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's
     # `vad`
     vad: bool | None = None
+    # not OpenAI's: true = speakers on every segment and word, in any format; absent = on only for
+    # diarized_json, the gpt-4o-transcribe-diarize model or speaker fields; false with those = 400
+    diarize: bool | None = None
+    num_speakers: int | None = None  # not OpenAI's: exactly this many speakers (1-20); absent = estimated
+    min_speakers: int | None = None  # not OpenAI's: at least this many when estimated
+    max_speakers: int | None = None  # not OpenAI's: at most this many when estimated
+    # OpenAI's: "auto" or server_vad options; accepted, and the engine's own VAD sections decide
+    chunking_strategy: str | None = None
+    known_speaker_names: list[str] = Field(default_factory=list)  # names for known_speaker_references[]
+    # data URLs of 2-10 s clips, one per name, in order (ui/speaker_references.py)
+    known_speaker_references: list[str] = Field(default_factory=list)
 
     @field_validator("*", mode="before")
     @classmethod
     def _empty_is_absent(cls, value, info):
         # HTML forms and curl -F send "" for a field left empty.
-        if value == "" and info.field_name not in ("timestamp_granularities", "stream", "include"):
+        if value == "" and info.field_name not in LIST_FIELDS + ("stream",):
             return None
         return value
+
+    @property
+    def diarizes(self) -> bool:
+        """Whether the job labels speakers: asked for, or implied by the format, model or fields."""
+        if self.diarize is not None:
+            return self.diarize
+        return (
+            self.response_format in ("diarized_json", "rttm")
+            or self.model == DIARIZE_ALIAS
+            or bool(self.known_speaker_names or self.known_speaker_references)
+            or any(n is not None for n in (self.num_speakers, self.min_speakers, self.max_speakers))
+        )
 
     @property
     def words(self) -> bool:
@@ -235,7 +262,11 @@ class TranscriptionForm(BaseModel):
         return "logprobs" in self.include
 
     def job_options(self, task: str) -> JobOptions:
-        """The job this form asks for; `task` is the route's (or, for /v1/jobs, the form's)."""
+        """The job this form asks for; `task` is the route's (or, for /v1/jobs, the form's).
+        Known speakers' clips are decoded here (ffmpeg, a few ms each): InvalidRequest if unusable."""
+        from ui.speaker_references import speaker_references
+
+        diarize = self.diarizes
         return JobOptions(
             model=self.model,
             language=self.language,
@@ -245,7 +276,17 @@ class TranscriptionForm(BaseModel):
             word_timestamps=self.words,
             logprobs=self.logprobs,
             vad=self.vad,
+            diarize=diarize,
+            num_speakers=self.num_speakers,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
+            known_speakers=speaker_references(self.known_speaker_names, self.known_speaker_references)
+            if diarize
+            else (),
         )
+
+
+LIST_FIELDS = ("timestamp_granularities", "include", "known_speaker_names", "known_speaker_references")
 
 
 def parse_form(fields: dict[str, list[str]], job: bool = False, streams: bool = True) -> TranscriptionForm:
@@ -255,9 +296,12 @@ def parse_form(fields: dict[str, list[str]], job: bool = False, streams: bool = 
     in any format), so word timestamps do not depend on it. `streams`: whether the route
     can answer stream=true (OpenAI streams transcriptions only)."""
     values: dict[str, Any] = {k: v[-1] for k, v in fields.items() if v}
-    for name in ("timestamp_granularities", "include"):  # list fields, "name[]" as OpenAI's client sends them
+    for name in LIST_FIELDS:  # list fields, "name[]" as OpenAI's client sends them
         values.pop(f"{name}[]", None)
         values[name] = [v for v in fields.get(f"{name}[]", []) + fields.get(name, []) if v]
+    if any(key.startswith("chunking_strategy[") for key in values):  # server_vad's options, as a dict
+        values = {k: v for k, v in values.items() if not k.startswith("chunking_strategy[")}
+        values["chunking_strategy"] = "server_vad"
     try:
         form = TranscriptionForm(**values)
     except ValidationError as exc:
@@ -281,10 +325,11 @@ def parse_form(fields: dict[str, list[str]], job: bool = False, streams: bool = 
             code="unsupported_value",
             param="stream",
         )
-    if form.stream and form.response_format not in ("json", "text"):
+    if form.stream and form.response_format not in ("json", "text", "diarized_json"):
         raise ApiError(
             400,
-            "stream: a stream carries text events; use response_format json or text with stream=true",
+            "stream: a stream carries text events; use response_format json, text or diarized_json "
+            "with stream=true",
             code="unsupported_value",
             param="response_format",
         )
@@ -309,6 +354,24 @@ def parse_form(fields: dict[str, list[str]], job: bool = False, streams: bool = 
             "timestamp_granularities: word timestamps need response_format=verbose_json",
             code="invalid_value",
             param="timestamp_granularities",
+        )
+    if form.diarize is False and (
+        form.response_format in ("diarized_json", "rttm") or form.model == DIARIZE_ALIAS
+    ):
+        what = form.model if form.model == DIARIZE_ALIAS else f"response_format={form.response_format}"
+        raise ApiError(
+            400,
+            f"diarize: {what} labels speakers; send diarize=true (or leave it out), or choose "
+            "another model or format",
+            code="invalid_value",
+            param="diarize",
+        )
+    if form.diarize is False and (form.known_speaker_names or form.known_speaker_references):
+        raise ApiError(
+            400,
+            "known_speaker_names: known speakers need diarization; leave diarize out or send diarize=true",
+            code="invalid_value",
+            param="known_speaker_names",
         )
     return form
 
@@ -345,17 +408,45 @@ def verbose_json(result: TranscriptionResult, segments: bool = True, words: bool
                 "avg_logprob": float(s.avg_logprob),
                 "compression_ratio": float(s.compression_ratio),
                 "no_speech_prob": float(s.no_speech_prob),
+                **({"speaker": s.speaker} if s.speaker else {}),  # diarized only
             }
             for s in result.segments
         ]
     if words:
         body["words"] = [
-            {"word": w.word.strip(), "start": float(w.start), "end": float(w.end)}
+            {
+                "word": w.word.strip(),
+                "start": float(w.start),
+                "end": float(w.end),
+                **({"speaker": w.speaker} if w.speaker else {}),
+            }
             for s in result.segments
             for w in (s.words or [])
         ]
     body["usage"] = usage(result)
     return body
+
+
+def diarized_segment(segment: Segment) -> dict[str, Any]:
+    """A segment as OpenAI's diarized_json and its transcript.text.segment event give it."""
+    return {
+        "type": "transcript.text.segment",
+        "id": f"seg_{segment.id}",  # OpenAI's ids are strings
+        "start": float(segment.start),
+        "end": float(segment.end),
+        "text": segment.text.strip(),
+        "speaker": segment.speaker or "A",  # a recording without speech found has no turns: one speaker
+    }
+
+
+def diarized_json(result: TranscriptionResult) -> dict[str, Any]:
+    return {
+        "task": result.task,
+        "duration": float(result.duration),
+        "text": result.text,
+        "segments": [diarized_segment(s) for s in result.segments],
+        "usage": usage(result),
+    }
 
 
 LOGPROB_FLOOR = -1e4  # stands in for -inf (a token the logit rules had ruled out), which JSON cannot carry
@@ -394,6 +485,10 @@ def transcription_response(
     if fmt == "verbose_json":
         segments = not form.timestamp_granularities or "segment" in form.timestamp_granularities
         return JSONResponse(verbose_json(result, segments, form.words), headers=headers)
+    if fmt == "diarized_json":
+        return JSONResponse(diarized_json(result), headers=headers)
+    if fmt == "text" and form.diarize and has_speakers(result):  # our diarize field: a paragraph a turn
+        return PlainTextResponse(render(result, "txt"), media_type=MEDIA_TYPES[fmt], headers=headers)
     # srt/vtt layout from the settings
     text = result.text + "\n" if fmt == "text" else render(result, fmt, subtitles=subtitles)
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt], headers=headers)
@@ -423,6 +518,7 @@ def job_body(
         "seconds_done": round(info.seconds_done, 2),
         "seconds_total": round(info.seconds_total, 2),
         "attempts": record.attempts,
+        **(_speaker_options(options) if options.diarize else {}),
         "error": None,
         "result": None,
     }
@@ -435,6 +531,17 @@ def job_body(
         if result is not None:
             body["result"] = verbose_json(result, True, options.word_timestamps)
     return body
+
+
+def _speaker_options(options: JobOptions) -> dict[str, Any]:
+    """A diarized job's speaker options as it was asked (the clips themselves are not echoed)."""
+    return {
+        "diarize": True,
+        "num_speakers": options.num_speakers,
+        "min_speakers": options.min_speakers,
+        "max_speakers": options.max_speakers,
+        "known_speaker_names": [reference.name for reference in options.known_speakers],
+    }
 
 
 def content_disposition(filename: str) -> str:

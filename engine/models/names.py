@@ -24,7 +24,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")  # served by the default model
+DIARIZE_ALIAS = "gpt-4o-transcribe-diarize"  # OpenAI's diarizing model: the default model, diarization on
+# served by the default model
+OPENAI_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", DIARIZE_ALIAS)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin")
 _SNAPSHOT_HASH = re.compile(r"^[0-9a-f]{40}$")
 

@@ -32,7 +32,7 @@ from gradio.context import LocalContext
 
 from engine import JobHandle, JobOptions
 from jobs import JobInfo, JobManager
-from output import SubtitleOptions, write_files
+from output import SubtitleOptions, formats_for, write_files
 from ui.page.files import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
@@ -172,11 +172,12 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
+        result = info.result()
         files = write_files(
-            info.result(),
+            result,
             folder,
             stem,
-            DOWNLOAD_FORMATS,
+            formats_for(result, DOWNLOAD_FORMATS),  # and rttm for a diarized job
             subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings),
         )
         return DownloadDir.private(files)

@@ -22,7 +22,7 @@ import gradio as gr
 
 from engine import Engine, EngineError, JobCancelled, JobHandle, QueueFull, TranscriptionResult
 from jobs import OutOfDiskSpace, is_disk_full
-from output import SubtitleOptions, write_files
+from output import SubtitleOptions, formats_for, write_files
 from ui.page.files import DOWNLOAD_FORMATS, DownloadDir
 from ui.page.form import AUTO_LANGUAGE, page_options, subtitle_options
 from ui.page.render import cancelled_markdown, details_markdown, notice_html, segments_html, transcript_text
@@ -193,7 +193,11 @@ def make_transcribe(
 
         progress(1.0, desc="Writing files")
         files = write_files(
-            result, downloads.new_job_dir(), Path(name).stem, DOWNLOAD_FORMATS, subtitles=subtitles
+            result,
+            downloads.new_job_dir(),
+            Path(name).stem,
+            formats_for(result, DOWNLOAD_FORMATS),
+            subtitles=subtitles,
         )
         views.put(session, segments_html(result))
         return (

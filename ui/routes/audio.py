@@ -67,7 +67,7 @@ async def _transcribe_now(
     finally:
         upload.path.unlink(missing_ok=True)  # gone already once the job took it
     if form.stream:  # events as segments complete; the job goes on if the client leaves
-        return streaming_response(handle, form.logprobs)
+        return streaming_response(handle, form.logprobs, segments=form.response_format == "diarized_json")
     try:
         result = await _result(handle)
     except Exception as exc:

@@ -3,7 +3,7 @@
     POST   /v1/jobs                   the transcription form's fields (plus task); 202 with the job at once
     GET    /v1/jobs                   the caller's jobs, newest first, paged as OpenAI's lists
     GET    /v1/jobs/{id}              status, queue position, progress, and the result once done
-    GET    /v1/jobs/{id}/result       ?format=txt|srt|vtt|tsv|json, as a download
+    GET    /v1/jobs/{id}/result       ?format=txt|srt|vtt|tsv|json|rttm, as a download
     DELETE /v1/jobs/{id}              cancel an unfinished job; delete a finished one with its result
 
 Jobs belong to the API key that created them (ui/access.py): listing, reading, fetching and
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from engine import TranscriptionResult
 from jobs import JobInfo, JobManager
-from output import FORMATS, render, safe_basename
+from output import ALL_FORMATS, render, safe_basename
 from ui.openai_compat import ApiError, content_disposition, job_body, parse_form
 from ui.routes.admission import receive_upload, submit
 from ui.routes.dependencies import EngineDep, JobsDep, OwnerDep, SettingsDep, SubtitlesDep
@@ -32,13 +32,14 @@ from ui.routes.route_class import OpenAIRoute
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")  # what JobManager issues; anything else is not found, never a lookup
 LIST_LIMIT, MAX_LIST_LIMIT = 20, 100  # GET /v1/jobs: jobs per page by default, at most (as OpenAI's lists)
-RESULT_FORMATS = {**{f: f for f in FORMATS}, "text": "txt"}  # ?format= of the result download
+RESULT_FORMATS = {**{f: f for f in ALL_FORMATS}, "text": "txt"}  # ?format= of the result download
 RESULT_MEDIA_TYPES = {
     "txt": "text/plain",
     "srt": "text/plain",
     "vtt": "text/vtt",
     "tsv": "text/tab-separated-values",
     "json": "application/json",
+    "rttm": "text/plain",  # a diarized job's speaker turns (empty for one without speakers)
 }
 
 router = APIRouter(route_class=OpenAIRoute)
@@ -109,7 +110,7 @@ async def job_result(
     if fmt is None:
         raise ApiError(
             400,
-            f"format: choose one of {', '.join(FORMATS)}, got {format!r}",
+            f"format: choose one of {', '.join(ALL_FORMATS)}, got {format!r}",
             code="invalid_value",
             param="format",
         )
@@ -119,7 +120,7 @@ async def job_result(
     result = replace(result, model=engine.model_names.public(result.model))
     stem = safe_basename(Path(info.record.name).stem or job_id)
     return PlainTextResponse(
-        render(result, fmt, subtitles=subtitles),
+        render(result, fmt, subtitles=subtitles, file_id=stem),
         media_type=RESULT_MEDIA_TYPES[fmt],
         headers={"Content-Disposition": content_disposition(f"{stem}.{fmt}")},
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from engine import OPENAI_ALIASES, Engine
+from engine import DIARIZE_ALIAS, OPENAI_ALIASES, Engine
 from ui.openai_compat import OPENAI_DEFAULT_MODEL, ApiError
 from ui.routes.dependencies import EngineDep
 from ui.routes.route_class import OpenAIRoute
@@ -14,8 +14,9 @@ router = APIRouter(route_class=OpenAIRoute)
 
 @router.get("/models")
 async def models(engine: EngineDep) -> dict:
-    """The configured models by id, the default first, then whisper-1 (OpenAI's name) as its alias."""
-    ids = [*engine.model_names.ids, OPENAI_DEFAULT_MODEL]
+    """The configured models by id, the default first, then whisper-1 (OpenAI's name) as its alias,
+    and gpt-4o-transcribe-diarize (the default model with diarization on)."""
+    ids = [*engine.model_names.ids, OPENAI_DEFAULT_MODEL, DIARIZE_ALIAS]
     return {"object": "list", "data": [_entry(model_id, engine) for model_id in ids]}
 
 

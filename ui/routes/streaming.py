@@ -11,6 +11,11 @@ it are complete (engine.completed_in_order). The decode loop gives a streaming j
 unfinished section a head start and the first free row (engine.decoding.decode_loop), so its text
 starts within a few seconds. Joined, the deltas are the done event's text.
 
+With `response_format=diarized_json` the deltas come the same way, and then, once the job is
+done, one `{"type": "transcript.text.segment", id, start, end, text, speaker}` event per segment
+before the done event (TranscriptTextSegmentEvent): speakers are found by clustering the whole
+recording's voices, so a segment's speaker, and where segments split, is known only at its end.
+
 The job is an ordinary durable job (its id in the X-Job-Id header): a client that goes away
 mid-stream stops only the stream, never the job, and can fetch the result later. An error
 after the stream has started comes as one event `{"error": {...}}` in OpenAI's error shape,
@@ -27,7 +32,7 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from engine import JobHandle, Segment, TranscriptionResult
-from ui.openai_compat import api_error, result_logprobs, segment_logprobs
+from ui.openai_compat import api_error, diarized_segment, result_logprobs, segment_logprobs
 
 POLL_S = 0.1  # how often the stream looks for newly completed segments; a step of the decode loop is longer
 
@@ -58,6 +63,18 @@ class _Deltas:
         self.sent_segments = max(self.sent_segments, len(segments))
         return events
 
+    def rest(self, result: TranscriptionResult) -> list[dict[str, Any]]:
+        """The text not yet sent, by text: a diarized result's segments are split differently
+        from those the deltas came from (its words, and so its text, are the same)."""
+        if self.sent_text and result.text.startswith(self.sent_text):
+            delta = result.text[len(self.sent_text) :]
+        elif not self.sent_text:
+            delta = result.text
+        else:
+            return []
+        self.sent_text += delta
+        return [{"type": "transcript.text.delta", "delta": delta}] if delta else []
+
     def done(self, result: TranscriptionResult) -> dict[str, Any]:
         body: dict[str, Any] = {"type": "transcript.text.done", "text": result.text}
         if self.logprobs:
@@ -65,7 +82,7 @@ class _Deltas:
         return body
 
 
-async def _events(handle: JobHandle, logprobs: bool) -> AsyncIterator[bytes]:
+async def _events(handle: JobHandle, logprobs: bool, segments: bool = False) -> AsyncIterator[bytes]:
     deltas = _Deltas(logprobs)
     while not handle.done():
         for body in deltas.new(handle.segments_so_far()):
@@ -76,15 +93,20 @@ async def _events(handle: JobHandle, logprobs: bool) -> AsyncIterator[bytes]:
     except Exception as exc:
         yield event(api_error(exc, accepted=True).body())
         return
-    for body in [*deltas.new(result.segments), deltas.done(result)]:  # segments completed with the job
+    if segments:  # diarized_json: the rest of the text, then each labelled segment
+        bodies = [*deltas.rest(result), *(diarized_segment(s) for s in result.segments)]
+    else:
+        bodies = deltas.new(result.segments)  # segments completed with the job
+    for body in [*bodies, deltas.done(result)]:
         yield event(body)
 
 
-def streaming_response(handle: JobHandle, logprobs: bool) -> StreamingResponse:
-    """The job's text as server-sent events; see the module docstring."""
+def streaming_response(handle: JobHandle, logprobs: bool, segments: bool = False) -> StreamingResponse:
+    """The job's text as server-sent events; `segments`: diarized_json's segment events too.
+    See the module docstring."""
     handle.stream_text()  # the decode loop favours the section whose text goes out next
     return StreamingResponse(
-        _events(handle, logprobs),
+        _events(handle, logprobs, segments),
         media_type="text/event-stream",
         headers={"X-Job-Id": handle.id, "Cache-Control": "no-cache"},
     )
