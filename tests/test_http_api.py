@@ -146,7 +146,7 @@ def test_translations(client, jfk):
 
 def test_models(client, server, http, jfk):
     # names, never the server's paths: the checkpoint .../micro.pt is "micro"; whisper-1 is its alias
-    assert [m.id for m in client.models.list()] == ["micro", "whisper-1"]
+    assert [m.id for m in client.models.list()] == ["micro", "whisper-1", "gpt-4o-transcribe-diarize"]
     assert client.models.retrieve("micro").id == "micro"
     whisper_1 = http.get("/v1/models/whisper-1").json()
     assert whisper_1["alias_of"] == "micro" and whisper_1["default"] is True
