@@ -98,3 +98,29 @@ def test_a_job_is_stored_with_its_prepared_options_and_its_file_is_probed_once(e
         )
     finally:
         jobs.close()
+
+
+def test_diarization_options_survive_the_job_row_and_bad_ones_name_the_field():
+    import json
+
+    import numpy as np
+
+    from engine import InvalidRequest, JobOptions, SpeakerReference
+
+    clip = (0.1 * np.sin(np.arange(3 * 16000) * 0.05)).astype(np.float32)
+    asked = JobOptions(
+        diarize=True, max_speakers=3, known_speakers=(SpeakerReference.from_audio("Ada", clip),)
+    )
+    stored = JobOptions.from_json(json.loads(json.dumps(asked.to_json())))
+    assert stored == asked and stored.known_speakers[0].name == "Ada"
+    assert np.abs(stored.known_speakers[0].audio() - clip).max() < 1e-4
+    assert JobOptions().to_json() == {}  # a job without diarization stores nothing new
+    for fields, param in [
+        ({"num_speakers": 2}, "num_speakers"),  # without diarize
+        ({"diarize": True, "num_speakers": 0}, "num_speakers"),
+        ({"diarize": True, "min_speakers": 5, "max_speakers": 2}, "min_speakers"),
+        ({"diarize": True, "known_speakers": (SpeakerReference.from_audio("Ada", clip[:8000]),)}, None),
+    ]:
+        with pytest.raises(InvalidRequest) as refused:
+            JobOptions(**fields)
+        assert refused.value.param == (param or "known_speaker_references")
