@@ -90,9 +90,10 @@ class Leases:
 
     # -- the ticks of the queue loop -------------------------------------------------------------
     def tick(self) -> tuple[list[Run], list[Run]]:
-        """Renew or poll for cancel requests, as due, then publish progress. Returns the runs lost
-        and the runs someone asked to stop since the last tick, for the caller to stop (their
-        flags are set here). Raises what the store raises; the next tick then renews first."""
+        """Renew or poll for cancel requests, as due, then publish progress. Returns the runs renew
+        did not find (for the caller to stop, unless their outcome was written meanwhile) and the
+        runs someone asked to stop since the last tick (`cancel_asked` set here). Raises what the
+        store raises; the next tick then renews first."""
         now = time.monotonic()
         held = self.held()
         lost: list[Run] = []
@@ -107,8 +108,6 @@ class Leases:
         elif now - self._polled_at >= CANCEL_POLL_S:
             asked = self.store.cancel_requested(held)
             self._polled_at = now
-        for run in lost:
-            run.lost = True
         cancelled = [run for run in self._current(held) if run.id in asked and not run.cancel_asked]
         for run in cancelled:
             run.cancel_asked = True

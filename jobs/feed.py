@@ -195,9 +195,10 @@ class Feed:
 
     def _lose(self, run: Run) -> None:
         """The lease went elsewhere (or the job is finished or gone): stop, write nothing."""
-        run.lost = True
-        self.leases.pop(run)
-        with self._lock:
+        with self._lock:  # the lock outcomes are written under: a run just written is no loss
+            if not self.leases.pop(run):
+                return
+            run.lost = True
             if (outcome := self._unwritten.get(run.id)) is not None and outcome.run is run:
                 del self._unwritten[run.id]
         run.handle.cancel()  # not under self._lock: the worker's done-callbacks take it
@@ -225,7 +226,7 @@ class Feed:
             in_client_terms(error, run.record, self.recordings.folder)  # the object the handle raises
         result = handle.result() if handle.status is JobStatus.DONE else None
         with self._lock:
-            if self._closed:
+            if self._closed or run.lost:
                 return
             self._record(_Outcome(run, handle.status.value, result, error))
         ticket = self.ticket(run.id)
