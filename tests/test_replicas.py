@@ -28,6 +28,7 @@ from engine.decoding.fast_decode import decode_rows
 from jobs.errors import StoreUnavailable
 from jobs.manager import JobManager
 from jobs.postgres_schema import SCHEMA_VERSION, VERSIONS
+from jobs.postgres_store import PostgresJobStore
 from jobs.sqlite_store import SqliteJobStore
 from jobs.store import open_job_store
 
@@ -198,6 +199,49 @@ def test_the_jobs_of_a_replica_killed_with_9_are_finished_by_another_after_the_l
     print(f"killed replica's jobs done {time.time() - killed_at:.1f} s after the kill (lease {LEASE_S} s)")
     assert other.get(ids[0]).status == "done"
     store.close()
+
+
+class StallingStore(PostgresJobStore):
+    """The real store, whose renewals hang while `stalled` is set: a replica cut off from the
+    database (or paused) for longer than its lease, which then wakes up."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stalled = threading.Event()
+        self.released = threading.Event()
+
+    def renew(self, *args, **kwargs):
+        if self.stalled.is_set():
+            self.released.wait(60)
+        return super().renew(*args, **kwargs)
+
+
+def test_a_replica_that_wakes_up_after_its_lease_ran_out_writes_nothing(
+    postgres_dsn, replica, engines, jfk, tmp_path
+):
+    GATES["a"].open.clear()
+    store = StallingStore(postgres_dsn, tmp_path / "late")
+    late = JobManager(engines["a"], store).start()
+    try:
+        ticket = late.submit(jfk, name="jfk.flac", owner="me")
+        wait_until(lambda: running_here(late, ticket.id), what="the job to run on the late replica")
+        store.stalled.set()
+        lease = store.get(ticket.id).lease_expires_at
+        other = replica("b", postgres_dsn)
+        wait_until(lambda: store.get(ticket.id).attempts == 2, timeout=30, what="the other to claim it")
+        assert store.get(ticket.id).started_at >= lease - 0.1
+        GATES["a"].open.set()  # the late replica's run ends first (b decodes under the same CPU lock)
+        late_result = ticket.result(timeout=60)  # its client is answered all the same
+        wait_until(lambda: other.get(ticket.id).finished, what="the other replica's result")
+        row = other.get(ticket.id).record
+        assert row.status == "done" and row.attempts == 2 and row.transcription().text == late_result.text
+        assert not late.feed.durations and other.feed.durations  # only b's write applied
+        store.released.set()
+        wait_until(lambda: late.feed.leases.get(ticket.id) is None, what="the late replica to let go")
+    finally:
+        store.released.set()
+        GATES["a"].open.set()
+        late.close()
 
 
 def test_a_job_is_cancelled_through_the_replica_that_does_not_run_it(postgres_dsn, replica):
