@@ -11,7 +11,7 @@ For tests and other programs, `serve(settings)` does the same without blocking:
     server = serve(load_settings("config.yaml", {"model": "/models/x.pt"}), port=0)  # 0 = any free port
     server.url        # "http://127.0.0.1:54321/"
     server.engine     # the Engine (server.engine.status().model.state: loading / ready / failed)
-    server.app        # Gradio's FastAPI app, with ui.http_api's routes on it
+    server.app        # Gradio's FastAPI app, with ui.routes' routes on it
     server.close()    # stop serving, cancel running jobs, free the models
 """
 
@@ -41,11 +41,9 @@ from jobs import (
     StorageError,
     open_store,
 )
-from ui import http_api
 from ui.access import exposure_warnings
-from ui.page import CSS_PATH, build_page
-from ui.page_files import upload_guard, use_private_cache
-from ui.recent_jobs import RecentJobs
+from ui.page import CSS_PATH, RecentJobs, build_page, upload_guard, use_private_cache
+from ui.routes import add_routes
 
 log = logging.getLogger("app")
 
@@ -122,14 +120,14 @@ def serve(
         recent = RecentJobs(jobs)
         demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
-        # ui/page.py); every waiting one holds a handler thread, so the pool has room for all.
+        # ui/page/wiring.py); every waiting one holds a handler thread, so the pool has room for all.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
         threads = max(40, settings.workers + settings.queue_size + 16)  # 40: Gradio's default
         port = settings.port if port is None else (port or free_port(settings.host))
         auth = parse_auth(settings.auth)
         for warning in exposure_warnings(settings):  # what is open to whom beyond this machine
             log.warning(warning)
-        routes = _RoutesAtStartup(lambda app: http_api.add_routes(app, engine, settings, jobs=jobs))
+        routes = _RoutesAtStartup(lambda app: add_routes(app, engine, settings, jobs=jobs))
         try:
             app, local_url, share_url = demo.launch(
                 server_name=settings.host,

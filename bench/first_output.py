@@ -5,7 +5,7 @@ tiny.en, CPU fp32; batch_size 8, VAD and whisper's decoding defaults as configur
 page and the API submit it, and is followed as they follow it:
 
 - plain: the progress that the page's bar and `/v1/jobs` show (`handle.seconds_done`);
-- stream: the job as `stream=true` serves it, through ui.openai_stream's own response (its
+- stream: the job as `stream=true` serves it, through ui.routes.streaming's own response (its
   event generator, which polls `handle.segments_so_far()` every 0.1 s), timed per event.
 
 Reported per run (medians over the rounds): seconds from the job's start (a worker took it;
@@ -61,7 +61,7 @@ def measure(tree: Path, mode: str) -> dict:
     data_dir = tempfile.mkdtemp(prefix="first-output-")
     overrides = dict(model=str(tiny_en_dir()), device="cpu", precision="fp32", data_dir=data_dir)
     settings = load_settings(tree / "config.yaml", overrides, environ={})
-    from ui.openai_stream import streaming_response  # the web side loaded, as in the server
+    from ui.routes.streaming import streaming_response  # the web side loaded, as in the server
 
     with Engine(settings) as engine:
         from engine import load_audio

@@ -217,7 +217,8 @@ def main(argv=None) -> None:
         return
     inputs = build_inputs(args.work_dir)
     print(
-        f"engine from {args.engine_root}; weights {args.weights}; {platform.processor() or platform.machine()}, "
+        f"engine from {args.engine_root}; weights {args.weights}; "
+        f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     print(

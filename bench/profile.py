@@ -17,7 +17,8 @@ wrapped for the run, so nothing here changes what is measured:
     token selection       logit rules, argmax, log-probs, rows joining and leaving, results
                           (the rest of GreedyDecode.admit and .step)
     fallback re-decodes   rows that failed a guard, decoded again hotter (whisper.decode per row),
-                          and word timing when asked for (engine.decoding.transcriber.fall_back, align_words)
+                          and word timing when asked for (engine.decoding.fallback.fall_back,
+                          engine.decoding.word_timing.align_windows)
     stream bookkeeping    SectionStream.advance (segments, seek, previous text)
     other                 the decode loop and the job around it (batching, stacking, threads)
 
@@ -114,7 +115,7 @@ def profile(
         (greedy, "admit", "greedy decode"),
         (greedy, "step", "greedy decode"),
         (decode_loop, "fall_back", "fallback re-decodes"),
-        (decode_loop, "align_words", "fallback re-decodes"),
+        (decode_loop, "align_windows", "fallback re-decodes"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     engine_module.plan_sections = plan_sections
@@ -187,7 +188,8 @@ def main(argv=None) -> None:
     name = "tiny.en" if args.model is None else Path(model).name
     print(
         f"engine, {name}, {args.precision}, {args.input}, batch {args.batch_size}, "
-        f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback re-decodes), "
+        f"{counts['sections']} sections, {counts['windows']} windows (+{counts['fallbacks']} fallback "
+        "re-decodes), "
         f"{counts['tokens']} tokens, {torch.get_num_threads()} threads, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )

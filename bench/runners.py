@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -180,44 +179,20 @@ def engine_settings(spec: Spec, precision: str, workers: int = 1):
     )
 
 
-def whisper_decode_rows(model, mel, options, prompts: Sequence[Sequence[int] | None]) -> list:
-    """openai-whisper's own batched `whisper.decode` in the engine's decoder signature
-    (`engine.decoding.fast_decode.decode_rows`): whisper.decode takes one prompt for a whole batch,
-    so the rows are decoded in one call per distinct prompt. Without previous text (random
-    weights) every prompt is empty and a step is one batched call, as before the engine took
-    a prompt per row; with previous text most rows differ and this is row by row."""
-    import whisper
-
-    groups: dict = {}
-    for row, prompt in enumerate(prompts):
-        groups.setdefault(tuple(prompt or ()), []).append(row)
-    results: list = [None] * len(prompts)
-    for prompt, rows in groups.items():
-        decoded = whisper.decode(model, mel[rows], replace(options, prompt=list(prompt) or None))
-        for row, result in zip(rows, decoded):
-            results[row] = result
-    return results
-
-
-def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs: int = 1) -> Measurement:
+def run_engine(
+    spec: Spec, audio: np.ndarray, precision: str, stock_decode: bool = False, jobs: int = 1
+) -> Measurement:
     """`jobs` > 1: that many copies of the recording submitted at once to one engine with as
-    many workers, so the decode loop batches their sections together."""
+    many workers, so the decode loop batches their sections together. `stock_decode`: stock
+    whisper.decode in place of the engine's greedy decoder (bench/stock_decode.py)."""
+    from bench.stock_decode import use_stock_decode
     from engine import Engine
-    from engine.decoding.fast_decode import decode_rows
 
-    count = DecodeCount()
-
-    def counting(model, mel, options, prompts):
-        results = decoder(model, mel, options, prompts)
-        count.add(len(results), sum(len(r.tokens) for r in results), options.temperature)
-        return results
-
-    # The engine's own decoder keeps a decode running that windows join and leave (an
-    # injected one decodes whole batches): its work is counted from the jobs' results.
+    count = DecodeCount()  # the work done, from the jobs' results
     cuda = spec.device == "cuda"
-    engine = Engine(
-        engine_settings(spec, precision, workers=jobs), decoder=counting if decoder else decode_rows
-    )
+    engine = Engine(engine_settings(spec, precision, workers=jobs))
+    if stock_decode:
+        use_stock_decode(engine)
     weights = cuda_allocated_mb() if cuda else None
     engine.transcribe(audio[: WARM_UP_S * SAMPLE_RATE])
     count.reset()
@@ -230,11 +205,10 @@ def run_engine(spec: Spec, audio: np.ndarray, precision: str, decoder=None, jobs
 
     wall, cpu, nvml = timed(run, cuda)
     results = [h.result() for h in handles]
-    if decoder is None:
-        for result in results:  # tokens of the accepted decodes (a failed hotter try's are not kept)
-            count.windows += result.windows
-            count.fallbacks += result.fallbacks
-            count.tokens += result.tokens_decoded
+    for result in results:  # tokens of the accepted decodes (a failed hotter try's are not kept)
+        count.windows += result.windows
+        count.fallbacks += result.fallbacks
+        count.tokens += result.tokens_decoded
     m = Measurement(
         spec.impl,
         wall,
@@ -343,8 +317,8 @@ def run_faster_whisper(spec: Spec, audio: np.ndarray, compute_type: str, batched
     return m
 
 
-def _engine_runner(precision: str, decoder=None, jobs: int = 1):
-    return lambda spec, audio: run_engine(spec, audio, precision, decoder, jobs)
+def _engine_runner(precision: str, stock_decode: bool = False, jobs: int = 1):
+    return lambda spec, audio: run_engine(spec, audio, precision, stock_decode, jobs)
 
 
 def _fw_runner(compute_type: str, batched: bool):
@@ -360,12 +334,12 @@ RUNNERS = {
     "engine-whisper-decode": (
         "engine, stock `whisper.decode`",
         "fp32",
-        _engine_runner("fp32", whisper_decode_rows),
+        _engine_runner("fp32", stock_decode=True),
     ),
     "engine-whisper-decode-fp16": (
         "engine, stock `whisper.decode`",
         "fp16",
-        _engine_runner("fp16", whisper_decode_rows),
+        _engine_runner("fp16", stock_decode=True),
     ),
     "engine-fp16-2jobs": ("engine, two one-hour jobs at once", "fp16", _engine_runner("fp16", jobs=2)),
     "fw-fp32": ("faster-whisper `WhisperModel`", "fp32", _fw_runner("float32", False)),

@@ -37,6 +37,7 @@ from engine.job_options import JobOptions
 from engine.languages import LANGUAGES, language_choices, normalise_language
 from engine.models.cache import ReleaseReport
 from engine.models.names import OPENAI_ALIASES, model_id
+from engine.replicas import DeviceStatus
 from engine.results import Segment, TranscriptionResult, Word
 from engine.settings import Settings, load_settings
 from engine.worker import JobHandle, JobStatus, TranscriptionWorker

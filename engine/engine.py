@@ -23,11 +23,9 @@ from whisper.tokenizer import get_tokenizer
 from engine.audio.files import SAMPLE_RATE, AudioInfo, check_audio, check_length, load_audio
 from engine.audio.sections import plan_sections
 from engine.audio.vad import SpeechMap, VadOptions, speech_map
-from engine.decoding.decode_loop import MODEL_LOCK, DecodeLoop, ModelLock
-from engine.decoding.fast_decode import decode_rows
-from engine.decoding.options import DecodeOptions
+from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop, ModelLock
+from engine.decoding.options import TranscribeOptions
 from engine.decoding.stream import SectionStream, log_mel_spectrogram
-from engine.decoding.transcriber import Decoder
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_devices
 from engine.device.gpu_monitor import GpuMonitor
@@ -82,15 +80,9 @@ class TranscriptionRequest:
     audio: AudioInput  # path to anything ffmpeg reads, or float32 16 kHz mono samples
     model: str  # the configured value (whisper name or path) the model cache loads
     options: JobOptions  # what the user asked for, the model named by its id (Engine.prepare)
-    decoding: DecodeOptions  # `options` with the config's values filled in
+    decoding: TranscribeOptions  # `options` with the config's values filled in
     name: str = ""  # file name to show and to name downloads after
     info: AudioInfo | None = None  # the file's probe at submit, so the job does not probe it again
-
-
-def _options(options: JobOptions | None, fields: dict) -> JobOptions:
-    if options is not None and fields:
-        raise TypeError("pass JobOptions or its fields as keywords, not both")
-    return options if options is not None else JobOptions(**fields)
 
 
 @dataclass(frozen=True)
@@ -131,6 +123,7 @@ class Engine:
 
     `Engine(settings)` loads and warms the default model before returning; with
     `background=True` it returns at once and `status().model` tells how loading goes.
+    `before_step` is for tests: a hook into the running decode (engine.decoding.decode_loop).
     """
 
     def __init__(
@@ -139,7 +132,7 @@ class Engine:
         *,
         load: bool = True,
         background: bool = False,
-        decoder: Decoder = decode_rows,
+        before_step: BeforeStep | None = None,
     ):
         apply_alloc_conf(settings.cuda_alloc_conf)
         self.settings = settings
@@ -153,7 +146,7 @@ class Engine:
         self._multilingual: dict = {}  # configured model -> model.is_multilingual, learned when it loads
         self._state = ModelState("not loaded", settings.model)
         self.devices = DeviceRouter(
-            [self._replica(plan, i, len(plans), decoder) for i, plan in enumerate(plans)]
+            [self._replica(plan, i, len(plans), before_step) for i, plan in enumerate(plans)]
         )
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
         self.worker = TranscriptionWorker(
@@ -171,7 +164,9 @@ class Engine:
             else:
                 self.load()
 
-    def _replica(self, plan: DevicePlan, index: int, count: int, decoder: Decoder) -> DeviceReplica:
+    def _replica(
+        self, plan: DevicePlan, index: int, count: int, before_step: BeforeStep | None
+    ) -> DeviceReplica:
         s = self.settings
         name = (
             plan.description
@@ -187,7 +182,7 @@ class Engine:
             on_load=lambda model: self.listeners.emit("model_loaded", model),
             on_release=self._on_release,
         )
-        loop = DecodeLoop(plan.fp16, s.batch_size, s.gpu_memory_threshold_mb, decoder, lock=lock)
+        loop = DecodeLoop(plan.fp16, s.batch_size, s.gpu_memory_threshold_mb, before_step, lock=lock)
         return DeviceReplica(name, plan, models, loop, lock)
 
     @property
@@ -291,7 +286,7 @@ class Engine:
         takes a place in the queue. `probed`: what `check_audio` said of this file when the
         caller checked it already (a job stored first, run later), so it is not probed twice.
         """
-        request = self._request(audio, _options(options, fields), name, probed)
+        request = self._request(audio, JobOptions.of(options, fields), name, probed)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
@@ -300,7 +295,7 @@ class Engine:
         self, audio: AudioInput, options: JobOptions | None = None, **fields
     ) -> TranscriptionResult:
         """Submit and wait."""
-        return self.submit(audio, _options(options, fields)).result()
+        return self.submit(audio, JobOptions.of(options, fields)).result()
 
     def prepare(self, options: JobOptions) -> JobOptions:
         """`options` with the model named by its public id (an alias or None gives the default's)
@@ -335,9 +330,9 @@ class Engine:
             audio, self.model_names.resolve(options.model), options, self._decoding(options), name, info
         )
 
-    def _decoding(self, options: JobOptions) -> DecodeOptions:
+    def _decoding(self, options: JobOptions) -> TranscribeOptions:
         s = self.settings
-        return DecodeOptions(
+        return TranscribeOptions(
             task=options.task or s.task,
             language=options.language if options.language is not None else s.language,
             initial_prompt=options.initial_prompt or s.initial_prompt,
@@ -453,7 +448,7 @@ class Engine:
         model_id: str,
         audio: np.ndarray,
         sections,
-        options: DecodeOptions,
+        options: TranscribeOptions,
     ) -> str:
         """The request's language; English for an English-only model; else detected once,
         as whisper.transcribe does, from the first 30 s of the recording."""

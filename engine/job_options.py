@@ -59,6 +59,14 @@ class JobOptions:
         }
 
     @classmethod
+    def of(cls, options: JobOptions | None, fields: dict[str, Any]) -> JobOptions:
+        """What a `submit(audio, options=None, **fields)` was given: the options, or ones built
+        from the fields (keywords for short); both at once is a mistake."""
+        if options is not None and fields:
+            raise TypeError("pass JobOptions or its fields as keywords, not both")
+        return options if options is not None else cls(**fields)
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobOptions:
         """A stored row's options. Keys this version does not know (a newer version's, after a
         downgrade) are ignored rather than failing the job."""

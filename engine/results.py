@@ -36,7 +36,7 @@ class Segment:
     words: list[Word] | None = None  # only with word timestamps
     # mel frame (10 ms) of the recording where the window it came from starts, as in whisper's output
     seek: int = 0
-    # per text token, only when asked (DecodeOptions.logprobs); not in whisper's files
+    # per text token, only when asked (TranscribeOptions.logprobs); not in whisper's files
     logprobs: list[TokenLogprob] | None = None
 
 

@@ -29,7 +29,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- model and device -------------------------------------------------------------
-    # whisper model name (downloaded to the whisper cache), .pt checkpoint path or faster-whisper (CTranslate2) directory
+    # a whisper model name (downloaded once to the whisper cache), a .pt checkpoint's path or a
+    # faster-whisper (CTranslate2) directory
     model: str = "large-v3"
     # further models users may pick; `model` is always allowed
     models: list[str] = Field(default_factory=list)
@@ -57,11 +58,14 @@ class Settings(BaseModel):
     queue_size: int = Field(16, ge=1)  # jobs waiting beyond those running; more are refused with "queue full"
 
     # --- decoding ------------------------------------------------------------------------
-    # 30 s windows decoded together (a recording is cut into this many sections); more = faster, more GPU memory
+    # 30 s windows decoded together (a recording is cut into this many sections); more = faster,
+    # more GPU memory
     batch_size: int = Field(8, ge=1)
-    # shortest section a recording is cut into; shorter = more rows of one job side by side, more partly empty windows
+    # shortest section a recording is cut into; shorter = more rows of one job side by side, more
+    # partly empty windows
     min_section_s: float = Field(MIN_SECTION_S, ge=30)
-    # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less consistent style
+    # each window sees its section's previous text (whisper's default); false = fewer repetition loops, less
+    # consistent style
     condition_on_previous_text: bool = True
     # cap on tokens decoded per window (whisper's default: 224)
     max_new_tokens: int = Field(224, ge=1, le=448)
@@ -78,9 +82,11 @@ class Settings(BaseModel):
     no_speech_threshold: float | None = 0.6  # treat a window as silent above this no-speech probability
     # windows whose loudest 20 ms is below this dBFS are skipped as silence
     silence_threshold_db: float = -50.0
-    # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's option; drops real words too, so off)
+    # with word timestamps: drop improbable segments with this many seconds of silence around them (whisper's
+    # option; drops real words too, so off)
     hallucination_silence_threshold: float | None = Field(None, gt=0)
-    # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach the model)
+    # decode only what Silero's voice activity detector calls speech (music, noise, long silences never reach
+    # the model)
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)  # speech probability above which a 32 ms frame is speech
     vad_min_silence_s: float = Field(2.0, ge=0.1)  # gaps without speech shorter than this are decoded anyway
@@ -163,7 +169,8 @@ class Settings(BaseModel):
 
     @property
     def named_api_keys(self) -> dict[str, str]:
-        """Every API key by its owner's name: `api_key` (as "default") and `api_keys`; {} = the API is open."""
+        """Every API key by its owner's name: `api_key` (as "default") and `api_keys`; {} = the
+        API is open."""
         return {**({"default": self.api_key} if self.api_key else {}), **self.api_keys}
 
     @property

@@ -250,9 +250,7 @@ class JobManager:
         when the recording or its row cannot be stored, StoreUnavailable when the database
         cannot be reached; then nothing of the job is kept.
         """
-        if options is not None and fields:
-            raise TypeError("pass JobOptions or its fields as keywords, not both")
-        options = self.engine.prepare(options if options is not None else JobOptions(**fields))
+        options = self.engine.prepare(JobOptions.of(options, fields))
         if not isinstance(audio, bytes) and not Path(audio).is_file():
             raise FileNotFoundError(f"No such audio file: {Path(audio).name}")
         if not self.has_room():

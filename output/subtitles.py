@@ -158,7 +158,8 @@ def wrap_lines(texts: Sequence[str], width: int) -> list[str]:
     bonus = PUNCTUATION_LINE_BONUS * width
     after_punctuation = [bool(SENTENCE_END.search(t) or CLAUSE_END.search(t)) for t in texts]
     inf = float("inf")
-    # best[k][j][c]: (widest line, line starts) laying texts[:j] out as k lines, c breaks not after punctuation
+    # best[k][j][c]: (widest line, line starts) laying texts[:j] out as k lines, c breaks not after
+    # punctuation
     best = [[[(inf, ())] * count for _ in range(n + 1)] for _ in range(count + 1)]
     best[0][0][0] = (0, ())
     for k in range(1, count + 1):

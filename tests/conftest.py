@@ -97,20 +97,18 @@ def fast_settings(model: Path | str, **overrides):
 
 
 class DecodeGate(threading.Event):
-    """A decoder (engine.decoding.fast_decode.decode_rows' signature) that first waits for this event: `clear()` holds
-    jobs running or queued, `set()` lets them go. Open at first."""
+    """A `before_step` hook (engine.decoding.decode_loop) that holds every step of the running
+    decode until this event is set: `clear()` holds jobs running or queued, `set()` lets them
+    go. Open at first."""
 
     def __init__(self, timeout_s: float = 60.0):
         super().__init__()
         self.timeout_s = timeout_s
         self.set()
 
-    def __call__(self, model, mel, options, prompts):
-        from engine.decoding.fast_decode import decode_rows
-
+    def __call__(self, decode) -> None:
         if not self.wait(self.timeout_s):
             raise TimeoutError("test gate never opened")
-        return decode_rows(model, mel, options, prompts)
 
 
 # --- real Whisper weights from installed packages (tests/real_models.py); skip when absent ---

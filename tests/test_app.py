@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from conftest import JFK, ROOT, DecodeGate, fast_settings, shared_audio
-from engine import Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
+from engine import DeviceStatus, Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
 
 GATE = DecodeGate(timeout_s=60)  # decoding waits on it, so a test can hold a job running
 
@@ -31,7 +31,7 @@ def server(micro_checkpoint, tmp_path_factory):
     settings = fast_settings(
         micro_checkpoint, workers=1, queue_size=1, data_dir=str(tmp_path_factory.mktemp("app") / "data")
     )
-    server = serve(settings, engine=Engine(settings, decoder=GATE), port=0)
+    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
     server.close()
@@ -104,7 +104,7 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
 
 
 def test_the_engines_queue_is_where_transcriptions_wait(server):
-    from ui.page import TRANSCRIBE_CONCURRENCY_ID
+    from ui.page.wiring import TRANSCRIBE_CONCURRENCY_ID
 
     settings = server.engine.settings
     # Gradio lets every transcription through to the handler, which queues it in the engine
@@ -291,6 +291,10 @@ def _status(state="ready", error="", loaded=()):
         workers=2,
         queue_length=3,
         queue_size=16,
+        devices=[
+            DeviceStatus("cuda:0 (NVIDIA H200), fp16", 1, 4, 2, []),
+            DeviceStatus("cuda:1 (NVIDIA H200), fp16", 0, 3, 0, []),
+        ],
     )
 
 
@@ -308,7 +312,7 @@ def _gpu(index, used, total=143771.0, above=False):
 
 
 def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
-    from ui.sidebar import gpu_panel_html
+    from ui.page.sidebar import gpu_panel_html
 
     snapshot = GpuSnapshot(
         gpus=[_gpu(0, 120000.0, above=True), _gpu(1, 3200.0)],
@@ -323,10 +327,13 @@ def test_sidebar_shows_each_gpu_the_threshold_warning_and_the_queue():
     assert 'class="gpu-warning"' in html and "above the 100,000 MB threshold" in html
     assert "3,100 MB allocated, 3,500 MB reserved" in html
     assert "Workers busy: <b>1 / 2</b>" in html and "Queue: <b>3 / 16</b>" in html
+    # each device the jobs are placed on, with its jobs and live windows
+    assert "<b>cuda:0 (NVIDIA H200), fp16</b>: 1 running, 2 windows live, 4 done" in html
+    assert "<b>cuda:1 (NVIDIA H200), fp16</b>: 0 running, 0 windows live, 3 done" in html
 
 
 def test_sidebar_without_gpu_says_so_instead_of_numbers():
-    from ui.sidebar import gpu_panel_html
+    from ui.page.sidebar import gpu_panel_html
 
     snapshot = GpuSnapshot(
         gpus=[],
@@ -341,7 +348,7 @@ def test_sidebar_without_gpu_says_so_instead_of_numbers():
 
 
 def test_model_state_failed_shows_the_reason_and_what_to_do():
-    from ui.sidebar import model_state_html
+    from ui.page.sidebar import model_state_html
 
     html = model_state_html(
         _status("failed", "Could not download model 'large-v3' <offline>; set model: ...")
@@ -352,7 +359,7 @@ def test_model_state_failed_shows_the_reason_and_what_to_do():
 
 
 def test_release_report_shows_memory_before_and_after():
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     before = GpuSnapshot([_gpu(0, 9000.0)], "", 3100.0, 3500.0, None)
     after = GpuSnapshot([_gpu(0, 5500.0)], "", 0.0, 0.0, None)
@@ -361,7 +368,7 @@ def test_release_report_shows_memory_before_and_after():
 
 
 def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(
@@ -378,7 +385,7 @@ def test_release_report_on_a_cpu_shows_the_process_memory_not_gpu_zeros():
 
 def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finishes():
     """Not "No model was in memory" while the sidebar lists the model as in use."""
-    from ui.sidebar import release_markdown
+    from ui.page.sidebar import release_markdown
 
     none = GpuSnapshot([], "No NVIDIA GPU: running on the CPU", 0.0, 0.0, None)
     text = release_markdown(ReleaseReport([], ["/models/tiny.en.pt"], 0.0, 0.0), none, none, on_gpu=False)
@@ -392,7 +399,7 @@ def test_release_while_a_job_runs_says_plainly_the_model_is_freed_when_it_finish
 
 
 def test_model_state_names_the_model_picked_not_the_default():
-    from ui.sidebar import model_state_html
+    from ui.page.sidebar import model_state_html
 
     status = _status()  # the default, /models/large-v3.pt, is ready; nothing else is resident
     html = model_state_html(status, "small")
@@ -401,7 +408,7 @@ def test_model_state_names_the_model_picked_not_the_default():
 
 
 def test_timestamps_format():
-    from ui.transcribe_handler import format_timestamp
+    from ui.page.render import format_timestamp
 
     assert format_timestamp(1.5) == "00:01.500"
     assert format_timestamp(3723.25) == "1:02:03.250"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import whisper
 
-from bench import report, runners
+from bench import report, runners, stock_decode
 from bench.__main__ import main, parse, render, run_worker, write_section
 from checkpoints import _probe_mels, write_checkpoint
 from conftest import JFK, LONG_11_MIN, shared_audio
@@ -149,7 +149,7 @@ def test_stock_whisper_decode_in_the_engine_signature_batches_rows_that_share_a_
     calls = []
     original = whisper.decode
     monkeypatch.setattr(whisper, "decode", lambda m, mel, o: calls.append(len(mel)) or original(m, mel, o))
-    results = runners.whisper_decode_rows(model, mels, options, [None, [], prompt])
+    results = stock_decode.whisper_decode_rows(model, mels, options, [None, [], prompt])
     assert [r.tokens for r in results] == expected
     assert sorted(calls) == [1, 2]  # the two rows without a prompt in one batched call
 
@@ -176,6 +176,9 @@ def test_the_engine_runner_counts_one_job_and_two_concurrent_jobs(micro_checkpoi
     assert two.windows == 2 * one.windows and two.tokens == 2 * one.tokens and two.audio_s == 140
     assert len(two.job_wall_s) == 2 and all(0 < w <= two.wall_s + 0.5 for w in two.job_wall_s)
     assert two.text == one.text and not any("differ" in note for note in two.notes)
+    # stock whisper.decode in the engine's place: in fp32 the same tokens, the same work
+    stock = runners.run_engine(spec, audio, "fp32", stock_decode=True)
+    assert (stock.text, stock.windows, stock.tokens) == (one.text, one.windows, one.tokens)
     # a worker that fails gives an error row, not a crash of the whole run
     failed = run_worker(dict(asdict(spec), audio=str(tmp_path / "missing.wav")))
     assert failed["error"].startswith("exit")

@@ -101,18 +101,20 @@ def test_language_task_and_prompt_reach_the_decoder(engine):
     assert translated.task == "translate"
 
 
-def test_the_initial_prompt_is_the_first_windows_context(micro_checkpoint):
+def test_the_initial_prompt_is_the_first_windows_context(micro_checkpoint, monkeypatch):
     import whisper
 
-    from engine.decoding.fast_decode import decode_rows
+    from engine.decoding.fast_decode import GreedyDecode
 
     prompts = []
+    admit = GreedyDecode.admit
 
-    def spy(model, mel, options, row_prompts):
+    def admit_and_record(decode, mel, row_prompts, *args, **kwargs):  # the rows joining the running decode
         prompts.extend(row_prompts)
-        return decode_rows(model, mel, options, row_prompts)
+        return admit(decode, mel, row_prompts, *args, **kwargs)
 
-    with Engine(fast_settings(micro_checkpoint, language="en"), decoder=spy) as engine:
+    monkeypatch.setattr(GreedyDecode, "admit", admit_and_record)
+    with Engine(fast_settings(micro_checkpoint, language="en")) as engine:
         engine.transcribe(shared_audio(JFK), initial_prompt="Ask not what your country can do")
     expected = whisper.tokenizer.get_tokenizer(True).encode(" Ask not what your country can do")
     assert prompts[0] == expected

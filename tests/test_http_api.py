@@ -34,7 +34,7 @@ def server(micro_checkpoint, tmp_path_factory):
         max_audio_duration_s=60,
         data_dir=str(tmp_path_factory.mktemp("http") / "data"),
     )
-    server = serve(settings, engine=Engine(settings, decoder=GATE), port=0)
+    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
     server.app.state.jobs.close()

@@ -42,7 +42,7 @@ def english_only(tiny_en_model_dir, micro_checkpoint, tmp_path_factory):
         queue_size=1,
         data_dir=str(tmp_path_factory.mktemp("refusals") / "data"),
     )
-    server = serve(settings, engine=Engine(settings, decoder=GATE), port=0)
+    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
     yield server
     GATE.set()
     server.close()

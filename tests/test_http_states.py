@@ -1,5 +1,5 @@
 """The routes while the model loads or after it failed (503), and the API key on /metrics and
-/healthz: a bare FastAPI app with ui.http_api's routes, in process (no server, no port)."""
+/healthz: a bare FastAPI app with ui.routes' routes, in process (no server, no port)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from fastapi.testclient import TestClient
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, load_settings
-from ui import http_api
+from ui.routes import add_routes
 
 
 @contextlib.contextmanager
 def serving(engine: Engine):
     """(app, client) for the engine's HTTP routes; the job manager and the engine are closed after."""
     app = FastAPI()
-    http_api.add_routes(app, engine, engine.settings)
+    add_routes(app, engine, engine.settings)
     try:
         yield app, TestClient(app)
     finally:

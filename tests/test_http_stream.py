@@ -12,20 +12,19 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine
-from engine.decoding.fast_decode import decode_rows
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 
 
-class SlowDecoder:
-    """decode_rows, each call held back a little, so a stream is surely mid-way when the test acts."""
+class SlowSteps:
+    """A `before_step` hook that holds each step of the running decode back a little, so a
+    stream is surely mid-way when the test acts."""
 
     def __init__(self, delay_s: float):
         self.delay_s = delay_s
 
-    def __call__(self, model, mel, options, prompts):
+    def __call__(self, decode) -> None:
         time.sleep(self.delay_s)
-        return decode_rows(model, mel, options, prompts)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_a_client_that_leaves_mid_stream_does_not_lose_the_job(micro_checkpoint,
     from app import serve
 
     settings = fast_settings(micro_checkpoint, batch_size=1, data_dir=str(tmp_path / "data"))
-    with serve(settings, engine=Engine(settings, decoder=SlowDecoder(0.3)), port=0) as server:
+    with serve(settings, engine=Engine(settings, before_step=SlowSteps(0.015)), port=0) as server:
         url = server.url + "v1/audio/transcriptions"
         with open(shared_audio(FIVE_MIN), "rb") as file, httpx.Client(timeout=120) as http:
             with http.stream("POST", url, files={"file": file}, data={"stream": "true"}) as response:
@@ -153,7 +152,7 @@ def test_sections_decoded_side_by_side_stream_in_recording_order(micro_checkpoin
     from app import serve
 
     settings = fast_settings(micro_checkpoint, batch_size=4, data_dir=str(tmp_path / "data"))
-    with serve(settings, engine=Engine(settings, decoder=SlowDecoder(0.05)), port=0) as server:
+    with serve(settings, engine=Engine(settings, before_step=SlowSteps(0.002)), port=0) as server:
         client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=120)
         with open(shared_audio(FIVE_MIN), "rb") as file:
             events = list(client.audio.transcriptions.create(model="whisper-1", file=file, stream=True))

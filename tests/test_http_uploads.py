@@ -146,22 +146,19 @@ def test_a_client_leaving_mid_upload_is_one_info_line_and_leaves_nothing(server,
 
 
 class HoldAfter:
-    """A decoder (engine.decoding.fast_decode.decode_rows' signature) that decodes `free` calls at full
-    speed, then waits for `release` before each further one: a job that has made real
-    progress and then goes slowly, as a long recording on a busy machine does."""
+    """A `before_step` hook that lets `free` steps of the running decode go at full speed, then
+    waits for `release` before each further one: a job that has made real progress and then
+    goes slowly, as a long recording on a busy machine does."""
 
     def __init__(self, free: int):
         self.free = free
         self.calls = 0
         self.release = threading.Event()
 
-    def __call__(self, model, mel, options, prompts):
-        from engine.decoding.fast_decode import decode_rows
-
+    def __call__(self, decode) -> None:
         self.calls += 1
         if self.calls > self.free and not self.release.wait(60):
             raise TimeoutError("never released")
-        return decode_rows(model, mel, options, prompts)
 
 
 def test_retry_after_follows_the_running_job(micro_checkpoint, tmp_path):
@@ -175,13 +172,13 @@ def test_retry_after_follows_the_running_job(micro_checkpoint, tmp_path):
         micro_checkpoint, workers=1, queue_size=1, batch_size=1, data_dir=str(tmp_path / "data")
     )
     with (
-        serve(settings, engine=Engine(settings, decoder=hold), port=0) as server,
+        serve(settings, engine=Engine(settings, before_step=hold), port=0) as server,
         httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http,
     ):
         jfk = shared_audio(JFK).read_bytes()
         for _ in range(2):  # short jobs: the average job takes well under a second
             assert http.post("/v1/audio/transcriptions", files={"file": ("jfk.flac", jfk)}).status_code == 200
-        hold.free = hold.calls + 1  # the long job decodes a window, then goes slowly
+        hold.free = hold.calls + 24  # the long job decodes a window (24 tokens at most), then goes slowly
         long_job = http.post("/v1/jobs", files={"file": ("five.mp3", five_min.read_bytes())}).json()
         deadline = time.monotonic() + 60
         while (job := http.get(f"/v1/jobs/{long_job['id']}").json())["seconds_done"] <= 0:

@@ -13,7 +13,6 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions, NotAudio, QueueFull
-from engine.decoding.fast_decode import decode_rows
 from jobs.manager import FEED_INTERVAL_S, ORPHAN_AGE_S, JobManager, stored_extension
 from jobs.sqlite_store import SqliteJobStore
 from jobs.store import JobRecord
@@ -23,20 +22,20 @@ GATE = threading.Event()  # decoding waits on it: tests hold jobs "running" as l
 GATE.set()
 
 
-DECODED = []  # one entry per decoder call (a step of the decode loop, or a fallback re-decode)
+DECODED = []  # the rows of every step of the running decode
 
 
-def gated_decode(model, mel, options, prompts):
+def gated_step(decode) -> None:
+    """The engine's `before_step` hook: each step waits for GATE, then is counted."""
     if not GATE.wait(30):
         raise TimeoutError("test gate never opened")
-    DECODED.append(len(mel))
-    return decode_rows(model, mel, options, prompts)
+    DECODED.append(len(decode))
 
 
 def make_engine(checkpoint, **overrides) -> Engine:
     values = dict(workers=1, queue_size=2, batch_size=1, language="en")
     values.update(overrides)
-    return Engine(fast_settings(checkpoint, **values), decoder=gated_decode)
+    return Engine(fast_settings(checkpoint, **values), before_step=gated_step)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +143,7 @@ def test_refused_jobs_leave_nothing_behind(jobs, jfk, engine):
 def test_cancel_queued_and_running_jobs(jobs, jfk):
     five_min = shared_audio(FIVE_MIN)
     GATE.clear()
-    running = jobs.submit(five_min)  # many windows: cancellation lands between batches
+    running = jobs.submit(five_min)  # many windows: cancellation lands between token steps
     wait_until(lambda: running.status.value == "running", what="job to start")
     queued = jobs.submit(jfk)
     assert jobs.get(queued.id).queue_position == 1

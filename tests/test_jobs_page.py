@@ -1,4 +1,4 @@
-"""ui.recent_jobs: page recordings become durable jobs owned by a browser id or a login; the list
+"""ui.page.recent_jobs: page recordings become durable jobs owned by a browser id or a login; the list
 shows each owner only their own jobs, survives a restart, and downloads a result again."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, JobOptions
 from jobs.manager import JobManager
 from jobs.sqlite_store import SqliteJobStore
-from ui.recent_jobs import RecentJobs
+from ui.page.recent_jobs import RecentJobs
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_renders_inside_a_page(recent):
 
 
 def test_the_table_escapes_cells_and_keeps_whole_errors():
-    from ui.recent_jobs import table_html
+    from ui.page.recent_jobs import table_html
 
     error = "failed: " + "the recording is cut off <at 12:31> " * 10
     html = table_html([["2026-12-02 10:00", "<b>x</b>.m4a", error, "", "0123456789ab"]])

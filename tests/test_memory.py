@@ -1,10 +1,12 @@
 """Memory-aware batching and out-of-memory recovery, on CPU.
 
 The batch size is chosen from (simulated) free GPU memory and the threshold; a CUDA
-out-of-memory error is injected at the engine's boundary (the `decoder` it calls) whenever
-a batch is larger than N windows: the job must still finish with exactly the segments of a
-run without the fault, and with N = 0 fail with WindowTooLarge's message.
+out-of-memory error is raised in the running decode (the decode loop's `before_step` hook)
+whenever it holds more than N windows: the job must still finish with exactly the segments
+of a run without the fault, and with N = 0 fail with WindowTooLarge's message.
 """
+
+import logging
 
 import numpy as np
 import pytest
@@ -15,7 +17,6 @@ from checkpoints import DIMS
 from conftest import LONG_11_MIN, fast_settings, shared_audio
 from engine import Engine, WindowTooLarge, load_audio
 from engine.decoding import decode_loop, memory
-from engine.decoding.fast_decode import decode_rows
 from engine.decoding.memory import GpuMemory, fit_batch_size, window_cost_mb
 
 LARGE_V3 = ModelDimensions(**DIMS["large-v3"])
@@ -59,23 +60,25 @@ def test_on_cpu_the_configured_batch_size_is_used():
     assert fit_batch_size(16, LARGE_V3, torch.device("cpu"), 4, 224, 10.0, read=_reading(0)) == 16
 
 
-# -- out-of-memory at the decoder boundary ---------------------------------------------------
+# -- out-of-memory in the running decode -------------------------------------------------------
 class FailAbove:
-    """A decoder that runs out of memory whenever a batch has more than `limit` windows."""
+    """A `before_step` hook: the step runs out of memory whenever the running decode holds
+    more than `limit` windows. `sizes`: the rows of every step tried; `failed`: of those that failed."""
 
-    def __init__(self, limit: int, decoder=decode_rows):
-        self.limit, self.decoder, self.sizes = limit, decoder, []
+    def __init__(self, limit: int):
+        self.limit, self.sizes, self.failed = limit, [], []
 
-    def __call__(self, model, mel, options, prompts):
-        self.sizes.append(len(mel))
-        if len(mel) > self.limit:
+    def __call__(self, decode) -> None:
+        self.sizes.append(len(decode))
+        if len(decode) > self.limit:
+            self.failed.append(len(self.sizes) - 1)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        return self.decoder(model, mel, options, prompts)
 
 
 @pytest.fixture(scope="module")
 def recording():
-    """480 s: eight sections (batch 8; 60 s each at least), so the first step's batch has eight rows to halve."""
+    """480 s: eight sections (batch 8; 60 s each at least), so the first step's batch has eight
+    rows to halve."""
     return load_audio(shared_audio(LONG_11_MIN))[: 16000 * 480]
 
 
@@ -90,11 +93,16 @@ def clean(micro_checkpoint, recording):
 
 
 def test_an_oom_halves_the_batch_and_retries_the_same_windows(micro_checkpoint, recording, clean):
-    failing = FailAbove(2)
-    with Engine(fast_settings(micro_checkpoint, batch_size=8), decoder=failing) as engine:
+    """The CUDA branch on the CPU: the running decode is thrown away, the batch limit halved
+    and the same windows decoded again (their streams had not moved); the transcript does not
+    change. (On a CPU windows join one per step, so the decode fails as its fifth row joins.)"""
+    failing = FailAbove(4)
+    with Engine(fast_settings(micro_checkpoint, batch_size=8), before_step=failing) as engine:
         recovered = engine.transcribe(recording)
-    assert failing.sizes[:3] == [8, 4, 2]  # halved until it fits...
-    assert max(failing.sizes[3:]) == 2  # ...and the loop keeps the size that fitted
+    assert len(failing.failed) == 1, "the halved batch should have fitted"
+    failed_at = failing.failed[0]
+    assert failing.sizes[failed_at] == 5  # one more than fits...
+    assert max(failing.sizes[failed_at + 1 :]) == 2  # ...halved, and the loop keeps the size that fitted
     assert _fields(recovered.segments) == _fields(clean.segments)
     assert recovered.windows == clean.windows
 
@@ -103,19 +111,19 @@ def test_when_not_even_one_window_fits_the_job_fails_saying_so_and_the_engine_go
     micro_checkpoint, recording
 ):
     failing = FailAbove(0)
-    with Engine(fast_settings(micro_checkpoint, batch_size=8), decoder=failing) as engine:
+    with Engine(fast_settings(micro_checkpoint, batch_size=8), before_step=failing) as engine:
         with pytest.raises(WindowTooLarge, match="single 30 s window"):
             engine.transcribe(recording)
         failing.limit = 8  # memory is back: the next job runs
         assert engine.transcribe(recording[: 16000 * 20]).text
 
 
-def test_the_fitted_size_is_measured_for_every_step(micro_checkpoint, recording, monkeypatch):
+def test_the_fitted_size_bounds_the_running_decode(micro_checkpoint, recording, monkeypatch):
     monkeypatch.setattr(decode_loop, "fit_batch_size", lambda requested, *args, **kwargs: min(requested, 3))
     spy = FailAbove(1000)
-    with Engine(fast_settings(micro_checkpoint, batch_size=8), decoder=spy) as engine:
+    with Engine(fast_settings(micro_checkpoint, batch_size=8), before_step=spy) as engine:
         engine.transcribe(recording)
-    assert spy.sizes[0] == 3 and max(spy.sizes) == 3  # eight streams, three rows a step
+    assert max(spy.sizes) == 3  # eight streams, three rows at most
 
 
 def test_the_threshold_reaches_the_decode_loop(micro_checkpoint, monkeypatch):
@@ -139,7 +147,7 @@ def test_the_threshold_reaches_the_decode_loop(micro_checkpoint, monkeypatch):
     "windows_that_fit, expect_failure", [(3.5, False), (0.3, True)], ids=["halves", "too large"]
 )
 def test_a_real_cuda_oom_halves_the_batch_or_fails_clearly(
-    recording, tmp_path, monkeypatch, windows_that_fit, expect_failure
+    recording, tmp_path, monkeypatch, caplog, windows_that_fit, expect_failure
 ):
     """A per-process memory cap leaves room for a few windows of a wide model; the fitter is
     told nothing (so the batch starts too big) and CUDA's own allocator raises."""
@@ -155,8 +163,7 @@ def test_a_real_cuda_oom_halves_the_batch_or_fails_clearly(
     with Engine(settings) as engine:
         clean = engine.transcribe(recording)
     monkeypatch.setattr(decode_loop, "fit_batch_size", lambda requested, *args, **kwargs: requested)
-    spy = FailAbove(1000)  # never fails itself: only records the batch sizes
-    with Engine(settings, decoder=spy) as engine:
+    with Engine(settings) as engine:
         with engine.models.lease(str(checkpoint)) as model:
             model_dims = model.dims
         device = torch.device("cuda", torch.cuda.current_device())
@@ -170,9 +177,10 @@ def test_a_real_cuda_oom_halves_the_batch_or_fails_clearly(
                 with pytest.raises(WindowTooLarge, match="single 30 s window"):
                     engine.transcribe(recording)
                 return
-            recovered = engine.transcribe(recording)
+            with caplog.at_level(logging.WARNING, logger=decode_loop.__name__):
+                recovered = engine.transcribe(recording)
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
             torch.cuda.empty_cache()
-    assert spy.sizes[0] == 8 and min(spy.sizes) < 8
+    assert "CUDA out of memory: retrying with batches of" in caplog.text
     assert [s.text for s in recovered.segments] == [s.text for s in clean.segments]

@@ -48,6 +48,8 @@ def test_levels_are_read_at_scrape_time(engine):
     assert engine.settings.model.endswith("/micro.pt")  # labelled by its id, never by its path
     assert value(samples, "whisper_model_state", model="micro", state="ready") == 1
     assert value(samples, "whisper_model_state", model="micro", state="failed") == 0
+    assert value(samples, "whisper_device_jobs_running", device="cpu, fp32") == 0  # one series per device
+    assert value(samples, "whisper_device_live_windows", device="cpu, fp32") == 0
     assert value(samples, "process_resident_memory_bytes") > 0
     engine.monitor = GpuMonitor(None, readers=[])  # a machine without GPUs: no per-GPU series
     samples = scrape(Metrics(engine))

@@ -56,7 +56,7 @@ def server(micro_checkpoint, second_checkpoint, tmp_path_factory):
         queue_size=1,
         data_dir=str(tmp_path_factory.mktemp("page") / "data"),
     )
-    server = serve(settings, engine=Engine(settings, decoder=GATE, background=True), port=0)
+    server = serve(settings, engine=Engine(settings, before_step=GATE, background=True), port=0)
     yield server
     GATE.set()
     server.close()

@@ -10,7 +10,8 @@ import pytest
 
 from engine import JobOptions, Segment, TranscriptionResult, Word
 from output.subtitles import SubtitleOptions
-from ui.transcribe_handler import clock, notice_html, page_options, segments_html, subtitle_options, word_time
+from ui.page.form import page_options, subtitle_options
+from ui.page.render import clock, notice_html, segments_html, word_time
 
 
 def _result(words: bool) -> TranscriptionResult:
@@ -100,7 +101,7 @@ def test_a_refusal_notice_escapes_its_text():
 
 
 def test_session_handoffs_are_taken_once_per_session_and_bounded():
-    from ui.transcribe_handler import SessionHandoff
+    from ui.page.session import SessionHandoff
 
     views = SessionHandoff()
     views.put("a", "<div>a</div>")

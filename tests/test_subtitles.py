@@ -225,7 +225,10 @@ def test_tabs_and_newlines_in_segment_text_are_spaces_on_screen():
 
 
 def test_languages_without_spaces_split_per_character():
-    text = "今天我们讨论了明年的预算。大家都认为旅行经费太少，硬件经费太多，培训经费刚好。然后主席问大家有没有问题。没有人提问。会议提前结束了。"
+    text = (
+        "今天我们讨论了明年的预算。大家都认为旅行经费太少，硬件经费太多，培训经费刚好。"
+        "然后主席问大家有没有问题。没有人提问。会议提前结束了。"
+    )
     result = TranscriptionResult([Segment(0, 0.0, 20.0, text)], "zh", 20.0)
     options = SubtitleOptions(max_line_width=16)
     cues = make_cues(result, options)
@@ -334,8 +337,10 @@ def test_eleven_minutes_real_weights_no_cue_over_the_limits(eleven_minutes_with_
     ours, cue_words = check_srt(cues, result)
     before = figures(plain)
     print(
-        f"\n11 min, tiny.en, word timestamps: cues {ours}\n  per segment (subtitle_per_segment: true): {before}"
-        f"\n  cues forced to start mid-sentence by the sentences' length alone: at least {forced_cuts(result.text)}"
+        f"\n11 min, tiny.en, word timestamps: cues {ours}\n  per segment (subtitle_per_segment: true): "
+        f"{before}"
+        "\n  cues forced to start mid-sentence by the sentences' length alone: at least "
+        f"{forced_cuts(result.text)}"
     )
     # sentences longer than one cue must be cut (most of this recording's are), but a sentence
     # starts a cue of its own far more often than with one cue per segment

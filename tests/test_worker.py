@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, DecodeGate, fast_settings, shared_audio
-from engine import AudioError, Engine, JobCancelled, JobStatus, QueueFull, WorkerShutDown, load_audio
+from conftest import JFK, LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
+from engine import AudioError, Engine, JobCancelled, JobStatus, QueueFull, WorkerShutDown
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 LIBRI = SHARED_AUDIO / "librispeech" / "1089-134686-0000.flac"
@@ -119,46 +119,10 @@ def test_shutdown_finishes_or_clearly_fails_every_accepted_job(micro_checkpoint,
     if drain:
         assert all(job.status is JobStatus.DONE for job in jobs)
     else:
-        assert running.status is JobStatus.CANCELLED  # stopped at its next batch
+        assert running.status is JobStatus.CANCELLED  # stopped at its next step
         for job in waiting:
             assert job.status is JobStatus.FAILED
             with pytest.raises(WorkerShutDown, match="shut down"):
                 job.result()
     with pytest.raises(WorkerShutDown):
         engine.submit(JFK)
-
-
-class CountingGate(DecodeGate):
-    """Holds the decode loop until opened, then records the rows of every decoder call."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = []
-
-    def __call__(self, model, mel, options, prompts):
-        result = super().__call__(model, mel, options, prompts)
-        self.rows.append(len(mel))
-        return result
-
-
-def test_two_jobs_share_the_decode_loops_batches_and_each_gets_what_it_gets_alone(micro_checkpoint):
-    """Two users' jobs fill one batch instead of taking turns: with four sections each and a
-    batch of eight, the loop's steps decode windows of both jobs together, and each job's
-    transcript is the one it gets alone."""
-    audio = load_audio(shared_audio(LONG_11_MIN))
-    first, second = audio[: 16000 * 250], audio[16000 * 300 : 16000 * 550]
-    gate = CountingGate()
-    with Engine(
-        fast_settings(micro_checkpoint, workers=2, batch_size=8, language="en", min_section_s=60),
-        decoder=gate,
-    ) as engine:
-        alone = [fingerprint(engine.transcribe(first)), fingerprint(engine.transcribe(second))]
-        assert max(gate.rows) == 4  # four sections each: alone, a job fills half the batch
-        gate.rows.clear()
-        gate.clear()
-        jobs = [engine.submit(first), engine.submit(second)]
-        assert wait_for(lambda: engine.loop.live_streams == 8), "both jobs' sections should be in the loop"
-        gate.set()
-        together = [fingerprint(job.result(120)) for job in jobs]
-    assert max(gate.rows) == 8, f"the jobs took turns: batches of {gate.rows}"
-    assert together == alone

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable
-
-from fastapi import Request
 
 from engine import Settings
 from jobs import ANONYMOUS_CALLER as ANONYMOUS
@@ -24,7 +21,7 @@ from jobs import api_owner  # noqa: F401  (the routes name owners through this m
 
 
 class KeyRing:
-    """The configured API keys by name; `name_of(token)` is the caller's name or None."""
+    """The configured API keys by name; `caller(authorization_header)` is the caller's name or None."""
 
     def __init__(self, keys_by_name: dict[str, str]):
         self._keys = [(name, key.encode()) for name, key in keys_by_name.items()]
@@ -42,23 +39,13 @@ class KeyRing:
                 found = name
         return found
 
-
-def caller_dependency(keys: KeyRing, unauthorized: Callable[[], Exception]) -> Callable:
-    """A FastAPI dependency: the caller's key name ("anonymous" when the API is open), also kept
-    in `request.state.api_caller`; raises `unauthorized()` for a missing or wrong key."""
-
-    async def caller(request: Request) -> str:
-        if keys.open:
-            name = ANONYMOUS
-        else:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            name = keys.name_of(token.strip()) if scheme.lower() == "bearer" else None
-            if name is None:
-                raise unauthorized()
-        request.state.api_caller = name
-        return name
-
-    return caller
+    def caller(self, authorization: str) -> str | None:
+        """The caller an Authorization header names: its key's name ("anonymous" when no key
+        is configured), None for a missing or wrong key or another scheme than Bearer."""
+        if self.open:
+            return ANONYMOUS
+        scheme, _, token = authorization.partition(" ")
+        return self.name_of(token.strip()) if scheme.lower() == "bearer" else None
 
 
 def is_loopback(host: str) -> bool:
@@ -79,13 +66,15 @@ def exposure_warnings(settings: Settings) -> list[str]:
     warnings = []
     if not settings.named_api_keys:
         warnings.append(
-            f"No API key is set and the server is reachable on {where}: anyone who reaches it can use the HTTP API "
+            f"No API key is set and the server is reachable on {where}: anyone who reaches it can use "
+            "the HTTP API "
             "(/v1) to transcribe, and can list, read and cancel every job sent through the API, with its "
             "transcript; /metrics and /healthz are open too. Set api_keys (or api_key) in the config."
         )
     if settings.auth is None:
         warnings.append(
-            f"No login (auth) is set and the server is reachable on {where}: anyone who reaches it can use the "
+            f"No login (auth) is set and the server is reachable on {where}: anyone who reaches it can "
+            "use the "
             "page and its /transcribe endpoint (gradio_client) to transcribe on this server"
             + (", whatever the API key" if settings.named_api_keys else "")
             + '. Set auth: "user:password" in the config (or WHISPER_APP_AUTH).'

@@ -118,6 +118,23 @@ class _EngineCollector:
         yield GaugeMetricFamily(
             f"{PREFIX}_models_loaded", "Models resident in memory", value=len(status.loaded)
         )
+        # One series per device (device_index list, cpu_replicas): where the jobs are placed.
+        running = GaugeMetricFamily(
+            f"{PREFIX}_device_jobs_running", "Jobs running on each device", labels=["device"]
+        )
+        windows = GaugeMetricFamily(
+            f"{PREFIX}_device_live_windows", "Sections in each device's decode loop now", labels=["device"]
+        )
+        finished = GaugeMetricFamily(
+            f"{PREFIX}_device_jobs_finished",
+            "Jobs that ran on each device since the start",
+            labels=["device"],
+        )
+        for device in status.devices:
+            running.add_metric([device.device], device.running_jobs)
+            windows.add_metric([device.device], device.live_windows)
+            finished.add_metric([device.device], device.finished_jobs)
+        yield from (running, windows, finished)
         if self.jobs is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_jobs_waiting_recovery",

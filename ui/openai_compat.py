@@ -1,6 +1,6 @@
 """OpenAI's audio API, as shapes: the request's form fields, the responses, the errors.
 
-Kept apart from the routes (ui/http_api.py) so the mapping can be read and tested on its
+Kept apart from the routes (ui/routes/) so the mapping can be read and tested on its
 own. The field names and response shapes follow OpenAI's `POST /v1/audio/transcriptions`
 (the official `openai` Python package parses what these functions build):
 
@@ -210,11 +210,12 @@ class TranscriptionForm(BaseModel):
     temperature: float | None = Field(None, ge=0, le=1)
     timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=list)
     task: Literal["transcribe", "translate"] | None = None  # /v1/jobs only; the audio routes imply it
-    # true = server-sent events as segments complete (transcriptions only; ui/openai_stream.py)
+    # true = server-sent events as segments complete (transcriptions only; ui/routes/streaming.py)
     stream: bool = False
     # "logprobs": per-token log-probabilities (json only)
     include: list[Literal["logprobs"]] = Field(default_factory=list)
-    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's `vad`
+    # not OpenAI's: false = decode the non-speech too (voice activity detection off); absent = the config's
+    # `vad`
     vad: bool | None = None
 
     @field_validator("*", mode="before")

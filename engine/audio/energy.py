@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz; whisper's own (whisper.audio.SAMPLE_RATE), repeated to stay torch-free
+from engine.audio import SAMPLE_RATE
+
 FRAME_S = 0.02  # energy frame; 20 ms is whisper's own timestamp resolution
 
 # The cut is chosen on energy smoothed over this span, so a single quiet frame inside a word

@@ -40,7 +40,8 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-import whisper.audio
+
+from engine.audio import SAMPLE_RATE
 
 # The errors live in engine.errors; they are re-exported here, where callers look for them.
 from engine.audio.errors import (
@@ -55,7 +56,6 @@ from engine.audio.errors import (
     TruncatedAudio,
 )
 
-SAMPLE_RATE = whisper.audio.SAMPLE_RATE  # 16000, what every whisper model expects
 BYTES_PER_SAMPLE = 2  # ffmpeg writes signed 16-bit little-endian PCM into the pipe
 INT16_SCALE = 32768.0  # int16 -> [-1, 1)
 
@@ -298,7 +298,8 @@ def _refusal(
         return _too_long(path, decoded_s, max_duration_s, at_least=True)
     if info.duration_s is not None and _is_truncated(info.duration_s, decoded_s):
         return TruncatedAudio(
-            f"'{_name(path)}' is cut off or damaged: it should last {_describe_seconds(info.duration_s)} but only "
+            f"'{_name(path)}' is cut off or damaged: it should last "
+            f"{_describe_seconds(info.duration_s)} but only "
             f"{_describe_seconds(decoded_s)} could be read"
             + (f" (ffmpeg says: {reason})" if reason else "")
             + ". The upload or the recording probably did not finish; upload the complete file again.",
@@ -435,7 +436,8 @@ def _too_long(path: str, duration_s: float, max_duration_s: float, at_least: boo
     length = ("more than " if at_least else "") + _describe_seconds(duration_s)
     return AudioTooLong(
         f"'{_name(path)}' lasts {length}; this server accepts recordings of up to "
-        f"{_describe_seconds(max_duration_s)}. Split it into shorter parts, or ask the administrator to raise "
+        f"{_describe_seconds(max_duration_s)}. Split it into shorter parts, or ask the administrator "
+        "to raise "
         "the maximum duration.",
         duration_s=duration_s,
         max_duration_s=max_duration_s,

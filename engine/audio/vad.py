@@ -29,9 +29,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from engine.audio import SAMPLE_RATE
 from engine.device.cpu_threads import in_passing_thread
 
-SAMPLE_RATE = 16000
 FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
 MIN_PIECE_FRAMES = 156  # ~5 s: shorter pieces would spend more on warming up than on the piece
 MAX_PIECE_FRAMES = 938  # ~30 s: with ROWS_PER_PASS, ~260 MB of frames per pass at most

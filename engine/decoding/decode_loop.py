@@ -24,14 +24,18 @@ streaming job's earliest unfinished section comes first whenever rows are scarce
 goes out in recording order, so that section is what its client waits for. Neither changes
 what a window decodes: each section's windows depend only on its own previous window.
 
-An injected decoder (`decoder`, with `engine.decoding.fast_decode.decode_rows`' signature: tests
-put an allocation failure or a gate in front of it, the bench puts whisper.decode there)
-decodes whole batches instead: each step takes a batch of windows and decodes all of them
-to their ends (a streaming job's earliest section still comes first, without a head start).
+A job whose first temperature is above 0 samples, which a greedy decode cannot: its rows
+run in a decode of their own kind (engine.decoding.whole_decode.WholeDecode) that decodes
+whole windows at each step, under the same scheduling.
 
-On CUDA a step's batch is at most what the free memory holds (engine.decoding.memory); when CUDA
-runs out of memory anyway, the cache is emptied, the loop's batch limit halved and the same
-windows tried again; a single window that cannot fit fails its job with `WindowTooLarge`.
+On CUDA a running decode holds at most what the free memory holds (engine.decoding.memory);
+when CUDA runs out of memory anyway, the cache is emptied, the loop's batch limit halved and
+the same windows tried again; a single window that cannot fit fails its job with
+`WindowTooLarge`.
+
+`before_step`, when given, is called with the running decode before each of its steps,
+holding the model lock: the one place tests act on the decode users get, to hold a step
+(a gate), slow it, or raise torch.OutOfMemoryError to take the out-of-memory path.
 """
 
 from __future__ import annotations
@@ -49,18 +53,14 @@ from whisper.audio import FRAMES_PER_SECOND
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 
-from engine.decoding.fast_decode import GreedyDecode, decode_rows, supports
-from engine.decoding.memory import fit_batch_size
-from engine.decoding.options import DecodeOptions
+from engine.decoding.fallback import fall_back
+from engine.decoding.fast_decode import GreedyDecode, supports
+from engine.decoding.memory import fit_batch_size, too_large_message
+from engine.decoding.options import TranscribeOptions
 from engine.decoding.stream import TIME_PRECISION, SectionStream, StreamWindow
-from engine.decoding.transcriber import (
-    Decoder,
-    align_words,
-    decode_batch,
-    fall_back,
-    free_cached_memory,
-    too_large_message,
-)
+from engine.decoding.whole_decode import WholeDecode
+from engine.decoding.word_timing import align_windows
+from engine.device.cuda import free_cuda_cache
 from engine.errors import JobCancelled, WindowTooLarge
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,23 @@ class ModelLock:
 
 MODEL_LOCK = ModelLock()
 
-POLL_S = 0.05  # how often a waiting job looks at its cancel flag
+CANCEL_POLL_S = 0.05  # how often a waiting job looks at its cancel flag
 PROGRESS_EVERY_STEPS = 8  # on CUDA, steps between looks at how far the rows have come (each look stalls it)
+
+RunningDecode = GreedyDecode | WholeDecode
+BeforeStep = Callable[[RunningDecode], None]  # see the module's docstring
+
+
+def start_decode(model: Whisper, options: DecodingOptions) -> RunningDecode:
+    """A running decode for rows decoded with `options`: GreedyDecode for what it does
+    (greedy, the language known), a WholeDecode for the rest (a first temperature above 0)."""
+    return GreedyDecode(model, options) if supports(options) else WholeDecode(model, options)
 
 
 @dataclass(eq=False)
 class _Job:
     model: Whisper
-    options: DecodeOptions
+    options: TranscribeOptions
     language: str
     streams: list[SectionStream]
     cancelled: Callable[[], bool]  # polled before each step
@@ -124,14 +133,14 @@ class _Job:
 
     @property
     def batch_key(self) -> tuple:
-        """Rows of jobs with equal keys may share a batch. A running decode is greedy, so a job
-        whose first decode samples (temperature above 0) must not join one."""
+        """Rows of jobs with equal keys may share a batch. A running decode decodes at one
+        temperature, so a job whose first decode samples never joins a greedy one."""
         return (
             id(self.model),
             self.options.task,
             self.language,
             self.options.max_new_tokens,
-            self.options.temperatures[0] == 0,
+            self.options.temperatures[0],
         )
 
     def earliest(self) -> SectionStream | None:
@@ -197,9 +206,9 @@ class DecodeLoop:
     """Advances streams in shared batches; `run()` is called from a job's thread and blocks.
 
     `batch_size` is the most windows one step decodes: larger batches use the GPU better
-    and cost GPU memory (about 0.3 GB per window for large-v3 in fp16). `decoder` has
-    `engine.decoding.fast_decode.decode_rows`' signature; any other than decode_rows itself decodes
-    whole batches (see the module's docstring).
+    and cost GPU memory (about 0.3 GB per window for large-v3 in fp16). `before_step`: see
+    the module's docstring. `start_decode` makes each running decode; the bench's comparison
+    with stock whisper.decode replaces it (bench/stock_decode.py).
     """
 
     def __init__(
@@ -207,13 +216,14 @@ class DecodeLoop:
         fp16: bool,
         batch_size: int,
         memory_threshold_mb: float | None = None,
-        decoder: Decoder = decode_rows,
+        before_step: BeforeStep | None = None,
         lock: ModelLock = MODEL_LOCK,
     ):
         self.fp16 = fp16
         self.batch_size = batch_size
         self.memory_threshold_mb = memory_threshold_mb
-        self._decoder = decoder
+        self.before_step = before_step
+        self.start_decode: Callable[[Whisper, DecodingOptions], RunningDecode] = start_decode
         self._lock = lock
         self._live: deque[_Live] = deque()
         self._cond = threading.Condition()
@@ -227,7 +237,7 @@ class DecodeLoop:
         self,
         model: Whisper,
         streams: list[SectionStream],
-        options: DecodeOptions,
+        options: TranscribeOptions,
         language: str,
         cancelled: Callable[[], bool] = lambda: False,
         on_progress: Callable[[float, float], None] = lambda done, total: None,
@@ -246,7 +256,7 @@ class DecodeLoop:
             self._live.extend(live)
             self._cond.notify_all()
         try:
-            while not job.finished.wait(POLL_S):
+            while not job.finished.wait(CANCEL_POLL_S):
                 if cancelled():
                     raise JobCancelled("the job was cancelled")
             # The loop itself takes a cancelled job's streams out (and sets `finished`) when it
@@ -275,7 +285,7 @@ class DecodeLoop:
             candidates = self._wait_for_work()
             if candidates is None:
                 return
-            self._serve_once(candidates)
+            self._decode_continuously(candidates)
             # Waiting for the next job, this frame would otherwise keep the last job's streams,
             # and through them its whole recording, alive.
             del candidates
@@ -297,23 +307,6 @@ class DecodeLoop:
                 return_freed_host_memory()
                 self._cond.wait()
 
-    def _serve_once(self, candidates: list[_Live]) -> None:
-        """One step (a whole running decode, with the default decoder), then the bookkeeping:
-        served streams go to the back of the line, jobs hear of their progress, finished and
-        failed jobs leave."""
-        if self._decodes_continuously(candidates[0].job):
-            self._decode_continuously(candidates)
-            return
-        try:
-            served = self._step(candidates)
-        except BaseException as exc:  # the loop must outlive any step
-            log.exception("decode step failed")
-            served = candidates
-            for job in {entry.job for entry in candidates}:
-                self._fail(job, exc)
-        with self._cond:
-            self._account(served)
-
     def _account(self, served: list[_Live]) -> None:
         """Bookkeeping after a step (caller holds the condition): served streams go to the back
         of the line or leave when finished, jobs hear of their progress, finished and failed jobs leave."""
@@ -331,21 +324,14 @@ class DecodeLoop:
                 job.finished.set()
 
     # -- a running decode that rows join and leave -------------------------------------------
-    def _greedy_options(self, job: _Job) -> DecodingOptions:
+    def _first_options(self, job: _Job) -> DecodingOptions:
+        """A window's first decode: at the first temperature of the job's ladder (0: greedy)."""
         return DecodingOptions(
             task=job.options.task,
             language=job.language,
-            temperature=0.0,
+            temperature=job.options.temperatures[0],
             sample_len=job.options.max_new_tokens,
             fp16=self.fp16,
-        )
-
-    def _decodes_continuously(self, job: _Job) -> bool:
-        """The default decoder, and a first decode that is greedy (whisper's ladder starts at 0)."""
-        return (
-            self._decoder is decode_rows
-            and job.options.temperatures[0] == 0
-            and supports(self._greedy_options(job))
         )
 
     def _limit_now(self, job: _Job) -> int:
@@ -361,9 +347,9 @@ class DecodeLoop:
         )
 
     def _decode_continuously(self, candidates: list[_Live]) -> None:
-        """Run one GreedyDecode until no row is left: between token steps, rows whose window
-        ended hand their result to their stream, and waiting streams of the same kind join
-        (none while a stream of another kind waits, so that kind gets the next decode)."""
+        """Run one decode until no row is left: between its steps, rows whose window ended hand
+        their result to their stream, and waiting streams of the same kind join (none while a
+        stream of another kind waits, so that kind gets the next decode)."""
         job = candidates[0].job
         key, model = job.batch_key, job.model
         rows: dict[_Live, StreamWindow] = {}  # the entries in the decode, and the window each decodes
@@ -372,11 +358,13 @@ class DecodeLoop:
         try:
             with self._lock:
                 limit = self._limit_now(job)
-                decode = GreedyDecode(model, self._greedy_options(job))
+                decode = self.start_decode(model, self._first_options(job))
             joining = self._ready(candidates, self._room(model, {}, limit))
             while True:
                 with self._lock:
                     served = self._admit(decode, joining, rows)
+                    if len(decode) and self.before_step is not None:
+                        self.before_step(decode)
                     ended = decode.step() if len(decode) else []
                     served += self._finish_rows(model, job.language, ended, rows)
                 with self._cond:
@@ -436,7 +424,7 @@ class DecodeLoop:
         ready.sort(key=lambda entry: not entry.job.favours(entry.stream))  # stable: the line's order within
         return ready[: max(room, 0)]
 
-    def _follow_windows(self, decode: GreedyDecode, rows: dict[_Live, StreamWindow]) -> None:
+    def _follow_windows(self, decode: RunningDecode, rows: dict[_Live, StreamWindow]) -> None:
         """How far each row has come into its window, and the jobs' progress with it: at every step
         on a CPU (looking costs nothing there); on a GPU every few steps, and at every step
         while a job waits for its first progress to end its head start."""
@@ -454,7 +442,7 @@ class DecodeLoop:
             job.report_progress()
 
     def _admit(
-        self, decode: GreedyDecode, joining: list[_Live], rows: dict[_Live, StreamWindow]
+        self, decode: RunningDecode, joining: list[_Live], rows: dict[_Live, StreamWindow]
     ) -> list[_Live]:
         """Each joining stream's next window into the decode; returns the entries served
         (streams that turned out to be finished included)."""
@@ -498,49 +486,23 @@ class DecodeLoop:
             self._advance_streams(model, finished, results)
         return [entry for entry, _ in finished]
 
-    def _step(self, candidates: list[_Live]) -> list[_Live]:
-        """Decode one window of up to a batch of `candidates`; returns the entries served
-        (streams that turned out to be finished included)."""
-        job = candidates[0].job
-        model = job.model
-        with self._lock, torch.inference_mode():
-            limit = self._limit_now(job)
-            served: list[_Live] = []
-            batch: list[tuple[_Live, StreamWindow]] = []
-            for entry in sorted(candidates, key=lambda entry: not entry.job.favours(entry.stream)):
-                window = entry.stream.next_window()  # None: the rest of the section is silence
-                served.append(entry)
-                if window is not None:
-                    batch.append((entry, window))
-                    if len(batch) == limit:
-                        break
-            if not batch:
-                return served
-            try:
-                results = decode_batch(
-                    model,
-                    [w for _, w in batch],
-                    [e.job.options for e, _ in batch],
-                    job.language,
-                    self.fp16,
-                    self._decoder,
-                )
-                self._advance_streams(model, batch, results)
-            except torch.OutOfMemoryError:
-                results = None
-            if results is None:
-                # Out of the except block, the traceback no longer holds the failed batch's
-                # tensors, so emptying the cache really hands their memory back.
-                self._out_of_memory(model, [entry for entry, _ in batch])
-        return served
-
     def _advance_streams(
         self, model: Whisper, rows: list[tuple[_Live, StreamWindow]], results: list[DecodingResult]
     ) -> None:
-        """Word timing for the decoded windows that want it (one batched pass), then each
-        stream takes its window's result. Timing comes first: if it runs out of memory, no
-        stream has moved."""
-        alignments = align_words(model, [(entry.stream, window) for entry, window in rows], results)
+        """Word timing for the decoded windows that want it (batched passes), then each stream
+        takes its window's result. Timing comes first: if it runs out of memory, no stream has
+        moved."""
+        wanted = [
+            i
+            for i, ((entry, _), result) in enumerate(zip(rows, results))
+            if entry.stream.needs_alignment(result)
+        ]
+        timings = align_windows(
+            model, [(rows[i][0].stream.tokenizer, results[i], rows[i][1].frames) for i in wanted]
+        )
+        alignments: list[list | None] = [None] * len(rows)
+        for i, timing in zip(wanted, timings):
+            alignments[i] = timing
         for (entry, window), result, alignment in zip(rows, results, alignments):
             entry.stream.advance(window, result, alignment)
 
@@ -548,7 +510,7 @@ class DecodeLoop:
         """After CUDA ran out of memory decoding the windows of `entries` (their streams have
         not moved): hand the cache back, then halve the batch limit so the same windows are
         decoded again in smaller batches, or fail the job whose single window cannot fit."""
-        free_cached_memory()
+        free_cuda_cache()
         if len(entries) <= 1:
             job = entries[0].job
             self._fail(job, WindowTooLarge(too_large_message(model, self.fp16, job.options.max_new_tokens)))

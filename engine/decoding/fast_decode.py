@@ -49,7 +49,8 @@ from whisper.decoding import (
 from whisper.model import MultiHeadAttention, Whisper
 from whisper.utils import compression_ratio
 
-# windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1 and 2 equal, more
+# windows per encoder pass on CPU: larger batches spill activations out of cache (measured: 1 and 2 equal,
+# more
 # slower), and int8's dynamic quantisation scales a pass's activations together: one keeps each window's own
 CPU_ENCODER_BATCH = 1
 # token steps between looks at "which rows are finished" on CUDA (each look stalls the GPU)
@@ -223,6 +224,11 @@ class GreedyDecode:
     def __len__(self) -> int:
         """Rows still decoding (not yet returned by `step`)."""
         return len(self.tags) - len(self.free)
+
+    def live_tags(self) -> list[object]:
+        """The tags of the rows still decoding, in slot order."""
+        free = set(self.free)
+        return [tag for slot, tag in enumerate(self.tags) if slot not in free]
 
     # -- rows joining ------------------------------------------------------------------
     def _initial_tokens(self, prompt: Sequence[int] | None) -> list[int]:

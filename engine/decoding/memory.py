@@ -9,9 +9,9 @@ derived from the model's dimensions, and never goes above the configured `batch_
 "May still use" is the smaller of what the driver reports free (plus what PyTorch's caching
 allocator already holds unused, which this process can reuse without asking) and, when
 `gpu_memory_threshold_mb` is set, the threshold minus what the whole device uses now. The
-estimate is deliberately plain; when it is wrong anyway, the transcriber's out-of-memory
-handling halves the batch and retries, so an estimate only needs to be roughly right.
-On CPU the configured `batch_size` is used as is.
+estimate is deliberately plain; when it is wrong anyway, the decode loop's out-of-memory
+handling halves the batch and retries (engine.decoding.decode_loop), so an estimate only
+needs to be roughly right. On CPU the configured `batch_size` is used as is.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import torch
 from whisper.audio import N_FRAMES
-from whisper.model import ModelDimensions
+from whisper.model import ModelDimensions, Whisper
+
+from engine.device import MIB
 
 log = logging.getLogger(__name__)
 
-MB = 2**20
 HEADROOM_MB = 256.0  # left free for cuBLAS workspaces, allocator rounding and the next batch's mels
 # live (ctx x state) tensors inside an encoder block: x, norm, q, k, v, out, 4x-wide MLP
 ENCODER_ACTIVATIONS = 10
@@ -44,7 +45,7 @@ class GpuMemory:
 def read_gpu_memory(device: torch.device) -> GpuMemory:
     free, total = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return GpuMemory(free / MB, total / MB, cached / MB)
+    return GpuMemory(free / MIB, total / MIB, cached / MIB)
 
 
 def window_cost_mb(
@@ -59,7 +60,7 @@ def window_cost_mb(
     text_len = min(dims.n_text_ctx, PROMPT_TOKENS + prompt_tokens + max_new_tokens)
     self_attention = 2 * dims.n_text_layer * text_len * dims.n_text_state * dtype_bytes
     step = STEP_VOCAB_TENSORS * dims.n_vocab * 4
-    return (mel + features + max(encoder, cross + self_attention + step)) / MB
+    return (mel + features + max(encoder, cross + self_attention + step)) / MIB
 
 
 def available_mb(memory: GpuMemory, threshold_mb: float | None) -> float:
@@ -99,3 +100,16 @@ def fit_batch_size(
             f" (gpu_memory_threshold_mb={threshold_mb:g})" if threshold_mb else "",
         )
     return fits
+
+
+def too_large_message(model: Whisper, fp16: bool, max_new_tokens: int) -> str:
+    """Why a job fails when CUDA ran out of memory on a batch of one window."""
+    message = (
+        "GPU out of memory while decoding a single 30 s window, so no batch size can work: "
+        "free GPU memory (other processes, other models) or use a smaller model"
+    )
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        need = window_cost_mb(model.dims, 2 if fp16 else 4, max_new_tokens)
+        message += f" (a window needs about {need:.0f} MB; {read_gpu_memory(device).free_mb:.0f} MB are free)"
+    return message

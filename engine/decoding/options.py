@@ -1,4 +1,4 @@
-"""The decoding options of one request, and whisper.transcribe's guards that read them."""
+"""The options one job is transcribed with, and whisper.transcribe's guards that read them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from whisper.decoding import DecodingResult
 
 
 @dataclass(frozen=True)
-class DecodeOptions:
+class TranscribeOptions:
+    """What `whisper.transcribe` takes as keywords, for one job, the config's values filled in.
+
+    Not whisper's `DecodingOptions`, which are one decode call's (one temperature, one prompt):
+    the decode loop and the fallback derive those from these for every decode they run."""
+
     task: str = "transcribe"  # transcribe | translate (to English)
     language: str | None = None  # language code; None = detect once, on the first window with speech
     initial_prompt: str | None = None  # context text for the first window of every section
@@ -28,7 +33,7 @@ class DecodeOptions:
     vad: bool = False  # decode only the stretches the voice activity detector calls speech (engine.audio.vad)
 
 
-def needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
+def needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:
     """Whether to decode the window again, hotter: `whisper.transcribe`'s guards."""
     too_repetitive = (
         options.compression_ratio_threshold is not None
@@ -43,7 +48,7 @@ def needs_fallback(result: DecodingResult, options: DecodeOptions) -> bool:
     return (too_repetitive or too_unsure) and not silent
 
 
-def is_no_speech(result: DecodingResult, options: DecodeOptions) -> bool:
+def is_no_speech(result: DecodingResult, options: TranscribeOptions) -> bool:
     """Whether the window is silence and gives no text: `whisper.transcribe`'s skip."""
     if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
         return False

@@ -30,7 +30,7 @@ from whisper.tokenizer import Tokenizer
 
 from engine.audio.energy import is_silent
 from engine.audio.vad import SpeechMap
-from engine.decoding.options import DecodeOptions, is_no_speech
+from engine.decoding.options import TranscribeOptions, is_no_speech
 from engine.decoding.word_timing import add_word_timestamps, text_tokens_of
 from engine.results import Segment, TokenLogprob, Word
 
@@ -55,7 +55,7 @@ class SectionStream:
         self,
         audio: np.ndarray,
         offset_s: float,
-        options: DecodeOptions,
+        options: TranscribeOptions,
         tokenizer: Tokenizer,
         n_mels: int,
         speech: SpeechMap | None = None,

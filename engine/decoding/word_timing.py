@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import whisper.timing
+from whisper.decoding import DecodingResult
 from whisper.model import Whisper, disable_sdpa
 from whisper.timing import TOKENS_PER_SECOND, WordTiming, dtw, median_filter
 from whisper.tokenizer import Tokenizer
@@ -46,6 +47,27 @@ def align_rows(model: Whisper, tokenizer: Tokenizer, rows: Sequence[AlignmentRow
     for first in range(0, len(todo), ROWS_PER_PASS):
         group = todo[first : first + ROWS_PER_PASS]
         for index, row_timings in zip(group, _align_group(model, tokenizer, [rows[i] for i in group])):
+            timings[index] = row_timings
+    return timings
+
+
+def align_windows(
+    model: Whisper, windows: Sequence[tuple[Tokenizer, DecodingResult, int]]
+) -> list[list[WordTiming]]:
+    """Word timings of decoded windows, each given as (its tokenizer, its decode's result, its
+    frames of real audio): batched passes over the encoder outputs the decodes used, one set of
+    passes per start-of-transcript sequence (a pass shares one)."""
+    timings: list[list[WordTiming]] = [[] for _ in windows]
+    by_prompt: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, (tokenizer, _, _) in enumerate(windows):
+        by_prompt[tuple(tokenizer.sot_sequence)].append(index)
+    for indices in by_prompt.values():
+        tokenizer = windows[indices[0]][0]
+        rows = [
+            AlignmentRow(result.audio_features, text_tokens_of(result.tokens, tokenizer), frames)
+            for _, result, frames in (windows[i] for i in indices)
+        ]
+        for index, row_timings in zip(indices, align_rows(model, tokenizer, rows)):
             timings[index] = row_timings
     return timings
 

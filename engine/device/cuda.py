@@ -15,6 +15,7 @@ bench --impls engine engine-int8`, with and without). A value the user exported 
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -28,6 +29,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402  (must come after the environment variable)
 
+from engine.device import MIB  # noqa: E402
 from engine.errors import DeviceError  # noqa: E402
 
 CUDA_INT8_LIBRARY = "bitsandbytes"  # int8 on a GPU; PyTorch's own int8 is CPU-only
@@ -75,8 +77,9 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
 
     fp16 on the CPU (`device: cpu`, or `device: auto` without a GPU) falls back to fp32, since
     fp16 matmuls are slow or missing there, and says so once in the log: the default config
-    asks for fp16, and a CPU user who only sets `device: cpu` should get a working server. int8 is PyTorch's dynamic quantisation on CPU and
-    bitsandbytes on CUDA; without that library int8 on a GPU is refused here, at start-up.
+    asks for fp16, and a CPU user who only sets `device: cpu` should get a working server. int8
+    is PyTorch's dynamic quantisation on CPU and bitsandbytes on CUDA; without that library int8
+    on a GPU is refused here, at start-up.
     """
     has_gpu = torch.cuda.is_available()
     if device == "cuda" and not has_gpu:
@@ -103,7 +106,8 @@ def plan_device(device: str, device_index: int, precision: str) -> DevicePlan:
     if precision == "int8":
         if not cuda_int8_available():
             raise DeviceError(
-                f"precision: int8 on a GPU needs the {CUDA_INT8_LIBRARY} library (pip install {CUDA_INT8_LIBRARY}), "
+                f"precision: int8 on a GPU needs the {CUDA_INT8_LIBRARY} library (pip install "
+                f"{CUDA_INT8_LIBRARY}), "
                 "which is not installed; use precision: fp16 (already half the memory of fp32), "
                 "or device: cpu for PyTorch's own int8"
             )
@@ -117,7 +121,15 @@ def reserved_mb(device: torch.device | None = None) -> float:
     """CUDA memory this process's caching allocator holds (0 on CPU)."""
     if not torch.cuda.is_available() or (device is not None and device.type != "cuda"):
         return 0.0
-    return torch.cuda.memory_reserved(device) / 2**20
+    return torch.cuda.memory_reserved(device) / MIB
+
+
+def free_cuda_cache() -> None:
+    """Hand the memory of tensors nothing uses any more back to the device: after a model is
+    released, or a decode ran out of memory."""
+    gc.collect()  # whisper's modules and a failed decode's kv-cache hooks hold reference cycles
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def plan_devices(

@@ -29,9 +29,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from engine.device import MIB
+
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 NO_GPU_REASON = "No NVIDIA GPU: running on the CPU"
 
 

@@ -1,1 +1,2 @@
-"""Whisper models: the cache that keeps them resident, loading by name, path or CTranslate2 directory, their public ids, int8 quantisation and CPU attention."""
+"""Whisper models: the cache that keeps them resident, loading by name, path or CTranslate2
+directory, their public ids, int8 quantisation and CPU attention."""

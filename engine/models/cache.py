@@ -8,7 +8,6 @@ to the GPU, not just to PyTorch's cache.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
@@ -22,7 +21,8 @@ import torch
 import whisper
 from whisper.model import Whisper
 
-from engine.device.cuda import DevicePlan, reserved_mb
+from engine.device import MIB
+from engine.device.cuda import DevicePlan, free_cuda_cache, reserved_mb
 from engine.errors import ModelLoadError
 from engine.models.ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
 
@@ -81,8 +81,8 @@ def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
     if os.path.isdir(name):
         raise ModelLoadError(
             f"{name!r} is a directory but not a CTranslate2 (faster-whisper) model directory, which holds "
-            "model.bin and config.json. Set model: in config.yaml to such a directory, to the path of a whisper "
-            ".pt checkpoint, or to a model name such as large-v3"
+            "model.bin and config.json. Set model: in config.yaml to such a directory, to the path of "
+            "a whisper .pt checkpoint, or to a model name such as large-v3"
         )
     if looks_like_path and not os.path.isfile(name):
         raise ModelLoadError(
@@ -92,8 +92,8 @@ def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
         )
     if not looks_like_path and name not in whisper.available_models():
         raise ModelLoadError(
-            f"Unknown model {name!r}: use one of {', '.join(whisper.available_models())}, a path to a .pt checkpoint "
-            "or a CTranslate2 (faster-whisper) model directory"
+            f"Unknown model {name!r}: use one of {', '.join(whisper.available_models())}, a path to a "
+            ".pt checkpoint or a CTranslate2 (faster-whisper) model directory"
         )
     try:
         return whisper.load_model(name, device="cpu", download_root=download_root)
@@ -113,14 +113,15 @@ def _read_checkpoint(name: str, download_root: str | None) -> Whisper:
         ) from exc
     except Exception as exc:  # unpickling errors, missing keys in a foreign file, ...
         raise ModelLoadError(
-            f"{name!r} is not a valid whisper checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"{name!r} is not a valid whisper checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); "
             "it must be a file saved by openai-whisper with 'dims' and 'model_state_dict'"
         ) from exc
 
 
 def weights_mb(model: torch.nn.Module) -> float:
     tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+    return sum(t.numel() * t.element_size() for t in tensors) / MIB
 
 
 @dataclass
@@ -233,7 +234,7 @@ class ModelCache:
                 self._drop(entry)
             self._lock.notify_all()
         if free_now:
-            _free_cuda_cache()
+            free_cuda_cache()
 
     # -- release -----------------------------------------------------------------------
     def _evict_over_capacity(self) -> None:
@@ -249,7 +250,7 @@ class ModelCache:
             excess -= 1
 
     def _drop(self, entry: CachedModel) -> None:
-        """Forget the model (caller holds the lock); memory is returned by `_free_cuda_cache`."""
+        """Forget the model (caller holds the lock); memory is returned by `free_cuda_cache`."""
         entry.model = None
         self._entries.pop(entry.name, None)
         log.info("Released model %s", entry.name)
@@ -281,7 +282,7 @@ class ModelCache:
                 freed = [n for n in deferred if n not in self._entries]
                 released += freed
                 deferred = [n for n in deferred if n not in freed]
-        _free_cuda_cache()
+        free_cuda_cache()
         return ReleaseReport(released, deferred, before, reserved_mb(self._device))
 
     def release_idle(self, idle_s: float, action: str = "release") -> list[str]:
@@ -300,7 +301,7 @@ class ModelCache:
                     self._drop(entry)
                 touched.append(entry.name)
         if touched:
-            _free_cuda_cache()
+            free_cuda_cache()
         return touched
 
     # -- inspection --------------------------------------------------------------------
@@ -316,9 +317,3 @@ class ModelCache:
     def is_loaded(self, name: str) -> bool:
         with self._lock:
             return name in self._entries
-
-
-def _free_cuda_cache() -> None:
-    gc.collect()  # whisper's modules hold reference cycles (hooks); collect before emptying the cache
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -330,7 +330,8 @@ def read_ct2_model(directory: PathLike) -> Whisper:
     ct2 = read_model_bin(directory / MODEL_FILE)
     if ct2.spec != SPEC_NAME:
         raise Ct2FormatError(
-            f"{directory} holds a CTranslate2 {ct2.spec or 'unnamed'} model, not a Whisper model ({SPEC_NAME})"
+            f"{directory} holds a CTranslate2 {ct2.spec or 'unnamed'} model, not a Whisper model "
+            f"({SPEC_NAME})"
         )
     variables = ct2.resolved()
     _check_float(variables, directory)

@@ -3,9 +3,10 @@ for its owner, so a reload, a closed tab or a server restart loses nothing, and 
 be downloaded again.
 
     recent = RecentJobs(jobs)                       # jobs: the app's JobManager
-    build_page(engine, submit=recent.submit, extra=recent.attach)
+    build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
     # submit: page recordings become owned, durable jobs; attach: the list and the
-    # download inside the page, refreshed after each transcription
+    # download inside the page, refreshed after each transcription; cancel: stored as
+    # cancelled by its user
 
 Who is the owner: the login name when the page has Gradio `auth`; otherwise a random id the
 browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its own jobs and
@@ -32,9 +33,7 @@ from gradio.context import LocalContext
 from engine import JobHandle, JobOptions
 from jobs import JobInfo, JobManager
 from output import SubtitleOptions, write_files
-from ui.transcribe_handler import DownloadDir, gradio_cache
-
-from .transcribe_handler import DOWNLOAD_FORMATS  # the same files as under the transcript
+from ui.page.files import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
 SECRET_FILE = "browser_state_secret"  # the store's secret that encrypts the owner id in the browser
@@ -90,9 +89,8 @@ def _audio_text(info: JobInfo) -> str:
 
 
 def _choice_label(info: JobInfo) -> str:
-    label = (
-        f"{info.record.name or info.id} · {time.strftime('%H:%M', time.localtime(info.record.created_at))}"
-    )
+    submitted = time.strftime("%H:%M", time.localtime(info.record.created_at))
+    label = f"{info.record.name or info.id} · {submitted}"
     return label if info.status == "done" else f"{label} ({info.status})"
 
 
@@ -107,7 +105,7 @@ class RecentJobs:
         self._lock = threading.Lock()
         # inside Gradio's cache, so Gradio serves the files there instead of copying them
         self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-", dir=gradio_cache()))
-        # at exit at the latest
+        # removed at exit at the latest
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)
 
     # -- submitting -------------------------------------------------------------------------
@@ -166,15 +164,14 @@ class RecentJobs:
         folder = self.files_root / info.id  # the id is ours (hex), never client text
         shutil.rmtree(folder, ignore_errors=True)
         stem = Path(info.record.name).stem or info.id
-        return DownloadDir.private(
-            write_files(
-                info.result(),
-                folder,
-                stem,
-                DOWNLOAD_FORMATS,
-                subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings),
-            )
+        files = write_files(
+            info.result(),
+            folder,
+            stem,
+            DOWNLOAD_FORMATS,
+            subtitles=SubtitleOptions.from_settings(self.jobs.engine.settings),
         )
+        return DownloadDir.private(files)
 
     def delete(self, job_id: str | None, owner: str | None) -> bool:
         """Forget one of `owner`'s finished jobs, its result and files; False for anyone else's."""

@@ -1,27 +1,14 @@
-"""The page's files: Gradio's cache (its copies of uploaded recordings, and of any file a
-handler returns that lies outside it) and the transcript downloads, private to the server's
-user and bounded in space.
+"""`PageUploadGuard` stands in front of Gradio's upload route (`/gradio_api/upload`, open to
+anyone who reaches the page unless `auth` is set), so that the page's files stay bounded.
 
-    cache = use_private_cache(settings.data_dir)   # GRADIO_TEMP_DIR, 0700; before the page is built
-    launch(..., app_kwargs={"middleware": [upload_guard(settings, cache)]})
+    launch(..., app_kwargs={"middleware": [upload_guard(settings, cache)]})   # cache: ui/page/files.py
 
-By default Gradio keeps them in the system's temporary folder (/tmp/gradio, 0755, files
-0644, shared with every Gradio app on the host); here they live in `data_dir/page-files`
-(0700), on the disk /healthz watches, unless the operator set GRADIO_TEMP_DIR. The download
-folders are made inside the cache, so Gradio serves them where they are instead of copying
-them (it copies only what lies outside its cache).
-
-Gradio reads GRADIO_TEMP_DIR when a component or its app is created *and* on every request
-(the check that an input file lies in its cache), so it is set once per process and never
-moved: a second server in the same process (tests) shares the first one's cache.
-
-`PageUploadGuard` stands in front of Gradio's upload route (`/gradio_api/upload`, open to
-anyone who reaches the page unless `auth` is set): Gradio limits each file to
-`max_file_size` (our max_upload_mb) but neither how many files nor how much space they
-take, keeps them a day, and on a full disk or a client that leaves answers 500 with a
-traceback and keeps the partial file. The guard refuses an upload that would take the page's
-files past `page_files_max_mb` or not fit on the disk (507, plain text, which the page shows
-as "HTTP 507: ..."), drops one that stops sending (408), and deletes what a failed one left.
+Gradio limits each file to `max_file_size` (our max_upload_mb) but neither how many files
+nor how much space they take, keeps them a day, and on a full disk or a client that leaves
+answers 500 with a traceback and keeps the partial file. The guard refuses an upload that
+would take the page's files past `page_files_max_mb` or not fit on the disk (507, plain
+text, which the page shows as "HTTP 507: ..."), drops one that stops sending (408), and
+deletes what a failed one left.
 """
 
 from __future__ import annotations
@@ -45,43 +32,9 @@ from jobs import OutOfDiskSpace, has_room, is_disk_full
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-CACHE_DIR_NAME = "page-files"  # under data_dir
-KEEP_FILES_S = 24 * 3600.0  # Gradio's delete_cache age (ui/page.py); older files of a killed process go
 HEADROOM_BYTES = 1 * MIB  # room kept beyond an upload's own size
 UPLOAD_PATH = re.compile(r"/gradio_api/upload/?$")
 TEMPORARY_NAME = re.compile(r"^tmp[a-z0-9_]{8}$")  # Gradio's NamedTemporaryFile for an upload being received
-
-
-def use_private_cache(data_dir: str | os.PathLike) -> Path:
-    """Gradio's cache folder for this process, created 0700: GRADIO_TEMP_DIR when set (by the
-    operator, or by a first server in this process), else data_dir/page-files, which is also
-    pruned of files older than a day that a killed process left."""
-    chosen = os.environ.get("GRADIO_TEMP_DIR")
-    cache = Path(chosen or Path(data_dir).resolve() / CACHE_DIR_NAME)
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not chosen:
-        cache.chmod(0o700)
-        prune(cache, KEEP_FILES_S)
-        os.environ["GRADIO_TEMP_DIR"] = str(cache)
-    return cache
-
-
-def prune(folder: Path, older_than_s: float) -> None:
-    """Delete files older than `older_than_s` under `folder`, then the folders left empty."""
-    cutoff = time.time() - older_than_s
-    for root, dirs, files in os.walk(folder, topdown=False):
-        for name in files:
-            path = Path(root, name)
-            try:
-                if path.lstat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                pass
-        for name in dirs:
-            try:
-                Path(root, name).rmdir()  # only if empty
-            except OSError:
-                pass
 
 
 def folder_bytes(folder: Path) -> int:

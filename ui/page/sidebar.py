@@ -1,8 +1,9 @@
 """The GPU panel of the sidebar: plain HTML built from the engine's monitor and status.
 
 Pure functions of a `GpuSnapshot` and an `EngineStatus`, so they are tested without a
-server; the page calls them from a `gr.Timer` every `REFRESH_S` seconds. Every value that
-can come from outside (GPU names, model paths, error messages) is escaped.
+server; the sidebar's events (ui/page/sidebar_events.py) call them, its timer every
+`REFRESH_S` seconds. Every value that can come from outside (GPU names, model paths, error
+messages) is escaped.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
             parts.append(
                 f'<div class="gpu-card{" warn" if gpu.above_threshold else ""}" data-gpu="{gpu.index}">'
                 f'<div class="gpu-name">GPU {gpu.index} &middot; {_e(gpu.name)}</div>'
-                f'<div class="gpu-mem">{gpu.used_mb:,.0f} / {gpu.total_mb:,.0f} MB used ({fraction:.0%})</div>'
+                f'<div class="gpu-mem">{gpu.used_mb:,.0f} / {gpu.total_mb:,.0f} MB used '
+                f"({fraction:.0%})</div>"
                 f"{_bar(fraction, gpu.above_threshold)}"
                 f'<div class="gpu-util">Utilisation {utilisation}</div>'
                 "</div>"
@@ -89,7 +91,8 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
     if snapshot.gpus or snapshot.process_reserved_mb:
         parts.append(
             '<div class="gpu-process">This process: '
-            f"{snapshot.process_allocated_mb:,.0f} MB allocated, {snapshot.process_reserved_mb:,.0f} MB reserved</div>"
+            f"{snapshot.process_allocated_mb:,.0f} MB allocated, "
+            f"{snapshot.process_reserved_mb:,.0f} MB reserved</div>"
         )
 
     parts.append('<div class="gpu-section">Loaded models</div>')
@@ -110,6 +113,13 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
         f'<div class="gpu-queue">Workers busy: <b>{status.busy_workers} / {status.workers}</b> &middot; '
         f"Queue: <b>{status.queue_length} / {status.queue_size}</b></div>"
     )
+    if len(status.devices) > 1:  # several devices decode (device_index list): where the jobs run
+        rows = "".join(
+            f"<li><b>{_e(d.device)}</b>: {d.running_jobs} running, {d.live_windows} windows live, "
+            f"{d.finished_jobs} done</li>"
+            for d in status.devices
+        )
+        parts.append(f'<ul class="gpu-devices">{rows}</ul>')
     parts.append("</div>")
     return "".join(parts)
 
@@ -127,7 +137,10 @@ def model_state_html(status: EngineStatus, selected: str | None = None) -> str:
             body = f"Model <b>{name}</b> is ready on {_e(status.device)}."
             kind = "ready"
         else:
-            body = f"Model <b>{name}</b> is loaded when you transcribe (the first recording waits a moment for it)."
+            body = (
+                f"Model <b>{name}</b> is loaded when you transcribe (the first recording waits a "
+                "moment for it)."
+            )
             kind = "not-loaded"
         return f'<div class="model-state state-{kind}" id="model-state">{body}</div>'
     name = _e(model_label(state.model))
