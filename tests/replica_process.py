@@ -23,14 +23,14 @@ from jobs.manager import JobManager
 from jobs.postgres_store import PostgresJobStore
 
 
-def never_returns(model, mel, options, prompts):
-    """A decoder (decode_rows' signature) that holds the job at its first step for good."""
+def never_returns(decode) -> None:
+    """The engine's `before_step` hook: holds the job at its first decode step for good."""
     threading.Event().wait()
 
 
 def main(checkpoint: str, dsn: str, data_dir: str, audio: str, count: str, lease_s: str) -> None:
     settings = fast_settings(checkpoint, workers=int(count), language="en", job_lease_s=float(lease_s))
-    engine = Engine(settings, decoder=never_returns)
+    engine = Engine(settings, before_step=never_returns)
     jobs = JobManager(engine, PostgresJobStore(dsn, data_dir)).start()
     tickets = [jobs.submit(audio, name=f"{i}.flac") for i in range(int(count))]
     while not all(jobs.feed.leases.get(ticket.id) for ticket in tickets):

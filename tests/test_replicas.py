@@ -24,7 +24,6 @@ import pytest
 
 from conftest import FIVE_MIN, JFK, ROOT, fast_settings, shared_audio
 from engine import Engine, JobCancelled
-from engine.decoding.fast_decode import decode_rows
 from jobs.errors import StoreUnavailable
 from jobs.manager import JobManager
 from jobs.postgres_schema import SCHEMA_VERSION, VERSIONS
@@ -36,19 +35,19 @@ LEASE_S = 2.0  # short, so a dead replica's jobs move on within seconds
 
 
 class Gate:
-    """A decoder (decode_rows' signature) that waits while closed and sleeps `delay_s` per step:
-    tests hold jobs running, or slow them so their progress can be watched. Open at first."""
+    """The engine's `before_step` hook: each decode step waits while the gate is closed and
+    sleeps `delay_s`, so tests hold jobs running, or slow them so their progress can be
+    watched. Open at first."""
 
     def __init__(self):
         self.open = threading.Event()
         self.open.set()
         self.delay_s = 0.0
 
-    def __call__(self, model, mel, options, prompts):
+    def __call__(self, decode) -> None:
         if not self.open.wait(300):
             raise TimeoutError("test gate never opened")
         time.sleep(self.delay_s)
-        return decode_rows(model, mel, options, prompts)
 
 
 GATES = {"a": Gate(), "b": Gate()}
@@ -63,7 +62,7 @@ def engines(micro_checkpoint):
             fast_settings(
                 micro_checkpoint, workers=WORKERS[name], batch_size=1, language="en", job_lease_s=LEASE_S
             ),
-            decoder=gate,
+            before_step=gate,
         )
         for name, gate in GATES.items()
     }
@@ -282,7 +281,7 @@ def test_a_job_is_listed_followed_and_streamed_through_the_replica_that_did_not_
     # b's workers all busy. (Not with a held job: in one process both engines decode under the
     # one CPU model lock, so a job held in b's decoder would hold a's too.)
     front.feed.room = lambda: 0
-    GATES["a"].delay_s = 0.5  # each step slow: progress and segments can be watched
+    GATES["a"].delay_s = 0.05  # each token step slow (24 a window): progress and segments can be watched
     worker = replica("a", postgres_dsn)
     ticket = front.submit(five_min, name="talk.mp3", owner="me")  # b has no room: a takes it
     ticket.stream_text()
