@@ -74,9 +74,9 @@ class SlowLoadingEngine(Engine):
 
     loaded = threading.Event()
 
-    def _load_model(self, name):
+    def _load_model(self, name, *device):
         self.loaded.wait(30)
-        return super()._load_model(name)
+        return super()._load_model(name, *device)
 
 
 def test_loading_model_is_503_for_requests_while_jobs_wait(micro_checkpoint, tmp_path):
