@@ -299,13 +299,14 @@ class JobManager:
 
     @property
     def pending_count(self) -> int:
-        """Jobs waiting in the queue for a replica with room (the last length read, while the
-        store cannot be read)."""
+        """Jobs waiting: those in the store's queue for a replica with room (the last length
+        read, while the store cannot be read), and any submitted to this replica's engine
+        directly. The queue length the sidebar, /healthz and /metrics show."""
         try:
             self._queued = self.store.queued_count()
         except StorageError:
             pass
-        return self._queued
+        return self._queued + self.engine.status().queue_length
 
     def new_upload_path(self, name: str = "") -> Path:
         """A fresh path under data_dir/uploads for receiving an upload, so that `submit(...,

@@ -130,6 +130,8 @@ class JobTicket:
             if self._final is not None:
                 return False
             self._final = FINAL[status]
+            if self._engine is not None:  # the seconds it got to stay readable (a cancelled job's)
+                self._seconds = (self._engine.seconds_done, self._engine.seconds_total)
             self._engine = None
         self.finished_at = self.finished_at or time.time()
         if error is None:
@@ -180,6 +182,8 @@ class JobTicket:
         try:
             return self._future.result(timeout)
         except FutureTimeout:
+            if self._future.done():  # the job's own TimeoutError (the same class since Python 3.11)
+                raise
             raise TimeoutError(f"job {self.id} not finished after {timeout} s") from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
