@@ -304,7 +304,7 @@ class JobManager:
         directly. The queue length the sidebar, /healthz and /metrics show."""
         try:
             self._queued = self.store.queued_count()
-        except StorageError:
+        except Exception:  # a reading for display; /healthz says why the store cannot be read
             pass
         return self._queued + self.engine.status().queue_length
 
