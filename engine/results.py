@@ -11,6 +11,7 @@ class Word:
     start: float  # seconds from the start of the recording
     end: float
     probability: float
+    speaker: str | None = None  # who says it: "A", "B", ... or a known speaker's name (diarization only)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Segment:
     seek: int = 0
     # per text token, only when asked (TranscribeOptions.logprobs); not in whisper's files
     logprobs: list[TokenLogprob] | None = None
+    speaker: str | None = None  # who speaks it: "A", "B", ... or a known speaker's name (diarization only)
 
 
 @dataclass
@@ -60,10 +62,22 @@ class TranscriptionResult:
         """The shape openai-whisper's `transcribe()` returns; whisper's writers take it."""
         return {
             "text": self.text,
-            # logprobs are the API's, not whisper's: its writers' files stay as whisper writes them
-            "segments": [{k: v for k, v in asdict(s).items() if k != "logprobs"} for s in self.segments],
+            # logprobs are the API's, not whisper's: its writers' files stay as whisper writes them;
+            # so do files without diarization (no speaker keys)
+            "segments": [_whisper_segment(s) for s in self.segments],
             "language": self.language,
             "duration": self.duration,
             "task": self.task,
             "model": self.model,
         }
+
+
+def _whisper_segment(segment: Segment) -> dict:
+    """A segment as whisper's dict, plus `speaker` (on it and its words) where diarization set it."""
+    fields = {k: v for k, v in asdict(segment).items() if k != "logprobs"}
+    if fields["speaker"] is None:
+        del fields["speaker"]
+    for word in fields["words"] or ():
+        if word["speaker"] is None:
+            del word["speaker"]
+    return fields

@@ -4,6 +4,7 @@
     jobs (the durable job manager, its store, data_dir) -> engine; the engine never imports jobs
     output (formats, subtitles) -> engine's leaves only; the engine never imports output
     engine.decoding -> engine.audio, engine.models, engine.device, and the leaves
+    engine.diarization -> engine.audio, engine.models, engine.device, engine.decoding (its batch memory)
     engine.audio, engine.models -> engine.device;  engine.device -> nothing of the engine
     leaves (engine.results, engine.errors, engine.languages): imported by anyone, import no package
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("audio", "decoding", "models", "device")
+SUBPACKAGES = ("audio", "decoding", "diarization", "models", "device")
 LEAVES = ("engine.results", "engine.errors", "engine.languages")
 # what each subpackage of the engine may import from the rest of the engine
 # the modules and subpackages inside the three packages (`engine.audio`, `jobs.store`, ...): `from
@@ -35,6 +36,7 @@ ALLOWED = {
     "engine.audio": ("engine.device",),
     "engine.models": ("engine.device",),
     "engine.decoding": ("engine.audio", "engine.models", "engine.device"),
+    "engine.diarization": ("engine.audio", "engine.models", "engine.device", "engine.decoding"),
 }
 
 

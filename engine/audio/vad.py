@@ -116,9 +116,15 @@ _model = None
 _model_lock = threading.Lock()  # the network keeps state between calls: one user at a time
 
 
-def speech_map(audio: np.ndarray, options: VadOptions = VadOptions()) -> SpeechMap:
-    """Where `audio` (float32, 16 kHz, mono) holds speech."""
-    probs = speech_probabilities(audio)  # first: imports silero_vad with the thread count kept
+def speech_map(
+    audio: np.ndarray, options: VadOptions = VadOptions(), probs: np.ndarray | None = None
+) -> SpeechMap:
+    """Where `audio` (float32, 16 kHz, mono) holds speech; `probs`, `speech_probabilities(audio)`
+    when the caller has them already (diarization reads them again with finer options)."""
+    if probs is None:
+        probs = speech_probabilities(audio)  # first: imports silero_vad with the thread count kept
+    else:
+        _silero()  # the import, with the thread count kept, before silero_vad's functions are used
     from silero_vad import get_speech_timestamps_from_probs
 
     stamps = get_speech_timestamps_from_probs(

@@ -25,6 +25,7 @@ from engine.device import MIB
 from engine.device.cuda import DevicePlan, free_cuda_cache, reserved_mb
 from engine.errors import ModelLoadError
 from engine.models.ct2_weights import Ct2FormatError, is_ct2_model_dir, read_ct2_model
+from engine.models.speaker_encoder import is_speaker_model, load_speaker_encoder
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,13 @@ def load_model(name: str, plan: DevicePlan, download_root: str | None = None) ->
     The weights are read to host memory, converted, and only then moved to the GPU, so the
     GPU never holds an fp32 copy: stock `whisper.load_model(..., device="cuda")` keeps fp32
     weights resident and casts per call, twice the memory.
+
+    A speaker encoder's name (`speaker-encoder-ge2e`, ...) loads that encoder instead, in fp32
+    (engine.models.speaker_encoder): it lives in the same cache, so Release memory and the idle
+    release free it too.
     """
+    if is_speaker_model(name):
+        return load_speaker_encoder(name, plan.device)
     started = time.perf_counter()
     model = _read_ct2(name) if is_ct2_model_dir(name) else _read_checkpoint(name, download_root)
     model.eval().requires_grad_(False)
@@ -238,9 +245,11 @@ class ModelCache:
 
     # -- release -----------------------------------------------------------------------
     def _evict_over_capacity(self) -> None:
-        """Drop least recently used models beyond capacity; busy ones go when their jobs end."""
-        excess = len(self._entries) - self._capacity
-        for entry in list(self._entries.values()):
+        """Drop least recently used models beyond capacity; busy ones go when their jobs end.
+        Speaker encoders (6-28 MB) do not count: one never pushes a Whisper model out."""
+        whisper_models = [e for e in self._entries.values() if not is_speaker_model(e.name)]
+        excess = len(whisper_models) - self._capacity
+        for entry in whisper_models:
             if excess <= 0:
                 break
             if entry.leases == 0:
