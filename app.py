@@ -118,7 +118,13 @@ def serve(
         jobs = JobManager(engine, store).start()
         page_cache = use_private_cache(jobs.store.data_dir)  # GRADIO_TEMP_DIR, before the page is built
         recent = RecentJobs(jobs)
-        demo = build_page(engine, submit=recent.submit, extra=recent.attach, cancel=recent.cancel)
+        demo = build_page(
+            engine,
+            submit=recent.submit,
+            extra=recent.attach,
+            cancel=recent.cancel,
+            waiting=lambda: jobs.pending_count,
+        )
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
         # ui/page/wiring.py); every waiting one holds a handler thread, so the pool has room for all.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)

@@ -279,6 +279,7 @@ class Engine:
         *,
         name: str = "",
         job_id: str | None = None,
+        probed: AudioInfo | None = None,
         **fields,
     ) -> JobHandle:
         """Queue a recording; returns at once with a handle (raises QueueFull when full).
@@ -286,9 +287,10 @@ class Engine:
         `options` (or, for short, its fields as keywords) says what to do; a None field takes
         the config's value. Options this server cannot honour raise InvalidRequest, and a file
         that is not audio, empty or too long the matching AudioError, here, before the job
-        takes a place in the queue.
+        takes a place in the queue. `probed`: what `check_audio` said of this file when the
+        caller checked it already (a job stored first, run later), so it is not probed twice.
         """
-        request = self._request(audio, JobOptions.of(options, fields), name)
+        request = self._request(audio, JobOptions.of(options, fields), name, probed)
         handle = self.worker.submit(request, job_id)
         handle.add_done_callback(lambda finished: self.listeners.emit("job_finished", finished))
         return handle
@@ -318,7 +320,9 @@ class Engine:
             require_installed(self.settings.speaker_model)  # SpeakerModelMissing now, not after decoding
         return replace(options, model=model_id, task=task)
 
-    def _request(self, audio: AudioInput, options: JobOptions, name: str) -> TranscriptionRequest:
+    def _request(
+        self, audio: AudioInput, options: JobOptions, name: str, probed: AudioInfo | None = None
+    ) -> TranscriptionRequest:
         """The job as the worker runs it: options prepared, the file probed (once per job: the
         probe's answer goes on to load_audio), the decoding options filled from the config."""
         options = self.prepare(options)
@@ -326,7 +330,7 @@ class Engine:
         if isinstance(audio, np.ndarray):
             check_length(audio, name or "the recording")
         else:
-            info = check_audio(audio, self.settings.max_audio_duration_s)
+            info = probed or check_audio(audio, self.settings.max_audio_duration_s)
             name = name or Path(audio).name
         return TranscriptionRequest(
             audio, self.model_names.resolve(options.model), options, self._decoding(options), name, info

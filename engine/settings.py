@@ -132,6 +132,9 @@ class Settings(BaseModel):
     job_store: str = ""
     # a replica's claim on a running job: another takes it this long after
     job_lease_s: float = Field(30, gt=0)
+    # None = with a PostgreSQL job_store, recordings travel in the database (replicas share nothing
+    # else); a folder every replica mounts (NFS, a shared volume) = recordings are kept there instead
+    shared_audio_dir: str | None = None
     job_retention_days: float = Field(7, gt=0)  # finished jobs and their files are deleted after this
     # A job the server stopped in (killed, out of memory) this many times is failed at the next
     # start instead of run again, so one that kills the process cannot do it at every start.
@@ -230,7 +233,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
             key = name[len(ENV_PREFIX) :].lower()
             value = yaml.safe_load(raw) if raw.strip() else None
             # A model path or an auth string must stay text even if it looks like a number.
-            text = ("model", "auth", "api_key", "initial_prompt", "job_store")
+            text = ("model", "auth", "api_key", "initial_prompt", "job_store", "shared_audio_dir")
             overrides[key] = raw if key in text else value
     return overrides
 

@@ -17,6 +17,7 @@ from jobs.errors import StorageError
 JOBS = "whisper_jobs"
 RECORDINGS = "whisper_recordings"
 SEGMENTS = "whisper_segments"
+SECRETS = "whisper_secrets"
 VERSIONS = "whisper_schema"
 # pg_advisory_xact_lock key for migrating: any fixed number; the lock lasts the transaction.
 MIGRATION_LOCK = 0x57485350  # "WHSP"
@@ -72,6 +73,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (job_id, seq)
         )""",
     ),
+    # 2: secrets every replica shares (the page's owner ids are encrypted with one).
+    2: (f"CREATE TABLE {SECRETS} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from engine.results import Segment
 from jobs.data_dir import private_dir
 from jobs.errors import StorageError, StoreUnavailable
 from jobs.postgres_pool import Connections
-from jobs.postgres_schema import JOBS, RECORDINGS, SEGMENTS, migrate
+from jobs.postgres_schema import JOBS, RECORDINGS, SECRETS, SEGMENTS, migrate
 from jobs.store import (
     COLUMNS,
     FINISHED,
@@ -358,6 +359,20 @@ class PostgresJobStore(JobStore):
             (job_id,),
         )
         return rows[0]["n"]
+
+    def queued_count(self) -> int:
+        return self._fetch(f"SELECT COUNT(*) AS n FROM {JOBS} WHERE status = 'queued'")[0]["n"]
+
+    def secret(self, name: str) -> str:
+        # The first replica's value wins; every later one reads it.
+        with self._connection() as connection:
+            connection.execute(
+                f"INSERT INTO {SECRETS} (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                (name, secrets.token_urlsafe(32)),
+            )
+            return connection.execute(f"SELECT value FROM {SECRETS} WHERE name = %s", (name,)).fetchone()[
+                "value"
+            ]
 
     def read_recording(self, job_id: str, destination: Path) -> bool:
         out, seq = None, 0

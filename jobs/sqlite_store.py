@@ -368,6 +368,10 @@ class SqliteJobStore(JobStore):
                 (job_id,),
             ).fetchone()[0]
 
+    def queued_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+
     def read_recording(self, job_id: str, destination: Path) -> bool:
         out, seq = None, 0
         try:

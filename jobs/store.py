@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import secrets
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -303,6 +304,10 @@ class JobStore(abc.ABC):
         """1 = the next queued job to be claimed; 0 when it is not queued (or unknown)."""
 
     @abc.abstractmethod
+    def queued_count(self) -> int:
+        """How many jobs wait in the queue (queued, not claimed yet)."""
+
+    @abc.abstractmethod
     def read_recording(self, job_id: str, destination: Path) -> bool:
         """Write the recording stored with the job to `destination` (0600), a chunk at a time;
         False (nothing written) when the database holds none for it."""
@@ -327,6 +332,17 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def finished_before(self, cutoff: float) -> list[JobRecord]:
         """Finished rows whose finished_at is before `cutoff` (unix time): the expired ones."""
+
+    def secret(self, name: str) -> str:
+        """A random secret every process of this store reads alike, made on first use (the page's
+        owner ids are encrypted with one, so a browser keeps its jobs on every replica). Here a
+        file `name` in data_dir (0600), for a store of one process; a shared store keeps it in
+        the database."""
+        path = self.data_dir / name
+        if not path.exists():
+            with private_file(path) as out:
+                out.write(secrets.token_urlsafe(32).encode())
+        return path.read_text().strip()
 
     def audio_in_use(self) -> set:
         """Recording file names that an unfinished job still needs."""

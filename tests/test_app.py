@@ -177,7 +177,7 @@ def _until(condition, what, timeout=60.0):
         time.sleep(0.05)
 
 
-def test_a_second_request_waits_in_the_engines_queue_and_sees_its_place(client, server, jfk):
+def test_a_second_request_waits_in_the_job_queue_and_sees_its_place(client, server, jfk):
     engine = server.engine  # workers=1: the engine runs one job at a time
     GATE.clear()
     try:
@@ -193,9 +193,9 @@ def test_a_second_request_waits_in_the_engines_queue_and_sees_its_place(client, 
             lambda: any(
                 unit.desc == "Waiting in queue: position 1" for unit in second.status().progress_data or []
             ),
-            "the second request to show its place in the engine's queue",
+            "the second request to show its place in the job queue",
         )
-        assert engine.status().queue_length == 1  # it waits in the engine's queue, not Gradio's
+        assert server.app.state.jobs.pending_count == 1  # it waits in the job queue, not Gradio's
     finally:
         GATE.set()
     assert isinstance(first.result(timeout=60)[0], str) and isinstance(second.result(timeout=60)[0], str)

@@ -341,3 +341,19 @@ def test_segments_streamed_by_the_holder_are_read_through_another_replica_and_re
     assert other.finish(job.id, "done", attempt=again.attempts, result=_result())
     assert holder.segments(job.id) == (2, [])  # the result holds them all now
     assert holder.segments("unknown00000") == (0, [])
+
+
+def test_the_queue_length_counts_the_jobs_no_replica_has_claimed(stores):
+    for i in range(3):
+        stores.store.add(JobRecord(f"{i:012d}", float(i), "queued"))
+    assert stores.replica().queued_count() == 3
+    stores.replica().claim("other", 1, 30)
+    stores.store.request_cancel(f"{2:012d}")
+    assert stores.store.queued_count() == 1
+
+
+def test_every_replica_and_every_restart_reads_one_secret(stores):
+    secret = stores.store.secret("browser_state_secret")
+    assert len(secret) >= 32 and stores.store.secret("another") != secret
+    assert stores.replica().secret("browser_state_secret") == secret
+    assert stores.reopen().secret("browser_state_secret") == secret

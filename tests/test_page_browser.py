@@ -400,9 +400,9 @@ def test_cancel_a_running_job_and_the_app_keeps_serving(browser, server):
     assert "-->" in page.input_value("#transcript textarea")
 
 
-def test_a_third_tab_sees_its_place_in_the_engines_queue_and_a_fourth_is_refused(browser, server):
+def test_a_third_tab_sees_its_place_in_the_job_queue_and_a_fourth_is_refused(browser, server):
     jfk, long = shared_audio(JFK), shared_audio(LONG_5_MIN)
-    engine = server.engine
+    engine, jobs = server.engine, server.app.state.jobs
     tabs = [open_page(browser, server.url) for _ in range(4)]
     for tab, audio in zip(tabs, (long, long, jfk, jfk)):
         upload(tab, audio)
@@ -414,7 +414,7 @@ def test_a_third_tab_sees_its_place_in_the_engines_queue_and_a_fourth_is_refused
         third, fourth = tabs[2], tabs[3]
         third.click("#transcribe-button")
         progress_text(third, "Waiting in queue: position 1").wait_for()
-        assert engine.status().queue_length == 1  # it waits in the engine's queue, not Gradio's
+        assert jobs.pending_count == 1  # it waits in the job queue, not Gradio's
         assert third.get_by_text("queue: 1/1").count() == 0
         screenshot(third, "page-third-tab-waiting.png")
 
@@ -422,13 +422,13 @@ def test_a_third_tab_sees_its_place_in_the_engines_queue_and_a_fourth_is_refused
         notice(fourth, "queue is full")
         assert error_badges(fourth) == []
         screenshot(fourth, "page-queue-full.png")
-        assert engine.status().queue_length == 1  # the refused one left nothing behind
+        assert jobs.pending_count == 1  # the refused one left nothing behind
 
         # The third tab gives up: its waiting job is cancelled at once, which makes room...
         third.click("#cancel-button")
         third.locator("#details", has_text="Cancelled").wait_for()
         assert "before it started" in third.inner_text("#details")
-        until(lambda: engine.status().queue_length == 0, "the cancelled job to leave the queue")
+        until(lambda: jobs.pending_count == 0, "the cancelled job to leave the queue")
         # ... and the fourth, trying again, now waits in its place (the old message gone).
         fourth.click("#transcribe-button")
         progress_text(fourth, "Waiting in queue: position 1").wait_for()

@@ -100,9 +100,8 @@ class _EngineCollector:
         )
 
         status = self.engine.status()
-        yield GaugeMetricFamily(
-            f"{PREFIX}_queue_length", "Jobs waiting for a worker", value=status.queue_length
-        )
+        waiting = status.queue_length if self.jobs is None else self.jobs.pending_count
+        yield GaugeMetricFamily(f"{PREFIX}_queue_length", "Jobs waiting for a worker", value=waiting)
         yield GaugeMetricFamily(
             f"{PREFIX}_queue_capacity", "Jobs allowed to wait (queue_size)", value=status.queue_size
         )
@@ -135,12 +134,6 @@ class _EngineCollector:
             windows.add_metric([device.device], device.live_windows)
             finished.add_metric([device.device], device.finished_jobs)
         yield from (running, windows, finished)
-        if self.jobs is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_jobs_waiting_recovery",
-                "Recovered jobs waiting for room in the queue",
-                value=self.jobs.pending_count,
-            )
         yield from self._disk()
 
     def _disk(self) -> Iterable[Metric]:

@@ -10,14 +10,14 @@ be downloaded again.
 
 Who is the owner: the login name when the page has Gradio `auth`; otherwise a random id the
 browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its own jobs and
-nobody else's. The id is encrypted with a secret kept in data_dir, so it stays readable
-across restarts. Jobs sent through the HTTP API have no owner and are not listed here.
+nobody else's. The id is encrypted with a secret the job store keeps (a file in data_dir, or a
+row of a shared PostgreSQL store), so it stays readable across restarts and on every replica.
+Jobs sent through the HTTP API have no owner and are not listed here.
 """
 
 from __future__ import annotations
 
 import html
-import secrets
 import shutil
 import tempfile
 import threading
@@ -36,7 +36,7 @@ from output import SubtitleOptions, formats_for, write_files
 from ui.page.files import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
-SECRET_FILE = "browser_state_secret"  # in data_dir: encrypts the owner id in the browser
+SECRET_FILE = "browser_state_secret"  # the store's secret that encrypts the owner id in the browser
 HEADERS = ["Submitted", "File", "Status", "Audio", "Job id"]  # the columns of `rows()`
 SHOWN_COLUMNS = (1, 2, 3, 0, 4)  # the table shows the file and its status first
 MAX_SESSIONS = 10_000  # page loads remembered (session -> owner) for attributing new jobs
@@ -100,21 +100,13 @@ class RecentJobs:
     def __init__(self, jobs: JobManager, limit: int = LIMIT):
         self.jobs = jobs
         self.limit = limit
-        self.secret = self._secret(jobs.store.data_dir)
+        self.secret = jobs.store.secret(SECRET_FILE)  # every replica of a shared store reads the same
         self._sessions: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> owner
         self._lock = threading.Lock()
         # inside Gradio's cache, so Gradio serves the files there instead of copying them
         self.files_root = Path(tempfile.mkdtemp(prefix="whisper-app-results-", dir=gradio_cache()))
         # removed at exit at the latest
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.files_root, True)
-
-    @staticmethod
-    def _secret(data_dir: Path) -> str:
-        path = data_dir / SECRET_FILE
-        if not path.exists():
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
 
     # -- submitting -------------------------------------------------------------------------
     def submit(self, audio, options: JobOptions, name: str = "") -> JobHandle:

@@ -60,9 +60,10 @@ def _bar(fraction: float, warn: bool) -> str:
     )
 
 
-def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
+def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus, waiting: int | None = None) -> str:
     """The whole GPU panel: one card per GPU (or the reason there is none), the threshold
-    warning, this process's memory, the loaded models, and the work queue."""
+    warning, this process's memory, the loaded models, and the work queue (`waiting` jobs,
+    the job manager's count; the engine's own queue when None)."""
     parts = ['<div class="gpu-panel" id="gpu-panel">']
     parts.append(f'<div class="gpu-device">Whisper runs on <b>{_e(status.device)}</b></div>')
 
@@ -111,7 +112,7 @@ def gpu_panel_html(snapshot: GpuSnapshot, status: EngineStatus) -> str:
 
     parts.append(
         f'<div class="gpu-queue">Workers busy: <b>{status.busy_workers} / {status.workers}</b> &middot; '
-        f"Queue: <b>{status.queue_length} / {status.queue_size}</b></div>"
+        f"Queue: <b>{status.queue_length if waiting is None else waiting} / {status.queue_size}</b></div>"
     )
     if len(status.devices) > 1:  # several devices decode (device_index list): where the jobs run
         rows = "".join(

@@ -39,6 +39,7 @@ def build_page(
     submit: Submit | None = None,
     extra: Callable[[Dependency], None] | None = None,
     cancel: Cancel | None = None,
+    waiting: Callable[[], int] | None = None,
 ) -> gr.Blocks:
     """The page for `engine`.
 
@@ -46,11 +47,12 @@ def build_page(
     sent from the page, e.g. a durable job manager's; `cancel(handle)` replaces
     `handle.cancel()` for them. `extra(transcribe_event)` is called inside the page, below
     the transcript, to add sections (a recent-jobs list refreshed with
-    `transcribe_event.then(...)`).
+    `transcribe_event.then(...)`). `waiting()` counts the jobs waiting, for the sidebar (the
+    job manager's queue; the engine's when None).
     """
     downloads = DownloadDir()
     transcription = TranscribeEvents(engine, downloads, submit, cancel)
-    sidebar = SidebarEvents(engine)
+    sidebar = SidebarEvents(engine, waiting)
     names = engine.model_names
     with page_layout(engine.settings, names.ids, names.public(engine.settings.model), sidebar.on_gpu) as page:
         transcribe_event = _connect_transcribe(page, transcription)

@@ -27,6 +27,7 @@ async def healthz(engine: EngineDep, settings: SettingsDep, jobs: JobsDep) -> Re
     disk = await anyio.to_thread.run_sync(disk_space, jobs.store.data_dir, settings.min_free_disk_mb)
     warning = disk.warning()
     reasons = await _reasons_unavailable(status, engine, jobs)
+    waiting = await anyio.to_thread.run_sync(lambda: jobs.pending_count)  # a query of the store
     model = {
         "name": engine.model_names.public(status.model.model),
         "state": status.model.state,
@@ -39,7 +40,7 @@ async def healthz(engine: EngineDep, settings: SettingsDep, jobs: JobsDep) -> Re
         "device": status.device,
         "workers": status.workers,
         "busy_workers": status.busy_workers,
-        "queue_length": status.queue_length,
+        "queue_length": waiting,
         "queue_size": status.queue_size,
         "disk": {"free_bytes": disk.free_bytes, "min_free_bytes": disk.min_free_bytes, "low": disk.low},
         "warnings": [warning] if warning else [],
