@@ -1,9 +1,11 @@
-"""Shared fixtures: small random whisper checkpoints, the real recordings, fast settings."""
+"""Shared fixtures: small random whisper checkpoints, the real recordings, fast settings, a
+served app."""
 
 from __future__ import annotations
 
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,26 @@ def fast_settings(model: Path | str, **overrides):
     )  # VAD has its own tests; synthetic tones are not speech
     values.update(overrides)
     return load_settings(None, values, environ={})
+
+
+@contextmanager
+def app_server(model: Path | str, data_dir: Path, *, before_step=None, load_first: bool = True, **overrides):
+    """The whole app (page, HTTP routes, durable jobs in `data_dir`) served on a free port with
+    `fast_settings(model, **overrides)`, as `app.serve` serves it to users. The model is loaded
+    before the first request unless `load_first=False` (the server then answers while it loads,
+    as a user's does). `before_step` (a DecodeGate, SlowSteps, ...) runs before every decode
+    step; a gate is opened on the way out, so held jobs can end and the server can close."""
+    from app import serve
+    from engine import Engine
+
+    settings = fast_settings(model, data_dir=str(data_dir), **overrides)
+    engine = Engine(settings, before_step=before_step, background=not load_first)
+    with serve(settings, engine=engine, port=0) as server:
+        try:
+            yield server
+        finally:
+            if isinstance(before_step, threading.Event):
+                before_step.set()
 
 
 class DecodeGate(threading.Event):

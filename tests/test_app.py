@@ -18,23 +18,17 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from conftest import JFK, ROOT, DecodeGate, fast_settings, shared_audio
-from engine import DeviceStatus, Engine, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
+from conftest import JFK, ROOT, DecodeGate, app_server, shared_audio
+from engine import DeviceStatus, EngineStatus, GpuReading, GpuSnapshot, ModelState, ReleaseReport
 
 GATE = DecodeGate(timeout_s=60)  # decoding waits on it, so a test can hold a job running
 
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
-    settings = fast_settings(
-        micro_checkpoint, workers=1, queue_size=1, data_dir=str(tmp_path_factory.mktemp("app") / "data")
-    )
-    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
-    yield server
-    GATE.set()
-    server.close()
+    data_dir = tmp_path_factory.mktemp("app") / "data"
+    with app_server(micro_checkpoint, data_dir, before_step=GATE, workers=1, queue_size=1) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

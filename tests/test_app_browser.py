@@ -16,7 +16,7 @@ import time
 import pytest
 
 from browser import ARTIFACTS, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
-from conftest import JFK, ROOT, fast_settings, shared_audio
+from conftest import JFK, ROOT, app_server, shared_audio
 
 pytestmark = needs_chromium
 
@@ -25,12 +25,10 @@ JFK_WAV = JFK.with_suffix(".wav")  # Chromium's fake microphone plays a WAV file
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
-    settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path_factory.mktemp("browser") / "data"))
-    server = serve(settings, port=0)
-    yield server
-    server.close()
+    with app_server(
+        micro_checkpoint, tmp_path_factory.mktemp("browser") / "data", load_first=False
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

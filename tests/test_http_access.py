@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import JFK, fast_settings, shared_audio
-from engine import Engine, load_settings
+from conftest import JFK, app_server, shared_audio
+from engine import load_settings
 from ui.access import exposure_warnings
 
 KEYS = {"alice": "alice-key-1", "bob": "bob-key-2"}
@@ -35,14 +35,8 @@ def client_for(server, key=None) -> httpx.Client:
 
 @pytest.fixture(scope="module")
 def two_keys(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
-    settings = fast_settings(
-        micro_checkpoint, api_keys=KEYS, data_dir=str(tmp_path_factory.mktemp("keys") / "data")
-    )
-    server = serve(settings, engine=Engine(settings), port=0)  # the model loaded before the first request
-    yield server
-    server.close()
+    with app_server(micro_checkpoint, tmp_path_factory.mktemp("keys") / "data", api_keys=KEYS) as server:
+        yield server
 
 
 def test_each_key_sees_only_its_own_jobs(two_keys):
@@ -93,12 +87,10 @@ def test_each_key_sees_only_its_own_jobs(two_keys):
 def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(
     micro_checkpoint, tmp_path, caplog
 ):
-    from app import serve
-
-    settings = fast_settings(micro_checkpoint, host="0.0.0.0", data_dir=str(tmp_path / "data"))
-    with caplog.at_level(logging.WARNING, logger="app"):
-        server = serve(settings, engine=Engine(settings), port=0)
-    try:
+    with (
+        caplog.at_level(logging.WARNING, logger="app"),
+        app_server(micro_checkpoint, tmp_path / "data", host="0.0.0.0") as server,
+    ):
         warnings = " ".join(r.getMessage() for r in caplog.records if r.name == "app")
         assert "No API key is set" in warnings and "list, read and cancel every job" in warnings
         assert "No login (auth) is set" in warnings and "/transcribe" in warnings
@@ -112,8 +104,6 @@ def test_without_a_key_every_api_caller_is_anonymous_and_the_warning_says_so(
             assert wait_done(other, job["id"])["status"] == "done"  # anyone who reaches the port
             assert job["id"] in [j["id"] for j in other.get("/v1/jobs").json()["data"]]
         assert server.app.state.jobs.store.get(job["id"]).owner == "api:anonymous"
-    finally:
-        server.close()
 
 
 def test_warnings_say_what_is_open_to_whom():

@@ -13,8 +13,7 @@ import openai
 import pytest
 from whisper.tokenizer import LANGUAGES
 
-from conftest import JFK, DecodeGate, fast_settings, shared_audio
-from engine import Engine
+from conftest import JFK, DecodeGate, app_server, shared_audio
 
 KEY = "test-key-123"
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
@@ -23,22 +22,17 @@ GATE = DecodeGate(timeout_s=30)  # decoding waits on it: tests hold jobs running
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
-    settings = fast_settings(
+    with app_server(
         micro_checkpoint,
+        tmp_path_factory.mktemp("http") / "data",
+        before_step=GATE,
         workers=1,
         queue_size=3,
         api_key=KEY,
         max_upload_mb=3,
         max_audio_duration_s=60,
-        data_dir=str(tmp_path_factory.mktemp("http") / "data"),
-    )
-    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
-    yield server
-    GATE.set()
-    server.app.state.jobs.close()
-    server.close()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

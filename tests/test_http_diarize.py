@@ -23,8 +23,8 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import JFK, fast_settings, shared_audio
-from engine import Engine, load_audio
+from conftest import JFK, app_server, shared_audio
+from engine import load_audio
 
 SR = 16000
 AUDIO = JFK.parent.parent
@@ -71,19 +71,9 @@ def conversation(tmp_path_factory):
 def server(tiny_en_model_dir, tmp_path_factory):
     if importlib.util.find_spec("resemblyzer") is None:
         pytest.skip("the GE2E speaker encoder is absent: pip install --no-deps -r requirements-speakers.txt")
-    from app import serve
-
-    settings = fast_settings(
-        tiny_en_model_dir,
-        vad=True,
-        max_new_tokens=224,
-        workers=1,
-        data_dir=str(tmp_path_factory.mktemp("http-diarize") / "data"),
-    )
-    server = serve(settings, engine=Engine(settings), port=0)
-    yield server
-    server.app.state.jobs.close()
-    server.close()
+    data_dir = tmp_path_factory.mktemp("http-diarize") / "data"
+    with app_server(tiny_en_model_dir, data_dir, vad=True, max_new_tokens=224, workers=1) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

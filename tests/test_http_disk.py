@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import JFK, fast_settings, shared_audio
+from conftest import JFK, app_server, shared_audio
 from small_disk import fill, small_disk
 
 MB = 1024 * 1024
@@ -48,16 +48,13 @@ def test_a_full_disk_is_507_and_the_same_upload_works_once_space_is_back(
 ):
     from gradio_client import Client, handle_file
 
-    from app import serve
-
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "page-cache"))  # page uploads: not on the small disk
     data = shared_audio(JFK).read_bytes()  # 1.15 MB
     with small_disk(20) as root:
-        settings = fast_settings(
-            micro_checkpoint, workers=1, queue_size=2, min_free_disk_mb=8, data_dir=str(root / "data")
-        )
         with (
-            serve(settings, port=0) as server,
+            app_server(
+                micro_checkpoint, root / "data", load_first=False, workers=1, queue_size=2, min_free_disk_mb=8
+            ) as server,
             httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http,
         ):
             uploads = server.app.state.jobs.upload_dir

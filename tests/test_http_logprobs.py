@@ -15,22 +15,16 @@ import torch
 import whisper
 from whisper.decoding import DecodingOptions
 
-from conftest import JFK, fast_settings, shared_audio, window_mels
-from engine import Engine
+from conftest import JFK, app_server, shared_audio, window_mels
 from engine.audio.files import load_audio
 from engine.decoding.fast_decode import decode_rows, decode_whole
 
 
 @pytest.fixture(scope="module")
 def real(tiny_en_model_dir, tmp_path_factory):
-    from app import serve
-
-    settings = fast_settings(
-        tiny_en_model_dir, max_new_tokens=224, data_dir=str(tmp_path_factory.mktemp("logprobs") / "data")
-    )
-    server = serve(settings, engine=Engine(settings), port=0)
-    yield server
-    server.close()
+    data_dir = tmp_path_factory.mktemp("logprobs") / "data"
+    with app_server(tiny_en_model_dir, data_dir, max_new_tokens=224) as server:
+        yield server
 
 
 def test_json_with_logprobs_through_the_openai_client(real):

@@ -13,8 +13,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import JFK, DecodeGate, fast_settings, shared_audio
-from engine import Engine, InvalidRequest, JobOptions
+from conftest import JFK, DecodeGate, app_server, shared_audio
+from engine import InvalidRequest, JobOptions
 from engine.models.names import ModelNames
 
 GATE = DecodeGate(timeout_s=60)
@@ -33,19 +33,15 @@ def refusals(http: httpx.Client) -> dict:
 def english_only(tiny_en_model_dir, micro_checkpoint, tmp_path_factory):
     """The default model is real tiny.en (English-only, a CTranslate2 directory named "model");
     micro (multilingual) is offered beside it."""
-    from app import serve
-
-    settings = fast_settings(
+    with app_server(
         tiny_en_model_dir,
+        tmp_path_factory.mktemp("refusals") / "data",
+        before_step=GATE,
         models=[str(micro_checkpoint)],
         workers=1,
         queue_size=1,
-        data_dir=str(tmp_path_factory.mktemp("refusals") / "data"),
-    )
-    server = serve(settings, engine=Engine(settings, before_step=GATE), port=0)
-    yield server
-    GATE.set()
-    server.close()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +102,10 @@ def test_an_english_only_model_not_yet_loaded_is_refused_once_it_loads(
 ):
     """The name "model" says nothing; the job learns from the loaded weights and fails with
     InvalidRequest (a 400 for a synchronous request), then the next request is refused at once."""
-    from app import serve
-
-    settings = fast_settings(
-        micro_checkpoint, models=[str(tiny_en_model_dir)], data_dir=str(tmp_path / "data")
-    )
     with (
-        serve(settings, port=0) as server,
+        app_server(
+            micro_checkpoint, tmp_path / "data", load_first=False, models=[str(tiny_en_model_dir)]
+        ) as server,
         httpx.Client(base_url=server.url.rstrip("/"), timeout=120) as http,
     ):
         data = shared_audio(JFK).read_bytes()

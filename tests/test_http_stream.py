@@ -10,8 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import JFK, fast_settings, shared_audio
-from engine import Engine
+from conftest import JFK, app_server, shared_audio
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 
@@ -30,17 +29,9 @@ class SlowSteps:
 @pytest.fixture(scope="module")
 def real(tiny_en_model_dir, tmp_path_factory):
     """Real tiny.en; batch_size 1, so a recording is one section decoded window after window."""
-    from app import serve
-
-    settings = fast_settings(
-        tiny_en_model_dir,
-        batch_size=1,
-        max_new_tokens=224,
-        data_dir=str(tmp_path_factory.mktemp("stream") / "data"),
-    )
-    server = serve(settings, engine=Engine(settings), port=0)
-    yield server
-    server.close()
+    data_dir = tmp_path_factory.mktemp("stream") / "data"
+    with app_server(tiny_en_model_dir, data_dir, batch_size=1, max_new_tokens=224) as server:
+        yield server
 
 
 def test_deltas_arrive_in_order_as_segments_complete(real):
@@ -76,13 +67,8 @@ def test_text_starts_while_most_of_a_long_recording_is_still_to_decode(tiny_en_m
     out in recording order, and every section's first window used to end at about the same
     time, so the first delta came once most of the recording was decoded. The first section
     now gets a head start: its text comes while most of the recording is still to decode."""
-    from app import serve
-
-    settings = fast_settings(
-        tiny_en_model_dir, batch_size=8, max_new_tokens=224, data_dir=str(tmp_path / "data")
-    )
     with (
-        serve(settings, engine=Engine(settings), port=0) as server,
+        app_server(tiny_en_model_dir, tmp_path / "data", batch_size=8, max_new_tokens=224) as server,
         httpx.Client(base_url=server.url.rstrip("/"), timeout=300) as http,
     ):
         client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=300)
@@ -121,10 +107,8 @@ def test_stream_with_response_format_text_and_refusals(real):
 
 
 def test_a_client_that_leaves_mid_stream_does_not_lose_the_job(micro_checkpoint, tmp_path):
-    from app import serve
-
-    settings = fast_settings(micro_checkpoint, batch_size=1, data_dir=str(tmp_path / "data"))
-    with serve(settings, engine=Engine(settings, before_step=SlowSteps(0.015)), port=0) as server:
+    slow = SlowSteps(0.015)
+    with app_server(micro_checkpoint, tmp_path / "data", before_step=slow, batch_size=1) as server:
         url = server.url + "v1/audio/transcriptions"
         with open(shared_audio(FIVE_MIN), "rb") as file, httpx.Client(timeout=120) as http:
             with http.stream("POST", url, files={"file": file}, data={"stream": "true"}) as response:
@@ -149,10 +133,8 @@ def test_a_client_that_leaves_mid_stream_does_not_lose_the_job(micro_checkpoint,
 def test_sections_decoded_side_by_side_stream_in_recording_order(micro_checkpoint, tmp_path):
     """Four sections of five minutes advance together; the deltas still come in the recording's
     order (a section's once those before it are complete) and join to the final text."""
-    from app import serve
-
-    settings = fast_settings(micro_checkpoint, batch_size=4, data_dir=str(tmp_path / "data"))
-    with serve(settings, engine=Engine(settings, before_step=SlowSteps(0.002)), port=0) as server:
+    slow = SlowSteps(0.002)
+    with app_server(micro_checkpoint, tmp_path / "data", before_step=slow, batch_size=4) as server:
         client = openai.OpenAI(base_url=server.url + "v1", api_key="none", max_retries=0, timeout=120)
         with open(shared_audio(FIVE_MIN), "rb") as file:
             events = list(client.audio.transcriptions.create(model="whisper-1", file=file, stream=True))

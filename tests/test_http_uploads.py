@@ -13,8 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import JFK, fast_settings, shared_audio
-from engine import Engine
+from conftest import JFK, app_server, shared_audio
 
 FIVE_MIN = JFK.parent.parent / "long" / "lj050_0159_5min.mp3"
 IDLE_TIMEOUT_S = 1.0
@@ -22,17 +21,14 @@ IDLE_TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
-    settings = fast_settings(
+    with app_server(
         micro_checkpoint,
+        tmp_path_factory.mktemp("uploads") / "data",
         workers=1,
         queue_size=1,
         max_upload_mb=4,
         upload_idle_timeout_s=IDLE_TIMEOUT_S,
-        data_dir=str(tmp_path_factory.mktemp("uploads") / "data"),
-    )
-    with serve(settings, engine=Engine(settings), port=0) as server:
+    ) as server:
         yield server
 
 
@@ -164,15 +160,12 @@ class HoldAfter:
 def test_retry_after_follows_the_running_job(micro_checkpoint, tmp_path):
     """A 5-minute recording runs: a client refused for a full queue is told to come back when
     that job will end at the pace it has shown, not after the short jobs' average (1 s)."""
-    from app import serve
-
     five_min = shared_audio(FIVE_MIN)
     hold = HoldAfter(free=1 << 30)  # free until the short jobs are done
-    settings = fast_settings(
-        micro_checkpoint, workers=1, queue_size=1, batch_size=1, data_dir=str(tmp_path / "data")
-    )
     with (
-        serve(settings, engine=Engine(settings, before_step=hold), port=0) as server,
+        app_server(
+            micro_checkpoint, tmp_path / "data", before_step=hold, workers=1, queue_size=1, batch_size=1
+        ) as server,
         httpx.Client(base_url=server.url.rstrip("/"), timeout=60) as http,
     ):
         jfk = shared_audio(JFK).read_bytes()

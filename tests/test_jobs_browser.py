@@ -8,20 +8,15 @@ from __future__ import annotations
 import pytest
 
 from browser import launch, needs_chromium, playwright  # noqa: F401 (a fixture)
-from conftest import JFK, fast_settings, shared_audio
+from conftest import JFK, app_server, shared_audio
 
 pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
-    server = serve(
-        fast_settings(micro_checkpoint, data_dir=str(tmp_path_factory.mktemp("recent") / "data")), port=0
-    )
-    yield server
-    server.close()
+    with app_server(micro_checkpoint, tmp_path_factory.mktemp("recent") / "data", load_first=False) as server:
+        yield server
 
 
 def new_browser(playwright, profile):

@@ -22,7 +22,7 @@ import uuid
 import pytest
 
 from browser import ARTIFACTS, DESKTOP, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
-from conftest import JFK, LONG_11_MIN, ROOT, DecodeGate, fast_settings, shared_audio
+from conftest import JFK, LONG_11_MIN, ROOT, DecodeGate, app_server, shared_audio
 
 pytestmark = needs_chromium
 
@@ -45,21 +45,17 @@ def second_checkpoint(checkpoint_dir):
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, second_checkpoint, tmp_path_factory):
-    from app import serve
-    from engine import Engine
-
     # Two workers and room for one waiting job: a third tab waits, a fourth is refused.
-    settings = fast_settings(
+    with app_server(
         micro_checkpoint,
+        tmp_path_factory.mktemp("page") / "data",
+        before_step=GATE,
+        load_first=False,
         models=[str(second_checkpoint)],
         workers=2,
         queue_size=1,
-        data_dir=str(tmp_path_factory.mktemp("page") / "data"),
-    )
-    server = serve(settings, engine=Engine(settings, before_step=GATE, background=True), port=0)
-    yield server
-    GATE.set()
-    server.close()
+    ) as server:
+        yield server
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import JFK, fast_settings, shared_audio
+from conftest import JFK, app_server, shared_audio
 from small_disk import fill, small_disk
 
 MB = 1024 * 1024
@@ -34,10 +34,7 @@ def test_the_page_s_files_are_private(micro_checkpoint, tmp_path):
     from gradio.utils import get_upload_folder
     from gradio_client import Client, handle_file
 
-    from app import serve
-
-    settings = fast_settings(micro_checkpoint, data_dir=str(tmp_path / "data"))
-    with serve(settings, port=0) as server:
+    with app_server(micro_checkpoint, tmp_path / "data", load_first=False) as server:
         page = Client(server.url, verbose=False, download_files=str(tmp_path / "client"))
         text, files, _ = page.predict(handle_file(str(shared_audio(JFK))), api_name="/transcribe")
         assert text and len(files) == 5  # txt, srt, vtt, tsv, json
@@ -64,17 +61,18 @@ def temporary_files(cache: Path) -> list:
 
 
 def test_page_uploads_are_bounded_and_leave_nothing_partial(micro_checkpoint, tmp_path, monkeypatch, caplog):
-    from app import serve
-
     data = shared_audio(JFK).read_bytes()  # 1.15 MB
     with small_disk(20) as root:
         cache = root / "page-cache"
         monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))  # this server's cache, on a small disk
-        settings = fast_settings(
-            micro_checkpoint, data_dir=str(tmp_path / "data"), page_files_max_mb=3, upload_idle_timeout_s=1
-        )
         with (
-            serve(settings, port=0) as server,
+            app_server(
+                micro_checkpoint,
+                tmp_path / "data",
+                load_first=False,
+                page_files_max_mb=3,
+                upload_idle_timeout_s=1,
+            ) as server,
             httpx.Client(base_url=server.url.rstrip("/"), timeout=30) as http,
         ):
             uvicorn = logging.getLogger("uvicorn")  # uvicorn's loggers do not propagate to the root

@@ -20,38 +20,26 @@ import time
 import pytest
 
 from browser import ARTIFACTS, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
-from conftest import JFK, LONG_11_MIN, ROOT, fast_settings, shared_audio
+from conftest import JFK, LONG_11_MIN, ROOT, app_server, shared_audio
 
 pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def server(micro_checkpoint, tmp_path_factory):
-    from app import serve
-
     # More tokens than fast_settings' 24, so the 11 s recording gives several segments.
-    settings = fast_settings(
-        micro_checkpoint, max_new_tokens=64, data_dir=str(tmp_path_factory.mktemp("transcript") / "data")
-    )
-    server = serve(settings, port=0)
-    yield server
-    server.close()
+    data_dir = tmp_path_factory.mktemp("transcript") / "data"
+    with app_server(micro_checkpoint, data_dir, load_first=False, max_new_tokens=64) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def real_server(tiny_en_model_dir, tmp_path_factory):
     """Real tiny.en (skipped where its package is absent): only for the README's screenshot,
     where a random model's one-word segments would show little."""
-    from app import serve
-
-    settings = fast_settings(
-        tiny_en_model_dir,
-        max_new_tokens=224,
-        data_dir=str(tmp_path_factory.mktemp("transcript-real") / "data"),
-    )
-    server = serve(settings, port=0)
-    yield server
-    server.close()
+    data_dir = tmp_path_factory.mktemp("transcript-real") / "data"
+    with app_server(tiny_en_model_dir, data_dir, load_first=False, max_new_tokens=224) as server:
+        yield server
 
 
 @pytest.fixture
