@@ -271,7 +271,13 @@ def report(args, command: str, machine: str, loads: tuple, scale: list[dict], ki
         f"A replica killed (SIGKILL) half-way through a job, lease {args.lease:g} s: done on the other "
         f"{kill['total_s']:.1f} s after the kill ({kill['lease_left_s']:.1f} s of lease left, claimed "
         f"{kill['claimed_after_s']:.1f} s after the kill, decoded again in {kill['redo_s']:.1f} s); "
-        f"status {kill['status']}, attempts {kill['attempts']}.",
+        f"status {kill['status']}, attempts {kill['attempts']}."
+        + (
+            f" The job was claimed {kill['attempts'] - 1} times after the kill (the surviving replica lost "
+            "its own lease on the way): the claim and the redo above are its last claim's."
+            if kill["attempts"] > 2
+            else ""
+        ),
         "",
         f"Claim rate: {args.claims} empty jobs claimed and finished (fenced by attempt), each claimer "
         "a thread with its own connection to the same server.",
