@@ -18,7 +18,7 @@ import shutil
 
 import pytest
 
-from browser import ARTIFACTS, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
+from browser import ARTIFACTS, DESKTOP, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
 from conftest import ROOT, fast_settings
 from two_speakers import NAME, needs_speaker_encoder, speaker_of, two_speakers
 
@@ -75,6 +75,10 @@ def download(page, suffix, links="#downloads a") -> str:
     return response.text()
 
 
+def name_field_of(page):
+    return page.locator("#speaker-name input, #speaker-name textarea").first
+
+
 def turns(page) -> list[tuple[str, str]]:
     """(label, label's background colour) of each turn of the segments view."""
     return page.eval_on_selector_all(
@@ -103,7 +107,11 @@ def screenshot(page, name):
     shot = ARTIFACTS / name
     page.mouse.move(0, 0)
     page.wait_for_timeout(500)
-    page.screenshot(path=str(shot), full_page=True)
+    # The whole page in one tall viewport (a full-page shot draws the sticky sidebar mid-page).
+    page.set_viewport_size({"width": DESKTOP["width"], "height": 1950})
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shot))
+    page.set_viewport_size(DESKTOP)
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / name)
 
@@ -140,7 +148,7 @@ def test_speakers_in_colour_renamed_in_every_download_and_kept_with_the_job(brow
     # Rename A to Ada: the view, the transcript and every download follow; the words do not change.
     assert page.locator("#speaker-panel").first.is_visible()
     assert page.input_value("#speaker-choice input") == "A"
-    name_field = page.locator("#speaker-name input, #speaker-name textarea").first
+    name_field = name_field_of(page)
     name_field.fill("Ada")
     page.click("#rename-button")
     page.locator("#segments .speaker-label", has_text="Ada").first.wait_for()
@@ -167,8 +175,10 @@ def test_speakers_in_colour_renamed_in_every_download_and_kept_with_the_job(brow
     screenshot(page, "speakers-page.png")
 
     # A refused name says why and changes nothing.
-    page.locator("#speaker-choice input").click()
-    page.get_by_role("option", name="B", exact=True).click()
+    choose(page, "speaker-choice", "B")
+    page.wait_for_function(  # picking B puts its name (none yet) in the field
+        "document.querySelector('#speaker-name input, #speaker-name textarea').value === ''"
+    )
     name_field.fill("x" * 41)
     page.click("#rename-button")
     page.locator("#speaker-notice", has_text="at most 40").wait_for()
@@ -188,6 +198,7 @@ def test_speakers_in_colour_renamed_in_every_download_and_kept_with_the_job(brow
     assert page.input_value("#speakers input") == "2"
     assert [label for label, _ in turns(page)] == ["Ada", "B", "Ada"]
     assert page.input_value("#speaker-choice input") == "A → Ada"
+    assert name_field_of(page).input_value() == "Ada"
     assert min(legible(page)) >= 4.5  # the dark theme's palette
     assert download(page, ".txt").startswith("Ada: ")
     page.wait_for_function("document.querySelectorAll('#recent-job-files a').length >= 6")

@@ -49,11 +49,13 @@ class SpeakerEvents:
     # -- what the panel shows -------------------------------------------------------------------
     def panel(self, job: ShownJob | None) -> tuple:
         """Updates of (panel, job id, speaker drop-down, name, notice): shown for a diarized
-        job, hidden otherwise."""
+        job, its first speaker picked with its name, hidden otherwise."""
         if job is None or not job.result.speakers:
             return gr.update(visible=False), "", gr.update(choices=[], value=None), "", ""
         choices = speaker_choices(job)
-        return gr.update(visible=True), job.id, gr.update(choices=choices, value=choices[0][1]), "", ""
+        first = choices[0][1]
+        name = job.speaker_names.get(first, "")
+        return gr.update(visible=True), job.id, gr.update(choices=choices, value=first), name, ""
 
     def files(self, job: ShownJob, subtitles: SubtitleOptions) -> list[str]:
         """The downloads of `job` with its names, written afresh."""

@@ -157,7 +157,9 @@ def _connect_speakers(page: PageLayout, speakers: SpeakerEvents) -> None:
     )
     page.rename_button.click(**rename)
     page.speaker_name.submit(**rename)
-    page.speaker_choice.change(
+    # .input, not .change: only the user's pick fills the name field, never an update from a
+    # rename or a reopened job (which set it themselves), so nothing overwrites what was typed.
+    page.speaker_choice.input(
         speakers.pick, inputs=[page.speaker_job, page.speaker_choice], outputs=[page.speaker_name], **QUICK
     )
 
