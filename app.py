@@ -124,6 +124,7 @@ def serve(
             extra=recent.attach,
             cancel=recent.cancel,
             waiting=lambda: jobs.pending_count,
+            shown=recent,
         )
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
         # ui/page/wiring.py); every waiting one holds a handler thread, so the pool has room for all.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass
@@ -70,6 +71,34 @@ class TranscriptionResult:
             "task": self.task,
             "model": self.model,
         }
+
+    @property
+    def speakers(self) -> list[str]:
+        """The speakers' labels in order of first speech ([] without diarization)."""
+        return list(dict.fromkeys(s.speaker for s in self.segments if s.speaker))
+
+    def with_speaker_names(self, names: Mapping[str, str]) -> TranscriptionResult:
+        """This result with speakers renamed ({"A": "Ada"}) on segments and words; other labels,
+        and every word and time, unchanged. Names are the user's (the page's or the jobs API's
+        rename); the stored result keeps the labels diarization gave."""
+        names = {old: new.strip() for old, new in names.items() if new and new.strip()}
+        if not names:
+            return self
+
+        def rename(speaker: str | None) -> str | None:
+            return names.get(speaker, speaker) if speaker is not None else None
+
+        segments = [
+            replace(
+                segment,
+                speaker=rename(segment.speaker),
+                words=None
+                if segment.words is None
+                else [replace(word, speaker=rename(word.speaker)) for word in segment.words],
+            )
+            for segment in self.segments
+        ]
+        return replace(self, segments=segments)
 
 
 def _whisper_segment(segment: Segment) -> dict:

@@ -18,4 +18,5 @@ from jobs.errors import (
     StoreUnavailable,
 )
 from jobs.manager import ANONYMOUS_CALLER, JobInfo, JobManager, api_owner, open_store
+from jobs.speaker_names import MAX_SPEAKER_NAME_CHARS, merged_speaker_names, name_speakers
 from jobs.store import JobRecord, JobStore, Progress, new_replica_id, open_job_store

@@ -122,7 +122,8 @@ class JobInfo:
         return self.status in ("done", "failed", "cancelled")
 
     def result(self) -> TranscriptionResult | None:
-        return self.record.transcription()
+        """The result as shown and downloaded: with the speaker names the user gave."""
+        return self.record.named_transcription()
 
 
 def stored_extension(name: str) -> str:

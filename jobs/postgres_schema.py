@@ -75,6 +75,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # 2: secrets every replica shares (the page's owner ids are encrypted with one).
     2: (f"CREATE TABLE {SECRETS} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+    # 3: the names the user gave a done job's speakers ({"A": "Ada"}).
+    3: (f"ALTER TABLE {JOBS} ADD COLUMN speaker_names JSONB NOT NULL DEFAULT '{{}}'",),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -182,8 +182,11 @@ class PostgresJobStore(JobStore):
         check_update(changes)
         if not changes:
             return False
+        return self._write(job_id, UNFINISHED, changes)
+
+    def _write(self, job_id: str, from_states: tuple[str, ...], changes: dict[str, Any]) -> bool:
         with self._connection() as connection:
-            return _update(connection, job_id, UNFINISHED, changes)
+            return _update(connection, job_id, from_states, changes)
 
     def mark_running(self, job_id: str, started_at: float | None = None) -> bool:
         return (
@@ -428,6 +431,7 @@ class PostgresJobStore(JobStore):
         data = {k: row[k] for k in COLUMNS}
         data["options"] = JobOptions.from_json(data["options"] or {})
         data["result"] = None if data["result"] is None else json.loads(data["result"])
+        data["speaker_names"] = data["speaker_names"] or {}
         return JobRecord(**data)
 
 
@@ -459,6 +463,8 @@ def _update(
 def _encode(column: str, value: Any) -> Any:
     if column == "options":
         return Jsonb(value.to_json() if isinstance(value, JobOptions) else value or {})
+    if column == "speaker_names":
+        return Jsonb(value or {})
     if column == "result" and value is not None:
         return json.dumps(value)
     return value

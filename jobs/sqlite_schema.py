@@ -52,6 +52,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE segments (job_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL, "
         "PRIMARY KEY (job_id, seq)) WITHOUT ROWID",
     ),
+    # 3: the names the user gave a done job's speakers (JSON, {"A": "Ada"}).
+    3: ("ALTER TABLE jobs ADD COLUMN speaker_names TEXT NOT NULL DEFAULT '{}'",),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

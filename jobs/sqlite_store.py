@@ -48,7 +48,7 @@ from jobs.store import (
 log = logging.getLogger(__name__)
 
 DB_NAME = "jobs.sqlite3"
-_JSON_COLUMNS = ("options", "result")  # stored as JSON text
+_JSON_COLUMNS = ("options", "result", "speaker_names")  # stored as JSON text
 
 
 class SqliteJobStore(JobStore):
@@ -430,6 +430,7 @@ class SqliteJobStore(JobStore):
         data = {k: row[k] for k in COLUMNS}
         data["options"] = JobOptions.from_json(json.loads(data["options"] or "{}"))
         data["result"] = None if data["result"] is None else json.loads(data["result"])
+        data["speaker_names"] = json.loads(data["speaker_names"] or "{}")
         data["cancel_requested"] = bool(data["cancel_requested"])
         return JobRecord(**data)
 

@@ -84,13 +84,22 @@ class JobRecord:
     progress: float = 0.0  # 0..1, windows decoded over windows planned, as the holder last wrote it
     seconds_done: float = 0.0  # seconds of the recording decoded, as the holder last wrote it
     seconds_total: float = 0.0  # the recording's length, once its holder has read the audio
+    # names the user gave a done job's speakers, by the label diarization gave ({"A": "Ada"});
+    # the result keeps the labels, so a name can be changed again or taken off
+    speaker_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
     def transcription(self) -> TranscriptionResult | None:
+        """The result as it was transcribed (speakers as diarization labelled them)."""
         return None if self.result is None else result_from_dict(self.result)
+
+    def named_transcription(self) -> TranscriptionResult | None:
+        """The result with the user's speaker names: what every front end shows and downloads."""
+        result = self.transcription()
+        return None if result is None else result.with_speaker_names(self.speaker_names)
 
 
 COLUMNS = tuple(JobRecord.__dataclass_fields__)  # the jobs table's columns, in both stores
@@ -246,6 +255,15 @@ class JobStore(abc.ABC):
         """Record the outcome and forget the recording (row and stored bytes), if the row is in
         a state it may come from (TRANSITIONS). With `attempt` (a claimer's write), only while
         it is running at that attempt. Returns whether it applied."""
+
+    def name_speakers(self, job_id: str, names: Mapping[str, str]) -> bool:
+        """Store the names of a done job's speakers (all of them: those before are replaced);
+        whether it applied (False for a job that is not done, or not there)."""
+        return self._write(job_id, ("done",), {"speaker_names": dict(names)})
+
+    @abc.abstractmethod
+    def _write(self, job_id: str, from_states: tuple[str, ...], changes: dict[str, Any]) -> bool:
+        """Set columns of one row (names checked by the caller) if it is in one of `from_states`."""
 
     @abc.abstractmethod
     def delete(self, job_id: str) -> None:

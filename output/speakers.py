@@ -31,23 +31,8 @@ def has_speakers(result: TranscriptionResult) -> bool:
 
 def rename_speakers(result: TranscriptionResult, names: Mapping[str, str]) -> TranscriptionResult:
     """`result` with speakers renamed ({"A": "Ada"}) on segments and words; others unchanged.
-    The page's rename: downloads written from the returned result use the new names."""
-    names = {old: new.strip() for old, new in names.items() if new and new.strip()}
-
-    def rename(speaker: str | None) -> str | None:
-        return names.get(speaker, speaker) if speaker is not None else None
-
-    segments = [
-        replace(
-            segment,
-            speaker=rename(segment.speaker),
-            words=None
-            if segment.words is None
-            else [replace(word, speaker=rename(word.speaker)) for word in segment.words],
-        )
-        for segment in result.segments
-    ]
-    return replace(result, segments=segments)
+    Downloads written from the returned result use the new names."""
+    return result.with_speaker_names(names)
 
 
 def speaker_turns(result: TranscriptionResult) -> list[Turn]:

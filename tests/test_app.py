@@ -89,12 +89,14 @@ def test_api_takes_the_audio_first_and_defaults_the_rest(client, server):
         "per_segment",
         "prompt",
         "temperature",
+        "speakers",
     ]
     assert not parameters[0]["parameter_has_default"]
     assert all(p["parameter_has_default"] for p in parameters[1:])
     assert parameters[4]["parameter_default"] == server.engine.model_names.public(
         server.engine.settings.model
     )
+    assert parameters[-1]["parameter_default"] == "off"  # no diarization unless asked
 
 
 def test_the_engines_queue_is_where_transcriptions_wait(server):

@@ -98,6 +98,42 @@ def test_rows_survive_reopening(stores):
     assert [r.id for r in reopened.unfinished()] == ["a" * 12]
 
 
+def _diarized() -> TranscriptionResult:
+    words = [Word(" hello", 0.0, 0.4, 0.9, "A"), Word(" there", 1.0, 1.4, 0.8, "B")]
+    return TranscriptionResult(
+        segments=[
+            Segment(0, 0.0, 0.4, " hello", words=words[:1], speaker="A"),
+            Segment(1, 1.0, 1.4, " there", words=words[1:], speaker="B"),
+        ],
+        language="en",
+        duration=2.0,
+    )
+
+
+def test_speaker_names_survive_reopening_and_only_a_done_job_takes_them(stores):
+    store = stores.store
+    store.add(JobRecord("a" * 12, 1.0, "queued", options=JobOptions(diarize=True, num_speakers=2)))
+    assert not store.name_speakers("a" * 12, {"A": "Ada"})  # no result yet: nothing to name
+    assert store.get("a" * 12).speaker_names == {}
+    store.mark_running("a" * 12)
+    store.finish("a" * 12, "done", result=_diarized())
+    assert store.name_speakers("a" * 12, {"A": "Ada", "B": "Bob"})
+    assert store.name_speakers("a" * 12, {"A": "Ada Lovelace"})  # the whole map is replaced
+    assert not store.name_speakers("f" * 12, {"A": "Ada"})  # no such job
+
+    record = stores.reopen().get("a" * 12)  # what Recent jobs and the jobs API read after a restart
+    assert record.speaker_names == {"A": "Ada Lovelace"}
+    assert record.options == JobOptions(diarize=True, num_speakers=2)
+    assert record.transcription() == _diarized()  # the words and labels as transcribed
+    named = record.named_transcription()
+    assert [s.speaker for s in named.segments] == ["Ada Lovelace", "B"]
+    assert [w.speaker for s in named.segments for w in s.words] == ["Ada Lovelace", "B"]
+    assert [(w.word, w.start, w.end) for s in named.segments for w in s.words] == [
+        (" hello", 0.0, 0.4),
+        (" there", 1.0, 1.4),
+    ]
+
+
 def test_finish_stores_result_and_error(store):
     store.add(JobRecord("b" * 12, 1.0, "queued"))
     store.add(JobRecord("c" * 12, 2.0, "queued"))

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT
 from jobs.errors import StorageError, StoreUnavailable
-from jobs.postgres_schema import SCHEMA_VERSION, VERSIONS
+from jobs.postgres_schema import JOBS, MIGRATIONS, SCHEMA_VERSION, VERSIONS
 from jobs.postgres_store import PostgresJobStore, redact
 from jobs.store import JobRecord, open_job_store
 from postgres_server import PASSWORD
@@ -148,6 +148,23 @@ def test_a_wrong_password_stops_the_start_with_a_message_that_does_not_show_it(
     message = str(error.value)
     assert "password authentication failed" in message and "not-the-password" not in message
     assert redact(postgres_dsn) in message
+
+
+def test_a_schema_from_before_speaker_names_is_migrated_and_its_jobs_kept(postgres_dsn, tmp_path):
+    with psycopg.connect(postgres_dsn) as db:  # what a replica of the release before left: version 2
+        db.execute(f"CREATE TABLE {VERSIONS} (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute(f"INSERT INTO {VERSIONS} (version) VALUES (%s)", (version,))
+        db.execute(f"INSERT INTO {JOBS} (id, created_at, status) VALUES ('a00000000000', 1, 'done')")
+    store = PostgresJobStore(postgres_dsn, tmp_path / "data")
+    try:
+        assert store.get("a00000000000").speaker_names == {}
+        assert store.name_speakers("a00000000000", {"A": "Ada"})
+        assert store.get("a00000000000").speaker_names == {"A": "Ada"}
+    finally:
+        store.close()
 
 
 def test_a_schema_newer_than_this_server_is_refused(store, postgres_dsn, tmp_path):

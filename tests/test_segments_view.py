@@ -111,3 +111,94 @@ def test_session_handoffs_are_taken_once_per_session_and_bounded():
     for k in range(SessionHandoff.MAX_VIEWS + 5):  # gradio_client calls never take theirs
         views.put(f"api-{k}", "x")
     assert views.take("api-0") is None and views.take(f"api-{SessionHandoff.MAX_VIEWS + 4}") == "x"
+
+
+def _two_speakers() -> TranscriptionResult:
+    def segment(i, start, text, speaker):
+        words = [
+            Word(f" {w}", start + n * 0.3, start + n * 0.3 + 0.3, 0.9, speaker) for n, w in enumerate(text)
+        ]
+        return Segment(
+            i, start, start + 0.3 * len(text), "".join(w.word for w in words), words=words, speaker=speaker
+        )
+
+    return TranscriptionResult(
+        segments=[
+            segment(0, 0.0, ["Hello", "there."], "A"),
+            segment(1, 1.0, ["Hi."], "B"),
+            segment(2, 2.0, ["How", "are"], "A"),
+            segment(3, 3.0, ["you?"], "A"),
+        ],
+        language="en",
+        duration=4.0,
+    )
+
+
+def _turns(view: str) -> list[tuple[str, str]]:
+    """(colour class, label) of each turn of a segments view."""
+    return re.findall(r'class="turn (speaker-\d)"[^>]*><span class="speaker-label">([^<]*)<', view)
+
+
+def test_each_turn_sits_under_its_speaker_in_the_speaker_s_colour_and_a_renamed_one_keeps_it():
+    result = _two_speakers()
+    view = segments_html(result)
+    assert _turns(view) == [("speaker-0", "A"), ("speaker-1", "B"), ("speaker-0", "A")]
+    assert view.count('class="segment"') == 4 and view.count('class="word"') == 6  # every segment still there
+    renamed = segments_html(result.with_speaker_names({"A": "<b>Ada</b>"}))
+    assert _turns(renamed) == [
+        ("speaker-0", "&lt;b&gt;Ada&lt;/b&gt;"),
+        ("speaker-1", "B"),
+        ("speaker-0", "&lt;b&gt;Ada&lt;/b&gt;"),
+    ]
+    assert "<b>" not in renamed
+    assert 'class="turn' not in segments_html(_result(words=True))  # no speakers, no turns
+
+
+def test_the_transcript_box_names_each_line_s_speaker_and_a_paragraph_per_turn_without_times():
+    from ui.page.render import details_markdown, transcript_text
+
+    result = _two_speakers().with_speaker_names({"A": "Ada"})
+    lines = transcript_text(result, timestamps=True).splitlines()
+    assert [line.split("]  ", 1)[1] for line in lines] == [
+        "Ada: Hello there.",
+        "B: Hi.",
+        "Ada: How are",
+        "Ada: you?",
+    ]
+    assert transcript_text(result, timestamps=False) == "Ada: Hello there.\n\nB: Hi.\n\nAda: How are you?"
+    assert transcript_text(_result(words=False), timestamps=False) == _result(words=False).text
+    assert "2 speakers" in details_markdown(result, "tiny.en")
+
+
+def test_the_speakers_choice_becomes_diarization_options_and_back():
+    from ui.page.form import speakers_choice
+
+    assert page_options(speakers="off") == JobOptions() == page_options(speakers=None)
+    assert page_options(speakers="auto") == JobOptions(diarize=True)
+    assert page_options(speakers="3") == JobOptions(diarize=True, num_speakers=3)
+    for bad in ("1", "9", "many", "2.5"):
+        with pytest.raises(gr.Error, match="Speakers: choose Off, Automatic or a number from 2 to 8"):
+            page_options(speakers=bad)
+    assert speakers_choice(JobOptions()) == "off" and speakers_choice(JobOptions(diarize=True)) == "auto"
+    assert speakers_choice(JobOptions(diarize=True, num_speakers=3)) == "3"
+    assert speakers_choice(JobOptions(diarize=True, num_speakers=12)) == "auto"  # more than the page offers
+    assert speakers_choice(JobOptions(diarize=True, min_speakers=2, max_speakers=4)) == "auto"
+
+
+def test_a_page_without_a_job_store_keeps_names_for_its_recent_results():
+    from engine import InvalidRequest
+    from ui.page.shown_jobs import MemoryJobs, ShownJob
+
+    shown = MemoryJobs()
+    shown.remember(ShownJob("a" * 12, "talk.wav", JobOptions(diarize=True), _two_speakers()))
+    job = shown.name_speakers("a" * 12, {"A": " Ada "})
+    assert job.speaker_names == {"A": "Ada"} and shown.get("a" * 12).speaker_names == {"A": "Ada"}
+    assert [s.speaker for s in job.named.segments] == ["Ada", "B", "Ada", "Ada"]
+    assert job.result == _two_speakers()  # the words and labels as transcribed
+    with pytest.raises(InvalidRequest, match="no speaker 'C'"):
+        shown.name_speakers("a" * 12, {"C": "Cy"})
+    assert shown.name_speakers("a" * 12, {"A": None}).speaker_names == {}
+    assert shown.name_speakers("f" * 12, {"A": "Ada"}) is None
+    for n in range(MemoryJobs.KEEP):
+        shown.remember(ShownJob(f"{n:012d}", "x.wav", JobOptions(diarize=True), _two_speakers()))
+    assert shown.get("a" * 12) is None  # the oldest goes

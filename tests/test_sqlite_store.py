@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jobs.sqlite_schema import BASE_SCHEMA, SCHEMA_VERSION
+from jobs.sqlite_schema import BASE_SCHEMA, MIGRATIONS, SCHEMA_VERSION
 from jobs.sqlite_store import SqliteJobStore
 from jobs.store import JobRecord
 
@@ -57,6 +57,26 @@ def test_a_database_from_before_the_queue_columns_gets_them_and_its_jobs_run(tmp
     (job,) = store.claim("r1", 1, 30)
     assert job.attempts == 2 and store.finish(job.id, "failed", attempt=2, error="x")
     store.close()
+
+
+def test_a_database_from_before_speaker_names_gets_them_and_keeps_its_results(tmp_path):
+    old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # version 2: the queue's columns, no speaker names
+    old.executescript(BASE_SCHEMA)
+    for statement in MIGRATIONS[2]:
+        old.execute(statement)
+    result = '{"segments": [], "language": "en", "duration": 1.0}'
+    old.execute(
+        "INSERT INTO jobs (id, created_at, status, result) VALUES ('a00000000000', 1, 'done', ?)", (result,)
+    )
+    old.execute("PRAGMA user_version = 2")
+    old.commit()
+    old.close()
+    store = SqliteJobStore(tmp_path)
+    row = store.get("a00000000000")
+    assert row.speaker_names == {} and row.transcription().duration == 1.0
+    assert store.name_speakers("a00000000000", {"A": "Ada"})
+    store.close()
+    assert SqliteJobStore(tmp_path).get("a00000000000").speaker_names == {"A": "Ada"}
 
 
 def _damaged_database(path):

@@ -21,6 +21,16 @@ LINES_RANGE = (1, 10)  # lines per cue
 CUE_S_RANGE = (0.5, 60.0)  # seconds a cue stays on screen
 # As the HTTP form's `temperature`: empty or 0 = the config's fallback ladder, above 0 = exactly this.
 TEMPERATURE_RANGE = (0.0, 1.0)
+# The Speakers drop-down: off, estimated, or exactly this many. One control holds every valid
+# answer (a number beside an off switch would be meaningless half the time); past 8 people a
+# count is rarely known, and Automatic looks for up to 20 (the HTTP API takes any count to 20).
+SPEAKERS_OFF, SPEAKERS_AUTO = "off", "auto"
+PAGE_MAX_SPEAKERS = 8
+SPEAKER_CHOICES = [
+    ("Off", SPEAKERS_OFF),
+    ("Automatic", SPEAKERS_AUTO),
+    *((str(n), str(n)) for n in range(2, PAGE_MAX_SPEAKERS + 1)),
+]
 
 
 def _number(
@@ -67,16 +77,19 @@ def page_options(
     prompt: str | None = None,
     temperature=None,
     configured_vad: bool = False,
+    speakers: str | None = None,
 ) -> JobOptions:
     """The page's fields as the job's options, mapped as the HTTP form's (ui/openai_compat.py):
     "auto" or no language = detect it; an empty prompt keeps the config's initial_prompt; an
     empty or 0 temperature keeps the fallback ladder; the VAD box is passed only where it
-    differs from the config (`configured_vad`). A temperature out of range is a gr.Error
-    naming the field."""
+    differs from the config (`configured_vad`); Speakers "off" (or none) = no diarization,
+    "auto" = diarize with the count estimated, a number = exactly that many. A temperature out
+    of range or an unknown Speakers choice is a gr.Error naming the field."""
     temperature = _number(
         temperature, "Temperature", *TEMPERATURE_RANGE, None, whole=False, title="Advanced options"
     )
     return JobOptions(
+        **_speaker_options(speakers),
         model=model or None,
         language=None if language in (None, "", AUTO_LANGUAGE) else language,
         task=task or None,
@@ -85,3 +98,27 @@ def page_options(
         word_timestamps=bool(word_timestamps),
         vad=None if vad is None or bool(vad) == configured_vad else bool(vad),
     )
+
+
+def _speaker_options(speakers: str | None) -> dict:
+    choice = str(speakers or SPEAKERS_OFF).strip().lower()
+    if choice == SPEAKERS_OFF:
+        return {}
+    if choice == SPEAKERS_AUTO:
+        return dict(diarize=True)
+    if choice.isdigit() and 2 <= int(choice) <= PAGE_MAX_SPEAKERS:
+        return dict(diarize=True, num_speakers=int(choice))
+    raise gr.Error(
+        f"Speakers: choose Off, Automatic or a number from 2 to {PAGE_MAX_SPEAKERS}, got {speakers!r}.",
+        title="Speakers",
+        print_exception=False,
+    )
+
+
+def speakers_choice(options: JobOptions) -> str:
+    """The Speakers drop-down's value for a job's options (Recent jobs reopening one): its count
+    where it asked for one the drop-down offers, else Automatic; Off without diarization."""
+    if not options.diarize:
+        return SPEAKERS_OFF
+    count = options.num_speakers
+    return str(count) if count is not None and 2 <= count <= PAGE_MAX_SPEAKERS else SPEAKERS_AUTO

@@ -19,7 +19,15 @@ import gradio as gr
 
 from engine import Settings, language_choices
 from ui.page.files import KEEP_CACHE_S
-from ui.page.form import AUTO_LANGUAGE, CUE_S_RANGE, LINE_WIDTH_RANGE, LINES_RANGE, TEMPERATURE_RANGE
+from ui.page.form import (
+    AUTO_LANGUAGE,
+    CUE_S_RANGE,
+    LINE_WIDTH_RANGE,
+    LINES_RANGE,
+    SPEAKER_CHOICES,
+    SPEAKERS_OFF,
+    TEMPERATURE_RANGE,
+)
 from ui.page.sidebar import model_choices, release_label, sidebar_title
 
 CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "app.css"  # passed to launch(css_paths=...)
@@ -47,6 +55,7 @@ class PageLayout:
     task: gr.Radio
     timestamps: gr.Checkbox
     model: gr.Dropdown
+    speakers: gr.Dropdown  # Off / Automatic / 2..8: diarization and its count
     word_timestamps: gr.Checkbox
     vad: gr.Checkbox
     prompt: gr.Textbox
@@ -61,8 +70,30 @@ class PageLayout:
     # the result
     transcript: gr.Textbox
     segments: gr.HTML
+    speaker_panel: gr.Group  # shown for a diarized result: rename a speaker
+    speaker_job: gr.Textbox  # hidden: the id of the job whose result is shown (never its result)
+    speaker_choice: gr.Dropdown
+    speaker_name: gr.Textbox
+    rename_button: gr.Button
+    speaker_notice: gr.HTML  # a refused rename says why here
     details: gr.Markdown
     files: gr.File
+
+    @property
+    def speaker_outputs(self) -> list:
+        """The speaker panel's components, in the order SpeakerEvents.panel updates them."""
+        return [
+            self.speaker_panel,
+            self.speaker_job,
+            self.speaker_choice,
+            self.speaker_name,
+            self.speaker_notice,
+        ]
+
+    @property
+    def subtitle_inputs(self) -> list:
+        """The fields that shape the srt and vtt downloads, in subtitle_options' order."""
+        return [self.max_line_width, self.max_lines, self.max_cue_s, self.per_segment]
 
 
 @contextmanager
@@ -128,6 +159,15 @@ def _form(settings: Settings, model_ids: Sequence[str], default_model: str) -> d
             elem_id="model",
             min_width=CHOICE_MIN_PX,
         )
+    speakers = gr.Dropdown(
+        SPEAKER_CHOICES,
+        value=SPEAKERS_OFF,
+        label="Speakers",
+        info="Who spoke when: each turn labelled A, B, … (rename them under the transcript). "
+        "Automatic finds how many; a number is used exactly. Adds word timings.",
+        elem_id="speakers",
+        min_width=CHOICE_MIN_PX,
+    )
     with gr.Accordion("Advanced options", open=False, elem_id="advanced-options"):
         advanced = _advanced_options(settings)
     with gr.Row():
@@ -140,6 +180,7 @@ def _form(settings: Settings, model_ids: Sequence[str], default_model: str) -> d
         task=task,
         timestamps=timestamps,
         model=model,
+        speakers=speakers,
         **advanced,
         transcribe_button=transcribe_button,
         cancel_button=cancel_button,
@@ -230,6 +271,33 @@ def _result() -> dict:
         label="Transcript", lines=14, max_lines=40, buttons=["copy"], interactive=False, elem_id="transcript"
     )
     segments = gr.HTML(elem_id="segments")
+    speakers = _speaker_panel()
     details = gr.Markdown(label="Details", elem_id="details")
     files = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
-    return dict(transcript=transcript, segments=segments, details=details, files=files)
+    return dict(transcript=transcript, segments=segments, **speakers, details=details, files=files)
+
+
+def _speaker_panel() -> dict:
+    with gr.Group(visible=False, elem_id="speaker-panel") as speaker_panel:
+        speaker_job = gr.Textbox(visible=False, elem_id="speaker-job")
+        with gr.Row(equal_height=True):
+            speaker_choice = gr.Dropdown(
+                [], label="Speaker", elem_id="speaker-choice", scale=1, min_width=140, interactive=True
+            )
+            speaker_name = gr.Textbox(
+                label="Name",
+                placeholder="e.g. Ada; empty: back to the letter",
+                max_length=80,  # longer is refused with a message (jobs.MAX_SPEAKER_NAME_CHARS)
+                elem_id="speaker-name",
+                scale=2,
+            )
+            rename_button = gr.Button("Rename", elem_id="rename-button", scale=1, min_width=100)
+    speaker_notice = gr.HTML(elem_id="speaker-notice")  # outside the group: empty, it takes no room
+    return dict(
+        speaker_panel=speaker_panel,
+        speaker_job=speaker_job,
+        speaker_choice=speaker_choice,
+        speaker_name=speaker_name,
+        rename_button=rename_button,
+        speaker_notice=speaker_notice,
+    )

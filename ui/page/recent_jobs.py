@@ -7,6 +7,11 @@ be downloaded again.
     # submit: page recordings become owned, durable jobs; attach: the list and the
     # download inside the page, refreshed after each transcription; cancel: stored as
     # cancelled by its user
+    build_page(..., shown=recent)                   # speaker renames stored with the job
+
+A finished job picked in the list gives its files again, and **Show transcript** opens it in
+the page's result area as it was left: its text, segments, the Speakers choice it was
+transcribed with, and its speakers' names, which can be changed there again.
 
 Who is the owner: the login name when the page has Gradio `auth`; otherwise a random id the
 browser keeps in its localStorage (`gr.BrowserState`), so each browser sees its own jobs and
@@ -31,9 +36,13 @@ import gradio as gr
 from gradio.context import LocalContext
 
 from engine import JobHandle, JobOptions
-from jobs import JobInfo, JobManager
+from jobs import JobInfo, JobManager, name_speakers
 from output import SubtitleOptions, formats_for, write_files
 from ui.page.files import DOWNLOAD_FORMATS, DownloadDir, gradio_cache  # the files under the transcript
+from ui.page.form import subtitle_options
+from ui.page.layout import PageLayout
+from ui.page.shown_jobs import ShownJob
+from ui.page.speakers import SpeakerEvents
 
 STORAGE_KEY = "whisper-app-owner"  # localStorage key of the browser's owner id
 SECRET_FILE = "browser_state_secret"  # the store's secret that encrypts the owner id in the browser
@@ -88,6 +97,11 @@ def _audio_text(info: JobInfo) -> str:
     return f"{minutes}:{seconds:02d}"
 
 
+def _shown(info: JobInfo) -> ShownJob:
+    record = info.record
+    return ShownJob(record.id, record.name, record.options, record.transcription(), record.speaker_names)
+
+
 def _choice_label(info: JobInfo) -> str:
     submitted = time.strftime("%H:%M", time.localtime(info.record.created_at))
     label = f"{info.record.name or info.id} · {submitted}"
@@ -111,12 +125,33 @@ class RecentJobs:
     # -- submitting -------------------------------------------------------------------------
     def submit(self, audio, options: JobOptions, name: str = "") -> JobHandle:
         """JobManager.submit for the page: the job belongs to whoever sent it (see module doc)."""
-        request = LocalContext.request.get(None)
+        owner = self._owner_of(LocalContext.request.get(None))
+        return self.jobs.submit(audio, options, name=name, owner=owner, source="page")
+
+    def _owner_of(self, request: gr.Request | None) -> str | None:
+        """Who sent a page request: the login, else the browser its session was loaded in."""
         owner = _owner_from(request, "")
         if owner is None and request is not None:
             with self._lock:
                 owner = self._sessions.get(getattr(request, "session_hash", None) or "")
-        return self.jobs.submit(audio, options, name=name, owner=owner, source="page")
+        return owner
+
+    # -- the result area's jobs (ui/page/shown_jobs.py) -------------------------------------
+    def remember(self, job: ShownJob) -> None:
+        """Nothing to keep: the store has the job."""
+
+    def get(self, job_id: str, request: gr.Request | None, browser_id: str = "") -> ShownJob | None:
+        """One of the asker's done jobs, as the result area shows it; None for anyone else's."""
+        owner = _owner_from(request, browser_id) if browser_id else self._owner_of(request)
+        info = self._owned(job_id, owner)
+        return _shown(info) if info is not None and info.status == "done" else None
+
+    def name_speakers(self, job_id: str, changes, request: gr.Request | None) -> ShownJob | None:
+        info = self._owned(job_id, self._owner_of(request))
+        if info is None or info.status != "done":
+            return None
+        named = name_speakers(self.jobs, info, changes)
+        return None if named is None else _shown(named)
 
     def cancel(self, handle: JobHandle) -> None:
         """The page's Cancel: through the job manager, so the job is stored as cancelled by its user."""
@@ -198,6 +233,7 @@ class RecentJobs:
                     label="Finished job", choices=[], value=None, elem_id="recent-job-choice"
                 )
                 refresh = gr.Button("Refresh", size="sm", elem_id="recent-jobs-refresh")
+                self._open = gr.Button("Show transcript", size="sm", elem_id="recent-job-open")
                 delete = gr.Button("Delete", size="sm", variant="stop", elem_id="recent-job-delete")
             files = gr.File(
                 label="Result files", file_count="multiple", interactive=False, elem_id="recent-job-files"
@@ -210,11 +246,36 @@ class RecentJobs:
         refresh.click(**self._refresh_io)
         choice.change(self._on_choice, inputs=[choice, browser_id], outputs=[files], api_visibility="private")
         delete.click(self._delete_event, inputs=[choice, browser_id], outputs=[table, choice, files], **quick)
+        self._choice, self._browser_id = choice, browser_id
 
-    def attach(self, transcribe_event) -> None:
-        """build_page's `extra` hook: render the list and refresh it after each transcription."""
+    def attach(
+        self, transcribe_event, page: PageLayout | None = None, speakers: SpeakerEvents | None = None
+    ) -> None:
+        """build_page's `extra` hook: render the list and refresh it after each transcription;
+        with the page's layout and speaker events, Show transcript opens a job in its result area."""
         self.render()
         self.refresh_after(transcribe_event)
+        if page is not None and speakers is not None:
+
+            def show(job_id, stored_id, timestamps, width, lines, cue_s, per_segment, request: gr.Request):
+                return self._show(
+                    speakers, job_id, stored_id, timestamps, (width, lines, cue_s, per_segment), request
+                )
+
+            self._open.click(
+                show,
+                inputs=[self._choice, self._browser_id, page.timestamps, *page.subtitle_inputs],
+                outputs=[
+                    page.transcript,
+                    page.segments,
+                    page.details,
+                    page.files,
+                    page.speakers,
+                    *page.speaker_outputs,
+                ],
+                api_visibility="private",
+                show_progress="minimal",
+            )
 
     def refresh_after(self, event):
         """Refresh the list when `event` (e.g. the Transcribe click) has finished."""
@@ -253,6 +314,15 @@ class RecentJobs:
 
     def _on_choice(self, job_id: str | None, stored_id: str, request: gr.Request):
         return self.files(job_id, _owner_from(request, stored_id))
+
+    def _show(self, speakers: SpeakerEvents, job_id, stored_id, timestamps, subtitle_fields, request):
+        """Show transcript: the chosen job in the page's result area (SpeakerEvents.show)."""
+        job = self.get(job_id, request, stored_id) if job_id else None
+        if job is None:
+            gr.Info("Pick a finished job to show first.", title="Nothing chosen")
+            return (gr.skip(),) * 10
+        defaults = SubtitleOptions.from_settings(self.jobs.engine.settings)
+        return speakers.show(job, timestamps, subtitle_options(defaults, *subtitle_fields))
 
     def cleanup(self) -> None:
         self._remove_files()

@@ -2,14 +2,23 @@
 
 The transcript box's text, the clickable segments view, the details line under them and a
 refusal's notice under the Transcribe button. Every text that comes from outside (the
-transcript, file names in messages) is escaped where it goes into HTML.
+transcript, speakers' names, file names in messages) is escaped where it goes into HTML.
+
+A diarized result shows its speakers: the transcript box names the speaker of each line (a
+paragraph per turn without timestamps, as the txt download), and the segments view groups
+each turn under its speaker's label, in the speaker's colour: `speaker-N`, N the speaker's
+place in order of first speech, cycling through SPEAKER_COLOURS palettes that assets/app.css
+defines for light and dark themes. A renamed speaker keeps its colour.
 """
 
 from __future__ import annotations
 
 import html
+from itertools import groupby
 
-from engine import JobHandle, TranscriptionResult
+from engine import JobHandle, Segment, TranscriptionResult
+
+SPEAKER_COLOURS = 8  # .speaker-0 ... .speaker-7 in assets/app.css
 
 
 def format_timestamp(seconds: float) -> str:
@@ -23,12 +32,30 @@ def format_timestamp(seconds: float) -> str:
 
 
 def transcript_text(result: TranscriptionResult, timestamps: bool) -> str:
+    """The transcript box: one line per segment with its times, or the plain text; with
+    speakers, each line starts with its speaker, and the plain text is a paragraph per turn."""
     if not timestamps:
-        return result.text
+        if not result.speakers:
+            return result.text
+        return "\n\n".join(
+            f"{speaker}: {''.join(s.text for s in turn).strip()}" for speaker, turn in _turns(result)
+        )
     return "\n".join(
-        f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}]  {s.text.strip()}"
+        f"[{format_timestamp(s.start)} --> {format_timestamp(s.end)}]  "
+        + (f"{s.speaker}: " if s.speaker else "")
+        + s.text.strip()
         for s in result.segments
     )
+
+
+def _turns(result: TranscriptionResult) -> list[tuple[str | None, list[Segment]]]:
+    """Runs of consecutive segments of one speaker (None without diarization)."""
+    return [(speaker, list(run)) for speaker, run in groupby(result.segments, key=lambda s: s.speaker)]
+
+
+def speaker_colours(result: TranscriptionResult) -> dict[str, int]:
+    """Each speaker's colour: its place in order of first speech, over SPEAKER_COLOURS."""
+    return {speaker: n % SPEAKER_COLOURS for n, speaker in enumerate(result.speakers)}
 
 
 def clock(seconds: float) -> str:
@@ -50,38 +77,52 @@ def word_time(seconds: float) -> str:
 
 def segments_html(result: TranscriptionResult | None) -> str:
     """The transcript as clickable segments: each with its start time, and, with word
-    timestamps, each word with its own time under it. Every element carries its start in
+    timestamps, each word with its own time under it; with speakers, each turn's segments in
+    a block under its speaker's label (`turn speaker-N`). Every element carries its start in
     `data-start`; the page's script (ui/page/scripts.py SEEK_JS) plays the recording from
     there on a click. All text is escaped: transcripts are user content."""
     if result is None:
         return ""
     if not result.segments:
         return '<div class="segments segments-empty">No speech detected.</div>'
-    rows = []
-    for segment in result.segments:
-        start = f"{segment.start:.3f}"
-        if segment.words:
-            text = "".join(
-                f'<span class="word" data-start="{w.start:.3f}" title="{format_timestamp(w.start)} – '
-                f'{format_timestamp(w.end)}"><span class="word-text">{html.escape(w.word.strip())}</span>'
-                f'<span class="word-time">{word_time(w.start)}</span></span> '
-                for w in segment.words
-                if w.word.strip()
-            )
-        else:
-            text = html.escape(segment.text.strip())
-        rows.append(
-            f'<div class="segment" data-start="{start}" tabindex="0" role="button" '
-            f'title="Play from {format_timestamp(segment.start)}">'
-            f'<span class="segment-time">{clock(segment.start)}</span> '
-            f'<span class="segment-text">{text.rstrip()}</span></div>'
+    colours = speaker_colours(result)
+    blocks = []
+    for speaker, turn in _turns(result):
+        rows = "".join(_segment_row(segment) for segment in turn)
+        if speaker is None:
+            blocks.append(rows)
+            continue
+        name = html.escape(speaker)
+        blocks.append(
+            f'<div class="turn speaker-{colours[speaker]}" data-speaker="{html.escape(speaker, quote=True)}">'
+            f'<span class="speaker-label">{name}</span>{rows}</div>'
         )
     hint = (
         "Click a segment"
         + (" or a word" if any(s.words for s in result.segments) else "")
         + " to play the recording from there."
     )
-    return f'<div class="segments"><div class="segments-hint">{hint}</div>{"".join(rows)}</div>'
+    return f'<div class="segments"><div class="segments-hint">{hint}</div>{"".join(blocks)}</div>'
+
+
+def _segment_row(segment: Segment) -> str:
+    """One clickable segment: its start, then its text (each word with its time, where it has words)."""
+    if segment.words:
+        text = "".join(
+            f'<span class="word" data-start="{w.start:.3f}" title="{format_timestamp(w.start)} – '
+            f'{format_timestamp(w.end)}"><span class="word-text">{html.escape(w.word.strip())}</span>'
+            f'<span class="word-time">{word_time(w.start)}</span></span> '
+            for w in segment.words
+            if w.word.strip()
+        )
+    else:
+        text = html.escape(segment.text.strip())
+    return (
+        f'<div class="segment" data-start="{segment.start:.3f}" tabindex="0" role="button" '
+        f'title="Play from {format_timestamp(segment.start)}">'
+        f'<span class="segment-time">{clock(segment.start)}</span> '
+        f'<span class="segment-text">{text.rstrip()}</span></div>'
+    )
 
 
 def details_markdown(result: TranscriptionResult, model_label: str) -> str:
@@ -93,6 +134,9 @@ def details_markdown(result: TranscriptionResult, model_label: str) -> str:
         f"model {model_label}",
         f"{len(result.segments)} segment{'s' if len(result.segments) != 1 else ''}",
     ]
+    if result.speakers:
+        speakers = len(result.speakers)
+        facts.append(f"{speakers} speaker{'s' if speakers != 1 else ''}")
     line = " · ".join(facts)
     return line if result.segments else line + "\n\n**No speech detected.**"
 

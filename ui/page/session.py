@@ -89,10 +89,10 @@ class SessionHandoff:
     KEEP_VIEW_S = 600.0
 
     def __init__(self):
-        self._views: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._views: OrderedDict[str, tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, session: str, view: str) -> None:
+    def put(self, session: str, view: object) -> None:
         now = time.monotonic()
         with self._lock:
             self._views.pop(session, None)
@@ -103,7 +103,7 @@ class SessionHandoff:
             ):
                 self._views.popitem(last=False)
 
-    def take(self, session: str) -> str | None:
+    def take(self, session: str) -> object | None:
         with self._lock:
             entry = self._views.pop(session, None)
         return None if entry is None else entry[1]

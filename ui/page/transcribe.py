@@ -27,7 +27,9 @@ from ui.page.files import DOWNLOAD_FORMATS, DownloadDir
 from ui.page.form import AUTO_LANGUAGE, page_options, subtitle_options
 from ui.page.render import cancelled_markdown, details_markdown, notice_html, segments_html, transcript_text
 from ui.page.session import Cancel, SessionHandoff, SessionJobs, TranscribePress, session_of
+from ui.page.shown_jobs import ShownJob
 from ui.page.sidebar import model_label
+from ui.page.speakers import SpeakerEvents
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +43,33 @@ class TranscribeEvents:
     """One page's Transcribe and Cancel buttons: the session state they share and their event
     functions. A press runs in three steps (ui/page/wiring.py): `start_run` clears the old
     result, `transcribe` runs the job, then `show_segments` or `show_refusal` takes what it
-    left in the session's handoff."""
+    left in the session's handoff. `speakers` draws the result's speaker panel."""
 
     def __init__(
         self,
         engine: Engine,
         downloads: DownloadDir,
+        speakers: SpeakerEvents,
         submit: Submit | None = None,
         cancel: Cancel | None = None,
     ):
         self.sessions = SessionJobs(cancel)
         self.views, self.notices = SessionHandoff(), SessionHandoff()
-        self.transcribe = make_transcribe(engine, downloads, submit, self.sessions, self.views, self.notices)
+        self.speakers = speakers
+        self.transcribe = make_transcribe(
+            engine, downloads, submit, self.sessions, self.views, self.notices, speakers
+        )
 
     def start_run(self, request: gr.Request):
         """A new Transcribe press: the previous result and message go, so the progress is not
-        drawn over an old summary and old segments cannot be clicked."""
+        drawn over an old summary and old segments cannot be clicked (nor their speakers renamed)."""
         self.notices.take(session_of(request))  # a stale one never shows later
-        return "", None, "", "", ""
+        return "", None, "", "", "", *self.speakers.panel(None)
 
     def show_segments(self, request: gr.Request):
+        """(segments view, *speaker panel) of the press that just finished."""
         view = self.views.take(session_of(request))
-        return gr.skip() if view is None else view
+        return (gr.skip(),) * 6 if view is None else view
 
     def show_refusal(self, request: gr.Request):
         """After a refusal: its message under the button, the outputs out of their error state."""
@@ -110,10 +117,12 @@ def make_transcribe(
     sessions: SessionJobs,
     views: SessionHandoff,
     notices: SessionHandoff,
+    speaker_events: SpeakerEvents,
 ):
     """The Transcribe event function (also `/transcribe` for gradio_client). Each press is
     registered in `sessions` under its page session, so that session's Cancel can stop it;
-    its segments view is left in `views` for the page to show (`views.take(session)`); a
+    its segments view and speaker panel are left in `views` for the page to show
+    (`views.take(session)`), the job in `speaker_events.shown` for a rename; a
     refusal's message (notice_html) is left in `notices` for the page to keep on screen, and
     the gr.Error raised makes no toast."""
     submit = submit or engine.submit
@@ -134,6 +143,7 @@ def make_transcribe(
         per_segment: bool | None,
         prompt: str | None,
         temperature,
+        speaker_count: str | None,
         progress,
     ) -> tuple[str, list[str], str]:
         if not audio:
@@ -154,6 +164,7 @@ def make_transcribe(
             prompt,
             temperature,
             configured_vad=engine.settings.vad,
+            speakers=speaker_count,
         )
         name = Path(audio).name
         press = sessions.begin(session)
@@ -170,7 +181,7 @@ def make_transcribe(
                     print_exception=False,
                 ) from None
             gr.Info("The transcription was cancelled.", title="Cancelled")
-            views.put(session, "")
+            views.put(session, ("", *speaker_events.panel(None)))
             return "", [], cancelled_markdown(handle)
         except QueueFull as exc:
             raise gr.Error(f"The server is busy: {exc}", title="Queue full", print_exception=False) from None
@@ -199,7 +210,9 @@ def make_transcribe(
             formats_for(result, DOWNLOAD_FORMATS),
             subtitles=subtitles,
         )
-        views.put(session, segments_html(result))
+        job = ShownJob(handle.id, name, options, result)
+        speaker_events.shown.remember(job)
+        views.put(session, (segments_html(result), *speaker_events.panel(job)))
         return (
             transcript_text(result, bool(timestamps)),
             downloads.private(files),
@@ -220,6 +233,7 @@ def make_transcribe(
         per_segment: bool | None = None,
         prompt: str | None = None,
         temperature: float | None = None,
+        speakers: str | None = "off",
         request: gr.Request = None,
         progress=gr.Progress(),
     ) -> tuple[str, list[str], str]:
@@ -242,6 +256,7 @@ def make_transcribe(
                 per_segment,
                 prompt,
                 temperature,
+                speakers,
                 progress,
             )
         except gr.Error as error:  # every refusal, whichever line raised it

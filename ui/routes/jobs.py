@@ -4,11 +4,16 @@
     GET    /v1/jobs                   the caller's jobs, newest first, paged as OpenAI's lists
     GET    /v1/jobs/{id}              status, queue position, progress, and the result once done
     GET    /v1/jobs/{id}/result       ?format=txt|srt|vtt|tsv|json|rttm, as a download
+    PATCH  /v1/jobs/{id}              {"speaker_names": {"A": "Ada"}}: name a diarized job's speakers
     DELETE /v1/jobs/{id}              cancel an unfinished job; delete a finished one with its result
 
 Jobs belong to the API key that created them (ui/access.py): listing, reading, fetching and
 cancelling see only the caller's own; another key's job id is answered 404, as an unknown
 one is, so ids cannot be probed for existence.
+
+A diarized job's body carries `speaker_names` (label -> the name given), and its result and
+downloads use the names; the stored transcript keeps diarization's labels, so PATCH takes them
+as keys (null takes a name off) and never changes a word.
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from engine import TranscriptionResult
-from jobs import JobInfo, JobManager
+from engine import EngineError, TranscriptionResult
+from jobs import JobInfo, JobManager, name_speakers
 from output import ALL_FORMATS, render, safe_basename
-from ui.openai_compat import ApiError, content_disposition, job_body, parse_form
+from ui.openai_compat import ApiError, api_error, content_disposition, job_body, parse_form
 from ui.routes.admission import receive_upload, submit
 from ui.routes.dependencies import EngineDep, JobsDep, OwnerDep, SettingsDep, SubtitlesDep
 from ui.routes.readiness import prepared_options
@@ -58,7 +63,7 @@ async def create_job(
         upload.path.unlink(missing_ok=True)
     info = jobs.get(handle.id)
     return JSONResponse(
-        job_body(info, public_model=engine.model_names.public),
+        _body(info, engine),
         status_code=202,
         headers={"Location": f"/v1/jobs/{handle.id}"},
     )
@@ -81,8 +86,7 @@ async def list_jobs(
     if after is not None:
         await _owned_job(jobs, after, owner, param="after")  # a cursor must be one of the caller's jobs
     infos = await anyio.to_thread.run_sync(lambda: jobs.recent(owner=owner, limit=limit + 1, after=after))
-    public_model = engine.model_names.public
-    data = [job_body(info, with_result=False, public_model=public_model) for info in infos[:limit]]
+    data = [_body(info, engine, with_result=False) for info in infos[:limit]]
     return {
         "object": "list",
         "data": data,
@@ -94,7 +98,26 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, engine: EngineDep, jobs: JobsDep, owner: OwnerDep) -> dict:
-    return job_body(await _owned_job(jobs, job_id, owner), public_model=engine.model_names.public)
+    return _body(await _owned_job(jobs, job_id, owner), engine)
+
+
+@router.patch("/jobs/{job_id}")
+async def rename_speakers(
+    job_id: str, request: Request, engine: EngineDep, jobs: JobsDep, owner: OwnerDep
+) -> dict:
+    """{"speaker_names": {"A": "Ada", "B": null}}: names for a done, diarized job's speakers, by
+    the labels diarization gave them, merged into those it has (null takes one off); the job
+    afterwards, its result with the names."""
+    info = await _owned_job(jobs, job_id, owner)
+    changes = _speaker_names_field(await _json_object(request))
+    _finished_result(info, job_id)
+    try:
+        named = await anyio.to_thread.run_sync(name_speakers, jobs, info, changes)
+    except EngineError as exc:  # a bad label or name (400), the store away (503)
+        raise api_error(exc) from None
+    if named is None:  # deleted by another request meanwhile
+        raise ApiError(404, f"No job with id {job_id!r}.", code="job_not_found", param="job_id")
+    return _body(named, engine)
 
 
 @router.get("/jobs/{job_id}/result")
@@ -133,11 +156,50 @@ async def cancel_or_delete_job(job_id: str, engine: EngineDep, jobs: JobsDep, ow
     info = await _owned_job(jobs, job_id, owner)
     if not info.finished:
         info = await anyio.to_thread.run_sync(jobs.cancel, job_id)
-        return job_body(info, public_model=engine.model_names.public)
+        return _body(info, engine)
     if not await anyio.to_thread.run_sync(jobs.delete, job_id):
         # deleted by another request meanwhile
         raise ApiError(404, f"No job with id {job_id!r}.", code="job_not_found", param="job_id")
     return {"id": job_id, "object": "transcription.job.deleted", "deleted": True}
+
+
+def _body(info: JobInfo, engine, with_result: bool = True) -> dict:
+    """job_body, and a diarized job's speaker names beside its speaker options."""
+    body = job_body(info, with_result=with_result, public_model=engine.model_names.public)
+    if info.record.options.diarize:
+        body["speaker_names"] = dict(info.record.speaker_names)
+    return body
+
+
+async def _json_object(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, 'The body must be a JSON object, e.g. {"speaker_names": {"A": "Ada"}}.')
+    return body
+
+
+def _speaker_names_field(body: dict) -> dict:
+    """The body's speaker_names, the one field a job takes changes to."""
+    other = sorted(set(body) - {"speaker_names"})
+    if other:
+        raise ApiError(
+            400,
+            f"{other[0]}: cannot be changed; only speaker_names can",
+            code="invalid_value",
+            param=other[0],
+        )
+    changes = body.get("speaker_names")
+    if not isinstance(changes, dict) or not changes:
+        raise ApiError(
+            400,
+            'speaker_names: must be an object of labels and names, e.g. {"A": "Ada"}',
+            code="invalid_value",
+            param="speaker_names",
+        )
+    return changes
 
 
 async def _owned_job(jobs: JobManager, job_id: str, owner: str, param: str = "job_id") -> JobInfo:
