@@ -17,5 +17,6 @@ from jobs.errors import (
     StorageError,
     StoreUnavailable,
 )
-from jobs.manager import ANONYMOUS_CALLER, JobInfo, JobManager, api_owner, open_store
+from jobs.manager import JobInfo, JobManager, open_store
+from jobs.owners import ANONYMOUS_CALLER, api_owner
 from jobs.store import JobRecord, JobStore, Progress, new_replica_id, open_job_store
