@@ -83,7 +83,8 @@ class TranscriptionForm(BaseModel):
 
     def job_options(self, task: str) -> JobOptions:
         """The job this form asks for; `task` is the route's (or, for /v1/jobs, the form's).
-        Known speakers' clips are decoded here (ffmpeg, a few ms each): InvalidRequest if unusable."""
+        Known speakers' clips are decoded here (ffmpeg, tens of ms each): InvalidRequest if unusable.
+        A route calls it on a worker thread (ui/routes/readiness.py), not on the event loop."""
         from ui.speaker_references import speaker_references
 
         diarize = self.diarizes
