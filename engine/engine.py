@@ -7,84 +7,33 @@ It owns the device plan, the model cache, the worker queue and the GPU monitor, 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import whisper
-from whisper.audio import N_FRAMES, N_SAMPLES
-from whisper.tokenizer import get_tokenizer
 
-from engine.audio.files import SAMPLE_RATE, AudioInfo, check_audio, check_length, load_audio
-from engine.audio.sections import plan_sections
-from engine.audio.vad import SpeechMap, VadOptions, speech_map, speech_probabilities
+from engine.audio.files import AudioInfo, check_audio, check_length
 from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop, ModelLock
-from engine.decoding.options import TranscribeOptions
-from engine.decoding.stream import SectionStream, log_mel_spectrogram
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_devices
 from engine.device.gpu_monitor import GpuMonitor
-from engine.diarization import diarize
-from engine.errors import InvalidRequest, ModelNotOffered  # raised here; callers import them from here too
+from engine.errors import ModelNotOffered
 from engine.job_options import JobOptions
-from engine.languages import LANGUAGES
+from engine.job_runner import JobRunner
 from engine.models.cache import ModelCache, ModelInfo, ReleaseReport, load_model
 from engine.models.names import ModelNames, english_only_by_name
 from engine.models.speaker_encoder import is_speaker_model, require_installed
 from engine.replicas import DeviceReplica, DeviceRouter, DeviceStatus
+from engine.request import AudioInput, TranscriptionRequest, decoding_options, refuse_unsupported
 from engine.results import TranscriptionResult
 from engine.settings import Settings
 from engine.worker import JobHandle, TranscriptionWorker
 
 log = logging.getLogger(__name__)
-
-AudioInput = str | os.PathLike | np.ndarray
-
-
-def completed_in_order(streams: Sequence[SectionStream]) -> list:
-    """The segments of `streams` (sections in recording order) that no later decode can precede:
-    every segment of each finished section, then those so far of the first unfinished one.
-    The job's handle calls it at each progress report, between the decode loop's steps."""
-    segments: list = []
-    for stream in streams:
-        segments.extend(list(stream.segments))
-        if not stream.finished:
-            break
-    return segments
-
-
-def refuse_unsupported(model_id: str, language: str | None, task: str) -> None:
-    """InvalidRequest for what an English-only model cannot do (whisper would silently ignore
-    the language and the task and write English anyway)."""
-    if task == "translate":
-        raise InvalidRequest(
-            f"task: {model_id} is an English-only model and cannot translate; its transcript is "
-            "English already (use task=transcribe), or choose a multilingual model for speech in "
-            "other languages"
-        )
-    if language not in (None, "en"):
-        raise InvalidRequest(
-            f"language: {model_id} is an English-only model and cannot transcribe "
-            f"{LANGUAGES.get(language, language).title()}; choose a multilingual model, or "
-            "language en (or detection)"
-        )
-
-
-@dataclass(frozen=True)
-class TranscriptionRequest:
-    """One job as the worker runs it."""
-
-    audio: AudioInput  # path to anything ffmpeg reads, or float32 16 kHz mono samples
-    model: str  # the configured value (whisper name or path) the model cache loads
-    options: JobOptions  # what the user asked for, the model named by its id (Engine.prepare)
-    decoding: TranscribeOptions  # `options` with the config's values filled in
-    name: str = ""  # file name to show and to name downloads after
-    info: AudioInfo | None = None  # the file's probe at submit, so the job does not probe it again
 
 
 @dataclass(frozen=True)
@@ -152,7 +101,7 @@ class Engine:
         )
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
         self.worker = TranscriptionWorker(
-            self._run,
+            JobRunner(settings, self.devices, self._leased),
             settings.workers,
             settings.queue_size,
             prepare_thread=single_threaded_here if on_cpu else None,
@@ -246,6 +195,11 @@ class Engine:
         with lock, torch.inference_mode():
             whisper.decode(model, mel[None], options)
 
+    def _leased(self, name: str) -> None:
+        """A job holds `name` now: the default model is ready again (after a release, say)."""
+        if name == self.settings.model:
+            self._state = ModelState("ready", name)
+
     def _on_release(self, name: str) -> None:
         if name == self.settings.model and self._state.state == "ready":
             self._state = ModelState("released", name)
@@ -332,192 +286,8 @@ class Engine:
         else:
             info = probed or check_audio(audio, self.settings.max_audio_duration_s)
             name = name or Path(audio).name
-        return TranscriptionRequest(
-            audio, self.model_names.resolve(options.model), options, self._decoding(options), name, info
-        )
-
-    def _decoding(self, options: JobOptions) -> TranscribeOptions:
-        s = self.settings
-        return TranscribeOptions(
-            task=options.task or s.task,
-            language=options.language if options.language is not None else s.language,
-            initial_prompt=options.initial_prompt or s.initial_prompt,
-            condition_on_previous_text=s.condition_on_previous_text,
-            temperatures=options.temperature or tuple(s.temperatures),
-            max_new_tokens=options.max_new_tokens or s.max_new_tokens,
-            compression_ratio_threshold=s.compression_ratio_threshold,
-            logprob_threshold=s.logprob_threshold,
-            no_speech_threshold=s.no_speech_threshold,
-            word_timestamps=options.word_timestamps or options.diarize,  # speakers are assigned word by word
-            logprobs=options.logprobs,
-            hallucination_silence_threshold=s.hallucination_silence_threshold,
-            silence_threshold_db=s.silence_threshold_db,
-            vad=s.vad if options.vad is None else options.vad,
-        )
-
-    def _run(self, request: TranscriptionRequest, handle: JobHandle) -> TranscriptionResult:
-        started = time.perf_counter()
-        s = self.settings
-        if isinstance(request.audio, np.ndarray):
-            audio = np.asarray(request.audio, dtype=np.float32)
-        else:
-            audio = load_audio(request.audio, max_duration_s=s.max_audio_duration_s, info=request.info)
-        duration = len(audio) / SAMPLE_RATE
-        handle.set_progress(0.0, duration)
-        handle.checkpoint()
-        options = request.decoding
-        recording = audio  # diarization reads the whole recording, on its own finer speech regions
-        probs = speech_probabilities(audio) if options.vad else None  # the VAD's, reused by diarization
-        speech = self._speech(audio, probs) if options.vad else None
-        if speech is not None:
-            audio = speech.keep(audio)  # only the speech is decoded; times go back through `speech`
-        heard = len(audio) / SAMPLE_RATE
-
-        def on_progress(done: float, total: float) -> None:  # in seconds of the recording, VAD or not
-            handle.set_progress(done / total * duration if total else duration, duration)
-
-        handle.checkpoint()
-        with self.devices.place() as replica:
-            with replica.models.lease(request.model) as model:
-                if request.model == s.model:
-                    self._state = ModelState("ready", request.model)
-                sections = plan_sections(
-                    audio, s.batch_size, min_section_s=s.min_section_s, joins=speech.joins if speech else None
-                )
-                language = self._language(model, replica, request.options.model, audio, sections, options)
-                tokenizer = get_tokenizer(
-                    model.is_multilingual,
-                    num_languages=model.num_languages,
-                    language=language,
-                    task=options.task,
-                )
-                streams = [
-                    SectionStream(
-                        audio[section.start : section.end],
-                        section.start_s,
-                        options,
-                        tokenizer,
-                        model.dims.n_mels,
-                        speech,
-                    )
-                    for section in sections
-                ]
-                # for clients that stream the text (a diarized job's segments are final only at its end)
-                handle.show_segments(lambda: completed_in_order(streams))
-                replica.loop.run(
-                    model,
-                    streams,
-                    options,
-                    language,
-                    cancelled=handle.cancel_requested,
-                    on_progress=on_progress,
-                    streaming=handle.streams_text,
-                )
-            segments = [
-                replace(segment, id=i)
-                for i, segment in enumerate(segment for stream in streams for segment in stream.segments)
-            ]
-            result = TranscriptionResult(
-                segments=segments,
-                language=language,
-                duration=duration,
-                task=options.task,
-                model=request.options.model,
-                windows=sum(st.windows_decoded for st in streams),
-                tokens_decoded=sum(st.tokens_decoded for st in streams),
-                fallbacks=sum(st.fallbacks for st in streams),
-            )
-            if request.options.diarize:  # the Whisper lease is returned: Release memory may take it now
-                handle.checkpoint()
-                result = self._diarize(replica, recording, result, request.options, probs, tokenizer.encode)
-        result = replace(result, processing_s=time.perf_counter() - started)
-        log.info(
-            "Job %s: %.1f s of audio (%.1f s of it speech decoded) in %.1f s (%d sections, %d windows, "
-            "%d segments)",
-            handle.id,
-            duration,
-            heard,
-            result.processing_s,
-            len(sections),
-            result.windows,
-            len(segments),
-        )
-        return result
-
-    def _diarize(
-        self,
-        replica: DeviceReplica,
-        audio: np.ndarray,
-        result: TranscriptionResult,
-        options: JobOptions,
-        probs: np.ndarray | None,
-        encode: Callable[[str], list[int]],
-    ) -> TranscriptionResult:
-        """`result` with its speakers (engine.diarization), by the speaker encoder leased on the
-        job's device: loaded once, kept in the cache, released like the Whisper models."""
-        started = time.perf_counter()
-        with replica.models.lease(self.settings.speaker_model) as encoder:
-            labelled = diarize(
-                audio,
-                result,
-                options.diarization(),
-                encoder,
-                speech_probs=probs,
-                threshold_mb=self.settings.gpu_memory_threshold_mb,
-                encode=encode,
-            )
-        log.info(
-            "Diarization: %d speakers, %d segments (from %d) in %.2f s",
-            len({seg.speaker for seg in labelled.segments}),
-            len(labelled.segments),
-            len(result.segments),
-            time.perf_counter() - started,
-        )
-        return labelled
-
-    def _speech(self, audio: np.ndarray, probs: np.ndarray | None = None) -> SpeechMap:
-        s = self.settings
-        started = time.perf_counter()
-        vad = VadOptions(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s)
-        speech = speech_map(audio, vad, probs)
-        log.info(
-            "Voice activity: %.1f s of speech in %.1f s, %d stretches (%.1f s)",
-            speech.speech_samples / SAMPLE_RATE,
-            len(audio) / SAMPLE_RATE,
-            len(speech.chunks),
-            time.perf_counter() - started,
-        )
-        return speech
-
-    def _language(
-        self,
-        model,
-        replica: DeviceReplica,
-        model_id: str,
-        audio: np.ndarray,
-        sections,
-        options: TranscribeOptions,
-    ) -> str:
-        """The request's language; English for an English-only model; else detected once,
-        as whisper.transcribe does, from the first 30 s of the recording."""
-        if not model.is_multilingual:  # first loaded by this job: the check `prepare` could not do
-            refuse_unsupported(model_id, options.language, options.task)
-        if options.language is not None:
-            return options.language
-        if not model.is_multilingual or not sections:
-            return "en"
-        first = sections[0]
-        mel = log_mel_spectrogram(audio[first.start : first.end], model.dims.n_mels, padding=N_SAMPLES)
-        mel = (
-            whisper.pad_or_trim(mel, N_FRAMES)
-            .to(replica.plan.device)
-            .to(torch.float16 if replica.plan.fp16 else torch.float32)
-        )
-        with replica.lock, torch.inference_mode():
-            _, probs = model.detect_language(mel)
-        language = max(probs, key=probs.get)
-        log.info("Detected language: %s", language)
-        return language
+        model, decoding = self.model_names.resolve(options.model), decoding_options(options, self.settings)
+        return TranscriptionRequest(audio, model, options, decoding, name, info)
 
     # -- state -------------------------------------------------------------------------------
     def status(self) -> EngineStatus:

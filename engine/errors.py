@@ -28,8 +28,8 @@ family, in jobs/errors.py: the engine does not know the packages above it.
 
 Each used to subclass a builtin (RuntimeError, ValueError) directly; they still do, beside
 EngineError, so code that catches those keeps working. The front ends map these classes (not
-their names) to HTTP codes and page messages in one table (ui/openai_compat.py); a stored job
-keeps its error's class name, which `error_class` turns back into the class.
+their names) to HTTP codes and page messages in one table (ui/openai_compat/errors.py); a
+stored job keeps its error's class name, which `error_class` turns back into the class.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from jobs.errors import (
     StorageError,
     StoreUnavailable,
 )
-from jobs.manager import ANONYMOUS_CALLER, JobInfo, JobManager, api_owner, open_store
+from jobs.manager import JobInfo, JobManager, open_store
+from jobs.owners import ANONYMOUS_CALLER, api_owner
 from jobs.speaker_names import MAX_SPEAKER_NAME_CHARS, merged_speaker_names, name_speakers
 from jobs.store import JobRecord, JobStore, Progress, new_replica_id, open_job_store

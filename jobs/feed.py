@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.audio.files import AudioError
-from engine.engine import Engine, InvalidRequest
+from engine.engine import Engine
+from engine.errors import InvalidRequest
 from engine.results import TranscriptionResult
 from engine.worker import JobCancelled, JobHandle, JobStatus, QueueFull, WorkerShutDown
 from jobs.claims import Leases, Run

@@ -55,40 +55,19 @@ from engine.worker import JobCancelled, QueueFull
 from jobs.data_dir import is_disk_full, private_dir
 from jobs.errors import DiskFull, StorageError
 from jobs.feed import Feed, in_client_terms
-from jobs.recordings import Audio, Recordings
+from jobs.owners import legacy_api_owner
+from jobs.recordings import Audio, Recordings, stored_extension
 from jobs.store import JobRecord, JobStore, new_replica_id, open_job_store
 from jobs.ticket import JobTicket
 
 log = logging.getLogger(__name__)
 
-# Extensions a stored recording may keep (ffmpeg does not need one, but it is a hint for
-# formats without a clear header, and a name a person can recognise). Anything else: none.
-AUDIO_EXTENSIONS = frozenset(
-    ".wav .mp3 .m4a .mp4 .flac .ogg .oga .opus .webm .mpeg .mpga .aac .wma .mkv .mov .avi .aif .aiff "
-    ".amr .3gp .caf".split()
-)
 FEED_INTERVAL_S = 0.5  # how often the queue loop claims, renews as due and follows its tickets
 PURGE_INTERVAL_S = 3600.0  # how often expired jobs are deleted while running
 ORPHAN_AGE_S = 3600.0  # files in audio/ or uploads/ with no unfinished job, older than this, are deleted
 # A store of one process: nobody else could take its jobs, so a lease never runs out (a killed
 # process's jobs are queued again at the next start instead).
 LOCAL_LEASE_S = 10 * 365 * 86400.0
-ANONYMOUS_CALLER = "anonymous"  # the API caller's name when no API key is configured
-
-
-def api_owner(key_name: str) -> str:
-    """The owner stored with a job sent through the API with the key called `key_name`: the
-    name, never the key. Page owners are "browser:<id>" or "user:<login>", so they never meet."""
-    return f"api:{key_name}"
-
-
-def legacy_api_owner(key_names: list[str]) -> str | None:
-    """Who gets the ownerless API jobs of a database from before keys had names: the config's
-    only key (then as now, its holder saw them all), "anonymous" when the API is open, none
-    when there are several keys (their jobs cannot be told apart)."""
-    if not key_names:
-        return api_owner(ANONYMOUS_CALLER)
-    return api_owner(key_names[0]) if len(key_names) == 1 else None
 
 
 def open_store(settings: Settings) -> JobStore:
@@ -124,12 +103,6 @@ class JobInfo:
     def result(self) -> TranscriptionResult | None:
         """The result as shown and downloaded: with the speaker names the user gave."""
         return self.record.named_transcription()
-
-
-def stored_extension(name: str) -> str:
-    """The extension a stored recording gets: the name's own if whitelisted, else none."""
-    suffix = Path(str(name).replace("\\", "/")).suffix.lower()
-    return suffix if suffix in AUDIO_EXTENSIONS else ""
 
 
 class JobManager:

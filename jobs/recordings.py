@@ -27,6 +27,18 @@ from jobs.data_dir import PRIVATE_FILE
 from jobs.store import JobRecord, JobStore
 
 Audio = str | os.PathLike | bytes  # a path (copied, or moved) or the file's bytes
+# Extensions a stored recording may keep (ffmpeg does not need one, but it is a hint for
+# formats without a clear header, and a name a person can recognise). Anything else: none.
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .mp3 .m4a .mp4 .flac .ogg .oga .opus .webm .mpeg .mpga .aac .wma .mkv .mov .avi .aif .aiff "
+    ".amr .3gp .caf".split()
+)
+
+
+def stored_extension(name: str) -> str:
+    """The extension a stored recording gets: the name's own if whitelisted, else none."""
+    suffix = Path(str(name).replace("\\", "/")).suffix.lower()
+    return suffix if suffix in AUDIO_EXTENSIONS else ""
 
 
 class Recordings:

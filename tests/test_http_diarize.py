@@ -15,6 +15,9 @@ import base64
 import importlib.util
 import io
 import json
+import os
+import shutil
+import threading
 import time
 import wave
 
@@ -207,6 +210,59 @@ def test_downloads_and_the_jobs_api_keep_the_speakers(http, conversation, server
     engine = server.app.state.jobs.engine
     assert "speaker-encoder-ge2e" in {info.name for info in engine.status().loaded}
     assert "speaker-encoder-ge2e" in engine.release(wait=True, timeout=30).released
+
+
+HOLDING_FFMPEG = """#!/bin/sh
+# ffmpeg, except that decoding a known speaker's clip waits until the test lets it go on
+case "$*" in *speaker-reference-*)
+  touch "{hold}/started"
+  while [ ! -e "{hold}/release" ]; do sleep 0.05; done;;
+esac
+exec {ffmpeg} "$@"
+"""
+
+
+def test_other_requests_are_answered_while_a_reference_clip_is_decoded(http, server, tmp_path, monkeypatch):
+    # ffmpeg decoding a reference clip is held (a wrapper on PATH runs the real one once let go):
+    # /v1/models must still answer meanwhile, so the decode does not hold the event loop
+    hold, tools = tmp_path / "hold", tmp_path / "bin"
+    hold.mkdir()
+    tools.mkdir()
+    wrapper = tools / "ffmpeg"
+    wrapper.write_text(HOLDING_FFMPEG.format(hold=hold, ffmpeg=shutil.which("ffmpeg")))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    reference = data_url(load_audio(shared_audio(LJ_REFERENCE)))
+    answered = {}
+
+    def transcribe() -> None:
+        response = http.post(
+            "/audio/transcriptions",
+            files={"file": ("silence.wav", wav_bytes(np.zeros(2 * SR)))},
+            data={
+                "diarize": "true",
+                "known_speaker_names[]": "Linda",
+                "known_speaker_references[]": reference,
+            },
+        )
+        answered["transcription"] = response.status_code
+
+    request = threading.Thread(target=transcribe)
+    request.start()
+    try:
+        for _ in range(600):
+            if (hold / "started").exists():
+                break
+            time.sleep(0.05)
+        assert (hold / "started").exists(), "the reference clip never reached ffmpeg"
+        try:
+            answered["models"] = http.get("/models", timeout=10).status_code
+        except httpx.TimeoutException:
+            answered["models"] = "no answer in 10 s"
+    finally:
+        (hold / "release").touch()
+        request.join(timeout=120)
+    assert answered == {"models": 200, "transcription": 200}
 
 
 def test_models_list_the_diarizing_alias(client):

@@ -11,7 +11,7 @@ route_class.py (errors in OpenAI's shape, counted in /metrics), admission.py (th
 request passes before its job is queued; Retry-After), readiness.py (the asked model loading
 or failed: 503), uploads.py (the multipart form, its audio into data_dir/uploads) and
 streaming.py (stream=true as server-sent events). The shapes of OpenAI's requests, answers
-and errors are ui/openai_compat.py's.
+and errors are in ui/openai_compat/.
 
 Every request goes through the `JobManager`, the synchronous ones too: the upload and the
 job are on disk before the job is queued, so an accepted request is never lost, and every

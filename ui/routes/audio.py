@@ -19,7 +19,7 @@ from output import SubtitleOptions
 from ui.openai_compat import api_error, parse_form, transcription_response
 from ui.routes.admission import receive_upload, submit
 from ui.routes.dependencies import EngineDep, JobsDep, OwnerDep, SettingsDep, SubtitlesDep
-from ui.routes.readiness import prepared_options
+from ui.routes.readiness import prepared_options_in_thread
 from ui.routes.route_class import OpenAIRoute
 from ui.routes.streaming import streaming_response
 
@@ -62,7 +62,7 @@ async def _transcribe_now(
     upload = await receive_upload(request, jobs, settings)
     try:
         form = parse_form(upload.fields, streams=task == "transcribe")
-        options = prepared_options(form, task, engine, wait_for_model=False)
+        options = await prepared_options_in_thread(form, task, engine, wait_for_model=False)
         handle = await submit(jobs, upload, source="api", owner=owner, options=options)
     finally:
         upload.path.unlink(missing_ok=True)  # gone already once the job took it

@@ -7,6 +7,8 @@ path of the server, only the models' ids (`without_paths`, which /healthz uses t
 
 from __future__ import annotations
 
+import anyio
+
 from engine import Engine, InvalidRequest, JobOptions
 from ui.openai_compat import ApiError, TranscriptionForm, api_error
 
@@ -41,6 +43,15 @@ def prepared_options(form: TranscriptionForm, task: str, engine: Engine, wait_fo
             headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
         )
     return options
+
+
+async def prepared_options_in_thread(
+    form: TranscriptionForm, task: str, engine: Engine, wait_for_model: bool
+) -> JobOptions:
+    """`prepared_options` on a worker thread, as the rest of an upload's work runs: building the
+    options decodes the known speakers' clips with ffmpeg, which would otherwise hold the event
+    loop, and with it every other request, for as long as it takes."""
+    return await anyio.to_thread.run_sync(prepared_options, form, task, engine, wait_for_model)
 
 
 def without_paths(message: str, engine: Engine) -> str:

@@ -7,7 +7,7 @@
 (the `openai` package's TranscriptionTextDeltaEvent and TranscriptionTextDoneEvent). A delta
 is sent for each segment as the engine completes it, in recording order: a recording's
 sections are decoded side by side, so a later section's text waits until the sections before
-it are complete (engine.completed_in_order). The decode loop gives a streaming job's earliest
+it are complete (engine/job_runner.py: completed_in_order). The decode loop gives a streaming job's earliest
 unfinished section a head start and the first free row (engine.decoding.decode_loop), so its text
 starts within a few seconds. Joined, the deltas are the done event's text.
 
