@@ -6,10 +6,15 @@ inside the recording. One section gives whisper.transcribe's words exactly
 (tests/test_stream.py); here the batch is what is under test.
 """
 
+import itertools
+
 import pytest
+import torch
+from whisper.timing import median_filter as whisper_median_filter
 
 from conftest import SHARED_AUDIO, fast_settings, shared_audio
 from engine import Engine, load_audio
+from engine.decoding.median_filter import median_filter
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"
 
@@ -45,3 +50,30 @@ def test_the_words_are_the_transcript(result):
     words = "".join(w.word for s in result.segments for w in s.words)
     assert words.split() == result.text.split()
     assert len(words.split()) > 300  # two and a half minutes of read speech, all of it timed
+
+
+@pytest.mark.parametrize("shape", [(8, 90, 750), (8, 3, 10), (2, 5, 4), (1, 1, 7), (5, 40, 1500)])
+def test_the_median_filter_gives_whisper_s_values_exactly(shape):
+    # attention-like values, rounded ones and 0/1 ones (ties everywhere), edges of every length
+    torch.manual_seed(len(shape) + shape[-1])
+    for x in (torch.randn(shape), torch.randn(shape).round(), (torch.randn(shape) > 0).float()):
+        assert torch.equal(median_filter(x, 7), whisper_median_filter(x, 7))
+    with torch.inference_mode():  # as the decode loop runs it
+        x = torch.randn(shape)
+        assert torch.equal(median_filter(x, 7), whisper_median_filter(x, 7))
+
+
+def test_the_median_filter_finds_the_middle_of_every_0_1_window():
+    # the 0-1 principle: a network of compare-exchanges that is right on every 0/1 input is right
+    for bits in itertools.product([0.0, 1.0], repeat=7):
+        x = torch.tensor(bits).reshape(1, 1, 7)
+        assert torch.equal(median_filter(x, 7), whisper_median_filter(x, 7)), bits
+
+
+def test_the_median_filter_leaves_nan_short_rows_and_other_widths_to_whisper():
+    x = torch.randn(2, 3, 40)
+    x[0, 1, 5] = float("nan")
+    assert torch.equal(median_filter(x, 7).isnan(), whisper_median_filter(x, 7).isnan())
+    short = torch.randn(2, 3, 3)
+    assert torch.equal(median_filter(short, 7), short)
+    assert torch.equal(median_filter(x.nan_to_num(), 5), whisper_median_filter(x.nan_to_num(), 5))

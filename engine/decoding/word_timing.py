@@ -25,8 +25,10 @@ import torch
 import whisper.timing
 from whisper.decoding import DecodingResult
 from whisper.model import Whisper, disable_sdpa
-from whisper.timing import TOKENS_PER_SECOND, WordTiming, dtw, median_filter
+from whisper.timing import TOKENS_PER_SECOND, WordTiming, dtw
 from whisper.tokenizer import Tokenizer
+
+from engine.decoding.median_filter import median_filter
 
 ROWS_PER_PASS = 8  # bounds the attention weights held at once: rows x heads x tokens x 1500 floats per layer
 MEDFILT_WIDTH = 7  # whisper's find_alignment defaults
