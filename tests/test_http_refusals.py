@@ -142,7 +142,7 @@ def test_wrong_method_is_405_with_allow(http):
     for method, path, allow in [
         ("PUT", "/v1/jobs", "GET, POST"),
         ("GET", "/v1/audio/transcriptions", "POST"),
-        ("POST", "/v1/jobs/0123456789ab", "DELETE, GET"),
+        ("POST", "/v1/jobs/0123456789ab", "DELETE, GET, PATCH"),
         ("DELETE", "/v1/models", "GET"),
     ]:
         response = http.request(method, path)
