@@ -129,7 +129,7 @@ def serve(
         # Transcriptions pass Gradio's queue without a limit and wait in the engine's (see
         # ui/page/wiring.py); every waiting one holds a handler thread, so the pool has room for all.
         demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.workers)
-        threads = max(40, settings.workers + settings.queue_size + 16)  # 40: Gradio's default
+        threads = max(40, engine.worker.workers + settings.queue_size + 16)  # 40: Gradio's default
         port = settings.port if port is None else (port or free_port(settings.host))
         auth = parse_auth(settings.auth)
         for warning in exposure_warnings(settings):  # what is open to whom beyond this machine

@@ -7,9 +7,8 @@
 `--jobs` copies of the recording are submitted at once to one Engine (no job store, no HTTP),
 first with the first device alone, then with all of them (`device_index` as given; without a
 GPU, `cpu_replicas` model replicas that share the cores, so the second run shows the routing
-works, not a speed-up). Each run is a fresh process. The engine's `workers` counts the jobs it
-runs at once over all its devices, so each run gets `--workers-per-device` (2) times its
-devices: otherwise the extra GPUs would wait for work. Wall time from the first submit to the
+works, not a speed-up). Each run is a fresh process with `workers` (jobs at once per device)
+from `--workers-per-device` (2), so N devices run 2N jobs at once. Wall time from the first submit to the
 last result, as jobs and hours of audio per hour, and how many jobs ran on each device.
 
 Results go to docs/benchmarks.md between `<!-- bench:devices-<cuda|cpu> -->` markers.
@@ -53,7 +52,7 @@ def measure(args, devices: int, device_index) -> dict:
     values = dict(
         model=args.model,
         language="en",
-        workers=args.workers_per_device * devices,
+        workers=args.workers_per_device,
         queue_size=max(16, args.jobs),
     )
     if args.cpu_replicas:
@@ -72,7 +71,7 @@ def measure(args, devices: int, device_index) -> dict:
         raise RuntimeError(f"the run on {devices} device(s) failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{devices} device(s): {result['wall_s']:.1f} s, jobs per device {result['devices']}", flush=True)
-    return dict(result, count=devices, workers=values["workers"])
+    return dict(result, count=devices, workers=values["workers"] * devices)
 
 
 def report(args, command: str, machine: str, loads: tuple, runs: list[dict]) -> str:

@@ -102,7 +102,7 @@ class Engine:
         on_cpu = self.plan.device.type == "cpu"  # the decode loop's thread alone runs torch on every core
         self.worker = TranscriptionWorker(
             JobRunner(settings, self.devices, self._leased),
-            settings.workers,
+            settings.workers * len(plans),  # per device, so that every GPU of `device_index: all` decodes
             settings.queue_size,
             prepare_thread=single_threaded_here if on_cpu else None,
         )

@@ -56,7 +56,8 @@ class Settings(BaseModel):
     speaker_model: Literal["speaker-encoder-ge2e", "speaker-encoder-campplus"] = "speaker-encoder-ge2e"
 
     # --- work queue ---------------------------------------------------------------------
-    # jobs processed at once; model calls are serialised, audio decoding overlaps
+    # jobs processed at once on each device (GPU or CPU replica); their windows share that device's
+    # decode loop, audio decoding overlaps
     workers: int = Field(2, ge=1)
     queue_size: int = Field(16, ge=1)  # jobs waiting beyond those running; more are refused with "queue full"
 

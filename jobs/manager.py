@@ -385,4 +385,4 @@ class JobManager:
         if not self._durations:
             return 5
         average = sum(self._durations) / len(self._durations)
-        return int(min(60, max(1, math.ceil(average / max(1, self.engine.settings.workers)))))
+        return int(min(60, max(1, math.ceil(average / self.engine.worker.workers))))

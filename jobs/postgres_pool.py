@@ -1,8 +1,9 @@
-"""Connections: a small pool of psycopg connections that a server restart cannot wedge.
+"""Connections: a small pool of psycopg connections that a server restart cannot wedge, and how
+the job store's URL becomes connection settings and its errors become messages.
 
-    pool = Connections({"host": "db", "dbname": "stt", ...}, size=10, wait_s=5)
+    pool = Connections(connection_settings(dsn), size=10, wait_s=5, location=redact(dsn))
     with pool.connection() as connection:   # one transaction: committed at the end, rolled back on error
-        connection.execute(...)
+        connection.execute(...)             # the server gone: StoreUnavailable (HTTP 503), never a hang
 
 Why not psycopg_pool: it reconnects in background threads with an exponential back-off, so
 after a restart of the server the first calls can still time out for seconds while the
@@ -21,7 +22,69 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+
+from jobs.errors import StorageError, StoreUnavailable
+
+# libpq settings the URL may override: how soon a dead server or network shows as an error
+# instead of a call that hangs (keepalives probe an idle connection, tcp_user_timeout bounds
+# a write nobody acknowledges).
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+    "application_name": "whisper-app",
+}
+# SQLSTATE classes that mean the server is gone or going, not that the statement was wrong.
+_UNREACHABLE_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def redact(dsn: str) -> str:
+    """The URL as messages show it: user, host, port and database, never the password."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(an unreadable URL)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+def _unreachable(error: BaseException) -> bool:
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = getattr(error, "sqlstate", None)
+    return state is None or state.startswith(_UNREACHABLE_STATES)  # None: libpq's own (no server reply)
+
+
+def connection_settings(dsn: str) -> dict[str, Any]:
+    """libpq keywords for `dsn`, with CONNECTION_DEFAULTS where it says nothing."""
+    try:
+        return {**CONNECTION_DEFAULTS, **conninfo_to_dict(dsn)}
+    except psycopg.ProgrammingError as exc:
+        raise StorageError(f"job_store is not a URL PostgreSQL can read ({exc})") from None
+
+
+def store_error(error: psycopg.Error, location: str, opening: bool = False) -> StorageError:
+    """The StorageError for a database error; at opening, any failure to connect (a wrong
+    password included) is StoreUnavailable, with what to check."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not isinstance(error, psycopg.OperationalError):
+        return StorageError(f"Cannot use the job store {location} ({first}).")
+    check = (
+        "is its PostgreSQL server up and reachable from this machine, and are the user and "
+        "password in job_store right?"
+        if opening
+        else "is its PostgreSQL server up and reachable?"
+    )
+    return StoreUnavailable(
+        f"The job store {location} cannot be reached ({first}): {check} "
+        "Jobs cannot be stored or read until it answers."
+    )
 
 
 class PoolExhausted(psycopg.OperationalError):
@@ -31,9 +94,10 @@ class PoolExhausted(psycopg.OperationalError):
 class Connections:
     """At most `size` open connections to one database, shared by every thread."""
 
-    def __init__(self, settings: dict[str, Any], size: int, wait_s: float):
+    def __init__(self, settings: dict[str, Any], size: int, wait_s: float, location: str):
         self._settings = settings  # libpq keywords (host, port, dbname, user, password, timeouts)
         self._wait_s = wait_s  # how long a call waits for a free connection
+        self._location = location  # the URL as messages show it (redact)
         self._slots = threading.BoundedSemaphore(size)
         self._idle: list[psycopg.Connection] = []  # most recently used last
         self._lock = threading.Lock()
@@ -41,6 +105,17 @@ class Connections:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection in one transaction; the server's absence as StoreUnavailable."""
+        try:
+            with self._pooled() as connection:
+                yield connection
+        except psycopg.Error as exc:
+            if _unreachable(exc):
+                raise store_error(exc, self._location) from None
+            raise
+
+    @contextlib.contextmanager
+    def _pooled(self) -> Iterator[psycopg.Connection]:
         if not self._slots.acquire(timeout=self._wait_s):
             raise PoolExhausted(f"no free database connection within {self._wait_s:g} s")
         try:

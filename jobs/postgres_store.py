@@ -15,32 +15,27 @@ have room for and feeds them all into one batching decode loop, and every replic
 follows and cancels any job: the job row is the queue entry, the listing and the result at
 once, so a second table of queue state would be two truths to keep in step.
 
-Connections come from a small pool (jobs/postgres_pool.py) that checks each one before handing
-it out, so after the server restarts the next call gets a fresh connection; a call while it
-cannot be reached raises StoreUnavailable (HTTP 503) within seconds (libpq's connect_timeout,
-keepalives, tcp_user_timeout), never hangs.
+Connections, their settings and errors are jobs/postgres_pool.py's: a call while the server
+cannot be reached raises StoreUnavailable (HTTP 503) within seconds, never hangs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from engine.job_options import JobOptions
 from engine.results import Segment
 from jobs.data_dir import private_dir
-from jobs.errors import StorageError, StoreUnavailable
-from jobs.postgres_pool import Connections
+from jobs.postgres_pool import Connections, connection_settings, redact, store_error
 from jobs.postgres_schema import JOBS, RECORDINGS, SECRETS, SEGMENTS, migrate
 from jobs.store import (
     COLUMNS,
@@ -62,38 +57,6 @@ from jobs.store import (
 log = logging.getLogger(__name__)
 
 NOW = "EXTRACT(EPOCH FROM statement_timestamp())::float8"  # the database's clock, unix seconds
-# libpq settings the URL may override: how soon a dead server or network shows as an error
-# instead of a call that hangs (keepalives probe an idle connection, tcp_user_timeout bounds
-# a write nobody acknowledges).
-CONNECTION_DEFAULTS = {
-    "connect_timeout": "5",
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "15000",
-    "application_name": "whisper-app",
-}
-# SQLSTATE classes that mean the server is gone or going, not that the statement was wrong.
-_UNREACHABLE_STATES = ("08", "57P01", "57P02", "57P03")
-
-
-def redact(dsn: str) -> str:
-    """The URL as messages show it: user, host, port and database, never the password."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "postgresql://(an unreadable URL)"
-    user = f"{parts['user']}@" if parts.get("user") else ""
-    port = f":{parts['port']}" if parts.get("port") else ""
-    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
-
-
-def _unreachable(error: BaseException) -> bool:
-    if not isinstance(error, psycopg.OperationalError):
-        return False
-    state = getattr(error, "sqlstate", None)
-    return state is None or state.startswith(_UNREACHABLE_STATES)  # None: libpq's own (no server reply)
 
 
 class PostgresJobStore(JobStore):
@@ -111,52 +74,24 @@ class PostgresJobStore(JobStore):
     def __init__(self, dsn: str, data_dir: Path | str, *, pool_size: int = 10, wait_s: float = 5.0):
         self.location = redact(dsn)
         self.data_dir = private_dir(Path(data_dir))
-        try:
-            settings = {**CONNECTION_DEFAULTS, **conninfo_to_dict(dsn)}
-        except psycopg.ProgrammingError as exc:
-            raise StorageError(f"job_store is not a URL PostgreSQL can read ({exc})") from None
+        settings = connection_settings(dsn)
         try:
             with psycopg.connect(**settings) as connection:
                 found = migrate(connection, self.location)
         except psycopg.Error as exc:
-            raise self._error(exc, opening=True) from None
+            raise store_error(exc, self.location, opening=True) from None
         if found == 0:
             log.info("Created the job tables in %s", self.location)
-        self._pool = Connections(settings, pool_size, wait_s)
-
-    def _error(self, error: psycopg.Error, opening: bool = False) -> StorageError:
-        """The StorageError for a database error; at opening, any failure to connect (a wrong
-        password included) is StoreUnavailable, with what to check."""
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if not isinstance(error, psycopg.OperationalError):
-            return StorageError(f"Cannot use the job store {self.location} ({first}).")
-        check = (
-            "is its PostgreSQL server up and reachable from this machine, and are the user and "
-            "password in job_store right?"
-            if opening
-            else "is its PostgreSQL server up and reachable?"
-        )
-        return StoreUnavailable(
-            f"The job store {self.location} cannot be reached ({first}): {check} "
-            "Jobs cannot be stored or read until it answers."
-        )
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection in one transaction (committed at the end, rolled back on error);
-        the server's absence as StoreUnavailable."""
-        try:
-            with self._pool.connection() as connection:
-                yield connection
-        except psycopg.Error as exc:
-            if _unreachable(exc):
-                raise self._error(exc) from None
-            raise
+        self._pool = Connections(settings, pool_size, wait_s, self.location)
+        self._connection = self._pool.connection  # one transaction; the server's absence as StoreUnavailable
 
     def _execute(self, sql: str, params: Any = ()) -> int:
         """One statement in its own transaction; the number of rows it changed."""
         with self._connection() as connection:
             return connection.execute(sql, params).rowcount
+
+    def _changed_one(self, sql: str, params: Any = ()) -> bool:
+        return self._execute(sql, params) == 1
 
     def _fetch(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
         with self._connection() as connection:
@@ -189,24 +124,18 @@ class PostgresJobStore(JobStore):
             return _update(connection, job_id, from_states, changes)
 
     def mark_running(self, job_id: str, started_at: float | None = None) -> bool:
-        return (
-            self._execute(
-                f"UPDATE {JOBS} SET status = 'running', started_at = %s, "
-                "attempts = attempts + 1 WHERE id = %s AND status = 'queued'",
-                (started_at or time.time(), job_id),
-            )
-            == 1
+        return self._changed_one(
+            f"UPDATE {JOBS} SET status = 'running', started_at = %s, "
+            "attempts = attempts + 1 WHERE id = %s AND status = 'queued'",
+            (started_at or time.time(), job_id),
         )
 
     def requeue(self, job_id: str, *, count_attempt: bool = True, attempt: int | None = None) -> bool:
         fence, params = ("", ()) if attempt is None else (" AND attempts = %s", (attempt,))
-        return (
-            self._execute(
-                f"UPDATE {JOBS} SET status = 'queued', attempts = GREATEST(0, attempts - %s), "
-                f"lease_owner = NULL, lease_expires_at = NULL WHERE id = %s AND status = 'running'{fence}",
-                (0 if count_attempt else 1, job_id, *params),
-            )
-            == 1
+        return self._changed_one(
+            f"UPDATE {JOBS} SET status = 'queued', attempts = GREATEST(0, attempts - %s), "
+            f"lease_owner = NULL, lease_expires_at = NULL WHERE id = %s AND status = 'running'{fence}",
+            (0 if count_attempt else 1, job_id, *params),
         )
 
     def finish(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -26,8 +25,8 @@ from typing import Any
 
 from engine.job_options import JobOptions
 from engine.results import Segment
-from jobs.data_dir import PRIVATE_FILE, DataDirLock, storage_error, tighten
-from jobs.sqlite_schema import BASE_SCHEMA, migrate
+from jobs.data_dir import DataDirLock
+from jobs.sqlite_file import DB_NAME, open_database
 from jobs.store import (
     COLUMNS,
     FINISHED,
@@ -47,7 +46,6 @@ from jobs.store import (
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "jobs.sqlite3"
 _JSON_COLUMNS = ("options", "result", "speaker_names")  # stored as JSON text
 
 
@@ -75,76 +73,10 @@ class SqliteJobStore(JobStore):
         self.location = str(self.path)
         self._lock = threading.Lock()
         try:
-            self._db = self._open(legacy_api_owner)
+            self._db = open_database(self.path, legacy_api_owner)
         except BaseException:
             self._owner.release()
             raise
-
-    def _open(self, legacy_api_owner: str | None) -> sqlite3.Connection:
-        try:
-            return self._connect(legacy_api_owner)
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                raise storage_error(exc, self.data_dir, self.path) from None
-            reason = exc
-        aside = self._move_aside()
-        log.warning(
-            "The jobs database %s is damaged (%s): moved it to %s and started a new, empty one. "
-            "The jobs stored in it are not in the new database (their results can only be "
-            "read from the moved file).",
-            self.path,
-            reason,
-            aside.name,
-        )
-        return self._connect(legacy_api_owner)
-
-    def _connect(self, legacy_api_owner: str | None) -> sqlite3.Connection:
-        try:
-            # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
-        except OSError as exc:
-            raise storage_error(exc, self.data_dir, self.path) from None
-        for path in self._files():
-            tighten(path)
-        db = None
-        try:
-            # isolation_level=None: autocommit, each statement is its own durable transaction.
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-            db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut too
-            db.execute("PRAGMA secure_delete=ON")  # a deleted transcript is overwritten, not just unlinked
-            db.executescript(BASE_SCHEMA)
-            migrate(db, legacy_api_owner)
-            # Reads every page once (quick: rows are small), so damage shows here, not in a job later.
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-        except BaseException:
-            if db is not None:
-                db.close()
-            raise
-        for path in self._files():  # -wal and -shm exist now
-            tighten(path)
-        return db
-
-    def _files(self) -> list[Path]:
-        return [self.path, *(self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))]
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{DB_NAME}.corrupt-{stamp}-{n}")
-        try:
-            for path, suffix in zip(self._files(), ("", "-wal", "-shm")):
-                if path.exists():
-                    path.rename(aside.with_name(aside.name + suffix))
-        except OSError as exc:
-            raise storage_error(exc, self.data_dir, self.path) from None
-        return aside
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -439,13 +371,6 @@ def _forget_recording(db: sqlite3.Connection, job_id: str) -> None:
     """What a job that finished or went keeps no more: its stored recording and streamed segments."""
     db.execute("DELETE FROM recordings WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-
-
-def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
-    """A file that is not a database or whose pages are damaged, as opposed to one that cannot
-    be opened or written (OperationalError: permissions, read-only, full)."""
-    name = getattr(error, "sqlite_errorname", "")
-    return name in ("SQLITE_NOTADB", "SQLITE_CORRUPT") or type(error) is sqlite3.DatabaseError
 
 
 def _encode(column: str, value: Any) -> Any:

@@ -44,6 +44,23 @@ def test_two_jobs_at_once_run_on_two_replicas_each_with_its_own_model(micro_chec
         assert all(not d.models for d in engine.status().devices)
 
 
+def test_workers_count_per_device_so_every_replica_gets_a_job(micro_checkpoint):
+    # One worker per device and three devices: three jobs run at once, one on each. (When
+    # `workers` counted the jobs of all devices, `device_index: all` with the default 2 left
+    # every GPU past the second without work.)
+    settings = fast_settings(micro_checkpoint, cpu_replicas=3, workers=1, batch_size=2)
+    with Engine(settings) as engine:
+        assert engine.status().workers == 3
+        jobs = [engine.submit(shared_audio(FIVE_MIN)) for _ in range(3)]
+        wait_until(
+            lambda: [d.running_jobs for d in engine.status().devices] == [1, 1, 1],
+            what="one job on each of the three replicas",
+        )
+        for job in jobs:
+            job.result(timeout=300)
+        assert [d.finished_jobs for d in engine.status().devices] == [1, 1, 1]
+
+
 def test_one_device_is_the_default_and_its_status_names_it(micro_checkpoint):
     with Engine(fast_settings(micro_checkpoint), load=False) as engine:
         (device,) = engine.status().devices

@@ -18,8 +18,9 @@ import pytest
 
 from conftest import ROOT
 from jobs.errors import StorageError, StoreUnavailable
+from jobs.postgres_pool import redact
 from jobs.postgres_schema import JOBS, MIGRATIONS, SCHEMA_VERSION, VERSIONS
-from jobs.postgres_store import PostgresJobStore, redact
+from jobs.postgres_store import PostgresJobStore
 from jobs.store import JobRecord, open_job_store
 from postgres_server import PASSWORD
 
