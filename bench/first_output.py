@@ -47,7 +47,7 @@ SECTION = "cpu:tiny.en:first-output"
 def measure(tree: Path, mode: str) -> dict:
     sys.path.insert(0, str(tree))
     from engine import Engine, load_settings
-    from engine.decoding.fast_decode import GreedyDecode
+    from engine.decoding.greedy_decode import GreedyDecode
 
     first_decode: list[float] = []
     admit = GreedyDecode.admit

@@ -10,7 +10,7 @@ wrapped for the run, so nothing here changes what is measured:
     log-mel               SectionStream.__init__ (each section's log-mel, computed once)
     window slicing        SectionStream.next_window (the window at `seek`, the silence check)
     voice activity        engine.audio.vad.speech_map (Silero, on by default)
-    encoder               engine.decoding.fast_decode.encode
+    encoder               engine.decoding.greedy_decode.encode
     cross-attention k, v  computed once per window as it joins the decode
     decoder blocks        self- and cross-attention and MLP of every token step (prompts' prefill included)
     output projection     the 51,865-wide logits matmul of every token step
@@ -89,11 +89,11 @@ def profile(
 
     from engine import Engine
     from engine import engine as engine_module
-    from engine.decoding import decode_loop, fast_decode
+    from engine.decoding import cached_decoder, decode_loop, greedy_decode
     from engine.decoding.stream import SectionStream
 
     sections: list[int] = []
-    greedy = fast_decode.GreedyDecode
+    greedy, decoder = greedy_decode.GreedyDecode, cached_decoder.CachedDecoder
 
     def plan_sections(audio, *args, **kwargs):
         planned = original_plan(audio, *args, **kwargs)
@@ -108,10 +108,10 @@ def profile(
         (SectionStream, "__init__", "log-mel"),
         (SectionStream, "next_window", "window slicing"),
         (SectionStream, "advance", "stream bookkeeping"),
-        (fast_decode, "encode", "encoder"),
-        (greedy, "_cross_keys_values", "cross-attention keys, values"),
-        (greedy, "_forward", "decoder blocks"),
-        (greedy, "_logits", "output projection"),
+        (greedy_decode, "encode", "encoder"),
+        (decoder, "cross_keys_values", "cross-attention keys, values"),
+        (decoder, "forward", "decoder blocks"),
+        (decoder, "logits", "output projection"),
         (greedy, "admit", "greedy decode"),
         (greedy, "step", "greedy decode"),
         (decode_loop, "fall_back", "fallback re-decodes"),

@@ -17,7 +17,8 @@ import torch
 import whisper
 
 from engine.audio.files import AudioInfo, check_audio, check_length
-from engine.decoding.decode_loop import MODEL_LOCK, BeforeStep, DecodeLoop, ModelLock
+from engine.decoding.decode_loop import BeforeStep, DecodeLoop
+from engine.decoding.model_lock import MODEL_LOCK, ModelLock
 from engine.device.cpu_threads import in_passing_thread, single_threaded_here
 from engine.device.cuda import DevicePlan, apply_alloc_conf, plan_devices
 from engine.device.gpu_monitor import GpuMonitor

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.decoding.decode_loop import DecodeLoop, ModelLock
+from engine.decoding.decode_loop import DecodeLoop
+from engine.decoding.model_lock import ModelLock
 from engine.device.cuda import DevicePlan
 from engine.models.cache import ModelCache
 
@@ -30,7 +31,7 @@ class DeviceReplica:
     plan: DevicePlan  # where its models live and in which precision
     models: ModelCache  # its resident models
     loop: DecodeLoop  # the one decode loop the jobs placed here share
-    lock: ModelLock  # every forward pass on its models (decode_loop.ModelLock)
+    lock: ModelLock  # every forward pass on its models (engine.decoding.model_lock)
     running: int = 0  # jobs placed here and not finished
     finished: int = 0  # jobs that ran here, since the start
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -287,7 +288,7 @@ def test_missing_ffmpeg_says_how_to_install(tmp_path: Path, monkeypatch):
 def test_ffmpeg_found_is_remembered(monkeypatch):
     audio.check_ffmpeg()
     calls: list[str] = []
-    monkeypatch.setattr(audio.shutil, "which", lambda tool: calls.append(tool))
+    monkeypatch.setattr(shutil, "which", lambda tool: calls.append(tool))
     audio.check_ffmpeg()
     assert calls == []
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import LONG_11_MIN, SHARED_AUDIO, fast_settings, shared_audio
 from engine import Engine, JobCancelled, load_audio
-from engine.decoding.decode_loop import ModelLock
+from engine.decoding.model_lock import ModelLock
 from test_worker import fingerprint, wait_for
 
 FIVE_MIN = SHARED_AUDIO / "long" / "lj050_0159_5min.mp3"

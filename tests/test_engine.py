@@ -104,7 +104,7 @@ def test_language_task_and_prompt_reach_the_decoder(engine):
 def test_the_initial_prompt_is_the_first_windows_context(micro_checkpoint, monkeypatch):
     import whisper
 
-    from engine.decoding.fast_decode import GreedyDecode
+    from engine.decoding.greedy_decode import GreedyDecode
 
     prompts = []
     admit = GreedyDecode.admit

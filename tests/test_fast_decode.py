@@ -17,7 +17,7 @@ import whisper
 from checkpoints import _probe_mels, build_model
 from conftest import LONG_11_MIN, shared_audio, window_mels
 from engine import load_audio
-from engine.decoding import fast_decode
+from engine.decoding import fast_decode, greedy_decode
 from real_models import load_real_model
 
 TOKENS_PER_WINDOW = 100  # about what 30 s of real speech needs
@@ -59,9 +59,9 @@ def test_every_window_of_the_recording_decodes_as_whisper_decode_alone():
 
 def test_rows_that_end_early_leave_the_batch_and_keep_their_tokens(micro, varied_mels, monkeypatch):
     kept = []
-    compact = fast_decode.GreedyDecode._compact
+    compact = greedy_decode.GreedyDecode._compact
     monkeypatch.setattr(
-        fast_decode.GreedyDecode, "_compact", lambda self: (kept.append(len(self)), compact(self))
+        greedy_decode.GreedyDecode, "_compact", lambda self: (kept.append(len(self)), compact(self))
     )
     expected = whisper.decode(micro, varied_mels, GREEDY)
     got = fast_decode.decode(micro, varied_mels, GREEDY)
@@ -103,7 +103,7 @@ def test_one_mel_gives_one_result_and_features_are_accepted(micro, varied_mels):
 
 def test_encoder_runs_a_few_windows_at_a_time_on_cpu_with_the_same_output(micro, varied_mels):
     together = micro.encoder(varied_mels)
-    assert torch.allclose(fast_decode.encode(micro, varied_mels, fp16=False), together, atol=1e-5)
+    assert torch.allclose(greedy_decode.encode(micro, varied_mels, fp16=False), together, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_rows_with_prompts_at_the_context_limit_stop_where_whisper_stops(micro, 
 def test_the_cuda_path_runs_on_the_cpu_with_whisper_decodes_tokens(micro, varied_mels, monkeypatch, prompted):
     """GPUs are lent rarely: the CUDA branch (SDPA cross-attention, finished rows looked at
     every few steps) runs here in fp32 against whisper.decode, then in fp16 tensors."""
-    monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
+    monkeypatch.setattr(greedy_decode, "reads_back_cheaply", lambda device: False)
     tokenizer = whisper.tokenizer.get_tokenizer(False)
     prompts = [
         tokenizer.encode(" Hello there.") if prompted and i % 2 else None for i in range(len(varied_mels))
@@ -186,7 +186,7 @@ def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(
     decode (into a freed slot or after the last), at other positions and with their own
     prompts, get the tokens whisper.decode gives each alone; a dropped row never comes back."""
     if not host:
-        monkeypatch.setattr(fast_decode, "reads_back_cheaply", lambda device: False)
+        monkeypatch.setattr(greedy_decode, "reads_back_cheaply", lambda device: False)
     tokenizer = whisper.tokenizer.get_tokenizer(False)
     # the first rows need a short cache; a row with a prompt trimmed to 223 tokens joins later and longer
     prompts = [
@@ -200,7 +200,7 @@ def test_rows_that_join_a_running_decode_decode_as_whisper_decode_alone(
         None,
     ]
     options = dataclasses.replace(GREEDY, sample_len=40)
-    decode = fast_decode.GreedyDecode(micro, options)
+    decode = greedy_decode.GreedyDecode(micro, options)
     decode.admit(varied_mels[:3], prompts[:3], [0, 1, 2])
     waiting, results, joined_running = list(range(3, 8)), {}, 0
     decode.drop([2])
@@ -222,7 +222,7 @@ def test_a_row_with_a_longer_prompt_joining_grows_the_caches(micro, varied_mels)
     joins by growing every row's cache, and both rows still decode as alone."""
     options = dataclasses.replace(GREEDY, sample_len=40)
     prompts = [None, list(range(100, 400))]
-    decode = fast_decode.GreedyDecode(micro, options)
+    decode = greedy_decode.GreedyDecode(micro, options)
     decode.admit(varied_mels[:1], prompts[:1], [0])
     short = decode.rows["keys0"].shape[1]
     decode.admit(varied_mels[1:2], prompts[1:], [1])

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import JFK, fast_settings, shared_audio
 from engine import Engine, InvalidRequest, JobOptions, ModelNotOffered
-from engine.audio import files
+from engine.audio import ffprobe
 from jobs.manager import JobManager
 from jobs.sqlite_store import SqliteJobStore
 
@@ -67,14 +67,14 @@ def test_the_engine_names_the_model_by_its_id_and_fills_the_task(engine):
 
 def test_a_job_is_stored_with_its_prepared_options_and_its_file_is_probed_once(engine, tmp_path, monkeypatch):
     probes = []
-    run_tool = files._run_tool
+    run_tool = ffprobe._run_tool
 
     def counting(command):
         if command[0] == "ffprobe":
             probes.append(command)
         return run_tool(command)
 
-    monkeypatch.setattr(files, "_run_tool", counting)
+    monkeypatch.setattr(ffprobe, "_run_tool", counting)
     jobs = JobManager(engine, SqliteJobStore(tmp_path)).start()
     try:
         handle = jobs.submit(

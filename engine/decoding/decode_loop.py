@@ -1,6 +1,6 @@
 """The decode loop: one thread per device that advances every live stream of every running job.
 
-The loop keeps one greedy decode running (engine.decoding.fast_decode.GreedyDecode) whose rows are
+The loop keeps one greedy decode running (engine.decoding.greedy_decode.GreedyDecode) whose rows are
 the current windows of as many live streams as fit in a batch, taken fairly (the streams
 that waited longest first, whichever job they belong to). After every token step the rows
 whose window ended leave: their fallback re-decodes and word timing run, their streams
@@ -40,13 +40,10 @@ holding the model lock: the one place tests act on the decode users get, to hold
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from whisper.audio import FRAMES_PER_SECOND
@@ -54,52 +51,20 @@ from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 
 from engine.decoding.fallback import fall_back
-from engine.decoding.fast_decode import GreedyDecode, supports
+from engine.decoding.fast_decode import supports
+from engine.decoding.greedy_decode import GreedyDecode
+from engine.decoding.loop_job import LiveStream, LoopJob, prompt_tokens
 from engine.decoding.memory import fit_batch_size, too_large_message
+from engine.decoding.model_lock import MODEL_LOCK, ModelLock
 from engine.decoding.options import TranscribeOptions
 from engine.decoding.stream import TIME_PRECISION, SectionStream, StreamWindow
 from engine.decoding.whole_decode import WholeDecode
 from engine.decoding.word_timing import align_windows
 from engine.device.cuda import free_cuda_cache
+from engine.device.host_memory import return_freed_host_memory
 from engine.errors import JobCancelled, WindowTooLarge
 
 log = logging.getLogger(__name__)
-
-
-class ModelLock:
-    """Every forward pass on a shared model goes through this lock: the decode loop's steps, a
-    job's language detection and the warm-up. Word timing switches SDPA off for the whole
-    MultiHeadAttention class, so two threads running models at once could disturb each other.
-
-    The decode loop holds it one token step at a time and, between steps, lets anyone waiting
-    go first (`let_waiters_in`): a plain lock released and taken again at once by the same
-    thread may never be handed to a waiting one, and a new job's language detection would
-    wait for every running job to end."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._count = threading.Lock()
-
-    def __enter__(self) -> ModelLock:
-        with self._count:
-            self._waiting += 1
-        self._lock.acquire()
-        with self._count:
-            self._waiting -= 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
-
-    def let_waiters_in(self, patience_s: float = 1.0) -> None:
-        """Wait (not holding the lock) until nobody else waits for it, for `patience_s` at most."""
-        deadline = time.monotonic() + patience_s
-        while self._waiting and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-
-MODEL_LOCK = ModelLock()
 
 CANCEL_POLL_S = 0.05  # how often a waiting job looks at its cancel flag
 PROGRESS_EVERY_STEPS = 8  # on CUDA, steps between looks at how far the rows have come (each look stalls it)
@@ -112,94 +77,6 @@ def start_decode(model: Whisper, options: DecodingOptions) -> RunningDecode:
     """A running decode for rows decoded with `options`: GreedyDecode for what it does
     (greedy, the language known), a WholeDecode for the rest (a first temperature above 0)."""
     return GreedyDecode(model, options) if supports(options) else WholeDecode(model, options)
-
-
-@dataclass(eq=False)
-class _Job:
-    model: Whisper
-    options: TranscribeOptions
-    language: str
-    streams: list[SectionStream]
-    cancelled: Callable[[], bool]  # polled before each step
-    on_progress: Callable[[float, float], None]  # (seconds done, seconds in all)
-    streaming: Callable[[], bool] = lambda: False  # whether a client reads the text as it comes
-    # how far into its window in the running decode each stream's timestamps have come, in
-    # seconds; keyed by the stream, not held by its _Live (which points back here): a cycle
-    # would keep the job's streams, and its whole recording, until the periodic collector ran
-    into_window: dict[SectionStream, float] = field(default_factory=dict)
-    reported_s: float = 0.0  # the most seconds reported done: progress never goes back
-    error: BaseException | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def batch_key(self) -> tuple:
-        """Rows of jobs with equal keys may share a batch. A running decode decodes at one
-        temperature, so a job whose first decode samples never joins a greedy one."""
-        return (
-            id(self.model),
-            self.options.task,
-            self.language,
-            self.options.max_new_tokens,
-            self.options.temperatures[0],
-        )
-
-    def earliest(self) -> SectionStream | None:
-        """The first section, in recording order, that is not finished."""
-        return next((stream for stream in self.streams if not stream.finished), None)
-
-    def progress_s(self) -> float:
-        """Seconds decoded: behind each stream's seek, and into the windows in the running decode."""
-        return sum(s.done_s for s in self.streams) + sum(self.into_window.values())
-
-    def head_start_over(self) -> bool:
-        """Whether the job has something to show: its first text (a streaming job) or progress."""
-        if self.streaming():
-            return any(stream.windows_decoded for stream in self.streams)
-        return self.progress_s() > 0
-
-    def holds_back(self, stream: SectionStream) -> bool:
-        """Whether `stream` waits for the earliest section's head start."""
-        return stream is not self.earliest() and not self.head_start_over()
-
-    def favours(self, stream: SectionStream) -> bool:
-        """Whether `stream` goes before every other waiting one: the section a streaming client waits for."""
-        return stream is self.earliest() and self.streaming()
-
-    def report_progress(self) -> None:
-        total = sum(s.duration_s for s in self.streams)
-        # A window's seek may end before its latest timestamp (at its last complete segment, or
-        # its last word): what was reported stays reported, and that stretch is decoded again.
-        self.reported_s = min(max(self.reported_s, self.progress_s()), total)
-        try:
-            self.on_progress(self.reported_s, total)
-        except Exception:  # an observer must never break the loop
-            log.exception("progress callback failed")
-
-
-@dataclass(eq=False)
-class _Live:
-    job: _Job
-    stream: SectionStream
-
-
-def _prompt_tokens(job: _Job) -> int:
-    """The longest prompt a window of this job may carry: whisper keeps the last
-    n_text_ctx // 2 - 1 tokens of the previous text (223), none without previous text."""
-    options = job.options
-    if options.condition_on_previous_text or options.initial_prompt:
-        return job.model.dims.n_text_ctx // 2 - 1
-    return 0
-
-
-def return_freed_host_memory() -> None:
-    """Hand the heap memory freed by the last jobs back to the system. glibc keeps freed
-    memory in per-thread arenas; with the loop's thread, the workers and the web server all
-    allocating, a few hundred MB of it stayed resident after a burst of jobs (measured:
-    +160 MB over ten 5-minute jobs). Nothing to do where malloc_trim does not exist."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class DecodeLoop:
@@ -225,7 +102,7 @@ class DecodeLoop:
         self.before_step = before_step
         self.start_decode: Callable[[Whisper, DecodingOptions], RunningDecode] = start_decode
         self._lock = lock
-        self._live: deque[_Live] = deque()
+        self._live: deque[LiveStream] = deque()
         self._cond = threading.Condition()
         self._limit = batch_size  # lowered by an out-of-memory error until the loop is idle
         self._closed = False
@@ -246,8 +123,8 @@ class DecodeLoop:
         """Decode `streams` (a recording's sections, in order) to their ends; raises the step's
         error, or JobCancelled once `cancelled()` turns true (the streams leave the loop at its
         next step). While `streaming()` is true, the earliest unfinished section comes first."""
-        job = _Job(model, options, language, streams, cancelled, on_progress, streaming)
-        live = [_Live(job, stream) for stream in streams if not stream.finished]
+        job = LoopJob(model, options, language, streams, cancelled, on_progress, streaming)
+        live = [LiveStream(job, stream) for stream in streams if not stream.finished]
         if not live:
             return
         with self._cond:
@@ -290,7 +167,7 @@ class DecodeLoop:
             # and through them its whole recording, alive.
             del candidates
 
-    def _wait_for_work(self) -> list[_Live] | None:
+    def _wait_for_work(self) -> list[LiveStream] | None:
         """The live streams that may share the next batch (those of the longest-waiting
         stream's kind), once there are any; None when the loop is closed."""
         with self._cond:
@@ -307,7 +184,7 @@ class DecodeLoop:
                 return_freed_host_memory()
                 self._cond.wait()
 
-    def _account(self, served: list[_Live]) -> None:
+    def _account(self, served: list[LiveStream]) -> None:
         """Bookkeeping after a step (caller holds the condition): served streams go to the back
         of the line or leave when finished, jobs hear of their progress, finished and failed jobs leave."""
         for entry in served:
@@ -324,17 +201,7 @@ class DecodeLoop:
                 job.finished.set()
 
     # -- a running decode that rows join and leave -------------------------------------------
-    def _first_options(self, job: _Job) -> DecodingOptions:
-        """A window's first decode: at the first temperature of the job's ladder (0: greedy)."""
-        return DecodingOptions(
-            task=job.options.task,
-            language=job.language,
-            temperature=job.options.temperatures[0],
-            sample_len=job.options.max_new_tokens,
-            fp16=self.fp16,
-        )
-
-    def _limit_now(self, job: _Job) -> int:
+    def _limit_now(self, job: LoopJob) -> int:
         model = job.model
         return fit_batch_size(
             self._limit,
@@ -343,22 +210,22 @@ class DecodeLoop:
             2 if self.fp16 else 4,
             job.options.max_new_tokens,
             self.memory_threshold_mb,
-            _prompt_tokens(job),
+            prompt_tokens(job),
         )
 
-    def _decode_continuously(self, candidates: list[_Live]) -> None:
+    def _decode_continuously(self, candidates: list[LiveStream]) -> None:
         """Run one decode until no row is left: between its steps, rows whose window ended hand
         their result to their stream, and waiting streams of the same kind join (none while a
         stream of another kind waits, so that kind gets the next decode)."""
         job = candidates[0].job
         key, model = job.batch_key, job.model
-        rows: dict[_Live, StreamWindow] = {}  # the entries in the decode, and the window each decodes
-        ended: list[tuple[_Live, object]] = []
-        joining: list[_Live] = []
+        rows: dict[LiveStream, StreamWindow] = {}  # the entries in the decode, and the window each decodes
+        ended: list[tuple[LiveStream, object]] = []
+        joining: list[LiveStream] = []
         try:
             with self._lock:
                 limit = self._limit_now(job)
-                decode = self.start_decode(model, self._first_options(job))
+                decode = self.start_decode(model, job.first_options(self.fp16))
             joining = self._ready(candidates, self._room(model, {}, limit))
             while True:
                 with self._lock:
@@ -401,7 +268,7 @@ class DecodeLoop:
                 self._remove(in_decode[0].job)
 
     @staticmethod
-    def _room(model: Whisper, rows: dict[_Live, StreamWindow], limit: int) -> int:
+    def _room(model: Whisper, rows: dict[LiveStream, StreamWindow], limit: int) -> int:
         """How many windows may join before the next step. On a CPU one: its encoder pass takes
         as long as a dozen token steps, and windows joining one by one keep the rows already in
         the decode (and the progress they report) moving meanwhile. On a GPU a batch of them
@@ -409,7 +276,7 @@ class DecodeLoop:
         room = limit - len(rows)
         return min(room, 1) if next(model.parameters()).device.type == "cpu" else room
 
-    def _joining(self, key: tuple, rows: dict[_Live, StreamWindow], room: int) -> list[_Live]:
+    def _joining(self, key: tuple, rows: dict[LiveStream, StreamWindow], room: int) -> list[LiveStream]:
         """Waiting streams of this kind that may join the decode now (caller holds the condition)."""
         waiting = [entry for entry in self._live if entry not in rows and not entry.job.cancelled()]
         if any(entry.job.batch_key != key for entry in waiting):
@@ -417,14 +284,14 @@ class DecodeLoop:
         return self._ready(waiting, room)
 
     @staticmethod
-    def _ready(waiting: list[_Live], room: int) -> list[_Live]:
+    def _ready(waiting: list[LiveStream], room: int) -> list[LiveStream]:
         """Of `waiting` (longest-waiting first), the `room` that join: the sections streaming
         clients wait for first, then the line's order; none a job holds back for its head start."""
         ready = [entry for entry in waiting if not entry.job.holds_back(entry.stream)]
         ready.sort(key=lambda entry: not entry.job.favours(entry.stream))  # stable: the line's order within
         return ready[: max(room, 0)]
 
-    def _follow_windows(self, decode: RunningDecode, rows: dict[_Live, StreamWindow]) -> None:
+    def _follow_windows(self, decode: RunningDecode, rows: dict[LiveStream, StreamWindow]) -> None:
         """How far each row has come into its window, and the jobs' progress with it: at every step
         on a CPU (looking costs nothing there); on a GPU every few steps, and at every step
         while a job waits for its first progress to end its head start."""
@@ -442,11 +309,11 @@ class DecodeLoop:
             job.report_progress()
 
     def _admit(
-        self, decode: RunningDecode, joining: list[_Live], rows: dict[_Live, StreamWindow]
-    ) -> list[_Live]:
+        self, decode: RunningDecode, joining: list[LiveStream], rows: dict[LiveStream, StreamWindow]
+    ) -> list[LiveStream]:
         """Each joining stream's next window into the decode; returns the entries served
         (streams that turned out to be finished included)."""
-        batch: list[tuple[_Live, StreamWindow]] = []
+        batch: list[tuple[LiveStream, StreamWindow]] = []
         for entry in joining:
             window = entry.stream.next_window()  # None: the rest of the section is silence
             if window is not None:
@@ -465,9 +332,9 @@ class DecodeLoop:
         self,
         model: Whisper,
         language: str,
-        ended: list[tuple[_Live, object]],
-        rows: dict[_Live, StreamWindow],
-    ) -> list[_Live]:
+        ended: list[tuple[LiveStream, object]],
+        rows: dict[LiveStream, StreamWindow],
+    ) -> list[LiveStream]:
         """Rows whose window ended: fallback re-decodes, word timing, and their streams advance."""
         if not ended:
             return []
@@ -487,7 +354,7 @@ class DecodeLoop:
         return [entry for entry, _ in finished]
 
     def _advance_streams(
-        self, model: Whisper, rows: list[tuple[_Live, StreamWindow]], results: list[DecodingResult]
+        self, model: Whisper, rows: list[tuple[LiveStream, StreamWindow]], results: list[DecodingResult]
     ) -> None:
         """Word timing for the decoded windows that want it (batched passes), then each stream
         takes its window's result. Timing comes first: if it runs out of memory, no stream has
@@ -506,7 +373,7 @@ class DecodeLoop:
         for (entry, window), result, alignment in zip(rows, results, alignments):
             entry.stream.advance(window, result, alignment)
 
-    def _out_of_memory(self, model: Whisper, entries: list[_Live]) -> None:
+    def _out_of_memory(self, model: Whisper, entries: list[LiveStream]) -> None:
         """After CUDA ran out of memory decoding the windows of `entries` (their streams have
         not moved): hand the cache back, then halve the batch limit so the same windows are
         decoded again in smaller batches, or fail the job whose single window cannot fit."""
@@ -518,11 +385,11 @@ class DecodeLoop:
             self._limit = max(1, len(entries) // 2)
             log.warning("CUDA out of memory: retrying with batches of %d windows", self._limit)
 
-    def _fail(self, job: _Job, error: BaseException) -> None:
+    def _fail(self, job: LoopJob, error: BaseException) -> None:
         job.error = error
         job.finished.set()
 
-    def _remove(self, job: _Job) -> None:
+    def _remove(self, job: LoopJob) -> None:
         """Take a job's streams out of the loop (caller holds the condition)."""
         for entry in [e for e in self._live if e.job is job]:
             self._live.remove(entry)
