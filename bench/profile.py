@@ -9,7 +9,7 @@ wrapped for the run, so nothing here changes what is measured:
     section planning      engine.audio.sections.plan_sections (cuts at the longest pauses)
     log-mel               SectionStream.__init__ (each section's log-mel, computed once)
     window slicing        SectionStream.next_window (the window at `seek`, the silence check)
-    voice activity        engine.audio.vad.speech_map (Silero, on by default)
+    voice activity        engine.audio.vad.speech_probabilities and speech_map (Silero, on by default)
     encoder               engine.decoding.greedy_decode.encode
     cross-attention k, v  computed once per window as it joins the decode
     decoder blocks        self- and cross-attention and MLP of every token step (prompts' prefill included)
@@ -88,7 +88,7 @@ def profile(
     import whisper
 
     from engine import Engine
-    from engine import engine as engine_module
+    from engine import job_runner as runner_module
     from engine.decoding import cached_decoder, decode_loop, greedy_decode
     from engine.decoding.stream import SectionStream
 
@@ -100,11 +100,12 @@ def profile(
         sections.append(len(planned))
         return planned
 
-    original_plan = engine_module.plan_sections
+    original_plan = runner_module.plan_sections
     patches = [
-        (engine_module, "load_audio", "audio decoding"),
-        (engine_module, "speech_map", "voice activity"),
-        (engine_module, "plan_sections", "section planning"),
+        (runner_module, "load_audio", "audio decoding"),
+        (runner_module, "speech_probabilities", "voice activity"),
+        (runner_module, "speech_map", "voice activity"),
+        (runner_module, "plan_sections", "section planning"),
         (SectionStream, "__init__", "log-mel"),
         (SectionStream, "next_window", "window slicing"),
         (SectionStream, "advance", "stream bookkeeping"),
@@ -118,7 +119,7 @@ def profile(
         (decode_loop, "align_windows", "fallback re-decodes"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    engine_module.plan_sections = plan_sections
+    runner_module.plan_sections = plan_sections
     for owner, name, label in patches:
         setattr(owner, name, _timed(label, getattr(owner, name)))
     torch.set_num_threads(threads)
