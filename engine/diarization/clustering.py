@@ -23,7 +23,6 @@ clustering over a wide one.
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
 
 NEIGHBOURS_SHARE = 0.05  # affinities kept per row: the nearest 5 % of the windows ...
 MIN_NEIGHBOURS = 6  # ... and never fewer than this many
@@ -76,6 +75,8 @@ def agglomerative(embeddings: np.ndarray, fewest: int, most: int, window_similar
     on average (or at the asked count)."""
     if len(embeddings) == 1:
         return np.zeros(1, dtype=int)
+    from scipy.cluster.hierarchy import fcluster, linkage  # here: scipy.cluster costs 0.3 s at import
+
     tree = linkage(embeddings, method="average", metric="cosine")
     labels = fcluster(tree, t=1.0 - window_similarity, criterion="distance")
     count = len(set(labels))
