@@ -169,6 +169,10 @@ def test_a_full_queue_refuses_before_the_upload_is_read(english_only, http, tmp_
     before = refusals(http)
     GATE.clear()  # one job runs and holds the worker, one waits: the queue (1) is full
     running = http.post("/v1/jobs", files={"file": ("a.flac", data)}).json()
+    deadline = time.monotonic() + 30  # taken by the worker (until then it is the one waiting)
+    while http.get(f"/v1/jobs/{running['id']}").json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     waiting = http.post("/v1/jobs", files={"file": ("b.flac", data)})
     assert waiting.status_code == 202, waiting.text
     uploads = english_only.app.state.jobs.upload_dir
