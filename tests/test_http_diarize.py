@@ -28,6 +28,7 @@ import pytest
 
 from conftest import JFK, app_server, shared_audio
 from engine import load_audio
+from two_speakers import readers_in_turn
 
 SR = 16000
 AUDIO = JFK.parent.parent
@@ -58,15 +59,8 @@ def data_url(samples: np.ndarray) -> str:
 @pytest.fixture(scope="module")
 def conversation(tmp_path_factory):
     """(path of the recording, [(start, end, speaker)] of each reader's part)."""
-    pieces, spans, at = [], [], 0.0
-    for speaker, path in PARTS:
-        audio = load_audio(shared_audio(path))
-        audio = audio * (0.05 / max(float(np.sqrt(np.mean(audio**2))), 1e-6))  # one loudness for all
-        pieces += [audio, np.zeros(int(GAP_S * SR), np.float32)]
-        spans.append((at, at + len(audio) / SR, speaker))
-        at += len(audio) / SR + GAP_S
     path = tmp_path_factory.mktemp("diarize") / "three_readers.wav"
-    path.write_bytes(wav_bytes(np.concatenate(pieces)))
+    spans = readers_in_turn(PARTS, path, GAP_S)
     return path, spans
 
 

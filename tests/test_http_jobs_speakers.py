@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import JFK, fast_settings, shared_audio
+from conftest import JFK, app_server, shared_audio
 from two_speakers import NAME, needs_speaker_encoder, speaker_of, two_speakers
 
 KEYS = {"alice": "key-alice", "bob": "key-bob"}
@@ -23,19 +23,15 @@ KEYS = {"alice": "key-alice", "bob": "key-bob"}
 @pytest.fixture(scope="module")
 def server(tiny_en_model_dir, tmp_path_factory):
     needs_speaker_encoder()
-    from app import serve
-
-    settings = fast_settings(
+    with app_server(
         tiny_en_model_dir,
+        tmp_path_factory.mktemp("jobs-speakers") / "data",
         vad=True,
         max_new_tokens=224,
         workers=1,
         api_keys=KEYS,
-        data_dir=str(tmp_path_factory.mktemp("jobs-speakers") / "data"),
-    )
-    server = serve(settings, port=0)
-    yield server
-    server.close()
+    ) as server:
+        yield server
 
 
 def client(server, who: str) -> httpx.Client:

@@ -19,7 +19,7 @@ import shutil
 import pytest
 
 from browser import ARTIFACTS, DESKTOP, launch, needs_chromium, playwright  # noqa: F401 (a fixture)
-from conftest import ROOT, fast_settings
+from conftest import ROOT, app_server
 from two_speakers import NAME, needs_speaker_encoder, speaker_of, two_speakers
 
 pytestmark = needs_chromium
@@ -28,18 +28,14 @@ pytestmark = needs_chromium
 @pytest.fixture(scope="module")
 def server(tiny_en_model_dir, tmp_path_factory):
     needs_speaker_encoder()
-    from app import serve
-
-    settings = fast_settings(
+    with app_server(
         tiny_en_model_dir,
+        tmp_path_factory.mktemp("speakers-page") / "data",
         vad=True,
         max_new_tokens=224,
         workers=1,
-        data_dir=str(tmp_path_factory.mktemp("speakers-page") / "data"),
-    )
-    server = serve(settings, port=0)
-    yield server
-    server.close()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
