@@ -171,7 +171,12 @@ def job_body(
         "seconds_done": round(info.seconds_done, 2),
         "seconds_total": round(info.seconds_total, 2),
         "attempts": record.attempts,
-        **(_speaker_options(options) if options.diarize else {}),
+        # a diarized job's options as asked, and the names given its speakers ({"A": "Ada"})
+        **(
+            {**_speaker_options(options), "speaker_names": dict(record.speaker_names)}
+            if options.diarize
+            else {}
+        ),
         "error": None,
         "result": None,
     }

@@ -164,11 +164,8 @@ async def cancel_or_delete_job(job_id: str, engine: EngineDep, jobs: JobsDep, ow
 
 
 def _body(info: JobInfo, engine, with_result: bool = True) -> dict:
-    """job_body, and a diarized job's speaker names beside its speaker options."""
-    body = job_body(info, with_result=with_result, public_model=engine.model_names.public)
-    if info.record.options.diarize:
-        body["speaker_names"] = dict(info.record.speaker_names)
-    return body
+    """job_body, its model named by the engine's public id."""
+    return job_body(info, with_result=with_result, public_model=engine.model_names.public)
 
 
 async def _json_object(request: Request) -> dict:
