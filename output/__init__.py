@@ -6,5 +6,5 @@ engine, and the engine never imports it.
 """
 
 from output.formats import ALL_FORMATS, FORMATS, formats_for, render, safe_basename, write_files
-from output.speakers import has_speakers, rename_speakers, speaker_turns
+from output.speakers import has_speakers, speaker_turns
 from output.subtitles import SubtitleOptions

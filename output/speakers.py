@@ -1,4 +1,4 @@
-"""Speakers in the downloads: renaming them, their turns, and the files that name them.
+"""Speakers in the downloads: their labels, their turns, and the files that name them.
 
 A diarized result has a `speaker` on every segment and word (engine.diarization), and no
 segment mixes two. Each format names speakers its own way: srt cues start "[A] ", WebVTT
@@ -11,7 +11,6 @@ written exactly as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from engine.results import TranscriptionResult
@@ -27,12 +26,6 @@ class Turn:
 
 def has_speakers(result: TranscriptionResult) -> bool:
     return any(segment.speaker for segment in result.segments)
-
-
-def rename_speakers(result: TranscriptionResult, names: Mapping[str, str]) -> TranscriptionResult:
-    """`result` with speakers renamed ({"A": "Ada"}) on segments and words; others unchanged.
-    Downloads written from the returned result use the new names."""
-    return result.with_speaker_names(names)
 
 
 def speaker_turns(result: TranscriptionResult) -> list[Turn]:

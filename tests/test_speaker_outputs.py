@@ -5,7 +5,7 @@ never across two speakers. (Without speakers the files are unchanged: tests/test
 from __future__ import annotations
 
 from engine.results import Segment, TranscriptionResult, Word
-from output import formats_for, rename_speakers, render
+from output import formats_for, render
 from output.subtitles import SubtitleOptions, make_cues
 
 
@@ -65,7 +65,7 @@ def test_webvtt_uses_voice_spans_txt_paragraphs_and_rttm_turns():
 
 
 def test_a_renamed_speaker_is_named_in_every_download():
-    renamed = rename_speakers(conversation(), {"A": "Grace"})
+    renamed = conversation().with_speaker_names({"A": "Grace"})
     assert {s.speaker for s in renamed.segments} == {"Grace", "Ada Lovelace"}
     assert all(w.speaker == s.speaker for s in renamed.segments for w in s.words)
     assert render(renamed, "txt").startswith("Grace: So tell me")

@@ -69,7 +69,7 @@ class TranscribeEvents:
     def show_segments(self, request: gr.Request):
         """(segments view, *speaker panel) of the press that just finished."""
         view = self.views.take(session_of(request))
-        return (gr.skip(),) * 6 if view is None else view
+        return (gr.skip(),) * (1 + len(self.speakers.panel(None))) if view is None else view
 
     def show_refusal(self, request: gr.Request):
         """After a refusal: its message under the button, the outputs out of their error state."""
