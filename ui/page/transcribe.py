@@ -1,6 +1,6 @@
 """What the Transcribe and Cancel buttons do: submit, follow the job, return text and files.
 
-`TranscribeEvents(engine, downloads, submit, cancel)` holds one page's session state
+`TranscribeEvents(engine, speakers, submit, cancel)` holds one page's session state
 (ui/page/session.py) and the functions of the Transcribe button's steps and of the Cancel
 button, which ui/page/wiring.py connects; its `transcribe` (made by `make_transcribe`) is
 also `/transcribe` for gradio_client. `submit(audio, JobOptions, name=...)` is the one place
@@ -22,8 +22,7 @@ import gradio as gr
 
 from engine import Engine, EngineError, JobCancelled, JobHandle, QueueFull, TranscriptionResult
 from jobs import OutOfDiskSpace, is_disk_full
-from output import SubtitleOptions, formats_for, write_files
-from ui.page.files import DOWNLOAD_FORMATS, DownloadDir
+from output import SubtitleOptions
 from ui.page.form import AUTO_LANGUAGE, page_options, subtitle_options
 from ui.page.render import cancelled_markdown, details_markdown, notice_html, segments_html, transcript_text
 from ui.page.session import Cancel, SessionHandoff, SessionJobs, TranscribePress, session_of
@@ -43,12 +42,12 @@ class TranscribeEvents:
     """One page's Transcribe and Cancel buttons: the session state they share and their event
     functions. A press runs in three steps (ui/page/wiring.py): `start_run` clears the old
     result, `transcribe` runs the job, then `show_segments` or `show_refusal` takes what it
-    left in the session's handoff. `speakers` draws the result's speaker panel."""
+    left in the session's handoff. `speakers` draws the result's speaker panel and writes its
+    downloads."""
 
     def __init__(
         self,
         engine: Engine,
-        downloads: DownloadDir,
         speakers: SpeakerEvents,
         submit: Submit | None = None,
         cancel: Cancel | None = None,
@@ -56,9 +55,7 @@ class TranscribeEvents:
         self.sessions = SessionJobs(cancel)
         self.views, self.notices = SessionHandoff(), SessionHandoff()
         self.speakers = speakers
-        self.transcribe = make_transcribe(
-            engine, downloads, submit, self.sessions, self.views, self.notices, speakers
-        )
+        self.transcribe = make_transcribe(engine, submit, self.sessions, self.views, self.notices, speakers)
 
     def start_run(self, request: gr.Request):
         """A new Transcribe press: the previous result and message go, so the progress is not
@@ -112,7 +109,6 @@ def follow(handle: JobHandle, progress, engine: Engine, press: TranscribePress) 
 
 def make_transcribe(
     engine: Engine,
-    downloads: DownloadDir,
     submit: Submit | None,
     sessions: SessionJobs,
     views: SessionHandoff,
@@ -203,19 +199,13 @@ def make_transcribe(
             sessions.end(session, press)
 
         progress(1.0, desc="Writing files")
-        files = write_files(
-            result,
-            downloads.new_job_dir(),
-            Path(name).stem,
-            formats_for(result, DOWNLOAD_FORMATS),
-            subtitles=subtitles,
-        )
         job = ShownJob(handle.id, name, options, result)
+        files = speaker_events.files(job, subtitles)  # the downloads a rename writes again
         speaker_events.shown.remember(job)
         views.put(session, (segments_html(result), *speaker_events.panel(job)))
         return (
             transcript_text(result, bool(timestamps)),
-            downloads.private(files),
+            files,
             details_markdown(result, model_label(model)),
         )
 

@@ -58,7 +58,7 @@ def build_page(
     """
     downloads = DownloadDir()
     speakers = SpeakerEvents(engine, downloads, shown or MemoryJobs())
-    transcription = TranscribeEvents(engine, downloads, speakers, submit, cancel)
+    transcription = TranscribeEvents(engine, speakers, submit, cancel)
     sidebar = SidebarEvents(engine, waiting)
     names = engine.model_names
     with page_layout(engine.settings, names.ids, names.public(engine.settings.model), sidebar.on_gpu) as page:
