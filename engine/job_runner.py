@@ -67,8 +67,7 @@ class JobRunner:
         handle.set_progress(0.0, duration)
         handle.checkpoint()
         options = request.decoding
-        probs = speech_probabilities(audio) if options.vad else None  # the VAD's, reused by diarization
-        speech = self._speech(audio, probs) if options.vad else None
+        probs, speech = self._speech(audio) if options.vad else (None, None)
         heard = speech.keep(audio) if speech is not None else audio  # only the speech is decoded
         handle.checkpoint()
         with self.devices.place() as replica:
@@ -191,10 +190,12 @@ class JobRunner:
         )
         return labelled
 
-    def _speech(self, audio: np.ndarray, probs: np.ndarray | None = None) -> SpeechMap:
+    def _speech(self, audio: np.ndarray) -> tuple[np.ndarray, SpeechMap]:
+        """Silero's speech probabilities (diarization reuses them) and the speech they find."""
         s = self.settings
         started = time.perf_counter()
         vad = VadOptions(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s)
+        probs = speech_probabilities(audio)
         speech = speech_map(audio, vad, probs)
         log.info(
             "Voice activity: %.1f s of speech in %.1f s, %d stretches (%.1f s)",
@@ -203,7 +204,7 @@ class JobRunner:
             len(speech.chunks),
             time.perf_counter() - started,
         )
-        return speech
+        return probs, speech
 
     def _language(
         self,
