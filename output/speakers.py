@@ -25,7 +25,7 @@ class Turn:
 
 
 def has_speakers(result: TranscriptionResult) -> bool:
-    return any(segment.speaker for segment in result.segments)
+    return bool(result.speakers)
 
 
 def speaker_turns(result: TranscriptionResult) -> list[Turn]:
